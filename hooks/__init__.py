@@ -1,0 +1,12 @@
+"""Hookable models: our own Mamba-1/Mamba-2 and the TransformerLens transformer adapter."""
+
+from .api import CacheTooLargeError, HookNotFiredError
+from .config import SSMConfig
+from .hook_points import HookPoint, HookShapeError, UnknownHookError
+from .loading import CheckpointError
+from .mamba import HookedSSM, SSMState
+
+__all__ = [
+    "CacheTooLargeError", "CheckpointError", "HookNotFiredError", "HookPoint", "HookShapeError",
+    "HookedSSM", "SSMConfig", "SSMState", "UnknownHookError",
+]

@@ -1,0 +1,163 @@
+"""One configuration for both SSM families, every knob named in one place.
+
+Mamba-1 and Mamba-2 share one code path through the *heads view*: the SSM input is
+``u[b, pos, H, P]`` with a state ``h[b, H, P, N]`` per head.
+
+* Mamba-1: ``H = d_inner`` heads of width ``P = 1``; ``A`` is ``[H, N]`` (one decay per channel
+  and state); ``B``/``C`` are shared by all heads (``G = 1``); ``dt`` comes from a low-rank
+  ``x_proj -> dt_proj`` path.
+* Mamba-2: ``H = n_heads`` heads of width ``P = head_dim``; ``A`` is a scalar per head (``[H]``);
+  ``B``/``C`` come in ``G = n_groups`` groups; ``dt`` is a slice of ``in_proj``; the gate is a
+  grouped, gated RMSNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Family = Literal["mamba1", "mamba2"]
+
+
+@dataclass
+class SSMConfig:
+    """Architecture of a hookable Mamba-1 or Mamba-2 language model.
+
+    Field names follow the papers; :meth:`from_hf` maps Hugging Face ``MambaConfig`` /
+    ``Mamba2Config`` onto them.
+    """
+
+    family: Family = "mamba1"
+    d_model: int = 768
+    n_layers: int = 24
+    vocab_size: int = 50280
+    d_state: int = 16  # N
+    d_conv: int = 4  # causal depthwise conv width K
+    expand: int = 2
+    d_inner: int | None = None  # defaults to expand * d_model
+    # Mamba-1 only
+    dt_rank: int | None = None  # defaults to ceil(d_model / 16)
+    # Mamba-2 only
+    n_heads: int | None = None  # defaults to d_inner // head_dim
+    head_dim: int = 64
+    n_groups: int = 1
+    chunk_size: int = 256
+    dt_limit: tuple[float, float] = (0.0, float("inf"))
+    # shared
+    activation: Literal["silu", "identity"] = "silu"  # applied after the causal conv
+    conv_bias: bool = True
+    proj_bias: bool = False  # bias of in_proj / out_proj
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    tie_embeddings: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    default_prepend_bos: bool = False
+    name: str = "custom"
+    extra: dict[str, Any] = field(default_factory=dict)  # provenance (source checkpoint, model card)
+
+    def __post_init__(self) -> None:
+        if self.family not in ("mamba1", "mamba2"):
+            raise ValueError(f"family must be 'mamba1' or 'mamba2', got {self.family!r}")
+        if self.d_inner is None:
+            self.d_inner = self.expand * self.d_model
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.d_model / 16)
+        if self.family == "mamba2":
+            if self.n_heads is None:
+                self.n_heads = self.d_inner // self.head_dim
+            if self.n_heads * self.head_dim != self.d_inner:
+                raise ValueError(
+                    f"Mamba-2 needs n_heads * head_dim == d_inner, got {self.n_heads} * "
+                    f"{self.head_dim} != {self.d_inner}"
+                )
+            if self.n_heads % self.n_groups:
+                raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_groups ({self.n_groups})")
+        self.dt_limit = tuple(float(v) for v in self.dt_limit)  # type: ignore[assignment]
+
+    # --- heads view -------------------------------------------------------------------------
+    @property
+    def H(self) -> int:
+        """Number of SSM heads: d_inner for Mamba-1, n_heads for Mamba-2."""
+        return self.d_inner if self.family == "mamba1" else self.n_heads  # type: ignore[return-value]
+
+    @property
+    def P(self) -> int:
+        """Head width: 1 for Mamba-1, head_dim for Mamba-2."""
+        return 1 if self.family == "mamba1" else self.head_dim
+
+    @property
+    def G(self) -> int:
+        """Number of B/C groups: 1 for Mamba-1, n_groups for Mamba-2."""
+        return 1 if self.family == "mamba1" else self.n_groups
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the causal conv: d_inner (Mamba-1) or d_inner + 2*G*N (Mamba-2, over xBC)."""
+        if self.family == "mamba1":
+            return self.d_inner  # type: ignore[return-value]
+        return self.d_inner + 2 * self.n_groups * self.d_state  # type: ignore[operator]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dt_limit"] = list(self.dt_limit)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SSMConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "dt_limit" in known:
+            known["dt_limit"] = tuple(known["dt_limit"])
+        return cls(**known)
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> "SSMConfig":
+        """Map a Hugging Face ``MambaConfig`` or ``Mamba2Config`` onto an :class:`SSMConfig`."""
+        mt = getattr(hf_config, "model_type", None)
+        act = getattr(hf_config, "hidden_act", "silu")
+        act = {"silu": "silu", "swish": "silu", "linear": "identity", "identity": "identity"}.get(act)
+        if act is None:
+            raise ValueError(
+                f"unsupported conv activation {hf_config.hidden_act!r}; supported: silu, identity"
+            )
+        common = dict(
+            d_model=hf_config.hidden_size,
+            n_layers=hf_config.num_hidden_layers,
+            vocab_size=hf_config.vocab_size,
+            d_state=hf_config.state_size,
+            d_conv=hf_config.conv_kernel,
+            expand=hf_config.expand,
+            activation=act,
+            conv_bias=hf_config.use_conv_bias,
+            proj_bias=hf_config.use_bias,
+            norm_eps=hf_config.layer_norm_epsilon,
+            residual_in_fp32=hf_config.residual_in_fp32,
+            tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+            pad_token_id=hf_config.pad_token_id,
+            bos_token_id=hf_config.bos_token_id,
+            eos_token_id=hf_config.eos_token_id
+            if not isinstance(hf_config.eos_token_id, list)
+            else hf_config.eos_token_id[0],
+            name=getattr(hf_config, "_name_or_path", "") or mt,
+        )
+        if mt == "mamba":
+            return cls(
+                family="mamba1",
+                d_inner=hf_config.intermediate_size,
+                dt_rank=int(hf_config.time_step_rank),
+                **common,
+            )
+        if mt == "mamba2":
+            return cls(
+                family="mamba2",
+                d_inner=int(hf_config.expand * hf_config.hidden_size),
+                n_heads=hf_config.num_heads,
+                head_dim=hf_config.head_dim,
+                n_groups=hf_config.n_groups,
+                chunk_size=hf_config.chunk_size,
+                dt_limit=tuple(hf_config.time_step_limit),
+                **common,
+            )
+        raise ValueError(f"not a Mamba config: model_type={mt!r} (expected 'mamba' or 'mamba2')")

@@ -1,0 +1,605 @@
+"""Hookable Mamba-1 and Mamba-2 language models, one code path (the heads view of ``config.py``).
+
+Read top to bottom: RMSNorm -> SSMMixer (the selective SSM with every hidden state behind a hook)
+-> SSMBlock (pre-norm residual block) -> HookedSSM (embed, blocks, final norm, unembed).
+
+Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan.py``)::
+
+    hook_embed                        [b, pos, d_model]
+    blocks.{i}.hook_resid_pre         [b, pos, d_model]
+    blocks.{i}.ln1.hook_normalized    [b, pos, d_model]   x / rms(x), before the weight
+    blocks.{i}.ssm.hook_in            [b, pos, d_model]   mixer input (normalised, weighted)
+    blocks.{i}.ssm.hook_x / hook_z    [b, pos, d_inner]   in_proj x part (pre-conv) and gate z
+    blocks.{i}.ssm.hook_conv          [b, pos, conv_ch]   causal conv output, pre-activation
+    blocks.{i}.ssm.hook_u             [b, pos, H, P]      SSM input act(conv)
+    blocks.{i}.ssm.hook_dt            [b, pos, H]         Δ
+    blocks.{i}.ssm.hook_B / hook_C    [b, pos, G, N]
+    blocks.{i}.ssm.hook_state         [b, k, H, P, N]     h_t at the requested positions only
+    blocks.{i}.ssm.hook_y             [b, pos, H, P]      C·h + D·u
+    blocks.{i}.ssm.hook_gated         [b, pos, d_inner]   y·SiLU(z) | RMSNormGated(y, z)
+    blocks.{i}.ssm.hook_out           [b, pos, d_model]   out_proj
+    blocks.{i}.hook_mixer_out         [b, pos, d_model]   same value as ssm.hook_out
+    blocks.{i}.hook_resid_post        [b, pos, d_model]
+    ln_final.hook_normalized          [b, pos, d_model]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from .api import InterpModelMixin
+from .config import SSMConfig
+from .hook_points import HookPoint
+from .scan import chunked_scan, expand_groups, read_state, sequential_scan
+
+_ACTIVATIONS = {"silu": F.silu, "identity": lambda x: x}
+
+
+# --------------------------------------------------------------------------------------------
+# decoding state
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SSMState:
+    """Recurrent state of every layer while decoding: constant size, whatever the length.
+
+    conv[i]: [b, conv_ch, d_conv - 1] last conv inputs of layer i; ssm[i]: [b, H, P, N];
+    offset: absolute position of the next token.
+    """
+
+    conv: list[Tensor] = field(default_factory=list)
+    ssm: list[Tensor] = field(default_factory=list)
+    offset: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# norms
+# --------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """RMSNorm computed in float32 (as Hugging Face's MambaRMSNorm); ``hook_normalized`` = x / rms."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = self.hook_normalized(x)
+        return self.weight * x.to(dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's grouped RMSNorm of y · SiLU(z) (norm after gate, one RMS per group)."""
+
+    def __init__(self, d: int, n_groups: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.n_groups = n_groups
+        self.eps = eps
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        dtype = y.dtype
+        x = y.float() * F.silu(z.float())
+        xg = x.unflatten(-1, (self.n_groups, -1))
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xg.flatten(-2).to(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the mixer
+# --------------------------------------------------------------------------------------------
+class SSMMixer(nn.Module):
+    """Selective SSM mixer of either family; parameter names follow Hugging Face's mixers."""
+
+    def __init__(self, cfg: SSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, N, K = cfg.H, cfg.d_state, cfg.d_conv
+        d_in = cfg.d_inner
+        self.act = _ACTIVATIONS[cfg.activation]
+        if cfg.family == "mamba1":
+            self.in_proj = nn.Linear(cfg.d_model, 2 * d_in, bias=cfg.proj_bias)  # -> x, z
+            self.x_proj = nn.Linear(d_in, cfg.dt_rank + 2 * N, bias=False)  # -> dt_low, B, C
+            self.dt_proj = nn.Linear(cfg.dt_rank, d_in, bias=True)
+            self.A_log = nn.Parameter(torch.zeros(d_in, N))
+        else:
+            self.in_proj = nn.Linear(cfg.d_model, d_in + cfg.conv_channels + H, bias=cfg.proj_bias)
+            self.dt_bias = nn.Parameter(torch.zeros(H))
+            self.A_log = nn.Parameter(torch.zeros(H))
+            self.norm = GatedRMSNorm(d_in, cfg.n_groups, cfg.norm_eps)
+        self.conv1d = nn.Conv1d(
+            cfg.conv_channels, cfg.conv_channels, K, groups=cfg.conv_channels, padding=K - 1, bias=cfg.conv_bias
+        )
+        self.D = nn.Parameter(torch.ones(H))
+        self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.proj_bias)
+
+        for name in ("in", "x", "z", "conv", "u", "dt", "B", "C", "state", "y", "gated", "out"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    # --- static parameters, readable by analyses ---------------------------------------------
+    @property
+    def A(self) -> Tensor:
+        """Continuous decay rates, -exp(A_log): [H, N] (Mamba-1) or [H] (Mamba-2)."""
+        return -torch.exp(self.A_log.float())
+
+    @property
+    def W_in(self) -> Tensor:
+        return self.in_proj.weight
+
+    @property
+    def W_out(self) -> Tensor:
+        return self.out_proj.weight
+
+    @property
+    def conv_weight(self) -> Tensor:
+        """Depthwise causal conv taps: [conv_ch, d_conv]; tap d_conv-1 multiplies the current input."""
+        return self.conv1d.weight[:, 0]
+
+    @property
+    def conv_bias(self) -> Tensor | None:
+        return self.conv1d.bias
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _split_in_proj(self, proj: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """in_proj output -> (x [.., d_inner], z, extra conv channels (B,C pre-conv) | None, dt_raw | None)."""
+        cfg = self.cfg
+        if cfg.family == "mamba1":
+            x, z = proj.chunk(2, dim=-1)
+            return x, z, None, None
+        d_in, GN = cfg.d_inner, cfg.n_groups * cfg.d_state
+        z, x, bc, dt_raw = proj.split([d_in, d_in, 2 * GN, cfg.H], dim=-1)
+        return x, z, bc, dt_raw
+
+    def _ssm_params(self, u_flat: Tensor, dt_raw: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """From the activated conv output [.., conv_ch]: (u [.., H, P], dt [.., H], B, C [.., G, N])."""
+        cfg = self.cfg
+        H, P, G, N = cfg.H, cfg.P, cfg.G, cfg.d_state
+        if cfg.family == "mamba1":
+            u = self.hook_u(u_flat.unflatten(-1, (H, P)))
+            dt_low, B, C = self.x_proj(u.flatten(-2)).split([cfg.dt_rank, N, N], dim=-1)
+            dt = F.softplus(self.dt_proj(dt_low).float())
+        else:
+            x, B, C = u_flat.split([cfg.d_inner, G * N, G * N], dim=-1)
+            u = self.hook_u(x.unflatten(-1, (H, P)))
+            dt = F.softplus(dt_raw.float() + self.dt_bias.float()).clamp(*cfg.dt_limit)
+        dt = self.hook_dt(dt)
+        B = self.hook_B(B.unflatten(-1, (G, N)))
+        C = self.hook_C(C.unflatten(-1, (G, N)))
+        return u, dt, B, C
+
+    def _gate(self, y: Tensor, z: Tensor) -> Tensor:
+        y = y.flatten(-2).to(z.dtype)  # [b, pos, d_inner]
+        if self.cfg.family == "mamba1":
+            return y * F.silu(z)
+        return self.norm(y, z)
+
+    # --- full sequence ----------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        attention_mask: Tensor | None = None,
+        state_positions: Sequence[int] | None = None,
+        state: SSMState | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x [b, L, d_model] -> [b, L, d_model]. With ``state``, continue from / update the decoding
+        state of ``layer`` (L = 1 takes the constant-time recurrent step)."""
+        if state is not None and x.shape[1] == 1 and len(state.ssm) > layer:
+            return self._step(x, state, layer, state_positions)
+        cfg = self.cfg
+        b, L, _ = x.shape
+        mask = None if attention_mask is None else attention_mask[:, :, None].to(x.dtype)
+
+        x = self.hook_in(x)
+        if mask is not None:
+            x = x * mask
+        xs, z, bc, dt_raw = self._split_in_proj(self.in_proj(x))
+        xs = self.hook_x(xs)  # [b, L, d_inner]
+        z = self.hook_z(z)
+        xbc = xs if bc is None else torch.cat([xs, bc], dim=-1)  # [b, L, conv_ch]
+        conv = self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2)
+        conv = self.hook_conv(conv)
+        act = self.act(conv)
+        if mask is not None:
+            act = act * mask
+        u, dt, B, C = self._ssm_params(act, dt_raw)
+
+        h0 = state.ssm[layer] if state is not None and len(state.ssm) > layer else None
+        y, h_final = self._scan(u, dt, B, C, h0, state_positions, offset=0 if state is None else state.offset)
+        y = self.hook_y(y)
+        out = self.hook_out(self.out_proj(self.hook_gated(self._gate(y, z))))
+        if state is not None:
+            K = cfg.d_conv
+            conv_in = xbc.transpose(1, 2)  # [b, conv_ch, L]
+            tail = F.pad(conv_in, (max(0, K - 1 - L), 0))[..., -(K - 1):] if K > 1 else conv_in[..., :0]
+            _store(state, layer, tail, h_final)
+        return out
+
+    def _scan(
+        self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
+        state_positions: Sequence[int] | None, offset: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Cheapest scan that fires ``hook_state`` when it has hooks; applies its edits exactly."""
+        A, D = self.A, self.D.float()
+        if not self.hook_state._forward_hooks:
+            return chunked_scan(u, dt, A, B, C, D, h0, self.cfg.chunk_size)
+        L = u.shape[1]
+        pos = _resolve_positions(state_positions, L, offset)
+        if not pos:
+            raise ValueError(
+                f"{self.hook_state.name} has a hook but none of state_positions={list(state_positions or [])} "
+                f"lies in this forward's positions [{offset}, {offset + L})"
+            )
+        y, h_final, states = scan_with_states(u, dt, A, B, C, D, h0, pos, self.cfg.chunk_size)
+        self.hook_state.ctx["positions"] = torch.tensor([offset + p for p in pos], device=u.device)
+        edited = self.hook_state(states)
+        if edited is not states:
+            y, h_final = apply_state_edits(y, h_final, edited - states, pos, dt, A, C)
+        return y, h_final
+
+    # --- one decoding step ------------------------------------------------------------------
+    def _step(self, x: Tensor, state: SSMState, layer: int, state_positions: Sequence[int] | None) -> Tensor:
+        """x [b, 1, d_model]: constant-time recurrent update of ``state`` (no attention mask)."""
+        x = self.hook_in(x)
+        xs, z, bc, dt_raw = self._split_in_proj(self.in_proj(x))
+        xs = self.hook_x(xs)
+        z = self.hook_z(z)
+        xbc = xs if bc is None else torch.cat([xs, bc], dim=-1)  # [b, 1, conv_ch]
+        window = torch.cat([state.conv[layer], xbc.transpose(1, 2)], dim=-1)  # [b, conv_ch, K]
+        conv = (window * self.conv_weight).sum(-1)
+        if self.conv1d.bias is not None:
+            conv = conv + self.conv1d.bias
+        conv = self.hook_conv(conv[:, None].to(x.dtype))
+        u, dt, B, C = self._ssm_params(self.act(conv), dt_raw)
+
+        A = self.A
+        h = state.ssm[layer]
+        decay = torch.exp(dt[:, 0, :, None] * A if A.dim() == 2 else (dt[:, 0] * A)[..., None])  # [b,H,N|1]
+        Bh = expand_groups(B, self.cfg.H)[:, 0]  # [b, H, N]
+        h = decay[:, :, None, :] * h + (dt[:, 0, :, None] * u[:, 0].float())[..., None] * Bh[:, :, None, :].float()
+        if self.hook_state._forward_hooks and (state_positions is None or state.offset in state_positions):
+            self.hook_state.ctx["positions"] = torch.tensor([state.offset], device=h.device)
+            h = self.hook_state(h[:, None])[:, 0]
+        y = read_state(h, C[:, 0].float()) + self.D.float()[:, None] * u[:, 0].float()
+        y = self.hook_y(y[:, None].to(x.dtype))
+        out = self.hook_out(self.out_proj(self.hook_gated(self._gate(y, z))))
+        _store(state, layer, window[..., 1:], h)
+        return out
+
+
+def _store(state: SSMState, layer: int, conv_tail: Tensor, h: Tensor) -> None:
+    if len(state.ssm) > layer:
+        state.conv[layer], state.ssm[layer] = conv_tail, h
+    else:
+        state.conv.append(conv_tail)
+        state.ssm.append(h)
+
+
+def _resolve_positions(state_positions: Sequence[int] | None, L: int, offset: int) -> list[int]:
+    """Requested absolute positions -> sorted local indices in [0, L). None means every position.
+    Negative positions count from the end of the sequence (full forward only)."""
+    if state_positions is None:
+        return list(range(L))
+    local = set()
+    for p in state_positions:
+        p = int(p)
+        q = p + L if (p < 0 and offset == 0) else p - offset
+        if 0 <= q < L:
+            local.add(q)
+    return sorted(local)
+
+
+def scan_with_states(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+    h0: Tensor | None, positions: list[int], chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Scan that also returns h_t at the sorted local ``positions``: (y, final, states [b, k, H, P, N]).
+
+    Dense requests use the sequential scan; sparse ones split the sequence at the positions and
+    run the chunked scan on each segment, carrying the state across.
+    """
+    L = u.shape[1]
+    if len(positions) * 8 >= L:
+        y, hs = sequential_scan(u.float(), dt.float(), A, B.float(), C.float(), D, None if h0 is None else h0.float())
+        return y.to(u.dtype), hs[:, -1], hs[:, positions]
+    ys, states, h = [], [], h0
+    start = 0
+    for end in [p + 1 for p in positions] + [L]:
+        if end > start:
+            y_seg, h = chunked_scan(u[:, start:end], dt[:, start:end], A, B[:, start:end], C[:, start:end], D, h, chunk_size)
+            ys.append(y_seg)
+        if end - 1 in positions and len(states) < len(positions):
+            states.append(h)
+        start = end
+    return torch.cat(ys, dim=1), h, torch.stack(states, dim=1)
+
+
+def apply_state_edits(
+    y: Tensor, h_final: Tensor, delta: Tensor, positions: list[int], dt: Tensor, A: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Propagate state edits through the rest of the recurrence, exactly.
+
+    The recurrence is linear in h, so adding δ to h_p adds exp(A (S_t - S_p)) ⊙ δ to every later
+    state h_t (S = cumsum Δ) and C_t · that to y_t, for t >= p. delta: [b, k, H, P, N]. Each edit
+    is applied as a difference; with one position this equals setting the state.
+    """
+    y, h_final = y.clone(), h_final.clone()
+    L, H = y.shape[1], y.shape[2]
+    Ch = expand_groups(C.float(), H)  # [b, L, H, N]
+    for j, p in enumerate(positions):
+        d = delta[:, j].float()  # [b, H, P, N]
+        if not torch.any(d):
+            continue
+        # log decay from p to t, t = p..L-1 (zero at t = p), cumulated forward: [b, L-p, H(, N)]
+        log_a = dt[:, p + 1:].float()[..., None] * A if A.dim() == 2 else dt[:, p + 1:].float() * A
+        cum = F.pad(log_a.cumsum(dim=1), (0, 0) * (log_a.dim() - 2) + (1, 0))  # pad t at the front
+        if A.dim() == 2:
+            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:] * torch.exp(cum), d)
+            h_final += torch.exp(cum[:, -1])[:, :, None, :] * d
+        else:
+            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:], d) * torch.exp(cum)[..., None]
+            h_final += torch.exp(cum[:, -1])[:, :, None, None] * d
+        y[:, p:] += corr.to(y.dtype)
+    return y, h_final
+
+
+# --------------------------------------------------------------------------------------------
+# block and model
+# --------------------------------------------------------------------------------------------
+class SSMBlock(nn.Module):
+    """Pre-norm residual block: resid_post = resid_pre + mixer(RMSNorm(resid_pre))."""
+
+    def __init__(self, cfg: SSMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.hook_resid_pre = HookPoint()
+        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ssm = SSMMixer(cfg)
+        self.hook_mixer_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor, layer: int, **mixer_kwargs) -> Tensor:
+        resid = self.hook_resid_pre(resid)
+        h = self.ln1(resid)
+        if self.cfg.residual_in_fp32:
+            resid = resid.float()
+        mixer_out = self.hook_mixer_out(self.ssm(h, layer=layer, **mixer_kwargs))
+        return self.hook_resid_post(resid + mixer_out)
+
+
+class HookedSSM(InterpModelMixin, HookedRootModule):
+    """A Mamba-1 or Mamba-2 language model whose every hidden state is a TransformerLens hook.
+
+    ``run_with_cache``, ``run_with_hooks``, ``hooks()``, ``names_filter`` and ``ActivationCache``
+    work as in TransformerLens; ``generate`` decodes with the recurrent state (constant work per
+    token) and fires hooks at every step. Load with :func:`interp.load` or :meth:`from_pretrained`.
+    """
+
+    def __init__(self, cfg: SSMConfig, tokenizer: object | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.hook_embed = HookPoint()
+        self.blocks = nn.ModuleList([SSMBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.setup()
+
+    # --- loading and saving -----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> "HookedSSM":
+        """Load a Hugging Face ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` checkpoint (hub id or
+        folder written by ``save_pretrained``), safetensors only, with its tokenizer."""
+        from . import loading
+
+        folder = loading.resolve_checkpoint(name_or_path)
+        raw = loading.read_config(folder)
+        cfg = SSMConfig.from_hf(_hf_config_from_dict(raw, folder))
+        for k, v in raw.get("interp", {}).items():
+            setattr(cfg, k, v)
+        model = cls(cfg, tokenizer=loading.load_tokenizer(folder))
+        loading.load_ssm_state(model, loading.read_safetensors(folder), str(folder))
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def from_hf_model(cls, hf_model: nn.Module, tokenizer: object | None = None) -> "HookedSSM":
+        """Wrap the weights of an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (copied)."""
+        from . import loading
+
+        cfg = SSMConfig.from_hf(hf_model.config)
+        model = cls(cfg, tokenizer=tokenizer)
+        loading.load_ssm_state(model, hf_model.state_dict(), type(hf_model).__name__)
+        p = next(hf_model.parameters())
+        return model.to(device=p.device, dtype=p.dtype).eval()
+
+    def save_pretrained(self, folder: str) -> None:
+        """Write a checkpoint that both this class and ``transformers`` load (safetensors)."""
+        from .loading import save_ssm
+
+        save_ssm(self, folder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def W_E(self) -> Tensor:
+        return self.embed.weight
+
+    @property
+    def W_U(self) -> Tensor:
+        """Unembedding [d_model, vocab] (TransformerLens orientation)."""
+        return self.unembed.weight.T
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input: str | list[str] | Tensor,
+        return_type: str | None = "logits",
+        attention_mask: Tensor | None = None,
+        stop_at_layer: int | None = None,
+        state_positions: Sequence[int] | None = None,
+        state: SSMState | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor] | None:
+        """Run the model.
+
+        Args:
+            input: text, list of texts (right-padded, mask built for you) or token ids [b, L].
+            return_type: "logits" ([b, L, vocab]), "loss" (mean next-token cross-entropy),
+                "both" ((logits, loss)) or None.
+            attention_mask: [b, L], 1 for real tokens, for a padded token batch.
+            stop_at_layer: run blocks 0..stop_at_layer-1 and return the residual stream [b, L, d_model].
+            state_positions: absolute positions at which ``ssm.hook_state`` fires (default: all).
+            state: an :class:`SSMState` to continue from and update (used by generation).
+        """
+        if isinstance(input, (str, list)):
+            tokens, mask = self.to_tokens(input, return_mask=True)
+            attention_mask = mask if attention_mask is None and not bool(mask.all()) else attention_mask
+        else:
+            tokens = input[None] if input.dim() == 1 else input
+        tokens = tokens.to(self.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(self.device)
+        offset = 0 if state is None else state.offset
+        self._set_hook_positions(torch.arange(offset, offset + tokens.shape[1], device=self.device))
+
+        resid = self.hook_embed(self.embed(tokens))  # [b, L, d_model]
+        for i, block in enumerate(self.blocks[:stop_at_layer]):
+            resid = block(resid, layer=i, attention_mask=attention_mask, state_positions=state_positions, state=state)
+        if state is not None:
+            state.offset += tokens.shape[1]
+        if stop_at_layer is not None:
+            return resid
+        resid = self.ln_final(resid.to(self.ln_final.weight.dtype))
+        logits = self.unembed(resid.to(self.unembed.weight.dtype)).float()  # [b, L, vocab]
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = lm_loss(logits, tokens, attention_mask)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def _set_hook_positions(self, positions: Tensor) -> None:
+        """Expose the absolute positions of this forward to attached hooks as hook.ctx['positions']."""
+        for hp in self.hook_dict.values():
+            if hp._forward_hooks:
+                hp.ctx["positions"] = positions
+
+    # --- tokens ----------------------------------------------------------------------------
+    def to_tokens(
+        self, input: str | list[str], prepend_bos: bool | None = None, padding_side: str = "right",
+        return_mask: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Text -> token ids [b, L] (padded to the longest; ``return_mask`` also gives the mask)."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer: pass token ids (a LongTensor [batch, pos]) instead of text, "
+                "or load a checkpoint folder that contains tokenizer files"
+            )
+        texts = [input] if isinstance(input, str) else list(input)
+        if not texts:
+            raise ValueError("empty input: pass at least one string")
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+        bos_id = getattr(self.tokenizer, "bos_token_id", None)
+        rows = []
+        for t in texts:
+            ids = list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) if _is_hf(self.tokenizer) \
+                else list(self.tokenizer.encode(t))
+            if bos and bos_id is not None and (not ids or ids[0] != bos_id):
+                ids = [bos_id] + ids
+            rows.append(ids)
+        L = max(len(r) for r in rows)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        pad_id = self.cfg.pad_token_id if pad_id is None else pad_id
+        pad_id = 0 if pad_id is None else pad_id
+        tokens = torch.full((len(rows), L), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, r in enumerate(rows):
+            sl = slice(L - len(r), L) if padding_side == "left" else slice(0, len(r))
+            tokens[i, sl] = torch.tensor(r, dtype=torch.long)
+            mask[i, sl] = 1
+        tokens = tokens.to(self.device)
+        return (tokens, mask.to(self.device)) if return_mask else tokens
+
+    def to_string(self, tokens: Tensor | list[int]) -> str | list[str]:
+        if isinstance(tokens, Tensor) and tokens.dim() == 2:
+            return [self.to_string(row) for row in tokens]  # type: ignore[misc]
+        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer to decode with")
+        return self.tokenizer.decode(ids)
+
+    def to_str_tokens(self, input: str | Tensor) -> list[str]:
+        """One string per token (duplicates kept apart by position in callers)."""
+        tokens = self.to_tokens(input) if isinstance(input, str) else input
+        tokens = tokens[0] if tokens.dim() == 2 else tokens
+        return [self.tokenizer.decode([int(t)]) for t in tokens]  # type: ignore[union-attr]
+
+    # --- generation primitives --------------------------------------------------------------
+    def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, SSMState]:
+        state = SSMState()
+        logits = self(tokens, attention_mask=attention_mask, state=state)
+        return logits[:, -1], state
+
+    def _decode_step(self, token: Tensor, state: SSMState) -> tuple[Tensor, SSMState]:
+        logits = self(token[:, None], state=state)
+        return logits[:, -1], state
+
+    # --- shapes for the cache estimate ------------------------------------------------------
+    def hook_shapes(self, batch: int, seq_len: int, state_positions: Sequence[int] | None = None,
+                    **_: object) -> dict[str, tuple[int, ...]]:
+        cfg = self.cfg
+        b, L, d = batch, seq_len, cfg.d_model
+        k = L if state_positions is None else len(_resolve_positions(state_positions, L, 0))
+        per_layer = {
+            "hook_resid_pre": (b, L, d), "ln1.hook_normalized": (b, L, d), "ssm.hook_in": (b, L, d),
+            "ssm.hook_x": (b, L, cfg.d_inner), "ssm.hook_z": (b, L, cfg.d_inner),
+            "ssm.hook_conv": (b, L, cfg.conv_channels), "ssm.hook_u": (b, L, cfg.H, cfg.P),
+            "ssm.hook_dt": (b, L, cfg.H), "ssm.hook_B": (b, L, cfg.G, cfg.d_state),
+            "ssm.hook_C": (b, L, cfg.G, cfg.d_state), "ssm.hook_state": (b, k, cfg.H, cfg.P, cfg.d_state),
+            "ssm.hook_y": (b, L, cfg.H, cfg.P), "ssm.hook_gated": (b, L, cfg.d_inner),
+            "ssm.hook_out": (b, L, d), "hook_mixer_out": (b, L, d), "hook_resid_post": (b, L, d),
+        }
+        shapes = {"hook_embed": (b, L, d), "ln_final.hook_normalized": (b, L, d)}
+        for i in range(cfg.n_layers):
+            shapes.update({f"blocks.{i}.{k_}": s for k_, s in per_layer.items()})
+        return shapes
+
+
+def lm_loss(logits: Tensor, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Mean next-token cross-entropy; padded targets (mask 0) are ignored."""
+    logp = logits[:, :-1].log_softmax(-1)
+    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    if attention_mask is None:
+        return nll.mean()
+    m = attention_mask[:, 1:].to(nll.dtype)
+    return (nll * m).sum() / m.sum().clamp(min=1)
+
+
+def _is_hf(tokenizer: object) -> bool:
+    return hasattr(tokenizer, "batch_decode") and hasattr(tokenizer, "get_vocab")
+
+
+def _hf_config_from_dict(raw: dict, folder: object) -> object:
+    from transformers import AutoConfig
+
+    from .loading import CheckpointError
+
+    mt = raw.get("model_type")
+    if mt not in ("mamba", "mamba2"):
+        raise CheckpointError(f"{folder}/config.json: model_type {mt!r} is not a Mamba model (mamba, mamba2)")
+    return AutoConfig.from_pretrained(str(folder))

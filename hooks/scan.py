@@ -1,0 +1,227 @@
+"""Selective-scan math for Mamba-1 and Mamba-2 in the heads view. Pure functions, no modules.
+
+Shapes (b = batch, L = positions, H = heads, P = head width, G = B/C groups, N = state size):
+
+    u   [b, L, H, P]   SSM input (post-conv activation)
+    dt  [b, L, H]      step size Δ (already softplus-ed / clamped)
+    A   [H, N]         Mamba-1: one decay rate per channel and state
+        [H]            Mamba-2: one scalar per head
+    B,C [b, L, G, N]   head h reads group h // (H // G)
+    D   [H]            skip
+    h   [b, H, P, N]   recurrent state
+
+Recurrence (exact definition; :func:`sequential_scan` is its reference implementation):
+
+    h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_tᵀ
+    y_t = h_t C_t + D u_t
+
+The fast paths never divide prefix products: decays are cumulative sums of ``Δ A <= 0`` in log
+space, with the causal mask applied before ``exp``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def expand_groups(X: Tensor, n_heads: int) -> Tensor:
+    """[b, L, G, N] -> [b, L, H, N]: head h reads group h // (H // G)."""
+    G = X.shape[2]
+    if G == n_heads:
+        return X
+    return X.repeat_interleave(n_heads // G, dim=2)
+
+
+def _decay_log(dt: Tensor, A: Tensor) -> Tensor:
+    """log of the per-step decay Δ_t A: [b, L, H, N] for Mamba-1 A [H, N], [b, L, H] for Mamba-2."""
+    return dt[..., None] * A if A.dim() == 2 else dt * A
+
+
+def step(
+    h: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One recurrent step (decoding). h [b,H,P,N], u [b,H,P], dt [b,H], B/C [b,G,N] -> (y [b,H,P], h)."""
+    H = u.shape[1]
+    Bh = expand_groups(B[:, None], H)[:, 0]  # [b, H, N]
+    Ch = expand_groups(C[:, None], H)[:, 0]
+    decay = torch.exp(_decay_log(dt, A))  # [b,H,N] or [b,H]
+    decay = decay[:, :, None, :] if A.dim() == 2 else decay[:, :, None, None]
+    h = decay * h + (dt[..., None] * u)[..., None] * Bh[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", h, Ch) + D[:, None] * u
+    return y, h
+
+
+def sequential_scan(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Reference scan, one position at a time. Returns (y [b,L,H,P], states [b,L,H,P,N]).
+
+    Slow; used by tests and as the definition every fast path is checked against.
+    """
+    b, L, H, P = u.shape
+    N = B.shape[-1]
+    h = u.new_zeros(b, H, P, N) if initial_state is None else initial_state
+    ys, hs = [], []
+    for t in range(L):
+        y, h = step(h, u[:, t], dt[:, t], A, B[:, t], C[:, t], D)
+        ys.append(y)
+        hs.append(h)
+    return torch.stack(ys, 1), torch.stack(hs, 1)
+
+
+def segsum(a: Tensor) -> Tensor:
+    """Segment sums in log space: [..., T] -> [..., T, T], out[i, j] = Σ_{j<k<=i} a_k, -inf for j > i.
+
+    Masks before summing, so no difference of large prefix sums is ever taken.
+    """
+    T = a.shape[-1]
+    x = a[..., None].expand(*a.shape, T)  # x[..., i, j] = a_i
+    strict = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)
+    x = x.masked_fill(~strict, 0.0).cumsum(dim=-2)
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device))
+    return x.masked_fill(~causal, float("-inf"))
+
+
+def _pad_positions(x: Tensor, pad: int) -> Tensor:
+    """Zero-pad dim 1 (positions) at the end."""
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[1] = pad
+    return torch.cat([x, x.new_zeros(shape)], dim=1)
+
+
+def _scan_channelwise(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Mamba-1 fast path (A [H, N]): a two-level chunked scan without D.
+
+    1. Inside every chunk of T positions, run the recurrence from a zero state, all chunks at once
+       (T steps on [b, chunks, H, P, N]).
+    2. Carry states across chunk boundaries (L/T steps on [b, H, P, N]).
+    3. Add each chunk's start state decayed to every position: exp(cumsum ΔA) <= 1, a rank-N matmul.
+    About T + L/T Python steps instead of L; exact up to float rounding.
+    """
+    b, L, H, P = u.shape
+    N = A.shape[-1]
+    T = chunk
+    pad = (-L) % T
+    log_a = _pad_positions(_decay_log(dt, A), pad)  # [b, L', H, N]; pad: log 1 = 0
+    Bh = _pad_positions(expand_groups(B, H), pad)  # [b, L', H, N]
+    Ch = _pad_positions(expand_groups(C, H), pad)
+    x = _pad_positions(dt[..., None] * u, pad)  # Δ u, [b, L', H, P]
+    c = log_a.shape[1] // T
+    log_a = log_a.view(b, c, T, H, N)
+    Bh, Ch = Bh.view(b, c, T, H, N), Ch.view(b, c, T, H, N)
+    x = x.view(b, c, T, H, P)
+
+    # 1. intra-chunk recurrence from zero, every chunk in parallel
+    decay = torch.exp(log_a)  # [b, c, T, H, N]
+    h = u.new_zeros(b, c, H, P, N)
+    y = u.new_empty(b, c, T, H, P)
+    for t in range(T):
+        h = decay[:, :, t, :, None, :] * h + x[:, :, t, :, :, None] * Bh[:, :, t, :, None, :]
+        y[:, :, t] = torch.einsum("bchpn,bchn->bchp", h, Ch[:, :, t])
+    # 2. chunk-start states
+    cum = log_a.cumsum(dim=2)  # [b, c, T, H, N], <= 0
+    chunk_decay = torch.exp(cum[:, :, -1])  # [b, c, H, N]
+    starts = []
+    s = h0
+    for j in range(c):
+        starts.append(s)
+        s = chunk_decay[:, j, :, None, :] * s + h[:, j]
+    start = torch.stack(starts, dim=1)  # [b, c, H, P, N]
+    # 3. decayed start state read out at every position
+    y = y + torch.einsum("bcthn,bchpn->bcthp", Ch * torch.exp(cum), start)
+    return y.reshape(b, c * T, H, P)[:, :L], s
+
+
+def _scan_ssd(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Mamba-2 fast path (A [H]): the chunked state-space-duality algorithm, without D.
+
+    Diagonal blocks are masked attention-like matmuls, off-diagonal blocks factor through the chunk
+    states (rank N). Heads are grouped as H = G * R so B/C are never copied per head.
+    """
+    b, L, H, P = u.shape
+    G, N = B.shape[2], B.shape[3]
+    R = H // G
+    T = chunk
+    pad = (-L) % T
+    x = _pad_positions(u * dt[..., None], pad)  # [b, L', H, P]
+    a = _pad_positions(dt * A, pad)  # [b, L', H]
+    B, C = _pad_positions(B, pad), _pad_positions(C, pad)
+    c = x.shape[1] // T
+    x = x.view(b, c, T, G, R, P)
+    B, C = B.view(b, c, T, G, N), C.view(b, c, T, G, N)
+    a = a.view(b, c, T, G, R).permute(0, 3, 4, 1, 2)  # [b, G, R, c, T]
+    a_cum = a.cumsum(dim=-1)
+
+    # 1. diagonal blocks
+    Lmat = torch.exp(segsum(a))  # [b, G, R, c, T(l), T(s)]
+    CB = torch.einsum("bclgn,bcsgn->bgcls", C, B)  # [b, G, c, T, T]
+    M = CB[:, :, None] * Lmat  # [b, G, R, c, T, T]
+    y = torch.einsum("bgrcls,bcsgrp->bclgrp", M, x)
+    # 2. state contributed by each chunk, at its end
+    decay_to_end = torch.exp(a_cum[..., -1:] - a_cum)  # [b, G, R, c, T]
+    chunk_states = torch.einsum("bcsgn,bgrcs,bcsgrp->bcgrpn", B, decay_to_end, x)
+    # 3. chunk-start states (recurrence over chunks, in log space)
+    init = h0.view(b, 1, G, R, P, N)
+    states = torch.cat([init, chunk_states], dim=1)  # [b, c+1, G, R, P, N]
+    chunk_log = F.pad(a_cum[..., -1], (1, 0))  # [b, G, R, c+1]
+    decay_chunk = torch.exp(segsum(chunk_log))  # [b, G, R, c+1, c+1]
+    states = torch.einsum("bgrzs,bsgrpn->bzgrpn", decay_chunk, states)
+    start, final = states[:, :-1], states[:, -1]
+    # 4. start states read out inside each chunk
+    y = y + torch.einsum("bclgn,bcgrpn,bgrcl->bclgrp", C, start, torch.exp(a_cum))
+    return y.reshape(b, c * T, H, P)[:, :L], final.reshape(b, H, P, N)
+
+
+def default_chunk(L: int, A: Tensor, chunk_size: int) -> int:
+    """Chunk length: the family's configured size for SSD, ~sqrt(L) for the channelwise scan."""
+    if A.dim() == 1:
+        return chunk_size
+    return int(min(64, max(8, 2 ** round(math.log2(max(L, 1)) / 2))))
+
+
+def chunked_scan(
+    u: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Fast scan for either family. Returns (y [b, L, H, P], final state [b, H, P, N]), float32 math."""
+    b, L, H, P = u.shape
+    N = B.shape[-1]
+    dtype = u.dtype
+    u, dt, B, C = u.float(), dt.float(), B.float(), C.float()
+    A, D = A.float(), D.float()
+    h0 = u.new_zeros(b, H, P, N) if initial_state is None else initial_state.float()
+    if L == 0:
+        return u.new_zeros(b, 0, H, P).to(dtype), h0
+    chunk = default_chunk(L, A, chunk_size)
+    fn = _scan_ssd if A.dim() == 1 else _scan_channelwise
+    y, h = fn(u, dt, A, B, C, h0, chunk)
+    y = y + D[:, None] * u
+    return y.to(dtype), h
+
+
+def read_state(h: Tensor, C: Tensor) -> Tensor:
+    """y contribution of a state: h [b, H, P, N], C [b, G, N] -> [b, H, P]."""
+    Ch = expand_groups(C[:, None], h.shape[1])[:, 0]
+    return torch.einsum("bhpn,bhn->bhp", h, Ch)

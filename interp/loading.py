@@ -1,0 +1,80 @@
+"""``interp.load``: one entry point for every model the toolkit knows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SSM_TYPES = ("mamba", "mamba2")
+
+
+def load(
+    model: str | os.PathLike | torch.nn.Module,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a hookable model.
+
+    ``model`` may be:
+
+    * the name of an embedded model shipped with the package (``interp.zoo.list_models()``);
+    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, GPT-2, GPT-NeoX/Pythia, ...);
+    * a Hugging Face hub id (``"state-spaces/mamba-130m-hf"``, needs network) or a TransformerLens
+      model name (``"gpt2"``, ``"pythia-70m"``);
+    * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / transformers causal LM.
+
+    Returns a :class:`interp.hooks.HookedSSM` for state-space models, otherwise a
+    TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
+    """
+    from interp.hooks import HookedSSM
+    from interp.hooks.loading import CheckpointError, read_config, resolve_checkpoint
+
+    if isinstance(model, torch.nn.Module):
+        if getattr(getattr(model, "config", None), "model_type", None) in SSM_TYPES:
+            return HookedSSM.from_hf_model(model, **kwargs).to(device=device, dtype=dtype)
+        from interp.hooks.transformer import HookedTransformerModel
+
+        return HookedTransformerModel.from_hf_model(model, device=device, dtype=dtype, **kwargs)
+
+    name = str(model)
+    embedded = _embedded_path(name)
+    if embedded is not None:
+        return HookedSSM.from_pretrained(str(embedded), device=device, dtype=dtype) \
+            if _model_type(embedded) in SSM_TYPES else _load_transformer(str(embedded), device, dtype, **kwargs)
+
+    if not Path(name).expanduser().is_dir() and "/" not in name:
+        # a bare name: a TransformerLens pretrained name, or a typo of an embedded one
+        return _load_transformer(name, device, dtype, **kwargs)
+    try:
+        folder = resolve_checkpoint(name)
+    except CheckpointError:
+        raise
+    mt = read_config(folder).get("model_type")
+    if mt in SSM_TYPES:
+        return HookedSSM.from_pretrained(str(folder), device=device, dtype=dtype)
+    return _load_transformer(str(folder), device, dtype, **kwargs)
+
+
+def _model_type(folder: Path) -> str | None:
+    return json.loads((folder / "config.json").read_text()).get("model_type")
+
+
+def _embedded_path(name: str) -> Path | None:
+    try:
+        from interp.zoo import embedded_path
+    except ImportError:
+        return None
+    return embedded_path(name)
+
+
+def _load_transformer(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:
+    try:
+        from interp.hooks.transformer import HookedTransformerModel
+    except ImportError as e:  # pragma: no cover - adapter ships with the package
+        raise ImportError(f"cannot load transformer {name!r}: {e}") from e
+    return HookedTransformerModel.from_pretrained(name, device=device, dtype=dtype, **kwargs)

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints written to disk, loaded back offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SSM_CONFIGS = {
+    "mamba1": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
+    "mamba2-g1": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, head_dim=16,
+                      num_heads=4, n_groups=1, chunk_size=8),
+    "mamba2-g2": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, head_dim=16,
+                      num_heads=4, n_groups=2, chunk_size=8),
+}
+
+
+def make_hf_ssm(kind: str, seed: int = 0):
+    """A random tiny MambaForCausalLM / Mamba2ForCausalLM with non-trivial D, dt bias, norms."""
+    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(seed)
+    if kind == "mamba1":
+        model = MambaForCausalLM(MambaConfig(**SSM_CONFIGS[kind]))
+    else:
+        model = Mamba2ForCausalLM(Mamba2Config(**SSM_CONFIGS[kind]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("mixer.D", "conv1d.bias")):
+                p.normal_(0, 0.5)
+            elif name.endswith("norm.weight"):
+                p.normal_(1, 0.2)
+            elif name.endswith("out_proj.weight"):
+                p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(params=list(SSM_CONFIGS))
+def ssm_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def hf_ssm(ssm_kind):
+    return make_hf_ssm(ssm_kind)
+
+
+@pytest.fixture
+def ssm_folder(hf_ssm, tmp_path):
+    folder = tmp_path / "ckpt"
+    hf_ssm.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def ssm(ssm_folder):
+    import interp
+
+    return interp.load(str(ssm_folder))
