@@ -5,8 +5,9 @@ from .config import SSMConfig
 from .hook_points import HookPoint, HookShapeError, UnknownHookError
 from .loading import CheckpointError
 from .mamba import HookedSSM, SSMState
+from .transformer import HookedTransformerModel
 
 __all__ = [
     "CacheTooLargeError", "CheckpointError", "HookNotFiredError", "HookPoint", "HookShapeError",
-    "HookedSSM", "SSMConfig", "SSMState", "UnknownHookError",
+    "HookedSSM", "HookedTransformerModel", "SSMConfig", "SSMState", "UnknownHookError",
 ]

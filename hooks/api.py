@@ -94,6 +94,12 @@ class InterpModelMixin:
         self._raise_unfired(fired, kwargs)
         return out
 
+    def _set_hook_positions(self, positions: Tensor) -> None:
+        """Expose the absolute positions of this forward to attached hooks as hook.ctx['positions']."""
+        for hp in self.hook_dict.values():
+            if hp._forward_hooks:
+                hp.ctx["positions"] = positions
+
     # --- caching ---------------------------------------------------------------------------
     def hook_shapes(self, batch: int, seq_len: int, **forward_kwargs: Any) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError

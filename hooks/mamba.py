@@ -493,12 +493,6 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         loss = lm_loss(logits, tokens, attention_mask)
         return loss if return_type == "loss" else (logits, loss)
 
-    def _set_hook_positions(self, positions: Tensor) -> None:
-        """Expose the absolute positions of this forward to attached hooks as hook.ctx['positions']."""
-        for hp in self.hook_dict.values():
-            if hp._forward_hooks:
-                hp.ctx["positions"] = positions
-
     # --- tokens ----------------------------------------------------------------------------
     def to_tokens(
         self, input: str | list[str], prepend_bos: bool | None = None, padding_side: str = "right",
