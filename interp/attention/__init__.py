@@ -1,0 +1,20 @@
+"""Token interaction maps for any model: hidden attention, softmax attention, LRP rows, rollout.
+
+Formula modules (pure functions on cached activations): :mod:`.hidden` (hidden attention of
+Mamba-1/Mamba-2), :mod:`.unified` (unified implicit attention), :mod:`.latim` (LaTIM
+contributions). :mod:`.maps` puts one interface over all models.
+"""
+
+from .hidden import (
+    hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows, reconstruct_y,
+)
+from .maps import (
+    MapTooLargeError, interaction_map, mamba_attr, normalize, query_rows, reduce_channels, rollout,
+    ssm_parameters,
+)
+
+__all__ = [
+    "MapTooLargeError", "hidden_attention", "hidden_attention_direct", "hidden_attention_reduced",
+    "hidden_attention_rows", "interaction_map", "mamba_attr", "normalize", "query_rows", "reconstruct_y",
+    "reduce_channels", "rollout", "ssm_parameters",
+]

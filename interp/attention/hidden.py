@@ -90,7 +90,7 @@ def _channelwise(
     L, H = dt.shape
     N = A.shape[-1]
     S = dt.cumsum(0)  # [L, H]
-    out = dt.new_zeros(L, L) if reduce else dt.new_zeros(H, L, L)
+    out = dt.new_zeros(H) if reduce == "mass" else dt.new_zeros(L, L) if reduce else dt.new_zeros(H, L, L)
     R = dt.new_empty(H, N, L)
     prev = 0  # columns [0, prev) of R are valid for anchor prev - 1
     chunk = max(1, min(H, budget // max(1, block * L)))
@@ -114,7 +114,9 @@ def _channelwise(
             h1 = min(h0 + chunk, H)
             diag = diag_all[h0:h1]
             off = torch.bmm(Lf[h0:h1], R[h0:h1, :, :i0]) if i0 > 0 else None  # [hc, T, i0]
-            if reduce is None:
+            if reduce == "mass":  # Σ_ij |α| per channel, for top-k channel selection
+                out[h0:h1] += diag.abs().sum((1, 2)) + (off.abs().sum((1, 2)) if off is not None else 0)
+            elif reduce is None:
                 out[h0:h1, i0:i1, i0:i1] = diag
                 if off is not None:
                     out[h0:h1, i0:i1, :i0] = off
@@ -184,6 +186,14 @@ def hidden_attention_reduced(
     dt, A = _select(dt.float(), A.float(), hs)
     return torch.stack([_channelwise(dt[i], A, _one_group(B[i]), _one_group(C[i]), aggregate, block)
                         for i in range(dt.shape[0])])
+
+
+def channel_mass(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """Σ_{i,j} |α[h, i, j]| per channel/head, summed over the batch: [H] (picks top-k channels)."""
+    if A.dim() == 1:
+        return _alpha_scalar_decay(dt, A, B, C, None).abs().sum((0, 2, 3))
+    dt, A = dt.float(), A.float()
+    return sum(_channelwise(dt[i], A, _one_group(B[i]), _one_group(C[i]), "mass") for i in range(dt.shape[0]))
 
 
 def _select(dt: Tensor, A: Tensor, hs: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,103 @@
+"""Hidden attention: exact reconstruction of hook_y, the fast algorithms equal the direct build,
+and one interface over SSMs and transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from interp.attention import (
+    MapTooLargeError, hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows,
+    interaction_map, mamba_attr, normalize, query_rows, reconstruct_y, rollout, ssm_parameters,
+)
+from interp.attention.hidden import channel_mass
+
+
+def random_params(family: str, L: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    b = 2
+    H, G, N = (12, 1, 5) if family == "mamba1" else (6, 2, 8)
+    A = -(torch.rand(H, N, generator=g) * 3 + 0.1) if family == "mamba1" else -(torch.rand(H, generator=g) * 3 + 0.1)
+    return (torch.rand(b, L, H, generator=g) * 0.5, A, torch.randn(b, L, G, N, generator=g),
+            torch.randn(b, L, G, N, generator=g))
+
+
+@pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("L", [1, 9, 64, 150])
+def test_fast_maps_equal_direct_construction(family, L):
+    dt, A, B, C = random_params(family, L)
+    ref = hidden_attention_direct(dt, A, B, C)
+    assert torch.allclose(hidden_attention(dt, A, B, C), ref, atol=1e-5, rtol=1e-4)
+    expect = {"mean": ref.mean(1), "mean_abs": ref.abs().mean(1), "max": ref.abs().amax(1)}
+    for agg, e in expect.items():
+        assert torch.allclose(hidden_attention_reduced(dt, A, B, C, agg), e, atol=1e-5, rtol=1e-4), agg
+    rows = [0, L // 2, L - 1]
+    assert torch.allclose(hidden_attention_rows(dt, A, B, C, rows), ref[:, :, rows], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(hidden_attention(dt, A, B, C, heads=[1, 3]), ref[:, [1, 3]], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(channel_mass(dt, A, B, C), ref.abs().sum((0, 2, 3)), rtol=1e-4)
+    assert torch.equal(torch.triu(ref, diagonal=1), torch.zeros_like(ref))  # causal
+
+
+def test_hidden_attention_reconstructs_hook_y(ssm):
+    """Σ_j α[i, j] u_j + D u_i == hook_y at every layer (<= 1e-5 relative)."""
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    for layer in range(ssm.cfg.n_layers):
+        p = ssm_parameters(ssm, tokens, layer)
+        y = reconstruct_y(hidden_attention(p["dt"], p["A"], p["B"], p["C"]), p["u"], p["D"])
+        rel = (y - p["y"]).norm() / p["y"].norm()
+        assert rel <= 1e-5, f"layer {layer}: {rel:.2e}"
+
+
+def test_interaction_map_interface_on_ssm(ssm):
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
+    per = interaction_map(ssm, tokens, layer=1, aggregate="none")
+    assert per.shape == (1, ssm.cfg.H, 20, 20)
+    assert torch.allclose(interaction_map(ssm, tokens, layer=1), per.abs().mean(1), atol=1e-6)
+    assert torch.allclose(interaction_map(ssm, tokens, layer=1, aggregate=3), per[:, 3], atol=1e-6)
+    top = interaction_map(ssm, tokens, layer=1, aggregate="topk", k=2)
+    best = per.abs().sum((0, 2, 3)).topk(2).indices
+    assert torch.allclose(top, per[:, best].abs().mean(1), atol=1e-6)
+    rows = query_rows(ssm, tokens, layer=1, rows=[5, -1])
+    assert torch.allclose(rows, per.abs().mean(1)[:, [5, 19]], atol=1e-6)
+    row_norm = interaction_map(ssm, tokens, layer=1, normalize_="row")
+    assert torch.allclose(row_norm.sum(-1), torch.ones(1, 20), atol=1e-5)
+    mm = interaction_map(ssm, tokens, layer=1, normalize_="minmax")
+    assert mm.min() == 0 and torch.isclose(mm.max(), torch.tensor(1.0))
+
+
+def test_oversize_request_names_the_cheaper_call(ssm):
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 30))
+    with pytest.raises(MapTooLargeError, match="query_rows"):
+        interaction_map(ssm, tokens, layer=0, aggregate="none", max_bytes=1000)
+    interaction_map(ssm, tokens, layer=0, aggregate="mean_abs", max_bytes=1000 if ssm.cfg.family == "mamba1" else None)
+
+
+def test_transformer_path_returns_tl_pattern():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = interp.load(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=61, n_positions=64)).eval())
+    tokens = torch.randint(0, 61, (1, 12))
+    _, cache = model.run_with_cache(tokens, names_filter="blocks.1.attn.hook_pattern")
+    pattern = cache["blocks.1.attn.hook_pattern"]
+    assert torch.equal(interaction_map(model, tokens, layer=1, aggregate="none"), pattern)
+    assert torch.allclose(interaction_map(model, tokens, layer=1, aggregate="mean"), pattern.mean(1))
+    rho = mamba_attr(model, tokens)
+    assert rho.shape == (1, 12, 12) and torch.isfinite(rho).all()
+
+
+def test_rollout_and_normalize_closed_forms():
+    eye = torch.zeros(1, 4, 4)
+    assert torch.allclose(rollout([eye, eye]), torch.eye(4)[None])  # no mixing: identity
+    A = torch.tril(torch.ones(1, 3, 3))
+    r = rollout([A], add_identity=False)
+    assert torch.allclose(r[0, 2], torch.full((3,), 1 / 3))
+    assert torch.allclose(normalize(torch.tensor([[[-2.0, 2.0]]]), "row"), torch.tensor([[[0.5, 0.5]]]))
+
+
+def test_mamba_attr_on_ssm(ssm):
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 10))
+    rho = mamba_attr(ssm, tokens)
+    assert rho.shape == (1, 10, 10) and torch.isfinite(rho).all()
+    assert torch.allclose(rho.sum(-1), torch.ones(1, 10), atol=1e-5)  # rows stay normalised
