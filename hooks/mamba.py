@@ -37,7 +37,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from .api import InterpModelMixin
 from .config import SSMConfig
 from .hook_points import HookPoint
-from .scan import chunked_scan, expand_groups, read_state, sequential_scan
+from .scan import chunked_scan, expand_groups, read_state, sequential_scan, update_state
 
 _ACTIVATIONS = {"silu": F.silu, "identity": lambda x: x}
 
@@ -262,11 +262,7 @@ class SSMMixer(nn.Module):
         conv = self.hook_conv(conv[:, None].to(x.dtype))
         u, dt, B, C = self._ssm_params(self.act(conv), dt_raw)
 
-        A = self.A
-        h = state.ssm[layer]
-        decay = torch.exp(dt[:, 0, :, None] * A if A.dim() == 2 else (dt[:, 0] * A)[..., None])  # [b,H,N|1]
-        Bh = expand_groups(B, self.cfg.H)[:, 0]  # [b, H, N]
-        h = decay[:, :, None, :] * h + (dt[:, 0, :, None] * u[:, 0].float())[..., None] * Bh[:, :, None, :].float()
+        h = update_state(state.ssm[layer], u[:, 0].float(), dt[:, 0], self.A, B[:, 0].float())
         if self.hook_state._forward_hooks and (state_positions is None or state.offset in state_positions):
             self.hook_state.ctx["positions"] = torch.tensor([state.offset], device=h.device)
             h = self.hook_state(h[:, None])[:, 0]

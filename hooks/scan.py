@@ -41,18 +41,20 @@ def _decay_log(dt: Tensor, A: Tensor) -> Tensor:
     return dt[..., None] * A if A.dim() == 2 else dt * A
 
 
+def update_state(h: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor) -> Tensor:
+    """h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_tᵀ. h [b,H,P,N], u [b,H,P], dt [b,H], B [b,G,N]."""
+    Bh = expand_groups(B[:, None], u.shape[1])[:, 0]  # [b, H, N]
+    decay = torch.exp(_decay_log(dt, A))  # [b,H,N] or [b,H]
+    decay = decay[:, :, None, :] if A.dim() == 2 else decay[:, :, None, None]
+    return decay * h + (dt[..., None] * u)[..., None] * Bh[:, :, None, :]
+
+
 def step(
     h: Tensor, u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor
 ) -> tuple[Tensor, Tensor]:
     """One recurrent step (decoding). h [b,H,P,N], u [b,H,P], dt [b,H], B/C [b,G,N] -> (y [b,H,P], h)."""
-    H = u.shape[1]
-    Bh = expand_groups(B[:, None], H)[:, 0]  # [b, H, N]
-    Ch = expand_groups(C[:, None], H)[:, 0]
-    decay = torch.exp(_decay_log(dt, A))  # [b,H,N] or [b,H]
-    decay = decay[:, :, None, :] if A.dim() == 2 else decay[:, :, None, None]
-    h = decay * h + (dt[..., None] * u)[..., None] * Bh[:, :, None, :]
-    y = torch.einsum("bhpn,bhn->bhp", h, Ch) + D[:, None] * u
-    return y, h
+    h = update_state(h, u, dt, A, B)
+    return read_state(h, C) + D[:, None] * u, h
 
 
 def sequential_scan(
