@@ -101,3 +101,15 @@ def test_mamba_attr_on_ssm(ssm):
     rho = mamba_attr(ssm, tokens)
     assert rho.shape == (1, 10, 10) and torch.isfinite(rho).all()
     assert torch.allclose(rho.sum(-1), torch.ones(1, 10), atol=1e-5)  # rows stay normalised
+
+
+def test_unified_and_latim_through_the_common_interface(ssm):
+    from interp.attention import latim_layer, latim_scores, unified_layer
+
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    _, cache = ssm.run_with_cache(tokens)  # includes hook_state, so the sequential scan ran: compare at 1e-4
+    uni = interaction_map(ssm, tokens, layer=1, method="unified", aggregate="mean_abs")
+    assert torch.allclose(uni, unified_layer(ssm, cache, 1, aggregate="mean_abs").map, atol=1e-4)
+    lat = interaction_map(ssm, tokens, layer=0, method="latim", score="alti")
+    assert torch.allclose(lat, latim_scores(latim_layer(ssm, cache, 0), "alti"), atol=1e-4)
+    assert lat.shape == (1, 12, 12)

@@ -8,6 +8,8 @@ contributions). :mod:`.maps` puts one interface over all models.
 from .hidden import (
     hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows, reconstruct_y,
 )
+from .latim import LatimContributions, latim_contributions, latim_layer, latim_scores, reconstruction_errors
+from .unified import UnifiedAttention, unified_attention, unified_layer
 from .maps import (
     MapTooLargeError, interaction_map, mamba_attr, normalize, query_rows, reduce_channels, rollout,
     ssm_parameters,
@@ -16,5 +18,6 @@ from .maps import (
 __all__ = [
     "MapTooLargeError", "hidden_attention", "hidden_attention_direct", "hidden_attention_reduced",
     "hidden_attention_rows", "interaction_map", "mamba_attr", "normalize", "query_rows", "reconstruct_y",
-    "reduce_channels", "rollout", "ssm_parameters",
+    "reduce_channels", "rollout", "ssm_parameters", "LatimContributions", "latim_contributions", "latim_layer",
+    "latim_scores", "reconstruction_errors", "UnifiedAttention", "unified_attention", "unified_layer",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import hidden
 
-METHODS = ("attention", "hidden", "lrp", "grad_x_input")
+METHODS = ("attention", "hidden", "unified", "latim", "lrp", "grad_x_input")
 NORMALIZATIONS = ("raw", "minmax", "row")
 DEFAULT_MAP_BUDGET_BYTES = 2 * 2**30
 
@@ -125,8 +125,9 @@ def interaction_map(
     """Token-interaction map(s) of ``layer`` by ``method``: [b, L, L] (or [b, H, L, L] for aggregate="none").
 
     method: "auto" (hidden attention for SSMs, softmax attention for transformers), "hidden",
-    "attention", "lrp" or "grad_x_input" (whole-model attributions; ``layer`` is ignored). The
-    unified and LaTIM maps live in :mod:`interp.attention.unified` / :mod:`interp.attention.latim`.
+    "attention", "unified" (unified implicit attention, channel-reduced; bias and skip terms in
+    :mod:`interp.attention.unified`), "latim" (LaTIM scores; ``score="l1"|"l2"|"alti"``,
+    ``f="silu"|"identity"``), "lrp" or "grad_x_input" (whole-model attributions; ``layer`` ignored).
     """
     tokens = _tokens(model, tokens)
     if method == "auto":
@@ -157,7 +158,10 @@ def interaction_map(
         return normalize(reduce_channels(per_head, aggregate, k), normalize_)
 
     if not is_ssm(model):
-        raise ValueError("method='hidden' needs a state-space model; transformers use 'attention'")
+        raise ValueError(f"method={method!r} needs a state-space model; transformers use 'attention'")
+    if method in ("unified", "latim"):
+        return normalize(_unified_or_latim(model, tokens, layer, method, aggregate, heads, max_bytes, **method_kwargs),
+                         normalize_)
     p = ssm_parameters(model, tokens, layer)
     H = p["dt"].shape[-1]
     if isinstance(aggregate, int):
@@ -174,6 +178,22 @@ def interaction_map(
     else:
         out = hidden.hidden_attention_reduced(p["dt"], p["A"], p["B"], p["C"], aggregate, heads)
     return normalize(out, normalize_)
+
+
+def _unified_or_latim(model: Any, tokens: Tensor, layer: int, method: str, aggregate: str | int,
+                      heads: Sequence[int] | None, max_bytes: int | None, score: str = "l2", f: str = "silu") -> Tensor:
+    from . import latim, unified
+
+    hooks = unified.UNIFIED_HOOKS if method == "unified" else latim.LATIM_HOOKS
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{layer}.ssm.{h}" for h in hooks],
+                                        stop_at_layer=layer + 1)
+        budget = max_bytes if max_bytes is not None else 2**62
+        if method == "latim":
+            return latim.latim_scores(latim.latim_layer(model, cache, layer, f=f, max_bytes=budget), score)
+        channels = [aggregate] if isinstance(aggregate, int) else heads
+        agg = "mean" if isinstance(aggregate, int) else aggregate
+        return unified.unified_layer(model, cache, layer, channels=channels, aggregate=agg, max_bytes=budget).map
 
 
 def query_rows(
