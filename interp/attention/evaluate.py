@@ -18,20 +18,22 @@ name               per-layer map (rows = query i, columns = source j)           
 ``latim_l1``       LaTIM ‖T_i(x_j)‖₁, f = SiLU                                                  sum
 ``latim_l2``       LaTIM ‖T_i(x_j)‖₂                                                            sum
 ``latim_alti``     LaTIM ALTI score (row-normalised)                                            sum
-``lrp``            MambaLRP / CP-LRP rows (:func:`interp.lrp.interaction_rows`), whole model    —
-``grad_x_input``   gradient × input rows, whole model                                           —
+``lrp``            MambaLRP / CP-LRP rows (:func:`interp.lrp.interaction_rows`), whole model,   —
+                   signed (positive = evidence for the predicted token)
+``lrp_abs``        absolute value of the LRP rows (magnitude only)                              —
+``grad_x_input``   gradient × input rows, whole model, signed                                   —
 ``random``         uniform random scores (the chance reference: AUC 0.5)                        —
 =================  ===========================================================================  =========
 
 Combining layers (``combine_layers``): ``rollout`` is ρ = Π_l rownorm(I + |A_l|) (Abnar & Zuidema;
 the identity stands for the residual stream), the usual way to chain hidden-attention maps through
 depth. ``sum`` is the mean over layers of the row-normalised |maps| (each layer's row sums to 1, so a
-layer with larger raw contributions does not dominate). LaTIM defaults to ``sum``: LaTIM's
-contributions are per-layer decompositions (T_i(x_j) is the share of layer input token j in layer
-output i), and the LaTIM paper reads them per layer; in a copy model the retrieval of the source
-happens in one layer, which the mean over layers keeps visible whereas rollout multiplies it with the
-near-diagonal maps of the other layers. ``latim_l2@rollout`` / ``latim_l2@last`` are there to compare.
-``last`` takes the last layer, ``@k`` layer k.
+layer with larger raw contributions does not dominate). ``last`` takes the last layer, ``@k`` layer k.
+LaTIM defaults to ``sum``: its contributions are per-layer decompositions (T_i(x_j) is the share of
+layer input token j in layer output i), read per layer in the LaTIM paper, and their norms are not on
+the scale of the identity that rollout adds for the residual (``latim_l2@rollout`` is the worst LaTIM
+variant on the copy task). On small trained copy models the retrieval of the source sits in the last
+layer and ``latim_l2@last`` is the sharpest variant; the default benchmark reports it next to ``sum``.
 
 Perturbation (DESIGN.md section 3): :func:`perturbation_curve` replaces the k most (MoRF) or least
 (LeRF) relevant tokens j <= position by a baseline id, for k = 0..n in one batched forward, and
@@ -53,7 +55,8 @@ Command line::
 
     python -m interp.attention.evaluate copying [--models copy-mamba copy-mamba2] [--methods ...] [--n 50]
         [--markdown FILE] [--json FILE]
-    python -m interp.attention.evaluate perturbation [--model copy-mamba] [--methods ...] [--n 20]
+    python -m interp.attention.evaluate perturbation [--model copy-mamba | tokfsm-mamba ...] [--methods ...] [--n 20]
+        [--data auto|copy|tokfsm] [--baseline ID] [--steps K]
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .maps import interaction_map, is_ssm, normalize, query_rows, rollout
+from . import hidden
+from .maps import interaction_map, is_ssm, normalize, rollout
 
 __all__ = [
     "METHODS", "DEFAULT_COPY_METHODS", "LAYER_COMBINE", "MethodUnavailable", "BenchmarkTable",
@@ -83,7 +87,8 @@ __all__ = [
 
 MethodFn = Callable[[Any, Tensor, Sequence[int]], Tensor]
 LAYER_COMBINE = ("rollout", "sum", "last")
-DEFAULT_COPY_METHODS = ("hidden", "hidden_last", "latim_l2", "latim_alti", "lrp", "grad_x_input")
+DEFAULT_COPY_METHODS = ("hidden", "hidden_last", "unified", "latim_l2", "latim_l2@last", "latim_alti", "latim_alti@last",
+                        "lrp", "grad_x_input", "random")
 CANDIDATES = ("before", "upto", "first_half")
 
 # published on the copying task (LaTIM paper, via DESIGN.md section 3): (family, method) -> (AUC, AP)
@@ -195,12 +200,22 @@ def _n_layers(model: Any) -> int:
 
 
 def _hidden_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
+    """Channel/head mean |α| of every layer from one cached forward (rows only: O(H·N·L) per row)."""
     if not is_ssm(model):
         raise MethodUnavailable("hidden attention needs a state-space model (use 'attention' for transformers)")
-    if rows is not None:  # O(H·N·L) per row
-        return [query_rows(model, tokens, layer, rows, "hidden", aggregate="mean_abs")[0]
-                for layer in range(_n_layers(model))]
-    return [interaction_map(model, tokens, layer, "hidden", aggregate="mean_abs")[0] for layer in range(_n_layers(model))]
+    n = _n_layers(model)
+    names = [f"blocks.{l}.ssm.hook_{h}" for l in range(n) for h in ("dt", "B", "C")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+        out = []
+        for l in range(n):
+            dt, B, C = (cache[f"blocks.{l}.ssm.hook_{h}"] for h in ("dt", "B", "C"))
+            A = model.blocks[l].ssm.A.detach()
+            if rows is None:
+                out.append(hidden.hidden_attention_reduced(dt, A, B, C, "mean_abs")[0])
+            else:
+                out.append(hidden.hidden_attention_rows(dt, A, B, C, rows).abs().mean(1)[0])
+    return out
 
 
 def _attention_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
@@ -285,11 +300,12 @@ def combine_layers(maps: Sequence[Tensor], how: str | int = "rollout") -> Tensor
     raise ValueError(f"layer combination must be one of {LAYER_COMBINE} or a layer index, got {how!r}")
 
 
-def _whole_model(method: str) -> MethodFn:
+def _whole_model(method: str, absolute: bool = False) -> MethodFn:
     def rows(model: Any, tokens: Tensor, positions: Sequence[int]) -> Tensor:
         from interp.lrp import interaction_rows
 
-        return interaction_rows(model, _one(tokens), positions=list(positions), method=method).float()
+        r = interaction_rows(model, _one(tokens), positions=list(positions), method=method).float()
+        return r.abs() if absolute else r
 
     return rows
 
@@ -343,6 +359,7 @@ for _alias, _target in ALIASES.items():
     register_method(_alias, _layerwise_fn(*_target.split("@")))
 register_method("lrp", _whole_model("lrp"))
 register_method("grad_x_input", _whole_model("grad_x_input"))
+register_method("lrp_abs", _whole_model("lrp", absolute=True))
 register_method("random", _random_rows)
 
 
@@ -468,6 +485,7 @@ class BenchmarkTable:
     metrics: tuple[str, ...]
     title: str = ""
     notes: list[str] = field(default_factory=list)
+    labels: tuple[str, ...] | None = None  # display names of ``metrics`` in the table header
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(r["model"] for r in self.rows))
@@ -485,7 +503,8 @@ class BenchmarkTable:
         return " / ".join("nan" if r[m] is None or math.isnan(r[m]) else f"{r[m]:.2f}" for m in self.metrics)
 
     def _grid(self) -> tuple[list[str], list[list[str]]]:
-        head = ["method"] + [f"{m} ({' / '.join(self.metrics)})" for m in self.models()]
+        names = " / ".join(self.labels or self.metrics)
+        head = ["method"] + [f"{m} ({names})" for m in self.models()]
         body = [[meth] + [self._cell_text(m, meth) for m in self.models()] for meth in self.methods()]
         return head, body
 
@@ -635,8 +654,38 @@ def copying_benchmark(
     notes.append("published (LaTIM paper): " + "; ".join(pub))
     return BenchmarkTable(rows=rows, columns=("model", "method", "auc", "ap", "recall_at_1", "n_positions",
                                               "copy_accuracy", "seconds", "note"),
-                          metrics=("auc", "ap", "recall_at_1"), title="Copying benchmark: AUC / AP / R@1",
+                          metrics=("auc", "ap", "recall_at_1"), labels=("AUC", "AP", "R@1"),
+                          title="Copying benchmark: AUC / AP / R@1",
                           notes=notes)
+
+
+def _vocab_size(model: Any) -> int | None:
+    cfg = getattr(model, "cfg", None)
+    return getattr(cfg, "vocab_size", None) or getattr(cfg, "d_vocab", None)
+
+
+def _perturbation_data(data: str, n_sequences: int, n_range: int | tuple[int, int], seq_len: int,
+                       rng: np.random.Generator, seed: int) -> tuple[list[tuple[Tensor, int]], int, str]:
+    """(sequence [1, L], query position) pairs, the default baseline id and a description."""
+    if data == "copy":
+        from interp.data import COPY_PAD, sample_copy_batch
+
+        batch = sample_copy_batch(n_sequences, rng, n_range=n_range)
+        seqs = []
+        for b in range(n_sequences):
+            Lb = int(batch.seq_lengths[b])
+            pos = torch.nonzero(batch.loss_mask[b, :Lb]).flatten().tolist()
+            seqs.append((batch.tokens[b:b + 1, :Lb], int(rng.choice(pos))))
+        lo, hi = (n_range, n_range) if isinstance(n_range, int) else n_range
+        return seqs, COPY_PAD, f"{n_sequences} copying sequences (n in {lo}..{hi}, seed {seed}), one copy position each"
+    if data == "tokfsm":
+        from interp.data import TOKFSM_BOS, tokfsm_dataset
+
+        tokens = tokfsm_dataset(n_sequences, seed=seed)[:, :seq_len]
+        seqs = [(tokens[b:b + 1], int(rng.integers(seq_len // 2, seq_len - 1))) for b in range(n_sequences)]
+        return seqs, TOKFSM_BOS, (f"{n_sequences} TokFSM sequences of {seq_len} tokens (seed {seed}), one position "
+                                  f"each in the second half")
+    raise ValueError(f"data must be 'copy' or 'tokfsm', got {data!r}")
 
 
 def perturbation_benchmark(
@@ -647,24 +696,27 @@ def perturbation_benchmark(
     seed: int = 0,
     baseline_id: int | None = None,
     steps: int | None = None,
+    data: str = "auto",
+    seq_len: int = 64,
     progress: bool = False,
 ) -> BenchmarkTable:
-    """MoRF / LeRF areas and ΔA per method on copying sequences, one random copy position per sequence.
+    """MoRF / LeRF areas and ΔA per method, one random query position per sequence.
 
-    ``baseline_id`` defaults to the copy task's PAD token. Only tokens j <= position are replaced.
+    ``data``: "copy" (copying sequences, a random copy position; baseline PAD), "tokfsm" (TokFSM
+    sequences of ``seq_len`` tokens, a random position in the second half; baseline BOS) or "auto"
+    (TokFSM for models with the TokFSM vocabulary, else copy). ``baseline_id`` overrides the
+    replacement token. Only tokens j <= position are replaced; the target is the clean argmax.
     """
-    from interp.data import COPY_PAD, sample_copy_batch
+    from interp.data import TOKFSM_VOCAB_SIZE
 
-    baseline = COPY_PAD if baseline_id is None else int(baseline_id)
-    rng = np.random.default_rng(seed)
-    batch = sample_copy_batch(n_sequences, rng, n_range=n_range)
-    seqs = []
-    for b in range(n_sequences):
-        Lb = int(batch.seq_lengths[b])
-        pos = torch.nonzero(batch.loss_mask[b, :Lb]).flatten().tolist()
-        seqs.append((batch.tokens[b:b + 1, :Lb], int(rng.choice(pos))))
     rows = []
+    notes: list[str] = []
     for model_name, model in _resolve_models(models).items():
+        kind = data if data != "auto" else ("tokfsm" if _vocab_size(model) == TOKFSM_VOCAB_SIZE else "copy")
+        seqs, default_base, desc = _perturbation_data(kind, n_sequences, n_range, seq_len,
+                                                      np.random.default_rng(seed), seed)
+        baseline = default_base if baseline_id is None else int(baseline_id)
+        notes.append(f"{model_name}: {desc}; tokens j <= position replaced by id {baseline}")
         dev = getattr(model, "device", torch.device("cpu"))
         for method_name, spec in _method_items(methods):
             t0 = time.perf_counter()
@@ -685,14 +737,12 @@ def perturbation_benchmark(
                          **{k: (float(np.mean(v)) if v and note is None else None) for k, v in vals.items()},
                          "n_positions": len(vals["delta"]) if note is None else 0,
                          "seconds": round(time.perf_counter() - t0, 3), "note": note})
-    lo, hi = (n_range, n_range) if isinstance(n_range, int) else n_range
-    notes = [f"{n_sequences} copying sequences (n in {lo}..{hi}, seed {seed}), one copy position each; tokens "
-             f"j <= position replaced by id {baseline}; target = the clean argmax; areas over k/n in [0, 1]; "
-             "ΔA = A_LeRF - A_MoRF (higher is better)"]
+    notes.append("target = the clean argmax; areas of the target-logit curves over k/n in [0, 1]; "
+                 "ΔA = A_LeRF - A_MoRF (higher is better)")
     return BenchmarkTable(rows=rows, columns=("model", "method", "a_morf", "a_lerf", "delta", "n_positions",
                                               "seconds", "note"),
-                          metrics=("a_morf", "a_lerf", "delta"), title="Perturbation: A_MoRF / A_LeRF / ΔA",
-                          notes=notes)
+                          metrics=("a_morf", "a_lerf", "delta"), labels=("A_MoRF", "A_LeRF", "ΔA"),
+                          title="Perturbation: A_MoRF / A_LeRF / ΔA", notes=notes)
 
 
 # ============================================================================================
@@ -746,10 +796,13 @@ def main(argv: list[str] | None = None) -> BenchmarkTable | None:
             s.add_argument("--candidates", choices=CANDIDATES, default="before",
                            help="scored source positions: j < t (default), j <= t, or the first half")
         else:
-            s.add_argument("--baseline", type=int, default=None, help="replacement token id (default: PAD)")
+            s.add_argument("--baseline", type=int, default=None,
+                           help="replacement token id (default: PAD for copy data, BOS for TokFSM)")
+            s.add_argument("--data", choices=("auto", "copy", "tokfsm"), default="auto",
+                           help="sequences: copying or TokFSM (auto: by the model's vocabulary)")
+            s.add_argument("--seq-len", type=int, default=64, help="TokFSM sequence length (default 64)")
             s.add_argument("--steps", type=int, default=None, help="number of k steps (default: every k)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     models, missing = _available(args.models)
     for m in missing:
         print(f"skipping {m}: not installed (train it with `python -m interp.zoo.train {m} --install`) "
@@ -757,14 +810,19 @@ def main(argv: list[str] | None = None) -> BenchmarkTable | None:
     if not models:
         print("no model to evaluate", file=sys.stderr)
         raise SystemExit(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.cmd == "copying":
-        table = copying_benchmark(models, args.methods, n_sequences=args.n, n_range=tuple(args.n_range),
-                                  seed=args.seed, candidates=args.candidates, progress=args.progress)
-    else:
-        table = perturbation_benchmark(models, args.methods, n_sequences=args.n, n_range=tuple(args.n_range),
-                                       seed=args.seed, baseline_id=args.baseline, steps=args.steps,
-                                       progress=args.progress)
+    try:
+        if args.cmd == "copying":
+            table = copying_benchmark(models, args.methods, n_sequences=args.n, n_range=tuple(args.n_range),
+                                      seed=args.seed, candidates=args.candidates, progress=args.progress)
+        else:
+            table = perturbation_benchmark(models, args.methods, n_sequences=args.n, n_range=tuple(args.n_range),
+                                           seed=args.seed, baseline_id=args.baseline, steps=args.steps,
+                                           data=args.data, seq_len=args.seq_len, progress=args.progress)
+    finally:
+        torch.set_num_threads(threads)
     print(table.to_text())
     print(f"({time.perf_counter() - t0:.1f} s)")
     if args.markdown:
