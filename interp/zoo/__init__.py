@@ -1,0 +1,70 @@
+"""Embedded models: small models trained by this package on tasks with a known ground truth.
+
+They ship inside the package (``interp/zoo/weights/<name>/``: ``config.json``, ``model.safetensors``,
+the tokenizer and ``model_card.json``) and load by name without any download::
+
+    import interp
+    model = interp.load("tokfsm-mamba")
+    interp.zoo.list_models()          # ['tokfsm-mamba', 'tokfsm-mamba2', 'tokfsm-transformer', ...]
+    interp.zoo.model_card("tokfsm-mamba")["metrics"]
+
+============================  ==========  =======  ===========================================
+name                          arch        task     metric (see ``interp.zoo.evaluate``)
+============================  ==========  =======  ===========================================
+``tokfsm-mamba``              Mamba-1     TokFSM   transition accuracy of 100 sampled sequences
+``tokfsm-mamba2``             Mamba-2     TokFSM   transition accuracy
+``tokfsm-transformer``        4L d128     TokFSM   transition accuracy (paper: 96.77%)
+``copy-mamba``                Mamba-1     copy     copy token accuracy, lengths 16..32
+``copy-mamba2``               Mamba-2     copy     copy token accuracy, lengths 16..32
+============================  ==========  =======  ===========================================
+
+Retrain one with ``python -m interp.zoo.train NAME --install`` (recipes in :mod:`interp.zoo.recipes`).
+This module imports nothing heavy: ``interp.load`` consults it for every name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2")
+CARD_FILE = "model_card.json"
+
+
+def list_models(include_missing: bool = False) -> list[str]:
+    """Names of the embedded models whose weights are installed (all registry names with
+    ``include_missing=True``), in registry order."""
+    return [n for n in MODEL_NAMES if include_missing or embedded_path(n) is not None]
+
+
+def embedded_path(name: str) -> Path | None:
+    """The folder of embedded model ``name`` if its weights are installed (it has ``config.json``), else None.
+
+    Any string is accepted (``interp.load`` asks for every name it is given); only registry names resolve.
+    """
+    if not isinstance(name, str) or name not in MODEL_NAMES:
+        return None
+    folder = WEIGHTS_DIR / name
+    return folder if (folder / "config.json").is_file() else None
+
+
+def model_card(name: str) -> dict[str, Any]:
+    """The model card of an embedded model: config, recipe, data seed, steps, final loss, metrics, training time.
+
+    Raises:
+        KeyError: ``name`` is not an embedded model (the message lists the known ones).
+        FileNotFoundError: the model is known but its weights or card are not installed.
+    """
+    if name not in MODEL_NAMES:
+        raise KeyError(f"no embedded model named {name!r}; known: {', '.join(MODEL_NAMES)}")
+    card = WEIGHTS_DIR / name / CARD_FILE
+    if not card.is_file():
+        raise FileNotFoundError(
+            f"{card} is missing: the weights of {name!r} are not installed. "
+            f"Train and install them with `python -m interp.zoo.train {name} --install`."
+        )
+    return json.loads(card.read_text())
