@@ -4,7 +4,7 @@
     python bench/forward.py --layers 4 --seq-len 256 --repeats 2   # quick look
 
 Random weights with the real shapes (nothing is downloaded). Prints seconds (median of
---repeats) and ratios: HF / ours with no hooks (target >= 2x for Mamba-1, >= 1x for Mamba-2) and
+--repeats interleaved rounds) and ratios: HF / ours with no hooks (target >= 2x for Mamba-1, >= 1x for Mamba-2) and
 the overhead of caching every ``hook_resid_post`` (target <= 10%).
 """
 
@@ -20,14 +20,17 @@ from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForC
 from interp.hooks import HookedSSM
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, run in interleaved rounds so all see the same machine load."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def build(family: str, layers: int) -> torch.nn.Module:
@@ -47,10 +50,10 @@ def bench(family: str, layers: int, seq_len: int, repeats: int) -> dict[str, flo
     ours = HookedSSM.from_hf_model(hf)
     tokens = torch.randint(0, 50280, (1, seq_len), generator=torch.Generator().manual_seed(0))
     err = (hf(tokens).logits - ours(tokens)).abs().max().item()
-    t_hf = timed(lambda: hf(tokens), repeats)
-    t_ours = timed(lambda: ours(tokens), repeats)
     resid = lambda n: n.endswith("hook_resid_post")
-    t_cache = timed(lambda: ours.run_with_cache(tokens, names_filter=resid), repeats)
+    t = timed_interleaved({"hf": lambda: hf(tokens), "ours": lambda: ours(tokens),
+                           "cache": lambda: ours.run_with_cache(tokens, names_filter=resid)}, repeats)
+    t_hf, t_ours, t_cache = t["hf"], t["ours"], t["cache"]
     return dict(max_abs_err=err, hf_s=t_hf, ours_s=t_ours, ours_cache_s=t_cache,
                 speedup=t_hf / t_ours, cache_overhead=t_cache / t_ours - 1)
 
