@@ -1,7 +1,7 @@
 """Hookable models: our own Mamba-1/Mamba-2 and the TransformerLens transformer adapter."""
 
 from .api import CacheTooLargeError, HookNotFiredError
-from .config import SSMConfig
+from .config import SSMConfig, is_ssm
 from .hook_points import HookPoint, HookShapeError, UnknownHookError
 from .loading import CheckpointError
 from .mamba import HookedSSM, SSMState
@@ -9,5 +9,5 @@ from .transformer import HookedTransformerModel
 
 __all__ = [
     "CacheTooLargeError", "CheckpointError", "HookNotFiredError", "HookPoint", "HookShapeError",
-    "HookedSSM", "HookedTransformerModel", "SSMConfig", "SSMState", "UnknownHookError",
+    "HookedSSM", "HookedTransformerModel", "SSMConfig", "SSMState", "UnknownHookError", "is_ssm",
 ]

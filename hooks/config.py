@@ -161,3 +161,9 @@ class SSMConfig:
                 **common,
             )
         raise ValueError(f"not a Mamba config: model_type={mt!r} (expected 'mamba' or 'mamba2')")
+
+
+def is_ssm(model: object) -> bool:
+    """True for a model whose config is an SSM family (``mamba1``/``mamba2``): our HookedSSM, or anything
+    wrapping one that exposes its ``cfg``."""
+    return getattr(getattr(model, "cfg", None), "family", None) in ("mamba1", "mamba2")

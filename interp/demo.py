@@ -5,7 +5,8 @@
 Loads the model (the embedded ``tokfsm-mamba`` when installed, else a tiny random Mamba built
 here so the demo always runs offline), caches every hook on a prompt, checks that the hooked SSM
 output reconstructs from the cached Δ, B, C and u, patches a recurrent state, generates with a
-steering hook active, and writes plotly figures (Δ heat map, logit lens) to ``OUT/report.html``.
+steering hook active, measures TokFSM transition accuracy (trained models), and writes plotly figures
+(Δ heat map, logit lens, the hidden-attention interaction map of the last layer) to ``OUT/report.html``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import torch
 
 import interp
 from interp.hooks import HookedSSM, SSMConfig
+from interp.attention.figures import interaction_heatmap
+from interp.attention.maps import interaction_map
 from interp.hooks.scan import sequential_scan
 
 DEFAULT_MODEL = "tokfsm-mamba"
@@ -67,11 +70,12 @@ def logit_lens_figure(model, cache, str_tokens: list[str]) -> go.Figure:
                      layout=dict(title="Logit lens: confidence of each layer's read-out"))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--out", default="runs/demo")
-    a = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="interp demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="embedded name, folder or hub id (default tokfsm-mamba)")
+    p.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    a = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = load_default(a.model)
@@ -107,11 +111,9 @@ def main() -> None:
     print(f"with a steering hook: {show(steered[0, tokens.shape[1]:])}")
 
     if getattr(model.tokenizer, "vocab_size", None) == 11 and cfg.name != "tiny-random-mamba":  # trained on TokFSM
-        from interp.data import TokFSM
+        from interp.zoo.evaluate import transition_accuracy
 
-        samples = model.generate(torch.full((100, 1), cfg.bos_token_id), max_new_tokens=127, do_sample=True, seed=0,
-                                 stop_at_eos=False)
-        print(f"TokFSM transition accuracy (100 samples, T=1): {TokFSM().transition_accuracy(samples):.4f}")
+        print(f"TokFSM transition accuracy (100 samples of 128 tokens from BOS, T=1): {transition_accuracy(model):.4f}")
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,6 +124,11 @@ def main() -> None:
                   layout=dict(title="Layer 0 Δ (first 64 channels/heads) per position")),
         logit_lens_figure(model, cache, str_tokens),
     ]
+    last = cfg.n_layers - 1
+    hidden = interaction_map(model, tokens, layer=last, method="hidden", aggregate="mean_abs")[0]
+    figs.append(interaction_heatmap(hidden, str_tokens, title=f"Hidden attention, layer {last} (channel mean |α|)"))
+    print(f"hidden-attention map of layer {last}: {tuple(hidden.shape)}, strongest source of the last token: "
+          f"position {int(hidden[-1].argmax())}")
     html = "".join(f.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False) for i, f in enumerate(figs))
     (out / "report.html").write_text(f"<html><head><meta charset='utf-8'><title>interp demo</title></head><body>"
                                      f"<h1>interp demo: {cfg.name}</h1>{html}</body></html>")

@@ -61,6 +61,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks import is_ssm
+
 Hook = tuple[str, Callable[..., Any]]
 METHODS = ("lrp", "grad_x_input", "integrated_gradients")
 
@@ -134,12 +136,6 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _is_ssm(model: Any) -> bool:
-    from interp.hooks import HookedSSM
-
-    return isinstance(model, HookedSSM)
-
-
 def lrp_hooks(model: Any) -> list[Hook]:
     """The modified-forward hooks of ``model`` (a ``HookedSSM`` or a ``HookedTransformerModel``).
 
@@ -148,7 +144,7 @@ def lrp_hooks(model: Any) -> list[Hook]:
     gradient × input on it gives LRP relevance. See the module docstring for the rules. The hooks
     share a small capture dict, so use one list for one forward at a time.
     """
-    if _is_ssm(model):
+    if is_ssm(model):
         return _ssm_hooks(model)
     if hasattr(model, "blocks") and any(n.endswith("attn.hook_pattern") for n in model.hook_dict):
         return _transformer_hooks(model)
@@ -264,7 +260,7 @@ def _bias_names(model: Any) -> list[str]:
     names = []
     for name, _ in model.named_parameters():
         last = name.rsplit(".", 1)[-1]
-        if _is_ssm(model):
+        if is_ssm(model):
             if name.endswith(_SSM_BIASES):
                 names.append(name)
         elif last == "b" or last.startswith(("b_", "_b_")):

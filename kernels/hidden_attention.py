@@ -68,6 +68,35 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 if HAS_TRITON:
 
     @triton.jit
+    def _fold(acc, tile, AGG: tl.constexpr):
+        """Fold one channel's tile into the running reduction: sum (mean), sum of |.| (mean_abs) or max |.|."""
+        if AGG == 0:
+            out = acc + tile
+        elif AGG == 1:
+            out = acc + tl.abs(tile)
+        else:
+            out = tl.maximum(acc, tl.abs(tile))
+        return out
+
+    @triton.jit
+    def _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, offs_q, vq, offs_j, vj, live, diff, dtj, CB, N,
+                     SCALAR_A: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_J: tl.constexpr):
+        """One channel's masked tile α[h, q, j] for query positions ``offs_q`` (``diff`` = S_q - S_j,
+        ``live`` the causal/validity mask): Mamba-2 from C·Bᵀ (``CB``), Mamba-1 state by state."""
+        if SCALAR_A:
+            a = tl.load(A_ptr + h * stride_ah)
+            tile = CB * tl.exp(tl.where(live, a * diff, float("-inf"))) * dtj[None, :]
+        else:
+            tile = tl.zeros([BLOCK_Q, BLOCK_J], dtype=tl.float32)
+            for n in range(N):
+                an = tl.load(A_ptr + h * stride_ah + n)
+                cn = tl.load(C_ptr + bc_base + offs_q * N + n, mask=vq, other=0.0)
+                bn = tl.load(B_ptr + bc_base + offs_j * N + n, mask=vj, other=0.0)
+                tile += (cn[:, None] * bn[None, :]) * tl.exp(tl.where(live, an * diff, float("-inf")))
+            tile = tile * dtj[None, :]
+        return tile
+
+    @triton.jit
     def _hidden_attention_reduced_kernel(
         S_ptr, DT_ptr, A_ptr, B_ptr, C_ptr, OUT_ptr, TILES_ptr, GPTR_ptr, HEADS_ptr,
         L, N, G, scale,
@@ -102,8 +131,8 @@ if HAS_TRITON:
             h_start = tl.load(GPTR_ptr + g)
             h_end = tl.load(GPTR_ptr + g + 1)
             bc_base = pb64 * stride_bb + g * stride_bg
+            CB = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)  # Mamba-2 only (dead code for Mamba-1)
             if SCALAR_A:  # C_i·B_jᵀ once per group, the state dimension in chunks of BLOCK_N
-                CB = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
                 for n0 in range(0, N, BLOCK_N):
                     cn = n0 + offs_n
                     Ci = tl.load(C_ptr + bc_base + offs_i[:, None] * N + cn[None, :],
@@ -122,42 +151,24 @@ if HAS_TRITON:
                 Si = tl.load(S_ptr + s_base + offs_i, mask=vi, other=0.0)
                 Sj = tl.load(S_ptr + s_base + offs_j, mask=vj, other=0.0)
                 dtj = tl.load(DT_ptr + s_base + offs_j, mask=vj, other=0.0)
-                if SCALAR_A:
+                if off_diag and SCALAR_A:
                     a = tl.load(A_ptr + h * stride_ah)
-                    if off_diag:
-                        Sk = tl.load(S_ptr + s_base + k)
-                        u = tl.exp(tl.where(vi, a * (Si - Sk), float("-inf")))
-                        v = tl.exp(tl.where(vj, a * (Sk - Sj), float("-inf"))) * dtj
-                        tile = CB * u[:, None] * v[None, :]
-                    else:
-                        e = tl.exp(tl.where(live, a * (Si[:, None] - Sj[None, :]), float("-inf")))
-                        tile = CB * e * dtj[None, :]
+                    Sk = tl.load(S_ptr + s_base + k)
+                    u = tl.exp(tl.where(vi, a * (Si - Sk), float("-inf")))
+                    v = tl.exp(tl.where(vj, a * (Sk - Sj), float("-inf"))) * dtj
+                    tile = CB * u[:, None] * v[None, :]
+                elif off_diag:
+                    Sk = tl.load(S_ptr + s_base + k)
+                    Ah = tl.load(A_ptr + h * stride_ah + offs_n, mask=vn, other=0.0)
+                    li = vi[:, None] & vn[None, :]
+                    lj = vj[:, None] & vn[None, :]
+                    Lf = Ci * tl.exp(tl.where(li, Ah[None, :] * (Si - Sk)[:, None], float("-inf")))
+                    Rf = Bj * tl.exp(tl.where(lj, Ah[None, :] * (Sk - Sj)[:, None], float("-inf"))) * dtj[:, None]
+                    tile = tl.dot(Lf, tl.trans(Rf), input_precision=PRECISION)
                 else:
-                    if off_diag:
-                        Sk = tl.load(S_ptr + s_base + k)
-                        Ah = tl.load(A_ptr + h * stride_ah + offs_n, mask=vn, other=0.0)
-                        li = vi[:, None] & vn[None, :]
-                        lj = vj[:, None] & vn[None, :]
-                        Lf = Ci * tl.exp(tl.where(li, Ah[None, :] * (Si - Sk)[:, None], float("-inf")))
-                        Rf = Bj * tl.exp(tl.where(lj, Ah[None, :] * (Sk - Sj)[:, None], float("-inf"))) \
-                            * dtj[:, None]
-                        tile = tl.dot(Lf, tl.trans(Rf), input_precision=PRECISION)
-                    else:
-                        diff = Si[:, None] - Sj[None, :]
-                        tile = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float32)
-                        for n in range(N):
-                            an = tl.load(A_ptr + h * stride_ah + n)
-                            cn = tl.load(C_ptr + bc_base + offs_i * N + n, mask=vi, other=0.0)
-                            bn = tl.load(B_ptr + bc_base + offs_j * N + n, mask=vj, other=0.0)
-                            e = tl.exp(tl.where(live, an * diff, float("-inf")))
-                            tile += (cn[:, None] * bn[None, :]) * e
-                        tile = tile * dtj[None, :]
-                if AGG == 0:
-                    acc += tile
-                elif AGG == 1:
-                    acc += tl.abs(tile)
-                else:
-                    acc = tl.maximum(acc, tl.abs(tile))
+                    tile = _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, offs_i, vi, offs_j, vj, live,
+                                        Si[:, None] - Sj[None, :], dtj, CB, N, SCALAR_A, BLOCK_I, BLOCK_J)
+                acc = _fold(acc, tile, AGG)
         acc = acc * scale
         out_ptrs = OUT_ptr + pb64 * L * L + offs_i.to(tl.int64)[:, None] * L + offs_j[None, :]
         tl.store(out_ptrs, acc, mask=vi[:, None] & vj[None, :])
@@ -192,8 +203,8 @@ if HAS_TRITON:
                 h_start = tl.load(GPTR_ptr + g)
                 h_end = tl.load(GPTR_ptr + g + 1)
                 bc_base = pb64 * stride_bb + g * stride_bg
+                CB = tl.zeros([BLOCK_R, BLOCK_J], dtype=tl.float32)  # Mamba-2 only
                 if SCALAR_A:
-                    CB = tl.zeros([BLOCK_R, BLOCK_J], dtype=tl.float32)
                     for n in range(N):
                         cn = tl.load(C_ptr + bc_base + rows * N + n, mask=vr, other=0.0)
                         bn = tl.load(B_ptr + bc_base + offs_j * N + n, mask=vj, other=0.0)
@@ -204,24 +215,9 @@ if HAS_TRITON:
                     Si = tl.load(S_ptr + s_base + rows, mask=vr, other=0.0)
                     Sj = tl.load(S_ptr + s_base + offs_j, mask=vj, other=0.0)
                     dtj = tl.load(DT_ptr + s_base + offs_j, mask=vj, other=0.0)
-                    diff = Si[:, None] - Sj[None, :]
-                    if SCALAR_A:
-                        a = tl.load(A_ptr + h * stride_ah)
-                        tile = CB * tl.exp(tl.where(live, a * diff, float("-inf"))) * dtj[None, :]
-                    else:
-                        tile = tl.zeros([BLOCK_R, BLOCK_J], dtype=tl.float32)
-                        for n in range(N):
-                            an = tl.load(A_ptr + h * stride_ah + n)
-                            cn = tl.load(C_ptr + bc_base + rows * N + n, mask=vr, other=0.0)
-                            bn = tl.load(B_ptr + bc_base + offs_j * N + n, mask=vj, other=0.0)
-                            tile += (cn[:, None] * bn[None, :]) * tl.exp(tl.where(live, an * diff, float("-inf")))
-                        tile = tile * dtj[None, :]
-                    if AGG == 0:
-                        acc += tile
-                    elif AGG == 1:
-                        acc += tl.abs(tile)
-                    else:
-                        acc = tl.maximum(acc, tl.abs(tile))
+                    tile = _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, rows, vr, offs_j, vj, live,
+                                        Si[:, None] - Sj[None, :], dtj, CB, N, SCALAR_A, BLOCK_R, BLOCK_J)
+                    acc = _fold(acc, tile, AGG)
         acc = acc * scale
         out_ptrs = OUT_ptr + pb64 * R * L + offs_r.to(tl.int64)[:, None] * L + offs_j[None, :]
         tl.store(out_ptrs, acc, mask=vr[:, None] & vj[None, :])

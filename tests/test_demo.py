@@ -12,5 +12,10 @@ def test_demo_runs_and_writes_report(tmp_path):
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "max error" in res.stdout
+    assert "model tokfsm-mamba:" in res.stdout  # the embedded model, not the random fallback
+    accuracy = float(res.stdout.split("TokFSM transition accuracy")[1].split(":")[1].split()[0])
+    assert accuracy >= 0.95
+    assert "hidden-attention map of layer" in res.stdout
     html = (out / "report.html").read_text()
     assert "Plotly.newPlot" in html and "<script src=\"http" not in html  # plotly.js inlined, nothing fetched
+    assert "Logit lens" in html and "Hidden attention, layer" in html

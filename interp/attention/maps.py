@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks import is_ssm
+
 from . import hidden
 
 METHODS = ("attention", "hidden", "unified", "latim", "lrp", "grad_x_input")
@@ -28,10 +30,6 @@ DEFAULT_MAP_BUDGET_BYTES = 2 * 2**30
 
 class MapTooLargeError(MemoryError):
     """A per-channel map was requested that exceeds the memory budget."""
-
-
-def is_ssm(model: Any) -> bool:
-    return hasattr(model, "cfg") and getattr(model.cfg, "family", None) in ("mamba1", "mamba2")
 
 
 def _tokens(model: Any, tokens: Any) -> Tensor:

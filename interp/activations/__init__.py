@@ -1,0 +1,38 @@
+"""Activation store: cache hook activations to disk (safetensors shards + a JSON manifest), read them
+back as shuffled training batches, or stream them from the model without disk.
+
+    from interp.activations import cache_activations, ActivationStore, stream_activations
+    from interp.data import tokfsm_batches
+
+    manifest = cache_activations(model, tokfsm_batches(64, seed=0), hooks=["blocks.1.hook_resid_post"],
+                                 out="runs/cache/x", dtype=torch.float16, max_tokens=2**20)
+    store = ActivationStore("runs/cache/x")
+    for x in store.shuffled_batches(4096, seed=0):          # float32 [4096, d_in]
+        ...
+    for x in stream_activations(model, tokfsm_batches(64, seed=0), "blocks.1.hook_resid_post", 4096,
+                                max_tokens=2**20):            # same rows, no disk
+        ...
+
+Modules: :mod:`.manifest` (file format, hashes), :mod:`.collect` (row filters, running the hooks),
+:mod:`.writer` (``cache_activations``, resumable), :mod:`.store` (``ActivationStore``),
+:mod:`.stream` (``stream_activations``).
+"""
+
+from .collect import RowFilter
+from .manifest import CorruptShardError, Manifest, ManifestError, ShardEntry, weights_sha256
+from .store import ActivationStore
+from .stream import stream_activations
+from .writer import DEFAULT_SHARD_TOKENS, cache_activations
+
+__all__ = [
+    "cache_activations",
+    "ActivationStore",
+    "stream_activations",
+    "Manifest",
+    "ShardEntry",
+    "RowFilter",
+    "ManifestError",
+    "CorruptShardError",
+    "weights_sha256",
+    "DEFAULT_SHARD_TOKENS",
+]
