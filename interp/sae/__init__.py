@@ -1,0 +1,39 @@
+"""Sparse autoencoders: configure, train, splice into a model, evaluate and analyse.
+
+    from interp.sae import SAEConfig, SparseAutoencoder, train_sae, splice_metrics
+
+    cfg = SAEConfig(d_in=64, d_sae=512, architecture="topk", k=16, hook_name="blocks.1.hook_resid_post")
+    result = train_sae(cfg, batches, out="runs/sae")            # batches: re-creatable stream of [batch, d_in]
+    sae = SparseAutoencoder.load("runs/sae")
+    splice_metrics(model, sae, tokens)                          # CE loss recovered, KL, L0, explained variance
+
+Modules: ``config`` (SAEConfig), ``functional`` (activation functions, geometric median), ``model``
+(SparseAutoencoder), ``losses`` (training losses, SAETrainingModule), ``metrics`` (DESIGN §5), ``train``
+(train_sae: checkpoints, resume, NaN guard), ``splice`` (run a model with the SAE at its hook), ``analysis``
+(top examples, density, logit effects, steering).
+"""
+
+from .analysis import (
+    LatentExample,
+    LogitEffects,
+    activation_density,
+    clamp_latent_hook,
+    latent_activations,
+    logit_effects,
+    steering_hook,
+    steering_vector,
+    top_activating_examples,
+)
+from .config import SAEConfig
+from .losses import SAETrainingModule, TrainStepOutput, sae_loss
+from .model import SparseAutoencoder
+from .splice import ablation_hook, run_with_sae, splice_hook, splice_metrics
+from .train import NonFiniteTrainingError, SAETrainResult, load_checkpoint_sae, lr_factor, train_sae
+
+__all__ = [
+    "SAEConfig", "SparseAutoencoder", "SAETrainingModule", "TrainStepOutput", "sae_loss",
+    "train_sae", "SAETrainResult", "NonFiniteTrainingError", "load_checkpoint_sae", "lr_factor",
+    "splice_hook", "ablation_hook", "run_with_sae", "splice_metrics",
+    "LatentExample", "LogitEffects", "latent_activations", "activation_density", "top_activating_examples",
+    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook",
+]

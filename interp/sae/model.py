@@ -1,0 +1,197 @@
+"""``SparseAutoencoder``: encode activations into sparse latents and decode them back.
+
+    f = act(W_encᵀ (x - b_dec) + b_enc)        x [..., d_in] -> f [..., d_sae]
+    x̂ = f W_dec + b_dec                         f [..., d_sae] -> x̂ [..., d_in]
+
+``act`` depends on ``cfg.architecture`` (see :mod:`interp.sae.functional`):
+
+* ``relu``: ReLU (trained with an L1 penalty weighted by decoder norms);
+* ``topk``: the k largest pre-activations of each token;
+* ``batchtopk``: in training mode the k·n_tokens largest over the whole batch; in eval mode a JumpReLU
+  with the ``threshold`` buffer estimated during training (so one token's latents never depend on the others);
+* ``jumprelu``: z · H(z - θ) with a learned per-latent ``threshold``.
+
+Saved as ``sae_weights.safetensors`` + ``cfg.json`` (:meth:`SparseAutoencoder.save` / :meth:`SparseAutoencoder.load`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from . import functional as F
+from .config import SAEConfig
+
+__all__ = ["SparseAutoencoder", "WEIGHTS_FILE", "CONFIG_FILE"]
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+
+
+class SparseAutoencoder(nn.Module):
+    """A sparse autoencoder of one of four architectures (``cfg.architecture``).
+
+    Parameters: ``W_enc`` [d_in, d_sae], ``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in] (one row per latent),
+    ``b_dec`` [d_in]; jumprelu adds the parameter ``threshold`` [d_sae], batchtopk the buffer ``threshold``
+    [d_sae] (its inference threshold). Initialisation (seeded by ``cfg.seed``): decoder rows random unit
+    vectors, encoder = decoder transpose, biases zero (the trainer sets ``b_dec`` from data).
+    """
+
+    def __init__(self, cfg: SAEConfig, device: str | torch.device | None = None):
+        super().__init__()
+        self.cfg = cfg
+        dtype = cfg.torch_dtype
+        g = torch.Generator().manual_seed(cfg.seed)
+        w_dec = F.unit_norm_rows(torch.randn(cfg.d_sae, cfg.d_in, generator=g, dtype=torch.float64))
+        self.W_dec = nn.Parameter(w_dec.to(dtype))
+        self.W_enc = nn.Parameter(w_dec.T.clone().contiguous().to(dtype))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dtype))
+        if cfg.architecture == "jumprelu":
+            self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold, dtype=dtype))
+        elif cfg.architecture == "batchtopk":
+            self.register_buffer("threshold", torch.zeros(cfg.d_sae, dtype=dtype))
+        if device is not None:
+            self.to(device)
+
+    # --- properties --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    @property
+    def decoder_norms(self) -> Tensor:
+        """‖W_dec,i‖ for every latent: [d_sae]."""
+        return torch.linalg.vector_norm(self.W_dec, dim=-1)
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        extra = f", k={c.k}" if c.architecture in ("topk", "batchtopk") else ""
+        return f"{c.architecture}, d_in={c.d_in}, d_sae={c.d_sae}{extra}, hook_name={c.hook_name!r}"
+
+    # --- encode / decode ----------------------------------------------------------------------
+    def encode_pre(self, x: Tensor) -> Tensor:
+        """Pre-activations: x [..., d_in] -> [..., d_sae] (``x - b_dec`` first if ``apply_b_dec_to_input``)."""
+        x = x.to(self.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor, use_batch_topk: bool | None = None) -> Tensor:
+        """The architecture's activation: pre [..., d_sae] -> latents [..., d_sae].
+
+        ``use_batch_topk`` (batchtopk only): batch-level top-k (default in training mode) or the per-token
+        threshold (default in eval mode).
+        """
+        arch = self.cfg.architecture
+        if arch == "relu":
+            return F.relu(pre)
+        if arch == "topk":
+            return F.topk(pre, int(self.cfg.k))
+        if arch == "jumprelu":
+            return F.jumprelu(pre, self.threshold, self.cfg.jumprelu_bandwidth)
+        if use_batch_topk if use_batch_topk is not None else self.training:
+            return F.batch_topk(pre, self.cfg.k)
+        return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
+
+    def encode_with_pre(self, x: Tensor, use_batch_topk: bool | None = None) -> tuple[Tensor, Tensor]:
+        """x [..., d_in] -> (latents [..., d_sae], pre-activations [..., d_sae])."""
+        pre = self.encode_pre(x)
+        return self.activation(pre, use_batch_topk), pre
+
+    def encode(self, x: Tensor, use_batch_topk: bool | None = None) -> Tensor:
+        """x [..., d_in] -> latents [..., d_sae]."""
+        return self.encode_with_pre(x, use_batch_topk)[0]
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents [..., d_sae] -> reconstruction [..., d_in]."""
+        return latents.to(self.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Reconstruction: x [..., d_in] -> x̂ [..., d_in]."""
+        return self.decode(self.encode(x))
+
+    # --- training-time constraints --------------------------------------------------------------
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder(self) -> None:
+        """Drop the component of ``W_dec.grad`` along each decoder row (the step then keeps norms ~1)."""
+        if self.W_dec.grad is not None:
+            self.W_dec.grad.copy_(F.remove_parallel_component(self.W_dec.grad, self.W_dec))
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit(self) -> None:
+        """Rescale every decoder row to unit norm."""
+        self.W_dec.copy_(F.unit_norm_rows(self.W_dec))
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Re-impose the constraints: unit decoder rows (if ``normalize_decoder``), thresholds >= 0."""
+        if self.cfg.normalize_decoder:
+            self.set_decoder_norm_to_unit()
+        if self.cfg.architecture == "jumprelu":
+            self.threshold.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def init_b_dec(self, x: Tensor, method: str | None = None) -> None:
+        """Set ``b_dec`` from a batch x [n, d_in]: its geometric median, mean, or zeros (``cfg.b_dec_init``)."""
+        method = method or self.cfg.b_dec_init
+        x = x.reshape(-1, self.cfg.d_in).to(self.device)
+        if method == "geometric_median":
+            self.b_dec.copy_(F.geometric_median(x.float()).to(self.dtype))
+        elif method == "mean":
+            self.b_dec.copy_(x.float().mean(0).to(self.dtype))
+        elif method == "zeros":
+            self.b_dec.zero_()
+        else:
+            raise ValueError(f"b_dec init {method!r} is not one of geometric_median, mean, zeros")
+
+    @torch.no_grad()
+    def update_batchtopk_threshold(self, latents: Tensor) -> None:
+        """EMA of the smallest positive latent of a batch-top-k training batch (batchtopk only)."""
+        if self.cfg.architecture != "batchtopk":
+            return
+        positive = latents[latents > 0]
+        if positive.numel():
+            m = self.cfg.batchtopk_threshold_momentum
+            cur = self.threshold
+            new = positive.min().to(cur.dtype)
+            # first update: take the value itself rather than averaging with the zero initial threshold
+            self.threshold.copy_(torch.where(cur > 0, (1 - m) * cur + m * new, new.expand_as(cur)))
+
+    # --- save / load ---------------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``sae_weights.safetensors`` and ``cfg.json`` into ``folder`` (each replaced atomically)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp_w, tmp_c = folder / (WEIGHTS_FILE + ".tmp"), folder / (CONFIG_FILE + ".tmp")
+        save_file(tensors, str(tmp_w), metadata={"format": "interp.sae", "architecture": self.cfg.architecture})
+        tmp_c.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        os.replace(tmp_w, folder / WEIGHTS_FILE)
+        os.replace(tmp_c, folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None) -> "SparseAutoencoder":
+        """Load an SAE written by :meth:`save` (in eval mode)."""
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a saved SAE: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
+                "(written by SparseAutoencoder.save or interp.sae.train_sae)"
+            )
+        cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text()))
+        sae = cls(cfg)
+        sae.load_state_dict(load_file(str(w_path)), strict=True)
+        return sae.to(device=device, dtype=dtype).eval()
