@@ -1,35 +1,23 @@
 """Triton hidden-attention kernels against the PyTorch reference, under the Triton interpreter.
 
-Triton decides interpreter mode when ``triton`` (and ``triton.language``) is imported and when a
-kernel is decorated, so ``TRITON_INTERPRET=1`` must be set before the first ``import triton`` of a
-process, and once set it applies to every kernel of that process. To keep it out of the other test
-modules (and to work whatever they imported before), the tests run in a child pytest process on this
-same file with ``TRITON_INTERPRET=1`` set at the top, before triton is imported; in the parent process
-each test reads its own outcome (pass / fail with the child's message / skip with its reason) from the
-child's JUnit report. The kernels run on CPU tensors there, at small sizes: the interpreter is slow.
+The kernel tests run on CPU tensors in a child pytest process on this same file with
+``TRITON_INTERPRET=1`` set before triton is imported; the parent replays each test's outcome (see
+``tests/_triton_interpreter.py``). Small sizes: the interpreter is slow.
 """
 
 from __future__ import annotations
 
-import os
+from _triton_interpreter import IS_CHILD as _CHILD  # first: sets TRITON_INTERPRET in the child
+from _triton_interpreter import InterpreterChild, triton_missing
 
-_CHILD_FLAG = "_INTERP_KERNEL_TESTS_CHILD"
-_CHILD = os.environ.get(_CHILD_FLAG) == "1"
-if _CHILD:
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (the parent sets it too)
+import importlib.util
+import sys
+from pathlib import Path
 
-import functools  # noqa: E402
-import importlib.util  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import xml.etree.ElementTree as ET  # noqa: E402
-from pathlib import Path  # noqa: E402
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from interp.attention.hidden import (  # noqa: E402
+from interp.attention.hidden import (
     hidden_attention_direct,
     hidden_attention_reduced,
     hidden_attention_rows,
@@ -45,8 +33,10 @@ if _CHILD:
         import interp.kernels.hidden_attention as ka
     except Exception as exc:  # pragma: no cover - depends on the environment
         _TRITON_ERROR = f"triton not importable: {exc!r}"
-elif importlib.util.find_spec("triton") is None:  # pragma: no cover
-    _TRITON_ERROR = "triton is not installed"
+else:
+    _TRITON_ERROR = triton_missing()
+
+in_interpreter = InterpreterChild(__file__)
 
 
 def _load_private(name: str):
@@ -55,57 +45,6 @@ def _load_private(name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-# ---------------------------------------------------------------------------------------------
-# parent side: run this file once in a child process, then report each test's own outcome
-# ---------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _child_results() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.xml"
-        env = dict(os.environ, TRITON_INTERPRET="1", **{_CHILD_FLAG: "1"})
-        cmd = [sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider",
-               f"--junitxml={report}", "-o", "junit_family=xunit1"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                              cwd=str(Path(__file__).resolve().parents[1]))
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        if not report.exists():
-            return {"__crash__": f"child pytest (rc {proc.returncode}) wrote no report:\n{tail}"}
-        results = {}
-        for case in ET.parse(report).getroot().iter("testcase"):
-            outcome, message = "passed", ""
-            for child in case:
-                if child.tag in ("failure", "error"):
-                    outcome, message = "failed", f"{child.get('message', '')}\n{child.text or ''}"
-                elif child.tag == "skipped":
-                    outcome, message = "skipped", child.get("message", "")
-            results[case.get("name")] = (outcome, message)
-        return results
-
-
-def in_interpreter(fn):
-    """Run ``fn`` in the interpreter child; in the parent, replay the child's outcome for this test."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if _CHILD:
-            return fn(*args, **kwargs)
-        if _TRITON_ERROR is not None:
-            pytest.skip(_TRITON_ERROR)
-        results = _child_results()
-        if "__crash__" in results:
-            pytest.fail(results["__crash__"], pytrace=False)
-        name = os.environ["PYTEST_CURRENT_TEST"].rsplit("::", 1)[-1].rsplit(" ", 1)[0]
-        if name not in results:
-            pytest.fail(f"{name} missing from the interpreter child's report", pytrace=False)
-        outcome, message = results[name]
-        if outcome == "skipped":
-            pytest.skip(message)
-        if outcome == "failed":
-            pytest.fail(f"in the TRITON_INTERPRET=1 child process:\n{message}", pytrace=False)
-
-    return wrapper
 
 
 @pytest.fixture(scope="module", autouse=True)
