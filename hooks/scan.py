@@ -126,7 +126,7 @@ def _scan_channelwise(
     dt, B, C = _pad_positions(dt, pad), _pad_positions(B, pad), _pad_positions(C, pad)  # pad: Δ = 0
     c = x.shape[1] // T
     x, dt = x.view(b, c, T, H, P), dt.view(b, c, T, H)
-    B, C = B.view(b, c, T, G, 1, N), C.view(b, c, T, G, N, 1)  # broadcast over heads (G = 1) or per head
+    B, C = B.view(b, c, T, G, 1, N), C.view(b, c, T, G, 1, N)  # broadcast over heads (G = 1) or per head
 
     # 1. intra-chunk recurrence from zero, every chunk in parallel
     h = u.new_zeros(b, c, H, P, N)
@@ -134,7 +134,7 @@ def _scan_channelwise(
     for t in range(T):
         decay = torch.exp(dt[:, :, t, :, None] * A)  # [b, c, H, N]
         h = torch.addcmul(decay[:, :, :, None, :] * h, x[:, :, t, :, :, None], B[:, :, t])
-        y[:, :, t] = torch.matmul(h, C[:, :, t])[..., 0]
+        y[:, :, t] = (h * C[:, :, t]).sum(-1)  # C·h; a [1, N] @ [N, 1] bmm per channel is ~10x slower
     # 2. chunk-start states
     chunk_log_decay = dt.sum(dim=2)[..., None] * A  # [b, c, H, N], <= 0
     starts = []
@@ -147,7 +147,7 @@ def _scan_channelwise(
     log_decay = torch.zeros_like(chunk_log_decay)
     for t in range(T):
         log_decay = log_decay + dt[:, :, t, :, None] * A
-        y[:, :, t] += torch.matmul(start * torch.exp(log_decay)[:, :, :, None, :], C[:, :, t])[..., 0]
+        y[:, :, t] += (start * torch.exp(log_decay)[:, :, :, None, :] * C[:, :, t]).sum(-1)
     return y.view(b, c * T, H, P)[:, :L], s
 
 
