@@ -4,6 +4,8 @@
     interp train NAME [--install] [--set k=v ...]   train an embedded model (resumable)
     interp evaluate NAME [--path DIR]               transition / copy accuracy of an embedded model
     interp attention copying|perturbation ...       evaluation harness of the interaction maps
+    interp cache --model M --hook H --out DIR ...   cache hook activations to disk (resumable)
+    interp train-sae --config C --store DIR --out O train an SAE (resumable; data-parallel under torchrun)
 
 Each subcommand is the ``main(argv)`` of its module (``python -m <module>`` works the same way);
 ``interp SUBCOMMAND --help`` shows its options.
@@ -20,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("interp.zoo.train", "train an embedded model from its recipe (checkpoints, resume)"),
     "evaluate": ("interp.zoo.evaluate", "evaluate an embedded model (transition or copy accuracy)"),
     "attention": ("interp.attention.evaluate", "copying benchmark and perturbation curves of interaction maps"),
+    "cache": ("interp.activations.cli", "cache hook activations of a model over a token stream to disk shards"),
+    "train-sae": ("interp.sae.cli", "train a sparse autoencoder from a config (cached or streamed; torchrun DDP)"),
 }
 
 

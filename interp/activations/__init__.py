@@ -18,11 +18,30 @@ Modules: :mod:`.manifest` (file format, hashes), :mod:`.collect` (row filters, r
 :mod:`.stream` (``stream_activations``).
 """
 
-from .collect import RowFilter
+from typing import TYPE_CHECKING, Any
+
 from .manifest import CorruptShardError, Manifest, ManifestError, ShardEntry, weights_sha256
 from .store import ActivationStore
-from .stream import stream_activations
-from .writer import DEFAULT_SHARD_TOKENS, cache_activations
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .collect import RowFilter
+    from .stream import stream_activations
+    from .writer import DEFAULT_SHARD_TOKENS, cache_activations
+
+# The modules that run models (collect, writer, stream) import the hook machinery (TransformerLens); they load on
+# first use, so reading a store (e.g. in every torchrun worker of interp.sae.distributed) stays light.
+_LAZY = {"RowFilter": ".collect", "stream_activations": ".stream", "cache_activations": ".writer",
+         "DEFAULT_SHARD_TOKENS": ".writer"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "cache_activations",

@@ -10,7 +10,9 @@
 Modules: ``config`` (SAEConfig), ``functional`` (activation functions, geometric median), ``model``
 (SparseAutoencoder), ``losses`` (training losses, SAETrainingModule), ``metrics`` (DESIGN §5), ``train``
 (train_sae: checkpoints, resume, NaN guard), ``splice`` (run a model with the SAE at its hook), ``analysis``
-(top examples, density, logit effects, steering).
+(top examples, density, logit effects, steering), ``saelens`` (SAE-Lens format: save_saelens, load_saelens,
+from_saelens, to_saelens, load_sae for either format), ``distributed`` (torchrun / DDP training:
+train_sae_distributed), ``cli`` (``interp train-sae``).
 """
 
 from .analysis import (
@@ -27,12 +29,14 @@ from .analysis import (
 from .config import SAEConfig
 from .losses import SAETrainingModule, TrainStepOutput, sae_loss
 from .model import SparseAutoencoder
+from .saelens import SAEFormatError, from_saelens, load_sae, load_saelens, save_saelens, to_saelens
 from .splice import ablation_hook, run_with_sae, splice_hook, splice_metrics
-from .train import NonFiniteTrainingError, SAETrainResult, load_checkpoint_sae, lr_factor, train_sae
+from .train import NonFiniteTrainingError, SAETrainResult, TrainContext, load_checkpoint_sae, lr_factor, train_sae
 
 __all__ = [
     "SAEConfig", "SparseAutoencoder", "SAETrainingModule", "TrainStepOutput", "sae_loss",
-    "train_sae", "SAETrainResult", "NonFiniteTrainingError", "load_checkpoint_sae", "lr_factor",
+    "train_sae", "SAETrainResult", "NonFiniteTrainingError", "load_checkpoint_sae", "lr_factor", "TrainContext",
+    "save_saelens", "load_saelens", "from_saelens", "to_saelens", "load_sae", "SAEFormatError",
     "splice_hook", "ablation_hook", "run_with_sae", "splice_metrics",
     "LatentExample", "LogitEffects", "latent_activations", "activation_density", "top_activating_examples",
     "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook",

@@ -26,6 +26,11 @@ batches the uninterrupted run would have seen. The stream must therefore be re-c
 
 Non-finite values stop the run before they reach a checkpoint: :class:`NonFiniteTrainingError` names the step,
 the quantity (input batch, loss term, gradient or parameter) and what to try; the last good checkpoint stays.
+
+Data parallelism: the operations that depend on the process layout (wrapping the module, the global loss and
+token count, ``b_dec`` initialisation, the dead-latent clock, the batchtopk threshold, logged metrics, who writes
+files) go through a :class:`TrainContext`. The default is one process; :mod:`interp.sae.distributed` passes
+one rank of a ``torchrun`` group (DistributedDataParallel).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from .model import SparseAutoencoder
 
 __all__ = [
     "train_sae", "lr_factor", "sparsity_factor", "SAETrainResult", "NonFiniteTrainingError", "load_checkpoint_sae",
-    "Batches",
+    "Batches", "TrainContext",
 ]
 
 Batches = Union[Iterable[Tensor], Callable[[], Iterable[Tensor]], Callable[[int], Iterable[Tensor]]]
@@ -97,6 +102,63 @@ class SAETrainResult:
     def final(self) -> dict[str, float]:
         """The last logged metrics."""
         return self.history[-1] if self.history else {}
+
+
+class TrainContext:
+    """The process layout of a training run: one process (this class, every method trivial).
+
+    :class:`interp.sae.distributed.DDPContext` overrides the methods for one rank of a data-parallel group; the
+    batch a step sees is then the concatenation of every rank's local batch (the "global batch").
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes checkpoints, the final SAE and the summary, and shows the progress bar."""
+        return self.rank == 0
+
+    def wrap(self, module: SAETrainingModule) -> torch.nn.Module:
+        """The module whose ``forward(x, sparsity_scale)`` the trainer calls (DDP wraps it)."""
+        return module
+
+    def step_begin(self, x: Tensor | None) -> tuple[bool, bool, int]:
+        """Before a step, with this process's batch x [n, d_in] (None: its stream ended) ->
+        (some stream ended, some batch holds NaN/inf, tokens in the global batch)."""
+        if x is None:
+            return True, False, 0
+        return False, not bool(torch.isfinite(x).all()), x.shape[0]
+
+    def gather_rows(self, x: Tensor) -> Tensor:
+        """The global batch [N, d_in] from this process's rows (used once: to initialise ``b_dec``)."""
+        return x
+
+    def reduce_loss(self, loss: Tensor, n_local: int, n_global: int) -> tuple[float, bool]:
+        """(loss of the global batch, whether any process's loss is NaN/inf) from this process's loss (a scalar,
+        the mean over its ``n_local`` tokens)."""
+        value = float(loss)
+        return value, not math.isfinite(value)
+
+    def loss_weight(self, n_local: int, n_global: int) -> float:
+        """Factor on this process's loss before ``backward`` so the gradient is the global batch's."""
+        return 1.0
+
+    def record_firing(self, module: SAETrainingModule, latents: Tensor) -> None:
+        """Advance the dead-latent clock by the global batch (latents [n, d_sae] of this process)."""
+        module.record_firing(latents)
+
+    def update_batchtopk_threshold(self, sae: SparseAutoencoder, latents: Tensor) -> None:
+        """Update the batchtopk inference threshold from the global batch's smallest kept activation."""
+        sae.update_batchtopk_threshold(latents)
+
+    def batch_metrics(self, x: Tensor, x_hat: Tensor, latents: Tensor) -> dict[str, float]:
+        """L0, explained variance and MSE of the global batch (x, x̂ [n, d_in], latents [n, d_sae])."""
+        return {"l0": metrics.l0(latents), "explained_variance": metrics.explained_variance(x, x_hat),
+                "mse": metrics.mse(x, x_hat)}
+
+    def barrier(self) -> None:
+        """Wait for every process."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -220,6 +282,7 @@ def train_sae(
     resume: bool = True,
     progress: bool = True,
     max_steps: int | None = None,
+    context: TrainContext | None = None,
 ) -> SAETrainResult:
     """Train an SAE on ``batches`` (float tensors [batch, d_in]) for ``cfg.total_steps`` steps.
 
@@ -234,6 +297,9 @@ def train_sae(
         progress: show a tqdm bar.
         max_steps: stop after this step (for tests and schedules that outlive one session; the schedule is
             still the one of ``cfg.total_steps``).
+        context: the process layout (default: one process). Under ``torchrun`` use
+            :func:`interp.sae.distributed.train_sae_distributed`, which passes a ``DDPContext``: ``batches`` is
+            then this rank's stream and a step trains on the concatenation of every rank's batch.
 
     Returns: :class:`SAETrainResult` (the SAE in eval mode, loss curve, metric history).
 
@@ -242,6 +308,7 @@ def train_sae(
         ValueError: a checkpoint written with another configuration, or a stream shorter than the checkpoint.
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = context if context is not None else TrainContext()
     out_dir = Path(out) if out is not None else None
     sae = SparseAutoencoder(cfg, device=device)
     module = SAETrainingModule(sae).train()
@@ -252,9 +319,10 @@ def train_sae(
     ckpt: Path | None = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume and ctx.is_main:
             for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
                 shutil.rmtree(out_dir / name, ignore_errors=True)
+        ctx.barrier()
         ckpt = find_checkpoint(out_dir) if resume else None
     if ckpt is not None:
         saved = read_checkpoint_state(ckpt)
@@ -269,6 +337,13 @@ def train_sae(
                 f"{ckpt} was written with a different SAEConfig (differs in {diff}); resuming would mix two runs. "
                 "Pass resume=False to start over, or another out folder."
             )
+        if saved.get("world_size", 1) != ctx.world_size:
+            raise ValueError(
+                f"{ckpt} was written by a run of {saved.get('world_size', 1)} process(es), this one has "
+                f"{ctx.world_size}: each rank reads its own shards, so resuming with another number of processes "
+                f"would change the data. Resume with {saved.get('world_size', 1)} process(es) (torchrun "
+                "--nproc_per_node N), or pass resume=False to start over"
+            )
         if saved.get("torch_threads") not in (None, torch.get_num_threads()) and device.type == "cpu":
             tqdm.write(f"warning: checkpoint written with {saved['torch_threads']} threads, now "
                        f"{torch.get_num_threads()}: the resumed run may differ in the last bits")
@@ -278,32 +353,38 @@ def train_sae(
 
     total = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
     stream = _open_stream(batches, start)
-    bar = tqdm(total=total, initial=start, desc=f"sae {cfg.architecture}", disable=not progress,
+    fwd = ctx.wrap(module)
+    bar = tqdm(total=total, initial=start, desc=f"sae {cfg.architecture}", disable=not progress or not ctx.is_main,
                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
     t0 = time.perf_counter()
     try:
         for step in range(start, total):
             raw = next(stream, None)
-            if raw is None:
-                tqdm.write(f"sae: the batch stream ended after {step} batches (expected {total}); stopping there")
+            x = _as_batch(raw, cfg, device, sae.dtype, step) if raw is not None else None
+            ended, bad_input, n_global = ctx.step_begin(x)
+            if ended:
+                if ctx.is_main:
+                    tqdm.write(f"sae: the batch stream ended after {step} batches (expected {total}); stopping there")
                 break
-            x = _as_batch(raw, cfg, device, sae.dtype, step)
             lr_now = sched.get_last_lr()[0]
-            if not bool(torch.isfinite(x).all()):
+            if bad_input:
                 n_bad = int((~torch.isfinite(x)).sum())
-                _fail(step, "input batch", f"{n_bad} of {x.numel()} values are NaN/inf", cfg, lr_now, ckpt)
+                detail = f"{n_bad} of {x.numel()} values are NaN/inf" if n_bad else "in another rank's batch"
+                _fail(step, "input batch", detail, cfg, lr_now, ckpt)
             if step == 0:
-                sae.init_b_dec(x)
+                sae.init_b_dec(ctx.gather_rows(x))
 
-            res: TrainStepOutput = module(x, sparsity_factor(cfg, step))
+            res: TrainStepOutput = fwd(x, sparsity_factor(cfg, step))
             loss = res.loss
-            if not bool(torch.isfinite(loss)):
+            value, bad_loss = ctx.reduce_loss(loss.detach(), x.shape[0], n_global)
+            if bad_loss:
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in res.losses.items())
                 bad = [k for k, v in res.losses.items() if not bool(torch.isfinite(v))]
                 _fail(step, f"the loss ({', '.join(bad) or 'total'})", f"loss={float(loss.detach())}; {parts}",
                       cfg, lr_now, ckpt)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            weight = ctx.loss_weight(x.shape[0], n_global)
+            (loss * weight if weight != 1.0 else loss).backward()
             bad = _nonfinite_params(module, grads=True)
             if bad:
                 _fail(step, f"the gradient of {', '.join(bad)}", "after backward", cfg, lr_now, ckpt)
@@ -319,20 +400,17 @@ def train_sae(
                 _fail(step, f"parameter {', '.join(bad)}", "after the optimizer step", cfg, lr_now, ckpt)
 
             latents = res.latents.detach()
-            module.record_firing(latents)
-            sae.update_batchtopk_threshold(latents)
-            tokens += x.shape[0]
-            value = float(loss.detach())
+            ctx.record_firing(module, latents)
+            ctx.update_batchtopk_threshold(sae, latents)
+            tokens += n_global
             losses.append(value)
             done = step + 1
             bar.update(1)
             if done % max(1, cfg.log_every) == 0 or done == total:
                 row = {
                     "step": done, "tokens": tokens, "loss": value, "lr": lr_now,
-                    **{k: float(v.detach()) for k, v in res.losses.items()},
-                    "l0": metrics.l0(latents),
-                    "explained_variance": metrics.explained_variance(x, res.x_hat.detach()),
-                    "mse": metrics.mse(x, res.x_hat.detach()),
+                    **{k: float(v.detach()) for k, v in res.losses.items()},  # this process's batch
+                    **ctx.batch_metrics(x, res.x_hat.detach(), latents),
                     "dead_fraction": float(module.dead_mask.double().mean()),
                 }
                 history.append(row)
@@ -341,29 +419,34 @@ def train_sae(
             if out_dir is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
                 now = time.perf_counter()
                 elapsed, t0 = elapsed + now - t0, now
-                ckpt = save_checkpoint(out_dir / CHECKPOINT_DIR, module, opt, sched, done, cfg, {
-                    "sae_config": cfg.to_dict(), "tokens": tokens, "losses": losses, "history": history,
-                    "elapsed_s": elapsed,
-                })
+                if ctx.is_main:
+                    ckpt = save_checkpoint(out_dir / CHECKPOINT_DIR, module, opt, sched, done, cfg, {
+                        "sae_config": cfg.to_dict(), "tokens": tokens, "losses": losses, "history": history,
+                        "elapsed_s": elapsed, "world_size": ctx.world_size,
+                    })
+                else:  # the main process writes it (the path is the same; named in error messages)
+                    ckpt = out_dir / CHECKPOINT_DIR
     finally:
         bar.close()
     steps_done = len(losses)
-    last_ckpt_step = read_checkpoint_state(ckpt)["step"] if ckpt is not None else None
-    if out_dir is not None and steps_done > start and last_ckpt_step != steps_done:
+    elapsed += time.perf_counter() - t0
+    last_ckpt_step = read_checkpoint_state(ckpt)["step"] if ckpt is not None and ctx.is_main else None
+    if out_dir is not None and ctx.is_main and steps_done > start and last_ckpt_step != steps_done:
         # the stream ended early: checkpoint where it ended
-        elapsed += time.perf_counter() - t0
         ckpt = save_checkpoint(out_dir / CHECKPOINT_DIR, module, opt, sched, steps_done, cfg, {
             "sae_config": cfg.to_dict(), "tokens": tokens, "losses": losses, "history": history, "elapsed_s": elapsed,
+            "world_size": ctx.world_size,
         })
     sae.eval()
     result = SAETrainResult(sae=sae, steps=steps_done, tokens=tokens, losses=losses, history=history,
                             dead_fraction=float(module.dead_mask.double().mean()), out=out_dir, resumed_from=start)
-    if out_dir is not None:
+    if out_dir is not None and ctx.is_main:
         sae.save(out_dir)
         summary = {"steps": steps_done, "tokens": tokens, "final": result.final,
                    "final_loss": losses[-1] if losses else None, "dead_fraction": result.dead_fraction,
-                   "training_time_s": round(elapsed, 2), "config": cfg.to_dict()}
+                   "training_time_s": round(elapsed, 2), "world_size": ctx.world_size, "config": cfg.to_dict()}
         (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    ctx.barrier()
     return result
 
 
