@@ -1,13 +1,36 @@
-"""Hookable models: our own Mamba-1/Mamba-2 and the TransformerLens transformer adapter."""
+"""Hookable models: our own Mamba-1/Mamba-2 and the TransformerLens transformer adapter.
 
-from .api import CacheTooLargeError, HookNotFiredError
+The model classes import TransformerLens; they load on first use (PEP 562), so the pure modules
+(``interp.hooks.config``, ``interp.hooks.scan``) and everything built only on them (the attention
+formulas, the kernels) import without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from .config import SSMConfig, is_ssm
-from .hook_points import HookPoint, HookShapeError, UnknownHookError
-from .loading import CheckpointError
-from .mamba import HookedSSM, SSMState
-from .transformer import HookedTransformerModel
 
-__all__ = [
-    "CacheTooLargeError", "CheckpointError", "HookNotFiredError", "HookPoint", "HookShapeError",
-    "HookedSSM", "HookedTransformerModel", "SSMConfig", "SSMState", "UnknownHookError", "is_ssm",
-]
+# public name -> submodule that defines it
+_LAZY = {
+    "CacheTooLargeError": ".api", "HookNotFiredError": ".api",
+    "HookPoint": ".hook_points", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
+    "CheckpointError": ".loading",
+    "HookedSSM": ".mamba", "SSMState": ".mamba",
+    "HookedTransformerModel": ".transformer",
+}
+
+__all__ = sorted([*_LAZY, "SSMConfig", "is_ssm"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -151,23 +151,30 @@ if HAS_TRITON:
                 Si = tl.load(S_ptr + s_base + offs_i, mask=vi, other=0.0)
                 Sj = tl.load(S_ptr + s_base + offs_j, mask=vj, other=0.0)
                 dtj = tl.load(DT_ptr + s_base + offs_j, mask=vj, other=0.0)
-                if off_diag and SCALAR_A:
-                    a = tl.load(A_ptr + h * stride_ah)
-                    Sk = tl.load(S_ptr + s_base + k)
-                    u = tl.exp(tl.where(vi, a * (Si - Sk), float("-inf")))
-                    v = tl.exp(tl.where(vj, a * (Sk - Sj), float("-inf"))) * dtj
-                    tile = CB * u[:, None] * v[None, :]
-                elif off_diag:
-                    Sk = tl.load(S_ptr + s_base + k)
-                    Ah = tl.load(A_ptr + h * stride_ah + offs_n, mask=vn, other=0.0)
-                    li = vi[:, None] & vn[None, :]
-                    lj = vj[:, None] & vn[None, :]
-                    Lf = Ci * tl.exp(tl.where(li, Ah[None, :] * (Si - Sk)[:, None], float("-inf")))
-                    Rf = Bj * tl.exp(tl.where(lj, Ah[None, :] * (Sk - Sj)[:, None], float("-inf"))) * dtj[:, None]
-                    tile = tl.dot(Lf, tl.trans(Rf), input_precision=PRECISION)
+                # SCALAR_A is static (tl.constexpr): each family compiles only its own branch
+                if SCALAR_A:
+                    if off_diag:
+                        a = tl.load(A_ptr + h * stride_ah)
+                        Sk = tl.load(S_ptr + s_base + k)
+                        u = tl.exp(tl.where(vi, a * (Si - Sk), float("-inf")))
+                        v = tl.exp(tl.where(vj, a * (Sk - Sj), float("-inf"))) * dtj
+                        tile = CB * u[:, None] * v[None, :]
+                    else:
+                        tile = _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, offs_i, vi, offs_j, vj, live,
+                                            Si[:, None] - Sj[None, :], dtj, CB, N, SCALAR_A, BLOCK_I, BLOCK_J)
                 else:
-                    tile = _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, offs_i, vi, offs_j, vj, live,
-                                        Si[:, None] - Sj[None, :], dtj, CB, N, SCALAR_A, BLOCK_I, BLOCK_J)
+                    if off_diag:
+                        Sk = tl.load(S_ptr + s_base + k)
+                        Ah = tl.load(A_ptr + h * stride_ah + offs_n, mask=vn, other=0.0)
+                        li = vi[:, None] & vn[None, :]
+                        lj = vj[:, None] & vn[None, :]
+                        Lf = Ci * tl.exp(tl.where(li, Ah[None, :] * (Si - Sk)[:, None], float("-inf")))
+                        Rf = Bj * tl.exp(tl.where(lj, Ah[None, :] * (Sk - Sj)[:, None], float("-inf"))) \
+                            * dtj[:, None]
+                        tile = tl.dot(Lf, tl.trans(Rf), input_precision=PRECISION)
+                    else:
+                        tile = _direct_tile(A_ptr, B_ptr, C_ptr, h, stride_ah, bc_base, offs_i, vi, offs_j, vj, live,
+                                            Si[:, None] - Sj[None, :], dtj, CB, N, SCALAR_A, BLOCK_I, BLOCK_J)
                 acc = _fold(acc, tile, AGG)
         acc = acc * scale
         out_ptrs = OUT_ptr + pb64 * L * L + offs_i.to(tl.int64)[:, None] * L + offs_j[None, :]

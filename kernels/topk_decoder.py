@@ -279,8 +279,10 @@ def sparse_decode_torch(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor 
     if k == 0 or idx.numel() == 0:  # embedding_bag rejects empty bags
         out = W_dec.new_zeros(*lead, d_in, dtype=dtype) + vals.sum() * 0
         return out + b_dec.to(dtype) if b_dec is not None else out
-    out = F.embedding_bag(idx.reshape(M, k), W_dec.to(dtype), per_sample_weights=vals.reshape(M, k).to(dtype),
-                          mode="sum")
+    # CUDA has no bfloat16 backward for per-sample-weighted embedding_bag (torch 2.11): compute in float32
+    bag_dtype = torch.float32 if dtype == torch.bfloat16 and W_dec.is_cuda else dtype
+    out = F.embedding_bag(idx.reshape(M, k), W_dec.to(bag_dtype), per_sample_weights=vals.reshape(M, k).to(bag_dtype),
+                          mode="sum").to(dtype)
     if b_dec is not None:
         out = out + b_dec.to(dtype)
     return out.reshape(*lead, d_in)

@@ -90,7 +90,7 @@ def fwd_and_grads(fn, idx, vals, W, b, grad_out=None, **kw):
     out = fn(idx, vals, W, b, **kw)
     if grad_out is None:
         g = torch.Generator().manual_seed(123)
-        grad_out = torch.randn(out.shape, generator=g).to(out.dtype)
+        grad_out = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
     leaves = [vals, W] + ([b] if b is not None else [])
     grads = torch.autograd.grad(out, leaves, grad_out)
     return out.detach(), grads, grad_out
