@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card"]
+__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card", "cards_markdown"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2")
@@ -68,3 +68,19 @@ def model_card(name: str) -> dict[str, Any]:
             f"Train and install them with `python -m interp.zoo.train {name} --install`."
         )
     return json.loads(card.read_text())
+
+
+def cards_markdown(names: list[str] | None = None) -> str:
+    """A markdown table of the installed models' cards: architecture, size, training, metric vs target."""
+    rows = ["| name | model | params | task | steps | train s | metric (held out) | target |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in names or list_models():
+        c = model_card(name)
+        cfg, metric = c["config"], c["metric"]
+        width = cfg.get("d_model") or cfg.get("hidden_size")
+        layers = cfg.get("n_layers") or cfg.get("num_hidden_layers")
+        arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer"}[c["arch"]]
+        rows.append(f"| `{name}` | {arch}, {layers} layers, d_model {width} | {c['n_params'] / 1e3:.0f}k | {c['task']} "
+                    f"| {c['steps']} | {c['training_time_s']:.0f} | {metric.replace('_', ' ')} "
+                    f"**{c['metrics'][metric]:.4f}** | {c['target']} |")
+    return "\n".join(rows)
