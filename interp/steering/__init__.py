@@ -1,0 +1,31 @@
+"""Steering and concept erasure through one intervention object: a source, an operator, hooks and positions.
+
+    from interp.steering import Intervention, Direction, AffineMap, SAELatents, dose_response
+    iv = Intervention(Direction.mean_difference(acts_target, acts_all), hook="blocks.1.hook_resid_post",
+                      operator="add", scale=4.0, positions="last")
+    model.generate(prompt, max_new_tokens=10, fwd_hooks=iv.hooks(model))    # every step (recurrent SSM decoding too)
+    with iv.applied(model):
+        ...
+    (iv + other).save("runs/steer/x");  Intervention.load("runs/steer/x")
+
+Modules: :mod:`.functional` (the math: mean difference, paired PCA, Gaussian OT, LEACE, operators),
+:mod:`.sources` (Direction, AffineMap, SAELatents; new kinds register with ``register_source``),
+:mod:`.positions` (when an edit fires), :mod:`.intervention` (Intervention, Compose, save/load),
+:mod:`.evaluate` (KL cost, dose-response and its figure), :mod:`.tokfsm` (TokFSM state steering and its score).
+"""
+
+from .evaluate import DoseResponse, dose_response, dose_response_figure, kl_cost
+from .intervention import Compose, Intervention, load
+from .positions import Positions
+from .sources import SOURCES, AffineMap, Direction, SAELatents, Source, codebook_code, register_source
+from .tokfsm import (
+    StateActivations, tokfsm_next_states, tokfsm_prompts, tokfsm_state_activations, tokfsm_state_steering,
+    tokfsm_steering_curve, tokfsm_transition_success,
+)
+
+__all__ = [
+    "Intervention", "Compose", "load", "Positions", "Source", "Direction", "AffineMap", "SAELatents", "SOURCES",
+    "register_source", "codebook_code", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
+    "tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
+    "tokfsm_state_activations", "tokfsm_state_steering", "tokfsm_steering_curve",
+]

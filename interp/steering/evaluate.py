@@ -1,0 +1,158 @@
+"""Evaluating steering: behaviour against cost over the scale (a dose-response curve), with a baseline row.
+
+    curve = dose_response(model, iv, scales=[1, 2, 4, 8], behaviour=score_fn, neutral=neutral_tokens)
+    curve.rows        # [{"scale": 0.0, "label": "baseline", "behaviour": .., "kl": 0.0, ..}, {"scale": 1.0, ..}, ..]
+    dose_response_figure({"mean difference": curve}).show()
+
+* behaviour: any score of the model under the intervention, ``behaviour(fwd_hooks) -> float`` (e.g. the
+  fraction of generated TokFSM transitions valid for a target state, :mod:`.tokfsm`);
+* cost: KL(unsteered ‖ steered) of the next-token distributions on neutral prompts, averaged over the
+  positions the intervention can affect (from the first edited position on; a causal model's earlier
+  predictions cannot change), and at the last position alone (``kl_last``).
+
+Scale 0 (no intervention) is always the first row, labelled "baseline".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .intervention import Compose, Intervention
+
+__all__ = ["kl_cost", "dose_response", "DoseResponse", "dose_response_figure"]
+
+Steering = Intervention | Compose
+
+
+@torch.no_grad()
+def kl_cost(model: Any, intervention: Steering | None, tokens: Tensor, batch_size: int = 64,
+            from_position: int | None = None) -> dict[str, float]:
+    """KL(unsteered ‖ steered) of next-token distributions on ``tokens`` [n, L] (nats).
+
+    Returns ``{"kl": mean over positions >= from_position (default: the first position the intervention
+    edits), "kl_last": mean at the last position}``; zeros without an intervention."""
+    tokens = torch.as_tensor(tokens).long()
+    n, L = tokens.shape
+    if intervention is None:
+        return {"kl": 0.0, "kl_last": 0.0}
+    start = intervention.edited_from(L) if from_position is None else from_position
+    if start is None:
+        return {"kl": 0.0, "kl_last": 0.0}
+    hooks = intervention.hooks(model)
+    dev = getattr(model, "device", None)
+    total, last = 0.0, 0.0
+    for i in range(0, n, batch_size):
+        tb = tokens[i:i + batch_size].to(dev) if dev is not None else tokens[i:i + batch_size]
+        clean = model(tb).float().log_softmax(-1)
+        steered = model.run_with_hooks(tb, fwd_hooks=hooks).float().log_softmax(-1)
+        kl = (clean.exp() * (clean - steered)).sum(-1).clamp(min=0)  # [b, L]
+        total += float(kl[:, start:].mean(1).sum())
+        last += float(kl[:, -1].sum())
+    return {"kl": total / n, "kl_last": last / n}
+
+
+@dataclass
+class DoseResponse:
+    """Rows of one dose-response curve: scale, label, behaviour, kl, kl_last (+ extras), baseline first."""
+
+    rows: list[dict[str, Any]]
+    name: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        return self.rows[0]
+
+    def at(self, scale: float) -> dict[str, Any]:
+        for r in self.rows[1:]:
+            if abs(r["scale"] - scale) < 1e-12:
+                return r
+        raise KeyError(f"no row at scale {scale}; scales: {[r['scale'] for r in self.rows[1:]]}")
+
+    def first_reaching(self, behaviour: float) -> dict[str, Any] | None:
+        """The smallest-scale steered row whose behaviour is >= ``behaviour`` (None if none)."""
+        ok = [r for r in self.rows[1:] if r["behaviour"] >= behaviour]
+        return min(ok, key=lambda r: r["scale"]) if ok else None
+
+    def to_dataframe(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def figure(self, title: str | None = None) -> Any:
+        return dose_response_figure({self.name or "steered": self}, title=title)
+
+
+def dose_response(
+    model: Any,
+    intervention: Steering | Callable[[float], Steering],
+    scales: Sequence[float],
+    behaviour: Callable[[list], float],
+    neutral: Tensor | None = None,
+    name: str = "",
+    batch_size: int = 64,
+) -> DoseResponse:
+    """Behaviour and KL cost at each scale, plus the unsteered baseline row.
+
+    Args:
+        intervention: an Intervention / Compose (re-scaled with ``with_scale``), or a function
+            ``scale -> intervention``.
+        scales: the doses (a 0 in the list is still run as a steered row, normally equal to the baseline).
+        behaviour: ``behaviour(fwd_hooks) -> float``, the score with these hooks attached (``[]`` = unsteered).
+        neutral: token ids [n, L] for the KL cost (None: no cost column).
+    """
+    make = intervention if callable(intervention) and not isinstance(intervention, (Intervention, Compose)) \
+        else intervention.with_scale  # type: ignore[union-attr]
+    rows = [{"scale": 0.0, "label": "baseline", "behaviour": float(behaviour([])), "kl": 0.0, "kl_last": 0.0}]
+    for s in scales:
+        iv = make(float(s))
+        row = {"scale": float(s), "label": name or "steered", "behaviour": float(behaviour(iv.hooks(model)))}
+        if neutral is not None:
+            row.update(kl_cost(model, iv, neutral, batch_size))
+        rows.append(row)
+    return DoseResponse(rows, name)
+
+
+def dose_response_figure(curves: DoseResponse | Mapping[str, DoseResponse], title: str | None = None,
+                         behaviour_name: str = "behaviour") -> Any:
+    """Two panels: behaviour against scale (baseline dashed), and behaviour against KL cost."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    if isinstance(curves, DoseResponse):
+        curves = {curves.name or "steered": curves}
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{behaviour_name} vs scale",
+                                                        f"{behaviour_name} vs KL on neutral prompts"])
+    for k, (name, c) in enumerate(curves.items()):
+        color = qualitative.Plotly[k % len(qualitative.Plotly)]
+        steered = c.rows[1:]
+        x = [r["scale"] for r in steered]
+        y = [r["behaviour"] for r in steered]
+        kl = [r.get("kl", np.nan) for r in steered]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, line={"color": color},
+                                 customdata=kl, hovertemplate="scale %{x}<br>behaviour %{y:.3f}<br>KL %{customdata:.3f}"
+                                                              "<extra></extra>"), row=1, col=1)
+        fig.add_trace(go.Scatter(x=x and [min(x), max(x)], y=[c.baseline["behaviour"]] * 2, mode="lines",
+                                 name=f"{name} baseline", line={"color": color, "dash": "dash"}, showlegend=False),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=[0.0] + kl, y=[c.baseline["behaviour"]] + y, mode="lines+markers",
+                                 name=f"{name} (cost)", line={"color": color}, showlegend=False,
+                                 customdata=[0.0] + x,
+                                 hovertemplate="KL %{x:.3f}<br>behaviour %{y:.3f}<br>scale %{customdata}"
+                                               "<extra></extra>"),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="scale", row=1, col=1, gridcolor="#eee")
+    fig.update_xaxes(title_text="KL(unsteered ‖ steered), nats", row=1, col=2, gridcolor="#eee")
+    values = [r["behaviour"] for c in curves.values() for r in c.rows]
+    fraction = all(0.0 <= v <= 1.0 for v in values)  # a success rate: show the whole [0, 1] range
+    fig.update_yaxes(title_text=behaviour_name, range=[0, 1.02] if fraction else None, gridcolor="#eee")
+    fig.update_layout(title=title or "dose-response", width=900, height=400, plot_bgcolor="white",
+                      legend={"font": {"size": 10}})
+    return fig

@@ -1,0 +1,229 @@
+"""Steering the TokFSM models toward a target state, and scoring it.
+
+The trial: a prompt is a valid TokFSM prefix (BOS + ``n_states`` states, so it ends right after a complete
+state) whose second-to-last state has an edge to the target state S while its last state is not S, so that
+S could have been the last state; the model generates the next two digit tokens greedily (one prefill, then
+recurrent / KV-cached decoding); the trial succeeds when the generated state is one of S's 10 out-edges,
+i.e. the model continues *as if the last state were S*. The unsteered baseline is the chance that the true
+last state's continuation happens to be an edge of S (about 0.1).
+
+The steering writes "the current state is S" at one hook, at the two digit positions of the prompt's last
+state, with a direction per digit phase (tens, units):
+
+* source ``"mean_difference"``: mean activation where the current state is S minus the mean over all
+  states, at that hook and digit phase;
+* source ``"probe"``: the direction of a 100-class "current state" probe for class S at that hook and
+  phase, with the length of the class mean's displacement along it (:meth:`Direction.from_probe`).
+
+With ``erase=False`` the direction is added (operator ``add``, CAA). With ``erase=True`` (the default) the
+current state is first erased by LEACE (fitted on the state labels at that hook and phase) and the direction
+added after it, one affine map h -> E(h) + v (operator ``affine``): the state is *replaced* by S rather than
+pushed toward it, so what is left of the true last state does not compete with S. ``scale`` interpolates
+from the unsteered activation (0) to the replaced one (1) and beyond.
+
+    steer = tokfsm_state_steering(model, target_state=42, prompt_len=17, hook="blocks.0.hook_resid_pre")
+    prompts = tokfsm_prompts(128, n_states=8, seed=1, lead_to=42)
+    tokfsm_transition_success(model, prompts, 42, steer.hooks(model))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from interp.data.tokfsm import TokFSM, tokfsm_dataset, tokfsm_labels
+
+from .evaluate import DoseResponse, kl_cost
+from .intervention import Compose, Intervention
+from .sources import AffineMap, Direction
+
+__all__ = ["tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
+           "tokfsm_state_activations", "tokfsm_state_steering", "tokfsm_steering_curve"]
+
+PHASES = (0, 1)  # tens digit, units digit
+
+
+def tokfsm_prompts(n: int, n_states: int = 8, seed: int = 0, lead_to: int | None = None,
+                   fsm: TokFSM | None = None) -> Tensor:
+    """``n`` valid TokFSM prefixes: LongTensor [n, 1 + 2 n_states] (BOS, then whole states).
+
+    With ``lead_to=S``, only walks whose second-to-last state has an edge to S and whose last state is not S
+    (rejection sampling), so that replacing the last state by S leaves a valid walk."""
+    fsm = fsm or TokFSM()
+    rng = np.random.default_rng(seed)
+    if lead_to is None:
+        return torch.as_tensor(fsm.encode(fsm.sample_states(n, n_states, rng)))
+    if n_states < 2:
+        raise ValueError("lead_to needs prompts of at least two states")
+    kept: list[np.ndarray] = []
+    for _ in range(1000):
+        states = fsm.sample_states(max(16 * n, 256), n_states, rng)
+        ok = fsm.adjacency[states[:, -2], lead_to] & (states[:, -1] != lead_to)
+        kept.append(states[ok])
+        if sum(len(k) for k in kept) >= n:
+            return torch.as_tensor(fsm.encode(np.concatenate(kept)[:n]))
+    raise ValueError(f"state {lead_to} has no in-edge that a walk reaches: cannot build prompts leading to it")
+
+
+@torch.no_grad()
+def tokfsm_next_states(model: Any, prompts: Tensor, fwd_hooks: Sequence = ()) -> Tensor:
+    """The state the model generates after each prompt (two greedy tokens): int64 [n] (-1 if not two digits)."""
+    L = prompts.shape[1]
+    out = model.generate(prompts.to(model.device), max_new_tokens=2, fwd_hooks=list(fwd_hooks), stop_at_eos=False,
+                         return_type="tokens").cpu()
+    gen = out[:, L:L + 2]
+    ok = (gen < 10).all(1)
+    return torch.where(ok, gen[:, 0] * 10 + gen[:, 1], torch.full_like(gen[:, 0], -1))
+
+
+def tokfsm_transition_success(model: Any, prompts: Tensor, target_state: int, fwd_hooks: Sequence = (),
+                              fsm: TokFSM | None = None) -> float:
+    """Fraction of prompts after which the generated state is an out-edge of ``target_state``."""
+    fsm = fsm or TokFSM()
+    nxt = tokfsm_next_states(model, prompts, fwd_hooks).numpy()
+    valid = fsm.is_valid_transition(np.full_like(nxt, target_state), nxt)
+    return float(np.mean(valid))
+
+
+@dataclass
+class StateActivations:
+    """Activations at one hook on TokFSM data, with per-row labels.
+
+    Attributes: ``hook``; ``X`` float [n, d]; ``state``, ``digit_pos`` int64 [n] (every row has a state)."""
+
+    hook: str
+    X: Tensor
+    state: Tensor
+    digit_pos: Tensor
+
+    def phase(self, p: int) -> tuple[Tensor, Tensor]:
+        """(X [n_p, d], state [n_p]) of the rows of digit phase ``p`` (0 tens, 1 units)."""
+        m = self.digit_pos == p
+        return self.X[m], self.state[m]
+
+
+def tokfsm_state_activations(model: Any, hook: str, n_seq: int = 256, seed: int = 1,
+                             batch_size: int = 64) -> StateActivations:
+    """Run ``model`` on ``n_seq`` TokFSM sequences and keep ``hook`` at every position with a known state."""
+    from interp.probes import collect_rows
+
+    tokens = tokfsm_dataset(n_seq, seed=seed)
+    lab = tokfsm_labels(tokens)
+    rows = collect_rows(model, tokens, [hook], keep=lab["state"] >= 0, batch_size=batch_size)
+    return StateActivations(hook, rows.acts[hook], rows.gather(lab["state"]), rows.gather(lab["digit_pos"]))
+
+
+def tokfsm_state_steering(
+    model: Any,
+    target_state: int,
+    prompt_len: int,
+    hook: str = "blocks.0.hook_resid_pre",
+    source: str = "mean_difference",
+    scale: float = 1.0,
+    acts: StateActivations | None = None,
+    probes: dict[int, Any] | None = None,
+    erase: bool = True,
+    erasers: dict[int, AffineMap] | None = None,
+) -> Compose:
+    """Steering toward "the current state is ``target_state``" at ``hook``, on the last state's two digits.
+
+    Args:
+        prompt_len: length of the prompts (BOS + whole states): the edits sit at absolute positions
+            ``prompt_len - 2`` (tens digit, phase 0) and ``prompt_len - 1`` (units digit, phase 1).
+        source: ``"mean_difference"`` or ``"probe"``.
+        acts: activations at ``hook`` (default: :func:`tokfsm_state_activations`).
+        probes: for ``source="probe"``, fitted 100-class state probes per phase {0: probe, 1: probe} (default:
+            ``LogisticProbe(C=1.0)`` fitted on ``acts``).
+        erase: LEACE-erase the current state before adding (operator ``affine``), or only add (``add``).
+        erasers: precomputed LEACE erasers per phase (default: fitted on ``acts``).
+
+    Returns:
+        a :class:`Compose` of two interventions (one per digit phase).
+    """
+    if source not in ("mean_difference", "probe"):
+        raise ValueError(f"source must be 'mean_difference' or 'probe', got {source!r}")
+    if prompt_len < 3 or prompt_len % 2 == 0:
+        raise ValueError(f"a TokFSM prompt ending after a whole state has odd length >= 3, got {prompt_len}")
+    acts = acts if acts is not None else tokfsm_state_activations(model, hook)
+    if acts.hook != hook:
+        raise ValueError(f"activations are from {acts.hook!r}, not {hook!r}")
+    items = []
+    for phase, pos in zip(PHASES, (prompt_len - 2, prompt_len - 1)):
+        X, y = acts.phase(phase)
+        if not bool((y == target_state).any()):
+            raise ValueError(f"state {target_state} never occurs in the activations: collect more sequences")
+        if source == "mean_difference":
+            d = Direction.mean_difference(X[y == target_state], X, state=int(target_state), phase=phase)
+        else:
+            probe = (probes or {}).get(phase)
+            if probe is None:
+                from interp.probes import LogisticProbe
+
+                probe = LogisticProbe(C=1.0).fit(X, y)
+            d = Direction.from_probe(probe, int(target_state), X, y, phase=phase)
+        name = f"state {target_state} phase {phase}"
+        if erase:
+            eraser = (erasers or {}).get(phase) or AffineMap.leace(X, y, concept="state", phase=phase)
+            items.append(Intervention(eraser.then_add(d), hook, "affine", scale, positions=[pos], name=name))
+        else:
+            items.append(Intervention(d, hook, "add", scale, positions=[pos], name=name))
+    return Compose(items)
+
+
+def tokfsm_steering_curve(
+    model: Any,
+    target_states: Sequence[int],
+    scales: Sequence[float],
+    hook: str = "blocks.0.hook_resid_pre",
+    source: str = "mean_difference",
+    erase: bool = True,
+    n_trials: int = 64,
+    n_states: int = 8,
+    n_neutral: int = 64,
+    seed: int = 0,
+    acts: StateActivations | None = None,
+    probes: dict[int, Any] | None = None,
+) -> DoseResponse:
+    """Dose-response of TokFSM state steering, averaged over ``target_states``.
+
+    Per target state S: ``n_trials`` prompts leading to S (:func:`tokfsm_prompts` with ``lead_to=S``;
+    behaviour = fraction of generated transitions valid for S, :func:`tokfsm_transition_success`); the KL
+    cost is measured on ``n_neutral`` random prefixes of the same length. Each row holds the means over the
+    target states plus ``per_state``; the first row is the unsteered baseline."""
+    from interp.probes import LogisticProbe
+
+    fsm = TokFSM()
+    prompt_len = 1 + 2 * n_states
+    acts = acts if acts is not None else tokfsm_state_activations(model, hook)
+    if source == "probe" and probes is None:
+        probes = {p: LogisticProbe(C=1.0).fit(*acts.phase(p)) for p in PHASES}
+    erasers = {p: AffineMap.leace(*acts.phase(p), concept="state", phase=p) for p in PHASES} if erase else None
+    neutral = tokfsm_prompts(n_neutral, n_states, seed=seed + 10_000, fsm=fsm)
+    per_state = {}
+    for S in target_states:
+        prompts = tokfsm_prompts(n_trials, n_states, seed=seed + int(S), lead_to=int(S), fsm=fsm)
+        steer = tokfsm_state_steering(model, int(S), prompt_len, hook, source, 1.0, acts, probes, erase, erasers)
+        rows = [{"scale": 0.0, "behaviour": tokfsm_transition_success(model, prompts, int(S), (), fsm),
+                 "kl": 0.0, "kl_last": 0.0}]
+        for s in scales:
+            iv = steer.with_scale(float(s))
+            rows.append({"scale": float(s),
+                         "behaviour": tokfsm_transition_success(model, prompts, int(S), iv.hooks(model), fsm),
+                         **kl_cost(model, iv, neutral)})
+        per_state[int(S)] = rows
+    label = f"{'erase + ' if erase else ''}{source}"
+    out = []
+    for k, s in enumerate([0.0, *map(float, scales)]):
+        cells = [per_state[S][k] for S in per_state]
+        out.append({"scale": s, "label": "baseline" if k == 0 else label,
+                    "behaviour": float(np.mean([c["behaviour"] for c in cells])),
+                    "kl": float(np.mean([c["kl"] for c in cells])),
+                    "kl_last": float(np.mean([c["kl_last"] for c in cells])),
+                    "per_state": {S: per_state[S][k]["behaviour"] for S in per_state}})
+    return DoseResponse(out, f"{label} @ {hook}", {"target_states": [int(t) for t in target_states],
+                                                   "n_trials": n_trials, "prompt_len": prompt_len, "erase": erase})
