@@ -70,17 +70,23 @@ def model_card(name: str) -> dict[str, Any]:
     return json.loads(card.read_text())
 
 
+def describe(card: dict[str, Any]) -> str:
+    """"Mamba-1, 4 layers, d_model 64" from a model card (HF Mamba configs or a TransformerLens config)."""
+    cfg = card["config"].get("hooked_transformer_config", card["config"])
+    width = cfg.get("d_model") or cfg.get("hidden_size")
+    layers = cfg.get("n_layers") or cfg.get("num_hidden_layers")
+    arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer"}[card["arch"]]
+    return f"{arch}, {layers} layers, d_model {width}"
+
+
 def cards_markdown(names: list[str] | None = None) -> str:
     """A markdown table of the installed models' cards: architecture, size, training, metric vs target."""
     rows = ["| name | model | params | task | steps | train s | metric (held out) | target |",
             "|---|---|---|---|---|---|---|---|"]
     for name in names or list_models():
         c = model_card(name)
-        cfg, metric = c["config"], c["metric"]
-        width = cfg.get("d_model") or cfg.get("hidden_size")
-        layers = cfg.get("n_layers") or cfg.get("num_hidden_layers")
-        arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer"}[c["arch"]]
-        rows.append(f"| `{name}` | {arch}, {layers} layers, d_model {width} | {c['n_params'] / 1e3:.0f}k | {c['task']} "
+        metric = c["metric"]
+        rows.append(f"| `{name}` | {describe(c)} | {c['n_params'] / 1e3:.0f}k | {c['task']} "
                     f"| {c['steps']} | {c['training_time_s']:.0f} | {metric.replace('_', ' ')} "
                     f"**{c['metrics'][metric]:.4f}** | {c['target']} |")
     return "\n".join(rows)
