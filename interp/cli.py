@@ -6,6 +6,7 @@
     interp attention copying|perturbation ...       evaluation harness of the interaction maps
     interp cache --model M --hook H --out DIR ...   cache hook activations to disk (resumable)
     interp train-sae --config C --store DIR --out O train an SAE (resumable; data-parallel under torchrun)
+    interp app [--model NAME]                      the Streamlit app (token interactions, features, steering)
 
 Each subcommand is the ``main(argv)`` of its module (``python -m <module>`` works the same way);
 ``interp SUBCOMMAND --help`` shows its options.
@@ -24,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("interp.attention.evaluate", "copying benchmark and perturbation curves of interaction maps"),
     "cache": ("interp.activations.cli", "cache hook activations of a model over a token stream to disk shards"),
     "train-sae": ("interp.sae.cli", "train a sparse autoencoder from a config (cached or streamed; torchrun DDP)"),
+    "app": ("interp.app_cli", "start the Streamlit app on 127.0.0.1 (interp app [--model NAME])"),
 }
 
 

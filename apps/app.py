@@ -1,0 +1,38 @@
+"""Entry point of the Streamlit app: ``interp app [--model NAME]`` or ``streamlit run apps/app.py -- --model NAME``.
+
+Pages (``views/``) are registered with ``st.navigation``; the view (model, prompt, selectors) lives in
+``st.session_state`` and in the URL query parameters, so a link reproduces it.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from apps import ui  # noqa: E402
+
+st.set_page_config(page_title="interp", layout="wide")
+
+PAGES = [
+    st.Page("views/model.py", title="Model & prompt", url_path="model", default=True),
+    st.Page("views/interactions.py", title="Token interactions", url_path="interactions"),
+    st.Page("views/lens.py", title="Logit lens", url_path="lens"),
+    st.Page("views/probes.py", title="Probes", url_path="probes"),
+    st.Page("views/features.py", title="Features", url_path="features"),
+    st.Page("views/steering.py", title="Steering", url_path="steering"),
+    st.Page("views/export.py", title="Export", url_path="export"),
+]
+nav = st.navigation(PAGES)
+v = ui.view()
+with st.sidebar:
+    st.caption(f"model: `{v['model'] or '(default)'}`")
+    n = len(v["prompt"])
+    st.caption(f"prompt: {n:,} characters" if n else "prompt: (default)")
+try:
+    nav.run()
+finally:
+    ui.sync_url()

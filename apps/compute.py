@@ -1,0 +1,643 @@
+"""Pure computation behind the Streamlit app: no ``streamlit`` import, every function testable on its own.
+
+The formulas live in the library (:mod:`interp.attention`, :mod:`interp.lrp`, :mod:`interp.sae`,
+:mod:`interp.probes`, :mod:`interp.steering`); this module only validates inputs, calls them and shapes
+their results for display (numpy arrays, pooled overviews, sort metrics, export bundles).
+
+Conventions: ``tokens`` is a LongTensor [1, L]; maps are float numpy arrays [L(query i), L(source j)];
+per-channel stacks are [n, L, L]. Every user-facing failure is an :class:`InputError` whose message is
+meant to be shown as is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import math
+import os
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = "tokfsm-mamba"
+
+# the sources of the token-interaction page: method name of interaction_map -> label
+SOURCES: dict[str, str] = {
+    "attention": "attention (softmax, transformers)",
+    "hidden": "hidden attention (SSM)",
+    "unified": "unified implicit attention (SSM)",
+    "latim": "LaTIM (SSM)",
+    "lrp": "LRP (whole model)",
+    "grad_x_input": "gradient × input (whole model)",
+}
+SSM_SOURCES = ("hidden", "unified", "latim", "lrp", "grad_x_input")
+TRANSFORMER_SOURCES = ("attention", "lrp", "grad_x_input")
+WHOLE_MODEL = ("lrp", "grad_x_input")  # attributions, not a per-layer map
+AGGREGATES = ("mean_abs", "mean", "max", "topk")
+NORMALIZATIONS = ("raw", "minmax", "row")
+METRICS = ("mass", "max", "distance", "diagonal")
+
+
+class InputError(ValueError):
+    """A bad user input; the message is shown in the page as is."""
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration (command line of `interp app`, or environment variables)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class AppConfig:
+    """Operator settings. ``roots``: folders the app may read models / SAEs from (resolved);
+    ``max_tokens``: prompt cap; ``map_budget_bytes``: memory budget of one interaction map;
+    ``pool_above``: prompts longer than this get a pooled overview; ``thumb_tokens``: for those long
+    prompts, thumbnails use this many leading tokens (exact for causal maps: the top-left block of the
+    full map)."""
+
+    model: str | None = None
+    roots: list[Path] = field(default_factory=list)
+    max_tokens: int = 2048
+    map_budget_bytes: int = 2 * 2**30
+    pool_above: int = 256
+    thumb_tokens: int = 128
+    lrp_full_max: int = 48
+
+
+def parse_config(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> AppConfig:
+    """Settings from ``argv`` (``--model``, ``--roots A:B``, ``--max-tokens``, ``--map-budget-mb``,
+    ``--pool-above``) over the environment (``INTERP_APP_MODEL``, ``INTERP_APP_ROOTS``,
+    ``INTERP_APP_MAX_TOKENS``, ``INTERP_APP_MAP_BUDGET_MB``, ``INTERP_APP_POOL_ABOVE``). Unknown
+    arguments are ignored (Streamlit and pytest put their own in ``sys.argv``)."""
+    import argparse
+
+    env = dict(os.environ) if env is None else env
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=env.get("INTERP_APP_MODEL"))
+    p.add_argument("--roots", default=env.get("INTERP_APP_ROOTS"))
+    p.add_argument("--max-tokens", type=int, default=int(env.get("INTERP_APP_MAX_TOKENS", 2048)))
+    p.add_argument("--map-budget-mb", type=float, default=float(env.get("INTERP_APP_MAP_BUDGET_MB", 2048)))
+    p.add_argument("--pool-above", type=int, default=int(env.get("INTERP_APP_POOL_ABOVE", 256)))
+    a, _ = p.parse_known_args(list(argv or []))
+    roots = [Path(r) for r in (a.roots.split(os.pathsep) if a.roots else [])] or \
+        [Path.cwd() / "runs", Path.cwd() / "models"]
+    return AppConfig(model=a.model or None, roots=[r.expanduser().resolve() for r in roots],
+                     max_tokens=max(1, a.max_tokens), map_budget_bytes=int(a.map_budget_mb * 2**20),
+                     pool_above=max(16, a.pool_above))
+
+
+# ------------------------------------------------------------------------------------------------
+# paths and models
+# ------------------------------------------------------------------------------------------------
+def inside(path: str | os.PathLike, roots: Sequence[Path]) -> Path:
+    """``path`` resolved (symlinks followed), if it lies inside one of ``roots``; else InputError."""
+    p = Path(path).expanduser().resolve()
+    for r in roots:
+        r = Path(r).resolve()
+        if p == r or r in p.parents:
+            return p
+    shown = ", ".join(str(r) for r in roots) or "(none configured)"
+    raise InputError(f"{path} is outside the folders this app may read ({shown}). "
+                     "Start the app with --roots to allow another folder.")
+
+
+def embedded_models(include_missing: bool = False) -> list[str]:
+    from interp.zoo import list_models
+
+    return list_models(include_missing=include_missing)
+
+
+def default_model(requested: str | None = None) -> tuple[str, str | None]:
+    """(model spec, note): ``requested`` if given, else the embedded ``tokfsm-mamba``, else the first
+    installed embedded model (the note says why)."""
+    if requested:
+        return requested, None
+    installed = embedded_models()
+    if DEFAULT_MODEL in installed:
+        return DEFAULT_MODEL, None
+    if installed:
+        return installed[0], (f"The default embedded model {DEFAULT_MODEL!r} is not installed yet "
+                              f"(train it with `interp train {DEFAULT_MODEL} --install`); showing "
+                              f"{installed[0]!r} instead.")
+    raise InputError("No embedded model is installed and no --model was given: train one with "
+                     "`interp train tokfsm-mamba --install` or start the app with --model FOLDER.")
+
+
+def resolve_model_spec(spec: str, roots: Sequence[Path], cli_model: str | None = None) -> str:
+    """Validate a model name typed by the user -> the string handed to :func:`interp.load`.
+
+    Embedded names pass. An existing path must lie inside ``roots`` (or be the folder given with
+    ``--model`` on the command line). A string that looks like a path (``/``, ``.``, ``~`` first, or
+    ``..`` in it) but does not exist is refused; ``owner/name`` and bare names go to ``interp.load`` as
+    hub ids / TransformerLens names (they need the network)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise InputError("Enter a model: an embedded name, a folder inside the allowed roots, or a hub id.")
+    if any(ord(c) < 32 for c in spec) or len(spec) > 500:
+        raise InputError("The model name holds control characters or is too long.")
+    if spec in embedded_models(include_missing=True):
+        if spec not in embedded_models():
+            raise InputError(f"The embedded model {spec!r} is not installed yet: train it with "
+                             f"`interp train {spec} --install`.")
+        return spec
+    p = Path(spec).expanduser()
+    if cli_model and p.exists() and Path(cli_model).expanduser().exists() and \
+            p.resolve() == Path(cli_model).expanduser().resolve():
+        return str(p.resolve())
+    if p.exists():
+        folder = inside(p, roots)
+        if not folder.is_dir() or not (folder / "config.json").is_file():
+            raise InputError(f"{spec} is not a model folder (it needs a config.json and weights).")
+        return str(folder)
+    pathlike = spec.startswith(("/", ".", "~")) or ".." in Path(spec).parts or spec.count("/") > 1 or "\\" in spec
+    if pathlike:
+        raise InputError(f"The model path {spec!r} does not exist.")
+    return spec
+
+
+def load_model(spec: str) -> Any:
+    """:func:`interp.load` with failures turned into InputError (message shown to the user)."""
+    import interp
+
+    try:
+        model = interp.load(spec)
+    except Exception as e:  # noqa: BLE001 - any loader failure becomes a message
+        hint = " (hub ids need the network; this machine may be offline)" if "/" in spec or "offline" in str(e).lower() \
+            else ""
+        raise InputError(f"Could not load model {spec!r}: {type(e).__name__}: {str(e)[:400]}{hint}") from e
+    model.eval()
+    return model
+
+
+def warm_up(model: Any) -> None:
+    """One small interaction map right after loading, so the first real request skips one-time set-up costs."""
+    try:
+        from interp.attention import interaction_map
+
+        tokens = torch.arange(16).remainder(max(2, int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size)))
+        interaction_map(model, tokens[None], 0, method="auto")
+    except Exception:  # noqa: BLE001 - warming up is best effort
+        pass
+
+
+def is_ssm(model: Any) -> bool:
+    from interp.hooks import is_ssm as _is_ssm
+
+    return bool(_is_ssm(model))
+
+
+def model_summary(model: Any) -> dict[str, Any]:
+    cfg = model.cfg
+    return {"name": getattr(cfg, "name", None) or getattr(cfg, "model_name", "?"),
+            "family": getattr(cfg, "family", None) or getattr(cfg, "original_architecture", "transformer"),
+            "layers": cfg.n_layers, "d_model": cfg.d_model, "vocab": cfg.d_vocab if hasattr(cfg, "d_vocab")
+            else cfg.vocab_size, "hook points": len(model.hook_dict)}
+
+
+# ------------------------------------------------------------------------------------------------
+# prompts
+# ------------------------------------------------------------------------------------------------
+def validate_prompt(text: str, max_chars: int) -> list[str]:
+    """Check a prompt before tokenising. Returns warnings (strings); raises InputError for an empty
+    prompt, one over ``max_chars`` characters, or one holding control characters / lone surrogates /
+    unassigned code points."""
+    if text is None or not text.strip():
+        raise InputError("The prompt is empty: type some text (or sample a TokFSM prompt).")
+    if len(text) > max_chars:
+        raise InputError(f"The prompt has {len(text):,} characters, over the cap of {max_chars:,}; "
+                         "shorten it (or start the app with a larger --max-tokens).")
+    warnings = []
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if cat == "Cc" and ch not in "\n\t\r":
+            raise InputError(f"The prompt holds a control character U+{ord(ch):04X} at position {i}; remove it.")
+        if cat in ("Cs", "Cn"):
+            raise InputError(f"The prompt holds an invalid or unassigned code point U+{ord(ch):04X} at position {i}.")
+        if cat == "Cf":
+            warnings.append(f"The prompt holds an invisible formatting character U+{ord(ch):04X} "
+                            f"({unicodedata.name(ch, 'unnamed')}) at position {i}.")
+    if unicodedata.normalize("NFC", text) != text:
+        warnings.append("The prompt is not in Unicode NFC form: visually equal prompts may tokenise differently.")
+    return warnings[:5]
+
+
+def tokenize(model: Any, text: str, max_tokens: int) -> torch.Tensor:
+    """Prompt -> tokens [1, L] (``validate_prompt`` first). InputError if the tokenizer rejects the text or
+    the prompt is longer than ``max_tokens``."""
+    validate_prompt(text, max_chars=max_tokens * 32)
+    if getattr(model, "tokenizer", None) is None:
+        raise InputError("This model has no tokenizer, so it cannot read a text prompt.")
+    prepend = False if is_tokfsm(model) and text.lstrip().startswith("<bos>") else None
+    try:
+        tokens = model.to_tokens(text, prepend_bos=prepend) if prepend is not None else model.to_tokens(text)
+    except Exception as e:  # noqa: BLE001 - the tokenizer's message says what is wrong
+        raise InputError(f"This model's tokenizer cannot encode the prompt: {str(e)[:300]}") from e
+    tokens = tokens[:1].cpu()
+    if tokens.shape[1] > max_tokens:
+        raise InputError(f"The prompt is {tokens.shape[1]:,} tokens long, over the cap of {max_tokens:,} tokens; "
+                         "shorten it (or start the app with a larger --max-tokens).")
+    return tokens
+
+
+def str_tokens(model: Any, tokens: torch.Tensor) -> list[str]:
+    """The L tokens as strings (for ticks and highlighted text)."""
+    try:
+        return [str(t) for t in model.to_str_tokens(tokens[0])]
+    except Exception:  # noqa: BLE001
+        return [str(int(t)) for t in tokens[0]]
+
+
+def tokfsm_prompt(n_states: int = 16, seed: int = 0) -> str:
+    """A valid TokFSM prompt as text: "<bos>" then 2-digit states (length 1 + 2·n_states tokens)."""
+    from interp.data.tokfsm import TokFSM
+
+    fsm = TokFSM()
+    states = fsm.sample_states(1, n_states, np.random.default_rng(seed))[0]
+    return "<bos>" + "".join(f"{int(s):02d}" for s in states)
+
+
+def is_tokfsm(model: Any) -> bool:
+    from interp.data.tokfsm import DigitTokenizer
+
+    return isinstance(getattr(model, "tokenizer", None), DigitTokenizer)
+
+
+# ------------------------------------------------------------------------------------------------
+# token interactions
+# ------------------------------------------------------------------------------------------------
+def sources_for(model: Any) -> list[str]:
+    return list(SSM_SOURCES if is_ssm(model) else TRANSFORMER_SOURCES)
+
+
+def aggregates_for(source: str) -> list[str]:
+    """Channel/head aggregates a source supports ("channel" = one channel/head); [] when it has none
+    (LaTIM scores and the whole-model attributions have no channel axis)."""
+    if source in ("hidden", "attention"):
+        return [*AGGREGATES, "channel"]
+    if source == "unified":
+        return ["mean_abs", "mean", "max", "channel"]
+    return []
+
+
+def n_channels(model: Any) -> int:
+    """Channels (Mamba-1: d_inner) or heads (Mamba-2, transformers) of a layer's map."""
+    cfg = model.cfg
+    if is_ssm(model):
+        return int(cfg.n_heads) if cfg.family == "mamba2" else int(cfg.d_inner)
+    return int(cfg.n_heads)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def detail_map(model: Any, tokens: torch.Tensor, layer: int, source: str, aggregate: str | int = "mean_abs",
+               normalize: str = "raw", max_bytes: int | None = None) -> np.ndarray:
+    """The interaction map [L, L] of ``layer`` by ``source`` (:func:`interp.attention.interaction_map`).
+    ``aggregate`` int = one channel/head. LRP / gradient × input ignore the layer and aggregate."""
+    from interp.attention import interaction_map
+
+    kw: dict[str, Any] = {} if source in WHOLE_MODEL else {"aggregate": aggregate, "max_bytes": max_bytes}
+    m = interaction_map(model, tokens, None if source in WHOLE_MODEL else layer, method=source, normalize_=normalize,
+                        **kw)
+    return _np(m[0])
+
+
+def attribution_rows(model: Any, tokens: torch.Tensor, rows: Sequence[int], source: str,
+                     normalize: str = "raw") -> np.ndarray:
+    """Rows of an LRP / gradient × input map: [len(rows), L] (:func:`interp.attention.query_rows`)."""
+    from interp.attention import query_rows
+
+    return _np(query_rows(model, tokens, 0, rows=list(rows), method=source, normalize_=normalize)[0])
+
+
+def rollout_map(model: Any, tokens: torch.Tensor, source: str, aggregate: str | int = "mean_abs",
+                max_bytes: int | None = None) -> np.ndarray:
+    """Rollout [L, L] of the per-layer maps of ``source`` (:func:`interp.attention.rollout`), each taken
+    as |map| (rollout needs non-negative weights)."""
+    from interp.attention import interaction_map, rollout
+
+    maps = [interaction_map(model, tokens, layer, method=source, aggregate=aggregate, max_bytes=max_bytes).abs()
+            for layer in range(model.cfg.n_layers)]
+    return _np(rollout(maps)[0])
+
+
+def thumbnail_maps(model: Any, tokens: torch.Tensor, source: str, per_layer: int = 8,
+                   max_bytes: int | None = None) -> tuple[np.ndarray, list[tuple[int, int | None]]]:
+    """Layer × channel/head maps for the thumbnail grid: (maps [n, L, L], [(layer, channel or None)]).
+
+    hidden: per head (Mamba-2) or the ``per_layer`` channels with the most mass (Mamba-1,
+    :func:`interp.attention.hidden.channel_mass`); attention: per head; unified / LaTIM: one
+    channel-reduced map per layer (channel None)."""
+    from interp.attention import interaction_map, ssm_parameters
+    from interp.attention.hidden import channel_mass
+
+    maps, keys = [], []
+    for layer in range(model.cfg.n_layers):
+        if source == "hidden" and model.cfg.family == "mamba1":
+            p = ssm_parameters(model, tokens, layer)
+            heads = channel_mass(p["dt"], p["A"], p["B"], p["C"]).topk(min(per_layer, p["dt"].shape[-1])).indices
+            heads = heads.tolist()
+            m = interaction_map(model, tokens, layer, method="hidden", aggregate="none", heads=heads,
+                                max_bytes=max_bytes)[0]
+        elif source in ("hidden", "attention"):
+            m = interaction_map(model, tokens, layer, method=source, aggregate="none", max_bytes=max_bytes)[0]
+            heads = list(range(m.shape[0]))
+        else:
+            m = interaction_map(model, tokens, layer, method=source, max_bytes=max_bytes)
+            heads = [None]
+        maps.append(_np(m))
+        keys += [(layer, h) for h in heads]
+    return np.concatenate(maps), keys
+
+
+def map_metric(maps: np.ndarray, name: str) -> np.ndarray:
+    """A score per map of [n, L, L] for sorting thumbnails: "mass" (Σ|m|), "max" (max |m|),
+    "distance" (mean |i - j| weighted by |m|: how far back a map looks), "diagonal" (share of |m| on
+    the diagonal: how much a token attends to itself)."""
+    a = np.abs(np.nan_to_num(np.asarray(maps, dtype=np.float64)))
+    if name == "mass":
+        return a.sum((1, 2))
+    if name == "max":
+        return a.max((1, 2))
+    L = a.shape[-1]
+    total = a.sum((1, 2)) + 1e-30
+    if name == "distance":
+        i, j = np.indices((L, L))
+        return (a * np.abs(i - j)).sum((1, 2)) / total
+    if name == "diagonal":
+        return np.trace(a, axis1=1, axis2=2) / total
+    raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
+
+
+def pool_map(m: np.ndarray, out: int = 128) -> tuple[np.ndarray, int]:
+    """Mean-pool a map [R, C] by a factor f = ceil(max(R, C)/out) -> ([ceil(R/f), ceil(C/f)], f).
+    NaN cells (the causal blank) are ignored; an all-NaN block stays NaN."""
+    m = np.asarray(m, dtype=np.float64)
+    f = max(1, math.ceil(max(m.shape) / out))
+    if f == 1:
+        return m, 1
+    R, C = (math.ceil(s / f) * f for s in m.shape)
+    pad = np.full((R, C), np.nan)
+    pad[:m.shape[0], :m.shape[1]] = m
+    blocks = pad.reshape(R // f, f, C // f, f)
+    with np.errstate(invalid="ignore"):
+        cnt = np.isfinite(blocks).sum((1, 3))
+        s = np.nansum(blocks, (1, 3))
+        pooled = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+    return pooled, f
+
+
+def causal_masked(m: np.ndarray) -> np.ndarray:
+    """A copy of a square map with the causal upper triangle (j > i) set to NaN."""
+    m = np.asarray(m, dtype=np.float64).copy()
+    if m.ndim == 2 and m.shape[0] == m.shape[1]:
+        m[np.triu_indices(m.shape[0], k=1)] = np.nan
+    return m
+
+
+# ------------------------------------------------------------------------------------------------
+# logit lens, next-token distributions
+# ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def logit_lens(model: Any, tokens: torch.Tensor) -> dict[str, np.ndarray]:
+    """Each layer's residual stream read through the final norm and unembedding.
+
+    Returns ``top_prob`` [n_layers, L] (top-1 probability), ``top_id`` [n_layers, L] (its token id).
+    The same read-out as :func:`interp.demo.logit_lens_figure`."""
+    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    probs = torch.stack([model.unembed(model.ln_final(cache[n][0])).softmax(-1) for n in names])
+    top = probs.max(-1)
+    return {"top_prob": _np(top.values), "top_id": top.indices.cpu().numpy()}
+
+
+@torch.no_grad()
+def next_token_probs(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence = ()) -> np.ndarray:
+    """Next-token distribution after the prompt: [vocab] (with ``fwd_hooks`` active)."""
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks)) if fwd_hooks else model(tokens)
+    return _np(logits[0, -1].float().softmax(-1))
+
+
+def kl(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p ‖ q) in nats of two distributions [vocab]."""
+    p = np.asarray(p, np.float64)
+    q = np.asarray(q, np.float64)
+    m = p > 0
+    return float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], 1e-300)))))
+
+
+# ------------------------------------------------------------------------------------------------
+# optional back ends: probes, steering, codebooks
+# ------------------------------------------------------------------------------------------------
+def backend(module: str) -> tuple[Any | None, str | None]:
+    """(imported module, None) or (None, why it is not available)."""
+    if importlib.util.find_spec(module) is None:
+        return None, f"`{module}` does not exist yet in this version of the toolkit."
+    try:
+        return importlib.import_module(module), None
+    except Exception as e:  # noqa: BLE001 - a half-written back end must not break the app
+        return None, f"`{module}` is present but cannot be imported ({type(e).__name__}: {str(e)[:200]})."
+
+
+def hook_choices(model: Any) -> list[str]:
+    """Residual-stream hooks for steering / SAEs: hook_embed, then resid_pre/post of every block."""
+    out = ["hook_embed"] if "hook_embed" in model.hook_dict else []
+    for i in range(model.cfg.n_layers):
+        out += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_post"]
+    return [h for h in out if h in model.hook_dict]
+
+
+def vocabulary(model: Any) -> list[str]:
+    """Every token id's string: [vocab] (display labels of the next-token distribution)."""
+    n = int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size)
+    return [str(t) for t in model.to_str_tokens(torch.arange(n))]
+
+
+def token_direction(model: Any, token_id: int) -> torch.Tensor:
+    """The unit-norm embedding row of a token: [d_model] (a simple steering direction)."""
+    v = model.W_E[int(token_id)].detach().float().cpu()
+    return v / v.norm().clamp_min(1e-12)
+
+
+@dataclass
+class SteeringResult:
+    """Baseline vs steered: ``p_base``, ``p_steer`` [vocab]; generations (strings); KL at the last
+    position (``kl_last``) and over the edited positions (``kl``)."""
+
+    p_base: np.ndarray
+    p_steer: np.ndarray
+    gen_base: str
+    gen_steer: str
+    kl_last: float
+    kl: float
+
+
+def steer(model: Any, tokens: torch.Tensor, intervention: Any, max_new_tokens: int = 16) -> SteeringResult:
+    """Run baseline and steered side by side with an :class:`interp.steering.Intervention` (or Compose)."""
+    from interp.steering import kl_cost
+
+    hooks = intervention.hooks(model)
+    p0 = next_token_probs(model, tokens)
+    p1 = next_token_probs(model, tokens, hooks)
+    L = tokens.shape[1]
+    g0 = model.generate(tokens, max_new_tokens=max_new_tokens, stop_at_eos=False, return_type="tokens")
+    g1 = model.generate(tokens, max_new_tokens=max_new_tokens, stop_at_eos=False, return_type="tokens",
+                        fwd_hooks=hooks)
+    cost = kl_cost(model, intervention, tokens)
+    show = lambda g: "".join(str_tokens(model, g[:, L:]))  # noqa: E731
+    return SteeringResult(p0, p1, show(g0), show(g1), kl(p0, p1), float(cost["kl"]))
+
+
+# ------------------------------------------------------------------------------------------------
+# SAEs
+# ------------------------------------------------------------------------------------------------
+def find_saes(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """SAE folders (``cfg.json`` + ``sae_weights.safetensors``) under ``roots``, at most ``max_depth``
+    deep (symlinks leaving a root are skipped)."""
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            if depth >= max_depth:
+                dirnames[:] = []
+            if "cfg.json" in filenames and "sae_weights.safetensors" in filenames:
+                try:
+                    found.append(inside(dirpath, roots))
+                except InputError:
+                    continue
+            if len(found) >= limit:
+                return sorted(found)
+    return sorted(found)
+
+
+def load_sae(folder: str, roots: Sequence[Path], model: Any) -> Any:
+    """An SAE from a folder inside ``roots``, checked against ``model`` (hook exists, widths match)."""
+    from interp.sae import load_sae as _load
+
+    path = inside(folder, roots)
+    try:
+        sae = _load(path)
+    except Exception as e:  # noqa: BLE001 - the loader's message says what is wrong
+        raise InputError(f"Could not load an SAE from {path}: {str(e)[:400]}") from e
+    hook = sae.cfg.hook_name
+    if hook not in model.hook_dict:
+        raise InputError(f"The SAE reads hook {hook!r}, which this model does not have: it was trained on another model.")
+    if sae.cfg.d_in != model.cfg.d_model and hook.endswith(("resid_pre", "resid_post", "hook_embed")):
+        raise InputError(f"The SAE's d_in={sae.cfg.d_in} differs from this model's d_model={model.cfg.d_model}.")
+    return sae.eval()
+
+
+@torch.no_grad()
+def latent_acts(model: Any, sae: Any, tokens: torch.Tensor, latent: int) -> np.ndarray:
+    """One latent's activation on each token: [L] (:func:`interp.sae.latent_activations`)."""
+    from interp.sae import latent_activations
+
+    for _, lat, _ in latent_activations(model, sae, tokens):
+        return _np(lat[0, :, int(latent)])
+    return np.zeros(tokens.shape[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------------
+def kaleido_available() -> bool:
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def figure_exports(fig: Any) -> dict[str, bytes]:
+    """A figure as self-contained HTML (plotly.js inlined, no CDN), JSON, and PNG when kaleido is installed."""
+    from interp.attention.figures import figure_html
+
+    out = {"html": figure_html(fig).encode(), "json": fig.to_json().encode()}
+    if kaleido_available():
+        try:
+            out["png"] = fig.to_image(format="png")
+        except Exception:  # noqa: BLE001 - kaleido present but unusable (no browser): leave PNG out
+            pass
+    return out
+
+
+def npz_bytes(arrays: dict[str, Any]) -> bytes:
+    """Arrays (numpy / torch / lists) as one compressed .npz file."""
+    buf = io.BytesIO()
+    clean = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in arrays.items()}
+    np.savez_compressed(buf, **clean)
+    return buf.getvalue()
+
+
+def logit_lens_figure(model: Any, tokens: torch.Tensor) -> Any:
+    """The logit-lens heatmap [n_layers, L] of :func:`interp.demo.logit_lens_figure` (top-1 probability of
+    each layer's read-out), with each cell's top token as hover text."""
+    from interp.demo import logit_lens_figure as _figure
+
+    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+        fig = _figure(model, cache, str_tokens(model, tokens))
+    top = logit_lens(model, tokens)["top_id"]
+    vocab = vocabulary(model)
+    fig.data[0].text = [[vocab[int(t)] for t in row] for row in top]
+    fig.data[0].hovertemplate = "%{y}<br>position %{x}<br>top-1 p %{z:.3f}<br>token %{text}<extra></extra>"
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def probe_sweep_tokfsm(model: Any, n_seq: int, seq_len: int = 33, seed: int = 0) -> tuple[Any, list[dict[str, Any]]]:
+    """Layer × position probe sweep of the TokFSM state on ``n_seq`` sampled sequences
+    (:func:`interp.probes.probe_sweep`, positions "tens digit" / "units digit"): (figure, rows)."""
+    from interp.data.tokfsm import tokfsm_dataset, tokfsm_labels
+    from interp.probes import probe_sweep
+
+    tokens = tokfsm_dataset(int(n_seq), seed=seed, seq_len=seq_len)
+    lab = tokfsm_labels(tokens)
+    res = probe_sweep(model, tokens, lab["state"], seed=seed,
+                      positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
+    return res.figure(title=f"TokFSM state probes on {n_seq} sequences"), res.rows
+
+
+def feature_corpus(model: Any, tokens: torch.Tensor, corpus: str, n_seq: int = 64) -> torch.Tensor:
+    """Token sequences [n, L] to look for a latent's top examples: the prompt ("prompt") or ``n_seq``
+    sampled TokFSM sequences ("tokfsm")."""
+    if corpus == "tokfsm":
+        from interp.data.tokfsm import tokfsm_dataset
+
+        return tokfsm_dataset(n_seq, seed=0)
+    return tokens
+
+
+def feature_report(model: Any, sae: Any, corpus: torch.Tensor, latent: int, k: int = 8) -> dict[str, Any]:
+    """What the features page shows for one latent: ``density`` [d_sae] (interp.sae.activation_density),
+    ``examples`` (top_activating_examples), ``effects`` (logit_effects with the min(10, vocab/2) most
+    promoted and suppressed tokens, or None with ``effects_error``)."""
+    from interp.sae import activation_density, logit_effects, top_activating_examples
+
+    out: dict[str, Any] = {"density": activation_density(model, sae, corpus).numpy()}
+    out["examples"] = top_activating_examples(model, sae, corpus, latents=[int(latent)], k=k)[int(latent)]
+    try:
+        k_eff = max(1, min(10, int(model.W_U.shape[-1]) // 2))  # top and bottom tokens stay apart
+        out["effects"], out["effects_error"] = logit_effects(model, sae, latents=[int(latent)], k=k_eff), None
+    except ValueError as e:
+        out["effects"], out["effects_error"] = None, str(e)
+    return out
+
+
+def steering_intervention(model: Any, hook: str, source: str, scale: float, positions: str,
+                          token_id: int = 0, sae: Any = None, latent: int = 0) -> Any:
+    """An :class:`interp.steering.Intervention` adding ``scale`` × a direction at ``hook``:
+    the unit embedding of ``token_id`` (source "token") or an SAE latent's decoder row ("sae")."""
+    from interp.steering import Direction, Intervention, SAELatents
+
+    if source == "sae":
+        if sae is None:
+            raise InputError("Choose an SAE on the Features page first (steering with a latent needs one).")
+        return Intervention(SAELatents(sae, int(latent)), sae.cfg.hook_name, "add", float(scale), positions=positions)
+    return Intervention(Direction(token_direction(model, token_id), label=f"embedding of token {token_id}"), hook,
+                        "add", float(scale), positions=positions)

@@ -1,0 +1,193 @@
+"""Streamlit glue shared by the pages: settings, the view state (mirrored in the URL query parameters so a
+link reproduces the view), the cached model and maps, and error display.
+
+Pages stay thin: they read the view through :func:`widget`, get the model and tokens from
+:func:`current`, call the cached wrappers below (which call :mod:`apps.compute`), and draw.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from apps import compute as C
+
+VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
+# query parameter -> default (the type of the default is the type of the parameter)
+DEFAULTS: dict[str, Any] = {
+    "model": "", "prompt": "", "source": "hidden", "layer": 0, "agg": "mean_abs", "ch": -1, "norm": "raw",
+    "q": -1, "rollout": False, "sort": "mass", "win": 0,
+    "sae": "", "latent": 0, "corpus": "prompt", "test": "",
+    "steer_src": "token", "steer_hook": "", "steer_tok": 0, "scale": 4.0, "steer_pos": "all", "new": 12,
+    "probe_n": 64, "exp": "interaction map",
+}
+
+
+def config() -> C.AppConfig:
+    return C.parse_config(sys.argv[1:])
+
+
+def view() -> dict[str, Any]:
+    """The view dict, initialised once per session from the URL query parameters."""
+    if VIEW not in st.session_state:
+        v = dict(DEFAULTS)
+        for k, raw in st.query_params.to_dict().items():
+            if k in DEFAULTS:
+                v[k] = _coerce(raw, DEFAULTS[k])
+        if not v["model"]:
+            try:
+                v["model"], note = C.default_model(config().model)
+                st.session_state["model_note"] = (v["model"], note)
+            except C.InputError as e:
+                st.session_state["model_note"] = ("", str(e))
+        st.session_state[VIEW] = v
+    return st.session_state[VIEW]
+
+
+def _coerce(raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except (TypeError, ValueError):
+        return default
+    return str(raw)
+
+
+def set_view(**kw: Any) -> None:
+    v = view()
+    v.update(kw)
+    for k in kw:
+        st.session_state.pop(f"w_{k}", None)
+    sync_url()
+
+
+def sync_url() -> None:
+    """Write the non-default view entries to the URL (defaults are left out to keep links short)."""
+    v = view()
+    want = {k: str(v[k]) for k in DEFAULTS if v.get(k) != DEFAULTS[k]}
+    if st.query_params.to_dict() != want:
+        st.query_params.from_dict(want)
+
+
+def widget(fn: Callable[..., Any], name: str, label: str, options: list | None = None, **kw: Any) -> Any:
+    """A widget bound to view entry ``name`` (and so to the URL). ``options`` for select widgets: a value
+    outside them falls back to the first option."""
+    v = view()
+    key = f"w_{name}"
+    if key not in st.session_state:
+        val = v.get(name, DEFAULTS.get(name))
+        if options is not None and val not in options:
+            val = options[0]
+        if "min_value" in kw and val is not None and val < kw["min_value"]:
+            val = kw["min_value"]
+        if "max_value" in kw and val is not None and val > kw["max_value"]:
+            val = kw["max_value"]
+        st.session_state[key] = val
+    elif options is not None and st.session_state[key] not in options:
+        st.session_state[key] = options[0]
+    out = fn(label, options, key=key, **kw) if options is not None else fn(label, key=key, **kw)
+    v[name] = out
+    return out
+
+
+def show_error(e: Exception) -> None:
+    """A failure as a message in the page, never a traceback."""
+    if isinstance(e, C.InputError):
+        st.error(str(e))
+    else:
+        st.error(f"{type(e).__name__}: {str(e)[:500]}")
+
+
+# ------------------------------------------------------------------------------------------------
+# model and tokens
+# ------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def cached_model(spec: str) -> Any:
+    model = C.load_model(spec)
+    C.warm_up(model)
+    return model
+
+
+def model_spec() -> tuple[str, str | None]:
+    """(validated spec, note) of the model of the current view; raises InputError."""
+    cfg = config()
+    v = view()
+    note_model, note = st.session_state.get("model_note", (None, None))
+    if not v["model"] and note:
+        raise C.InputError(note)
+    return C.resolve_model_spec(v["model"], cfg.roots, cfg.model), (note if v["model"] == note_model else None)
+
+
+def default_prompt(model: Any) -> str:
+    return C.tokfsm_prompt(16) if C.is_tokfsm(model) else "The cat sat on the mat because it was tired."
+
+
+def current(need_prompt: bool = True) -> tuple[str, Any, torch.Tensor | None] | None:
+    """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt)."""
+    try:
+        spec, note = model_spec()
+        if note:
+            st.info(note)
+        model = cached_model(spec)
+    except Exception as e:  # noqa: BLE001
+        show_error(e)
+        return None
+    if not need_prompt:
+        return spec, model, None
+    v = view()
+    if v["prompt"] == "" and "prompt_set" not in st.session_state:
+        v["prompt"] = default_prompt(model)
+    st.session_state["prompt_set"] = True
+    try:
+        for w in C.validate_prompt(v["prompt"], config().max_tokens * 32):
+            st.warning(w)
+        tokens = C.tokenize(model, v["prompt"], config().max_tokens)
+    except Exception as e:  # noqa: BLE001
+        show_error(e)
+        return None
+    return spec, model, tokens
+
+
+def key_of(tokens: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(t) for t in tokens[0])
+
+
+def tensor_of(key: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor([list(key)], dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------
+# cached computations (hashable arguments; the model comes from the resource cache)
+# ------------------------------------------------------------------------------------------------
+@st.cache_data(show_spinner="Computing the interaction map…", max_entries=64)
+def cached_detail(spec: str, toks: tuple, layer: int, source: str, agg: Any, norm: str, budget: int) -> np.ndarray:
+    return C.detail_map(cached_model(spec), tensor_of(toks), layer, source, agg, norm, budget)
+
+
+@st.cache_data(show_spinner="Computing attribution rows…", max_entries=64)
+def cached_rows(spec: str, toks: tuple, rows: tuple, source: str, norm: str) -> np.ndarray:
+    return C.attribution_rows(cached_model(spec), tensor_of(toks), rows, source, norm)
+
+
+@st.cache_data(show_spinner="Computing thumbnails…", max_entries=16)
+def cached_thumbs(spec: str, toks: tuple, source: str, budget: int, per_layer: int = 8) -> tuple[np.ndarray, list]:
+    return C.thumbnail_maps(cached_model(spec), tensor_of(toks), source, per_layer=per_layer, max_bytes=budget)
+
+
+@st.cache_data(show_spinner="Computing the rollout…", max_entries=16)
+def cached_rollout(spec: str, toks: tuple, source: str, agg: Any, budget: int) -> np.ndarray:
+    return C.rollout_map(cached_model(spec), tensor_of(toks), source, agg, budget)
+
+
+@st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)
+def cached_sae(spec: str, folder: str, mtime: float) -> Any:
+    return C.load_sae(folder, config().roots, cached_model(spec))

@@ -1,0 +1,76 @@
+"""Export: the current view's figures as HTML (self-contained) / PNG / JSON, its arrays as .npz, and a link."""
+
+import json
+
+import numpy as np
+import streamlit as st
+
+from apps import compute as C
+from apps import ui
+from interp.attention import MapTooLargeError
+from interp.attention.figures import interaction_heatmap
+
+
+def current_map(spec, model, tokens):
+    """(figure, arrays) of the interaction map of the view (same settings as the Token interactions page)."""
+    cfg, v = ui.config(), ui.view()
+    key, L = ui.key_of(tokens), tokens.shape[1]
+    source = v["source"] if v["source"] in C.sources_for(model) else C.sources_for(model)[0]
+    aggs = C.aggregates_for(source)
+    agg = int(v["ch"]) if v["agg"] == "channel" and aggs else (v["agg"] if v["agg"] in aggs else "mean_abs")
+    layer = min(max(int(v["layer"]), 0), model.cfg.n_layers - 1)
+    rows = None
+    if source in C.WHOLE_MODEL and L > cfg.lrp_full_max:
+        rows = sorted({int(v["q"]) % L, *range(max(0, L - 8), L)})
+        m = ui.cached_rows(spec, key, tuple(rows), source, v["norm"])
+    else:
+        m = ui.cached_detail(spec, key, layer, source, agg, v["norm"], cfg.map_budget_bytes)
+    toks = C.str_tokens(model, tokens)
+    title = f"{C.SOURCES[source]}" + ("" if source in C.WHOLE_MODEL else f", layer {layer}, {agg}") + f", {v['norm']}"
+    fig = interaction_heatmap(m, toks, title=title, signed=bool(np.nanmin(m) < 0), rows=rows)
+    arrays = {"map": m, "tokens": tokens[0].numpy(), "str_tokens": np.array(toks, dtype=object).astype(str)}
+    if rows is not None:
+        arrays["rows"] = np.array(rows)
+    return fig, arrays
+
+
+def main() -> None:
+    st.title("Export")
+    got = ui.current()
+    if got is None:
+        return
+    spec, model, tokens = got
+    what = ui.widget(st.radio, "exp", "Figure", ["interaction map", "logit lens"], horizontal=True)
+    try:
+        if what == "interaction map":
+            fig, arrays = current_map(spec, model, tokens)
+        else:
+            fig = C.logit_lens_figure(model, tokens)
+            arrays = {**C.logit_lens(model, tokens), "tokens": tokens[0].numpy()}
+        files = C.figure_exports(fig)
+    except MapTooLargeError as e:
+        st.warning(f"This map would exceed the memory budget: {e}")
+        return
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    if tokens.shape[1] <= ui.config().pool_above:
+        st.plotly_chart(fig, key="export_fig", config={"displaylogo": False})
+    else:
+        st.caption(f"No preview for a {tokens.shape[1]}-token prompt (the Token interactions page shows a pooled "
+                   "overview); the downloads hold the full figure and arrays.")
+    stem = what.replace(" ", "_")
+    c = st.columns(4)
+    c[0].download_button("HTML (self-contained)", files["html"], f"{stem}.html", "text/html")
+    c[1].download_button("JSON (plotly)", files["json"], f"{stem}.json", "application/json")
+    if "png" in files:
+        c[2].download_button("PNG", files["png"], f"{stem}.png", "image/png")
+    else:
+        c[2].info("PNG export needs the `kaleido` package, which is not installed (pip install kaleido).")
+    c[3].download_button("Arrays (.npz)", C.npz_bytes(arrays), f"{stem}.npz", "application/octet-stream")
+    st.subheader("This view")
+    st.caption("The URL of this page reproduces the view; the settings as JSON:")
+    st.code(json.dumps(ui.view(), indent=1, default=str), language="json")
+
+
+main()

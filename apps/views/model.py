@@ -1,0 +1,61 @@
+"""Model & prompt: pick any model interp.load accepts, type or sample a prompt, see its tokens."""
+
+import streamlit as st
+
+from apps import compute as C
+from apps import ui
+
+
+def main() -> None:
+    st.title("Model & prompt")
+    cfg = ui.config()
+    installed = C.embedded_models()
+    ui.widget(st.text_input, "model", "Model",
+              help="an embedded name (" + (", ".join(installed) or "none installed") + "), a model folder inside "
+                   f"the allowed roots ({', '.join(map(str, cfg.roots))}), or a hub id (needs the network)")
+    st.caption("Embedded models: " + (", ".join(f"`{m}`" for m in installed) or "none installed yet"))
+    got = ui.current(need_prompt=False)
+    if got is None:
+        return
+    spec, model, _ = got
+    st.write(C.model_summary(model))
+    v = ui.view()
+    if v["prompt"] == "" and "prompt_set" not in st.session_state:
+        v["prompt"] = ui.default_prompt(model)
+    st.session_state["prompt_set"] = True
+    if C.is_tokfsm(model):
+        c1, c2 = st.columns([1, 3])
+        n_states = c1.number_input("States", min_value=1, max_value=1000, value=16, key="n_states")
+        if c2.button("Sample a TokFSM prompt"):
+            ui.set_view(prompt=C.tokfsm_prompt(int(n_states), seed=int(st.session_state.get("seed", 0))))
+            st.session_state["seed"] = st.session_state.get("seed", 0) + 1
+            st.rerun()
+    ui.widget(st.text_area, "prompt", "Prompt", height=120,
+              help=f"at most {cfg.max_tokens:,} tokens; TokFSM models read digits and '<bos>'")
+    try:
+        for w in C.validate_prompt(v["prompt"], cfg.max_tokens * 32):
+            st.warning(w)
+        tokens = C.tokenize(model, v["prompt"], cfg.max_tokens)
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    toks = C.str_tokens(model, tokens)
+    st.success(f"{len(toks):,} tokens")
+    shown = toks[:512]
+    st.html(tokens_html(shown) + (f"<p>… and {len(toks) - 512:,} more</p>" if len(toks) > 512 else ""))
+    if spec in installed:
+        from interp.zoo import model_card
+
+        try:
+            st.json(model_card(spec).get("metrics", {}), expanded=False)
+        except Exception:  # noqa: BLE001 - a card is optional
+            pass
+
+
+def tokens_html(tokens: list[str]) -> str:
+    from interp.attention.figures import token_highlight_html
+
+    return token_highlight_html(tokens, [0.0] * len(tokens))
+
+
+main()

@@ -1,0 +1,43 @@
+"""Probes: layer × position accuracy and selectivity of linear probes (interp.probes)."""
+
+import pandas as pd
+import streamlit as st
+
+from apps import compute as C
+from apps import ui
+
+
+@st.cache_data(show_spinner="Fitting probes…", max_entries=8)
+def sweep(spec: str, n_seq: int):
+    return C.probe_sweep_tokfsm(ui.cached_model(spec), n_seq)
+
+
+def main() -> None:
+    st.title("Probes")
+    mod, why = C.backend("interp.probes")
+    if mod is None:
+        st.info(f"Probes are not available yet: {why}")
+        return
+    got = ui.current(need_prompt=False)
+    if got is None:
+        return
+    spec, model, _ = got
+    if not C.is_tokfsm(model):
+        st.info("This page fits probes on TokFSM state labels (the ground truth of the embedded TokFSM models); "
+                f"{spec!r} is not a TokFSM model. Use interp.probes.probe_sweep in a notebook with your own labels.")
+        return
+    n = ui.widget(st.select_slider, "probe_n", "Sequences (33 tokens each)", [32, 64, 128, 256])
+    st.caption("Each (hook, position) cell fits a logistic probe of the current FSM state on 75% of the sequences "
+               "and scores it on the rest; selectivity = accuracy − control-task accuracy (Hewitt & Liang).")
+    if not st.toggle("Run the sweep", key="probe_run"):
+        return
+    try:
+        fig, rows = sweep(spec, int(n))
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    st.plotly_chart(fig, key="probes", config={"displaylogo": False})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
+main()

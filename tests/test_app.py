@@ -1,0 +1,586 @@
+"""The Streamlit app (apps/): every page under ``streamlit.testing.v1.AppTest``.
+
+Each page renders without an exception; widgets change what is computed; the plotly figures hold exactly
+the library's result for the same inputs; bad inputs (empty / too long / unusual Unicode prompt, missing or
+forbidden model path, a map over the memory budget) each show a message and the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from apps import compute as C  # noqa: E402  (apps/ is imported by path, it is not a distribution package)
+
+import interp  # noqa: E402
+import interp.zoo  # noqa: E402
+from interp.attention import interaction_map, normalize, rollout  # noqa: E402
+
+MODEL = "tokfsm-mamba2"
+PROMPT = "<bos>" + "08411793056012345678"  # 21 tokens
+PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export"]
+TIMEOUT = 300
+
+pytestmark = pytest.mark.skipif(MODEL not in interp.zoo.list_models(), reason=f"embedded {MODEL} not installed")
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model():
+    return interp.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory):
+    """A run folder holding one SAE on blocks.1.hook_resid_post of the model."""
+    from interp.sae import SAEConfig, SparseAutoencoder
+
+    root = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=32, hook_name="blocks.1.hook_resid_post"))
+    sae.save(root / "sae_a")
+    (root / "not_a_model").mkdir()
+    from interp.demo import tiny_model
+
+    tiny_model().save_pretrained(str(root / "mamba1"))  # a random 2-layer Mamba-1 over the TokFSM digits
+    from transformer_lens import HookedTransformerConfig
+
+    from interp.data import DigitTokenizer
+    from interp.hooks.transformer import HookedTransformerModel
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=128, d_vocab=11,
+                                  act_fn="gelu", normalization_type="LN", device="cpu", seed=0)
+    HookedTransformerModel(cfg, DigitTokenizer()).save_pretrained(root / "transformer")
+    return root
+
+
+@pytest.fixture
+def env(monkeypatch, roots):
+    monkeypatch.setenv("INTERP_APP_MODEL", MODEL)
+    monkeypatch.setenv("INTERP_APP_ROOTS", str(roots))
+    monkeypatch.delenv("INTERP_APP_MAX_TOKENS", raising=False)
+    monkeypatch.delenv("INTERP_APP_MAP_BUDGET_MB", raising=False)
+    return monkeypatch
+
+
+def app(page: str = "model", **params) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "apps" / "app.py"), default_timeout=TIMEOUT)
+    params.setdefault("prompt", PROMPT)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.run()
+    if page != "model":
+        at.switch_page(f"views/{page}.py").run()
+    return at
+
+
+def ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(elements) -> str:
+    return " | ".join(str(e.value) for e in elements)
+
+
+def figure(at: AppTest, key: str) -> dict:
+    els = [e for e in at.get("plotly_chart") if getattr(e, "key", None) == key]
+    assert els, f"no plotly chart {key!r}; charts: {[getattr(e, 'key', None) for e in at.get('plotly_chart')]}"
+    return json.loads(els[0].proto.spec)
+
+
+def arr(x) -> np.ndarray:
+    """A plotly JSON array (list, or typed array {dtype, bdata, shape}) -> float numpy (None -> nan)."""
+    if isinstance(x, dict) and "bdata" in x:
+        a = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
+        if "shape" in x:
+            shape = x["shape"] if isinstance(x["shape"], list) else [int(s) for s in str(x["shape"]).split(",")]
+            a = a.reshape(shape)
+        return a.astype(np.float64)
+    if isinstance(x, list) and x and isinstance(x[0], (list, dict)):
+        return np.stack([arr(r) for r in x])
+    return np.array([np.nan if v is None else v for v in x], dtype=np.float64)
+
+
+def masked(m: torch.Tensor) -> np.ndarray:
+    return C.causal_masked(m[0].float().numpy())
+
+
+def tokens_of(model, prompt: str = PROMPT) -> torch.Tensor:
+    return C.tokenize(model, prompt, 4096)
+
+
+def html_of(at: AppTest) -> str:
+    return " ".join(h.proto.body for h in at.get("html"))
+
+
+# ------------------------------------------------------------------------------------------------
+# every page
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders(env, page):
+    at = app(page)
+    ok(at)
+    assert at.title[0].value
+
+
+def test_default_model_falls_back_with_a_note(monkeypatch, roots):
+    monkeypatch.delenv("INTERP_APP_MODEL", raising=False)
+    monkeypatch.setenv("INTERP_APP_ROOTS", str(roots))
+    spec, note = C.default_model(None)
+    installed = C.embedded_models()
+    assert spec == (C.DEFAULT_MODEL if C.DEFAULT_MODEL in installed else installed[0])
+    at = app("model")
+    ok(at)
+    assert at.query_params["model"] == spec
+    if note:
+        assert "not installed yet" in texts(at.info)
+
+
+# ------------------------------------------------------------------------------------------------
+# token interactions
+# ------------------------------------------------------------------------------------------------
+def test_interaction_heatmap_is_the_library_map(env, model):
+    at = app("interactions")
+    ok(at)
+    toks = tokens_of(model)
+    fig = figure(at, "detail")
+    z = arr(fig["data"][0]["z"])
+    ref = masked(interaction_map(model, toks, 0, method="hidden", aggregate="mean_abs"))
+    np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+    labels = fig["data"][0]["x"]
+    assert len(labels) == toks.shape[1] and labels[0].startswith("0·")
+
+
+def test_widgets_change_the_map(env, model):
+    toks = tokens_of(model)
+    at = app("interactions")
+    z0 = arr(figure(at, "detail")["data"][0]["z"])
+    at.selectbox(key="w_layer").set_value(2).run()
+    ok(at)
+    z2 = arr(figure(at, "detail")["data"][0]["z"])
+    assert not np.allclose(np.nan_to_num(z0), np.nan_to_num(z2))
+    np.testing.assert_allclose(z2, masked(interaction_map(model, toks, 2)), rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert at.query_params["layer"] == "2"
+
+    for source, kw in [("unified", {}), ("latim", {})]:
+        at.selectbox(key="w_source").set_value(source).run()
+        ok(at)
+        assert at.selectbox(key="w_agg").options == C.aggregates_for(source) or at.selectbox(key="w_agg").disabled
+        ref = masked(interaction_map(model, toks, 2, method=source, **kw))
+        np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-4, atol=1e-6,
+                                   equal_nan=True)
+
+    at.selectbox(key="w_source").set_value("hidden").run()
+    at.selectbox(key="w_agg").set_value("channel").run()
+    at.number_input(key="w_ch").set_value(3).run()
+    at.selectbox(key="w_norm").set_value("row").run()
+    ok(at)
+    ref = masked(interaction_map(model, toks, 2, aggregate=3, normalize_="row"))
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+    at.selectbox(key="w_agg").set_value("mean_abs").run()
+    at.selectbox(key="w_norm").set_value("raw").run()
+    at.checkbox(key="w_rollout").check().run()
+    ok(at)
+    maps = [interaction_map(model, toks, layer).abs() for layer in range(model.cfg.n_layers)]
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), masked(rollout(maps)), rtol=1e-4,
+                               atol=1e-6, equal_nan=True)
+
+
+def test_attribution_sources(env, model):
+    toks = tokens_of(model)
+    at = app("interactions", source="grad_x_input")
+    ok(at)
+    from interp.lrp import interaction_rows
+
+    ref = interaction_rows(model, toks, method="grad_x_input")
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), C.causal_masked(ref.numpy()),
+                               rtol=1e-4, atol=1e-5, equal_nan=True)
+    assert "no per-layer thumbnails" in texts(at.caption)
+
+
+def test_query_row_highlights_the_prompt(env, model):
+    at = app("interactions", q=5)
+    ok(at)
+    html = html_of(at)
+    assert "query 5" in html and "outline: 2px solid" in html
+    at.slider(key="w_q").set_value(9).run()
+    assert "query 9" in html_of(at)
+    assert at.query_params["q"] == "9"
+
+
+def test_thumbnails_sorted_by_metric(env, model):
+    toks = tokens_of(model)
+    at = app("interactions")
+    fig = figure(at, "thumbs")
+    n = model.cfg.n_layers * model.cfg.n_heads
+    assert len(fig["data"]) == n
+    per = torch.cat([interaction_map(model, toks, layer, aggregate="none")[0] for layer in range(model.cfg.n_layers)])
+    score = C.map_metric(per.numpy(), "mass")
+    best = int(np.argmax(score))
+    np.testing.assert_allclose(arr(fig["data"][0]["z"]), C.causal_masked(per[best].numpy()), rtol=1e-5, atol=1e-7,
+                               equal_nan=True)
+    at.selectbox(key="w_sort").set_value("distance").run()
+    ok(at)
+    best_d = int(np.argmax(C.map_metric(per.numpy(), "distance")))
+    np.testing.assert_allclose(arr(figure(at, "thumbs")["data"][0]["z"]), C.causal_masked(per[best_d].numpy()),
+                               rtol=1e-5, atol=1e-7, equal_nan=True)
+    layer, head = divmod(best_d, model.cfg.n_heads)
+    at.selectbox(key="open_thumb").set_value(f"L{layer} ch{head}").run()  # opens it in the detail view
+    ok(at)
+    assert at.selectbox(key="w_layer").value == layer and at.number_input(key="w_ch").value == head
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), C.causal_masked(per[best_d].numpy()),
+                               rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_long_prompt_gets_a_pooled_overview(env, model):
+    prompt = C.tokfsm_prompt(200, seed=3)  # 401 tokens > pool_above (256)
+    toks = tokens_of(model, prompt)
+    at = app("interactions", prompt=prompt, win=64)
+    ok(at)
+    ref = interaction_map(model, toks, 0)[0].numpy()
+    pooled, f = C.pool_map(C.causal_masked(ref))
+    np.testing.assert_allclose(arr(figure(at, "overview")["data"][0]["z"]), pooled, rtol=1e-5, atol=1e-7,
+                               equal_nan=True)
+    detail = figure(at, "detail")["data"][0]
+    np.testing.assert_allclose(arr(detail["z"]), C.causal_masked(ref[64:320, 64:320]), rtol=1e-5, atol=1e-7,
+                               equal_nan=True)
+    assert detail["x"][0].startswith("64·")
+    assert "first 128 of 401 tokens" in texts(at.caption)
+
+
+def test_model_folder_mamba1_thumbnails(env, roots):
+    """A Mamba-1 folder inside the roots: thumbnails hold the top-mass channels of each layer."""
+    from interp.attention import ssm_parameters
+    from interp.attention.hidden import channel_mass
+
+    folder = str((roots / "mamba1").resolve())
+    at = app("interactions", model=folder)
+    ok(at)
+    m1 = interp.load(folder)
+    toks = tokens_of(m1)
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), masked(interaction_map(m1, toks, 0)),
+                               rtol=1e-5, atol=1e-7, equal_nan=True)
+    fig = figure(at, "thumbs")
+    assert len(fig["data"]) == 2 * 8
+    p = ssm_parameters(m1, toks, 1)
+    top = channel_mass(p["dt"], p["A"], p["B"], p["C"]).topk(8).indices.tolist()
+    shown = {a["text"].split()[1] for a in fig["layout"]["annotations"] if a["text"].startswith("L1 ")}
+    assert shown == {f"ch{c}" for c in top}
+
+
+def test_transformer_folder_attention(env, roots):
+    folder = str((roots / "transformer").resolve())
+    at = app("interactions", model=folder)
+    ok(at)
+    assert at.selectbox(key="w_source").options == [C.SOURCES[s] for s in C.TRANSFORMER_SOURCES]
+    tf = interp.load(folder)
+    toks = tokens_of(tf)
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]),
+                               masked(interaction_map(tf, toks, 0, method="attention")), rtol=1e-5, atol=1e-7,
+                               equal_nan=True)
+    assert len(figure(at, "thumbs")["data"]) == 2 * 4
+    for page in ("lens", "steering", "export"):
+        at.switch_page(f"views/{page}.py").run()
+        ok(at)
+
+
+def test_link_reproduces_the_view(env, model):
+    at = app("interactions", source="latim", layer=3, norm="minmax")
+    ok(at)
+    assert at.selectbox(key="w_source").value == "latim" and at.selectbox(key="w_layer").value == 3
+    ref = masked(interaction_map(model, tokens_of(model), 3, method="latim", normalize_="minmax"))
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-4, atol=1e-6, equal_nan=True)
+    qp = dict(at.query_params)
+    assert qp["source"] == "latim" and qp["layer"] == "3" and qp["norm"] == "minmax" and qp["prompt"] == PROMPT
+
+
+# ------------------------------------------------------------------------------------------------
+# logit lens, probes, features, steering, export
+# ------------------------------------------------------------------------------------------------
+def test_logit_lens_is_the_library_figure(env, model):
+    from interp.demo import logit_lens_figure
+
+    toks = tokens_of(model)
+    at = app("lens")
+    ok(at)
+    _, cache = model.run_with_cache(toks)
+    ref = logit_lens_figure(model, cache, model.to_str_tokens(toks[0]))
+    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), np.asarray(ref.data[0].z), rtol=1e-5,
+                               atol=1e-6)
+    at2 = app("lens", prompt="<bos>1234")
+    assert arr(figure(at2, "lens")["data"][0]["z"]).shape == (model.cfg.n_layers, 5)
+
+
+def test_probes_sweep(env, model):
+    at = app("probes")
+    ok(at)
+    assert not at.get("plotly_chart")  # nothing runs before the toggle
+    at.toggle(key="probe_run").set_value(True).run()
+    ok(at)
+    fig = figure(at, "probes")
+    df = at.dataframe[0].value
+    fig_ref, rows = C.probe_sweep_tokfsm(model, 64)
+    assert list(df["accuracy"]) == pytest.approx([r["accuracy"] for r in rows])
+    np.testing.assert_allclose(arr(fig["data"][0]["z"]), np.asarray(fig_ref.data[0].z, dtype=float), equal_nan=True)
+    n64 = int(df["n_train"].iloc[0])
+    at.select_slider(key="w_probe_n").set_value(32).run()
+    ok(at)
+    assert int(at.dataframe[0].value["n_train"].iloc[0]) < n64
+
+
+def test_features_page(env, model, roots):
+    from interp.sae import activation_density, load_sae, logit_effects
+
+    at = app("features")
+    ok(at)
+    assert "Codebook codes are not available yet" in texts(at.info)
+    assert "Choose an SAE folder" in texts(at.info)
+    folder = str((roots / "sae_a").resolve())
+    at.selectbox(key="sae_found").set_value(folder).run()
+    ok(at)
+    sae = load_sae(folder)
+    toks = tokens_of(model)
+    dens = activation_density(model, sae, toks).numpy()
+    np.testing.assert_allclose(arr(figure(at, "density")["data"][0]["x"]), np.log10(np.maximum(dens, 1e-7)), rtol=1e-6)
+    k = min(10, model.cfg.vocab_size // 2)
+    eff = logit_effects(model, sae, latents=[0], k=k)
+    bars = arr(figure(at, "effects")["data"][0]["x"])
+    np.testing.assert_allclose(bars, np.concatenate([eff.bottom_values[0], eff.top_values[0].flip(0)]), rtol=1e-5)
+    at.number_input(key="w_latent").set_value(5).run()
+    ok(at)
+    eff5 = logit_effects(model, sae, latents=[5], k=k)
+    np.testing.assert_allclose(arr(figure(at, "effects")["data"][0]["x"])[-k:], eff5.top_values[0].flip(0).numpy(),
+                               rtol=1e-5)
+    at.text_input(key="w_test").input("<bos>0841").run()
+    ok(at)
+    assert "latent 5, max" in html_of(at)
+    at.selectbox(key="w_corpus").set_value("tokfsm").run()
+    ok(at)
+    assert at.query_params["corpus"] == "tokfsm"
+
+
+def test_features_rejects_folders_outside_the_roots(env, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    at = app("features", sae=str(outside))
+    assert "outside the folders this app may read" in texts(at.error)
+    assert not at.exception
+
+
+def test_steering_changes_the_next_token_distribution(env, model):
+    from interp.steering import Direction, Intervention
+
+    toks = tokens_of(model)
+    at = app("steering")
+    ok(at)
+    hook = at.selectbox(key="w_steer_hook").value
+    fig = figure(at, "dist")
+    p_base, p_steer = arr(fig["data"][0]["y"]), arr(fig["data"][1]["y"])
+    iv = Intervention(Direction(C.token_direction(model, 0)), hook, "add", 4.0, positions="all")
+    ref0 = C.next_token_probs(model, toks)
+    ref1 = C.next_token_probs(model, toks, iv.hooks(model))
+    top = np.argsort(-(ref0 + ref1), kind="stable")[:12]
+    np.testing.assert_allclose(p_base, ref0[top], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(p_steer, ref1[top], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(p_base, p_steer)
+    kl_shown = float(at.metric[0].value.split()[0])
+    assert kl_shown == pytest.approx(C.kl(ref0, ref1), abs=1e-4) and kl_shown > 0
+    at.slider(key="w_scale").set_value(0.0).run()
+    ok(at)
+    fig0 = figure(at, "dist")
+    np.testing.assert_allclose(arr(fig0["data"][0]["y"]), arr(fig0["data"][1]["y"]))
+    assert float(at.metric[0].value.split()[0]) == 0.0
+    assert len(at.code) == 2
+
+
+def test_steering_with_an_sae_latent(env, roots):
+    folder = str((roots / "sae_a").resolve())
+    at = app("steering", steer_src="sae", sae=folder, latent=3, scale=8.0)
+    ok(at)
+    assert float(at.metric[0].value.split()[0]) > 0
+    at2 = app("steering", steer_src="sae")
+    assert "Choose an SAE on the Features page first" in texts(at2.error)
+
+
+def test_export_page(env, model):
+    at = app("export")
+    ok(at)
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels[:2] == ["HTML (self-contained)", "JSON (plotly)"] and "Arrays (.npz)" in labels
+    if not C.kaleido_available():
+        assert "needs the `kaleido` package" in texts(at.info)
+    fig = figure(at, "export_fig")
+    ref = masked(interaction_map(model, tokens_of(model), 0))
+    np.testing.assert_allclose(arr(fig["data"][0]["z"]), ref, rtol=1e-5, atol=1e-7, equal_nan=True)
+    at.radio(key="w_exp").set_value("logit lens").run()
+    ok(at)
+    assert figure(at, "export_fig")["data"][0]["y"][0] == "layer 0"
+
+
+def test_export_bytes(model):
+    import plotly.graph_objects as go
+
+    files = C.figure_exports(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+    html = files["html"].decode()
+    assert 'src="http' not in html and len(html) > 1_000_000  # plotly.js inlined, nothing from a CDN
+    assert json.loads(files["json"])["data"][0]["type"] == "heatmap"
+    assert ("png" in files) == C.kaleido_available() or not C.kaleido_available()
+    import io
+
+    back = np.load(io.BytesIO(C.npz_bytes({"m": np.eye(3), "t": torch.arange(4), "s": np.array(["a", "b"])})))
+    assert back["m"].shape == (3, 3) and back["t"].tolist() == [0, 1, 2, 3] and back["s"].tolist() == ["a", "b"]
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs: a message each, and the app keeps serving
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("page", ["model", "interactions"])
+def test_empty_prompt(env, page):
+    at = app(page, prompt="   ")
+    assert "The prompt is empty" in texts(at.error)
+    assert not at.exception
+
+
+def test_prompt_over_the_cap(env):
+    env.setenv("INTERP_APP_MAX_TOKENS", "40")
+    at = app("interactions", prompt=C.tokfsm_prompt(30))
+    assert "over the cap of 40 tokens" in texts(at.error)
+    assert not at.exception
+    at.switch_page("views/model.py").run()
+    at.text_area(key="w_prompt").input("<bos>0841").run()
+    ok(at)
+    assert "5 tokens" in texts(at.success)
+
+
+@pytest.mark.parametrize("prompt, message, kind", [
+    ("héllo ☃ 😀", "tokenizer cannot encode the prompt", "error"),
+    ("0841\x07", "control character U+0007", "error"),
+    ("08\u200b41", "invisible formatting character U+200B", "warning"),
+    ("08\u202e41", "RIGHT-TO-LEFT OVERRIDE", "warning"),
+])
+def test_unusual_unicode(env, prompt, message, kind):
+    at = app("interactions", prompt=prompt)
+    assert not at.exception
+    assert message in texts(getattr(at, kind))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("/no/such/model/folder", "does not exist"),
+    ("./missing-model", "does not exist"),
+    ("/", "outside the folders this app may read"),
+])
+def test_bad_model_path(env, spec, message):
+    at = app("model", model=spec)
+    assert message in texts(at.error)
+    assert not at.exception
+    at.text_input(key="w_model").input(MODEL).run()
+    ok(at)
+
+
+def test_model_folder_without_weights(env, roots):
+    at = app("model", model=str(roots / "not_a_model"))
+    assert "is not a model folder" in texts(at.error)
+
+
+def test_map_over_the_memory_budget(env):
+    env.setenv("INTERP_APP_MAP_BUDGET_MB", "0.001")
+    at = app("interactions")
+    assert not at.exception
+    assert "exceed the memory budget" in texts(at.warning)
+    at.selectbox(key="w_source").set_value("grad_x_input").run()  # not budgeted: still serves
+    assert not at.exception and figure(at, "detail")
+
+
+# ------------------------------------------------------------------------------------------------
+# pure helpers and the launcher
+# ------------------------------------------------------------------------------------------------
+def test_inside_resolves_and_checks(tmp_path):
+    root = tmp_path / "runs"
+    (root / "a").mkdir(parents=True)
+    assert C.inside(root / "a", [root]) == (root / "a").resolve()
+    with pytest.raises(C.InputError):
+        C.inside(root / ".." / "x", [root])
+    (root / "link").symlink_to(tmp_path)
+    with pytest.raises(C.InputError):
+        C.inside(root / "link", [root])
+
+
+def test_resolve_model_spec(tmp_path):
+    roots = [tmp_path]
+    assert C.resolve_model_spec(MODEL, roots) == MODEL
+    assert C.resolve_model_spec("state-spaces/mamba-130m-hf", roots) == "state-spaces/mamba-130m-hf"
+    for bad in ["", "../x/y", "/etc", "a\x00b"]:
+        with pytest.raises(C.InputError):
+            C.resolve_model_spec(bad, roots)
+
+
+def test_pool_and_metrics():
+    m = np.arange(16, dtype=float).reshape(4, 4)
+    p, f = C.pool_map(m, out=2)
+    assert f == 2 and p.tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    eye = np.eye(5)[None]
+    assert C.map_metric(eye, "diagonal")[0] == pytest.approx(1.0)
+    assert C.map_metric(eye, "distance")[0] == pytest.approx(0.0)
+    assert C.map_metric(eye, "mass")[0] == pytest.approx(5.0)
+
+
+def test_parse_config():
+    cfg = C.parse_config(["--model", "x", "--max-tokens", "10", "--roots", "/tmp"], env={})
+    assert cfg.model == "x" and cfg.max_tokens == 10 and cfg.roots == [Path("/tmp").resolve()]
+    assert C.parse_config([], env={"INTERP_APP_MAP_BUDGET_MB": "1"}).map_budget_bytes == 2**20
+
+
+def test_launcher_command(capsys):
+    from interp.cli import COMMANDS, main
+
+    assert COMMANDS["app"][0] == "interp.app_cli"
+    main(["app", "--dry-run", "--model", MODEL, "--port", "8765"])
+    out = capsys.readouterr().out
+    assert "streamlit run" in out and str(ROOT / "apps" / "app.py") in out
+    assert "--server.headless true" in out and "--server.address 127.0.0.1" in out
+    assert "--browser.gatherUsageStats false" in out and f"-- --model {MODEL}" in out
+
+
+def test_bad_query_parameters_fall_back(env):
+    at = app("interactions", layer=99, q=5000, source="nope", agg="channel", ch=-5, rollout="maybe")
+    ok(at)
+    assert at.selectbox(key="w_layer").value == 0 and at.selectbox(key="w_source").value == "hidden"
+    assert at.slider(key="w_q").value == at.slider(key="w_q").max and at.number_input(key="w_ch").value == 0
+    at = app("steering", scale="abc", steer_hook="blocks.99.hook_resid_post", new=10**6)
+    ok(at)
+    assert at.slider(key="w_scale").value == 4.0 and at.slider(key="w_new").value == 64
+
+
+@pytest.mark.parametrize("page, module, message", [
+    ("probes", "interp.probes", "Probes are not available yet"),
+    ("steering", "interp.steering", "Steering is not available yet"),
+    ("features", "interp.sae", "SAE features are not available"),
+])
+def test_missing_backend_is_said_plainly(env, page, module, message):
+    real = C.backend
+    env.setattr(C, "backend", lambda name: (None, f"`{name}` does not exist yet") if name == module else real(name))
+    at = app(page)
+    ok(at)
+    assert message in texts(at.info) and f"`{module}` does not exist yet" in texts(at.info)
+
+
+def test_backend_reports_import_failures():
+    mod, why = C.backend("interp.no_such_module")
+    assert mod is None and "does not exist yet" in why
+    assert C.backend("interp.attention")[0] is not None
