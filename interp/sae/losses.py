@@ -9,16 +9,21 @@
                      residual x - x̂ (detached); scaled by min(n_dead / aux_k, 1) · ``aux_coefficient``.
 
 :class:`SAETrainingModule` computes the loss in ``forward``, so ``DistributedDataParallel`` can wrap it.
+
+TopK training takes a sparse path (:func:`_topk_sparse_forward`): only the encoder matmul is dense; the decoder,
+the encoder's backward and the AuxK loss touch the k (aux_k) chosen latents per token, so a step costs about one
+[batch, d_in] x [d_in, d_sae] product instead of five. Values and gradients are the dense path's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .functional import step
+from .functional import gather_pre, sparse_decode, step
 from .model import SparseAutoencoder
 
 __all__ = [
@@ -54,12 +59,16 @@ def l0_penalty(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
     return step(pre, threshold, bandwidth).sum(-1).mean()
 
 
-def auxk_loss(x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None, W_dec: Tensor, aux_k: int) -> Tensor:
+def auxk_loss(x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None, W_dec: Tensor, aux_k: int,
+              gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """AuxK loss (Gao et al. 2024, appendix A.2): the ``aux_k`` largest pre-activations among dead latents
     reconstruct the residual e = x - x̂ (detached) through W_dec (no bias); ‖e - ê‖² averaged over tokens,
     scaled by min(n_dead / aux_k, 1). Zero when no latent is dead.
 
     x, x_hat [batch, d_in]; pre [batch, d_sae]; dead_mask [d_sae] bool; W_dec [d_sae, d_in] -> scalar.
+    ``gather``: the sparse path (topk training): ``pre`` is then detached, the chosen latents are taken from it and
+    ``gather(idx [batch, aux_k])`` gives their differentiable pre-activations (:func:`~.functional.gather_pre`);
+    the value and gradients are those of the dense path.
     """
     if dead_mask is None:
         return x.new_zeros(())
@@ -71,9 +80,36 @@ def auxk_loss(x: Tensor, x_hat: Tensor, pre: Tensor, dead_mask: Tensor | None, W
     residual = (x - x_hat).detach()
     masked = pre.masked_fill(~dead_mask, float("-inf"))
     values, idx = torch.topk(masked, k, dim=-1, sorted=False)
-    aux_latents = torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
-    recons = aux_latents @ W_dec
+    if gather is not None:
+        recons = sparse_decode(idx, torch.relu(gather(idx)), W_dec)
+    else:
+        aux_latents = torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+        recons = aux_latents @ W_dec
     return scale * (recons - residual).pow(2).sum(-1).mean()
+
+
+def _topk_sparse_forward(sae: SparseAutoencoder,
+                         x: Tensor) -> tuple[Tensor, Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """TopK training forward that never builds a dense gradient: x [batch, d_in] -> (latents [batch, d_sae]
+    without autograd, for bookkeeping; pre-activations [batch, d_sae] without autograd; x̂ [batch, d_in] with
+    autograd; ``gather(idx)``, differentiable pre-activations of chosen latents).
+
+    The encoder matmul is the only dense product; the k active latents' pre-activations are re-read with a
+    sparse backward (:func:`~.functional.gather_pre`) and decoded with :func:`~.functional.sparse_decode`.
+    Values and gradients equal the dense path's (``encode_with_pre`` + ``decode``) up to summation order.
+    """
+    x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+    with torch.no_grad():
+        pre = torch.addmm(sae.b_enc, x_in, sae.W_enc)
+        idx = torch.topk(pre, int(sae.cfg.k), dim=-1, sorted=False).indices
+
+    def gather(i: Tensor) -> Tensor:
+        return gather_pre(x_in, sae.W_enc, sae.b_enc, pre, i)
+
+    vals = torch.relu(gather(idx))
+    x_hat = sparse_decode(idx, vals, sae.W_dec, sae.b_dec)
+    latents = torch.zeros_like(pre).scatter_(-1, idx, vals.detach())
+    return latents, pre, x_hat, gather
 
 
 def sae_loss(sae: SparseAutoencoder, x: Tensor, dead_mask: Tensor | None = None,
@@ -86,15 +122,20 @@ def sae_loss(sae: SparseAutoencoder, x: Tensor, dead_mask: Tensor | None = None,
     """
     cfg = sae.cfg
     x = x.to(sae.dtype)
-    latents, pre = sae.encode_with_pre(x)
-    x_hat = sae.decode(latents)
+    gather = None
+    if cfg.architecture == "topk" and x.dim() == 2:
+        latents, pre, x_hat, gather = _topk_sparse_forward(sae, x)
+    else:
+        latents, pre = sae.encode_with_pre(x)
+        x_hat = sae.decode(latents)
     losses = {"reconstruction_loss": reconstruction_loss(x, x_hat)}
     if cfg.architecture == "relu":
         losses["l1_loss"] = sparsity_scale * cfg.l1_coefficient * l1_penalty(latents, sae.decoder_norms)
     elif cfg.architecture == "jumprelu":
         losses["l0_loss"] = sparsity_scale * cfg.l0_coefficient * l0_penalty(pre, sae.threshold, cfg.jumprelu_bandwidth)
     else:
-        losses["auxk_loss"] = cfg.aux_coefficient * auxk_loss(x, x_hat, pre, dead_mask, sae.W_dec, cfg.effective_aux_k)
+        losses["auxk_loss"] = cfg.aux_coefficient * auxk_loss(x, x_hat, pre, dead_mask, sae.W_dec, cfg.effective_aux_k,
+                                                              gather)
     loss = sum(losses.values())
     return TrainStepOutput(loss=loss, losses=losses, latents=latents, x_hat=x_hat)
 
@@ -125,6 +166,9 @@ class SAETrainingModule(nn.Module):
     def record_firing(self, latents: Tensor) -> None:
         """Advance the dead-latent clock by a batch's tokens; reset it for the latents active in ``latents``
         [batch, d_sae]."""
-        fired = (latents.reshape(-1, latents.shape[-1]) != 0).any(0)
-        self.tokens_since_fired += latents.reshape(-1, latents.shape[-1]).shape[0]
+        rows = latents.reshape(-1, latents.shape[-1])
+        if rows.shape[0] == 0:
+            return
+        fired = rows.abs().amax(0) > 0  # = (rows != 0).any(0), several times faster on the CPU
+        self.tokens_since_fired += rows.shape[0]
         self.tokens_since_fired[fired] = 0
