@@ -216,7 +216,9 @@ _MAMBA2 = dict(d_model=64, n_layers=4, d_state=16, expand=2, d_conv=4, head_dim=
 _TRANSFORMER = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, act_fn="gelu",
                     normalization_type="LN", positional_embedding_type="rotary", rotary_dim=32)
 # copying 16..32 symbols: 2 layers; the state must hold up to 32 symbols
-_COPY_MAMBA1 = dict(d_model=64, n_layers=2, d_state=16, expand=2, d_conv=4)
+# Mamba-1 copies slowly: d_model 64 reached 0.936 after 3000 steps; d_model 128 reaches 0.999 after 6000
+# (d_state 32 at d_model 64: 0.993; 3 layers: 0.996 at step 5000; runs on an H100, docs/benchmarks.md)
+_COPY_MAMBA1 = dict(d_model=128, n_layers=2, d_state=16, expand=2, d_conv=4)
 _COPY_MAMBA2 = dict(d_model=64, n_layers=2, d_state=64, expand=2, d_conv=4, head_dim=32, n_groups=1, chunk_size=64)
 
 _TOKFSM = dict(task="tokfsm", corrupt_prob=0.05, batch_size=32, warmup_steps=50, eval_every=500)
@@ -235,7 +237,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(name="tokfsm-transformer", arch="transformer", model=_TRANSFORMER, steps=2000, lr=3e-3,
                storage_dtype="float16", **{**_TOKFSM, "warmup_steps": 30},
                description="4-layer transformer (d_model 128) trained on TokFSM, as in the codebook-features paper"),
-        Recipe(name="copy-mamba", arch="mamba1", model=_COPY_MAMBA1, steps=3000, lr=5e-3, **_COPY,
+        Recipe(name="copy-mamba", arch="mamba1", model=_COPY_MAMBA1, steps=6000, lr=3e-3, **_COPY,
                description="Mamba-1 trained to copy a_1..a_n SEP -> a_1..a_n (LaTIM copying task)"),
         Recipe(name="copy-mamba2", arch="mamba2", model=_COPY_MAMBA2, steps=2500, lr=3e-3, **_COPY,
                description="Mamba-2 trained to copy a_1..a_n SEP -> a_1..a_n (LaTIM copying task)"),

@@ -269,12 +269,16 @@ def _log(out_dir: Path, **event: Any) -> None:
 
 
 def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
-          evaluate_at_end: bool = True) -> dict[str, Any]:
+          evaluate_at_end: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir`` (resuming from ``out_dir/checkpoint`` if there is one), then
-    :func:`finalize`. Returns the model card."""
+    :func:`finalize`. Returns the model card.
+
+    ``device``: where the training steps run (e.g. ``"cuda"``); the weights are initialised on the CPU
+    (same seed, same start on every device), and saving and the final evaluation happen on the CPU.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(recipe)
+    model = build_model(recipe).to(device)
     opt, sched = make_optimizer(model, recipe)
     start, losses, elapsed, cpu = 0, [], 0.0, 0.0
     ckpt = find_checkpoint(out_dir) if resume else None
@@ -340,7 +344,8 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progr
     if start < recipe.steps:
         elapsed, cpu = elapsed + time.perf_counter() - t_seg, cpu + time.process_time() - c_seg
     _log(out_dir, event="done", step=recipe.steps, elapsed_s=elapsed, cpu_s=cpu)
-    return finalize(model, recipe, out_dir, losses, elapsed, evaluate_at_end=evaluate_at_end, cpu_s=cpu)
+    return finalize(model.cpu(), recipe, out_dir, losses, elapsed, evaluate_at_end=evaluate_at_end, cpu_s=cpu,
+                    device=str(device))
 
 
 def _retype_weights(path: Path, dtype: str) -> None:
@@ -355,8 +360,14 @@ def _retype_weights(path: Path, dtype: str) -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def finalize(model: Any, recipe: Recipe, out_dir: Path, losses: list[float], elapsed: float,
-             evaluate_at_end: bool = True, cpu_s: float | None = None) -> dict[str, Any]:
+             evaluate_at_end: bool = True, cpu_s: float | None = None, device: str = "cpu") -> dict[str, Any]:
     """Save the model to ``out_dir``, reload it as users will, evaluate it, and write ``model_card.json``."""
     import interp
 
@@ -395,7 +406,7 @@ def finalize(model: Any, recipe: Recipe, out_dir: Path, losses: list[float], ela
         "training_time_note": "wall-clock seconds of the training loop (all resumed segments), on a CPU shared "
                               "with other jobs; training_cpu_time_s is the process CPU time (all threads)",
         "training_cpu_time_s": None if cpu_s is None else round(cpu_s, 1),
-        "hardware": {"torch_threads": torch.get_num_threads(), "device": "cpu", "machine": platform.machine(),
+        "hardware": {"torch_threads": torch.get_num_threads(), "device": _device_name(device), "machine": platform.machine(),
                      "processor": platform.processor() or None},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "storage_dtype": recipe.storage_dtype,
@@ -455,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="cpu", help="device of the training steps, e.g. cuda (default cpu)")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -471,7 +483,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides["checkpoint_every"] = args.checkpoint_every
     recipe = recipe.replace(**overrides)
     out = Path(args.out) if args.out else DEFAULT_OUT / recipe.name
-    card = train(recipe, out, resume=args.resume, progress=not args.no_progress, evaluate_at_end=not args.no_eval)
+    card = train(recipe, out, resume=args.resume, progress=not args.no_progress, evaluate_at_end=not args.no_eval,
+                 device=args.device)
     if args.install:
         dst = install(out, recipe.name)
         print(f"installed {recipe.name} -> {dst}")
