@@ -19,13 +19,13 @@ it; those times mean nothing.)
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_gpu.py, however this is loaded
+
+from _gpu import cannot_run, timed  # noqa: E402
 
 D, N = 1536, 16
 M2_HEADS, M2_N = 24, 128  # mamba2-130m: d_inner 1536 = 24 heads x 64, N = 128, one group
@@ -46,37 +46,6 @@ def make_layer(L: int, device, mamba2: bool = False, seed: int = 0, heads: int |
     B = torch.randn(1, L, 1, n, generator=g)
     C = torch.randn(1, L, 1, n, generator=g)
     return tuple(x.to(device) for x in (dt, A, B, C))
-
-
-def timed(fn, device, min_total_s: float = 1.0, max_reps: int = 10):
-    """(median seconds, peak extra bytes, result) over up to ``max_reps`` calls after one warm-up."""
-    import torch
-
-    cuda = device.type == "cuda"
-    out = fn()  # warm-up: compiles the kernel, fills caches
-    del out
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    out = None
-    while len(times) < max_reps and (sum(times) < min_total_s or len(times) < 1):
-        out = None
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() - base) if cuda else 0
-    return statistics.median(times), peak, out
 
 
 def bench_gpu(lengths, aggregates, precision: str, block: int, num_warps: int, mamba2_too: bool,
@@ -126,22 +95,16 @@ def main() -> int:
     a = p.parse_args()
 
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         print("bench/attention_gpu.py needs torch")
         return 0
     from interp.kernels.hidden_attention import HAS_TRITON
 
-    if a.device == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            print("--device cpu is a smoke test of this script: set TRITON_INTERPRET=1")
-            return 0
-    elif not torch.cuda.is_available():
-        print("bench/attention_gpu.py needs a CUDA GPU (none available here): nothing to time. "
-              "The CPU benchmark is bench/attention.py.")
-        return 0
-    if not HAS_TRITON:
-        print("bench/attention_gpu.py needs triton (pip install 'interp[kernels]'): nothing to time.")
+    why = cannot_run("bench/attention_gpu.py", a.device, HAS_TRITON,
+                     no_cuda_hint=" The CPU benchmark is bench/attention.py.")
+    if why:
+        print(why)
         return 0
     bench_gpu(a.lengths, a.aggregates, a.precision, a.block, a.num_warps, a.mamba2, a.device, a.heads)
     return 0

@@ -33,15 +33,20 @@ those times mean nothing.)
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/_gpu.py, however this is loaded
+
+from _gpu import cannot_run, timed as _timed  # noqa: E402
 
 PATHS = ("triton-sort", "triton-atomic", "embedding_bag", "dense")
+
+
+def timed(fn, device):
+    """``_gpu.timed`` at this script's settings: >= 3 calls for >= 0.5 s, at most 20 (2 in the interpreter)."""
+    return _timed(fn, device, min_total_s=0.5, max_reps=20, min_reps=3, cpu_max_reps=2)
 
 
 def make_batch(batch: int, k: int, d_sae: int, d_in: int, dist: str, dtype, device, seed: int = 0):
@@ -75,39 +80,6 @@ def path_fn(name: str):
     if name == "embedding_bag":
         return lambda i, v, W, b: sparse_decode_torch(i, v, W, b, check_indices=False)
     return sparse_decode_reference
-
-
-def timed(fn, device, min_total_s: float = 0.5, max_reps: int = 20):
-    """(median seconds, peak extra bytes, result) over up to ``max_reps`` calls after one warm-up."""
-    import torch
-
-    cuda = device.type == "cuda"
-    out = fn()  # warm-up: compiles the kernels, fills caches
-    del out
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    out = None
-    while len(times) < max_reps and (sum(times) < min_total_s or len(times) < 3):
-        out = None
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t0)
-        if not cuda and len(times) >= 2:  # interpreter smoke test: a couple of calls suffice
-            break
-    peak = (torch.cuda.max_memory_allocated() - base) if cuda else 0
-    return statistics.median(times), peak, out
 
 
 def bench(batches, d_in: int, d_sae: int, k: int, dists, dtype_name: str, device_name: str, paths) -> None:
@@ -225,15 +197,9 @@ def main() -> int:
         return 0
     from interp.kernels.topk_decoder import HAS_TRITON
 
-    if a.device == "cpu":
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            print("--device cpu is a smoke test of this script: set TRITON_INTERPRET=1")
-            return 0
-    elif not torch.cuda.is_available():
-        print("bench/sae_decoder_gpu.py needs a CUDA GPU (none available here): nothing to time.")
-        return 0
-    if not HAS_TRITON:
-        print("bench/sae_decoder_gpu.py needs triton (pip install 'interp[kernels]'): nothing to time.")
+    why = cannot_run("bench/sae_decoder_gpu.py", a.device, HAS_TRITON)
+    if why:
+        print(why)
         return 0
     torch.backends.cuda.matmul.allow_tf32 = a.tf32
     bench(a.batch, a.d_in, a.d_sae, a.k, a.dist, a.dtype, a.device, a.paths)

@@ -39,15 +39,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-try:  # optional dependency: the module stays importable without it
-    import triton
-    import triton.language as tl
+from interp.kernels._triton import import_triton, require_triton, use_kernel
 
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-    HAS_TRITON = False
+triton, tl = import_triton()  # optional dependency: the module stays importable without it
+HAS_TRITON = triton is not None
+_FALLBACK = ("interp.attention.hidden.hidden_attention_reduced "  # what to use without triton
+             "(or hidden_attention_reduced_auto, which falls back to it)")
 
 __all__ = [
     "HAS_TRITON",
@@ -234,9 +231,7 @@ if HAS_TRITON:
 # host side
 # --------------------------------------------------------------------------------------------
 def _require_triton() -> None:
-    if not HAS_TRITON:
-        raise RuntimeError("triton is not installed: use interp.attention.hidden.hidden_attention_reduced "
-                           "(or hidden_attention_reduced_auto, which falls back to it)")
+    require_triton(HAS_TRITON, _FALLBACK)
 
 
 def _check_inputs(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, aggregate: str) -> tuple[int, int, int, int, int]:
@@ -385,12 +380,7 @@ def hidden_attention_rows_reduced_triton(
 # dispatch
 # --------------------------------------------------------------------------------------------
 def _use_kernel(dt: Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton":
-        _require_triton()
-        return True
-    return backend == "auto" and HAS_TRITON and dt.is_cuda
+    return use_kernel(dt, backend, HAS_TRITON, _FALLBACK)
 
 
 def hidden_attention_reduced_auto(

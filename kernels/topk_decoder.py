@@ -63,15 +63,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-try:  # optional dependency: the module stays importable without it
-    import triton
-    import triton.language as tl
+from interp.kernels._triton import import_triton, require_triton, use_kernel
 
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-    HAS_TRITON = False
+triton, tl = import_triton()  # optional dependency: the module stays importable without it
+HAS_TRITON = triton is not None
+_FALLBACK = ("interp.kernels.topk_decoder.sparse_decode_torch "  # what to use without triton
+             "(or sparse_decode, which falls back to it)")
 
 __all__ = [
     "HAS_TRITON",
@@ -200,9 +197,7 @@ if HAS_TRITON:
 # input checks and PyTorch paths
 # --------------------------------------------------------------------------------------------
 def _require_triton() -> None:
-    if not HAS_TRITON:
-        raise RuntimeError("triton is not installed: use interp.kernels.topk_decoder.sparse_decode_torch "
-                           "(or sparse_decode, which falls back to it)")
+    require_triton(HAS_TRITON, _FALLBACK)
 
 
 def _check_inputs(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None,
@@ -461,12 +456,7 @@ def sparse_decode_triton(
 # dispatch
 # --------------------------------------------------------------------------------------------
 def _use_kernel(t: Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', got {backend!r}")
-    if backend == "triton":
-        _require_triton()
-        return True
-    return backend == "auto" and HAS_TRITON and t.is_cuda
+    return use_kernel(t, backend, HAS_TRITON, _FALLBACK)
 
 
 def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None = None, backend: str = "auto",

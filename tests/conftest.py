@@ -63,3 +63,25 @@ def ssm(ssm_folder):
     import interp
 
     return interp.load(str(ssm_folder))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (small full-batch fits are much faster on one thread than on two busy
+    ones); a module opts in for all its tests with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def load_tokfsm(name: str):
+    """An embedded TokFSM model in float32; fails (with the command that installs them) if its weights are not
+    installed."""
+    import interp
+    from interp import zoo
+
+    if zoo.embedded_path(name) is None:
+        pytest.fail(f"the weights of embedded model {name!r} are not installed (interp/zoo/weights/{name}); "
+                    f"install them with `python -m interp.zoo.train {name} --install`, then rerun this test")
+    return interp.load(name, dtype=torch.float32)

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import interp
-from interp import zoo
 from interp.data import tokfsm_dataset, tokfsm_labels
 from interp.probes import (
     LinearRegressionProbe, LogisticProbe, ProbeRows, SparseProbe, balanced_accuracy, collect_rows, control_labels,
@@ -19,25 +17,13 @@ from interp.probes import (
 )
 from interp.probes import functional as Fn
 
+from conftest import load_tokfsm
+
 sklearn = pytest.importorskip("sklearn")
 
 TOKFSM_MODELS = ["tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small full-batch fits are much faster on one thread than on two busy ones."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def load_tokfsm(name: str):
-    if zoo.embedded_path(name) is None:
-        pytest.fail(f"the weights of embedded model {name!r} are not installed (interp/zoo/weights/{name}); "
-                    f"install them with `python -m interp.zoo.train {name} --install`, then rerun this test")
-    return interp.load(name, dtype=torch.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def gaussian_classes(n=2000, d=16, K=5, seed=0, sep=1.5, offset=3.0):

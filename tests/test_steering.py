@@ -12,8 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-import interp
-from interp import zoo
 from interp.data import DigitTokenizer, tokfsm_dataset
 from interp.steering import (
     AffineMap, Compose, Direction, Intervention, Positions, SAELatents, codebook_code, dose_response,
@@ -21,22 +19,11 @@ from interp.steering import (
 )
 from interp.steering import functional as Fn
 
+from conftest import load_tokfsm
+
 TOKFSM_MODELS = ["tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def load_tokfsm(name: str):
-    if zoo.embedded_path(name) is None:
-        pytest.fail(f"the weights of embedded model {name!r} are not installed (interp/zoo/weights/{name}); "
-                    f"install them with `python -m interp.zoo.train {name} --install`, then rerun this test")
-    return interp.load(name, dtype=torch.float32)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

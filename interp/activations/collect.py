@@ -208,6 +208,10 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 class HookCollector:
     """Runs ``model`` on token batches and returns the kept rows of each hook, already cast.
 
@@ -273,3 +277,14 @@ class HookCollector:
                 d *= s
             out[n] = {"d": d, "shape": shape}
         return out
+
+
+def collector_for(
+    model: Any, hooks: str | Sequence[str], dtype: torch.dtype | None, drop_bos: bool, drop_pad: bool,
+    bos_id: int | None, pad_id: int | None, pos_slice: PosSlice,
+) -> HookCollector:
+    """The filter and dtype arguments of ``cache_activations`` / ``stream_activations`` made into a
+    :class:`HookCollector` (its ``row_filter`` from :meth:`RowFilter.for_model`, its ``dtype`` ``dtype``
+    or the model's). Raises for a missing BOS / pad id first, then for unknown hook names."""
+    row_filter = RowFilter.for_model(model, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
+    return HookCollector(model, hooks, dtype or model_dtype(model), row_filter)

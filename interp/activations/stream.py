@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .collect import HookCollector, PosSlice, RowFilter, TokenStream
-from .writer import model_dtype
+from .collect import HookCollector, PosSlice, TokenStream, collector_for
 
 DEFAULT_BUFFER_TOKENS = 2**18
 
@@ -59,9 +58,8 @@ def stream_activations(
     if batch_size < 1 or buffer_tokens < batch_size:
         raise ValueError(f"need 1 <= batch_size <= buffer_tokens, got batch_size={batch_size}, "
                          f"buffer_tokens={buffer_tokens}")
-    row_filter = RowFilter.for_model(model, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
-    collector = HookCollector(model, [hook], dtype or model_dtype(model), row_filter)
-    stream = TokenStream(token_batches, row_filter, max_tokens, max_batches)
+    collector = collector_for(model, [hook], dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
+    stream = TokenStream(token_batches, collector.row_filter, max_tokens, max_batches)
     return _batches(collector, stream, batch_size, buffer_tokens, seed, drop_last, device, progress)
 
 

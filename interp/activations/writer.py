@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .collect import HookCollector, PosSlice, RowFilter, TokenStream, row_meta
+from .collect import HookCollector, PosSlice, TokenStream, collector_for, row_meta
+from .collect import model_dtype  # noqa: F401  (was defined here; kept importable from .writer)
 from .manifest import (
     MANIFEST_FILE, SHARD_PREFIX, TMP_SUFFIX, Manifest, ManifestError, ShardEntry, atomic_write,
     shard_name, shard_problem, weights_sha256,
@@ -46,10 +47,6 @@ def model_name_of(model: Any) -> str:
         if isinstance(value, str) and value:
             return value
     return type(model).__name__
-
-
-def model_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def cache_activations(
@@ -111,9 +108,8 @@ def cache_activations(
         if value is not None and (not isinstance(value, int) or value < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     folder = Path(out)
-    dtype = dtype or model_dtype(model)
-    row_filter = RowFilter.for_model(model, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
-    collector = HookCollector(model, hooks, dtype, row_filter)  # checks the hook names first
+    collector = collector_for(model, hooks, dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice)  # checks first
+    dtype, row_filter = collector.dtype, collector.row_filter
     requested = Manifest(
         model={"name": model_name or model_name_of(model), "class": type(model).__name__,
                "weights_sha256": weights_sha256(model)},

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .model import SparseAutoencoder
-from .splice import _flat, position_mask, resolve_hook_name, splice_hook
+from .splice import _flat, resolve_hook_name, splice_hook
 
 __all__ = [
     "LatentExample", "LogitEffects", "latent_activations", "top_activating_examples", "activation_density",
@@ -234,35 +234,45 @@ def steering_vector(sae: SparseAutoencoder, latent: int) -> Tensor:
     return sae.W_dec[latent].detach()
 
 
+def _latent_hook(sae: SparseAutoencoder, latents: list[int], operator: str, scale: float, value: Any,
+                 positions: Sequence[int] | Tensor | None) -> Any:
+    """The forward hook of an :class:`interp.steering.Intervention` of :class:`interp.steering.SAELatents`
+    (it edits whatever hook it is attached to)."""
+    from interp.steering import Intervention, SAELatents
+
+    hook = getattr(sae.cfg, "hook_name", None) or "sae"  # a label only: the hook is not checked against a model
+    iv = Intervention(SAELatents(sae, latents), hook, operator, scale=scale, value=value, positions=positions)
+    return iv.hooks()[0][1]
+
+
 def steering_hook(sae: SparseAutoencoder, latent: int, alpha: float,
                   positions: Sequence[int] | Tensor | None = None) -> Any:
     """A forward hook adding ``alpha · W_dec[latent]`` to the hook's value (at ``positions`` only, if given;
-    absolute positions, so it also steers each generated token)."""
-    vec = steering_vector(sae, latent)
+    absolute positions, so it also steers each generated token).
 
-    def hook_fn(act: Tensor, hook: Any) -> Tensor:
-        x = _flat(act, sae.cfg.d_in, getattr(hook, "name", "?"))
-        out = x + (alpha * vec).to(x.device, x.dtype)
-        mask = position_mask(x, hook, positions)
-        if mask is not None:
-            out = torch.where(mask, out, x)
-        return out.reshape(act.shape)
-
-    return hook_fn
+    Shorthand for the hook of ``Intervention(SAELatents(sae, latent), hook, "add", scale=alpha,
+    positions=positions)`` (:mod:`interp.steering`)."""
+    return _latent_hook(sae, [latent], "add", alpha, None, positions)
 
 
 def clamp_latent_hook(sae: SparseAutoencoder, latent: int | Sequence[int], value: float | Sequence[float],
                       positions: Sequence[int] | Tensor | None = None, with_error: bool = True) -> Any:
     """A forward hook that sets ``latent`` (one or several) to ``value`` and decodes, keeping the SAE's error term
-    (``with_error``): the hook's value moves by (value - f_latent) · W_dec[latent]."""
+    (``with_error``): the hook's value moves by (value - f_latent) · W_dec[latent].
+
+    With the error term this is the hook of ``Intervention(SAELatents(sae, latent), hook, "clamp", value=value,
+    positions=positions)`` (:mod:`interp.steering`); ``with_error=False`` replaces the value by the decoded,
+    clamped latents (:func:`~.splice.splice_hook`)."""
     lats = [latent] if isinstance(latent, int) else list(latent)
     vals = [value] * len(lats) if isinstance(value, (int, float)) else list(value)
     if len(vals) != len(lats):
         raise ValueError(f"{len(lats)} latents but {len(vals)} values")
+    if with_error:
+        return _latent_hook(sae, lats, "clamp", 1.0, vals, positions)
 
     def edit(f: Tensor) -> Tensor:
         for i, v in zip(lats, vals):
             f[..., i] = v
         return f
 
-    return splice_hook(sae, with_error=with_error, edit=edit, positions=positions)
+    return splice_hook(sae, with_error=False, edit=edit, positions=positions)
