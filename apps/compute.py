@@ -1,8 +1,8 @@
 """Pure computation behind the Streamlit app: no ``streamlit`` import, every function testable on its own.
 
 The formulas live in the library (:mod:`interp.attention`, :mod:`interp.lrp`, :mod:`interp.sae`,
-:mod:`interp.probes`, :mod:`interp.steering`); this module only validates inputs, calls them and shapes
-their results for display (numpy arrays, pooled overviews, sort metrics, export bundles).
+:mod:`interp.probes`, :mod:`interp.steering`, :mod:`interp.codebook`); this module only validates inputs, calls
+them and shapes their results for display (numpy arrays, pooled overviews, sort metrics, export bundles).
 
 Conventions: ``tokens`` is a LongTensor [1, L]; maps are float numpy arrays [L(query i), L(source j)];
 per-channel stacks are [n, L, L]. Every user-facing failure is an :class:`InputError` whose message is
@@ -543,6 +543,286 @@ def latent_acts(model: Any, sae: Any, tokens: torch.Tensor, latent: int) -> np.n
     for _, lat, _ in latent_activations(model, sae, tokens):
         return _np(lat[0, :, int(latent)])
     return np.zeros(tokens.shape[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# codebooks (interp.codebook): codebook models, the codes a prompt selects, usage, top examples, forcing
+# ------------------------------------------------------------------------------------------------
+CODEBOOK_INDEX = "codebooks.json"  # interp.codebook.train.INDEX_FILE
+CODEBOOK_CORPUS_SEQS = 64
+
+
+def _weights_dir() -> Path:
+    from interp.zoo import WEIGHTS_DIR
+
+    return Path(WEIGHTS_DIR)
+
+
+def embedded_codebook_models() -> list[str]:
+    """Names of the installed embedded codebook models: folders under ``interp/zoo/weights/`` holding
+    ``codebooks.json``."""
+    root = _weights_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CODEBOOK_INDEX).is_file())
+
+
+def codebook_recipes() -> list[str]:
+    """Names of the embedded codebook models the toolkit can train (:mod:`interp.codebook.zoo`)."""
+    try:
+        from interp.codebook.zoo import CODEBOOK_RECIPES
+    except Exception:  # noqa: BLE001 - no recipes, nothing to suggest
+        return []
+    return sorted(CODEBOOK_RECIPES)
+
+
+def codebook_install_hint(name: str) -> str:
+    return f"`python -m interp.codebook.zoo {name} --install`"
+
+
+def find_codebook_models(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """Codebook-model folders (holding ``codebooks.json``, written by
+    :func:`interp.codebook.save_codebook_model`) under ``roots``, at most ``max_depth`` deep (symlinks
+    leaving a root are skipped)."""
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            if depth >= max_depth:
+                dirnames[:] = []
+            if CODEBOOK_INDEX in filenames:
+                try:
+                    found.append(inside(dirpath, roots))
+                except InputError:
+                    continue
+            if len(found) >= limit:
+                return sorted(found)
+    return sorted(found)
+
+
+def codebook_folder(choice: str, roots: Sequence[Path]) -> Path:
+    """The folder of a codebook model chosen by the user: an installed embedded name (folder under the
+    weights folder) or a folder inside ``roots`` holding ``codebooks.json``; else InputError (nothing
+    outside those folders is read)."""
+    choice = (choice or "").strip()
+    if not choice:
+        raise InputError("Choose a codebook model: an embedded name or a folder inside the run folders.")
+    if any(ord(c) < 32 for c in choice) or len(choice) > 500:
+        raise InputError("The codebook model name holds control characters or is too long.")
+    if choice in embedded_codebook_models():
+        return (_weights_dir() / choice).resolve()
+    if choice in codebook_recipes():
+        raise InputError(f"The embedded codebook model {choice!r} is not installed yet: train it with "
+                         f"{codebook_install_hint(choice)}.")
+    path = inside(choice, roots)
+    if not path.is_dir():
+        raise InputError(f"The codebook folder {choice} does not exist.")
+    if not (path / CODEBOOK_INDEX).is_file():
+        raise InputError(f"{choice} holds no {CODEBOOK_INDEX}: it is not a codebook model (write one with "
+                         "interp.codebook.save_codebook_model).")
+    return path
+
+
+def folder_mtime(folder: str | os.PathLike) -> float:
+    """Latest modification time of a codebook-model folder's files (its own, and ``codebooks/*/``): the
+    cache key that changes when the folder is rewritten."""
+    folder = Path(folder)
+    times = [folder.stat().st_mtime]
+    for p in [folder, *sorted((folder / "codebooks").glob("*"))]:
+        if p.is_dir():
+            times += [q.stat().st_mtime for q in p.iterdir() if q.is_file()]
+    return max(times)
+
+
+def load_codebook(folder: str | os.PathLike, roots: Sequence[Path]) -> Any:
+    """:func:`interp.codebook.load_codebook_model` of a folder checked first: it lies inside ``roots`` or the
+    embedded weights folder, every codebook file its ``codebooks.json`` names lies inside it, and its base
+    model is an installed embedded model (or the folder itself holds the model). Failures -> InputError."""
+    import json
+
+    from interp.codebook import load_codebook_model
+
+    folder = inside(folder, [*roots, _weights_dir()])
+    try:
+        index = json.loads((folder / CODEBOOK_INDEX).read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"Could not read {folder / CODEBOOK_INDEX}: {str(e)[:300]}") from e
+    sites = index.get("sites") if isinstance(index, dict) else None
+    if not isinstance(sites, dict) or not sites or not all(isinstance(v, str) for v in sites.values()):
+        raise InputError(f"{folder / CODEBOOK_INDEX} names no codebooks (its 'sites' entry is missing or malformed).")
+    for site, sub in sites.items():
+        try:
+            files = [inside(folder / sub / f, [folder]) for f in ("codebook.json", "codebook.safetensors")]
+        except InputError:
+            raise InputError(f"The codebook of {site} points outside its folder ({sub!r}): refused.") from None
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise InputError(f"The codebook of {site} is missing {sub}/{missing[0]}.")
+    base = index.get("base")
+    if base:
+        if base not in embedded_models(include_missing=True):
+            raise InputError(f"This codebook model's base {base!r} is not an embedded model; the app loads "
+                             "codebooks only on embedded models or on a model saved in the same folder.")
+        if base not in embedded_models():
+            raise InputError(f"The base model {base!r} of these codebooks is not installed yet: train it with "
+                             f"`interp train {base} --install`.")
+    elif not (folder / "config.json").is_file():
+        raise InputError(f"{folder} names no base model and holds no model (config.json) of its own.")
+    try:
+        return load_codebook_model(folder)
+    except Exception as e:  # noqa: BLE001 - the loader's message says what is wrong
+        raise InputError(f"Could not load the codebook model in {folder}: {type(e).__name__}: {str(e)[:400]}") from e
+
+
+def codebook_base(folder: str | os.PathLike) -> str | None:
+    """The base model named by a codebook folder's ``codebooks.json`` (None: the folder holds its own model)."""
+    import json
+
+    try:
+        index = json.loads((Path(folder) / CODEBOOK_INDEX).read_text())
+    except (OSError, ValueError):
+        return None
+    return index.get("base") if isinstance(index, dict) else None
+
+
+def codebook_sites(model: Any) -> dict[str, dict[str, int]]:
+    """{site: {n_codes, k, n_groups}} of the codebooks attached to ``model`` (:func:`interp.codebook.attached`)."""
+    from interp.codebook import attached
+
+    return {s: {"n_codes": b.cfg.n_codes, "k": b.cfg.k, "n_groups": b.cfg.n_groups} for s, b in attached(model).items()}
+
+
+def same_vocabulary(a: Any, b: Any, check: int = 4096) -> bool:
+    """Whether two models read the same token ids as the same strings (same vocabulary size, tokenizer class
+    and the first ``check`` token strings)."""
+    if a is b:
+        return True
+    na = int(getattr(a.cfg, "d_vocab", 0) or a.cfg.vocab_size)
+    nb = int(getattr(b.cfg, "d_vocab", 0) or b.cfg.vocab_size)
+    if na != nb or type(getattr(a, "tokenizer", None)) is not type(getattr(b, "tokenizer", None)):
+        return False
+    ids = torch.arange(min(na, check))
+    try:
+        return [str(t) for t in a.to_str_tokens(ids)] == [str(t) for t in b.to_str_tokens(ids)]
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def codebook_prompt(cb_model: Any, page_model: Any, tokens: torch.Tensor, text: str,
+                    max_tokens: int) -> tuple[torch.Tensor, str | None]:
+    """The tokens [1, L] the codebook tab runs through the codebook model, and a note when they are not the
+    page's prompt tokens: the prompt tokens if the two vocabularies match, else a TokFSM prompt (TokFSM
+    codebook models), else the prompt text tokenized by the codebook model."""
+    if page_model is not None and same_vocabulary(cb_model, page_model):
+        return tokens, None
+    if is_tokfsm(cb_model):
+        return tokenize(cb_model, tokfsm_prompt(16), max_tokens), (
+            "The page's model reads another vocabulary than this codebook model: showing a TokFSM prompt instead.")
+    return tokenize(cb_model, text, max_tokens), "The page's prompt, tokenized by the codebook model."
+
+
+def _group_ids(ids: torch.Tensor, group: int) -> torch.Tensor:
+    """ids [n, pos, k] or [n, pos, G, k] -> [n, pos, k] of one group."""
+    return ids[:, :, int(group)] if ids.dim() >= 4 else ids
+
+
+@torch.no_grad()
+def code_report(model: Any, tokens: torch.Tensor, site: str, code: int, group: int = 0,
+                n_seq: int = CODEBOOK_CORPUS_SEQS, seed: int = 0, n_examples: int = 8, context: int = 12,
+                n_similar: int = 10) -> dict[str, Any]:
+    """What the codebook tab shows for ``code`` at ``site`` of a codebook model:
+
+    * ``prompt_ids`` int [k, L]: the codes selected at each position of ``tokens`` (slot 0 = best);
+      ``prompt_tokens``: the L token strings;
+    * ``corpus``: "tokfsm" (``n_seq`` TokFSM sequences, TokFSM models) or "prompt"; ``usage``:
+      {site: :func:`interp.codebook.usage_stats` entry} on it; ``freq`` [n_codes]: share of the site's
+      selections each code takes;
+    * ``examples``: :func:`interp.codebook.top_examples` on the corpus, each with ``str_tokens`` and ``fires``
+      (1 where the code is selected in the context);
+    * ``similar``: :func:`interp.codebook.similar_codes` [(code, cosine)];
+    * ``states`` (TokFSM models): FSM states on units-digit tokens where the code fires, as rows
+      {state, count, precision, recall}, most frequent first; ``units_fires``: how many such tokens."""
+    from interp.codebook import attached, collect_codes, similar_codes, top_examples, usage_stats
+
+    books = attached(model)
+    if site not in books:
+        raise InputError(f"This codebook model has no codebook at {site!r}; its sites are {sorted(books)}.")
+    cfg = books[site].cfg
+    code, group = int(code), int(group)
+    if not 0 <= code < cfg.n_codes:
+        raise InputError(f"Code {code} is out of range: the codebook at {site} has codes 0..{cfg.n_codes - 1}.")
+    if not 0 <= group < cfg.n_groups:
+        raise InputError(f"Group {group} is out of range: the codebook at {site} has {cfg.n_groups} group(s).")
+    out: dict[str, Any] = {"site": site, "code": code, "n_codes": cfg.n_codes, "k": cfg.k}
+    run = collect_codes(model, tokens, sites=[site], keep_inputs=False)
+    out["prompt_ids"] = _group_ids(run.ids[site], group)[0].T.numpy().astype(np.int64)  # [k, L]
+    out["prompt_tokens"] = str_tokens(model, tokens)
+
+    if is_tokfsm(model):
+        from interp.data.tokfsm import tokfsm_dataset
+
+        corpus, out["corpus"] = tokfsm_dataset(int(n_seq), seed=seed), "tokfsm"
+    else:
+        corpus, out["corpus"] = tokens, "prompt"
+    crun = collect_codes(model, corpus, keep_inputs=False)
+    out["usage"] = usage_stats(crun)
+    ids = _group_ids(crun.ids[site], group)  # [n, pos, k]
+    counts = torch.bincount(ids.reshape(-1), minlength=cfg.n_codes).double()
+    out["freq"] = (counts / counts.sum().clamp_min(1)).numpy()
+    fires = (ids == code).any(-1)  # [n, pos]
+    out["n_fires"] = int(fires.sum())
+
+    examples = []
+    for ex in top_examples(crun, corpus, site, code, n=n_examples, context=context, group=group):
+        seq, pos = ex["seq"], ex["pos"]
+        start = max(0, pos - context + 1)
+        ctx = corpus[seq, start:pos + 1]
+        examples.append({**ex, "str_tokens": str_tokens(model, ctx[None]),
+                         "fires": fires[seq, start:pos + 1].float().numpy()})
+    out["examples"] = examples
+    out["similar"] = similar_codes(model, site, code, n=min(n_similar, cfg.n_codes - 1), group=group)
+
+    out["states"], out["units_fires"] = None, 0
+    if out["corpus"] == "tokfsm":
+        from interp.data.tokfsm import TokFSM, tokfsm_labels
+
+        lab = tokfsm_labels(corpus)
+        units = (lab["digit_pos"] == 1) & (lab["state"] >= 0)
+        hit = units & fires
+        n_states = TokFSM().n_states
+        count = torch.bincount(lab["state"][hit], minlength=n_states)
+        total = torch.bincount(lab["state"][units], minlength=n_states)
+        out["units_fires"] = int(hit.sum())
+        order = [int(s) for s in torch.argsort(count, descending=True, stable=True) if count[s] > 0]
+        out["states"] = [{"state": s, "count": int(count[s]), "precision": float(count[s]) / max(1, int(hit.sum())),
+                          "recall": float(count[s]) / max(1, int(total[s]))} for s in order[:10]]
+    return out
+
+
+@torch.no_grad()
+def force_code(model: Any, tokens: torch.Tensor, site: str, code: int, max_new_tokens: int = 8,
+               group: int = 0) -> dict[str, Any]:
+    """Greedy continuations of ``tokens`` without and with ``code`` forced at ``site`` at the last position
+    (:func:`interp.codebook.code_intervention`, mode "force", positions "last": the prompt's last token and
+    every generated one): {baseline, forced} token strings, their ids, ``differs``."""
+    from interp.codebook import attached, code_intervention
+
+    books = attached(model)
+    if site not in books:
+        raise InputError(f"This codebook model has no codebook at {site!r}.")
+    if not 0 <= int(code) < books[site].cfg.n_codes:
+        raise InputError(f"Code {code} is out of range: the codebook at {site} has codes "
+                         f"0..{books[site].cfg.n_codes - 1}.")
+    n = max(1, min(int(max_new_tokens), 256))
+    iv = code_intervention(model, site, int(code), "force", positions="last", group=int(group))
+    L = tokens.shape[1]
+    kw = dict(max_new_tokens=n, do_sample=False, stop_at_eos=False, return_type="tokens")
+    g0 = model.generate(tokens, **kw)[:, L:]
+    g1 = model.generate(tokens, fwd_hooks=iv.hooks(model), **kw)[:, L:]
+    return {"baseline": str_tokens(model, g0), "forced": str_tokens(model, g1),
+            "baseline_ids": g0[0].tolist(), "forced_ids": g1[0].tolist(), "differs": not torch.equal(g0, g1)}
 
 
 # ------------------------------------------------------------------------------------------------

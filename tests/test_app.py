@@ -68,6 +68,22 @@ def roots(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def cb_folder(roots):
+    """A small codebook model in the run folder: 32-code codebooks fitted post hoc at the mixer outputs of
+    layers 0 and 1 of tokfsm-mamba (another model than the page's, with the same vocabulary)."""
+    import interp.codebook as cb
+    from interp.data import tokfsm_dataset
+
+    m = interp.load("tokfsm-mamba")
+    sites = cb.mixer_output_sites(m)[:2]
+    books = cb.make_codebooks(m, sites, n_codes=32)
+    acts = cb.site_activations(m, sites, lambda i: {"tokens": tokfsm_dataset(16, seed=i)}, 2048)
+    cb.fit_post_hoc(books, acts, steps=20, batch_size=256, progress=False)
+    cb.attach(m, books)
+    return cb.save_codebook_model(m, roots / "codebooks" / "cbm", base="tokfsm-mamba").resolve()
+
+
 @pytest.fixture
 def env(monkeypatch, roots):
     monkeypatch.setenv("INTERP_APP_MODEL", MODEL)
@@ -349,7 +365,7 @@ def test_features_page(env, model, roots):
 
     at = app("features")
     ok(at)
-    assert "Codebook codes are not available yet" in texts(at.info)
+    assert "Choose a codebook model" in texts(at.info)
     assert "Choose an SAE folder" in texts(at.info)
     folder = str((roots / "sae_a").resolve())
     at.selectbox(key="sae_found").set_value(folder).run()
@@ -373,6 +389,99 @@ def test_features_page(env, model, roots):
     at.selectbox(key="w_corpus").set_value("tokfsm").run()
     ok(at)
     assert at.query_params["corpus"] == "tokfsm"
+
+
+def test_codebook_tab(env, model, cb_folder):
+    from interp.codebook import collect_codes, load_codebook_model, similar_codes, usage_stats
+    from interp.data import tokfsm_dataset
+
+    at = app("features")
+    ok(at)
+    assert "python -m interp.codebook.zoo" in texts(at.caption) or not set(C.codebook_recipes()) - set(
+        C.embedded_codebook_models())
+    assert str(cb_folder) in at.selectbox(key="cb_found").options
+    at.selectbox(key="cb_found").set_value(str(cb_folder)).run()
+    ok(at)
+    cbm = load_codebook_model(cb_folder)
+    site = "blocks.0.ssm.hook_out"
+    assert at.selectbox(key="w_cb_site").options == ["blocks.0.ssm.hook_out", "blocks.1.ssm.hook_out"]
+    assert at.selectbox(key="w_cb_site").value == site
+    toks = tokens_of(model)  # the page model (tokfsm-mamba2) reads the same digits: its prompt tokens are used
+    ref = collect_codes(cbm, toks, keep_inputs=False).ids[site][0, :, 0].numpy()
+    heat = figure(at, "cb_codes")["data"][0]
+    assert [int(t) for t in np.asarray(heat["text"]).reshape(-1)] == ref.tolist()
+    np.testing.assert_array_equal(arr(heat["z"]).reshape(-1), (ref == 0).astype(float))
+    assert heat["x"][0].startswith("0·") and len(heat["x"]) == toks.shape[1]
+
+    corpus = tokfsm_dataset(64, seed=0)
+    run = collect_codes(cbm, corpus, keep_inputs=False)
+    u = usage_stats(run)[site]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["codes used"] == f"{u['used']:.0f} / 32"
+    assert metrics["dead fraction"] == f"{u['dead_fraction']:.3f}"
+    assert metrics["usage entropy (nats)"] == f"{u['entropy']:.3f}"
+    counts = torch.bincount(run.ids[site].reshape(-1), minlength=32).double()
+    np.testing.assert_allclose(arr(figure(at, "cb_freq")["data"][0]["y"]), (counts / counts.sum()).numpy())
+    usage = at.dataframe[0].value
+    assert list(usage["site"]) == list(run.ids)
+    sim = at.dataframe[1].value
+    assert list(sim["code"]) == [c for c, _ in similar_codes(cbm, site, 0)]
+    if (run.ids[site] == 0).any():
+        assert "seq " in html_of(at) and "pos " in html_of(at)
+    states = at.dataframe[2].value
+    assert len(states) >= 1 and "Most associated state" in texts(at.caption)
+
+    # forcing: pick a code whose forced continuation differs from the greedy baseline
+    forced = {c: C.force_code(cbm, toks, site, c, 8) for c in range(8)}
+    code = next(c for c, g in forced.items() if g["differs"])
+    at.number_input(key="w_cb_code").set_value(code).run()
+    ok(at)
+    base, steered = (c.value for c in at.code[-2:])
+    assert base == " ".join(forced[code]["baseline"]) and steered == " ".join(forced[code]["forced"])
+    assert base != steered and "differs from the baseline" in texts(at.caption)
+    np.testing.assert_array_equal(arr(figure(at, "cb_codes")["data"][0]["z"]).reshape(-1), (ref == code).astype(float))
+    at.selectbox(key="w_cb_site").set_value("blocks.1.ssm.hook_out").run()
+    ok(at)
+    ref1 = collect_codes(cbm, toks, keep_inputs=False).ids["blocks.1.ssm.hook_out"][0, :, 0].numpy()
+    assert [int(t) for t in np.asarray(figure(at, "cb_codes")["data"][0]["text"]).reshape(-1)] == ref1.tolist()
+
+
+def test_codebook_tab_bad_inputs(env, roots, cb_folder, tmp_path):
+    import shutil
+
+    at = app("features")
+    outside = tmp_path / "cbm_copy"
+    shutil.copytree(cb_folder, outside)
+    at.text_input(key="w_cb").input(str(outside)).run()
+    assert "outside the folders this app may read" in texts(at.error)
+    assert not at.exception
+    at.text_input(key="w_cb").input(str(roots / "not_a_model")).run()
+    assert "holds no codebooks.json" in texts(at.error)
+    at.text_input(key="w_cb").input(str(roots / "missing")).run()
+    assert "does not exist" in texts(at.error)
+    for name in set(C.codebook_recipes()) - set(C.embedded_codebook_models()):
+        at.text_input(key="w_cb").input(name).run()
+        assert f"python -m interp.codebook.zoo {name} --install" in texts(at.error)
+    at.text_input(key="w_cb").input(str(cb_folder)).run()
+    ok(at)
+    at.number_input(key="w_cb_code").set_value(31).run()
+    ok(at)
+    assert not at.exception
+
+    # a codebooks.json inside the roots that points outside its folder, or names a non-embedded base
+    evil = roots / "codebooks" / "evil"
+    shutil.copytree(cb_folder, evil)
+    index = json.loads((evil / "codebooks.json").read_text())
+    index["sites"]["blocks.0.ssm.hook_out"] = "../../../.."
+    (evil / "codebooks.json").write_text(json.dumps(index))
+    with pytest.raises(C.InputError, match="points outside its folder"):
+        C.load_codebook(evil, [roots])
+    index = json.loads((cb_folder / "codebooks.json").read_text())
+    index["base"] = str(tmp_path)
+    (evil / "codebooks.json").write_text(json.dumps(index))
+    with pytest.raises(C.InputError, match="not an embedded model"):
+        C.load_codebook(evil, [roots])
+    shutil.rmtree(evil)
 
 
 def test_features_rejects_folders_outside_the_roots(env, tmp_path):
@@ -571,6 +680,7 @@ def test_bad_query_parameters_fall_back(env):
     ("probes", "interp.probes", "Probes are not available yet"),
     ("steering", "interp.steering", "Steering is not available yet"),
     ("features", "interp.sae", "SAE features are not available"),
+    ("features", "interp.codebook", "Codebook codes are not available"),
 ])
 def test_missing_backend_is_said_plainly(env, page, module, message):
     real = C.backend

@@ -14,7 +14,7 @@ from torch import nn
 
 from interp.data import DigitTokenizer, tokfsm_dataset
 from interp.steering import (
-    AffineMap, Compose, Direction, Intervention, Positions, SAELatents, codebook_code, dose_response,
+    AffineMap, CodebookCodes, Compose, Direction, Intervention, Positions, SAELatents, codebook_code, dose_response,
     dose_response_figure, kl_cost, tokfsm_prompts, tokfsm_state_activations, tokfsm_steering_curve,
 )
 from interp.steering import functional as Fn
@@ -369,15 +369,20 @@ def test_sae_clamp_with_the_package_sae_round_trips_with_its_sae(mamba2, tmp_pat
         assert not torch.allclose(ref, mamba2(tokens))
 
 
-def test_codebook_source_names_issue_7():
-    with pytest.raises(NotImplementedError, match="#7"):
+def test_codebook_sources_and_their_errors():
+    """Codebook sources edit code scores (force: +inf, disable: -inf); the full path is in tests/test_codebook.py."""
+    with pytest.raises(TypeError, match="CodebookLayer"):
         codebook_code(object(), 3, mode="force")
-
-    class Book:
-        codes = torch.randn(16, 8)
-
-    d = codebook_code(Book(), 3)
-    assert torch.equal(d.vector, Book.codes[3])
+    src = CodebookCodes([1, 3], n_codes=4, group=1, n_groups=2)
+    x = torch.zeros(2, 5, 8)
+    forced = src.edit(x, "replace", 1.0, None)
+    assert torch.isinf(forced[..., [5, 7]]).all() and (forced[..., [5, 7]] > 0).all()
+    assert (forced[..., [0, 1, 2, 3, 4, 6]] == 0).all()
+    assert (src.edit(x, "ablate", 1.0, None)[..., [5, 7]] == -torch.inf).all()
+    with pytest.raises(ValueError, match="ids in 0..3"):
+        CodebookCodes([4], n_codes=4)
+    with pytest.raises(ValueError, match="width 8"):
+        src.edit(torch.zeros(3, 4), "replace", 1.0, None)
 
 
 # --------------------------------------------------------------------------------------------

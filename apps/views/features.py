@@ -1,4 +1,5 @@
-"""Features: SAE latents (top examples, density, logit effects, a test box) and codebook codes."""
+"""Features: SAE latents (top examples, density, logit effects, a test box) and codebook codes (the codes a
+prompt selects, usage, top examples, similar codes, the TokFSM state of a code, forcing a code)."""
 
 import numpy as np
 import plotly.graph_objects as go
@@ -9,6 +10,8 @@ from apps import ui
 from interp.attention.figures import token_highlight_html
 
 NONE = "(type a folder below)"
+CB_NONE = "(type a name or folder below)"
+CB_VIEW = {"cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8}  # view entries of the codebook tab
 
 
 @st.cache_data(show_spinner="Reading the latent…", max_entries=32)
@@ -47,11 +50,10 @@ def pick_sae(spec: str, model) -> tuple[str, float, object] | None:
 def main() -> None:
     st.title("Features")
     tab_sae, tab_code = st.tabs(["SAE latents", "Codebook codes"])
-    with tab_code:
-        mod, why = C.backend("interp.codebook")
-        st.info("Codebook codes are not available yet: " + (why or "the page lands with interp.codebook (#7)."))
     with tab_sae:
         sae_page()
+    with tab_code:
+        codebook_page()
 
 
 def sae_page() -> None:
@@ -111,6 +113,181 @@ def sae_page() -> None:
             st.html(token_highlight_html(C.str_tokens(model, t), acts, title=f"latent {latent}, max {acts.max():.3f}"))
         except Exception as e:  # noqa: BLE001
             ui.show_error(e)
+
+
+# ------------------------------------------------------------------------------------------------
+# codebook codes
+# ------------------------------------------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the codebook model…", max_entries=2)
+def cached_codebook_model(folder: str, mtime: float):
+    return C.load_codebook(folder, ui.config().roots)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def codebook_tokens(spec: str, folder: str, mtime: float, toks: tuple, text: str) -> tuple[tuple, str | None]:
+    t, note = C.codebook_prompt(cached_codebook_model(folder, mtime), ui.cached_model(spec), ui.tensor_of(toks), text,
+                                ui.config().max_tokens)
+    return ui.key_of(t), note
+
+
+@st.cache_data(show_spinner="Reading the code…", max_entries=32)
+def code_report(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int):
+    return C.code_report(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, group)
+
+
+@st.cache_data(show_spinner="Generating…", max_entries=32)
+def forced(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int, n: int):
+    return C.force_code(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, n, group)
+
+
+def pick_codebook() -> tuple[str, float] | None:
+    cfg = ui.config()
+    embedded = C.embedded_codebook_models()
+    missing = [n for n in C.codebook_recipes() if n not in embedded]
+    if missing:
+        st.caption("Embedded codebook models not installed yet: " + "; ".join(
+            f"{n} ({C.codebook_install_hint(n)})" for n in missing))
+    found = embedded + [str(p) for p in C.find_codebook_models(cfg.roots)]
+    if found:
+        def chosen() -> None:
+            if st.session_state["cb_found"] != CB_NONE:
+                ui.set_view(cb=st.session_state["cb_found"])
+
+        st.selectbox("Codebook models (embedded, and found in the run folders)", [CB_NONE] + found, key="cb_found",
+                     on_change=chosen)
+    else:
+        st.caption(f"No codebook models found under {', '.join(map(str, cfg.roots))}.")
+    choice = ui.widget(st.text_input, "cb", "Codebook model: an embedded name or a folder holding codebooks.json")
+    if not choice:
+        hint = f"; or install an embedded one: {C.codebook_install_hint(missing[0])}" if missing else ""
+        st.info("Choose a codebook model (an embedded name, or a folder written by "
+                f"interp.codebook.save_codebook_model inside the run folders{hint}) to browse its codes.")
+        return None
+    try:
+        path = C.codebook_folder(choice, cfg.roots)
+        return str(path), C.folder_mtime(path)
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return None
+
+
+def codebook_page() -> None:
+    mod, why = C.backend("interp.codebook")
+    if mod is None:
+        st.info(f"Codebook codes are not available: {why}")
+        return
+    v = ui.view()
+    for k, d in CB_VIEW.items():
+        v.setdefault(k, d)
+    got = ui.current()
+    if got is None:
+        return
+    spec, _, tokens = got
+    picked = pick_codebook()
+    if picked is None:
+        return
+    folder, mtime = picked
+    try:
+        cbm = cached_codebook_model(folder, mtime)
+        sites = C.codebook_sites(cbm)
+        toks, note = codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    base = C.codebook_base(folder)
+    st.caption(f"{len(sites)} codebook(s) on {'`' + base + '`' if base else 'the model saved in the folder'}; "
+               f"everything on this tab runs the codebook model (the page's model is `{spec}`).")
+    if note:
+        st.info(note)
+    c1, c2, c3, c4 = st.columns(4)
+    site = ui.widget(c1.selectbox, "cb_site", "Codebook site", list(sites))
+    info = sites[site]
+    for name, top in (("cb_code", info["n_codes"] - 1), ("cb_group", info["n_groups"] - 1)):
+        if st.session_state.get(f"w_{name}", 0) > top:
+            st.session_state[f"w_{name}"] = top
+    code = ui.widget(c2.number_input, "cb_code", f"Code (0..{info['n_codes'] - 1})", min_value=0,
+                     max_value=info["n_codes"] - 1)
+    group = ui.widget(c3.number_input, "cb_group", "Head (group)", min_value=0, max_value=info["n_groups"] - 1,
+                      disabled=info["n_groups"] == 1)
+    groups = f" · {info['n_groups']} groups" if info["n_groups"] > 1 else ""
+    c4.caption(f"{info['n_codes']} codes · k = {info['k']}{groups}")
+    try:
+        r = code_report(folder, mtime, toks, site, int(code), int(group))
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    code = int(code)
+
+    st.subheader("Codes on the prompt")
+    ids = r["prompt_ids"]
+    labels = [f"{i}·{t}" for i, t in enumerate(r["prompt_tokens"])]
+    fig = go.Figure(go.Heatmap(z=(ids == code).astype(float), x=labels, y=[f"slot {s}" for s in range(ids.shape[0])],
+                               text=ids.astype(str), texttemplate="%{text}", zmin=0, zmax=1, showscale=False,
+                               colorscale=[[0, "#f4f4f4"], [1, "#f28e2b"]],
+                               hovertemplate="%{x}<br>%{y}: code %{text}<extra></extra>"))
+    fig.update_layout(title=f"Code selected at each position at {site} (code {code} highlighted)",
+                      height=140 + 30 * ids.shape[0], xaxis=dict(type="category", tickangle=-60),
+                      yaxis=dict(autorange="reversed"), margin=dict(t=40, b=80))
+    st.plotly_chart(fig, key="cb_codes", config={"displaylogo": False})
+    at = [i for i in range(ids.shape[1]) if (ids[:, i] == code).any()]
+    st.caption(f"code {code} is selected at positions {at}" if at else f"code {code} is not selected on the prompt")
+
+    corpus = f"{C.CODEBOOK_CORPUS_SEQS} TokFSM sequences" if r["corpus"] == "tokfsm" else "the prompt"
+    st.subheader(f"Usage on {corpus}")
+    u = r["usage"][site]
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric("codes used", f"{u['used']:.0f} / {u['n_codes']}")
+    m2.metric("dead fraction", f"{u['dead_fraction']:.3f}")
+    m3.metric("usage entropy (nats)", f"{u['entropy']:.3f}", help=f"max ln {u['n_codes']} = {np.log(u['n_codes']):.3f}")
+    m4.metric(f"code {code} frequency", f"{r['freq'][code]:.4f}")
+    left, right = st.columns(2)
+    with left:
+        colors = ["#f28e2b" if i == code else "#4e79a7" for i in range(len(r["freq"]))]
+        bar = go.Figure(go.Bar(x=list(range(len(r["freq"]))), y=r["freq"], marker_color=colors))
+        bar.update_layout(title=f"Code frequencies at {site} (share of selections)", height=320,
+                          xaxis_title="code", yaxis_title="frequency")
+        st.plotly_chart(bar, key="cb_freq", config={"displaylogo": False})
+    with right:
+        st.dataframe([{"site": s, **{k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}}
+                      for s, row in r["usage"].items()], hide_index=True)
+
+    left, right = st.columns(2)
+    with left:
+        st.subheader(f"Code {code}: top examples")
+        if not r["examples"]:
+            st.info(f"Code {code} is never selected on {corpus}.")
+        for ex in r["examples"]:
+            st.html(token_highlight_html(ex["str_tokens"], ex["fires"], query=len(ex["str_tokens"]) - 1,
+                                         title=f"seq {ex['seq']}, pos {ex['pos']}, slot {ex['slot']}"))
+    with right:
+        st.subheader("Similar codes")
+        st.dataframe([{"code": c, "cosine": round(s, 4), "frequency": round(float(r["freq"][c]), 4)}
+                      for c, s in r["similar"]], hide_index=True)
+        if r["states"] is not None:
+            st.subheader("TokFSM state")
+            if not r["states"]:
+                st.info(f"Code {code} never fires on a units-digit token of {corpus}.")
+            else:
+                best = r["states"][0]
+                st.caption(f"Most associated state: **{best['state']:02d}** ({best['count']} of the "
+                           f"{r['units_fires']} units-digit tokens where code {code} fires; recall "
+                           f"{best['recall']:.2f} of that state's units digits).")
+                st.dataframe(r["states"], hide_index=True)
+
+    st.subheader("Force this code")
+    new = ui.widget(st.slider, "cb_new", "Generated tokens", min_value=1, max_value=32)
+    try:
+        g = forced(folder, mtime, toks, site, code, int(group), int(new))
+    except Exception as e:  # noqa: BLE001
+        ui.show_error(e)
+        return
+    a, b = st.columns(2)
+    a.markdown("**Baseline**")
+    a.code(" ".join(g["baseline"]) or "(nothing)", language=None)
+    b.markdown(f"**Code {code} forced at {site}, last position**")
+    b.code(" ".join(g["forced"]) or "(nothing)", language=None)
+    st.caption("The forced continuation differs from the baseline." if g["differs"]
+               else "Forcing this code does not change the greedy continuation.")
 
 
 main()

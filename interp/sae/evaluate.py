@@ -57,7 +57,7 @@ class LabelPrecision:
         threshold: the activation threshold (on the signed feature: predict the class when ``sign·f_j >= t``).
         precision, recall: of that feature at that threshold (float64; NaN for a class with no token).
         support: labelled tokens of each class (P_c).
-        min_recall: the recall constraint the thresholds satisfy.
+        min_recall: the recall constraint the thresholds satisfy (a number, or a tensor [n_classes]).
         n_tokens: labelled tokens evaluated (negative labels excluded).
     """
 
@@ -67,7 +67,7 @@ class LabelPrecision:
     precision: Tensor
     recall: Tensor
     support: Tensor
-    min_recall: float
+    min_recall: float | Tensor
     n_tokens: int
 
     @property
@@ -170,18 +170,22 @@ def _best_cut(values: Tensor, labels: Tensor, vmin: float, n_classes: int, need:
 
 
 def best_feature_precision(features: Tensor, labels: Tensor, n_classes: int | None = None,
-                           min_recall: float = 0.5) -> LabelPrecision:
+                           min_recall: float | Tensor = 0.5) -> LabelPrecision:
     """Best single feature per class: features [n_tokens, n_features], labels [n_tokens] int (negative = skip).
 
-    For each class and feature, the threshold maximising precision at recall >= ``min_recall``; then the best
+    For each class and feature, the threshold maximising precision at recall >= ``min_recall`` (one number, or
+    one per class [n_classes], e.g. another feature basis's recall, to compare at matched recall); then the best
     feature per class (see the module docstring). ``sign`` is +1 everywhere (see :func:`best_neuron_precision`).
     """
-    if not 0.0 < min_recall <= 1.0:
+    mr = torch.as_tensor(min_recall, dtype=torch.float64)
+    if not bool(((mr > 0) & (mr <= 1)).all()):
         raise ValueError(f"min_recall must be in (0, 1], got {min_recall}")
     features, labels, n_classes = _check_inputs(features, labels, n_classes)
+    if mr.dim() and mr.shape != (n_classes,):
+        raise ValueError(f"min_recall per class must have shape [{n_classes}], got {tuple(mr.shape)}")
     n_tokens, n_features = features.shape
     support = torch.bincount(labels, minlength=n_classes)
-    need = torch.ceil(min_recall * support.double() - 1e-9).long().clamp(min=1)
+    need = torch.ceil(mr * support.double() - 1e-9).long().clamp(min=1)
     best_p = torch.full((n_classes,), -1.0, dtype=torch.float64)
     best_r = torch.zeros(n_classes, dtype=torch.float64)
     best_t = torch.zeros(n_classes, dtype=torch.float64)
@@ -206,7 +210,7 @@ def best_feature_precision(features: Tensor, labels: Tensor, n_classes: int | No
 
 
 def best_neuron_precision(acts: Tensor, labels: Tensor, n_classes: int | None = None,
-                          min_recall: float = 0.5) -> LabelPrecision:
+                          min_recall: float | Tensor = 0.5) -> LabelPrecision:
     """:func:`best_feature_precision` over the neurons (columns) of ``acts`` [n_tokens, d], each read with both
     signs: ``feature`` is the neuron index, ``sign`` -1 where ``-acts[:, j] >= threshold`` was the better test."""
     acts = acts.detach().reshape(-1, acts.shape[-1])

@@ -17,7 +17,7 @@ Modules: :mod:`.functional` (the math: mean difference, paired PCA, Gaussian OT,
 from .evaluate import DoseResponse, dose_response, dose_response_figure, kl_cost
 from .intervention import Compose, Intervention, load
 from .positions import Positions
-from .sources import SOURCES, AffineMap, Direction, SAELatents, Source, codebook_code, register_source
+from .sources import SOURCES, AffineMap, CodebookCodes, Direction, SAELatents, Source, codebook_code, register_source
 from .tokfsm import (
     StateActivations, tokfsm_next_states, tokfsm_prompts, tokfsm_state_activations, tokfsm_state_steering,
     tokfsm_steering_curve, tokfsm_transition_success,
@@ -25,7 +25,7 @@ from .tokfsm import (
 
 __all__ = [
     "Intervention", "Compose", "load", "Positions", "Source", "Direction", "AffineMap", "SAELatents", "SOURCES",
-    "register_source", "codebook_code", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
+    "register_source", "codebook_code", "CodebookCodes", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
     "tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
     "tokfsm_state_activations", "tokfsm_state_steering", "tokfsm_steering_curve",
 ]

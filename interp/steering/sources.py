@@ -10,13 +10,16 @@ save itself (tensors for safetensors, the rest as JSON).
     AffineMap.gaussian_ot(acts_source, acts_target)           # f(h) = μ_t + A (h - μ_s)
     AffineMap.leace(acts, labels)                             # LEACE concept erasure
 
-A new kind of source (the codebook codes of issue #7, say) subclasses :class:`Source`, implements
-``edit``, ``state`` and ``from_state``, and registers with :func:`register_source`; nothing else changes.
+    CodebookCodes([code], n_codes)                            # force / disable codebook codes -> replace, ablate
+
+A new kind of source subclasses :class:`Source`, implements ``edit``, ``state`` and ``from_state``, and
+registers with :func:`register_source`; nothing else changes.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,7 +29,8 @@ from torch import Tensor
 
 from . import functional as Fn
 
-__all__ = ["Source", "Direction", "AffineMap", "SAELatents", "SOURCES", "register_source", "codebook_code"]
+__all__ = ["Source", "Direction", "AffineMap", "SAELatents", "CodebookCodes", "SOURCES", "register_source",
+           "codebook_code"]
 
 SOURCES: dict[str, type["Source"]] = {}
 
@@ -429,19 +433,79 @@ def _load_saved_sae(cls_path: str | None, path: Path) -> Any:
 # --------------------------------------------------------------------------------------------
 # codebook codes
 # --------------------------------------------------------------------------------------------
-def codebook_code(codebook: Any, code: int, mode: str = "append") -> Source:
-    """A codebook code as a steering source (force / append / disable, DESIGN.md section 6).
+@register_source
+class CodebookCodes(Source):
+    """Force or disable codes of a codebook bottleneck (:mod:`interp.codebook`), edited where the codes are
+    chosen: at the codebook's score hook ``<site>.codebook.hook_scores`` ([..., n_codes] ranking scores, or
+    [..., G, n_codes] for per-head codebooks, seen flattened by the intervention).
 
-    Codebook bottlenecks are issue #7 (``interp.codebook``), not written yet. ``mode="append"`` with an
-    object that exposes its code vectors as ``codes`` [n_codes, d] already works (the code vector as a
-    :class:`Direction`, added with the ``add`` operator); force and disable need the codebook's own
-    hook and arrive with issue #7 as a new :class:`Source` subclass.
+    * ``replace`` (force): the codes' scores become +inf, so they take the top slots and push out the weakest
+      selected codes (k = 1: the output *is* the forced code);
+    * ``ablate`` (disable): the codes' scores become -inf, so the next best codes are taken instead.
+
+    The edit is discrete: any ``scale`` != 0 applies it in full. Appending a code (keeping the k selected ones)
+    is an ``add`` of the code vector / k at ``<site>.codebook.hook_out``: :func:`codebook_code` builds either.
+
+    Attributes: ``codes`` (ids), ``n_codes`` (codebook size), ``group`` and ``n_groups`` (per-head codebooks).
     """
-    codes = getattr(codebook, "codes", None)
-    if mode == "append" and isinstance(codes, Tensor) and codes.dim() == 2:
-        return Direction(codes[code].detach(), "codebook_code", {"code": int(code), "mode": mode})
-    raise NotImplementedError(
-        f"codebook sources (mode={mode!r}) arrive with issue #7 (interp.codebook): they will be a Source subclass "
-        "registered with interp.steering.register_source. Until then, steer with a code vector as "
-        "Direction(code_vector) and the 'add' operator."
-    )
+
+    kind: ClassVar[str] = "codebook_codes"
+    operators: ClassVar[tuple[str, ...]] = ("replace", "ablate")
+
+    def __init__(self, codes: int | list[int], n_codes: int, group: int = 0, n_groups: int = 1, label: str = ""):
+        self.codes = [codes] if isinstance(codes, int) else [int(c) for c in codes]
+        if not self.codes or not all(0 <= c < n_codes for c in self.codes):
+            raise ValueError(f"codes must be ids in 0..{n_codes - 1}, got {self.codes}")
+        if not 0 <= group < n_groups:
+            raise ValueError(f"group must be in 0..{n_groups - 1}, got {group}")
+        self.n_codes, self.group, self.n_groups, self.label = int(n_codes), int(group), int(n_groups), label
+
+    def __repr__(self) -> str:
+        return f"CodebookCodes(codes={self.codes}, n_codes={self.n_codes}, group={self.group})"
+
+    @property
+    def d(self) -> int:
+        return self.n_codes * self.n_groups
+
+    def edit(self, x: Tensor, operator: str, scale: float, value: Any) -> Tensor:
+        self._check_width(x)
+        if operator not in self.operators:
+            raise ValueError(f"a codebook source supports {self.operators}, not {operator!r}")
+        out = x.clone()
+        cols = torch.as_tensor(self.codes, device=x.device) + self.group * self.n_codes
+        out[..., cols] = math.inf if operator == "replace" else -math.inf
+        return out
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        return {}, {"codes": self.codes, "n_codes": self.n_codes, "group": self.group, "n_groups": self.n_groups,
+                    "label": self.label}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any], folder: Path | None = None,
+                   **runtime: Any) -> "CodebookCodes":
+        return cls(config["codes"], config["n_codes"], config.get("group", 0), config.get("n_groups", 1),
+                   config.get("label", ""))
+
+
+def codebook_code(codebook: Any, codes: int | list[int], mode: str = "force", group: int = 0) -> Source:
+    """A steering source for codes of ``codebook`` (an :class:`interp.codebook.CodebookLayer`, DESIGN.md §6).
+
+    ``mode``: "force" / "disable" -> :class:`CodebookCodes` (operators ``replace`` / ``ablate``, at the hook
+    ``<site>.codebook.hook_scores``); "append" -> the code vectors' sum / k as a :class:`Direction` (operator
+    ``add``, at ``<site>.codebook.hook_out``). :func:`interp.codebook.code_intervention` builds the whole
+    :class:`~interp.steering.Intervention` from a model and a site.
+    """
+    codes = [codes] if isinstance(codes, int) else list(codes)
+    C = getattr(codebook, "codes", None)
+    if not isinstance(C, Tensor) or C.dim() != 3:
+        raise TypeError(f"expected a codebook layer with codes [n_groups, n_codes, d] (interp.codebook."
+                        f"CodebookLayer), got {type(codebook).__name__}")
+    G, n = C.shape[:2]
+    if mode in ("force", "disable"):
+        return CodebookCodes(codes, n, group, G, label=mode)
+    if mode == "append":
+        if G != 1:
+            raise ValueError("append on a per-head codebook: add the code vector at that head's slice instead")
+        k = codebook.cfg.k
+        return Direction(C[group, codes].detach().sum(0) / k, "codebook_code", {"codes": codes, "mode": mode})
+    raise ValueError(f"mode must be 'force', 'disable' or 'append', got {mode!r}")

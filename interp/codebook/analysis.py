@@ -1,0 +1,182 @@
+"""What the codes of a codebook model mean: usage, dead codes, code ↔ label precision against the best
+single neuron, top examples, similar codes.
+
+    model = load_codebook_model("tokfsm-mamba-codebooks")
+    run = collect_codes(model, tokens)                       # CodeRun: ids per site + the codebook inputs
+    usage_stats(run)                                         # per site: used codes, dead fraction, entropy
+    report = code_label_precision(run, labels, n_classes=100)
+    report.codes.mean_precision, report.neurons.mean_precision  # codes vs best neuron at matched recall
+    top_examples(run, tokens, site, code)                    # where a code fires, with context
+    similar_codes(model, site, code)                         # nearest codes by cosine similarity
+
+A code is a binary feature (1 where it is among the k selected codes). The label precision of codes is
+:func:`interp.sae.evaluate.best_feature_precision` over those binary features (every site's codes together);
+the neuron baseline is :func:`~interp.sae.evaluate.best_neuron_precision` over the codebooks' *inputs* at the
+same sites (the activations the codes replace), with each class's recall constraint set to the recall its
+best code reached: precision compared at matched recall, as in the codebook-features paper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interp.sae.evaluate import LabelPrecision, best_feature_precision, best_neuron_precision
+
+from .insert import CHILD, attached
+
+__all__ = ["CodeRun", "collect_codes", "usage_stats", "code_features", "code_label_precision", "CodeLabelReport",
+           "top_examples", "similar_codes"]
+
+
+@dataclass
+class CodeRun:
+    """Codes selected on a batch of sequences. ``ids[site]``: int64 [n_seq, pos, k] ([n_seq, pos, G, k] for
+    per-head codebooks); ``inputs[site]``: the activations the codebook replaced [n_seq, pos, d] (or None);
+    ``n_codes[site]``: codebook size."""
+
+    ids: dict[str, Tensor]
+    inputs: dict[str, Tensor | None]
+    n_codes: dict[str, int]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.ids)
+
+
+@torch.no_grad()
+def collect_codes(model: Any, tokens: Tensor, sites: list[str] | None = None, batch_size: int = 64,
+                  keep_inputs: bool = True) -> CodeRun:
+    """Run ``tokens`` [n_seq, pos] through the codebook model and record each codebook's codes (and inputs)."""
+    books = attached(model)
+    if not books:
+        raise ValueError("the model has no codebooks attached: interp.codebook.attach(model, ...) or "
+                         "load_codebook_model(...) first")
+    sites = list(books) if sites is None else list(sites)
+    missing = [s for s in sites if s not in books]
+    if missing:
+        raise KeyError(f"no codebook at {missing}; codebooks are at {sorted(books)}")
+    names = [f"{s}.{CHILD}.hook_codes" for s in sites] + ([f"{s}.{CHILD}.hook_in" for s in sites] if keep_inputs else [])
+    device = next(model.parameters()).device
+    ids: dict[str, list[Tensor]] = {s: [] for s in sites}
+    ins: dict[str, list[Tensor]] = {s: [] for s in sites}
+    for i in range(0, tokens.shape[0], batch_size):
+        _, cache = model.run_with_cache(tokens[i:i + batch_size].to(device), names_filter=names)
+        for s in sites:
+            ids[s].append(cache[f"{s}.{CHILD}.hook_codes"].cpu())
+            if keep_inputs:
+                ins[s].append(cache[f"{s}.{CHILD}.hook_in"].float().cpu())
+    return CodeRun(ids={s: torch.cat(v) for s, v in ids.items()},
+                   inputs={s: torch.cat(ins[s]) if keep_inputs else None for s in sites},
+                   n_codes={s: books[s].cfg.n_codes for s in sites})
+
+
+def _counts(ids: Tensor, n_codes: int) -> Tensor:
+    """Selections per code [G, n_codes] of ids [..., k] (G = 1) or [..., G, k]."""
+    flat = ids.reshape(-1, *ids.shape[-2:]) if ids.dim() >= 4 else ids.reshape(-1, 1, ids.shape[-1])
+    G = flat.shape[1]
+    return torch.stack([torch.bincount(flat[:, g].reshape(-1), minlength=n_codes) for g in range(G)])
+
+
+def usage_stats(run: CodeRun, mask: Tensor | None = None) -> dict[str, dict[str, float]]:
+    """Per site: codes used, dead fraction (never selected on these tokens), usage entropy (nats) and the share
+    of selections taken by the most used code. ``mask`` [n_seq, pos] bool: positions to count (default all)."""
+    out = {}
+    for s, ids in run.ids.items():
+        sel = ids[mask] if mask is not None else ids
+        c = _counts(sel, run.n_codes[s]).double()
+        p = c / c.sum(1, keepdim=True).clamp_min(1)
+        ent = -(p * p.clamp_min(1e-300).log()).sum(1)
+        out[s] = {"n_codes": run.n_codes[s], "used": float((c > 0).sum(1).double().mean()),
+                  "dead_fraction": float((c == 0).double().mean()), "entropy": float(ent.mean()),
+                  "top_share": float(p.max(1).values.mean())}
+    return out
+
+
+def code_features(run: CodeRun, sites: list[str] | None = None) -> tuple[Tensor, list[tuple[str, int, int]]]:
+    """Binary code features of every token: [n_seq * pos, Σ G·n_codes] (1 where the code is selected), and the
+    (site, group, code) each column stands for."""
+    sites = run.sites if sites is None else sites
+    cols, names = [], []
+    for s in sites:
+        ids = run.ids[s]
+        g_ids = ids if ids.dim() >= 4 else ids.unsqueeze(-2)  # [n, pos, G, k]
+        n, L, G, _ = g_ids.shape
+        n_codes = run.n_codes[s]
+        for g in range(G):
+            f = torch.zeros(n * L, n_codes)
+            f.scatter_(1, g_ids[:, :, g].reshape(n * L, -1), 1.0)
+            cols.append(f)
+            names += [(s, g, c) for c in range(n_codes)]
+    return torch.cat(cols, 1), names
+
+
+@dataclass
+class CodeLabelReport:
+    """Codes vs neurons on one labelling. ``codes`` / ``neurons``: :class:`LabelPrecision` (neurons at the
+    codes' recall); ``code_names[j]``: (site, group, code) of feature column j; ``neuron_names[j]``: (site, unit)."""
+
+    codes: LabelPrecision
+    neurons: LabelPrecision
+    code_names: list[tuple[str, int, int]]
+    neuron_names: list[tuple[str, int]]
+
+    def best_code(self, cls: int) -> tuple[str, int, int] | None:
+        j = int(self.codes.feature[cls])
+        return self.code_names[j] if j >= 0 else None
+
+    def summary(self) -> dict[str, float]:
+        return {"code_mean_precision": self.codes.mean_precision, "code_mean_recall": self.codes.mean_recall,
+                "neuron_mean_precision": self.neurons.mean_precision,
+                "neuron_mean_recall": self.neurons.mean_recall,
+                "code_frac_precision_ge_0.95": float((self.codes.precision[self.codes.support > 0] >= 0.95)
+                                                     .double().mean()),
+                "n_classes": int((self.codes.support > 0).sum()), "n_tokens": self.codes.n_tokens}
+
+
+def code_label_precision(run: CodeRun, labels: Tensor, n_classes: int | None = None, min_recall: float = 0.5,
+                         sites: list[str] | None = None) -> CodeLabelReport:
+    """For each class of ``labels`` [n_seq, pos] (negative = unlabelled), the code (over all ``sites``) with the
+    best precision at recall >= ``min_recall``, and the best single neuron of the codebook inputs at the same
+    sites at the recall that code reached (see the module docstring)."""
+    sites = run.sites if sites is None else sites
+    feats, code_names = code_features(run, sites)
+    labels = torch.as_tensor(labels).reshape(-1)
+    codes = best_feature_precision(feats, labels, n_classes, min_recall)
+    if any(run.inputs[s] is None for s in sites):
+        raise ValueError("the neuron baseline needs the codebook inputs: collect_codes(..., keep_inputs=True)")
+    acts = torch.cat([run.inputs[s].reshape(labels.numel(), -1) for s in sites], 1)
+    neuron_names = [(s, j) for s in sites for j in range(run.inputs[s].reshape(labels.numel(), -1).shape[1])]
+    matched = torch.where(torch.isnan(codes.recall), torch.tensor(min_recall, dtype=torch.float64), codes.recall)
+    neurons = best_neuron_precision(acts, labels, codes.n_classes, matched.clamp(1e-9, 1.0))
+    return CodeLabelReport(codes, neurons, code_names, neuron_names)
+
+
+def top_examples(run: CodeRun, tokens: Tensor, site: str, code: int, n: int = 10, context: int = 8,
+                 group: int = 0, decode: Any = None) -> list[dict[str, Any]]:
+    """Up to ``n`` places where ``code`` is selected at ``site``: sequence, position, the ``context`` tokens up
+    to it (decoded with ``decode(list_of_ids)`` if given) and the code's slot (0 = best)."""
+    ids = run.ids[site]
+    g_ids = ids if ids.dim() >= 4 else ids.unsqueeze(-2)
+    hits = (g_ids[:, :, group] == code).nonzero()
+    out = []
+    for seq, pos, slot in hits[:n].tolist():
+        ctx = tokens[seq, max(0, pos - context + 1):pos + 1].tolist()
+        out.append({"seq": seq, "pos": pos, "slot": slot, "context": decode(ctx) if decode else ctx})
+    return out
+
+
+def similar_codes(model_or_layer: Any, site: str | None = None, code: int = 0, n: int = 10,
+                  group: int = 0) -> list[tuple[int, float]]:
+    """The ``n`` codes closest to ``code`` by cosine similarity: [(code, similarity), ...], best first."""
+    layer = model_or_layer if site is None else attached(model_or_layer)[site]
+    C = layer.codes.detach()[group].float()
+    C = C / C.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    sims = C @ C[code]
+    sims[code] = -math.inf
+    top = sims.topk(min(n, C.shape[0] - 1))
+    return list(zip(top.indices.tolist(), top.values.tolist()))

@@ -1,0 +1,263 @@
+"""Train codebook bottlenecks: k-means initialisation, then in-model fine-tuning (LM loss through the
+bottlenecks) or post-hoc fitting (reconstruct a frozen model's activations); checkpoints and resumption.
+
+    model = interp.load("tokfsm-mamba")
+    books = make_codebooks(model, mixer_output_sites(model), n_codes=256, k=1)
+    result = train_codebooks(model, books, CodebookTrainConfig(steps=600), "runs/codebook/tokfsm-mamba")
+    save_codebook_model(model, "runs/codebook/tokfsm-mamba/final")         # model + codebooks, safetensors
+    model = load_codebook_model("runs/codebook/tokfsm-mamba/final")        # codebooks attached
+
+Data: the model's embedded-model recipe (:mod:`interp.zoo.recipes`: TokFSM or copying batches, a pure
+function of ``(data_seed, step)``) with the batch size and data seed of the :class:`CodebookTrainConfig`,
+so a resumed run sees exactly the batches it would have seen. Checkpoints use the format of
+:mod:`interp.zoo.train` (safetensors + JSON, atomic swap, no pickle); calling :func:`train_codebooks` again
+with the same arguments resumes from ``out_dir/checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.zoo.recipes import Recipe, batch_at
+from interp.zoo.train import CHECKPOINT_DIR, compute_loss, find_checkpoint, load_checkpoint, save_checkpoint
+
+from . import functional as Fn
+from .config import CodebookTrainConfig
+from .insert import attach, attached, detach
+from .layer import CodebookLayer
+
+__all__ = ["site_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
+           "save_codebook_model", "load_codebook_model", "INDEX_FILE"]
+
+INDEX_FILE = "codebooks.json"
+Batches = Callable[[int], dict[str, Any]]
+
+
+def _batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
+    r = recipe.replace(batch_size=cfg.batch_size, data_seed=cfg.data_seed)
+    return lambda step: batch_at(r, step)
+
+
+@torch.no_grad()
+def site_activations(model: Any, sites: list[str], batches: Batches, n_tokens: int,
+                     first_batch: int = 10**6) -> dict[str, torch.Tensor]:
+    """Activations of ``sites`` on at least ``n_tokens`` positions of the model *without* codebooks at
+    those sites: {site: [n, G, d]} (G = 1 without a head axis). Batches from index ``first_batch`` on (apart
+    from the training batches)."""
+    books = {s: b for s, b in attached(model).items() if s in sites}
+    if books:
+        detach(model, list(books))
+    try:
+        out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+        seen, i = 0, first_batch
+        while seen < n_tokens:
+            tokens = batches(i)["tokens"].to(next(model.parameters()).device)
+            _, cache = model.run_with_cache(tokens, names_filter=list(sites))
+            for s in sites:
+                a = cache[s].float().cpu()
+                out[s].append(a.reshape(-1, 1, a.shape[-1]) if a.dim() == 3 else a.reshape(-1, *a.shape[-2:]))
+            seen += tokens.numel()
+            i += 1
+        return {s: torch.cat(v)[:n_tokens] for s, v in out.items()}
+    finally:
+        if books:
+            attach(model, books)
+
+
+def kmeans_init(model: Any, books: Mapping[str, CodebookLayer], batches: Batches, n_tokens: int = 16_384,
+                iters: int = 15, seed: int = 0) -> None:
+    """Set each codebook's codes to k-means centroids of its site's activations (codebooks bypassed)."""
+    acts = site_activations(model, list(books), batches, n_tokens)
+    for s, layer in books.items():
+        c = layer.cfg
+        codes = Fn.kmeans(acts[s], c.n_codes, iters=iters, similarity=c.similarity, layernorm=c.layernorm, seed=seed)
+        layer.codes.data.copy_(codes.to(layer.codes))
+
+
+@dataclass
+class CodebookTrainResult:
+    """What :func:`train_codebooks` did. ``history``: per logged step {step, loss, lm_loss, recon, dead_replaced}."""
+
+    model: Any
+    codebooks: dict[str, CodebookLayer]
+    history: list[dict[str, float]]
+    start_step: int
+    elapsed_s: float
+
+
+def _optimizer(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig):
+    code_params = [b.codes for b in books.values()]
+    ids = {id(p) for p in code_params}
+    groups = [{"params": code_params, "lr": cfg.lr, "weight_decay": 0.0}]
+    if cfg.mode == "in_model" and cfg.train_model:
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        groups.append({"params": rest, "lr": cfg.model_lr, "weight_decay": cfg.weight_decay})
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.99))
+    warm = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    return opt, sched
+
+
+def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig,
+                    out_dir: str | os.PathLike, recipe: Recipe | None = None, resume: bool = True,
+                    progress: bool = True, log_every: int = 25) -> CodebookTrainResult:
+    """In-model training of ``books`` (attached to ``model`` here if they are not yet): minimise the LM loss
+    of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
+    (and the model when ``cfg.train_model``). ``recipe``: the data (default: the model's embedded recipe).
+    Resumes from ``out_dir/checkpoint`` when present."""
+    if cfg.mode != "in_model":
+        raise ValueError("train_codebooks runs in-model training; for cfg.mode='post_hoc' call fit_post_hoc")
+    recipe = recipe or _recipe_of(model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    batches = _batches(recipe, cfg)
+    ckpt = find_checkpoint(out_dir) if resume else None
+    if cfg.kmeans_init and ckpt is None:
+        torch.manual_seed(cfg.seed)
+        kmeans_init(model, books, batches, cfg.kmeans_tokens, cfg.kmeans_iters, cfg.seed)
+    new = {s: b for s, b in books.items() if attached(model).get(s) is not b}
+    if new:
+        attach(model, new)
+    for p in model.parameters():
+        p.requires_grad_(cfg.train_model)
+    for b in books.values():
+        b.codes.requires_grad_(True)
+    opt, sched = _optimizer(model, books, cfg)
+    start, history, elapsed = 0, [], 0.0
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model, opt, sched)
+        if state["recipe"] != cfg.to_dict():
+            raise SystemExit(f"{ckpt} was written with another CodebookTrainConfig; pass resume=False or another "
+                             "out_dir")
+        start, history, elapsed = state["step"], state.get("history", []), state.get("elapsed_s", 0.0)
+        tqdm.write(f"codebooks: resuming from {ckpt} at step {start}/{cfg.steps}")
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=start, desc="codebooks", disable=not progress, dynamic_ncols=True,
+               mininterval=1.0)
+    t0 = time.perf_counter()
+    dead_total = 0
+    for step in range(start, cfg.steps):
+        lm = compute_loss(model, batches(step))
+        recon = sum(b.aux_loss for b in books.values())
+        loss = lm + cfg.reconstruction_weight * recon
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"codebook training: loss is {value} at step {step}; lower the lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        sched.step()
+        dead_total += sum(b.replace_dead_codes() for b in books.values())
+        done = step + 1
+        if done % log_every == 0 or done == cfg.steps:
+            history.append({"step": done, "loss": value, "lm_loss": float(lm.detach()), "recon": float(recon.detach()),
+                            "dead_replaced": dead_total})
+            dead_total = 0
+        bar.update(1)
+        bar.set_postfix(lm=f"{float(lm.detach()):.3f}", recon=f"{float(recon.detach()):.3f}", refresh=False)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            now = time.perf_counter()
+            elapsed, t0 = elapsed + now - t0, now
+            save_checkpoint(out_dir / CHECKPOINT_DIR, model, opt, sched, done, cfg,
+                            {"history": history, "elapsed_s": elapsed})
+    bar.close()
+    model.eval()
+    return CodebookTrainResult(model, dict(books), history, start, elapsed)
+
+
+def fit_post_hoc(books: Mapping[str, CodebookLayer], acts: Mapping[str, torch.Tensor], steps: int = 500,
+                 batch_size: int = 1024, lr: float = 3e-3, kmeans_init_: bool = True, kmeans_iters: int = 15,
+                 seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """Post-hoc codebooks for a frozen model: fit each codebook to its cached activations ``acts[site]``
+    [n, d] or [n, G, d] (k-means start, then AdamW on the reconstruction loss, dead codes re-seeded).
+    Returns the loss curve per site. Insert them afterwards with :func:`attach`."""
+    curves: dict[str, list[float]] = {}
+    g = torch.Generator().manual_seed(seed)
+    for s, layer in books.items():
+        x = acts[s].float()
+        x = x[:, None] if x.dim() == 2 else x
+        if kmeans_init_:
+            layer.codes.data.copy_(Fn.kmeans(x, layer.cfg.n_codes, kmeans_iters, layer.cfg.similarity,
+                                             layer.cfg.layernorm, seed).to(layer.codes))
+        opt = torch.optim.AdamW([layer.codes], lr=lr, weight_decay=0.0)
+        layer.train()
+        curve = []
+        for _ in tqdm(range(steps), desc=f"codebook {s}", disable=not progress, mininterval=1.0):
+            xb = x[torch.randint(0, x.shape[0], (batch_size,), generator=g)].to(layer.codes.device)
+            layer(xb if layer.cfg.n_groups > 1 else xb[:, 0])
+            opt.zero_grad(set_to_none=True)
+            layer.aux_loss.backward()
+            opt.step()
+            layer.replace_dead_codes()
+            curve.append(float(layer.aux_loss.detach()))
+        layer.eval()
+        curves[s] = curve
+    return curves
+
+
+def _recipe_of(model: Any) -> Recipe:
+    from interp.zoo.evaluate import recipe_of
+
+    name = getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", None)
+    try:
+        return recipe_of(str(name))
+    except KeyError:
+        raise ValueError(f"model {name!r} is not an embedded model: pass recipe=... (an interp.zoo Recipe for "
+                         "its data)") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# saving
+
+
+def save_codebook_model(model: Any, folder: str | os.PathLike, card: dict[str, Any] | None = None,
+                        base: str | None = None) -> Path:
+    """Write each codebook (``codebooks/<i>/``), ``codebooks.json`` {sites, card, base} and the model itself
+    (``save_pretrained``, without its codebooks) unless ``base`` names the embedded model it is unchanged from
+    (codebooks trained on a frozen model: only the codes are stored)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    books = attached(model)
+    if base is None:
+        detach(model)
+        try:
+            model.save_pretrained(str(folder))
+        finally:
+            attach(model, books)
+    index = {}
+    for i, (site, layer) in enumerate(books.items()):
+        sub = f"codebooks/{i}"
+        layer.save(folder / sub)
+        index[site] = sub
+    (folder / INDEX_FILE).write_text(json.dumps({"sites": index, "base": base, "card": card or {}}, indent=2) + "\n")
+    return folder
+
+
+def load_codebook_model(name_or_folder: str | os.PathLike) -> Any:
+    """A model saved by :func:`save_codebook_model` (or an embedded one by name), codebooks attached, eval mode."""
+    import interp
+    from interp.zoo import WEIGHTS_DIR
+
+    folder = Path(name_or_folder)
+    if not folder.is_dir() and (WEIGHTS_DIR / str(name_or_folder)).is_dir():
+        folder = WEIGHTS_DIR / str(name_or_folder)
+    index_path = folder / INDEX_FILE
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {INDEX_FILE}: not a codebook model (save one with "
+                                "save_codebook_model)")
+    index = json.loads(index_path.read_text())
+    model = interp.load(index["base"] if index.get("base") else str(folder))
+    attach(model, {site: CodebookLayer.load(folder / sub) for site, sub in index["sites"].items()})
+    return model.eval()

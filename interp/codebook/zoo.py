@@ -1,0 +1,143 @@
+"""Embedded codebook models: the codebook-features TokFSM study on our TokFSM models, trained by one command.
+
+    python -m interp.codebook.zoo tokfsm-mamba-codebooks [--install] [--steps N]
+    model = load_codebook_model("tokfsm-mamba-codebooks")       # the embedded model with its codebooks attached
+
+A recipe names the base model, the sites (k = 1 codebooks at every layer's sequence-mixer output, as the paper's
+attention codebooks), the :class:`CodebookConfig` and the :class:`CodebookTrainConfig`. :func:`evaluate_tokfsm`
+measures what the paper reports, on data held out from training:
+
+* transition accuracy with the codebooks in place (:func:`interp.zoo.evaluate.evaluate`, paper: 96.39%);
+* state codes: for each FSM state the code (over all sites) with the best precision at recall >= 0.5 for
+  "the current state is S" on units-digit tokens (where the prefix determines the state), against the best
+  single neuron of the codebook inputs at the same recall (paper: 97.1% vs 70.5%);
+* steering by codes: forcing each site's code of state S at the last position, share of next transitions
+  valid for S, with the unsteered baseline (:func:`interp.codebook.steering.tokfsm_code_steering_table`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from interp.data.tokfsm import tokfsm_dataset, tokfsm_labels
+
+from .analysis import code_label_precision, collect_codes, usage_stats
+from .config import CodebookTrainConfig
+from .insert import make_codebooks, mixer_output_sites
+from .steering import tokfsm_code_steering_table, tokfsm_state_codes
+from .train import INDEX_FILE, load_codebook_model, save_codebook_model, train_codebooks
+
+__all__ = ["CodebookRecipe", "CODEBOOK_RECIPES", "evaluate_tokfsm", "train_recipe", "main"]
+
+
+@dataclass(frozen=True)
+class CodebookRecipe:
+    """Codebooks for one embedded model: ``base`` model name, ``codebook`` (CodebookConfig fields but ``d``,
+    read from the model), ``train`` (the :class:`CodebookTrainConfig`); the sites are every layer's
+    sequence-mixer output (:func:`mixer_output_sites`)."""
+
+    name: str
+    base: str
+    codebook: dict[str, Any] = field(default_factory=dict)
+    train: CodebookTrainConfig = CodebookTrainConfig()
+    description: str = ""
+
+
+CODEBOOK_RECIPES: dict[str, CodebookRecipe] = {
+    r.name: r
+    for r in (
+        CodebookRecipe("tokfsm-mamba-codebooks", "tokfsm-mamba", dict(n_codes=256, k=1),
+                       CodebookTrainConfig(steps=500, train_model=False),
+                       "k = 1 codebooks (256 codes) at the SSM mixer output of each of the 4 layers of tokfsm-mamba"),
+        CodebookRecipe("tokfsm-transformer-codebooks", "tokfsm-transformer", dict(n_codes=256, k=1),
+                       CodebookTrainConfig(steps=500, train_model=False),
+                       "k = 1 codebooks (256 codes) at the attention output of each of the 4 layers of "
+                       "tokfsm-transformer"),
+    )
+}
+
+
+@torch.no_grad()
+def evaluate_tokfsm(model: Any, base: str, n_seq: int = 256, n_targets: int = 20, n_prompts: int = 32,
+                    seed: int = 99) -> dict[str, Any]:
+    """The three measurements of the module docstring, on held-out data (seeds apart from training)."""
+    from interp.zoo.evaluate import evaluate, recipe_of
+
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"transition_accuracy": evaluate(model, recipe_of(base), loss=False)["transition_accuracy"]}
+    tokens = tokfsm_dataset(n_seq, seed=seed)
+    lab = tokfsm_labels(tokens)
+    labels = torch.where(lab["digit_pos"] == 1, lab["state"], torch.full_like(lab["state"], -1))
+    run = collect_codes(model, tokens)
+    rep = code_label_precision(run, labels, n_classes=100)
+    out["state_codes"] = rep.summary()
+    out["usage"] = usage_stats(run, mask=lab["state"] >= 0)
+    codes = tokfsm_state_codes(model)
+    targets = np.random.default_rng(seed).choice(100, size=n_targets, replace=False).tolist()
+    steer = tokfsm_code_steering_table(model, codes, targets, n_prompts=n_prompts, seed=seed)
+    out["steering"] = {"steered": steer["steered"], "baseline": steer["baseline"], "n_trials": steer["n_trials"],
+                       "targets": targets}
+    out["eval_time_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True,
+                 install: bool = False) -> dict[str, Any]:
+    """Train recipe ``name`` into ``out_dir`` (resumable), save the codebook model to ``out_dir/final``,
+    evaluate it and write its card; ``install`` copies it to ``interp/zoo/weights/NAME``."""
+    import interp
+    from interp.zoo import WEIGHTS_DIR
+
+    recipe = CODEBOOK_RECIPES[name]
+    cfg = recipe.train if steps is None else recipe.train.replace(steps=steps)
+    out_dir = Path(out_dir or f"runs/codebook/{name}")
+    model = interp.load(recipe.base)
+    books = make_codebooks(model, mixer_output_sites(model), **recipe.codebook)
+    result = train_codebooks(model, books, cfg, out_dir, progress=progress)
+    metrics = evaluate_tokfsm(model, recipe.base)
+    card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
+            "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,
+            "training_time_s": round(result.elapsed_s, 1), "metrics": metrics,
+            "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
+    final = out_dir / "final"
+    save_codebook_model(model, final, card, base=None if cfg.train_model else recipe.base)
+    if install:
+        dst = WEIGHTS_DIR / name
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(final, dst)
+    return card
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(prog="python -m interp.codebook.zoo", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", choices=sorted(CODEBOOK_RECIPES))
+    p.add_argument("--out", default=None, help="run folder (default runs/codebook/NAME); re-running resumes")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--install", action="store_true", help="copy the result to interp/zoo/weights/NAME")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate the installed (or --out) codebook model")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.evaluate:
+        folder = Path(a.out) / "final" if a.out else a.name
+        model = load_codebook_model(folder)
+        card = {"name": a.name, "metrics": evaluate_tokfsm(model, CODEBOOK_RECIPES[a.name].base)}
+    else:
+        card = train_recipe(a.name, a.out, a.steps, progress=not a.no_progress, install=a.install)
+    print(json.dumps(card["metrics"], indent=2))
+    return card
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
