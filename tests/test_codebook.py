@@ -351,3 +351,57 @@ def test_similar_codes():
     layer = layer_with(torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]]]))
     sims = similar_codes(layer, code=0, n=3)
     assert [c for c, _ in sims] == [1, 2, 3]
+
+
+def test_selection_scored_on_held_out_tokens():
+    from interp.sae.evaluate import best_feature_precision, score_selection
+
+    # fit: feature 0 marks class 0 perfectly; held out: it also fires on half of class 1
+    fit = torch.tensor([[1.0], [1.0], [0.0], [0.0]])
+    chosen = best_feature_precision(fit, torch.tensor([0, 0, 1, 1]), n_classes=2)
+    assert float(chosen.precision[0]) == 1.0
+    held = torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]])
+    scored = score_selection(chosen, held, torch.tensor([0, 0, 1, 1, 0]))
+    assert float(scored.precision[0]) == 2 / 3 and float(scored.recall[0]) == 2 / 3
+    assert int(scored.feature[0]) == int(chosen.feature[0]) and scored.n_tokens == 5
+
+
+def test_per_class_recall_floor():
+    from interp.sae.evaluate import best_feature_precision
+
+    # feature 1 is pure for class 0 but covers only 1/4 of it; feature 0 covers it all with one false positive
+    f = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([0, 0, 0, 0, 1, 1])
+    loose = best_feature_precision(f, y, 2, min_recall=torch.tensor([0.25, 1.0], dtype=torch.float64))
+    strict = best_feature_precision(f, y, 2, min_recall=0.5)
+    assert int(loose.feature[0]) == 1 and float(loose.precision[0]) == 1.0
+    assert int(strict.feature[0]) == 0 and float(strict.precision[0]) == 0.8
+    with pytest.raises(ValueError, match="shape \\[2\\]"):
+        best_feature_precision(f, y, 2, min_recall=torch.tensor([0.5, 0.5, 0.5]))
+
+
+def test_steering_modes_force_codes_where_they_say(mamba):
+    from interp.codebook.steering import STEERING_MODES, tokfsm_code_steering, tokfsm_state_codes, tokfsm_transition_codes
+
+    books = make_codebooks(mamba, mixer_output_sites(mamba)[:2], n_codes=16)
+    attach(mamba, books)
+    try:
+        codes = tokfsm_state_codes(mamba, n_seq=32)
+        trans = tokfsm_transition_codes(mamba, n_seq=32)
+        site = mixer_output_sites(mamba)[0]
+        assert codes[site].shape == (100,) and trans[site].shape == (100, 10)
+        seen = []
+        hp = mamba.hook_dict[f"{site}.codebook.hook_codes"]
+        hp.add_hook(lambda ids, hook: seen.append((hook.ctx.get("positions"), ids[:, -1, 0].clone())))
+        target = int((codes[site] >= 0).nonzero()[0])
+        r = tokfsm_code_steering(mamba, codes, target, n_prompts=4, mode="prompt")
+        assert set(r) == {"steered", "baseline", "steered_first_digit", "baseline_first_digit"}
+        forced = [ids for pos, ids in seen[:1]][0]  # the steered prefill: last prompt position forced
+        assert (forced == codes[site][target]).all()
+        hp.remove_hooks()
+        with pytest.raises(ValueError, match="mode must be one of"):
+            tokfsm_code_steering(mamba, codes, target, n_prompts=2, mode="sometimes")
+        assert tokfsm_code_steering(mamba, codes, target, n_prompts=4, mode="follow", transition_codes=trans)
+        assert STEERING_MODES == ("prompt", "last", "follow")
+    finally:
+        detach(mamba)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.sae.evaluate import LabelPrecision, best_feature_precision, best_neuron_precision
+from interp.sae.evaluate import LabelPrecision, best_feature_precision, best_neuron_precision, score_selection
 
 from .insert import CHILD, attached
 
@@ -139,20 +139,32 @@ class CodeLabelReport:
 
 
 def code_label_precision(run: CodeRun, labels: Tensor, n_classes: int | None = None, min_recall: float = 0.5,
-                         sites: list[str] | None = None) -> CodeLabelReport:
+                         sites: list[str] | None = None,
+                         held_out: tuple[CodeRun, Tensor] | None = None) -> CodeLabelReport:
     """For each class of ``labels`` [n_seq, pos] (negative = unlabelled), the code (over all ``sites``) with the
     best precision at recall >= ``min_recall``, and the best single neuron of the codebook inputs at the same
-    sites at the recall that code reached (see the module docstring)."""
+    sites at the recall that code reached (see the module docstring). With ``held_out=(run2, labels2)`` the
+    codes and neurons are chosen on ``run`` and their precision and recall are measured on ``run2``."""
     sites = run.sites if sites is None else sites
-    feats, code_names = code_features(run, sites)
-    labels = torch.as_tensor(labels).reshape(-1)
-    codes = best_feature_precision(feats, labels, n_classes, min_recall)
-    if any(run.inputs[s] is None for s in sites):
+    if any(r.inputs[s] is None for r in (run, *(held_out[:1] if held_out else ())) for s in sites):
         raise ValueError("the neuron baseline needs the codebook inputs: collect_codes(..., keep_inputs=True)")
-    acts = torch.cat([run.inputs[s].reshape(labels.numel(), -1) for s in sites], 1)
-    neuron_names = [(s, j) for s in sites for j in range(run.inputs[s].reshape(labels.numel(), -1).shape[1])]
+
+    def flat(r: CodeRun, lab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lab = torch.as_tensor(lab).reshape(-1)
+        feats, _ = code_features(r, sites)
+        acts = torch.cat([r.inputs[s].reshape(lab.numel(), -1) for s in sites], 1)
+        return feats, acts, lab
+
+    feats, acts, lab = flat(run, labels)
+    _, code_names = code_features(CodeRun({s: run.ids[s][:1] for s in sites}, {}, run.n_codes), sites)
+    neuron_names = [(s, j) for s in sites for j in range(run.inputs[s].reshape(lab.numel(), -1).shape[1])]
+    codes = best_feature_precision(feats, lab, n_classes, min_recall)
     matched = torch.where(torch.isnan(codes.recall), torch.tensor(min_recall, dtype=torch.float64), codes.recall)
-    neurons = best_neuron_precision(acts, labels, codes.n_classes, matched.clamp(1e-9, 1.0))
+    neurons = best_neuron_precision(acts, lab, codes.n_classes, matched.clamp(1e-9, 1.0))
+    if held_out is not None:
+        feats2, acts2, lab2 = flat(*held_out)
+        codes = score_selection(codes, feats2, lab2)
+        neurons = score_selection(neurons, acts2, lab2)
     return CodeLabelReport(codes, neurons, code_names, neuron_names)
 
 

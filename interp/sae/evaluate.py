@@ -42,7 +42,7 @@ from . import metrics
 from .model import SparseAutoencoder
 
 __all__ = [
-    "LabelPrecision", "best_feature_precision", "best_neuron_precision", "state_latent_precision",
+    "LabelPrecision", "best_feature_precision", "best_neuron_precision", "state_latent_precision", "score_selection",
     "encode_batched", "labelled_activations", "sae_vs_neurons",
 ]
 
@@ -220,6 +220,27 @@ def best_neuron_precision(acts: Tensor, labels: Tensor, n_classes: int | None = 
     rep.sign = torch.where(present & (rep.feature >= d), -1, 1)
     rep.feature = torch.where(present, rep.feature % d, rep.feature)
     return rep
+
+
+def score_selection(chosen: LabelPrecision, features: Tensor, labels: Tensor) -> LabelPrecision:
+    """Precision and recall, on other tokens (``features`` [n, n_features], ``labels`` [n]), of the features, signs
+    and thresholds that ``chosen`` selected per class: select on one set, report on a held-out one. For neuron
+    selections pass the same activation columns (signs are applied here)."""
+    features, labels, n_classes = _check_inputs(features, labels, chosen.n_classes)
+    support = torch.bincount(labels, minlength=n_classes)
+    prec = torch.full((n_classes,), math.nan, dtype=torch.float64)
+    rec = torch.full((n_classes,), math.nan, dtype=torch.float64)
+    for c in range(n_classes):
+        j = int(chosen.feature[c])
+        if j < 0:
+            continue
+        fire = chosen.sign[c] * features[:, j].double() >= chosen.threshold[c]
+        tp = int((fire & (labels == c)).sum())
+        prec[c] = tp / int(fire.sum()) if int(fire.sum()) else 0.0
+        rec[c] = tp / int(support[c]) if int(support[c]) else math.nan
+    return LabelPrecision(feature=chosen.feature.clone(), sign=chosen.sign.clone(), threshold=chosen.threshold.clone(),
+                          precision=prec, recall=rec, support=support, min_recall=chosen.min_recall,
+                          n_tokens=int(labels.numel()))
 
 
 @torch.no_grad()
