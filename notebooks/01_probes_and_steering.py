@@ -50,6 +50,7 @@ from interp.steering import (
     AffineMap, Direction, Intervention, dose_response_figure, tokfsm_next_states, tokfsm_prompts,
     tokfsm_state_activations, tokfsm_state_steering, tokfsm_steering_curve,
 )
+from interp.steering.tokfsm import tokfsm_patching_success
 
 # plotly.js is inlined by the "notebook" renderer (no CDN); set PLOTLY_RENDERER to override
 pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")
@@ -83,11 +84,16 @@ first = next(iter(models))
 # on the *tens* digit its second half is still in the future, so accuracy is capped by how predictable
 # that digit is (about 0.7). Probes are held out by sequence.
 #
-# The control task (Hewitt & Liang) gives each token type, here the digit token id, one random label;
-# selectivity = accuracy - control accuracy. With only 10 token types the control task is trivially
-# decodable from any layer that still carries the current token (control accuracy ≈ 1), so selectivity
-# is ≤ 0 by construction on TokFSM. The informative contrast is the embedding row: the token alone gives
-# about 0.1.
+# The control task (Hewitt & Liang) gives each token *type* one random label (drawn from the task's label
+# distribution); selectivity = accuracy - control accuracy. What counts as the type decides whether the
+# number says anything on TokFSM. With the token as the type (10 digit types) the control task is decodable
+# from any layer that still carries the current token: control accuracy ≈ 1, a ceiling set by the number of
+# types, and selectivity ≤ 0 whatever the representation. With (previous token, token) the type of a units
+# digit *is* the current state, so the control task is the task relabelled and selectivity is 0 as soon as
+# the state is decodable. The sweep below therefore uses `control_context=2`: the type is the trigram ending
+# at the token (up to 1,000 types), which a probe can fit only if the layer also keeps the previous state's
+# last digit, which the task does not need; selectivity then measures how specifically a layer holds the
+# state rather than the local tokens (numbers for the three controls in `docs/benchmarks.md`).
 
 # %%
 tokens = tokfsm_dataset(128, seed=1)
@@ -95,10 +101,10 @@ lab = tokfsm_labels(tokens)
 phases = {"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1}
 sweeps = {}
 for name, model in models.items():
-    sweeps[name] = probe_sweep(model, tokens, lab["state"], positions=phases)
+    sweeps[name] = probe_sweep(model, tokens, lab["state"], positions=phases, control_context=2)
     best = sweeps[name].best(position="units digit")
     print(f"{name:20s} sweep in {sweeps[name].seconds:4.1f} s; best (units digit): {best['hook']} "
-          f"accuracy {best['accuracy']:.4f}, control {best['control_accuracy']:.3f}, "
+          f"accuracy {best['accuracy']:.4f}, trigram control {best['control_accuracy']:.3f}, "
           f"selectivity {best['selectivity']:+.3f}")
 sweeps[first].figure(title=f"{first}: current-state probe, held-out accuracy and selectivity").show()
 
@@ -174,7 +180,8 @@ for name, m in models.items():  # does the residual stream track the position? (
 # The intervention writes "the current state is S" into the residual stream entering block 0
 # (`blocks.0.hook_resid_pre`) at the last state's two digit positions, one direction per digit phase:
 # the mean difference (mean activation where the state is S minus the mean over all states) or the probe
-# direction for class S (given the mean difference's length). Two operators:
+# direction for class S (`state_probe`: a 100-class probe fitted without standardising, so its direction
+# stays in the span of the activations; given the mean difference's length). Two operators:
 #
 # * `add` (CAA): h + s·v. What is left of the true last state competes with S.
 # * erase + add (the default of `tokfsm_state_steering`): LEACE erases the current state (fitted on the
@@ -201,16 +208,22 @@ for p, a, b in zip(fsm.decode(prompts), plain, steered):
 # %% [markdown]
 # ## Dose-response: behaviour against cost
 #
-# For each model, source and operator: the fraction of trials valid for S (averaged over three target
+# For each model, source and operator: the fraction of trials valid for S (averaged over four target
 # states, 32 trials each) against the scale, and against the KL divergence between the unsteered and
 # steered next-token distributions on neutral prompts (fresh random prefixes of the same length), averaged
 # over the positions the intervention can affect. The first row of every curve is the unsteered baseline.
 # Replacing the last state rewrites the next-token distribution, so a KL of a few nats at full effect is
 # the price of the behaviour here, not a side effect.
+#
+# Erase + add reaches 1.0 on all three models at s = 1. Pure addition passes 0.9 on the two Mambas from
+# s ≈ 2 but not on the transformer, where it peaks below 0.7 at s ≈ 2-3 and falls beyond: adding S's
+# direction to the true digit's embedding leaves both digits in the stream, and a scale large enough to
+# outvote the true one swamps what the blocks write at those positions (`docs/benchmarks.md` has the
+# ten-state sweep over hooks, sources and scales: no hook does better).
 
 # %%
-targets = [3, 42, 77]
-grids = {True: [0.25, 0.5, 1.0], False: [1.0, 2.0, 4.0, 8.0]}
+targets = [1, 25, 58, 81]
+grids = {True: [0.25, 0.5, 1.0], False: [1.0, 2.0, 3.0, 4.0, 8.0]}
 curves, summary = {}, []
 for name, m in models.items():
     a = acts if m is model else tokfsm_state_activations(m, STEER_HOOK, n_seq=128)
@@ -232,18 +245,25 @@ dose_response_figure({k: v for k, v in curves.items() if "erase" not in k}, beha
                      title=f"add only (CAA) at {STEER_HOOK}").show()
 
 # %% [markdown]
-# ## Which layer?
+# ## Which layer? Activation patching
 #
-# The same steering at deeper residual streams moves the *first* generated digit, but the second digit is
-# decided at the next position, where the layers below the edited one read the true last state again
-# (through their causal convolution and recurrent state, or attention): a single deep layer edited at the
-# prompt positions does not carry over, and the success rate drops.
+# Why the embedding: the second generated digit is decided at the first generated position, which reads the
+# last state through what block 0 computes there, layer 0's attention over the digit tokens, or block 0's
+# causal convolution and recurrent state. An edit of a later hook at the last state's positions leaves
+# that untouched. `tokfsm_patching_success` measures the ceiling: it *replaces* the hook's activations at
+# those two positions by the ones the model computes when the prompt does end in S. At the embedding that
+# is the S prompt itself (1.0); from the next hook on it no longer carries to the generated state (about
+# 0.5 on the transformer at `blocks.0.hook_resid_mid` already), so no edit of a single later hook at
+# these positions, additive or not, can steer reliably.
 
 # %%
-for h in [STEER_HOOK] + [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers - 1)]:
-    c = tokfsm_steering_curve(model, targets[:2], [1.0], h, "mean_difference", n_trials=24, n_neutral=16)
-    print(f"{first}: {h:26s} erase + mean difference, scale 1: valid for S {c.rows[-1]['behaviour']:.3f}  "
-          f"KL {c.rows[-1]['kl']:.2f}")
+for name, m in models.items():
+    hooks = [STEER_HOOK] + [f"blocks.{i}.hook_resid_pre" for i in range(1, m.cfg.n_layers)]
+    if "blocks.0.hook_resid_mid" in m.hook_dict:
+        hooks.insert(1, "blocks.0.hook_resid_mid")
+    ceiling = {h: tokfsm_patching_success(m, h, targets, n_trials=24)["success"] for h in hooks}
+    cells = [f"{h.replace('blocks.', '').replace('hook_', '')} {v:.2f}" for h, v in ceiling.items()]
+    print(f"{name:20s} patching at the last state's digits: " + ", ".join(cells))
 
 # %% [markdown]
 # ## Other sources: affine maps and LEACE erasure

@@ -13,7 +13,7 @@ import torch
 from interp.data import tokfsm_dataset, tokfsm_labels
 from interp.probes import (
     LinearRegressionProbe, LogisticProbe, ProbeRows, SparseProbe, balanced_accuracy, collect_rows, control_labels,
-    f1_macro, probe_sweep, rank_features, roc_auc, selectivity,
+    f1_macro, ngram_types, probe_sweep, rank_features, roc_auc, selectivity, sequence_split,
 )
 from interp.probes import functional as Fn
 
@@ -146,6 +146,82 @@ def test_control_labels_are_one_random_label_per_type():
         control_labels(y, types[:10])
 
 
+def test_ngram_types_and_tuple_types():
+    tokens = torch.tensor([[10, 1, 2, 3], [10, 4, 2, 3]])
+    t3 = ngram_types(tokens, 3)
+    assert t3.shape == (2, 4, 3) and t3.dtype == torch.int64
+    assert t3[0, 0].tolist() == [-1, -1, 10] and t3[0, 1].tolist() == [-1, 10, 1] and t3[1, 3].tolist() == [4, 2, 3]
+    assert torch.equal(ngram_types(tokens, 1)[..., 0], tokens)
+    # tuple types: equal tuples share a label, and a tuple type is the type of its (encoded) integer
+    rows = ngram_types(tokens, 2).reshape(-1, 2)  # (2, 3) occurs twice
+    y = torch.randint(0, 50, (8,), generator=torch.Generator().manual_seed(0))
+    c = control_labels(y, rows, seed=3)
+    assert c[3] == c[7]
+    assert torch.equal(c, control_labels(y, (rows[:, 0] + 1) * 11 + rows[:, 1], seed=3))
+    with pytest.raises(ValueError):
+        ngram_types(tokens, 0)
+
+
+def _token_rows(features, n_seq=240, L=16, vocab=10, seed=0):
+    """Synthetic probe rows: random token sequences, activations ``features(tokens) -> [n_seq, L, d]``."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (n_seq, L), generator=g)
+    X = features(tokens, g)
+    seq, pos = torch.meshgrid(torch.arange(n_seq), torch.arange(L), indexing="ij")
+    return tokens, ProbeRows({"h": X.reshape(n_seq * L, -1)}, seq.reshape(-1), pos.reshape(-1), tokens.reshape(-1))
+
+
+def test_selectivity_closed_forms():
+    """A label that is a function of the token, read from a representation of the type: selectivity ~ 0,
+    whatever the type (the token, or the trigram ending at it); a representation independent of the type:
+    control accuracy at chance; a representation of the token alone against a bigram type: control accuracy
+    at the ceiling of predicting the control label from the token."""
+    probe = LogisticProbe(C=10.0, class_weight=None)
+    emb = torch.randn(10, 32, generator=torch.Generator().manual_seed(1))
+
+    def token_embedding(tokens, g):
+        return emb[tokens] + 0.05 * torch.randn(*tokens.shape, 32, generator=g)
+
+    tokens, rows = _token_rows(token_embedding)
+    y = tokens % 4  # a deterministic function of the token
+    r = probe_sweep(None, tokens, y, rows=rows, probe=probe).rows[0]
+    assert r["accuracy"] > 0.99 and abs(r["selectivity"]) < 0.02, r
+
+    # trigram types over a 4-token vocabulary (64 types + those cut by the start), each its own random vector
+    tri_emb = torch.randn(5, 5, 5, 80, generator=torch.Generator().manual_seed(2))
+
+    def trigram_embedding(tokens, g):
+        t3 = ngram_types(tokens, 3) + 1  # the padding -1 before the start is a value of its own
+        return tri_emb[t3[..., 0], t3[..., 1], t3[..., 2]] + 0.05 * torch.randn(*tokens.shape, 80, generator=g)
+
+    tokens, rows = _token_rows(trigram_embedding, vocab=4)
+    r = probe_sweep(None, tokens, tokens % 2, rows=rows, probe=probe, control_context=2).rows[0]
+    assert r["accuracy"] > 0.99 and abs(r["selectivity"]) < 0.02, r
+
+    # activations independent of the type: the control task is at chance (its majority-label rate)
+    def noise(tokens, g):
+        return torch.randn(*tokens.shape, 16, generator=g)
+
+    tokens, rows = _token_rows(noise)
+    y = torch.randint(0, 3, tokens.shape, generator=torch.Generator().manual_seed(4))
+    for context in (0, 1):
+        r = probe_sweep(None, tokens, y, rows=rows, probe=probe, control_context=context).rows[0]
+        ctrl = control_labels(y.reshape(-1), ngram_types(tokens, context + 1).reshape(-1, context + 1), seed=0)
+        chance = float(torch.bincount(ctrl).max()) / len(ctrl)
+        assert r["control_accuracy"] < chance + 0.03 and r["accuracy"] < 0.4 + 0.03, (context, r, chance)
+
+    # the token alone against (previous token, token) types: the control is capped by what the token predicts
+    tokens, rows = _token_rows(token_embedding)
+    y = tokens % 4
+    r = probe_sweep(None, tokens, y, rows=rows, probe=probe, control_context=1).rows[0]
+    _, test = sequence_split(rows.seq, 0.25, 0)  # probe_sweep's held-out rows
+    ctrl = control_labels(y.reshape(-1), ngram_types(tokens, 2).reshape(-1, 2), seed=0)[test]
+    tok = rows.tokens[test]
+    ceiling = sum(int(torch.bincount(ctrl[tok == t]).max()) for t in range(10)) / len(ctrl)
+    assert r["accuracy"] > 0.99 and r["control_accuracy"] <= ceiling + 1e-9 and r["control_accuracy"] > ceiling - 0.03
+    assert ceiling < 0.5 and r["selectivity"] > 0.5
+
+
 def test_kfold_keeps_groups_together():
     groups = torch.arange(100) // 5
     for tr, va in Fn.kfold_indices(100, 4, seed=0, groups=groups):
@@ -218,11 +294,15 @@ def test_probe_through_nnsight_matches_hook_api():
 @pytest.mark.parametrize("name", TOKFSM_MODELS)
 def test_current_state_probe_reaches_099_at_the_best_layer(name):
     """A 100-class probe of the current FSM state, on the units-digit positions (where the state is fully
-    determined by the prefix), held out by sequence; selectivity against the token-type control task."""
+    determined by the prefix), held out by sequence; selectivity against the control task whose type is the
+    trigram ending at the token (``control_context=2``: with the token alone, 10 types, or the bigram, which
+    on a units digit is the state itself, the control task is solved wherever the task is and selectivity
+    says nothing; docs/benchmarks.md)."""
     model = load_tokfsm(name)
     tokens = tokfsm_dataset(160, seed=11)
     lab = tokfsm_labels(tokens)
-    res = probe_sweep(model, tokens, lab["state"], positions={"units digit": lab["digit_pos"] == 1})
+    res = probe_sweep(model, tokens, lab["state"], positions={"units digit": lab["digit_pos"] == 1},
+                      control_context=2)
     print(f"\n{name}: current-state probe, units-digit positions (held-out sequences)")
     for r in res.rows:
         print(f"  {r['hook']:28s} acc {r['accuracy']:.4f}  bal {r['balanced_accuracy']:.4f}  "

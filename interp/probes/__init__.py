@@ -16,7 +16,7 @@ Modules: :mod:`.functional` (the math: L-BFGS logistic regression, ridge, CV, co
 
 from .data import ProbeRows, collect_rows, default_hooks, sequence_split
 from .estimators import LinearRegressionProbe, LogisticProbe, SparseProbe
-from .functional import control_labels
+from .functional import control_labels, ngram_types
 from .metrics import (
     accuracy, balanced_accuracy, classification_metrics, f1_macro, r2_score, regression_metrics, roc_auc, selectivity,
 )
@@ -25,7 +25,7 @@ from .sweep import SweepResult, position_groups, probe_sweep, sweep_figure
 
 __all__ = [
     "LogisticProbe", "SparseProbe", "LinearRegressionProbe", "ProbeRows", "collect_rows", "default_hooks",
-    "sequence_split", "control_labels", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "selectivity",
-    "classification_metrics", "r2_score", "regression_metrics", "RANKERS", "rank_features", "probe_sweep",
-    "SweepResult", "position_groups", "sweep_figure",
+    "sequence_split", "control_labels", "ngram_types", "accuracy", "balanced_accuracy", "f1_macro", "roc_auc",
+    "selectivity", "classification_metrics", "r2_score", "regression_metrics", "RANKERS", "rank_features",
+    "probe_sweep", "SweepResult", "position_groups", "sweep_figure",
 ]

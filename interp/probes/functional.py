@@ -8,7 +8,8 @@ maps the weights back to activation space, so a probe's direction can be added t
   10^5 rows x 64 features x 100 classes in seconds on one core.
 * :func:`fit_ridge`: ridge regression in closed form.
 * :func:`select_l2_by_cv`: k-fold choice of the penalty over a grid, warm-started along the path.
-* :func:`control_labels`: the control task of Hewitt & Liang (2019): a random label per token type.
+* :func:`control_labels`: the control task of Hewitt & Liang (2019): a random label per token type;
+  :func:`ngram_types` makes the type a token together with the tokens before it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import Tensor
 
 __all__ = [
     "standardize_stats", "destandardize", "balanced_weights", "fit_logistic", "logistic_logits", "fit_ridge",
-    "kfold_indices", "select_l2_by_cv", "control_labels", "as_float_tensor",
+    "kfold_indices", "select_l2_by_cv", "control_labels", "ngram_types", "as_float_tensor",
 ]
 
 
@@ -197,15 +198,41 @@ def control_labels(y: Tensor, types: Tensor, seed: int = 0) -> Tensor:
     Args:
         y: [n] task labels (any integer values); their empirical distribution is what each type's
             label is drawn from, so the control task has the task's label marginal.
-        types: [n] the type of each row (e.g. the token id).
+        types: [n] the type of each row (e.g. the token id), or [n, k] a tuple per row: rows with equal
+            tuples share a type, e.g. the n-gram ending at the row's token (:func:`ngram_types`) when
+            the token alone is too coarse a type (see below).
 
     Returns:
         [n] control labels: rows of the same type share a label, drawn independently per type.
+
+    With few types (TokFSM has 10 digit tokens) the control task is decodable from any representation that
+    still carries the token, so its accuracy is capped only by the number of types and selectivity says
+    nothing; a type that includes the preceding tokens makes the control task as large as the local input
+    allows (an n-gram type with ``n`` up to the span that determines the task label and one beyond it).
     """
-    if y.shape != types.shape:
-        raise ValueError(f"labels {tuple(y.shape)} and types {tuple(types.shape)} must align")
+    if types.dim() not in (1, 2) or y.dim() != 1 or types.shape[0] != y.shape[0]:
+        raise ValueError(f"labels {tuple(y.shape)} and types {tuple(types.shape)} must align: [n] and [n] or [n, k]")
     rng = np.random.default_rng(seed)
-    uniq, inv = torch.unique(types, return_inverse=True)
+    uniq, inv = torch.unique(types, dim=0, return_inverse=True)
     y_np = y.cpu().numpy()
     drawn = torch.as_tensor(rng.choice(y_np, size=len(uniq), replace=True), dtype=y.dtype)
-    return drawn[inv].to(y.device)
+    return drawn[inv.cpu()].to(y.device)
+
+
+def ngram_types(tokens: Tensor, n: int = 1, pad: int = -1) -> Tensor:
+    """The n-gram ending at each token, as a control-task type: [n_seq, L] -> int64 [n_seq, L, n].
+
+    ``out[s, p] = (tokens[s, p - n + 1], ..., tokens[s, p])``, with ``pad`` for positions before the start;
+    ``n = 1`` is the token itself (Hewitt & Liang's word type). Gather rows (``ProbeRows.gather``) and pass
+    them to :func:`control_labels`."""
+    tokens = torch.as_tensor(tokens).long()
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must be [n_seq, L], got shape {tuple(tokens.shape)}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    cols = [tokens]
+    for k in range(1, n):
+        shifted = torch.full_like(tokens, pad)
+        shifted[:, k:] = tokens[:, :-k]
+        cols.insert(0, shifted)
+    return torch.stack(cols, dim=-1)

@@ -10,7 +10,10 @@
 
 Each cell fits a fresh clone of ``probe`` on the training sequences and scores it on held-out sequences;
 for classifiers a second clone is fitted to the control task (a random label per token type, Hewitt &
-Liang 2019) and ``selectivity = accuracy - control_accuracy``.
+Liang 2019) and ``selectivity = accuracy - control_accuracy``. The type is the token by default;
+``control_context=k`` makes it the token with the ``k`` tokens before it, for vocabularies so small that a
+per-token control task is trivially decodable (TokFSM: use ``control_context=2``, see
+``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import Tensor
 from interp.activations.collect import layer_of
 
 from .data import ProbeRows, collect_rows, default_hooks, sequence_split
-from .functional import control_labels
+from .functional import control_labels, ngram_types
 
 __all__ = ["probe_sweep", "SweepResult", "position_groups", "sweep_figure"]
 
@@ -192,6 +195,7 @@ def probe_sweep(
     seed: int = 0,
     batch_size: int = 64,
     rows: ProbeRows | None = None,
+    control_context: int = 0,
 ) -> SweepResult:
     """Fit one probe per (hook, position group) and score it on held-out sequences.
 
@@ -207,16 +211,23 @@ def probe_sweep(
         probe: an unfitted estimator, cloned per cell (default ``LogisticProbe(C=1.0)``: a fixed penalty
             keeps sweeps fast; ``LogisticProbe()`` chooses it by cross-validation in every cell).
         control: control-task types: ``"tokens"`` (the token id, Hewitt & Liang's word type), a per-token
-            int tensor [n_seq, L] of types, or None to skip the control task.
+            int tensor [n_seq, L] of types ([n_seq, L, k] for tuple types), or None to skip the control task.
         test_size: fraction of sequences held out.
         rows: precollected activations (:func:`collect_rows` / ``ProbeRows.from_store``) instead of
             running the model.
+        control_context: with ``control="tokens"``, how many preceding tokens belong to a token's type
+            (0: the token alone; 1: (previous token, token); k: the (k+1)-gram ending at the token,
+            :func:`~.functional.ngram_types`). With few token types the per-token control task is decodable
+            from any layer that keeps the token (control accuracy ~ 1 whatever the representation), so
+            selectivity is uninformative; a longer type makes the control task as large as the local input.
     """
     from sklearn.base import clone
 
     from .estimators import LogisticProbe
 
     t0 = time.perf_counter()
+    if control_context < 0:
+        raise ValueError(f"control_context must be >= 0, got {control_context}")
     probe = LogisticProbe(C=1.0) if probe is None else probe
     classifier = _is_classifier(probe)
     tokens = torch.as_tensor(tokens).long().cpu()
@@ -240,7 +251,12 @@ def probe_sweep(
     y_all = rows.gather(labels)
     types_all = None
     if classifier and control is not None:
-        types_all = rows.tokens if isinstance(control, str) and control == "tokens" else rows.gather(control)
+        if isinstance(control, str):
+            if control != "tokens":
+                raise ValueError(f"control must be 'tokens', a per-token tensor of types or None, got {control!r}")
+            types_all = rows.tokens if control_context == 0 else rows.gather(ngram_types(tokens, control_context + 1))
+        else:
+            types_all = rows.gather(control)
     train_all, _ = sequence_split(rows.seq, test_size, seed)
 
     out_rows, probes = [], {}

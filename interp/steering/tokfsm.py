@@ -12,14 +12,32 @@ state, with a direction per digit phase (tens, units):
 
 * source ``"mean_difference"``: mean activation where the current state is S minus the mean over all
   states, at that hook and digit phase;
-* source ``"probe"``: the direction of a 100-class "current state" probe for class S at that hook and
-  phase, with the length of the class mean's displacement along it (:meth:`Direction.from_probe`).
+* source ``"probe"``: the direction of a 100-class "current state" probe (:func:`state_probe`, fitted
+  without standardising) for class S at that hook and phase, with the length of the class mean's
+  displacement (:meth:`Direction.from_probe`).
 
 With ``erase=False`` the direction is added (operator ``add``, CAA). With ``erase=True`` (the default) the
 current state is first erased by LEACE (fitted on the state labels at that hook and phase) and the direction
 added after it, one affine map h -> E(h) + v (operator ``affine``): the state is *replaced* by S rather than
 pushed toward it, so what is left of the true last state does not compete with S. ``scale`` interpolates
 from the unsteered activation (0) to the replaced one (1) and beyond.
+
+Which hook and operator (measured 2026-11-22 with ``python -m interp.steering.tokfsm MODEL``: ten target
+states x 64 prompts, KL on 64 neutral prompts; table in ``docs/benchmarks.md``):
+
+* the hook is ``blocks.0.hook_resid_pre`` (the token embedding) for all three models. The second generated
+  digit is decided at the first generated position, which reads the last state through block 0 (layer 0's
+  attention over the digit tokens, block 0's convolution and recurrent state); an edit of any later hook at
+  the last state's positions leaves that reading untouched. :func:`tokfsm_patching_success` (replace the
+  hook's activations there by those of the prompt that does end in S) gives 1.00 at the embedding but 0.52
+  on the transformer at ``blocks.0.hook_resid_mid`` already, 0.71 / 0.53 on Mamba-1 / Mamba-2 at
+  ``blocks.1.hook_resid_pre``, and pure addition at every later hook of the transformer stays <= 0.40;
+* the operator is erase + add (the default): 1.00 at scale 1 on all three models with both sources. Pure
+  addition reaches >= 0.9 on the Mambas (Mamba-1 0.99 at scale 3, Mamba-2 1.00 at scale 4, both sources) but
+  not on the transformer, where it peaks at 0.66 (mean difference) / 0.68 (probe) at scale 3 and falls
+  beyond: the added direction leaves the true digit's embedding in place, and a scale large enough to
+  outvote it swamps what the blocks write at those positions (directions normalised to the mean activation
+  norm, ``normalize=True``, peak at the same 0.64 / 0.68).
 
     steer = tokfsm_state_steering(model, target_state=42, prompt_len=17, hook="blocks.0.hook_resid_pre")
     prompts = tokfsm_prompts(128, n_states=8, seed=1, lead_to=42)
@@ -43,7 +61,8 @@ from .intervention import Compose, Intervention
 from .sources import AffineMap, Direction
 
 __all__ = ["tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
-           "tokfsm_state_activations", "tokfsm_state_steering", "tokfsm_steering_curve"]
+           "tokfsm_state_activations", "state_probe", "tokfsm_state_steering", "tokfsm_steering_curve",
+           "tokfsm_patching_success", "TARGET_STATES"]
 
 PHASES = (0, 1)  # tens digit, units digit
 
@@ -118,6 +137,21 @@ def tokfsm_state_activations(model: Any, hook: str, n_seq: int = 256, seed: int 
     return StateActivations(hook, rows.acts[hook], rows.gather(lab["state"]), rows.gather(lab["digit_pos"]))
 
 
+def state_probe(X: Tensor, y: Tensor) -> Any:
+    """The 100-class "current state" probe whose direction the ``"probe"`` source uses:
+    ``LogisticProbe(C=1.0, standardize=False)`` fitted on (X [n, d], y [n]).
+
+    Not standardised: the L2-penalised weights then lie in the span of the activations, so the direction
+    stays where the activations live. A standardised probe's weights mapped back to activation space are
+    w_j / σ_j per coordinate, which inflates the coordinates the activations barely vary along; at the
+    embedding (10 distinct rows per digit phase) that direction is at cosine 0.62 to the class mean's
+    displacement on the transformer (0.87 on the Mambas), against 0.998 unstandardised, and erase + probe
+    steering of tokfsm-transformer drops from 1.00 to 0.83 over ten target states."""
+    from interp.probes import LogisticProbe
+
+    return LogisticProbe(C=1.0, standardize=False).fit(X, y)
+
+
 def tokfsm_state_steering(
     model: Any,
     target_state: int,
@@ -129,6 +163,7 @@ def tokfsm_state_steering(
     probes: dict[int, Any] | None = None,
     erase: bool = True,
     erasers: dict[int, AffineMap] | None = None,
+    normalize: bool = False,
 ) -> Compose:
     """Steering toward "the current state is ``target_state``" at ``hook``, on the last state's two digits.
 
@@ -138,9 +173,12 @@ def tokfsm_state_steering(
         source: ``"mean_difference"`` or ``"probe"``.
         acts: activations at ``hook`` (default: :func:`tokfsm_state_activations`).
         probes: for ``source="probe"``, fitted 100-class state probes per phase {0: probe, 1: probe} (default:
-            ``LogisticProbe(C=1.0)`` fitted on ``acts``).
+            :func:`state_probe` fitted on ``acts``).
         erase: LEACE-erase the current state before adding (operator ``affine``), or only add (``add``).
         erasers: precomputed LEACE erasers per phase (default: fitted on ``acts``).
+        normalize: rescale each phase's direction to the mean norm of the activations at ``hook`` and that
+            phase, so that ``scale`` counts typical activation norms, the same for every state and source
+            (default: the length of the class mean's displacement, see ``source``).
 
     Returns:
         a :class:`Compose` of two interventions (one per digit phase).
@@ -162,10 +200,12 @@ def tokfsm_state_steering(
         else:
             probe = (probes or {}).get(phase)
             if probe is None:
-                from interp.probes import LogisticProbe
-
-                probe = LogisticProbe(C=1.0).fit(X, y)
+                probe = state_probe(X, y)
             d = Direction.from_probe(probe, int(target_state), X, y, phase=phase)
+        if normalize:
+            size = float(X.norm(dim=1).mean())
+            d = Direction(d.vector / d.vector.norm().clamp(min=1e-12) * size, d.label,
+                          {**d.meta, "normalized_to": size})
         name = f"state {target_state} phase {phase}"
         if erase:
             eraser = (erasers or {}).get(phase) or AffineMap.leace(X, y, concept="state", phase=phase)
@@ -188,26 +228,27 @@ def tokfsm_steering_curve(
     seed: int = 0,
     acts: StateActivations | None = None,
     probes: dict[int, Any] | None = None,
+    normalize: bool = False,
 ) -> DoseResponse:
     """Dose-response of TokFSM state steering, averaged over ``target_states``.
 
     Per target state S: ``n_trials`` prompts leading to S (:func:`tokfsm_prompts` with ``lead_to=S``;
     behaviour = fraction of generated transitions valid for S, :func:`tokfsm_transition_success`); the KL
     cost is measured on ``n_neutral`` random prefixes of the same length. Each row holds the means over the
-    target states plus ``per_state``; the first row is the unsteered baseline."""
-    from interp.probes import LogisticProbe
-
+    target states plus ``per_state``; the first row is the unsteered baseline. ``normalize``: see
+    :func:`tokfsm_state_steering`."""
     fsm = TokFSM()
     prompt_len = 1 + 2 * n_states
     acts = acts if acts is not None else tokfsm_state_activations(model, hook)
     if source == "probe" and probes is None:
-        probes = {p: LogisticProbe(C=1.0).fit(*acts.phase(p)) for p in PHASES}
+        probes = {p: state_probe(*acts.phase(p)) for p in PHASES}
     erasers = {p: AffineMap.leace(*acts.phase(p), concept="state", phase=p) for p in PHASES} if erase else None
     neutral = tokfsm_prompts(n_neutral, n_states, seed=seed + 10_000, fsm=fsm)
     per_state = {}
     for S in target_states:
         prompts = tokfsm_prompts(n_trials, n_states, seed=seed + int(S), lead_to=int(S), fsm=fsm)
-        steer = tokfsm_state_steering(model, int(S), prompt_len, hook, source, 1.0, acts, probes, erase, erasers)
+        steer = tokfsm_state_steering(model, int(S), prompt_len, hook, source, 1.0, acts, probes, erase, erasers,
+                                      normalize)
         rows = [{"scale": 0.0, "behaviour": tokfsm_transition_success(model, prompts, int(S), (), fsm),
                  "kl": 0.0, "kl_last": 0.0}]
         for s in scales:
@@ -216,7 +257,7 @@ def tokfsm_steering_curve(
                          "behaviour": tokfsm_transition_success(model, prompts, int(S), iv.hooks(model), fsm),
                          **kl_cost(model, iv, neutral)})
         per_state[int(S)] = rows
-    label = f"{'erase + ' if erase else ''}{source}"
+    label = f"{'erase + ' if erase else ''}{source}{' (normalized)' if normalize else ''}"
     out = []
     for k, s in enumerate([0.0, *map(float, scales)]):
         cells = [per_state[S][k] for S in per_state]
@@ -226,4 +267,110 @@ def tokfsm_steering_curve(
                     "kl_last": float(np.mean([c["kl_last"] for c in cells])),
                     "per_state": {S: per_state[S][k]["behaviour"] for S in per_state}})
     return DoseResponse(out, f"{label} @ {hook}", {"target_states": [int(t) for t in target_states],
-                                                   "n_trials": n_trials, "prompt_len": prompt_len, "erase": erase})
+                                                   "n_trials": n_trials, "prompt_len": prompt_len, "erase": erase,
+                                                   "normalize": normalize})
+
+
+@torch.no_grad()
+def tokfsm_patching_success(model: Any, hook: str, target_states: Sequence[int], n_trials: int = 64,
+                            n_states: int = 8, seed: int = 0) -> dict[str, Any]:
+    """The trial of :func:`tokfsm_transition_success` with the activations of ``hook`` at the last state's
+    two positions *replaced* by those of the same prompt whose last state is S (activation patching).
+
+    This is the reference for any edit of ``hook`` at those positions: it changes everything there from
+    ``hook`` on exactly as the model would with S in the prompt, but leaves what lies upstream of ``hook``
+    at those positions untouched, in particular the keys and values that attention layers before ``hook``
+    give the later (generated) positions to read. Where it stays well below 1, no edit of ``hook`` at these
+    positions, additive or not, reliably makes the model continue from S.
+
+    Returns ``{"success": mean over target states, "per_state": {S: rate}}`` (same prompts as
+    :func:`tokfsm_steering_curve` with the same ``seed``)."""
+    from .intervention import _pos_dim
+
+    fsm = TokFSM()
+    L = 1 + 2 * n_states
+    pd = _pos_dim(model, hook)
+    per_state = {}
+    for S in target_states:
+        prompts = tokfsm_prompts(n_trials, n_states, seed=seed + int(S), lead_to=int(S), fsm=fsm)
+        to_S = prompts.clone()
+        to_S[:, -2], to_S[:, -1] = int(S) // 10, int(S) % 10
+        _, cache = model.run_with_cache(to_S.to(model.device), names_filter=lambda n: n == hook)
+        src = cache[hook].movedim(pd, 1)
+
+        def patch(act: Tensor, hook: Any, src: Tensor = src) -> Tensor:
+            pos = (getattr(hook, "ctx", None) or {}).get("positions")
+            x = act.movedim(pd, 1)
+            pos = torch.arange(x.shape[1]) if pos is None or pos.numel() != x.shape[1] else pos.cpu()
+            sel = [j for j, p in enumerate(pos.tolist()) if p in (L - 2, L - 1)]
+            if not sel:
+                return act
+            x = x.clone()
+            x[:, sel] = src[:, [int(pos[j]) for j in sel]].to(x.dtype)
+            return x.movedim(1, pd)
+
+        per_state[int(S)] = tokfsm_transition_success(model, prompts, int(S), [(hook, patch)], fsm)
+    return {"success": float(np.mean(list(per_state.values()))), "per_state": per_state}
+
+
+TARGET_STATES = (1, 3, 7, 17, 25, 29, 47, 58, 77, 81)  # np.random.default_rng(0).choice(100, 10, replace=False)
+
+
+def _sweep_hooks(model: Any) -> list[str]:
+    hooks = []
+    for i in range(model.cfg.n_layers):
+        hooks += [f"blocks.{i}.{h}" for h in ("hook_resid_pre", "hook_resid_mid", "hook_attn_out", "hook_mlp_out")]
+    hooks.append(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post")
+    return [h for h in hooks if h in model.hook_dict]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m interp.steering.tokfsm MODEL``: the steering sweep behind ``docs/benchmarks.md``.
+
+    For each hook (default: every block's resid_pre, resid_mid, attn_out, mlp_out and the last resid_post
+    that the model has) and source, the dose-response of :func:`tokfsm_steering_curve` (10 target states,
+    64 prompts each, KL on 64 neutral prompts), one line per scale; ``--patch`` adds the activation-patching
+    reference of :func:`tokfsm_patching_success` per hook."""
+    import argparse
+    import time
+
+    import interp
+
+    ap = argparse.ArgumentParser(prog="python -m interp.steering.tokfsm", description=main.__doc__)
+    ap.add_argument("model", help="a TokFSM model name (tokfsm-mamba, tokfsm-mamba2, tokfsm-transformer)")
+    ap.add_argument("--hooks", default=None, help="comma-separated hook names (default: see above)")
+    ap.add_argument("--sources", default="mean_difference,probe")
+    ap.add_argument("--scales", default=None, help="comma-separated (default: 0.5..64 for add, 0.25..1.5 erase)")
+    ap.add_argument("--erase", action="store_true", help="erase + add (LEACE then add) instead of add")
+    ap.add_argument("--normalize", action="store_true", help="directions at the mean activation norm")
+    ap.add_argument("--states", default=",".join(map(str, TARGET_STATES)), help="target states")
+    ap.add_argument("--trials", type=int, default=64, help="prompts per target state")
+    ap.add_argument("--patch", action="store_true", help="also the activation-patching reference per hook")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = interp.load(args.model, dtype=torch.float32)
+    hooks = args.hooks.split(",") if args.hooks else _sweep_hooks(model)
+    states = [int(t) for t in args.states.split(",")]
+    default = "0.25,0.5,0.75,1,1.5" if args.erase else "0.5,1,1.5,2,3,4,6,8,16,32,64"
+    scales = [float(x) for x in (args.scales or default).split(",")]
+    print(f"{args.model}: {'erase + add' if args.erase else 'add'}{' (normalized)' if args.normalize else ''}, "
+          f"target states {states}, {args.trials} prompts each; behaviour = fraction valid for S, KL in nats")
+    for hook in hooks:
+        t0 = time.perf_counter()
+        acts = tokfsm_state_activations(model, hook)
+        if args.patch:
+            ref = tokfsm_patching_success(model, hook, states, args.trials)
+            print(f"{hook:28s} activation patching at the last state's digits: {ref['success']:.3f}")
+        for source in args.sources.split(","):
+            c = tokfsm_steering_curve(model, states, scales, hook, source, args.erase, args.trials,
+                                      n_neutral=64, acts=acts, normalize=args.normalize)
+            print(f"{hook:28s} {c.rows[1]['label']:36s} baseline {c.baseline['behaviour']:.3f}")
+            for r in c.rows[1:]:
+                print(f"{'':28s} scale {r['scale']:6g}  valid for S {r['behaviour']:.3f} (worst state "
+                      f"{min(r['per_state'].values()):.3f})  KL {r['kl']:.3f}  KL last {r['kl_last']:.3f}")
+        print(f"{'':28s} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
