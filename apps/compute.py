@@ -497,9 +497,9 @@ def steer(model: Any, tokens: torch.Tensor, intervention: Any, max_new_tokens: i
 # ------------------------------------------------------------------------------------------------
 # SAEs
 # ------------------------------------------------------------------------------------------------
-def find_saes(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> list[Path]:
-    """SAE folders (``cfg.json`` + ``sae_weights.safetensors``) under ``roots``, at most ``max_depth``
-    deep (symlinks leaving a root are skipped)."""
+def find_folders(roots: Sequence[Path], holds: Sequence[str], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """Folders under ``roots`` that hold every file named in ``holds``, at most ``max_depth`` deep (symlinks
+    leaving a root are skipped), sorted; at most ``limit``."""
     found: list[Path] = []
     for root in roots:
         if not root.is_dir():
@@ -508,7 +508,7 @@ def find_saes(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> li
             depth = len(Path(dirpath).relative_to(root).parts)
             if depth >= max_depth:
                 dirnames[:] = []
-            if "cfg.json" in filenames and "sae_weights.safetensors" in filenames:
+            if all(h in filenames for h in holds):
                 try:
                     found.append(inside(dirpath, roots))
                 except InputError:
@@ -516,6 +516,11 @@ def find_saes(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> li
             if len(found) >= limit:
                 return sorted(found)
     return sorted(found)
+
+
+def find_saes(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """SAE folders (``cfg.json`` + ``sae_weights.safetensors``) under ``roots``."""
+    return find_folders(roots, ("cfg.json", "sae_weights.safetensors"), limit, max_depth)
 
 
 def load_sae(folder: str, roots: Sequence[Path], model: Any) -> Any:
@@ -582,24 +587,8 @@ def codebook_install_hint(name: str) -> str:
 
 def find_codebook_models(roots: Sequence[Path], limit: int = 200, max_depth: int = 5) -> list[Path]:
     """Codebook-model folders (holding ``codebooks.json``, written by
-    :func:`interp.codebook.save_codebook_model`) under ``roots``, at most ``max_depth`` deep (symlinks
-    leaving a root are skipped)."""
-    found: list[Path] = []
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            depth = len(Path(dirpath).relative_to(root).parts)
-            if depth >= max_depth:
-                dirnames[:] = []
-            if CODEBOOK_INDEX in filenames:
-                try:
-                    found.append(inside(dirpath, roots))
-                except InputError:
-                    continue
-            if len(found) >= limit:
-                return sorted(found)
-    return sorted(found)
+    :func:`interp.codebook.save_codebook_model`) under ``roots``."""
+    return find_folders(roots, (CODEBOOK_INDEX,), limit, max_depth)
 
 
 def codebook_folder(choice: str, roots: Sequence[Path]) -> Path:
@@ -872,13 +861,15 @@ def logit_lens_figure(model: Any, tokens: torch.Tensor) -> Any:
 
 def probe_sweep_tokfsm(model: Any, n_seq: int, seq_len: int = 33, seed: int = 0) -> tuple[Any, list[dict[str, Any]]]:
     """Layer × position probe sweep of the TokFSM state on ``n_seq`` sampled sequences
-    (:func:`interp.probes.probe_sweep`, positions "tens digit" / "units digit"): (figure, rows)."""
+    (:func:`interp.probes.probe_sweep`, positions "tens digit" / "units digit"): (figure, rows). The control
+    task types tokens by their trigram (``control_context=2``): with 10 digit tokens a per-token control is
+    decodable everywhere (docs/benchmarks.md, issue 6)."""
     from interp.data.tokfsm import tokfsm_dataset, tokfsm_labels
     from interp.probes import probe_sweep
 
     tokens = tokfsm_dataset(int(n_seq), seed=seed, seq_len=seq_len)
     lab = tokfsm_labels(tokens)
-    res = probe_sweep(model, tokens, lab["state"], seed=seed,
+    res = probe_sweep(model, tokens, lab["state"], seed=seed, control_context=2,
                       positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
     return res.figure(title=f"TokFSM state probes on {n_seq} sequences"), res.rows
 

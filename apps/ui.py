@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "sae": "", "latent": 0, "corpus": "prompt", "test": "",
     "steer_src": "token", "steer_hook": "", "steer_tok": 0, "scale": 4.0, "steer_pos": "all", "new": 12,
     "probe_n": 64, "exp": "interaction map",
+    "cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8,
 }
 
 
