@@ -70,6 +70,26 @@ def logit_lens_figure(model, cache, str_tokens: list[str]) -> go.Figure:
                      layout=dict(title="Logit lens: confidence of each layer's read-out"))
 
 
+def codebook_section(name: str, tokens: torch.Tensor, str_tokens: list[str]) -> go.Figure | None:
+    """If the embedded codebook model of ``name`` is installed: its transition accuracy and the code each
+    layer's k = 1 codebook picks at every prompt position (a heatmap), else None."""
+    from interp.zoo import WEIGHTS_DIR
+
+    cb_name = f"{name}-codebooks"
+    if not (WEIGHTS_DIR / cb_name / "codebooks.json").is_file():
+        return None
+    from interp.codebook import collect_codes, load_codebook_model
+    from interp.zoo.evaluate import transition_accuracy
+
+    cb = load_codebook_model(cb_name)
+    print(f"{cb_name}: transition accuracy with k=1 codebooks at every mixer output: {transition_accuracy(cb):.4f}")
+    run = collect_codes(cb, tokens, keep_inputs=False)
+    z = [run.ids[s][0, :, 0].tolist() for s in run.sites]
+    return go.Figure(go.Heatmap(z=z, x=[f"{j}:{t}" for j, t in enumerate(str_tokens)], y=run.sites, text=z,
+                                texttemplate="%{text}", colorscale="Viridis", showscale=False),
+                     layout=dict(title=f"{cb_name}: code chosen at each position (one row per codebook)"))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="interp demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     figs.append(interaction_heatmap(hidden, str_tokens, title=f"Hidden attention, layer {last} (channel mean |α|)"))
     print(f"hidden-attention map of layer {last}: {tuple(hidden.shape)}, strongest source of the last token: "
           f"position {int(hidden[-1].argmax())}")
+    codebook_fig = codebook_section(cfg.name, tokens, str_tokens)
+    if codebook_fig is not None:
+        figs.append(codebook_fig)
     html = "".join(f.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False) for i, f in enumerate(figs))
     (out / "report.html").write_text(f"<html><head><meta charset='utf-8'><title>interp demo</title></head><body>"
                                      f"<h1>interp demo: {cfg.name}</h1>{html}</body></html>")

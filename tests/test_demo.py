@@ -19,3 +19,5 @@ def test_demo_runs_and_writes_report(tmp_path):
     html = (out / "report.html").read_text()
     assert "Plotly.newPlot" in html and "<script src=\"http" not in html  # plotly.js inlined, nothing fetched
     assert "Logit lens" in html and "Hidden attention, layer" in html
+    cb_accuracy = float(res.stdout.split("tokfsm-mamba-codebooks: transition accuracy")[1].split(":")[1].split()[0])
+    assert cb_accuracy >= 0.93 and "code chosen at each position" in html
