@@ -1,5 +1,7 @@
-"""Optional fused GPU kernels (Triton). Importable without triton or a GPU: see ``HAS_TRITON`` and the
-``*_auto`` dispatchers, which fall back to the PyTorch implementations in :mod:`interp.attention`."""
+"""Optional fused kernels: Triton on the GPU, numba on the CPU. Importable without triton, numba or a GPU: see
+``HAS_TRITON`` / ``HAS_NUMBA`` and the dispatchers (``*_auto``, and ``backend="auto"`` of
+:func:`interp.attention.hidden.hidden_attention_reduced`), which fall back to the PyTorch implementations in
+:mod:`interp.attention`."""
 
 from interp.kernels.hidden_attention import (
     HAS_TRITON,
@@ -9,7 +11,12 @@ from interp.kernels.hidden_attention import (
     hidden_attention_rows_reduced_triton,
 )
 
+from interp.kernels.hidden_attention_cpu import HAS_NUMBA, channel_mass_numba, hidden_attention_reduced_numba
+
 __all__ = [
+    "HAS_NUMBA",
+    "channel_mass_numba",
+    "hidden_attention_reduced_numba",
     "HAS_TRITON",
     "hidden_attention_reduced_auto",
     "hidden_attention_reduced_triton",
