@@ -11,8 +11,6 @@ from interp.kernels.hidden_attention import (
     hidden_attention_rows_reduced_triton,
 )
 
-from interp.kernels.hidden_attention_cpu import HAS_NUMBA, channel_mass_numba, hidden_attention_reduced_numba
-
 __all__ = [
     "HAS_NUMBA",
     "channel_mass_numba",
@@ -23,3 +21,14 @@ __all__ = [
     "hidden_attention_rows_reduced_auto",
     "hidden_attention_rows_reduced_triton",
 ]
+
+_CPU = ("HAS_NUMBA", "channel_mass_numba", "hidden_attention_reduced_numba")
+
+
+def __getattr__(name: str):
+    """The numba CPU kernel loads on first use (importing numba takes ~0.5 s)."""
+    if name in _CPU:
+        from interp.kernels import hidden_attention_cpu
+
+        return getattr(hidden_attention_cpu, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
