@@ -66,23 +66,22 @@ class CodebookConfig:
 
 @dataclass(frozen=True)
 class CodebookTrainConfig:
-    """Training of the codebooks inserted in a model.
+    """In-model training of the codebooks inserted in a model (:func:`interp.codebook.train_codebooks`: the LM
+    loss through the bottlenecks). The other mode, post-hoc fitting to a frozen model's cached activations, is
+    :func:`interp.codebook.fit_post_hoc`.
 
     Attributes:
-        mode: "in_model" (fine-tune with the LM loss through the bottlenecks) or "post_hoc" (reconstruct a
-            frozen model's cached activations; no LM loss).
-        train_model: in-model only: also update the model's own weights (otherwise only the codes learn).
+        train_model: also update the model's own weights (otherwise only the codes learn).
         steps, batch_size, lr, model_lr, warmup_steps, weight_decay, grad_clip: AdamW with linear warm-up
             then constant; ``model_lr`` for the model's weights when ``train_model``.
         reconstruction_weight: weight of the codebooks' reconstruction loss added to the LM loss (in-model).
         kmeans_init: initialise each codebook by k-means on activations of the (unbottlenecked) model.
         kmeans_tokens, kmeans_iters: activations used and Lloyd iterations of that initialisation.
-        seq_len, data_seed: TokFSM batches ``default_rng([data_seed, step])`` (in-model training data).
+        data_seed: seed of the training batches (the recipe's data, ``default_rng([data_seed, step])``).
         seed: seed of code initialisation.
         checkpoint_every: resumable checkpoint interval (steps).
     """
 
-    mode: Literal["in_model", "post_hoc"] = "in_model"
     train_model: bool = True
     steps: int = 600
     batch_size: int = 32
@@ -95,15 +94,12 @@ class CodebookTrainConfig:
     kmeans_init: bool = True
     kmeans_tokens: int = 16_384
     kmeans_iters: int = 15
-    seq_len: int = 128
     data_seed: int = 4321
     seed: int = 0
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.mode not in ("in_model", "post_hoc"):
-            raise ValueError(f"mode must be 'in_model' or 'post_hoc', got {self.mode!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "seq_len"):
+        for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -44,6 +44,7 @@ class CodebookLayer(nn.Module):
         self.hook_in, self.hook_scores, self.hook_codes, self.hook_out = HookPoint(), HookPoint(), HookPoint(), HookPoint()
         self.aux_loss: Tensor | None = None
         self._worst: Tensor | None = None  # training rows reconstructed worst in the last forward, for re-seeding
+        self._handle = None  # the permanent hook that applies this codebook, while attached (interp.codebook.insert)
 
     def extra_repr(self) -> str:
         c = self.cfg

@@ -99,7 +99,7 @@ def _optimizer(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrai
     code_params = [b.codes for b in books.values()]
     ids = {id(p) for p in code_params}
     groups = [{"params": code_params, "lr": cfg.lr, "weight_decay": 0.0}]
-    if cfg.mode == "in_model" and cfg.train_model:
+    if cfg.train_model:
         rest = [p for p in model.parameters() if id(p) not in ids]
         groups.append({"params": rest, "lr": cfg.model_lr, "weight_decay": cfg.weight_decay})
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.99))
@@ -115,8 +115,6 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
     (and the model when ``cfg.train_model``). ``recipe``: the data (default: the model's embedded recipe).
     Resumes from ``out_dir/checkpoint`` when present."""
-    if cfg.mode != "in_model":
-        raise ValueError("train_codebooks runs in-model training; for cfg.mode='post_hoc' call fit_post_hoc")
     recipe = recipe or _recipe_of(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +126,7 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     new = {s: b for s, b in books.items() if attached(model).get(s) is not b}
     if new:
         attach(model, new)
+    was_trainable = {id(p): p.requires_grad for p in model.parameters()}
     for p in model.parameters():
         p.requires_grad_(cfg.train_model)
     for b in books.values():
@@ -173,12 +172,14 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
             save_checkpoint(out_dir / CHECKPOINT_DIR, model, opt, sched, done, cfg,
                             {"history": history, "elapsed_s": elapsed})
     bar.close()
+    for p in model.parameters():
+        p.requires_grad_(was_trainable.get(id(p), True))
     model.eval()
     return CodebookTrainResult(model, dict(books), history, start, elapsed)
 
 
 def fit_post_hoc(books: Mapping[str, CodebookLayer], acts: Mapping[str, torch.Tensor], steps: int = 500,
-                 batch_size: int = 1024, lr: float = 3e-3, kmeans_init_: bool = True, kmeans_iters: int = 15,
+                 batch_size: int = 1024, lr: float = 3e-3, kmeans_start: bool = True, kmeans_iters: int = 15,
                  seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
     """Post-hoc codebooks for a frozen model: fit each codebook to its cached activations ``acts[site]``
     [n, d] or [n, G, d] (k-means start, then AdamW on the reconstruction loss, dead codes re-seeded).
@@ -188,7 +189,7 @@ def fit_post_hoc(books: Mapping[str, CodebookLayer], acts: Mapping[str, torch.Te
     for s, layer in books.items():
         x = acts[s].float()
         x = x[:, None] if x.dim() == 2 else x
-        if kmeans_init_:
+        if kmeans_start:
             layer.codes.data.copy_(Fn.kmeans(x, layer.cfg.n_codes, kmeans_iters, layer.cfg.similarity,
                                              layer.cfg.layernorm, seed).to(layer.codes))
         opt = torch.optim.AdamW([layer.codes], lr=lr, weight_decay=0.0)
