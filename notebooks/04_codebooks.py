@@ -46,8 +46,8 @@ import torch
 import interp
 from interp.codebook import (
     attach, code_intervention, code_label_precision, collect_codes, fit_post_hoc, load_codebook_model,
-    make_codebooks, mixer_output_sites, similar_codes, site_activations, top_examples, usage_stats,
-    tokfsm_code_steering_table, tokfsm_state_codes,
+    make_codebooks, mixer_output_sites, similar_codes, site_activations, tokfsm_code_steering_table,
+    tokfsm_state_codes, top_examples, training_batches, usage_stats,
 )
 from interp.codebook.zoo import CODEBOOK_RECIPES, train_recipe
 from interp.data import TokFSM, tokfsm_dataset, tokfsm_labels
@@ -208,9 +208,9 @@ print(f"prompt ends in state {int(prompt[0, -2]) * 10 + int(prompt[0, -1]):02d};
 # %%
 base = interp.load("tokfsm-mamba")
 site = "blocks.2.ssm.hook_out"
-from interp.codebook.train import _batches  # noqa: E402  (the recipe's training batches)
 
-acts = site_activations(base, [site], _batches(recipe_of("tokfsm-mamba"), CODEBOOK_RECIPES[NAMES[0]].train), 8192)
+batches = training_batches(recipe_of("tokfsm-mamba"), CODEBOOK_RECIPES[NAMES[0]].train)
+acts = site_activations(base, [site], batches, 8192)
 books = make_codebooks(base, [site], n_codes=256, k=1)
 curve = fit_post_hoc(books, acts, steps=150, batch_size=1024, progress=False)[site]
 go.Figure(go.Scatter(y=curve, mode="lines")).update_layout(

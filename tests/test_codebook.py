@@ -309,10 +309,10 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
 def test_post_hoc_fit_and_save_load_model(tmp_path):
     m = load_tokfsm("tokfsm-mamba")
     site = "blocks.2.ssm.hook_out"
-    from interp.codebook.train import _batches, site_activations
+    from interp.codebook.train import site_activations, training_batches
     from interp.zoo.evaluate import recipe_of
 
-    acts = site_activations(m, [site], _batches(recipe_of("tokfsm-mamba"), SHORT), 2048)
+    acts = site_activations(m, [site], training_batches(recipe_of("tokfsm-mamba"), SHORT), 2048)
     books = make_codebooks(m, [site], n_codes=32)
     curves = fit_post_hoc(books, acts, steps=30, batch_size=256, progress=False)
     assert curves[site][-1] < curves[site][0] * 1.01

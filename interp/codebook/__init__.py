@@ -24,12 +24,13 @@ from .layer import CodebookLayer
 from .steering import code_intervention, tokfsm_code_steering, tokfsm_code_steering_table, tokfsm_state_codes
 from .train import (
     CodebookTrainResult, fit_post_hoc, kmeans_init, load_codebook_model, save_codebook_model, site_activations,
-    train_codebooks,
+    train_codebooks, training_batches,
 )
 
 __all__ = [
     "CodebookConfig", "CodebookTrainConfig", "CodebookLayer", "attach", "attached", "detach", "codes_hook",
     "make_codebooks", "mixer_output_sites", "train_codebooks", "fit_post_hoc", "kmeans_init", "site_activations",
+    "training_batches",
     "CodebookTrainResult", "save_codebook_model", "load_codebook_model", "CodeRun", "collect_codes", "usage_stats",
     "code_features", "code_label_precision", "CodeLabelReport", "top_examples", "similar_codes",
     "code_intervention", "tokfsm_state_codes", "tokfsm_code_steering", "tokfsm_code_steering_table",

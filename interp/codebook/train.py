@@ -36,14 +36,16 @@ from .config import CodebookTrainConfig
 from .insert import attach, attached, detach
 from .layer import CodebookLayer
 
-__all__ = ["site_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
+__all__ = ["site_activations", "training_batches", "kmeans_init", "train_codebooks", "fit_post_hoc",
+           "CodebookTrainResult",
            "save_codebook_model", "load_codebook_model", "INDEX_FILE"]
 
 INDEX_FILE = "codebooks.json"
 Batches = Callable[[int], dict[str, Any]]
 
 
-def _batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
+def training_batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
+    """Batch ``step`` of the codebook training stream: ``recipe``'s data with ``cfg``'s batch size and data seed."""
     r = recipe.replace(batch_size=cfg.batch_size, data_seed=cfg.data_seed)
     return lambda step: batch_at(r, step)
 
@@ -118,7 +120,7 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     recipe = recipe or _recipe_of(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = _batches(recipe, cfg)
+    batches = training_batches(recipe, cfg)
     ckpt = find_checkpoint(out_dir) if resume else None
     if cfg.kmeans_init and ckpt is None:
         torch.manual_seed(cfg.seed)
