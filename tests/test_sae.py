@@ -70,14 +70,6 @@ def _cfg(**kw) -> SAEConfig:
     return SAEConfig(**{**base, **kw})
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def eval_x() -> torch.Tensor:
     return synth_batch(10_000, batch_size=2048, seed=7)

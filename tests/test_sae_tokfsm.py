@@ -233,14 +233,6 @@ def train_state_sae(model, name: str, hook: str, recipe: dict) -> tuple[SparseAu
     return result.sae, time.perf_counter() - t0
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_tokfsm_sae_acceptance(name, one_thread):
