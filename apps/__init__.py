@@ -1,1 +1,1 @@
-"""The Streamlit app (``interp app``): pages in ``views/``, computation in :mod:`apps.compute`, state in :mod:`apps.ui`."""
+"""The Streamlit app (``interp app``): pages in ``views/``, computation in :mod:`interp.apps.compute`, state in :mod:`interp.apps.ui`."""

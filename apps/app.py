@@ -1,19 +1,13 @@
-"""Entry point of the Streamlit app: ``interp app [--model NAME]`` or ``streamlit run apps/app.py -- --model NAME``.
+"""Entry point of the Streamlit app: ``interp app [--model NAME]`` or ``streamlit run apps/app.py -- --model NAME``
+(the folder is the package ``interp.apps``, so it imports as such from any working directory).
 
 Pages (``views/``) are registered with ``st.navigation``; the view (model, prompt, selectors) lives in
 ``st.session_state`` and in the URL query parameters, so a link reproduces it.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from apps import ui  # noqa: E402
+from interp.apps import ui
 
 st.set_page_config(page_title="interp", layout="wide")
 

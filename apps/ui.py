@@ -2,7 +2,7 @@
 link reproduces the view), the cached model and maps, and error display.
 
 Pages stay thin: they read the view through :func:`widget`, get the model and tokens from
-:func:`current`, call the cached wrappers below (which call :mod:`apps.compute`), and draw.
+:func:`current`, call the cached wrappers below (which call :mod:`interp.apps.compute`), and draw.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from apps import compute as C
+from interp.apps import compute as C
 
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
 # query parameter -> default (the type of the default is the type of the parameter)

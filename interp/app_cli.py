@@ -1,4 +1,4 @@
-"""``interp app``: start the Streamlit app (``apps/app.py`` of a source checkout) on 127.0.0.1.
+"""``interp app``: start the Streamlit app (``apps/app.py``, the package ``interp.apps``) on 127.0.0.1.
 
     interp app [--model NAME] [--port 8501] [--address 127.0.0.1] [--roots DIR:DIR] [--max-tokens N]
                [--map-budget-mb MB] [--dry-run]
@@ -11,12 +11,13 @@ installed embedded model). ``--roots`` lists the folders the app may read models
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-APP = Path(__file__).resolve().parent.parent / "apps" / "app.py"
+APP = Path(importlib.util.find_spec("interp.apps").origin).parent / "app.py"  # apps/ is the package interp.apps
 
 
 def command(a: argparse.Namespace) -> list[str]:
@@ -44,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     a = p.parse_args(argv)
     if not APP.is_file():
-        print(f"interp app: {APP} not found; the app ships with a source checkout of the toolkit "
-              "(pip install -e '.[app]').", file=sys.stderr)
+        print(f"interp app: {APP} not found; reinstall the toolkit (pip install -e '.[app]').", file=sys.stderr)
         return 2
     cmd = command(a)
     if a.dry_run:

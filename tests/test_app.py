@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from apps import compute as C  # noqa: E402  (apps/ is imported by path, it is not a distribution package)
+from interp.apps import compute as C  # noqa: E402
 
 import interp  # noqa: E402
 import interp.zoo  # noqa: E402

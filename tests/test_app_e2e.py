@@ -44,8 +44,7 @@ import interp.zoo  # noqa: E402
 if MODEL not in interp.zoo.list_models():
     pytest.skip(f"embedded {MODEL} not installed", allow_module_level=True)
 
-sys.path.insert(0, str(ROOT))
-from apps import compute as C  # noqa: E402
+from interp.apps import compute as C  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import streamlit as st
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 from interp.attention import MapTooLargeError
 from interp.attention.figures import interaction_heatmap
 

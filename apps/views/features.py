@@ -5,8 +5,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 from interp.attention.figures import token_highlight_html
 
 NONE = "(type a folder below)"

@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 from interp.attention import MapTooLargeError, normalize
 from interp.attention.figures import interaction_heatmap, thumbnail_grid, token_highlight_html, token_labels
 

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 
 
 def main() -> None:

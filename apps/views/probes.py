@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 
 
 @st.cache_data(show_spinner="Fitting probes…", max_entries=8)

@@ -4,8 +4,8 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from apps import compute as C
-from apps import ui
+from interp.apps import compute as C
+from interp.apps import ui
 
 
 @st.cache_data(show_spinner="Steering…", max_entries=32)
