@@ -2,21 +2,24 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# torch is pinned to the CPU wheel on this machine's disk; install it first so the
-# plain `torch` requirement below is already satisfied and no CUDA build is pulled.
-TORCH_SPEC ?= torch==2.13.0
+# Installs are locked: torch (CPU build; requirements/torch.txt) first, so no CUDA build is pulled, then the exact
+# versions of requirements/lock.txt, then this package without dependencies (and without build isolation, so
+# the build backend is the locked setuptools too).
+PIP_SPEC ?= pip==26.3
+PIP      := -m pip install -q --disable-pip-version-check
 
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test app bench clean
+.PHONY: venv demo test app bench clean lock test-latest
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements/lock.txt requirements/torch.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[all]"
+	$(PY) $(PIP) "$(PIP_SPEC)"
+	$(PY) $(PIP) -r requirements/torch.txt
+	$(PY) $(PIP) -r requirements/lock.txt
+	$(PY) $(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -33,5 +36,31 @@ app: venv
 bench: venv
 	$(PY) bench/forward.py
 
+# Regenerate requirements/lock.txt: the newest versions pyproject.toml's ranges allow, for this Python.
+LOCK_TOOLS := .venv-lock
+lock:
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/python $(PIP) "$(PIP_SPEC)" "pip-tools==7.7.0"
+	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --strip-extras --extra=all --unsafe-package=torch \
+	    --constraint=requirements/torch.txt --no-emit-index-url --no-emit-find-links \
+	    --output-file=requirements/lock.txt pyproject.toml
+
+# Drift check: the newest releases pyproject.toml allows (CAPS=off: past the caps too) in a separate venv, then a
+# smoke subset: imports and shadowing, logits parity with Hugging Face, the README, one notebook, the app.
+LATEST ?= .venv-latest
+CAPS   ?= on
+SMOKE  ?= tests/test_setup.py tests/test_ssm_parity.py tests/test_transformer.py tests/test_readme.py \
+          tests/test_app.py "tests/test_notebooks.py::test_notebook_runs[02_token_interactions]"
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python $(PIP) "$(PIP_SPEC)"
+	$(LATEST)/bin/python $(PIP) -r requirements/torch.txt
+	$(LATEST)/bin/python requirements/latest.py --caps $(CAPS) > $(LATEST)/requirements.txt
+	$(LATEST)/bin/python $(PIP) --upgrade --upgrade-strategy eager -r $(LATEST)/requirements.txt
+	$(LATEST)/bin/python $(PIP) --no-deps --no-build-isolation -e .
+	$(LATEST)/bin/python requirements/latest.py --diff
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(SMOKE)
+
 clean:
-	rm -rf $(VENV) build *.egg-info runs/demo
+	rm -rf $(VENV) $(LATEST) $(LOCK_TOOLS) build *.egg-info runs/demo

@@ -1,0 +1,86 @@
+"""Set-up guards: no folder of the repository shadows an installed package, whatever the working directory.
+
+``python -m ...``, ``python -c ...`` and ``python -m pytest`` put the current folder first on ``sys.path``, so from
+the repository root every top-level folder with an ``__init__.py`` is importable under its own name. ``kernels/``
+(the package ``interp.kernels``) shares its name with the Hugging Face ``kernels`` package that ``transformers``
+imports: imported as ``kernels`` it must hand over to the installed package (see ``kernels/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOP_LEVEL_PACKAGES = sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file())
+
+
+def _run(code: str, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    return subprocess.run([sys.executable, *kw.pop("flags", []), "-c", code], cwd=kw.pop("cwd", ROOT), env=env,
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def _installed_elsewhere(name: str) -> str | None:
+    """Where ``name`` would import from if the repository root were not on sys.path (None: nowhere)."""
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != str(ROOT)]
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    return None if spec is None else (spec.origin or str(list(spec.submodule_search_locations or [])))
+
+
+def test_from_the_root_kernels_is_the_installed_package_and_everything_imports():
+    """The acceptance command: from the root, ``kernels`` is Hugging Face's and the stack imports."""
+    if _installed_elsewhere("kernels") is None:
+        pytest.skip("the Hugging Face kernels package is not installed (transformers >= 5.25 depends on it)")
+    proc = _run("import kernels, interp.probes, transformers, transformer_lens, interp.kernels as ours\n"
+                "print(kernels.__file__); print(ours.__file__); print(hasattr(kernels, 'get_kernel'))")
+    assert proc.returncode == 0, proc.stderr
+    theirs, ours, has_api = proc.stdout.split()
+    assert "site-packages" in theirs and not theirs.startswith(str(ROOT) + os.sep + "kernels"), theirs
+    assert ours == str(ROOT / "kernels" / "__init__.py")
+    assert has_api == "True"
+
+
+def test_in_this_pytest_process_kernels_is_not_ours():
+    """``python -m pytest`` from the root (``make test``) has the root on sys.path too."""
+    import kernels
+
+    import interp.kernels
+
+    assert getattr(kernels, "__file__", None) != interp.kernels.__file__
+    assert hasattr(interp.kernels, "HAS_TRITON")
+
+
+def test_without_the_installed_package_kernels_is_an_empty_namespace(tmp_path):
+    """With no Hugging Face ``kernels`` on the path, the folder behaves as one without ``__init__.py``: an empty
+    namespace package, which transformers' availability check reads as "not installed"."""
+    stdlib_only = [p for p in sys.path if p and "site-packages" not in p and os.path.abspath(p) != str(ROOT)]
+    code = (f"import sys; sys.path[:] = [{str(ROOT)!r}] + {stdlib_only!r}\n"
+            "import kernels; print(getattr(kernels, '__file__', None), list(kernels.__path__))")
+    proc = _run(code, flags=["-S"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "[]"]
+
+
+@pytest.mark.parametrize("name", TOP_LEVEL_PACKAGES)
+def test_no_top_level_folder_shadows_an_installed_package(name):
+    elsewhere = _installed_elsewhere(name)
+    if elsewhere is None:
+        return  # nothing installed under that name: nothing to shadow
+    proc = _run(f"import {name}; print(getattr({name}, '__file__', None))")
+    assert proc.returncode == 0, proc.stderr
+    assert not (proc.stdout.strip() or "").startswith(str(ROOT / name)), (
+        f"from the repository root, 'import {name}' gives the folder {ROOT / name}, hiding {elsewhere}")
+
+
+def test_the_app_and_tests_do_not_put_the_root_on_sys_path():
+    offenders = [str(p.relative_to(ROOT)) for d in ("apps", "interp", "hooks", "kernels")
+                 for p in (ROOT / d).rglob("*.py") if "sys.path.insert" in p.read_text()]
+    assert offenders == []
+
