@@ -19,7 +19,7 @@ Training (``interp.sae.train_sae`` against SAE-Lens's ``SAETrainer`` driving a `
   list itself), the same batch size and number of steps; nothing written to disk, no logging service;
 * timed end to end (building the SAE and optimizer, every step), interleaved: each repeat runs both trainers from
   scratch, alternating which goes first, so both see the same machine load; the median tokens/s is reported;
-* explained variance (DESIGN §5, x̄ the mean over the evaluation set) of both SAEs on the same held-out tokens
+* explained variance (docs/design.md §5.3, x̄ = mean over the evaluation set) of both SAEs on the same held-out tokens
   after the same number of training tokens. SAE-Lens also runs with ``use_sparse_activations=True`` (its sparse
   COO decoder) if ``--saelens-sparse`` is given.
 

@@ -18,7 +18,7 @@
 # `interp.probes` fits linear probes on the activations of any hook; `interp.steering` writes
 # directions and maps back into the model through one `Intervention` object (source + operator + hooks
 # + positions), in a forward pass or at every step of `model.generate`, recurrent SSM decoding
-# included. Definitions: `DESIGN.md` sections 5 (probe metrics) and 6 (steering sources).
+# included. Definitions: `docs/design.md` §5.2 (probe metrics) and §6 (steering sources).
 #
 # The models are the embedded TokFSM models (`tokfsm-mamba`, `tokfsm-mamba2`, `tokfsm-transformer`):
 # trained on walks of a 100-state finite-state machine written as two digits per state, so the

@@ -16,7 +16,7 @@
 # # Token interactions: hidden attention, LaTIM, LRP, and how to evaluate them
 #
 # One interface gives token-to-token interaction maps for Mamba-1, Mamba-2 and transformers
-# (`interp.attention`, formulas in `DESIGN.md` section 3). This notebook runs them on the embedded
+# (`interp.attention`, formulas in `docs/design.md` §3). This notebook runs them on the embedded
 # copy model `copy-mamba` (a 2-layer Mamba-1 trained on `BOS a_1..a_n SEP a_1..a_n`), where the
 # right answer is known: the prediction at copy position *t* reads the token at *t - n*.
 #

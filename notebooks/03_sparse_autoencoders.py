@@ -16,7 +16,7 @@
 # # Sparse autoencoders on a model whose features are known
 #
 # The embedded TokFSM models (`tokfsm-mamba`, `tokfsm-mamba2`) were trained on walks through a 100-state
-# finite-state machine, written two digits per state (`DESIGN.md` section 4). The ground truth is known for every
+# finite-state machine, written two digits per state (`docs/design.md` §4.1). The ground truth is known for every
 # token: which state the walk is in. So we can ask the question SAEs are used for, and check the answer: does a
 # sparse autoencoder on the residual stream find one latent per state, and do those latents do what a state
 # would do when we write them back into the model?
@@ -119,7 +119,7 @@ go.Figure(go.Scatter(x=steps, y=[h["explained_variance"] for h in result.history
 # ## Metrics on held-out tokens
 #
 # `splice_metrics` runs the model with the SAE's reconstruction in place of the hook's value and reports the
-# cross-entropy loss recovered against zero- and mean-ablating the hook (DESIGN §5: 1 = as good as the clean
+# cross-entropy loss recovered against zero- and mean-ablating the hook (docs/design.md §5.3: 1 = as good as the clean
 # model, 0 = no better than the ablation), the KL to the clean model, and L0 / explained variance at the hook.
 
 # %%

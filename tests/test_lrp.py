@@ -2,7 +2,7 @@
 
 Tiny random models in float32 (their own precision). Measured with biases zeroed, argmax targets:
 LRP conservation error <= 5e-7 for Mamba-1, Mamba-2 (1 and 2 groups), GPT-2 and GPT-NeoX, while
-plain gradient × input is off by 90-130 %. The conservation bound asserted is 1e-5 (DESIGN.md; the
+plain gradient × input is off by 90-130 %. The conservation bound asserted is 1e-5 (docs/design.md §3.7; the
 issue asks 1e-4).
 """
 

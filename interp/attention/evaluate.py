@@ -35,7 +35,7 @@ the scale of the identity that rollout adds for the residual (``latim_l2@rollout
 variant on the copy task). On small trained copy models the retrieval of the source sits in the last
 layer and ``latim_l2@last`` is the sharpest variant; the default benchmark reports it next to ``sum``.
 
-Perturbation (DESIGN.md section 3): :func:`perturbation_curve` replaces the k most (MoRF) or least
+Perturbation (docs/design.md §3.9): :func:`perturbation_curve` replaces the k most (MoRF) or least
 (LeRF) relevant tokens j <= position by a baseline id, for k = 0..n in one batched forward, and
 records the logit of the originally predicted token; :func:`area` is the trapezoid area over k/n in
 [0, 1] and ``delta_auc = A_LeRF - A_MoRF`` (higher is better: removing the tokens a method calls
@@ -91,7 +91,7 @@ DEFAULT_COPY_METHODS = ("hidden", "hidden_last", "unified", "latim_l2", "latim_l
                         "lrp", "grad_x_input", "random")
 CANDIDATES = ("before", "upto", "first_half")
 
-# published on the copying task (LaTIM paper, via DESIGN.md section 3): (family, method) -> (AUC, AP)
+# published on the copying task (LaTIM paper, via docs/design.md §3.9): (family, method) -> (AUC, AP)
 PUBLISHED = {
     ("mamba2", "hidden"): (0.79, 0.49),
     ("mamba2", "latim_l2"): (0.98, 0.86),

@@ -1,6 +1,6 @@
 """Built-in data sets: TokFSM (codebook-features paper), copying and associative recall.
 
-All generators are seeded numpy samplers that hand out torch ``LongTensor`` batches; see DESIGN.md section 4.
+All generators are seeded numpy samplers that hand out torch ``LongTensor`` batches; see docs/design.md §4.
 """
 
 from interp.data.copying import (

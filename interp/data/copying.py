@@ -1,4 +1,4 @@
-"""Copying task for attribution checks (LaTIM evaluation, DESIGN.md section 3).
+"""Copying task for attribution checks (LaTIM evaluation, docs/design.md §3.9 and §4.2).
 
 One sequence with copy length ``n`` (content symbols ``a_i`` uniform over ``0..n_symbols-1``)::
 

@@ -1,6 +1,6 @@
 """TokFSM: the finite-state-machine data set of the codebook-features paper.
 
-Specification (DESIGN.md section 4):
+Specification (docs/design.md §4.1):
 
 * 100 states. The edge table comes from ``rng = np.random.default_rng(42)``; for each state
   ``s = 0..99`` in order, ``rng.choice(100, size=10, replace=False)`` gives its 10 out-edges (that order is

@@ -9,7 +9,7 @@ selectivity, and layer × position sweeps.
     result.figure()
 
 Modules: :mod:`.functional` (the math: L-BFGS logistic regression, ridge, CV, control labels),
-:mod:`.ranking` (feature ranking for k-sparse probes), :mod:`.metrics` (DESIGN.md section 5),
+:mod:`.ranking` (feature ranking for k-sparse probes), :mod:`.metrics` (docs/design.md §5.2),
 :mod:`.estimators` (scikit-learn estimators), :mod:`.data` (activation rows from a model or a store),
 :mod:`.sweep` (layer × position sweeps and their figure).
 """

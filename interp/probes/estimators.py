@@ -71,7 +71,7 @@ class _LinearClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[logits.argmax(1).cpu().numpy()]
 
     def metrics(self, X: Any, y: Any) -> dict[str, float]:
-        """accuracy, balanced_accuracy, f1 (macro), roc_auc on (X, y) (DESIGN.md section 5)."""
+        """accuracy, balanced_accuracy, f1 (macro), roc_auc on (X, y) (docs/design.md §5.2)."""
         return classification_metrics(_labels(y), self.predict_proba(X), self.classes_)
 
     @property

@@ -1,4 +1,4 @@
-"""Probe metrics (DESIGN.md section 5): accuracy, balanced accuracy, macro F1, ROC-AUC, selectivity.
+"""Probe metrics (docs/design.md §5.2): accuracy, balanced accuracy, macro F1, ROC-AUC, selectivity.
 
 Inputs are tensors or arrays; ``y_true`` / ``y_pred`` [n] labels (any integer values), ``proba`` [n, K] class
 probabilities whose columns follow ``classes`` [K]. Each function returns a Python float (``nan`` when the

@@ -8,7 +8,7 @@
     splice_metrics(model, sae, tokens)                          # CE loss recovered, KL, L0, explained variance
 
 Modules: ``config`` (SAEConfig), ``functional`` (activation functions, geometric median), ``model``
-(SparseAutoencoder), ``losses`` (training losses, SAETrainingModule), ``metrics`` (DESIGN §5), ``train``
+(SparseAutoencoder), ``losses`` (training losses, SAETrainingModule), ``metrics`` (docs/design.md §5.3), ``train``
 (train_sae: checkpoints, resume, NaN guard), ``splice`` (run a model with the SAE at its hook), ``analysis``
 (top examples, density, logit effects, steering), ``saelens`` (SAE-Lens format: save_saelens, load_saelens,
 from_saelens, to_saelens, load_sae for either format), ``distributed`` (torchrun / DDP training:

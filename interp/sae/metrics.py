@@ -1,4 +1,4 @@
-"""SAE evaluation metrics (DESIGN §5), as pure functions of tensors.
+"""SAE evaluation metrics (docs/design.md §5.3), as pure functions of tensors.
 
 * ``l0``: mean number of active latents per token;
 * ``explained_variance``: 1 - Σ‖x - x̂‖² / Σ‖x - x̄‖², x̄ the mean over the evaluation set (0 for predicting the

@@ -3,7 +3,7 @@
 Shapes: activations ``X`` [n, d]; a direction ``v`` [d]; several directions ``V`` [k, d]; an affine map
 ``f(h) = h A^T + b`` with ``A`` [d, d], ``b`` [d]. Fitting runs in float64 and returns float32.
 
-Sources (DESIGN.md section 6):
+Sources (docs/design.md §6):
 
 * :func:`mean_difference` (CAA / ActAdd): mean(target) - mean(baseline).
 * :func:`paired_pca` (RepE): top principal directions of paired differences.

@@ -488,7 +488,7 @@ class CodebookCodes(Source):
 
 
 def codebook_code(codebook: Any, codes: int | list[int], mode: str = "force", group: int = 0) -> Source:
-    """A steering source for codes of ``codebook`` (an :class:`interp.codebook.CodebookLayer`, DESIGN.md §6).
+    """A steering source for codes of ``codebook`` (an :class:`interp.codebook.CodebookLayer`, docs/design.md §6).
 
     ``mode``: "force" / "disable" -> :class:`CodebookCodes` (operators ``replace`` / ``ablate``, at the hook
     ``<site>.codebook.hook_scores``); "append" -> the code vectors' sum / k as a :class:`Direction` (operator
