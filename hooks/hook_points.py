@@ -42,9 +42,12 @@ class HookPoint(_TLHookPoint):
         return out
 
 
-def suggest(name: str, valid: Iterable[str], n: int = 5) -> list[str]:
-    """The closest valid hook names to ``name`` (by string similarity)."""
-    return difflib.get_close_matches(name, list(valid), n=n, cutoff=0.4)
+def suggest(name: str, valid: Iterable[str], n: int = 5, margin: float = 1.0) -> list[str]:
+    """The valid names closest to ``name`` by string similarity (hook names, model names), best first: at most
+    ``n``, and only those whose similarity is within ``margin`` of the best one's."""
+    close = difflib.get_close_matches(name, list(valid), n=n, cutoff=0.4)
+    score = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
+    return [c for c in close if score[c] >= max(score.values()) - margin]
 
 
 def check_hook_names(names: Iterable[str | Callable], valid: dict) -> None:

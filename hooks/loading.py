@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,61 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 class CheckpointError(OSError):
     """A checkpoint is missing, incomplete, corrupt or in an unsafe format."""
+
+
+class UnknownModelError(KeyError, ValueError):
+    """A model name that names nothing: no embedded model, folder, hub id or TransformerLens model.
+
+    ``name`` is the name given and ``suggestions`` the known names closest to it. A ``KeyError`` (a failed
+    look-up in a registry) and a ``ValueError`` (a bad argument), so code catching either keeps working.
+    """
+
+    def __init__(self, message: str, name: str | None = None, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.name, self.suggestions = name, list(suggestions)
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+def unknown_name_error(name: str, known: Sequence[str], what: str = "embedded model") -> UnknownModelError:
+    """The error for ``name`` missing from ``known``: the close names (as for hook names) or, if none is close,
+    the list of known names."""
+    from .hook_points import suggest
+
+    close = suggest(name, known, margin=0.1)
+    hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"known: {', '.join(known)}"
+    return UnknownModelError(f"no {what} named {name!r}; {hint}", name, close)
+
+
+class ExistingRunError(ValueError):
+    """An output folder holds the results of another run (a training checkpoint, an activation cache) that
+    this call would mix with its own, so it refuses to continue.
+
+    ``problem`` says what is wrong and ``details`` list the differences; ``restart`` is the keyword argument
+    that starts over (``"resume=False"``, ``"overwrite=True"``) and ``folder`` the one that names the output
+    folder (``"out"``). The message names them as Python arguments; :meth:`describe` renames them (the
+    ``interp`` command names its flags).
+    """
+
+    def __init__(self, problem: str, restart: str, folder: str = "out", details: Sequence[str] = ()) -> None:
+        super().__init__(problem, restart, folder, tuple(details))
+        self.problem, self.restart, self.folder, self.details = problem, restart, folder, list(details)
+
+    def describe(self, names: Mapping[str, str] | None = None, one_line: bool = False) -> str:
+        """The message, with the arguments renamed by ``names`` (e.g. ``{"resume=False": "--no-resume"}``), the
+        differences on one line each (or all on one line)."""
+        names = names or {}
+        remedy = (f"Pass {names.get(self.restart, self.restart)} to start over, or choose another folder "
+                  f"({names.get(self.folder, self.folder + '=...')}).")
+        if not self.details:
+            return f"{self.problem}. {remedy}"
+        if one_line:
+            return f"{self.problem}: {'; '.join(self.details)}. {remedy}"
+        return f"{self.problem}:\n" + "".join(f"  - {d}\n" for d in self.details) + remedy
+
+    def __str__(self) -> str:
+        return self.describe()
 
 
 # --------------------------------------------------------------------------------------------

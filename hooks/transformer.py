@@ -502,7 +502,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
             return cls._from_tl_name(name, device=device, dtype=dtype, **kw)
         if "/" in name:  # a hub id: download config, safetensors and tokenizer files only
             return cls._from_folder(loading.resolve_checkpoint(name), device=device, dtype=dtype, **kw)
-        raise ValueError(_unknown_name_message(name))
+        raise loading.UnknownModelError(_unknown_name_message(name), name)
 
     @classmethod
     def _from_folder(cls, folder: Path, device: Any = None, dtype: torch.dtype | None = None,

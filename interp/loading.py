@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from interp import zoo  # imports nothing heavy; also makes ``interp.zoo`` an attribute after ``import interp``
+
 SSM_TYPES = ("mamba", "mamba2")
 
 
@@ -32,7 +34,7 @@ def load(
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
     """
     from interp.hooks import HookedSSM
-    from interp.hooks.loading import CheckpointError, read_config, resolve_checkpoint
+    from interp.hooks.loading import read_config, resolve_checkpoint
 
     if isinstance(model, torch.nn.Module):
         if getattr(getattr(model, "config", None), "model_type", None) in SSM_TYPES:
@@ -42,18 +44,14 @@ def load(
         return HookedTransformerModel.from_hf_model(model, device=device, dtype=dtype, **kwargs)
 
     name = str(model)
-    embedded = _embedded_path(name)
+    embedded = zoo.embedded_path(name)
     if embedded is not None:
         return HookedSSM.from_pretrained(str(embedded), device=device, dtype=dtype) \
             if _model_type(embedded) in SSM_TYPES else _load_transformer(str(embedded), device, dtype, **kwargs)
 
     if not Path(name).expanduser().is_dir() and "/" not in name:
-        # a bare name: a TransformerLens pretrained name, or a typo of an embedded one
-        return _load_transformer(name, device, dtype, **kwargs)
-    try:
-        folder = resolve_checkpoint(name)
-    except CheckpointError:
-        raise
+        return _load_bare_name(name, device, dtype, **kwargs)
+    folder = resolve_checkpoint(name)
     mt = read_config(folder).get("model_type")
     if mt in SSM_TYPES:
         return HookedSSM.from_pretrained(str(folder), device=device, dtype=dtype)
@@ -64,12 +62,22 @@ def _model_type(folder: Path) -> str | None:
     return json.loads((folder / "config.json").read_text()).get("model_type")
 
 
-def _embedded_path(name: str) -> Path | None:
+def _load_bare_name(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:
+    """A name that is no folder and no hub id: a TransformerLens model name. An embedded model whose weights
+    are not installed, or a name that is no TransformerLens name but close to an embedded one (a typo), fails
+    saying so (no download is tried for a bare name)."""
+    from interp.hooks.loading import CheckpointError, UnknownModelError, unknown_name_error
+
+    if name in zoo.MODEL_NAMES:
+        raise CheckpointError(f"the weights of the embedded model {name!r} are not installed: train and install "
+                              f"them with `interp train {name} --install`")
     try:
-        from interp.zoo import embedded_path
-    except ImportError:
-        return None
-    return embedded_path(name)
+        return _load_transformer(name, device, dtype, **kwargs)
+    except UnknownModelError as e:
+        typo = unknown_name_error(name, zoo.list_models())
+        if typo.suggestions:
+            raise typo from None
+        raise UnknownModelError(f"{e} Embedded models: {', '.join(zoo.list_models())}.", name) from None
 
 
 def _load_transformer(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:

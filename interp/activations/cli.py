@@ -219,4 +219,6 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("interp cache", main, sys.argv[1:]))

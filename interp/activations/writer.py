@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.loading import ExistingRunError
+
 from .collect import HookCollector, PosSlice, TokenStream, collector_for, row_meta
 from .collect import model_dtype  # noqa: F401  (was defined here; kept importable from .writer)
 from .manifest import (
@@ -37,6 +39,10 @@ from .manifest import (
 )
 
 DEFAULT_SHARD_TOKENS = 65536
+
+
+class CacheMismatchError(ManifestError, ExistingRunError):
+    """``out`` holds an activation cache of another run (other settings, or another token stream)."""
 
 
 def model_name_of(model: Any) -> str:
@@ -99,8 +105,8 @@ def cache_activations(
 
     Raises:
         UnknownHookError: a hook name the model does not have (closest names suggested).
-        ManifestError: ``out`` holds a cache of another run (the differences are listed), or the token
-            stream differs from the one the stored shards came from.
+        CacheMismatchError: ``out`` holds a cache of another run (the differences are listed), or the token
+            stream differs from the one the stored shards came from (a :class:`ManifestError`).
         ValueError: empty stream, or no row left after the filters.
     """
     for name, value, low in (("shard_tokens", shard_tokens, 1), ("max_tokens", max_tokens, 1),
@@ -157,10 +163,8 @@ def _prepare_folder(folder: Path, requested: Manifest, overwrite: bool, verify: 
     existing = Manifest.load(folder)
     diffs = existing.differences(requested)
     if diffs:
-        raise ManifestError(
-            f"{folder} holds an activation cache of a different run:\n  - " + "\n  - ".join(diffs)
-            + "\nPass overwrite=True to replace it, or choose another folder (out=...)."
-        )
+        raise CacheMismatchError(f"{folder} holds an activation cache of a different run", restart="overwrite=True",
+                                 details=diffs)
     listed = {e.file for e in existing.shards}
     for p in _our_files(folder):
         if p.name != MANIFEST_FILE and (p.name not in listed or p.name.endswith(TMP_SUFFIX)):
@@ -244,17 +248,18 @@ def _run(manifest: Manifest, folder: Path, collector: HookCollector, token_batch
     stream.check_nonempty()
     beyond = [e.file for e in manifest.shards if e.row_start + e.n_rows > stream.n_rows]
     if beyond:
-        raise ManifestError(
+        raise CacheMismatchError(
             f"the token stream ended after {stream.n_rows} rows, but {folder} already stores rows beyond that "
-            f"({beyond}): it is not the stream the cache was written from. Pass the same stream, or overwrite=True"
+            f"({beyond}): it is not the stream the cache was written from; resume with the same stream",
+            restart="overwrite=True",
         )
     if buf is not None and buf.n_rows:  # the last, partial shard
         _write_shard(folder, manifest, buf, stream.n_batches, stream.sha256.hexdigest())
     digest = stream.sha256.hexdigest()
     if manifest.dataset.get("sha256") not in (None, digest):
-        raise ManifestError(
+        raise CacheMismatchError(
             f"the token stream's sha256 differs from the one recorded in {folder / MANIFEST_FILE}: it is not the "
-            "stream the cache was written from. Pass the same stream, or overwrite=True"
+            "stream the cache was written from; resume with the same stream", restart="overwrite=True",
         )
     manifest.dataset.update(sha256=digest, n_batches=stream.n_batches, n_sequences=stream.n_sequences)
     manifest.complete = True
@@ -266,8 +271,8 @@ def _check_checkpoint(checkpoints: dict[int, str], stream: TokenStream, folder: 
     """At a stored shard's ``batch_end``, the stream hash must equal the one recorded with it."""
     want = checkpoints.get(stream.n_batches)
     if want is not None and want != stream.sha256.hexdigest():
-        raise ManifestError(
+        raise CacheMismatchError(
             f"the token stream differs from the one the shards in {folder} were written from (hash mismatch after "
-            f"batch {stream.n_batches}). Resuming needs a deterministic stream (same data, seed and batch size); "
-            "pass the same stream, or overwrite=True to start over"
+            f"batch {stream.n_batches}). Resuming needs a deterministic stream (same data, seed and batch size)",
+            restart="overwrite=True",
         )

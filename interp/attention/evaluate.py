@@ -774,7 +774,7 @@ def _available(specs: Sequence[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> BenchmarkTable | None:
-    p = argparse.ArgumentParser(prog="python -m interp.attention.evaluate",
+    p = argparse.ArgumentParser(prog="interp attention",
                                 description="Evaluate token-interaction methods (copying benchmark, perturbation).")
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_ in (("copying", "ROC-AUC / AP / recall@1 of the true copy source"),
@@ -835,4 +835,6 @@ def main(argv: list[str] | None = None) -> BenchmarkTable | None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("interp attention", main, sys.argv[1:]))

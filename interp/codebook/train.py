@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.hooks.loading import ExistingRunError
 from interp.zoo.recipes import Recipe, batch_at
 from interp.zoo.train import CHECKPOINT_DIR, compute_loss, find_checkpoint, load_checkpoint, save_checkpoint
 
@@ -116,7 +117,8 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     """In-model training of ``books`` (attached to ``model`` here if they are not yet): minimise the LM loss
     of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
     (and the model when ``cfg.train_model``). ``recipe``: the data (default: the model's embedded recipe).
-    Resumes from ``out_dir/checkpoint`` when present."""
+    Resumes from ``out_dir/checkpoint`` when present (:class:`~interp.hooks.loading.ExistingRunError` if it was
+    written with another config)."""
     recipe = recipe or _recipe_of(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +140,8 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, opt, sched)
         if state["recipe"] != cfg.to_dict():
-            raise SystemExit(f"{ckpt} was written with another CodebookTrainConfig; pass resume=False or another "
-                             "out_dir")
+            raise ExistingRunError(f"{ckpt} was written with another CodebookTrainConfig", restart="resume=False",
+                                   folder="out_dir")
         start, history, elapsed = state["step"], state.get("history", []), state.get("elapsed_s", 0.0)
         tqdm.write(f"codebooks: resuming from {ckpt} at step {start}/{cfg.steps}")
     model.train()

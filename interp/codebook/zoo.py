@@ -112,9 +112,9 @@ def evaluate_tokfsm(model: Any, base: str, n_seq: int = 256, n_targets: int = 20
 
 
 def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None = None, progress: bool = True,
-                 install: bool = False) -> dict[str, Any]:
-    """Train recipe ``name`` into ``out_dir`` (resumable), save the codebook model to ``out_dir/final``,
-    evaluate it and write its card; ``install`` copies it to ``interp/zoo/weights/NAME``."""
+                 install: bool = False, resume: bool = True) -> dict[str, Any]:
+    """Train recipe ``name`` into ``out_dir`` (resumable; ``resume=False`` starts over), save the codebook model
+    to ``out_dir/final``, evaluate it and write its card; ``install`` copies it to ``interp/zoo/weights/NAME``."""
     import interp
     from interp.zoo import WEIGHTS_DIR
 
@@ -123,7 +123,7 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     out_dir = Path(out_dir or f"runs/codebook/{name}")
     model = interp.load(recipe.base)
     books = make_codebooks(model, mixer_output_sites(model), **recipe.codebook)
-    result = train_codebooks(model, books, cfg, out_dir, progress=progress)
+    result = train_codebooks(model, books, cfg, out_dir, resume=resume, progress=progress)
     metrics = evaluate_tokfsm(model, recipe.base)
     card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
             "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m interp.codebook.zoo", description=__doc__.split("\n\n")[0])
     p.add_argument("name", choices=sorted(CODEBOOK_RECIPES))
     p.add_argument("--out", default=None, help="run folder (default runs/codebook/NAME); re-running resumes")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from OUT/checkpoint")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--install", action="store_true", help="copy the result to interp/zoo/weights/NAME")
     p.add_argument("--threads", type=int, default=2)
@@ -161,10 +162,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             index["card"]["metrics"] = card["metrics"]
             (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     else:
-        card = train_recipe(a.name, a.out, a.steps, progress=not a.no_progress, install=a.install)
+        card = train_recipe(a.name, a.out, a.steps, progress=not a.no_progress, install=a.install,
+                            resume=not a.no_resume)
     print(json.dumps(card["metrics"], indent=2))
     return card
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("python -m interp.codebook.zoo", main, sys.argv[1:]))

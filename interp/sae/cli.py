@@ -26,7 +26,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -158,21 +158,24 @@ def main(argv: list[str] | None = None) -> Any:
     return result
 
 
+def _config_error(p: argparse.ArgumentParser, error: Exception) -> NoReturn:
+    """A missing or invalid config (file or ``--set``): one line on stderr, exit status 2."""
+    p.exit(2, f"{p.prog}: {error}\n")
+
+
 def _config_or_exit(p: argparse.ArgumentParser, args: argparse.Namespace, overrides: dict[str, Any],
                     defaults: dict[str, Any]) -> SAEConfig:
     try:
         return load_config(args.config, overrides, defaults)
     except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
-        raise  # unreachable: p.error exits
+        _config_error(p, e)
 
 
 def _raw_or_exit(p: argparse.ArgumentParser, args: argparse.Namespace, overrides: dict[str, Any]) -> dict[str, Any]:
     try:
         return config_dict(args.config, overrides)
     except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
-        raise  # unreachable
+        _config_error(p, e)
 
 
 def _train_from_store(p: argparse.ArgumentParser, args: argparse.Namespace, overrides: dict[str, Any],
@@ -236,4 +239,6 @@ def _train_streaming(p: argparse.ArgumentParser, args: argparse.Namespace, overr
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("interp train-sae", main, sys.argv[1:]))

@@ -53,6 +53,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.hooks.loading import ExistingRunError
 from interp.zoo.train import (
     CHECKPOINT_DIR,
     find_checkpoint,
@@ -305,7 +306,8 @@ def train_sae(
 
     Raises:
         NonFiniteTrainingError: a NaN/inf in a batch, the loss, a gradient or a parameter.
-        ValueError: a checkpoint written with another configuration, or a stream shorter than the checkpoint.
+        ExistingRunError: ``out`` holds a checkpoint written with another configuration (a ``ValueError``).
+        ValueError: a stream shorter than the checkpoint.
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     ctx = context if context is not None else TrainContext()
@@ -327,22 +329,22 @@ def train_sae(
     if ckpt is not None:
         saved = read_checkpoint_state(ckpt)
         if "sae_config" not in saved:
-            raise ValueError(f"{ckpt} is not an SAE training checkpoint (no sae_config in state.json); "
-                             "use another out folder")
+            raise ExistingRunError(f"{ckpt} is not an SAE training checkpoint (no sae_config in state.json)",
+                                   restart="resume=False")
         theirs = SAEConfig.from_dict(saved["sae_config"]).trajectory_dict()
         ours = cfg.trajectory_dict()
         if theirs != ours:
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise ValueError(
-                f"{ckpt} was written with a different SAEConfig (differs in {diff}); resuming would mix two runs. "
-                "Pass resume=False to start over, or another out folder."
+            raise ExistingRunError(
+                f"{ckpt} was written with a different SAEConfig (differs in {diff}); resuming would mix two runs",
+                restart="resume=False",
             )
         if saved.get("world_size", 1) != ctx.world_size:
-            raise ValueError(
+            raise ExistingRunError(
                 f"{ckpt} was written by a run of {saved.get('world_size', 1)} process(es), this one has "
                 f"{ctx.world_size}: each rank reads its own shards, so resuming with another number of processes "
                 f"would change the data. Resume with {saved.get('world_size', 1)} process(es) (torchrun "
-                "--nproc_per_node N), or pass resume=False to start over"
+                "--nproc_per_node N)", restart="resume=False",
             )
         if saved.get("torch_threads") not in (None, torch.get_num_threads()) and device.type == "cpu":
             tqdm.write(f"warning: checkpoint written with {saved['torch_threads']} threads, now "

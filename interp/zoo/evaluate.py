@@ -135,7 +135,7 @@ def recipe_of(name: str, folder: str | Path | None = None) -> Recipe:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m interp.zoo.evaluate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="interp evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="embedded model name (tokfsm-mamba, tokfsm-mamba2, tokfsm-transformer, copy-mamba, copy-mamba2)")
     p.add_argument("--path", default=None, help="evaluate this checkpoint folder instead of the installed weights")
     p.add_argument("--seed", type=int, default=None, help="override the evaluation seed")
@@ -156,4 +156,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("interp evaluate", main, sys.argv[1:]))

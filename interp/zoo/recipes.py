@@ -247,10 +247,14 @@ MODEL_NAMES = tuple(RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe of embedded model ``name``; an unknown name raises
+    :class:`~interp.hooks.loading.UnknownModelError` (a ``KeyError``) suggesting the close names."""
     try:
         return RECIPES[name]
     except KeyError:
-        raise KeyError(f"no recipe named {name!r}; known: {', '.join(RECIPES)}") from None
+        from interp.hooks.loading import unknown_name_error
+
+        raise unknown_name_error(name, MODEL_NAMES) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from interp.hooks.loading import ExistingRunError
 from interp.zoo.recipes import Recipe, batch_at, get_recipe, tokenizer_for
 
 __all__ = ["build_model", "init_ssm_weights", "lr_factor", "compute_loss", "train", "finalize", "install", "main"]
@@ -270,8 +271,9 @@ def _log(out_dir: Path, **event: Any) -> None:
 
 def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
           evaluate_at_end: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train ``recipe`` into ``out_dir`` (resuming from ``out_dir/checkpoint`` if there is one), then
-    :func:`finalize`. Returns the model card.
+    """Train ``recipe`` into ``out_dir`` (resuming from ``out_dir/checkpoint`` if there is one, or raising
+    :class:`~interp.hooks.loading.ExistingRunError` if another recipe wrote it), then :func:`finalize`. Returns the
+    model card.
 
     ``device``: where the training steps run (e.g. ``"cuda"``); the weights are initialised on the CPU
     (same seed, same start on every device), and saving and the final evaluation happen on the CPU.
@@ -291,9 +293,9 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progr
         theirs, ours = Recipe.from_dict(saved["recipe"]).trajectory_dict(), recipe.trajectory_dict()
         if theirs != ours:
             diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise SystemExit(
-                f"{ckpt} was written by a different recipe (differs in {diff}); resuming would mix two runs. "
-                f"Pass --no-resume to start over, or another --out."
+            raise ExistingRunError(
+                f"{ckpt} was written by a different recipe (differs in {diff}); resuming would mix two runs",
+                restart="resume=False", folder="out_dir",
             )
         if saved.get("torch_threads") not in (None, torch.get_num_threads()):
             tqdm.write(f"warning: checkpoint written with {saved['torch_threads']} threads, now "
@@ -453,7 +455,7 @@ def _parse_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m interp.zoo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="interp train", description=__doc__.split("\n\n")[0])
     p.add_argument("name", help="recipe name: tokfsm-mamba, tokfsm-mamba2, tokfsm-transformer, copy-mamba, copy-mamba2")
     p.add_argument("--steps", type=int, default=None, help="number of optimizer steps (default: the recipe's)")
     p.add_argument("--out", default=None, help="run folder (default runs/zoo/NAME)")
@@ -494,4 +496,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    from interp.cli import run
+
+    sys.exit(run("interp train", main, sys.argv[1:]))
