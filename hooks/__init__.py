@@ -16,7 +16,7 @@ from .config import SSMConfig, is_ssm
 _LAZY = {
     "CacheTooLargeError": ".api", "HookNotFiredError": ".api",
     "HookPoint": ".hook_points", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
-    "CheckpointError": ".loading",
+    "CheckpointError": ".loading", "ExistingRunError": ".loading", "UnknownModelError": ".loading",
     "HookedSSM": ".mamba", "SSMState": ".mamba",
     "HookedTransformerModel": ".transformer",
 }

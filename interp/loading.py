@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from interp import zoo  # imports nothing heavy; also makes ``interp.zoo`` an attribute after ``import interp``
+from interp import zoo
 
 SSM_TYPES = ("mamba", "mamba2")
 
