@@ -2,7 +2,8 @@
 (the folder is the package ``interp.apps``, so it imports as such from any working directory).
 
 Pages (``views/``) are registered with ``st.navigation``; the view (model, prompt, selectors) lives in
-``st.session_state`` and in the URL query parameters, so a link reproduces it.
+``st.session_state`` and in the URL query parameters, so a link reproduces it; link values the app cannot use
+are named in a warning above the page.
 """
 
 import streamlit as st
@@ -26,7 +27,9 @@ with st.sidebar:
     st.caption(f"model: `{v['model'] or '(default)'}`")
     n = len(v["prompt"])
     st.caption(f"prompt: {n:,} characters" if n else "prompt: (default)")
+notes = st.container()  # above the page: what the link held that was ignored (filled once the page has run)
 try:
     nav.run()
 finally:
+    ui.show_link_notes(notes)
     ui.sync_url()

@@ -16,6 +16,7 @@ import importlib.util
 import io
 import math
 import os
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,14 @@ WHOLE_MODEL = ("lrp", "grad_x_input")  # attributions, not a per-layer map
 AGGREGATES = ("mean_abs", "mean", "max", "topk")
 NORMALIZATIONS = ("raw", "minmax", "row")
 METRICS = ("mass", "max", "distance", "diagonal")
+# what each thumbnail sort metric measures (m: one map [L, L], i: query, j: source; see map_metric),
+# written without Markdown markup (shown in captions and help)
+METRIC_DEFINITIONS: dict[str, str] = {
+    "mass": "Σᵢⱼ |mᵢⱼ|, the total absolute interaction of the map (grows with the prompt's length)",
+    "max": "maxᵢⱼ |mᵢⱼ|, the strongest single interaction",
+    "distance": "Σᵢⱼ |mᵢⱼ|·|i − j| ∕ Σᵢⱼ |mᵢⱼ|, how far back the map looks on average, in tokens",
+    "diagonal": "Σᵢ |mᵢᵢ| ∕ Σᵢⱼ |mᵢⱼ|, the share of the map on each token's own position",
+}
 
 
 class InputError(ValueError):
@@ -167,9 +176,9 @@ def load_model(spec: str) -> Any:
     try:
         model = interp.load(spec)
     except Exception as e:  # noqa: BLE001 - any loader failure becomes a message
-        hint = " (hub ids need the network; this machine may be offline)" if "/" in spec or "offline" in str(e).lower() \
-            else ""
-        raise InputError(f"Could not load model {spec!r}: {type(e).__name__}: {str(e)[:400]}{hint}") from e
+        hub = ("/" in spec and not Path(spec).expanduser().exists()) or "offline" in str(e).lower()
+        hint = "\nHub ids need the network; this machine may be offline." if hub else ""
+        raise InputError(f"Could not load model {spec!r}: {type(e).__name__}: {shorten(str(e))}{hint}") from e
     model.eval()
     return model
 
@@ -232,7 +241,7 @@ def tokenize(model: Any, text: str, max_tokens: int) -> torch.Tensor:
     validate_prompt(text, max_chars=max_tokens * 32)
     if getattr(model, "tokenizer", None) is None:
         raise InputError("This model has no tokenizer, so it cannot read a text prompt.")
-    prepend = False if is_tokfsm(model) and text.lstrip().startswith("<bos>") else None
+    prepend = False if digit_tokenizer(model) and text.lstrip().startswith("<bos>") else None
     try:
         tokens = model.to_tokens(text, prepend_bos=prepend) if prepend is not None else model.to_tokens(text)
     except Exception as e:  # noqa: BLE001 - the tokenizer's message says what is wrong
@@ -261,10 +270,79 @@ def tokfsm_prompt(n_states: int = 16, seed: int = 0) -> str:
     return "<bos>" + "".join(f"{int(s):02d}" for s in states)
 
 
-def is_tokfsm(model: Any) -> bool:
+def copy_prompt(n: int = 12, seed: int = 0) -> str:
+    """A copying-task prompt as text: "<bos>", n symbols, "<sep>" and their copy (:mod:`interp.data.copying`)."""
+    from interp.data.copying import COPY_N_SYMBOLS, copy_tokenizer, sample_copy_batch
+
+    b = sample_copy_batch(1, np.random.default_rng(seed), n_range=int(n))
+    syms = copy_tokenizer(COPY_N_SYMBOLS).symbols
+    content = "".join(syms[int(t)] for t in b.tokens[0, 1:int(n) + 1])
+    return f"<bos>{content}<sep>{content}"
+
+
+def model_task(spec: str | None) -> str | None:
+    """The task of an embedded model, from its model card (``interp.zoo.model_card(name)["task"]``: "tokfsm",
+    "copy", ...); None for anything without a card (a folder, a hub id, a model whose card is not installed)."""
+    from interp.zoo import MODEL_NAMES, model_card
+
+    if not spec or spec not in MODEL_NAMES:
+        return None
+    try:
+        return model_card(spec).get("task")
+    except (OSError, ValueError):
+        return None
+
+
+def is_tokfsm(spec: str | None) -> bool:
+    """Whether the model ``spec`` names was trained on TokFSM (its model card says so): only then do TokFSM
+    tools (sampled TokFSM prompts, state probes, TokFSM corpora) mean anything."""
+    return model_task(spec) == "tokfsm"
+
+
+def default_prompt(spec: str, model: Any = None) -> str:
+    """The prompt a model starts with, by the task on its model card: a TokFSM prompt, a copying prompt; with no
+    card, the symbols of a digit tokenizer in order (``model`` reads digits only), else an English sentence."""
+    task = model_task(spec)
+    if task == "tokfsm":
+        return tokfsm_prompt(16)
+    if task == "copy":
+        return copy_prompt(12)
+    if model is not None and digit_tokenizer(model):
+        tok = model.tokenizer
+        return tok.bos_token + ("".join(tok.symbols) * 2)[:20]
+    return "The cat sat on the mat because it was tired."
+
+
+def digit_tokenizer(model: Any) -> bool:
+    """Whether the model reads text with :class:`interp.data.DigitTokenizer` (TokFSM and copying models): such
+    a prompt written with a leading "<bos>" is taken literally (no second BOS is prepended)."""
     from interp.data.tokfsm import DigitTokenizer
 
     return isinstance(getattr(model, "tokenizer", None), DigitTokenizer)
+
+
+def shorten(text: str, limit: int = 1200) -> str:
+    """``text`` cut to about ``limit`` characters in the middle, so that its end (where loaders put the hint:
+    what to do about it) always survives."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return f"{text[:head]} … {text[-(limit - head):]}"
+
+
+_INLINE_MARKUP = re.compile(r"([\\`*_\[\]<>~$|])")  # emphasis, code, links, HTML, strikethrough, math, tables
+_LINE_MARKUP = re.compile(r"^(\d+)([.)])|^([#+=>-])")  # at a line's start: lists, headings, quotes, rules
+
+
+def plain_markdown(text: str) -> str:
+    """``text`` as Markdown that renders to exactly ``text``: Markdown punctuation is backslash-escaped (file
+    names keep their underscores and asterisks, ``<bos>`` stays visible) and every line break is kept (a hard
+    break). For Streamlit elements that always render Markdown (``st.error``, ``st.warning``)."""
+    out = []
+    for line in str(text).splitlines():
+        line = _INLINE_MARKUP.sub(r"\\\1", line.strip())
+        out.append(_LINE_MARKUP.sub(lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", line, count=1))
+    return "  \n".join(out)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,21 +480,8 @@ def causal_masked(m: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# logit lens, next-token distributions
+# next-token distributions
 # ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def logit_lens(model: Any, tokens: torch.Tensor) -> dict[str, np.ndarray]:
-    """Each layer's residual stream read through the final norm and unembedding.
-
-    Returns ``top_prob`` [n_layers, L] (top-1 probability), ``top_id`` [n_layers, L] (its token id).
-    The same read-out as :func:`interp.demo.logit_lens_figure`."""
-    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
-    probs = torch.stack([model.unembed(model.ln_final(cache[n][0])).softmax(-1) for n in names])
-    top = probs.max(-1)
-    return {"top_prob": _np(top.values), "top_id": top.indices.cpu().numpy()}
-
-
 @torch.no_grad()
 def next_token_probs(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence = ()) -> np.ndarray:
     """Next-token distribution after the prompt: [vocab] (with ``fwd_hooks`` active)."""
@@ -665,15 +730,28 @@ def load_codebook(folder: str | os.PathLike, roots: Sequence[Path]) -> Any:
         raise InputError(f"Could not load the codebook model in {folder}: {type(e).__name__}: {str(e)[:400]}") from e
 
 
-def codebook_base(folder: str | os.PathLike) -> str | None:
-    """The base model named by a codebook folder's ``codebooks.json`` (None: the folder holds its own model)."""
+def _codebook_index(folder: str | os.PathLike) -> dict[str, Any]:
     import json
 
     try:
         index = json.loads((Path(folder) / CODEBOOK_INDEX).read_text())
     except (OSError, ValueError):
-        return None
-    return index.get("base") if isinstance(index, dict) else None
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def codebook_base(folder: str | os.PathLike) -> str | None:
+    """The base model named by a codebook folder's ``codebooks.json`` (None: the folder holds its own model)."""
+    return _codebook_index(folder).get("base")
+
+
+def codebook_is_tokfsm(folder: str | os.PathLike) -> bool:
+    """Whether a codebook model derives from a TokFSM model: its base, or the embedded model its card names as
+    the one it was trained from (a model fine-tuned through its codebooks is saved in the folder), has a
+    TokFSM model card (:func:`is_tokfsm`)."""
+    index = _codebook_index(folder)
+    card = index.get("card") if isinstance(index.get("card"), dict) else {}
+    return is_tokfsm(index.get("base") or card.get("base"))
 
 
 def codebook_sites(model: Any) -> dict[str, dict[str, int]]:
@@ -700,13 +778,13 @@ def same_vocabulary(a: Any, b: Any, check: int = 4096) -> bool:
 
 
 def codebook_prompt(cb_model: Any, page_model: Any, tokens: torch.Tensor, text: str,
-                    max_tokens: int) -> tuple[torch.Tensor, str | None]:
+                    max_tokens: int, tokfsm: bool = False) -> tuple[torch.Tensor, str | None]:
     """The tokens [1, L] the codebook tab runs through the codebook model, and a note when they are not the
-    page's prompt tokens: the prompt tokens if the two vocabularies match, else a TokFSM prompt (TokFSM
-    codebook models), else the prompt text tokenized by the codebook model."""
+    page's prompt tokens: the prompt tokens if the two vocabularies match, else a TokFSM prompt (``tokfsm``:
+    TokFSM codebook models, :func:`codebook_is_tokfsm`), else the prompt text tokenized by the codebook model."""
     if page_model is not None and same_vocabulary(cb_model, page_model):
         return tokens, None
-    if is_tokfsm(cb_model):
+    if tokfsm:
         return tokenize(cb_model, tokfsm_prompt(16), max_tokens), (
             "The page's model reads another vocabulary than this codebook model: showing a TokFSM prompt instead.")
     return tokenize(cb_model, text, max_tokens), "The page's prompt, tokenized by the codebook model."
@@ -720,12 +798,13 @@ def _group_ids(ids: torch.Tensor, group: int) -> torch.Tensor:
 @torch.no_grad()
 def code_report(model: Any, tokens: torch.Tensor, site: str, code: int, group: int = 0,
                 n_seq: int = CODEBOOK_CORPUS_SEQS, seed: int = 0, n_examples: int = 8, context: int = 12,
-                n_similar: int = 10) -> dict[str, Any]:
+                n_similar: int = 10, tokfsm: bool = False) -> dict[str, Any]:
     """What the codebook tab shows for ``code`` at ``site`` of a codebook model:
 
     * ``prompt_ids`` int [k, L]: the codes selected at each position of ``tokens`` (slot 0 = best);
       ``prompt_tokens``: the L token strings;
-    * ``corpus``: "tokfsm" (``n_seq`` TokFSM sequences, TokFSM models) or "prompt"; ``usage``:
+    * ``corpus``: "tokfsm" (``n_seq`` TokFSM sequences, when ``tokfsm``: a codebook model derived from a
+      TokFSM model, :func:`codebook_is_tokfsm`) or "prompt"; ``usage``:
       {site: :func:`interp.codebook.usage_stats` entry} on it; ``freq`` [n_codes]: share of the site's
       selections each code takes;
     * ``examples``: :func:`interp.codebook.top_examples` on the corpus, each with ``str_tokens`` and ``fires``
@@ -749,7 +828,7 @@ def code_report(model: Any, tokens: torch.Tensor, site: str, code: int, group: i
     out["prompt_ids"] = _group_ids(run.ids[site], group)[0].T.numpy().astype(np.int64)  # [k, L]
     out["prompt_tokens"] = str_tokens(model, tokens)
 
-    if is_tokfsm(model):
+    if tokfsm:
         from interp.data.tokfsm import tokfsm_dataset
 
         corpus, out["corpus"] = tokfsm_dataset(int(n_seq), seed=seed), "tokfsm"
@@ -842,21 +921,31 @@ def npz_bytes(arrays: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def logit_lens_figure(model: Any, tokens: torch.Tensor) -> Any:
-    """The logit-lens heatmap [n_layers, L] of :func:`interp.demo.logit_lens_figure` (top-1 probability of
-    each layer's read-out), with each cell's top token as hover text."""
-    from interp.demo import logit_lens_figure as _figure
+LENS_WINDOW = 64  # prompts longer than this show the logit lens through a window; the default window length
+LENS_MAX_WINDOW = 256  # the most positions one logit-lens figure shows
 
-    names = [f"blocks.{i}.hook_resid_post" for i in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
-        fig = _figure(model, cache, str_tokens(model, tokens))
-    top = logit_lens(model, tokens)["top_id"]
-    vocab = vocabulary(model)
-    fig.data[0].text = [[vocab[int(t)] for t in row] for row in top]
-    fig.data[0].hovertemplate = "%{y}<br>position %{x}<br>top-1 p %{z:.3f}<br>token %{text}<extra></extra>"
-    fig.update_yaxes(autorange="reversed")
-    return fig
+
+def lens_window(n_tokens: int, start: int = 0, length: int = LENS_WINDOW) -> tuple[int, int]:
+    """(start, length) of the logit-lens window of a prompt of ``n_tokens``: the whole prompt up to
+    ``LENS_WINDOW`` tokens, else ``start`` and ``length`` brought inside the prompt (at most ``LENS_MAX_WINDOW``)."""
+    if n_tokens <= LENS_WINDOW:
+        return 0, n_tokens
+    start = min(max(int(start), 0), n_tokens - 1)
+    return start, min(max(int(length), 1), LENS_MAX_WINDOW, n_tokens - start)
+
+
+def logit_lens_view(model: Any, tokens: torch.Tensor, start: int = 0, length: int | None = None,
+                    value: str = "top") -> tuple[Any, Any]:
+    """(figure, :class:`interp.lens.LogitLens`) of the logit lens of ``tokens`` over a window of positions
+    (:func:`interp.lens.logit_lens`, :func:`interp.lens.logit_lens_figure`): colour ``value`` ("top" or "true"),
+    each cell's top-1 token as its text. InputError for a window outside the prompt."""
+    from interp.lens import logit_lens, logit_lens_figure
+
+    try:
+        lens = logit_lens(model, tokens, start, length)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    return logit_lens_figure(lens, str_tokens(model, tokens), vocabulary(model), value), lens
 
 
 def probe_sweep_tokfsm(model: Any, n_seq: int, seq_len: int = 33, seed: int = 0) -> tuple[Any, list[dict[str, Any]]]:

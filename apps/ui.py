@@ -18,15 +18,20 @@ import torch
 from interp.apps import compute as C
 
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
+LINKED = "_linked"  # session key: view entries read from the URL that their widget has not checked yet
+NOTES = "_link_notes"  # session key: what the URL held that was ignored, shown until dismissed
+STREAMLIT_PARAMS = ("embed", "embed_options")  # query parameters Streamlit itself reads
 # query parameter -> default (the type of the default is the type of the parameter)
 DEFAULTS: dict[str, Any] = {
     "model": "", "prompt": "", "source": "hidden", "layer": 0, "agg": "mean_abs", "ch": -1, "norm": "raw",
     "q": -1, "rollout": False, "sort": "mass", "win": 0,
+    "lens_value": "top", "lens_start": 0, "lens_len": 64, "lens_pos": -1,
     "sae": "", "latent": 0, "corpus": "prompt", "test": "",
     "steer_src": "token", "steer_hook": "", "steer_tok": 0, "scale": 4.0, "steer_pos": "all", "new": 12,
     "probe_n": 64, "exp": "interaction map",
     "cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8,
 }
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def config() -> C.AppConfig:
@@ -34,12 +39,20 @@ def config() -> C.AppConfig:
 
 
 def view() -> dict[str, Any]:
-    """The view dict, initialised once per session from the URL query parameters."""
+    """The view dict, initialised once per session from the URL query parameters. A parameter this app does
+    not know, or a value of the wrong type, is left out with a note (:func:`show_link_notes`)."""
     if VIEW not in st.session_state:
-        v = dict(DEFAULTS)
+        v, linked, notes = dict(DEFAULTS), set(), []
         for k, raw in st.query_params.to_dict().items():
-            if k in DEFAULTS:
+            if k not in DEFAULTS:
+                if k not in STREAMLIT_PARAMS:
+                    notes.append(f"{k}={raw!r}: this app has no such setting")
+                continue
+            try:
                 v[k] = _coerce(raw, DEFAULTS[k])
+                linked.add(k)
+            except ValueError as e:
+                notes.append(f"{k}={raw!r}: {e}; using {DEFAULTS[k]!r}")
         if not v["model"]:
             try:
                 v["model"], note = C.default_model(config().model)
@@ -47,20 +60,29 @@ def view() -> dict[str, Any]:
             except C.InputError as e:
                 st.session_state["model_note"] = ("", str(e))
         st.session_state[VIEW] = v
+        st.session_state[LINKED] = linked
+        st.session_state[NOTES] = notes
     return st.session_state[VIEW]
 
 
 def _coerce(raw: Any, default: Any) -> Any:
-    try:
-        if isinstance(default, bool):
-            return str(raw).lower() in ("1", "true", "yes", "on")
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except (TypeError, ValueError):
-        return default
-    return str(raw)
+    """A query-parameter string as the type of ``default``; ValueError saying what it should be."""
+    text = str(raw)
+    if isinstance(default, bool):
+        if text.lower() in TRUE + FALSE:
+            return text.lower() in TRUE
+        raise ValueError("not true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("not a whole number") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("not a number") from None
+    return text
 
 
 def set_view(**kw: Any) -> None:
@@ -68,6 +90,7 @@ def set_view(**kw: Any) -> None:
     v.update(kw)
     for k in kw:
         st.session_state.pop(f"w_{k}", None)
+        st.session_state.get(LINKED, set()).discard(k)
     sync_url()
 
 
@@ -79,20 +102,47 @@ def sync_url() -> None:
         st.query_params.from_dict(want)
 
 
+def replace(name: str, value: Any, why: str) -> Any:
+    """Set view entry ``name`` to ``value`` because its value is unusable (``why``); if that value came from
+    the URL, say so in a note. Returns ``value``."""
+    v = view()
+    if name in st.session_state.get(LINKED, set()):
+        st.session_state[NOTES].append(f"{name}={v.get(name)!r}: {why}; using {value!r}")
+        st.session_state[LINKED].discard(name)
+    v[name] = value
+    return value
+
+
+def _choices(options: list) -> str:
+    """A short description of a widget's options for a note: "0..3", or the first few."""
+    if options and all(isinstance(o, int) for o in options) and options == list(range(options[0], options[-1] + 1)):
+        return f"{options[0]}..{options[-1]}"
+    shown = ", ".join(map(str, options[:8]))
+    return shown + (", …" if len(options) > 8 else "")
+
+
+def _checked(name: str, val: Any, options: list | None, kw: dict[str, Any]) -> Any:
+    """``val`` if the widget accepts it, else the value it falls back to (the first option, or the nearest
+    bound), with a note when ``val`` came from the URL."""
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    if options is not None and val not in options:
+        return replace(name, options[0], f"not one of {_choices(options)}")
+    if lo is not None and val is not None and val < lo:
+        return replace(name, lo, f"below the minimum {lo}")
+    if hi is not None and val is not None and val > hi:
+        return replace(name, hi, f"above the maximum {hi}")
+    st.session_state.get(LINKED, set()).discard(name)
+    return val
+
+
 def widget(fn: Callable[..., Any], name: str, label: str, options: list | None = None, **kw: Any) -> Any:
     """A widget bound to view entry ``name`` (and so to the URL). ``options`` for select widgets: a value
-    outside them falls back to the first option."""
+    outside them falls back to the first option; a number outside ``min_value``/``max_value`` to the bound.
+    A fallback of a value that came from the URL is noted (:func:`show_link_notes`)."""
     v = view()
     key = f"w_{name}"
     if key not in st.session_state:
-        val = v.get(name, DEFAULTS.get(name))
-        if options is not None and val not in options:
-            val = options[0]
-        if "min_value" in kw and val is not None and val < kw["min_value"]:
-            val = kw["min_value"]
-        if "max_value" in kw and val is not None and val > kw["max_value"]:
-            val = kw["max_value"]
-        st.session_state[key] = val
+        st.session_state[key] = _checked(name, v.get(name, DEFAULTS.get(name)), options, kw)
     elif options is not None and st.session_state[key] not in options:
         st.session_state[key] = options[0]
     out = fn(label, options, key=key, **kw) if options is not None else fn(label, key=key, **kw)
@@ -100,12 +150,21 @@ def widget(fn: Callable[..., Any], name: str, label: str, options: list | None =
     return out
 
 
+def show_link_notes(box: Any) -> None:
+    """The link values this session ignored (unknown settings, wrong types, out-of-range or unknown choices),
+    as one warning in ``box`` with a button that dismisses it."""
+    notes = st.session_state.get(NOTES)
+    if not notes:
+        return
+    box.warning(C.plain_markdown("Ignored in the link:\n" + "\n".join(f"• {n}" for n in notes)))
+    box.button("Dismiss", key="dismiss_link_notes", on_click=lambda: st.session_state[NOTES].clear())
+
+
 def show_error(e: Exception) -> None:
-    """A failure as a message in the page, never a traceback."""
-    if isinstance(e, C.InputError):
-        st.error(str(e))
-    else:
-        st.error(f"{type(e).__name__}: {str(e)[:500]}")
+    """A failure as a message in the page, never a traceback: its text as plain text (no Markdown), every line
+    kept (the last one is usually the hint)."""
+    text = str(e) if isinstance(e, C.InputError) else f"{type(e).__name__}: {C.shorten(str(e))}"
+    st.error(C.plain_markdown(text))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,10 +187,6 @@ def model_spec() -> tuple[str, str | None]:
     return C.resolve_model_spec(v["model"], cfg.roots, cfg.model), (note if v["model"] == note_model else None)
 
 
-def default_prompt(model: Any) -> str:
-    return C.tokfsm_prompt(16) if C.is_tokfsm(model) else "The cat sat on the mat because it was tired."
-
-
 def current(need_prompt: bool = True) -> tuple[str, Any, torch.Tensor | None] | None:
     """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt)."""
     try:
@@ -146,7 +201,7 @@ def current(need_prompt: bool = True) -> tuple[str, Any, torch.Tensor | None] | 
         return spec, model, None
     v = view()
     if v["prompt"] == "" and "prompt_set" not in st.session_state:
-        v["prompt"] = default_prompt(model)
+        v["prompt"] = C.default_prompt(spec, model)
     st.session_state["prompt_set"] = True
     try:
         for w in C.validate_prompt(v["prompt"], config().max_tokens * 32):

@@ -3,12 +3,16 @@
 Each page renders without an exception; widgets change what is computed; the plotly figures hold exactly
 the library's result for the same inputs; bad inputs (empty / too long / unusual Unicode prompt, missing or
 forbidden model path, a map over the memory budget) each show a message and the app keeps serving.
+TokFSM tools appear for TokFSM models only (by the model card); the probe figure's panels stay apart; the logit
+lens shows each cell's token, p(true next token), one layer order and a window; thumbnails share a colour scale
+and define their numbers; ignored link values are named; error text is plain text.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +143,22 @@ def tokens_of(model, prompt: str = PROMPT) -> torch.Tensor:
 
 def html_of(at: AppTest) -> str:
     return " ".join(h.proto.body for h in at.get("html"))
+
+
+def rendered(markdown: str) -> str:
+    """The text a Markdown body shows once rendered (CommonMark with GFM tables and strikethrough, as Streamlit
+    renders alerts and captions): markup gone, escapes resolved, hard line breaks as newlines."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    out = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    return html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<br\s*/?>\n?", "\n", out))).strip()
+
+
+def button_labels(at: AppTest) -> list[str]:
+    return [b.proto.label for b in at.get("button")]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -691,3 +711,219 @@ def test_backend_reports_import_failures():
     mod, why = C.backend("interp.no_such_module")
     assert mod is None and "does not exist yet" in why
     assert C.backend("interp.attention")[0] is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# TokFSM tools only for TokFSM models (decided by the model card, not the tokenizer)
+# ------------------------------------------------------------------------------------------------
+def test_tokfsm_tools_follow_the_model_card(env, roots, tmp_path):
+    """copy-mamba reads the same digit tokenizer as the TokFSM models but was trained on copying: no TokFSM
+    prompt sampler, no state-probe sweep, no TokFSM corpus. A model folder has no card: no TokFSM tools either."""
+    from interp.sae import SAEConfig, SparseAutoencoder
+
+    folder = str((roots / "mamba1").resolve())  # a random Mamba over the TokFSM digits, saved as a folder
+    at = app("model")  # a TokFSM model: the sampler is offered
+    ok(at)
+    assert "Sample a TokFSM prompt" in button_labels(at)
+    for spec in ("copy-mamba", folder):
+        at = app("model", model=spec, prompt="")  # "" = the model's default prompt
+        ok(at)
+        assert "Sample a TokFSM prompt" not in button_labels(at), spec
+        assert not [n for n in at.number_input if n.key == "n_states"], spec
+        at.switch_page("views/probes.py").run()
+        ok(at)
+        assert "is not a TokFSM model" in rendered(texts(at.info)), spec
+        assert not at.toggle and not at.get("plotly_chart"), spec
+    at = app("model", model="copy-mamba", prompt="")
+    assert "<sep>" in at.text_area(key="w_prompt").value  # a copying prompt, not a TokFSM one
+
+    SparseAutoencoder(SAEConfig(d_in=128, d_sae=16, hook_name="blocks.1.hook_resid_post")).save(tmp_path / "sae_copy")
+    env.setenv("INTERP_APP_ROOTS", os.pathsep.join([str(roots), str(tmp_path)]))
+    at = app("features", model="copy-mamba", prompt="", sae=str((tmp_path / "sae_copy").resolve()))
+    ok(at)
+    assert at.selectbox(key="w_corpus").options == ["the prompt"]  # no "64 TokFSM sequences"
+    assert C.model_task("copy-mamba") == "copy" and C.model_task(MODEL) == "tokfsm" and C.model_task(folder) is None
+    assert C.is_tokfsm(MODEL) and not C.is_tokfsm("copy-mamba") and not C.is_tokfsm(folder)
+
+
+# ------------------------------------------------------------------------------------------------
+# the probe heat map: two panels side by side, nothing drawn over the other panel
+# ------------------------------------------------------------------------------------------------
+def assert_panels_apart(fig: dict) -> None:
+    """Panels of a 1 × n heat-map figure (plotly JSON) do not overlap, each colour bar (with its tick labels)
+    lies outside every panel, between its own panel and the next (the last in the right margin), and only the
+    first panel draws the hook names (the others would draw them over the panel on their left)."""
+    import re
+
+    lay = fig["layout"]
+    axes = sorted((k for k in lay if re.fullmatch(r"xaxis\d*", k)), key=lambda k: int(k[5:] or 1))
+    doms = [lay[k]["domain"] for k in axes]
+    assert len(doms) >= 2
+    assert all(a[1] < b[0] for a, b in zip(doms, doms[1:])), doms
+    margin = {"l": 80, "r": 80, **lay.get("margin", {})}  # plotly's default margins, unless set
+    plot_w = lay["width"] - margin["l"] - margin["r"]
+    bars = [t["colorbar"] for t in fig["data"] if t["type"] == "heatmap"]
+    assert len(bars) == len(doms)
+    for k, cb in enumerate(bars):
+        assert cb.get("xanchor", "left") == "left", cb  # x is the bar's left edge
+        x = cb["x"]
+        assert x > doms[k][1] and not any(d[0] <= x <= d[1] for d in doms), (k, x, doms)
+        right = x + (cb.get("xpad", 10) + cb.get("thickness", 30) + 45) / plot_w  # bar + tick labels + title
+        limit = doms[k + 1][0] if k + 1 < len(doms) else 1 + margin["r"] / plot_w
+        assert right <= limit, (k, right, limit)
+    for k in axes[1:]:
+        assert lay["y" + k[1:]].get("showticklabels") is False, k
+
+
+def test_probe_figure_layout():
+    """The figure of interp.probes.SweepResult (notebook 01 and the Probes page draw it), for 1, 2 and 8
+    position groups."""
+    from interp.probes import SweepResult
+
+    hooks = ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(4)]
+    for positions in (["all"], ["tens digit", "units digit"], [str(i) for i in range(8)]):
+        rows = [{"hook": h, "layer": i, "position": p, "accuracy": 0.5 + 0.1 * i, "selectivity": 0.2 * i - 0.3}
+                for i, h in enumerate(hooks) for p in positions]
+        fig = SweepResult(rows=rows, hooks=hooks, positions=positions).figure()
+        assert_panels_apart(json.loads(fig.to_json()))
+
+
+def test_probe_page_figure_layout(env):
+    at = app("probes", probe_n=32)
+    at.toggle(key="probe_run").set_value(True).run()
+    ok(at)
+    assert_panels_apart(figure(at, "probes"))
+
+
+# ------------------------------------------------------------------------------------------------
+# logit lens: predicted token in each cell, p(true next token), one layer order, a position window
+# ------------------------------------------------------------------------------------------------
+def test_logit_lens_cells_show_the_predicted_token(env, model):
+    from interp.lens import logit_lens
+
+    at = app("lens")
+    ok(at)
+    trace = figure(at, "lens")["data"][0]
+    lens = logit_lens(model, tokens_of(model))
+    vocab = C.vocabulary(model)
+    assert trace.get("texttemplate") == "%{text}"
+    assert [list(r) for r in trace["text"]] == [[vocab[int(t)] for t in row] for row in lens.top_id]
+    np.testing.assert_allclose(arr(trace["z"]), lens.top_prob, rtol=1e-5, atol=1e-6)
+
+
+def test_logit_lens_true_next_token_probability(env, model):
+    toks = tokens_of(model)
+    at = app("lens")
+    at.radio(key="w_lens_value").set_value("true").run()
+    ok(at)
+    assert at.query_params["lens_value"] == "true"
+    z = arr(figure(at, "lens")["data"][0]["z"])
+    _, cache = model.run_with_cache(toks)
+    ref = np.stack([model.unembed(model.ln_final(cache[f"blocks.{k}.hook_resid_post"]))[0].softmax(-1)[
+        torch.arange(toks.shape[1] - 1), toks[0, 1:]].detach().numpy() for k in range(model.cfg.n_layers)])
+    np.testing.assert_allclose(z[:, :-1], ref, rtol=1e-4, atol=1e-6)
+    assert np.isnan(z[:, -1]).all()  # nothing follows the last token
+    assert "true next" in figure(at, "lens")["data"][0]["colorbar"]["title"]["text"]
+    L = toks.shape[1]
+    at.select_slider(key="w_lens_pos").set_value(L - 2).run()  # the table at one position: final layer first
+    ok(at)
+    table = at.dataframe[0].value
+    assert list(table["p(true next)"]) == pytest.approx(ref[::-1, -1].tolist(), rel=1e-4)
+    assert set(table["true next token"]) == {model.to_str_tokens(toks[0])[-1]}
+
+
+def bottom_to_top(fig: dict) -> list[str]:
+    """The y labels of a heat map (plotly JSON) in the order they are drawn, bottom first."""
+    y = list(fig["data"][0]["y"])
+    return y[::-1] if (fig["layout"].get("yaxis") or {}).get("autorange") == "reversed" else y
+
+
+def test_logit_lens_layer_order_is_one_order_everywhere(env, model):
+    """Every logit-lens figure (the Logit lens page, the Export page, the demo report) draws layer 0 at the
+    bottom and the final layer at the top; the page's table lists them in that visual order (final first)."""
+    from interp.demo import logit_lens_figure
+    from interp.lens import LAYER_ORDER
+
+    layers = [f"layer {k}" for k in range(model.cfg.n_layers)]
+    assert LAYER_ORDER == "bottom-to-top"
+    toks = tokens_of(model)
+    _, cache = model.run_with_cache(toks)
+    demo = json.loads(logit_lens_figure(model, cache, model.to_str_tokens(toks[0])).to_json())
+    at = app("lens")
+    ok(at)
+    assert bottom_to_top(figure(at, "lens")) == layers == bottom_to_top(demo)
+    assert list(at.dataframe[0].value["layer"]) == layers[::-1]  # top row of the table = top row of the figure
+    at.switch_page("views/export.py").run()
+    at.radio(key="w_exp").set_value("logit lens").run()
+    ok(at)
+    assert bottom_to_top(figure(at, "export_fig")) == layers
+
+
+def test_logit_lens_window_for_long_prompts(env, model):
+    from interp.lens import logit_lens
+
+    prompt = C.tokfsm_prompt(50, seed=1)  # 101 tokens, over the window (64)
+    toks = tokens_of(model, prompt)
+    full = logit_lens(model, toks)
+    at = app("lens", prompt=prompt, lens_start=40, lens_len=16)
+    ok(at)
+    trace = figure(at, "lens")["data"][0]
+    np.testing.assert_allclose(arr(trace["z"]), full.top_prob[:, 40:56], rtol=1e-5, atol=1e-6)
+    assert trace["x"][0].startswith("40·") and trace["x"][-1].startswith("55·") and len(trace["x"]) == 16
+    at.number_input(key="w_lens_start").set_value(90).run()  # the window stops at the prompt's end
+    ok(at)
+    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), full.top_prob[:, 90:], rtol=1e-5, atol=1e-6)
+    assert at.query_params["lens_start"] == "90"
+    at = app("lens", prompt=prompt)  # by default, the first positions
+    ok(at)
+    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), full.top_prob[:, :C.LENS_WINDOW], rtol=1e-5,
+                               atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# token-interaction thumbnails, link values, error text
+# ------------------------------------------------------------------------------------------------
+def test_thumbnails_share_one_colour_scale_and_say_what_mass_is(env):
+    at = app("interactions")
+    ok(at)
+    fig = figure(at, "thumbs")
+    assert len({(t["zmin"], t["zmax"]) for t in fig["data"]}) == 1  # one colour scale ...
+    assert [t.get("showscale") for t in fig["data"]].count(True) == 1  # ... shown by one colour bar
+    assert "mass: " + C.METRIC_DEFINITIONS["mass"] in rendered(texts(at.caption))
+    assert all("mass = " in t["hovertemplate"] for t in fig["data"])
+    assert "Σᵢⱼ |mᵢⱼ|" in C.METRIC_DEFINITIONS["mass"]
+    at.selectbox(key="w_sort").set_value("distance").run()
+    ok(at)
+    assert "distance: " + C.METRIC_DEFINITIONS["distance"] in rendered(texts(at.caption))
+
+
+def test_ignored_link_values_are_named(env):
+    at = app("interactions", layer=99, source="nope", q=5000, rollout="maybe", method="nonsense")
+    assert not at.exception and not at.error
+    shown = rendered(texts(at.warning))
+    for part in ("Ignored in the link", "layer=99: not one of 0..3; using 0", "source='nope'", "q=5000",
+                 "rollout='maybe': not true or false", "method='nonsense'"):
+        assert part in shown, (part, shown)
+    at.button(key="dismiss_link_notes").click().run()
+    assert "Ignored in the link" not in rendered(texts(at.warning))
+    at = app("interactions", layer=2, source="latim")
+    ok(at)
+    assert "Ignored in the link" not in rendered(texts(at.warning))
+
+
+def test_error_text_is_plain_and_keeps_its_hint(env, roots):
+    """A model folder whose name holds Markdown characters and whose load fails with a long message: the error
+    shows the path as is (underscores, asterisks) and the loader's last sentence (how to fix it)."""
+    import shutil
+
+    folder = roots / "bad_models" / ("__best__*run*_" + "long_folder_name_" * 12)
+    folder.mkdir(parents=True)
+    shutil.copy(roots / "mamba1" / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"\0")  # pickle only: refused with a conversion hint
+    at = app("model", model=str(folder))
+    assert not at.exception
+    shown = rendered(texts(at.error))
+    assert f"Could not load model '{folder.resolve()}'" in shown and f"missing {folder.resolve()}/" in shown
+    assert shown.endswith("save_pretrained(folder, safe_serialization=True)`.")
+    assert "Hub ids need the network" not in shown  # a folder is not a hub id
+    assert rendered(C.plain_markdown("a_b_ *c* `d`\n# e\n1. f <bos>")) == "a_b_ *c* `d`\n# e\n1. f <bos>"

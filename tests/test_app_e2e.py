@@ -5,6 +5,9 @@ page renders with no Streamlit exception and no browser page error; changing the
 updates the heatmap; the steering page shows a changed next-token distribution; a 1,024-token prompt on
 the embedded Mamba renders the token-interaction page in under 10 s (logged, and written with the
 screenshots to ``runs/test-artifacts/app/``); and the browser makes no request outside 127.0.0.1.
+A second server, ``interp app --model tokfsm-mamba`` (the embedded Mamba-1), loads and draws the library's
+token-interaction map. Source names fit their selectbox, link values the app ignores are named in a warning,
+and error text shows file names as they are.
 
 Skipped, with the reason, when ``/usr/bin/chromium`` or the ``playwright`` package is missing
 (``.ci/run`` installs chromium; ``playwright install`` is never used).
@@ -13,6 +16,7 @@ Skipped, with the reason, when ``/usr/bin/chromium`` or the ``playwright`` packa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -30,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("INTERP_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "runs" / "test-artifacts" / "app"
 MODEL = "tokfsm-mamba2"
+MAMBA1 = "tokfsm-mamba"  # the embedded Mamba-1: `interp app --model tokfsm-mamba` must serve it
 PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export"]
 LONG_BUDGET_S = 10.0
 
@@ -55,23 +60,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A running app server on 127.0.0.1 (the `interp app` command line), its run folder holding one SAE:
-    yields (base URL, run folder)."""
+@contextlib.contextmanager
+def serve(model: str, roots: Path, log_dir: Path):
+    """The app server on a free port of 127.0.0.1, started with the `interp app` command line for ``model``
+    and ``roots``; yields its base URL once it answers its health check, and stops it afterwards."""
     from interp.app_cli import command
 
-    import torch
-
-    from interp.sae import SAEConfig, SparseAutoencoder
-
-    roots = tmp_path_factory.mktemp("runs")
-    torch.manual_seed(0)
-    SparseAutoencoder(SAEConfig(d_in=64, d_sae=32, hook_name="blocks.1.hook_resid_post")).save(roots / "sae")
     port = _free_port()
-    a = argparse.Namespace(model=MODEL, port=port, address="127.0.0.1", roots=str(roots), max_tokens=2048,
+    a = argparse.Namespace(model=model, port=port, address="127.0.0.1", roots=str(roots), max_tokens=2048,
                            map_budget_mb=None)
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    log = open(log_dir / "server.log", "w+")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     proc = subprocess.Popen(command(a), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -87,7 +85,7 @@ def server(tmp_path_factory):
                 log.seek(0)
                 pytest.fail(f"the app server did not start:\n{log.read()[-3000:]}")
             time.sleep(0.5)
-        yield url, roots
+        yield url
     finally:
         proc.terminate()
         try:
@@ -95,6 +93,31 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A running app server on 127.0.0.1 (the `interp app` command line), its run folder holding one SAE:
+    yields (base URL, run folder)."""
+    import torch
+
+    from interp.sae import SAEConfig, SparseAutoencoder
+
+    roots = tmp_path_factory.mktemp("runs")
+    torch.manual_seed(0)
+    SparseAutoencoder(SAEConfig(d_in=64, d_sae=32, hook_name="blocks.1.hook_resid_post")).save(roots / "sae")
+    with serve(MODEL, roots, tmp_path_factory.mktemp("log")) as base:
+        yield base, roots
+
+
+@pytest.fixture(scope="module")
+def server_mamba1(tmp_path_factory):
+    """A second, lighter server: `interp app --model tokfsm-mamba` (the embedded Mamba-1), nothing in its run
+    folder; yields its base URL."""
+    if MAMBA1 not in interp.zoo.list_models():
+        pytest.skip(f"embedded {MAMBA1} not installed")
+    with serve(MAMBA1, tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("log")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -259,4 +282,74 @@ def test_long_prompt_renders_fast(server, browser, model):
               "when": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     (ARTIFACTS / f"timing_1024_{model}.json").write_text(json.dumps(record, indent=1))
     assert best < LONG_BUDGET_S, attempts
+    tab.page.close()
+
+
+def test_interp_app_serves_the_mamba1_model(server_mamba1, browser):
+    """Acceptance: `interp app --model tokfsm-mamba` loads the embedded Mamba-1 (the server's own model: the link
+    names none) and its token-interaction page renders the library's map, with the thumbnails beside it."""
+    from interp.attention import interaction_map
+
+    tab = Tab(browser)
+    tab.open(f"{server_mamba1}/interactions?prompt={quote(PROMPT)}")
+    assert f"model: {MAMBA1}" in tab.page.locator('[data-testid="stSidebar"]').inner_text()
+    charts = tab.charts()
+    detail = charts[0]
+    assert "layer 0, hidden attention" in detail["title"], [c["title"] for c in charts]
+    model = interp.load(MAMBA1)
+    ref = C.causal_masked(interaction_map(model, C.tokenize(model, PROMPT, 4096), 0)[0].numpy())
+    z = np.array(json.loads(detail["data"][0]["z"]), dtype=float)  # null (the causal blank) -> nan
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-7, equal_nan=True)
+    assert any("layer × channel/head" in c["title"] for c in charts)
+    tab.check("interactions_tokfsm_mamba")
+    tab.page.close()
+
+
+def test_source_names_are_not_cut_off(server, browser):
+    """Every source name fits its selectbox on the token-interaction page (1,500 px wide window), no selectbox
+    value overflows, and every chart title fits its chart."""
+    tab = Tab(browser)
+    tab.open(url(server, "interactions", prompt=PROMPT, source="unified"))
+    boxes = tab.page.evaluate("""names => Array.from(document.querySelectorAll('[data-testid=stSelectbox] input'))
+        .map(i => {
+            const cs = getComputedStyle(i), c = document.createElement('canvas').getContext('2d');
+            c.font = cs.font;
+            return {label: i.getAttribute('aria-label'), value: i.value, overflow: i.scrollWidth > i.clientWidth,
+                    room: i.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight),
+                    widest: Math.max(...names.map(n => c.measureText(n).width))};
+        })""", list(C.SOURCES.values()))
+    assert [b for b in boxes if b["overflow"]] == [], boxes
+    source = next(b for b in boxes if b["label"] == "Source")
+    assert source["value"] == C.SOURCES["unified"] and source["widest"] <= source["room"], source
+    titles = tab.page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => {
+        const t = g.querySelector('.gtitle'), svg = g.querySelector('svg.main-svg');
+        if (!t) return null;
+        const b = t.getBBox();
+        return {text: t.textContent, left: b.x, right: b.x + b.width, width: svg.getBoundingClientRect().width};
+    }).filter(Boolean)""")
+    assert titles and all(t["left"] >= 0 and t["right"] <= t["width"] for t in titles), titles
+    tab.check("interactions_source_names")
+    tab.page.close()
+
+
+def test_link_notes_and_plain_error_text(server, browser):
+    """Link values the app cannot use are named in a warning; an error about a folder whose name holds Markdown
+    characters shows the name as is, and the loader's hint (its last sentence)."""
+    import shutil
+
+    tab = Tab(browser)
+    tab.open(url(server, "interactions", prompt=PROMPT, layer=99, method="nonsense"))
+    alerts = " ".join(tab.page.locator('[data-testid="stAlert"]').all_inner_texts())
+    assert "layer=99: not one of 0..3; using 0" in alerts and "method='nonsense'" in alerts, alerts
+    assert tab.charts()  # the page still draws, with layer 0
+
+    folder = server[1] / "bad_models" / "__best__*run*_model"
+    folder.mkdir(parents=True)
+    shutil.copy(interp.zoo.embedded_path(MODEL) / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"\0")  # pickle only: refused, with a conversion hint
+    tab.open(url(server, "interactions", model=str(folder.resolve())))
+    alerts = " ".join(tab.page.locator('[data-testid="stAlert"]').all_inner_texts())
+    assert f"Could not load model '{folder.resolve()}'" in alerts, alerts
+    assert "save_pretrained(folder, safe_serialization=True)`." in alerts, alerts
+    tab.check("plain_error_text")
     tab.page.close()

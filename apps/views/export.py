@@ -15,10 +15,13 @@ def current_map(spec, model, tokens):
     """(figure, arrays) of the interaction map of the view (same settings as the Token interactions page)."""
     cfg, v = ui.config(), ui.view()
     key, L = ui.key_of(tokens), tokens.shape[1]
-    source = v["source"] if v["source"] in C.sources_for(model) else C.sources_for(model)[0]
+    sources, n_layers = C.sources_for(model), model.cfg.n_layers
+    source = v["source"] if v["source"] in sources else \
+        ui.replace("source", sources[0], f"not one of {', '.join(sources)}")
     aggs = C.aggregates_for(source)
     agg = int(v["ch"]) if v["agg"] == "channel" and aggs else (v["agg"] if v["agg"] in aggs else "mean_abs")
-    layer = min(max(int(v["layer"]), 0), model.cfg.n_layers - 1)
+    layer = int(v["layer"]) if 0 <= int(v["layer"]) < n_layers else \
+        ui.replace("layer", min(max(int(v["layer"]), 0), n_layers - 1), f"not a layer 0..{n_layers - 1}")
     rows = None
     if source in C.WHOLE_MODEL and L > cfg.lrp_full_max:
         rows = sorted({int(v["q"]) % L, *range(max(0, L - 8), L)})
@@ -34,6 +37,15 @@ def current_map(spec, model, tokens):
     return fig, arrays
 
 
+def lens_settings(L: int) -> tuple[int, int, str]:
+    """(start, length, value) of the logit lens of the view (as the Logit lens page shows it)."""
+    from interp.lens import VALUES
+
+    v = ui.view()
+    start, length = C.lens_window(L, v["lens_start"], v["lens_len"])
+    return start, length, v["lens_value"] if v["lens_value"] in VALUES else "top"
+
+
 def main() -> None:
     st.title("Export")
     got = ui.current()
@@ -45,11 +57,11 @@ def main() -> None:
         if what == "interaction map":
             fig, arrays = current_map(spec, model, tokens)
         else:
-            fig = C.logit_lens_figure(model, tokens)
-            arrays = {**C.logit_lens(model, tokens), "tokens": tokens[0].numpy()}
+            fig, lens = C.logit_lens_view(model, tokens, *lens_settings(tokens.shape[1]))
+            arrays = {**lens.arrays(), "tokens": tokens[0].numpy()}
         files = C.figure_exports(fig)
     except MapTooLargeError as e:
-        st.warning(f"This map would exceed the memory budget: {e}")
+        st.warning(C.plain_markdown(f"This map would exceed the memory budget: {e}"))
         return
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)

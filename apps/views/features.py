@@ -72,7 +72,7 @@ def sae_page() -> None:
     st.caption(f"hook `{sae.cfg.hook_name}` · d_sae {sae.cfg.d_sae} · {sae.cfg.architecture}")
     c1, c2 = st.columns(2)
     latent = ui.widget(c1.number_input, "latent", "Latent", min_value=0, max_value=sae.cfg.d_sae - 1)
-    corpora = ["prompt", "tokfsm"] if C.is_tokfsm(model) else ["prompt"]
+    corpora = ["prompt", "tokfsm"] if C.is_tokfsm(spec) else ["prompt"]
     corpus = ui.widget(c2.selectbox, "corpus", "Examples from", corpora,
                        format_func=lambda c: {"prompt": "the prompt", "tokfsm": "64 TokFSM sequences"}[c])
     try:
@@ -126,13 +126,14 @@ def cached_codebook_model(folder: str, mtime: float):
 @st.cache_data(show_spinner=False, max_entries=16)
 def codebook_tokens(spec: str, folder: str, mtime: float, toks: tuple, text: str) -> tuple[tuple, str | None]:
     t, note = C.codebook_prompt(cached_codebook_model(folder, mtime), ui.cached_model(spec), ui.tensor_of(toks), text,
-                                ui.config().max_tokens)
+                                ui.config().max_tokens, tokfsm=C.codebook_is_tokfsm(folder))
     return ui.key_of(t), note
 
 
 @st.cache_data(show_spinner="Reading the code…", max_entries=32)
 def code_report(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int):
-    return C.code_report(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, group)
+    return C.code_report(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, group,
+                         tokfsm=C.codebook_is_tokfsm(folder))
 
 
 @st.cache_data(show_spinner="Generating…", max_entries=32)

@@ -13,6 +13,10 @@ from interp.attention import MapTooLargeError, normalize
 from interp.attention.figures import interaction_heatmap, thumbnail_grid, token_highlight_html, token_labels
 
 
+COLUMNS = [2.6, 0.9, 1.3, 1.2, 1.0, 1.4]  # source, layer, aggregate, channel, normalise, rollout: room for the
+# longest source name ("unified implicit attention (SSM)") so that no name is cut off
+
+
 def relabel(fig: go.Figure, labels: list[str], rows: list[int] | None = None) -> go.Figure:
     """Tick labels with absolute positions for a window of the map."""
     fig.data[0].x = labels
@@ -33,7 +37,7 @@ def main() -> None:
     key = ui.key_of(tokens)
     sources = C.sources_for(model)
 
-    c = st.columns(6)
+    c = st.columns(COLUMNS)
     source = ui.widget(c[0].selectbox, "source", "Source", sources, format_func=lambda s: C.SOURCES[s])
     whole = source in C.WHOLE_MODEL
     layer = ui.widget(c[1].selectbox, "layer", "Layer", list(range(model.cfg.n_layers)), disabled=whole)
@@ -64,7 +68,8 @@ def main() -> None:
         else:
             m = ui.cached_detail(spec, key, int(layer), source, aggregate, norm, cfg.map_budget_bytes)
     except MapTooLargeError as e:
-        st.warning(f"This map would exceed the memory budget ({cfg.map_budget_bytes / 2**20:,.0f} MiB): {e}")
+        budget = f"{cfg.map_budget_bytes / 2**20:,.0f} MiB"
+        st.warning(C.plain_markdown(f"This map would exceed the memory budget ({budget}): {e}"))
         return
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
@@ -108,35 +113,40 @@ def main() -> None:
 def thumbs(spec, model, tokens, source, cfg) -> None:
     long = tokens.shape[1] > cfg.pool_above
     n = cfg.thumb_tokens if long else tokens.shape[1]
-    metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(C.METRICS))
+    metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(C.METRICS),
+                       help="\n".join(f"- **{k}**: {d}" for k, d in C.METRIC_DEFINITIONS.items()))
     try:
         maps, keys = ui.cached_thumbs(spec, ui.key_of(tokens[:, :n]), source, cfg.map_budget_bytes,
                                       4 if long else 8)  # Mamba-1: top channels per layer
     except MapTooLargeError as e:
-        st.warning(f"The per-channel thumbnails would exceed the memory budget: {e}")
+        st.warning(C.plain_markdown(f"The per-channel thumbnails would exceed the memory budget: {e}"))
         return
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
     score = C.map_metric(maps, metric)
     order = np.argsort(-score, kind="stable")[:32]
-    labels = [f"L{keys[k][0]}" + ("" if keys[k][1] is None else f" ch{keys[k][1]}") + f" {score[k]:.3g}"
-              for k in order]
+    names = [f"L{keys[k][0]}" + ("" if keys[k][1] is None else f" ch{keys[k][1]}") for k in order]
+    labels = [f"{name} {score[k]:.3g}" for name, k in zip(names, order)]
     small = np.stack([C.pool_map(C.causal_masked(maps[k]), 48)[0] for k in order])
-    fig = thumbnail_grid(small, labels, cols=4, causal=False, title=f"layer × channel/head, sorted by {metric}",
-                         thumb_px=120)
+    signed = bool(np.nanmin(small) < 0)
+    fig = thumbnail_grid(small, labels, cols=4, causal=False, signed=signed, shared_scale=True,
+                         colorbar_title="value (all thumbnails)", title=f"layer × channel/head, sorted by {metric}",
+                         thumb_px=120, hover=[f"{metric} = {score[k]:.4g}" for k in order])
     st.plotly_chart(fig, key="thumbs", config={"displaylogo": False})
+    st.caption(f"Each thumbnail is named by its layer (L) and channel/head (ch), followed by its {metric}: "
+               f"{C.METRIC_DEFINITIONS[metric]}. One colour scale for all thumbnails (the colour bar), so their "
+               "strengths compare.")
 
     def open_thumb() -> None:
-        k = order[[lab.rsplit(" ", 1)[0] for lab in labels].index(st.session_state["open_thumb"])]
+        k = order[names.index(st.session_state["open_thumb"])]
         layer, ch = keys[k]
         ui.set_view(layer=layer, rollout=False, **({} if ch is None else {"agg": "channel", "ch": ch}))
 
-    st.selectbox("Open a thumbnail in the detail view", [lab.rsplit(" ", 1)[0] for lab in labels], index=None,
-                 key="open_thumb", on_change=open_thumb, placeholder="L… ch…")
+    st.selectbox("Open a thumbnail in the detail view", names, index=None, key="open_thumb", on_change=open_thumb,
+                 placeholder="L… ch…")
     if long:
         st.caption(f"Thumbnails show the first {n} of {tokens.shape[1]} tokens (the top-left block of each causal map)"
-                   " and, for Mamba-1, the 4 channels with the most mass per layer.")
-
+                   " and, for Mamba-1, the 4 channels with the most mass (Σ|α|) per layer.")
 
 main()

@@ -1,14 +1,32 @@
-"""Logit lens: each layer's residual stream read through the final norm and unembedding."""
+"""Logit lens: each layer's residual stream read through the final norm and unembedding (:mod:`interp.lens`).
 
+Cells show each layer's top-1 token; the colour is its probability or the probability of the true next token.
+Layers run from the embedding side at the bottom to the final layer at the top, in the figure and the table
+alike (:data:`interp.lens.LAYER_ORDER`). Long prompts are read through a window of positions.
+"""
+
+import pandas as pd
 import streamlit as st
 
 from interp.apps import compute as C
 from interp.apps import ui
+from interp.lens import VALUES
 
 
 @st.cache_data(show_spinner="Computing the logit lens…", max_entries=32)
-def lens_figure(spec: str, toks: tuple):
-    return C.logit_lens_figure(ui.cached_model(spec), ui.tensor_of(toks))
+def lens_view(spec: str, toks: tuple, start: int, length: int, value: str):
+    return C.logit_lens_view(ui.cached_model(spec), ui.tensor_of(toks), start, length, value)
+
+
+def window(L: int) -> tuple[int, int]:
+    """(start, length) of the positions to show: the whole prompt up to ``C.LENS_WINDOW`` tokens, else two inputs."""
+    if L <= C.LENS_WINDOW:
+        return 0, L
+    c1, c2 = st.columns(2)
+    start = ui.widget(c1.number_input, "lens_start", f"Window start (0..{L - 1})", min_value=0, max_value=L - 1)
+    length = ui.widget(c2.number_input, "lens_len", f"Window length (at most {min(C.LENS_MAX_WINDOW, L)})",
+                       min_value=1, max_value=min(C.LENS_MAX_WINDOW, L))
+    return C.lens_window(L, start, length)
 
 
 def main() -> None:
@@ -17,13 +35,25 @@ def main() -> None:
     if got is None:
         return
     spec, model, tokens = got
+    L = tokens.shape[1]
+    value = ui.widget(st.radio, "lens_value", "Colour", list(VALUES), format_func=VALUES.get, horizontal=True)
+    start, length = window(L)
     try:
-        fig = lens_figure(spec, ui.key_of(tokens))
+        fig, lens = lens_view(spec, ui.key_of(tokens), start, length, value)
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
     st.plotly_chart(fig, key="lens", config={"displaylogo": False})
-    st.caption("Colour: probability of the top-1 token of each layer's read-out; hover for the token.")
+    st.caption(f"Each cell shows the layer's top-1 token; colour: {VALUES[value]}"
+               + (" (blank at the prompt's last position: nothing follows it)" if value == "true" else "")
+               + ". Layers run from the embedding side (bottom) to the final layer (top); hover for both "
+                 "probabilities.")
+    positions = [int(p) for p in lens.positions]
+    v = ui.view()
+    if v["lens_pos"] == -1:
+        v["lens_pos"] = positions[-1]  # -1 (the default): the window's last position
+    pos = ui.widget(st.select_slider, "lens_pos", "Position of the table (layers in the figure's order)", positions)
+    st.dataframe(pd.DataFrame(lens.table(int(pos), C.vocabulary(model))), hide_index=True, key="lens_table")
 
 
 main()

@@ -21,9 +21,9 @@ def main() -> None:
     st.write(C.model_summary(model))
     v = ui.view()
     if v["prompt"] == "" and "prompt_set" not in st.session_state:
-        v["prompt"] = ui.default_prompt(model)
+        v["prompt"] = C.default_prompt(spec, model)
     st.session_state["prompt_set"] = True
-    if C.is_tokfsm(model):
+    if C.is_tokfsm(spec):  # from the model card: TokFSM tools only for TokFSM models
         c1, c2 = st.columns([1, 3])
         n_states = c1.number_input("States", min_value=1, max_value=1000, value=16, key="n_states")
         if c2.button("Sample a TokFSM prompt"):
@@ -31,7 +31,8 @@ def main() -> None:
             st.session_state["seed"] = st.session_state.get("seed", 0) + 1
             st.rerun()
     ui.widget(st.text_area, "prompt", "Prompt", height=120,
-              help=f"at most {cfg.max_tokens:,} tokens; TokFSM models read digits and '<bos>'")
+              help=f"at most {cfg.max_tokens:,} tokens; the embedded TokFSM and copying models read digits "
+                   "(copying: 0-9a-f) and special tokens such as '<bos>'")
     try:
         for w in C.validate_prompt(v["prompt"], cfg.max_tokens * 32):
             st.warning(w)

@@ -22,9 +22,11 @@ def main() -> None:
     if got is None:
         return
     spec, model, _ = got
-    if not C.is_tokfsm(model):
-        st.info("This page fits probes on TokFSM state labels (the ground truth of the embedded TokFSM models); "
-                f"{spec!r} is not a TokFSM model. Use interp.probes.probe_sweep in a notebook with your own labels.")
+    if not C.is_tokfsm(spec):  # from the model card, not the tokenizer (copy-mamba reads the same digits)
+        st.info(C.plain_markdown(
+            "This page fits probes on TokFSM state labels (the ground truth of the embedded TokFSM models); "
+            f"{spec!r} is not a TokFSM model (its model card names another task, or it has none). Use "
+            "interp.probes.probe_sweep in a notebook with your own labels."))
         return
     n = ui.widget(st.select_slider, "probe_n", "Sequences (33 tokens each)", [32, 64, 128, 256])
     st.caption("Each (hook, position) cell fits a logistic probe of the current FSM state on 75% of the sequences "
@@ -36,7 +38,7 @@ def main() -> None:
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
-    st.plotly_chart(fig, key="probes", config={"displaylogo": False})
+    st.plotly_chart(fig, key="probes", width="content", config={"displaylogo": False})  # the figure's own layout
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 

@@ -42,7 +42,7 @@ def main() -> None:
     hooks = C.hook_choices(model)
     v = ui.view()
     if v["steer_hook"] not in hooks:
-        v["steer_hook"] = hooks[len(hooks) // 2]
+        ui.replace("steer_hook", hooks[len(hooks) // 2], "not a residual-stream hook of this model")
     vocab = C.vocabulary(model)
     c = st.columns(5)
     src = ui.widget(c[0].selectbox, "steer_src", "Direction", ["token", "sae"],

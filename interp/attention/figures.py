@@ -141,10 +141,14 @@ def thumbnail_grid(
     shared_scale: bool = False,
     title: str | None = None,
     thumb_px: int = 160,
+    colorbar_title: str | None = None,
+    hover: Sequence[str] | None = None,
 ) -> Any:
     """Small multiples of n maps [n, L, L] (e.g. one per channel, head or layer), ``cols`` per row.
 
-    Each thumbnail has its own colour range unless ``shared_scale``; ``signed`` centres them at 0.
+    Each thumbnail has its own colour range (and no colour bar) unless ``shared_scale``: then every thumbnail
+    uses one range over all maps, shown by one colour bar right of the grid (titled ``colorbar_title``).
+    ``signed`` centres the colours at 0. ``hover``: one extra hover line per map (e.g. what its label means).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -156,23 +160,31 @@ def thumbnail_grid(
     labels = list(labels) if labels is not None else [str(i) for i in range(n)]
     if len(labels) != n:
         raise ValueError(f"{len(labels)} labels for {n} maps")
+    if hover is not None and len(hover) != n:
+        raise ValueError(f"{len(hover)} hover lines for {n} maps")
     cols = max(1, min(int(cols), n))
     nrows = -(-n // cols)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=labels, horizontal_spacing=0.02,
                         vertical_spacing=0.06 if nrows > 1 else 0.0)
     masked = np.stack([_masked(m, causal) for m in ms])
     shared = _range(masked, signed) if shared_scale else None
+    bar_px = 90 if shared_scale else 0  # room right of the grid for the one shared colour bar
     for k in range(n):
         rng = shared or _range(masked[k], signed)
-        fig.add_trace(go.Heatmap(z=masked[k], showscale=False, hoverongaps=False, **rng,
-                                 hovertemplate=f"{_html.escape(labels[k])}<br>i %{{y}} j %{{x}}<br>%{{z:.3g}}"
+        extra = f"<br>{_html.escape(hover[k])}" if hover is not None else ""
+        bar = {"showscale": True, "colorbar": {"title": {"text": colorbar_title or "value", "side": "right"},
+                                               "x": 1.0, "xanchor": "left", "xpad": 12, "thickness": 14, "len": 0.9}} \
+            if shared_scale and k == 0 else {"showscale": False}
+        fig.add_trace(go.Heatmap(z=masked[k], hoverongaps=False, **rng, **bar,
+                                 hovertemplate=f"{_html.escape(labels[k])}{extra}<br>i %{{y}} j %{{x}}<br>%{{z:.3g}}"
                                                "<extra></extra>"),
                       row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
     fig.update_annotations(font_size=10)
-    fig.update_layout(title=title, width=cols * thumb_px + 40, height=nrows * (thumb_px + 20) + (60 if title else 30),
-                      margin={"l": 10, "r": 10, "t": 50 if title else 30, "b": 10}, plot_bgcolor="white")
+    fig.update_layout(title=title, width=cols * thumb_px + 40 + bar_px,
+                      height=nrows * (thumb_px + 20) + (60 if title else 30),
+                      margin={"l": 10, "r": 10 + bar_px, "t": 50 if title else 30, "b": 10}, plot_bgcolor="white")
     return fig
 
 

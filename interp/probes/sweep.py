@@ -130,9 +130,19 @@ class SweepResult:
         return sweep_figure(self, metrics, title)
 
 
+PANEL_PX = 70  # width of one position column of a panel, in pixels (at least MIN_PANEL_PX a panel)
+MIN_PANEL_PX = 220
+BAR_PX = 100  # room right of each panel for its colour bar (bar, tick labels, title), in pixels
+LEFT_PX = 190  # room for the hook names, left of the first panel
+
+
 def sweep_figure(result: SweepResult, metrics: Sequence[str] | None = None, title: str | None = None) -> Any:
     """Heatmaps hooks (rows, input at the top) × position groups (columns), one panel per metric
-    (default: accuracy and, if computed, selectivity)."""
+    (default: accuracy and, if computed, selectivity).
+
+    The panels share their hook axis (names only left of the first panel) and each colour bar sits in the gap
+    right of its own panel (the last one in the right margin), so no label or bar covers another panel's cells.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -141,22 +151,28 @@ def sweep_figure(result: SweepResult, metrics: Sequence[str] | None = None, titl
     if metrics is None:
         first = "accuracy" if "accuracy" in result.rows[0] else "r2"
         metrics = [first] + (["selectivity"] if "selectivity" in result.rows[0] else [])
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=list(metrics), horizontal_spacing=0.12)
+    n = len(metrics)
+    panel = max(MIN_PANEL_PX, PANEL_PX * len(result.positions))
+    plot_w = n * panel + (n - 1) * BAR_PX  # the plotting area: panels and the gaps holding their colour bars
+    fig = make_subplots(rows=1, cols=n, subplot_titles=list(metrics), shared_yaxes=True,
+                        horizontal_spacing=BAR_PX / plot_w if n > 1 else 0.0)
     for k, metric in enumerate(metrics):
         z = result.matrix(metric)
         signed = metric == "selectivity"
         scale = {"zmin": -1.0, "zmax": 1.0, "zmid": 0.0, "colorscale": DIVERGING} if signed else \
             {"zmin": float(np.nanmin(z)) if np.isfinite(z).any() else 0.0, "zmax": 1.0, "colorscale": SEQUENTIAL}
+        bar_x = (k * (panel + BAR_PX) + panel + 6) / plot_w  # 6 px right of panel k, in paper coordinates
         fig.add_trace(go.Heatmap(
             z=z, x=result.positions, y=result.hooks, text=np.round(z, 3), texttemplate="%{text}", **scale,
-            colorbar={"title": {"text": metric}, "x": (k + 1) / len(metrics) - 0.02, "len": 0.9},
+            colorbar={"title": {"text": metric, "side": "right"}, "x": bar_x, "xanchor": "left", "xpad": 6,
+                      "thickness": 14, "len": 0.9},
             hovertemplate=f"%{{y}}<br>position %{{x}}<br>{metric} %{{z:.4f}}<extra></extra>",
         ), row=1, col=k + 1)
         fig.update_yaxes(autorange="reversed", type="category", row=1, col=k + 1)
         fig.update_xaxes(type="category", title_text="position", row=1, col=k + 1)
     fig.update_layout(title=title or f"probe sweep ({result.seconds:.1f} s)", plot_bgcolor="white",
-                      width=max(520, 360 * len(metrics) + 60 * len(result.positions)),
-                      height=max(300, 40 * len(result.hooks) + 160), margin={"l": 180})
+                      width=LEFT_PX + plot_w + BAR_PX, height=max(300, 40 * len(result.hooks) + 160),
+                      margin={"l": LEFT_PX, "r": BAR_PX})
     return fig
 
 
