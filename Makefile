@@ -38,10 +38,13 @@ bench: venv
 
 # Regenerate requirements/lock.txt: the newest versions pyproject.toml's ranges allow, for this Python.
 LOCK_TOOLS := .venv-lock
+# every extra by name (the "all" extra names the package itself, which would put a path into the lock)
+LOCK_EXTRAS := --extra=sae --extra=nnsight --extra=app --extra=ml --extra=kernels --extra=cpu-kernels \
+               --extra=notebooks --extra=test
 lock:
 	$(PYTHON) -m venv $(LOCK_TOOLS)
 	$(LOCK_TOOLS)/bin/python $(PIP) "$(PIP_SPEC)" "pip-tools==7.7.0"
-	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --strip-extras --extra=all --unsafe-package=torch \
+	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --strip-extras $(LOCK_EXTRAS) --unsafe-package=torch \
 	    --constraint=requirements/torch.txt --no-emit-index-url --no-emit-find-links \
 	    --output-file=requirements/lock.txt pyproject.toml
 

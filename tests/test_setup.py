@@ -84,3 +84,36 @@ def test_the_app_and_tests_do_not_put_the_root_on_sys_path():
                  for p in (ROOT / d).rglob("*.py") if "sys.path.insert" in p.read_text()]
     assert offenders == []
 
+
+
+def _lock_tools():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("requirements_latest", ROOT / "requirements" / "latest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lock_pins_every_requirement_inside_its_range():
+    """requirements/lock.txt pins each requirement of pyproject.toml (every extra) to one version its range admits,
+    and holds nothing but pins: no paths, URLs or editable lines that would tie an install to one machine."""
+    from packaging.requirements import Requirement
+
+    latest = _lock_tools()
+    lines = [ln for ln in (ROOT / "requirements" / "lock.txt").read_text().splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    assert all("==" in ln and "@" not in ln and not ln.startswith("-") for ln in lines), \
+        [ln for ln in lines if "==" not in ln or "@" in ln or ln.startswith("-")]
+    pins = latest.pins()
+    for line in latest.requirements(caps=True)[1:]:  # [0] is the torch constraint
+        req = Requirement(line)
+        name = latest._norm(req.name)
+        assert name in pins, f"{req.name} is not in requirements/lock.txt: run `make lock`"
+        assert req.specifier.contains(pins[name]), f"lock pins {req.name}=={pins[name]}, outside {req.specifier}"
+
+
+def test_the_lock_leaves_torch_to_requirements_torch():
+    text = (ROOT / "requirements" / "lock.txt").read_text()
+    assert "\ntorch==" not in text and "# torch" in text
+    assert "torch==" in (ROOT / "requirements" / "torch.txt").read_text()
