@@ -26,21 +26,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = "tokfsm-mamba"
 
-# the sources of the token-interaction page: method name of interaction_map -> label
-SOURCES: dict[str, str] = {
-    "attention": "attention (softmax, transformers)",
-    "hidden": "hidden attention (SSM)",
-    "unified": "unified implicit attention (SSM)",
-    "latim": "LaTIM (SSM)",
-    "lrp": "LRP (whole model)",
-    "grad_x_input": "gradient × input (whole model)",
-}
-SSM_SOURCES = ("hidden", "unified", "latim", "lrp", "grad_x_input")
-TRANSFORMER_SOURCES = ("attention", "lrp", "grad_x_input")
-WHOLE_MODEL = ("lrp", "grad_x_input")  # attributions, not a per-layer map
+# the sources of the token-interaction page: the interaction-map methods' registry (interp.attention.methods),
+# method name -> label; WHOLE_MODEL: attributions, not a per-layer map
+SOURCES: dict[str, str] = LABELS
+SSM_SOURCES = methods_for("ssm")
+TRANSFORMER_SOURCES = methods_for("transformer")
 AGGREGATES = ("mean_abs", "mean", "max", "topk")
 NORMALIZATIONS = ("raw", "minmax", "row")
 METRICS = ("mass", "max", "distance", "diagonal")
@@ -490,11 +485,13 @@ def next_token_probs(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence = ())
 
 
 def kl(p: np.ndarray, q: np.ndarray) -> float:
-    """KL(p ‖ q) in nats of two distributions [vocab]."""
-    p = np.asarray(p, np.float64)
-    q = np.asarray(q, np.float64)
-    m = p > 0
-    return float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], 1e-300)))))
+    """KL(p ‖ q) in nats of two distributions [vocab] (:func:`interp.metrics.kl_divergence` of their logs)."""
+    from interp.metrics import kl_divergence
+
+    with np.errstate(divide="ignore"):  # log 0 = -inf: a token p never emits adds 0
+        log_p = np.log(np.asarray(p, np.float64))
+    log_q = np.log(np.maximum(np.asarray(q, np.float64), 1e-300))
+    return float(kl_divergence(torch.from_numpy(log_p), torch.from_numpy(log_q)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -516,12 +513,6 @@ def hook_choices(model: Any) -> list[str]:
     for i in range(model.cfg.n_layers):
         out += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_post"]
     return [h for h in out if h in model.hook_dict]
-
-
-def vocabulary(model: Any) -> list[str]:
-    """Every token id's string: [vocab] (display labels of the next-token distribution)."""
-    n = int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size)
-    return [str(t) for t in model.to_str_tokens(torch.arange(n))]
 
 
 def token_direction(model: Any, token_id: int) -> torch.Tensor:
@@ -939,7 +930,7 @@ def logit_lens_view(model: Any, tokens: torch.Tensor, start: int = 0, length: in
     """(figure, :class:`interp.lens.LogitLens`) of the logit lens of ``tokens`` over a window of positions
     (:func:`interp.lens.logit_lens`, :func:`interp.lens.logit_lens_figure`): colour ``value`` ("top" or "true"),
     each cell's top-1 token as its text. InputError for a window outside the prompt."""
-    from interp.lens import logit_lens, logit_lens_figure
+    from interp.lens import logit_lens, logit_lens_figure, vocabulary
 
     try:
         lens = logit_lens(model, tokens, start, length)

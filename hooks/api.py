@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 
-from .hook_points import check_hook_names
+from .hook_points import check_hook_names, layer_of
 
 DEFAULT_CACHE_BUDGET_BYTES = 4 * 2**30
 
@@ -192,10 +192,11 @@ class InterpModelMixin:
 
 
 def _beyond_layer(name: str, stop_at_layer: int) -> bool:
-    parts = name.split(".")
-    if parts[0] == "blocks":
-        return int(parts[1]) >= stop_at_layer
-    return not name.startswith("hook_embed") and not name.startswith("hook_pos_embed") and name != "hook_tokens"
+    """Whether hook ``name`` lies past a forward that stops before block ``stop_at_layer`` (never fires)."""
+    layer = layer_of(name)
+    if layer is None:  # after the blocks
+        return True
+    return 0 <= layer and layer >= stop_at_layer  # the hooks before the blocks (-1) always fire
 
 
 def _slice_len(pos_slice: slice | int | list[int], seq_len: int) -> int:

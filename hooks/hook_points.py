@@ -1,4 +1,6 @@
-"""The hook primitive: TransformerLens's ``HookPoint`` plus a shape check, and name look-up helpers.
+"""The hook primitive: TransformerLens's ``HookPoint`` plus a shape check; helpers on hook names (look-up with
+suggestions, :func:`layer_of`) and on the absolute positions hooks see (:func:`absolute_positions`,
+:func:`position_mask`).
 
 Every model in :mod:`interp.hooks` is built from :class:`HookPoint` (a TransformerLens ``HookPoint``
 subclass, so ``run_with_hooks``, ``run_with_cache``, ``hooks()`` and nnsight tracing see it as
@@ -10,9 +12,59 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import torch
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
+
+
+#: hooks that fire before the first block (layer -1 for :func:`layer_of`)
+PRE_BLOCK_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def layer_of(hook_name: str) -> int | None:
+    """The block a hook name belongs to: ``"blocks.3.ssm.hook_dt"`` -> 3.
+
+    Any name under ``blocks.{i}.`` gives i (hooks attached below a block hook too, e.g.
+    ``blocks.0.ssm.hook_out.codebook.hook_codes`` -> 0); the hooks before the first block
+    (:data:`PRE_BLOCK_HOOKS`: ``hook_embed``, ``hook_pos_embed``, ``hook_tokens``) give -1; every other name
+    (after the last block, e.g. ``ln_final.hook_normalized``, or unknown) gives None. So a forward with
+    ``stop_at_layer=k`` fires exactly the hooks whose layer is not None and < k.
+    """
+    parts = hook_name.split(".")
+    if len(parts) > 1 and parts[0] == "blocks" and parts[1].isdigit():
+        return int(parts[1])
+    return -1 if hook_name in PRE_BLOCK_HOOKS else None
+
+
+def absolute_positions(source: Any, length: int, device: torch.device | str | None = None) -> Tensor:
+    """The absolute positions (int64 [length]) of the position axis a hook sees in the current forward.
+
+    Models put them in ``hook.ctx["positions"]`` before every forward: 0..L-1 for a full forward or a prefill,
+    offset + 0..L-1 when continuing from a state or a key/value cache, the one new position per decoding step.
+    ``source`` is the hook (anything with a ``ctx`` dict), or that positions tensor itself, or None. Without
+    positions of ``length`` entries (a hook function called by hand, a sliced activation) the answer is
+    0..length-1. On ``device`` if given.
+    """
+    positions = source
+    if source is not None and not isinstance(source, Tensor):
+        positions = (getattr(source, "ctx", None) or {}).get("positions")
+    if positions is None or positions.numel() != length:
+        return torch.arange(length, device=device)
+    return positions if device is None else positions.to(device)
+
+
+def position_mask(positions: Tensor, wanted: Iterable[int] | Tensor) -> Tensor:
+    """bool [L]: True where ``positions`` [L] (absolute, see :func:`absolute_positions`) is one of ``wanted``.
+
+    A negative wanted p counts from the end of this forward: end + p with end = max(positions) + 1 (so -1 is
+    the last position of a prompt, and of each decoding step). An empty ``wanted`` selects nothing.
+    """
+    w = wanted if isinstance(wanted, Tensor) else torch.tensor(list(wanted), dtype=torch.long)
+    w = w.to(device=positions.device, dtype=torch.long)
+    end = int(positions.max()) + 1 if positions.numel() else 0
+    return torch.isin(positions, torch.where(w < 0, w + end, w))
 
 
 class HookShapeError(ValueError):

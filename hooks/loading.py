@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import SSMConfig
+from .tokenizer import TOKENIZER_FILE, DigitTokenizer
 
 WEIGHT_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -146,9 +147,7 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_tokenizer(folder: Path) -> Any | None:
     """The tokenizer saved with the checkpoint, or None if there is none."""
-    if (folder / "digit_tokenizer.json").is_file():
-        from interp.data import DigitTokenizer
-
+    if (folder / TOKENIZER_FILE).is_file():
         return DigitTokenizer.from_pretrained(folder)
     if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         from transformers import AutoTokenizer

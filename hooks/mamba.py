@@ -34,10 +34,13 @@ from torch import Tensor, nn
 
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from interp.metrics import next_token_cross_entropy
+
 from .api import InterpModelMixin
 from .config import SSMConfig
 from .hook_points import HookPoint
 from .scan import chunked_scan, expand_groups, read_state, sequential_scan, update_state
+from .tokens import check_token_ids
 
 _ACTIVATIONS = {"silu": F.silu, "identity": lambda x: x}
 
@@ -467,6 +470,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             attention_mask = mask if attention_mask is None and not bool(mask.all()) else attention_mask
         else:
             tokens = input[None] if input.dim() == 1 else input
+            check_token_ids(tokens, self.cfg.vocab_size, "input")
         tokens = tokens.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
@@ -486,7 +490,8 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             return logits
         if return_type is None:
             return None
-        loss = lm_loss(logits, tokens, attention_mask)
+        # padded targets (mask 0) are ignored
+        loss = next_token_cross_entropy(logits, tokens, None if attention_mask is None else attention_mask[:, 1:])
         return loss if return_type == "loss" else (logits, loss)
 
     # --- tokens ----------------------------------------------------------------------------
@@ -568,16 +573,6 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         for i in range(cfg.n_layers):
             shapes.update({f"blocks.{i}.{k_}": s for k_, s in per_layer.items()})
         return shapes
-
-
-def lm_loss(logits: Tensor, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    """Mean next-token cross-entropy; padded targets (mask 0) are ignored."""
-    logp = logits[:, :-1].log_softmax(-1)
-    nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0]
-    if attention_mask is None:
-        return nll.mean()
-    m = attention_mask[:, 1:].to(nll.dtype)
-    return (nll * m).sum() / m.sum().clamp(min=1)
 
 
 def _is_hf(tokenizer: object) -> bool:

@@ -41,6 +41,7 @@ from transformer_lens.utilities.defaults_utils import USE_DEFAULT_VALUE
 from .api import InterpModelMixin, as_filter
 from .hook_points import HookPoint
 from .loading import CheckpointError
+from .tokens import check_token_ids
 
 MODEL_TYPE = "hooked_transformer"
 WEIGHT_FILE = "model.safetensors"
@@ -200,7 +201,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     * ``to_tokens(..., return_mask=True)`` pads exactly (per-text tokenisation) and returns the mask.
 
     Build a fresh model with ``HookedTransformerModel(HookedTransformerConfig(...), tokenizer)``;
-    the tokenizer may be a Hugging Face tokenizer or :class:`interp.data.DigitTokenizer`.
+    the tokenizer may be a Hugging Face tokenizer or :class:`interp.hooks.tokenizer.DigitTokenizer`.
     """
 
     def __init__(
@@ -226,7 +227,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     # --- tokenizer -----------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
         """TransformerLens's ``set_tokenizer`` for Hugging Face tokenizers; also accepts HF-shaped
-        tokenizers such as :class:`interp.data.DigitTokenizer`, and never needs the network."""
+        tokenizers such as :class:`interp.hooks.tokenizer.DigitTokenizer`, and never needs the network."""
         from transformers import PreTrainedTokenizerBase
 
         if isinstance(tokenizer, PreTrainedTokenizerBase):
@@ -356,8 +357,9 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
                     attention_mask = mask
             else:
                 input = self.to_tokens(input, prepend_bos=prepend_bos, padding_side=padding_side)
-        if isinstance(input, Tensor) and start_at_layer is None and input.dim() == 1:
-            input = input[None]
+        if isinstance(input, Tensor) and start_at_layer is None:
+            input = input[None] if input.dim() == 1 else input
+            check_token_ids(input, self.cfg.d_vocab, "input")  # a negative id would index W_E from its end
         if past_kv_cache is not None and attention_mask is None and self.tokenizer is None \
                 and start_at_layer is None:
             attention_mask = torch.ones(input.shape[:2], dtype=torch.long, device=input.device)

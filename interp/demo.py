@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import html as _html
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,11 @@ import plotly.graph_objects as go
 import torch
 
 import interp
+from interp import lens
 from interp.hooks import HookedSSM, SSMConfig
 from interp.attention.figures import interaction_heatmap
 from interp.attention.maps import interaction_map
+from interp.hooks.hook_points import layer_of
 from interp.hooks.scan import sequential_scan
 
 DEFAULT_MODEL = "tokfsm-mamba"
@@ -195,25 +196,16 @@ def dt_figure(dt: torch.Tensor, str_tokens: list[str], layer: int = 0, unit: str
     return fig
 
 
-def logit_lens_figure(model, cache, str_tokens: list[str]) -> go.Figure:
-    """Top-1 probability of the final-norm + unembed read-out of each layer's residual stream."""
-    rows = []
-    for i in range(model.cfg.n_layers):
-        resid = cache[f"blocks.{i}.hook_resid_post"][0]
-        probs = model.unembed(model.ln_final(resid)).softmax(-1)
-        rows.append(probs.max(-1).values)
-    z = torch.stack(rows).detach().numpy()
-    return go.Figure(go.Heatmap(z=z, x=position_labels(str_tokens), y=[f"layer {i}" for i in range(len(rows))],
-                                colorscale="Viridis", colorbar=dict(title=dict(text="top-1 p"))),
-                     layout=dict(title="Logit lens: confidence of each layer's read-out",
-                                 xaxis=dict(title=dict(text=POSITION_AXIS)),
-                                 yaxis=dict(title=dict(text="residual stream after block"))))
+def logit_lens_figure(model, tokens: torch.Tensor, str_tokens: list[str]) -> go.Figure:
+    """The report's logit lens (:func:`interp.lens.logit_lens`, drawn by :func:`interp.lens.logit_lens_figure`):
+    each layer's top-1 read-out and its probability."""
+    return lens.logit_lens_figure(lens.logit_lens(model, tokens), str_tokens, lens.vocabulary(model))
 
 
 def _site_label(site: str) -> str:
     """``blocks.3.ssm.hook_out`` → ``L3`` (other names unchanged): short enough for a colour-bar tick."""
-    m = re.match(r"blocks\.(\d+)\.", site)
-    return f"L{m.group(1)}" if m else site
+    layer = layer_of(site)
+    return f"L{layer}" if layer is not None and layer >= 0 else site
 
 
 def discrete_colorscale(colors: list[str]) -> list[list]:
@@ -327,7 +319,7 @@ def run_demo(model_name: str | None = None) -> DemoResult:
 
     str_tokens = model.to_str_tokens(tokens) if model.tokenizer is not None else [str(i) for i in tokens[0].tolist()]
     unit = "head" if cfg.family == "mamba2" else "channel"
-    figs = [dt_figure(cache["blocks.0.ssm.hook_dt"][0], str_tokens, unit=unit), logit_lens_figure(model, cache, str_tokens)]
+    figs = [dt_figure(cache["blocks.0.ssm.hook_dt"][0], str_tokens, unit=unit), logit_lens_figure(model, tokens, str_tokens)]
     last = cfg.n_layers - 1
     hidden = interaction_map(model, tokens, layer=last, method="hidden", aggregate="mean_abs")[0]
     figs.append(interaction_heatmap(hidden, str_tokens, title=f"Hidden attention, layer {last} (channel mean |α|)",

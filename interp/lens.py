@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "LAYER_ORDER", "VALUES"]
+__all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES"]
 
 LAYER_ORDER = "bottom-to-top"  # embedding side at the bottom of a figure, final layer at the top
 VALUES = {"top": "top-1 probability", "true": "p(true next token)"}  # what a figure's colour can show
@@ -119,6 +119,12 @@ def logit_lens(model: Any, tokens: torch.Tensor, start: int = 0, length: int | N
     return LogitLens(hooks=hooks, positions=np.arange(lo, hi), top_id=torch.stack(top_id).numpy(),
                      top_prob=torch.stack(top_prob).numpy(), next_id=nxt.numpy(),
                      true_prob=torch.stack(true_prob).numpy(), n_tokens=L)
+
+
+def vocabulary(model: Any) -> list[str]:
+    """Every token id's string: [d_vocab] (cell text of a lens figure, labels of next-token distributions)."""
+    n = int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size)
+    return [str(t) for t in model.to_str_tokens(torch.arange(n))]
 
 
 def logit_lens_figure(lens: LogitLens, str_tokens: Sequence[str], vocab: Sequence[str], value: str = "top",

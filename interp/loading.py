@@ -86,3 +86,25 @@ def _load_transformer(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:
     except ImportError as e:  # pragma: no cover - adapter ships with the package
         raise ImportError(f"cannot load transformer {name!r}: {e}") from e
     return HookedTransformerModel.from_pretrained(name, device=device, dtype=dtype, **kwargs)
+
+
+def find_folders(roots: list[Path] | tuple[Path, ...], holds: tuple[str, ...], limit: int = 200,
+                 max_depth: int = 5) -> list[Path]:
+    """Folders under ``roots`` holding every file named in ``holds`` (e.g. a model, an SAE, a codebook model),
+    at most ``max_depth`` levels deep, resolved and sorted; at most ``limit``. A folder whose resolved path
+    leaves every root (a symlink out) is skipped."""
+    resolved = [Path(r).resolve() for r in roots]
+    found: list[Path] = []
+    for root in resolved:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            if len(Path(dirpath).relative_to(root).parts) >= max_depth:
+                dirnames[:] = []
+            if all(h in filenames for h in holds):
+                p = Path(dirpath).resolve()
+                if any(p == r or r in p.parents for r in resolved):
+                    found.append(p)
+            if len(found) >= limit:
+                return sorted(found)
+    return sorted(found)

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks import is_ssm
+from interp.hooks.tokens import as_tokens
 
 Hook = tuple[str, Callable[..., Any]]
 METHODS = ("lrp", "grad_x_input", "integrated_gradients")
@@ -294,19 +295,6 @@ def zero_biases(model: Any) -> Iterator[list[str]]:
 # --------------------------------------------------------------------------------------------
 # gradients at the embeddings
 # --------------------------------------------------------------------------------------------
-def _as_tokens(model: Any, tokens: Tensor | str | Sequence[int]) -> Tensor:
-    """-> LongTensor [1, pos] on the model's device."""
-    if isinstance(tokens, str):
-        tokens = model.to_tokens(tokens)
-    t = torch.as_tensor(tokens)
-    if t.dim() == 1:
-        t = t[None]
-    if t.dim() != 2 or t.shape[0] != 1:
-        raise ValueError(f"explain one sequence at a time: tokens of shape [pos] or [1, pos], got {tuple(t.shape)}")
-    device = model.W_E.device
-    return t.to(device)
-
-
 def _embedding_grads(
     model: Any,
     tokens: Tensor,
@@ -414,7 +402,7 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    tokens = _as_tokens(model, tokens)
+    tokens = as_tokens(model, tokens, one_sequence=True)  # explain one sequence at a time
     L = tokens.shape[1]
     p = _resolve_position(position, L)
     if method in ("lrp", "grad_x_input"):
@@ -477,7 +465,7 @@ def interaction_rows(
     """
     if method not in ("lrp", "grad_x_input"):
         raise ValueError(f"interaction_rows supports 'lrp' and 'grad_x_input', got {method!r}")
-    tokens = _as_tokens(model, tokens)
+    tokens = as_tokens(model, tokens, one_sequence=True)  # explain one sequence at a time
     L = tokens.shape[1]
     ps = list(range(L)) if positions is None else [_resolve_position(int(q), L) for q in positions]
     if not ps:

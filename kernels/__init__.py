@@ -1,8 +1,9 @@
 """Optional fused kernels: Triton on the GPU, numba on the CPU (``interp.kernels``).
 
-Importable without triton, numba or a GPU: see ``HAS_TRITON`` / ``HAS_NUMBA`` and the dispatchers (``*_auto``, and
-``backend="auto"`` of :func:`interp.attention.hidden.hidden_attention_reduced`), which fall back to the PyTorch
-implementations in :mod:`interp.attention`.
+Kernels only: importable without triton, numba or a GPU (see ``HAS_TRITON`` / ``HAS_NUMBA``). Which one runs is
+decided by the analyses that use them: ``backend="auto"`` of :func:`interp.attention.hidden.hidden_attention_reduced`
+(:func:`interp.attention.backends.choose_backend`), which falls back to the PyTorch reference implementations in
+:mod:`interp.attention`; ``backend=`` of :func:`interp.kernels.topk_decoder.sparse_decode` for the SAE decoder.
 
 This folder is the package ``interp.kernels`` (setuptools ``package-dir`` mapping). Whenever the repository root is
 on ``sys.path`` (``python -m``/``python -c`` or ``python -m pytest`` started from the root, a notebook kernel whose
@@ -32,9 +33,7 @@ if __name__ != "interp.kernels":  # found as top-level ``kernels`` through a che
 else:
     from interp.kernels.hidden_attention import (
         HAS_TRITON,
-        hidden_attention_reduced_auto,
         hidden_attention_reduced_triton,
-        hidden_attention_rows_reduced_auto,
         hidden_attention_rows_reduced_triton,
     )
 
@@ -43,9 +42,7 @@ else:
         "channel_mass_numba",
         "hidden_attention_reduced_numba",
         "HAS_TRITON",
-        "hidden_attention_reduced_auto",
         "hidden_attention_reduced_triton",
-        "hidden_attention_rows_reduced_auto",
         "hidden_attention_rows_reduced_triton",
     ]
 

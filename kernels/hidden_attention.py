@@ -28,8 +28,10 @@ tensor is ever written, global memory holds the inputs and the [b, L, L] result 
 Query rows (:func:`hidden_attention_rows_reduced_triton`) use the direct, masked form for a few
 arbitrary rows, tiled over columns: [b, n_rows, L], O(L) memory per row.
 
-The module imports without triton and without a GPU; :func:`hidden_attention_reduced_auto` uses the
-kernel for CUDA tensors when triton is importable and the PyTorch path otherwise.
+The module imports without triton and without a GPU (``HAS_TRITON`` False). Which implementation runs is
+decided outside the kernels: :func:`interp.attention.hidden.hidden_attention_reduced` /
+:func:`~interp.attention.hidden.hidden_attention_rows_reduced` with ``backend="auto"`` use these kernels for
+CUDA tensors when triton is importable (:func:`interp.attention.backends.choose_backend`).
 """
 
 from __future__ import annotations
@@ -39,20 +41,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from interp.kernels._triton import import_triton, require_triton, use_kernel
+from interp.kernels._triton import import_triton, require_triton
 
 triton, tl = import_triton()  # optional dependency: the module stays importable without it
 HAS_TRITON = triton is not None
-_FALLBACK = ("interp.attention.hidden.hidden_attention_reduced "  # what to use without triton
-             "(or hidden_attention_reduced_auto, which falls back to it)")
+_FALLBACK = "interp.attention.hidden.hidden_attention_reduced (backend='auto' or 'torch')"  # without triton
 
 __all__ = [
     "HAS_TRITON",
     "KERNEL_AGGREGATES",
     "hidden_attention_reduced_triton",
     "hidden_attention_rows_reduced_triton",
-    "hidden_attention_reduced_auto",
-    "hidden_attention_rows_reduced_auto",
 ]
 
 KERNEL_AGGREGATES = {"mean": 0, "mean_abs": 1, "max": 2}
@@ -374,54 +373,3 @@ def hidden_attention_rows_reduced_triton(
         num_warps=num_warps,
     )
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# dispatch
-# --------------------------------------------------------------------------------------------
-def _use_kernel(dt: Tensor, backend: str) -> bool:
-    return use_kernel(dt, backend, HAS_TRITON, _FALLBACK)
-
-
-def hidden_attention_reduced_auto(
-    dt: Tensor, A: Tensor, B: Tensor, C: Tensor, aggregate: str = "mean_abs",
-    heads: Sequence[int] | Tensor | None = None, backend: str = "auto", **kernel_kwargs,
-) -> Tensor:
-    """Channel-reduced hidden attention [b, L, L]: the Triton kernel for CUDA tensors when triton is
-    importable, else :func:`interp.attention.hidden.hidden_attention_reduced` (the PyTorch path).
-
-    ``backend``: "auto" (default), "triton" (force the kernel) or "torch" (force PyTorch).
-    ``kernel_kwargs`` (block_i, block_j, precision, num_warps) go to the kernel only.
-    """
-    if _use_kernel(dt, backend):
-        return hidden_attention_reduced_triton(dt, A, B, C, aggregate=aggregate, heads=heads, **kernel_kwargs)
-    from interp.attention.hidden import hidden_attention_reduced
-
-    return hidden_attention_reduced(dt, A, B, C, aggregate=aggregate, heads=heads)
-
-
-def hidden_attention_rows_reduced_auto(
-    dt: Tensor, A: Tensor, B: Tensor, C: Tensor, rows: Sequence[int] | Tensor, aggregate: str = "mean_abs",
-    heads: Sequence[int] | Tensor | None = None, backend: str = "auto", **kernel_kwargs,
-) -> Tensor:
-    """Channel-reduced query rows [b, len(rows), L]: kernel on CUDA, else the channel reduction of
-    :func:`interp.attention.hidden.hidden_attention_rows`."""
-    if _use_kernel(dt, backend):
-        return hidden_attention_rows_reduced_triton(dt, A, B, C, rows, aggregate=aggregate, heads=heads,
-                                                    **kernel_kwargs)
-    from interp.attention.hidden import hidden_attention_rows
-
-    if aggregate not in KERNEL_AGGREGATES:
-        raise ValueError(f"aggregate must be one of {tuple(KERNEL_AGGREGATES)}, got {aggregate!r}")
-    b, L, H = dt.shape
-    rows_l = [int(r) for r in torch.as_tensor(rows).flatten().tolist()]
-    if heads is not None:  # only the selected heads' rows, keeping each head's group
-        hs = torch.as_tensor(heads, dtype=torch.long).flatten() % H
-        al = hidden_attention_rows(dt, A, B, C, rows_l)[:, hs.to(dt.device)]
-    else:
-        al = hidden_attention_rows(dt, A, B, C, rows_l)
-    if aggregate == "mean":
-        return al.mean(1)
-    if aggregate == "mean_abs":
-        return al.abs().mean(1)
-    return al.abs().amax(1)

@@ -46,11 +46,11 @@ import interp
 from interp import zoo
 from interp.data import TokFSM, tokfsm_dataset, tokfsm_labels
 from interp.probes import LinearRegressionProbe, LogisticProbe, SparseProbe, collect_rows, probe_sweep
-from interp.steering import (
-    AffineMap, Direction, Intervention, dose_response_figure, tokfsm_next_states, tokfsm_prompts,
-    tokfsm_state_activations, tokfsm_state_steering, tokfsm_steering_curve,
+from interp.steering import AffineMap, Direction, Intervention, dose_response_figure
+from interp.tasks.tokfsm import (
+    tokfsm_next_states, tokfsm_patching_success, tokfsm_prompts, tokfsm_state_activations, tokfsm_state_steering,
+    tokfsm_steering_curve,
 )
-from interp.steering.tokfsm import tokfsm_patching_success
 
 # plotly.js is inlined by the "notebook" renderer (no CDN); set PLOTLY_RENDERER to override
 pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")

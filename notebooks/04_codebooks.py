@@ -46,12 +46,11 @@ import torch
 import interp
 from interp.codebook import (
     attach, code_intervention, code_label_precision, collect_codes, fit_post_hoc, load_codebook_model,
-    make_codebooks, mixer_output_sites, similar_codes, site_activations, tokfsm_code_steering_table,
-    tokfsm_state_codes, top_examples, training_batches, usage_stats,
+    make_codebooks, mixer_output_sites, similar_codes, site_activations, top_examples, usage_stats,
 )
-from interp.codebook.zoo import CODEBOOK_RECIPES, train_recipe
+from interp.codebook.zoo import CODEBOOK_RECIPES, train_recipe, training_batches
 from interp.data import TokFSM, tokfsm_dataset, tokfsm_labels
-from interp.steering import tokfsm_prompts
+from interp.tasks.tokfsm import tokfsm_code_steering_table, tokfsm_prompts, tokfsm_state_codes
 from interp.zoo import WEIGHTS_DIR, model_card
 from interp.zoo.evaluate import evaluate, recipe_of
 

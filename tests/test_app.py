@@ -28,6 +28,7 @@ from interp.apps import compute as C  # noqa: E402
 import interp  # noqa: E402
 import interp.zoo  # noqa: E402
 from interp.attention import interaction_map, normalize, rollout  # noqa: E402
+from interp.lens import vocabulary  # noqa: E402
 
 MODEL = "tokfsm-mamba2"
 PROMPT = "<bos>" + "08411793056012345678"  # 21 tokens
@@ -347,15 +348,13 @@ def test_link_reproduces_the_view(env, model):
 # logit lens, probes, features, steering, export
 # ------------------------------------------------------------------------------------------------
 def test_logit_lens_is_the_library_figure(env, model):
-    from interp.demo import logit_lens_figure
-
     toks = tokens_of(model)
     at = app("lens")
     ok(at)
     _, cache = model.run_with_cache(toks)
-    ref = logit_lens_figure(model, cache, model.to_str_tokens(toks[0]))
-    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), np.asarray(ref.data[0].z), rtol=1e-5,
-                               atol=1e-6)
+    ref = torch.stack([model.unembed(model.ln_final(cache[f"blocks.{i}.hook_resid_post"]))[0].softmax(-1).amax(-1)
+                       for i in range(model.cfg.n_layers)])  # top-1 probability of each layer's read-out
+    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
     at2 = app("lens", prompt="<bos>1234")
     assert arr(figure(at2, "lens")["data"][0]["z"]).shape == (model.cfg.n_layers, 5)
 
@@ -805,7 +804,7 @@ def test_logit_lens_cells_show_the_predicted_token(env, model):
     ok(at)
     trace = figure(at, "lens")["data"][0]
     lens = logit_lens(model, tokens_of(model))
-    vocab = C.vocabulary(model)
+    vocab = vocabulary(model)
     assert trace.get("texttemplate") == "%{text}"
     assert [list(r) for r in trace["text"]] == [[vocab[int(t)] for t in row] for row in lens.top_id]
     np.testing.assert_allclose(arr(trace["z"]), lens.top_prob, rtol=1e-5, atol=1e-6)
@@ -847,8 +846,7 @@ def test_logit_lens_layer_order_is_one_order_everywhere(env, model):
     layers = [f"layer {k}" for k in range(model.cfg.n_layers)]
     assert LAYER_ORDER == "bottom-to-top"
     toks = tokens_of(model)
-    _, cache = model.run_with_cache(toks)
-    demo = json.loads(logit_lens_figure(model, cache, model.to_str_tokens(toks[0])).to_json())
+    demo = json.loads(logit_lens_figure(model, toks, model.to_str_tokens(toks[0])).to_json())
     at = app("lens")
     ok(at)
     assert bottom_to_top(figure(at, "lens")) == layers == bottom_to_top(demo)

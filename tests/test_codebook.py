@@ -15,6 +15,7 @@ from interp.codebook import (
 )
 from interp.codebook import functional as Fn
 from interp.codebook.analysis import CodeRun
+from interp.codebook.zoo import model_batches
 from interp.hooks.hook_points import UnknownHookError
 from interp.steering import Intervention
 
@@ -277,12 +278,12 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
         return m, make_codebooks(m, mixer_output_sites(m)[:2], n_codes=32)
 
     m, books = fresh()
-    res = train_codebooks(m, books, SHORT.replace(steps=30, checkpoint_every=30), tmp_path / "long", progress=False,
-                          log_every=5)
+    long = SHORT.replace(steps=30, checkpoint_every=30)
+    res = train_codebooks(m, books, long, tmp_path / "long", model_batches(m, long), progress=False, log_every=5)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
 
     m, books = fresh()
-    train_codebooks(m, books, SHORT, tmp_path / "straight", progress=False)
+    train_codebooks(m, books, SHORT, tmp_path / "straight", model_batches(m, SHORT), progress=False)
     straight = {k: v.clone() for k, v in m.state_dict().items()}
 
     real_save, calls = T.save_checkpoint, []
@@ -297,10 +298,10 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
     m, books = fresh()
     monkeypatch.setattr(T, "save_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train_codebooks(m, books, SHORT, tmp_path / "resumed", progress=False)
+        train_codebooks(m, books, SHORT, tmp_path / "resumed", model_batches(m, SHORT), progress=False)
     monkeypatch.setattr(T, "save_checkpoint", real_save)
     m, books = fresh()
-    res = train_codebooks(m, books, SHORT, tmp_path / "resumed", progress=False)
+    res = train_codebooks(m, books, SHORT, tmp_path / "resumed", model_batches(m, SHORT), progress=False)
     assert res.start_step == 4
     for k, v in m.state_dict().items():
         assert torch.equal(v, straight[k]), k
@@ -309,7 +310,8 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
 def test_post_hoc_fit_and_save_load_model(tmp_path):
     m = load_tokfsm("tokfsm-mamba")
     site = "blocks.2.ssm.hook_out"
-    from interp.codebook.train import site_activations, training_batches
+    from interp.codebook.train import site_activations
+    from interp.codebook.zoo import training_batches
     from interp.zoo.evaluate import recipe_of
 
     acts = site_activations(m, [site], training_batches(recipe_of("tokfsm-mamba"), SHORT), 2048)
@@ -381,7 +383,7 @@ def test_per_class_recall_floor():
 
 
 def test_steering_modes_force_codes_where_they_say(mamba):
-    from interp.codebook.steering import STEERING_MODES, tokfsm_code_steering, tokfsm_state_codes, tokfsm_transition_codes
+    from interp.tasks.tokfsm import STEERING_MODES, tokfsm_code_steering, tokfsm_state_codes, tokfsm_transition_codes
 
     books = make_codebooks(mamba, mixer_output_sites(mamba)[:2], n_codes=16)
     attach(mamba, books)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from interp.codebook import attached, load_codebook_model, mixer_output_sites
-from interp.codebook.steering import tokfsm_code_steering_table, tokfsm_state_codes, tokfsm_transition_codes
+from interp.tasks.tokfsm import tokfsm_code_steering_table, tokfsm_state_codes, tokfsm_transition_codes
 from interp.codebook.train import INDEX_FILE
 from interp.codebook.zoo import CODEBOOK_RECIPES, FIT_SEED, evaluate_tokfsm
 from interp.zoo import WEIGHTS_DIR

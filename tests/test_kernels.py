@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.attention import backends
 from interp.attention.hidden import (
     hidden_attention_direct,
     hidden_attention_reduced,
     hidden_attention_rows,
+    hidden_attention_rows_reduced,
 )
 
 KERNEL_FILE = Path(__file__).resolve().parents[1] / "kernels" / "hidden_attention.py"
@@ -185,17 +187,17 @@ def test_query_rows(L, H, G, N, mamba2):
 
 @in_interpreter
 def test_auto_dispatch():
+    """The one dispatch (interp.attention.hidden, backend=...) reaches the Triton kernels."""
     dt, A, B, C = make_inputs(1, 18, 4, 2, 4, True, seed=19)
-    ref = hidden_attention_reduced(dt, A, B, C, aggregate="mean_abs")
+    ref = hidden_attention_reduced(dt, A, B, C, aggregate="mean_abs", backend="torch")
     # CPU tensors: the PyTorch path, bit for bit
-    assert torch.equal(ka.hidden_attention_reduced_auto(dt, A, B, C, aggregate="mean_abs"), ref)
+    assert torch.equal(hidden_attention_reduced(dt, A, B, C, aggregate="mean_abs"), ref)
     # forced kernel (here interpreted) agrees
-    out = ka.hidden_attention_reduced_auto(dt, A, B, C, aggregate="mean_abs", backend="triton",
-                                           block_i=16, block_j=16)
+    out = hidden_attention_reduced(dt, A, B, C, aggregate="mean_abs", backend="triton", block_i=16, block_j=16)
     assert_matches(out, ref)
     rows = [3, 17]
-    r_torch = ka.hidden_attention_rows_reduced_auto(dt, A, B, C, rows, aggregate="mean")
-    r_kern = ka.hidden_attention_rows_reduced_auto(dt, A, B, C, rows, aggregate="mean", backend="triton", block_j=16)
+    r_torch = hidden_attention_rows_reduced(dt, A, B, C, rows, aggregate="mean")
+    r_kern = hidden_attention_rows_reduced(dt, A, B, C, rows, aggregate="mean", backend="triton", block_j=16)
     assert_matches(r_kern, r_torch)
 
 
@@ -214,15 +216,24 @@ def test_argument_errors():
 
 @in_interpreter
 def test_importable_without_triton(monkeypatch):
-    """With triton unavailable the module imports, and the dispatcher falls back to PyTorch."""
+    """With triton unavailable the module imports, and the dispatcher falls back to PyTorch (or numba)."""
+    import interp.kernels
+
     for name in [m for m in sys.modules if m == "triton" or m.startswith("triton.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` raises ImportError
     mod = _load_private("_interp_kernels_hidden_attention_no_triton")
     assert not mod.HAS_TRITON
+    monkeypatch.setattr(interp.kernels, "HAS_TRITON", mod.HAS_TRITON)  # what the dispatcher now sees
+    has_triton, has_numba = backends.kernels_available()
+    assert not has_triton
+    assert backends.choose_backend("cuda", "mamba1", False, has_triton, has_numba) == "torch"
     dt, A, B, C = make_inputs(1, 9, 2, 1, 3, False)
-    assert torch.equal(mod.hidden_attention_reduced_auto(dt, A, B, C, aggregate="max"),
-                       hidden_attention_reduced(dt, A, B, C, aggregate="max"))
+    fallback = backends.choose_backend("cpu", "mamba1", False, has_triton, has_numba)  # numba or torch
+    assert torch.equal(hidden_attention_reduced(dt, A, B, C, aggregate="max"),
+                       hidden_attention_reduced(dt, A, B, C, aggregate="max", backend=fallback))
+    with pytest.raises(RuntimeError, match="triton"):
+        hidden_attention_reduced(dt, A, B, C, backend="triton")
     with pytest.raises(RuntimeError, match="triton is not installed"):
         mod.hidden_attention_reduced_triton(dt, A, B, C)
 
@@ -240,10 +251,10 @@ def test_cuda_kernel_matches_torch():
     for mamba2, G, N, L in ((False, 1, 16, 300), (True, 1, 64, 257), (True, 2, 40, 130)):
         dt, A, B, C = (x.cuda() for x in make_inputs(2, L, 8, G, N, mamba2, seed=L))
         for aggregate in AGGS:
-            ref = hidden_attention_reduced(dt, A, B, C, aggregate=aggregate).cpu()
-            out = kg.hidden_attention_reduced_auto(dt, A, B, C, aggregate=aggregate)
+            ref = hidden_attention_reduced(dt, A, B, C, aggregate=aggregate, backend="torch").cpu()
+            out = hidden_attention_reduced(dt, A, B, C, aggregate=aggregate)  # backend="auto": the kernel
             assert out.is_cuda
             assert_matches(out.cpu(), ref, rtol=1e-4)
             rows = [0, L // 3, L - 1]
-            r = kg.hidden_attention_rows_reduced_auto(dt, A, B, C, rows, aggregate=aggregate)
+            r = hidden_attention_rows_reduced(dt, A, B, C, rows, aggregate=aggregate)
             assert_matches(r.cpu(), ref[:, rows], rtol=1e-4)

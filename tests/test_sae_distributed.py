@@ -122,7 +122,8 @@ def test_torchrun_two_processes_match_single_process_and_resume(store, tmp_path)
     driver.write_text(textwrap.dedent(f"""
         import json
         from interp.sae import SAEConfig
-        from interp.sae.distributed import init_distributed, main, train_sae_distributed
+        from interp.sae.cli import main
+        from interp.sae.distributed import init_distributed, train_sae_distributed
         init_distributed()  # the entry point then leaves the process group to us
         main({run_topk!r} + ["--max-steps", "12"])      # stops at step 12, as if killed after its checkpoint
         cfg = SAEConfig.from_dict(json.load(open("btk.json")))

@@ -117,3 +117,27 @@ def test_the_lock_leaves_torch_to_requirements_torch():
     text = (ROOT / "requirements" / "lock.txt").read_text()
     assert "\ntorch==" not in text and "# torch" in text
     assert "torch==" in (ROOT / "requirements" / "torch.txt").read_text()
+
+
+def test_the_all_extra_covers_the_documented_features():
+    """``pip install -e '.[all]'`` brings PNG export (kaleido), notebook progress bars (ipywidgets) and
+    ``jupyter notebook``, as the README says."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    included = {e.strip() for e in Requirement(extras["all"][0]).extras}
+    names = {Requirement(r).name for extra in included for r in extras[extra]}
+    assert {"kaleido", "ipywidgets", "notebook", "jupytext", "streamlit", "sae-lens", "nnsight"} <= names
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="kaleido needs a Chromium (apt-get install chromium)")
+def test_png_export_works():
+    """The app's export (and ``fig.to_image``) writes PNG: kaleido is installed and drives the machine's Chromium."""
+    import plotly.graph_objects as go
+
+    from interp.apps.compute import figure_exports
+
+    files = figure_exports(go.Figure(go.Heatmap(z=[[0, 1], [1, 0]])))
+    assert files["png"][:8] == b"\x89PNG\r\n\x1a\n"

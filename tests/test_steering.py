@@ -15,11 +15,13 @@ from torch import nn
 from interp.data import DigitTokenizer, tokfsm_dataset
 from interp.steering import (
     AffineMap, CodebookCodes, Compose, Direction, Intervention, Positions, SAELatents, codebook_code, dose_response,
-    dose_response_figure, kl_cost, tokfsm_prompts, tokfsm_state_activations, tokfsm_steering_curve,
-    tokfsm_transition_success,
+    dose_response_figure, kl_cost,
 )
 from interp.steering import functional as Fn
-from interp.steering.tokfsm import state_probe, tokfsm_patching_success
+from interp.tasks.tokfsm import (
+    state_probe, tokfsm_patching_success, tokfsm_prompts, tokfsm_state_activations, tokfsm_steering_curve,
+    tokfsm_transition_success,
+)
 
 from conftest import load_tokfsm
 

@@ -132,6 +132,19 @@ def test_text_input_and_exact_padding_mask(gpt2):
     assert torch.allclose(batch[1, :1], alone[0], atol=1e-5)
 
 
+def test_token_ids_out_of_range_are_refused(gpt2):
+    """A negative id would index W_E from its end (TransformerLens accepts it silently); both ends are refused,
+    naming the argument."""
+    with pytest.raises(ValueError, match="input holds a negative token id"):
+        gpt2(torch.tensor([[1, -1, 2]]))
+    with pytest.raises(ValueError, match=f"input holds token id {VOCAB}, out of range"):
+        gpt2(torch.tensor([1, VOCAB]))
+    from interp.attention import interaction_map
+
+    with pytest.raises(ValueError, match="tokens holds a negative token id"):
+        interaction_map(gpt2, torch.tensor([1, -1, 2]), 0)
+
+
 # --------------------------------------------------------------------------------------------
 # loading errors
 # --------------------------------------------------------------------------------------------

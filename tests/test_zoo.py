@@ -19,7 +19,8 @@ import interp
 from interp.zoo import MODEL_NAMES, embedded_path, list_models, model_card
 from interp.zoo.evaluate import evaluate, recipe_of
 from interp.zoo.recipes import RECIPES, Recipe, batch_at, get_recipe
-from interp.zoo.train import CHECKPOINT_DIR, LOG_FILE, find_checkpoint, lr_factor, read_checkpoint_state, train
+from interp.training import CHECKPOINT_DIR, find_checkpoint, read_checkpoint_state
+from interp.zoo.train import LOG_FILE, lr_factor, train
 
 REPO = Path(__file__).resolve().parents[1]
 

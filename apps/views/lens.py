@@ -10,6 +10,7 @@ import streamlit as st
 
 from interp.apps import compute as C
 from interp.apps import ui
+from interp.lens import vocabulary
 from interp.lens import VALUES
 
 
@@ -53,7 +54,7 @@ def main() -> None:
     if v["lens_pos"] == -1:
         v["lens_pos"] = positions[-1]  # -1 (the default): the window's last position
     pos = ui.widget(st.select_slider, "lens_pos", "Position of the table (layers in the figure's order)", positions)
-    st.dataframe(pd.DataFrame(lens.table(int(pos), C.vocabulary(model))), hide_index=True, key="lens_table")
+    st.dataframe(pd.DataFrame(lens.table(int(pos), vocabulary(model))), hide_index=True, key="lens_table")
 
 
 main()

@@ -6,6 +6,7 @@ import streamlit as st
 
 from interp.apps import compute as C
 from interp.apps import ui
+from interp.lens import vocabulary
 
 
 @st.cache_data(show_spinner="Steering…", max_entries=32)
@@ -43,7 +44,7 @@ def main() -> None:
     v = ui.view()
     if v["steer_hook"] not in hooks:
         ui.replace("steer_hook", hooks[len(hooks) // 2], "not a residual-stream hook of this model")
-    vocab = C.vocabulary(model)
+    vocab = vocabulary(model)
     c = st.columns(5)
     src = ui.widget(c[0].selectbox, "steer_src", "Direction", ["token", "sae"],
                     format_func=lambda s: {"token": "a token's embedding", "sae": "an SAE latent (Features page)"}[s])

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hooks.hook_points import check_hook_names
+from interp.hooks.hook_points import check_hook_names, layer_of
+from interp.hooks.tokens import model_device
 
 from .manifest import update_stream_hash
 
 PosSlice = slice | int | Sequence[int] | None
-_PRE_BLOCK_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,14 +186,6 @@ def row_meta(tokens: Tensor, keep: Tensor, seq_offset: int) -> dict[str, Tensor]
 # --------------------------------------------------------------------------------------------
 # running the model
 # --------------------------------------------------------------------------------------------
-def layer_of(hook_name: str) -> int | None:
-    """Block index of a hook ("blocks.3.hook_resid_post" -> 3), -1 before the blocks, None after them."""
-    parts = hook_name.split(".")
-    if parts[0] == "blocks" and len(parts) > 1 and parts[1].isdigit():
-        return int(parts[1])
-    return -1 if hook_name in _PRE_BLOCK_HOOKS else None
-
-
 def deepest_stop(hook_names: Sequence[str]) -> int | None:
     """The ``stop_at_layer`` that still fires every hook: deepest block + 1 (None if a hook lies after
     the blocks, e.g. ``ln_final.hook_normalized``)."""
@@ -201,11 +193,6 @@ def deepest_stop(hook_names: Sequence[str]) -> int | None:
     if any(layer is None for layer in layers):
         return None
     return max(layers) + 1  # type: ignore[type-var]
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:

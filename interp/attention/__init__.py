@@ -2,11 +2,14 @@
 
 Formula modules (pure functions on cached activations): :mod:`.hidden` (hidden attention of
 Mamba-1/Mamba-2), :mod:`.unified` (unified implicit attention), :mod:`.latim` (LaTIM
-contributions). :mod:`.maps` puts one interface over all models.
+contributions). :mod:`.maps` puts one interface over all models; :mod:`.methods` is the registry of its
+methods, :mod:`.backends` decides which implementation (PyTorch, numba, Triton) computes hidden attention,
+:mod:`.perturbation` tests a relevance row by removing tokens, :mod:`.figures` plots.
 """
 
 from .hidden import (
-    hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows, reconstruct_y,
+    channel_mass, hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows,
+    hidden_attention_rows_reduced, reconstruct_y,
 )
 from .latim import LatimContributions, latim_contributions, latim_layer, latim_scores, reconstruction_errors
 from .unified import UnifiedAttention, unified_attention, unified_layer
@@ -16,8 +19,8 @@ from .maps import (
 )
 
 __all__ = [
-    "MapTooLargeError", "hidden_attention", "hidden_attention_direct", "hidden_attention_reduced",
-    "hidden_attention_rows", "interaction_map", "mamba_attr", "normalize", "query_rows", "reconstruct_y",
+    "MapTooLargeError", "channel_mass", "hidden_attention", "hidden_attention_direct", "hidden_attention_reduced",
+    "hidden_attention_rows", "hidden_attention_rows_reduced", "interaction_map", "mamba_attr", "normalize", "query_rows", "reconstruct_y",
     "reduce_channels", "rollout", "ssm_parameters", "LatimContributions", "latim_contributions", "latim_layer",
     "latim_scores", "reconstruction_errors", "UnifiedAttention", "unified_attention", "unified_layer",
 ]

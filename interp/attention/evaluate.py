@@ -4,8 +4,9 @@ Every method is a function ``(model, tokens [1, L], positions) -> rows [len(posi
 scores each source token j for the prediction the model makes at query position ``positions[r]``
 (the logit of token ``positions[r] + 1``). Entries right of the query are ignored.
 
-Methods (:data:`METHODS`; a spec may add ``@rollout``, ``@sum``, ``@last`` or ``@<layer>`` to a
-layer-wise method to choose how the per-layer maps are combined):
+Methods (:data:`BENCHMARK_METHODS`; a spec may add ``@rollout``, ``@sum``, ``@last`` or ``@<layer>`` to a
+layer-wise method to choose how the per-layer maps are combined). They are built on the interaction-map
+methods of :mod:`interp.attention.methods` (which models each applies to comes from there):
 
 =================  ===========================================================================  =========
 name               per-layer map (rows = query i, columns = source j)                           layers
@@ -35,11 +36,9 @@ the scale of the identity that rollout adds for the residual (``latim_l2@rollout
 variant on the copy task). On small trained copy models the retrieval of the source sits in the last
 layer and ``latim_l2@last`` is the sharpest variant; the default benchmark reports it next to ``sum``.
 
-Perturbation (docs/design.md §3.9): :func:`perturbation_curve` replaces the k most (MoRF) or least
-(LeRF) relevant tokens j <= position by a baseline id, for k = 0..n in one batched forward, and
-records the logit of the originally predicted token; :func:`area` is the trapezoid area over k/n in
-[0, 1] and ``delta_auc = A_LeRF - A_MoRF`` (higher is better: removing the tokens a method calls
-relevant should hurt more than removing those it calls irrelevant).
+Perturbation (docs/design.md §3.9; the curves are :mod:`interp.attention.perturbation`'s, re-exported here):
+:func:`perturbation_curve` replaces the k most (MoRF) or least (LeRF) relevant tokens j <= position by a
+baseline id and records the logit of the originally predicted token; ``delta_auc = A_LeRF - A_MoRF``.
 
 Copying benchmark (LaTIM): on ``BOS a_1..a_n SEP a_1..a_n`` the prediction at copy position t
 (``CopyBatch.loss_mask``) has one true source, ``CopyBatch.source_positions[t]`` (= t - n, in the
@@ -74,11 +73,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import hidden
-from .maps import interaction_map, is_ssm, normalize, rollout
+from interp.metrics import average_precision, roc_auc
+
+from . import hidden, methods
+from .maps import interaction_map, normalize, rollout
+from .perturbation import (  # perturbation curves: re-exported, the harness's benchmarks run them
+    _as_np, _logits, _one, area, delta_auc, perturbation_curve, perturbation_ks, perturbation_test,
+)
 
 __all__ = [
-    "METHODS", "DEFAULT_COPY_METHODS", "LAYER_COMBINE", "MethodUnavailable", "BenchmarkTable",
+    "BENCHMARK_METHODS", "DEFAULT_COPY_METHODS", "LAYER_COMBINE", "MethodUnavailable", "BenchmarkTable",
     "register_method", "resolve_method", "method_rows", "layer_maps", "combine_layers",
     "roc_auc", "average_precision", "recall_at_1", "score_row",
     "perturbation_ks", "perturbation_curve", "area", "delta_auc", "perturbation_test",
@@ -105,62 +109,9 @@ class MethodUnavailable(RuntimeError):
 
 
 # ============================================================================================
-# metrics (pure functions; no scikit-learn needed at runtime)
+# metrics (pure functions; no scikit-learn needed at runtime). roc_auc and average_precision are
+# interp.metrics's (re-exported here)
 # ============================================================================================
-def _as_np(x: Any) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64).reshape(-1)
-
-
-def _midranks(s: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``s`` ascending, tied values sharing their average rank."""
-    order = np.argsort(s, kind="mergesort")
-    ss = s[order]
-    ranks = np.empty(len(s), dtype=np.float64)
-    # boundaries of runs of equal values
-    starts = np.r_[0, np.flatnonzero(np.diff(ss) != 0) + 1]
-    ends = np.r_[starts[1:], len(s)]
-    avg = (starts + ends + 1) / 2.0  # mean of 1-based ranks start+1 .. end
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def roc_auc(labels: Any, scores: Any) -> float:
-    """Area under the ROC curve of ``scores`` for binary ``labels`` (== sklearn's ``roc_auc_score``).
-
-    Mann–Whitney form: the probability that a random positive outscores a random negative, ties
-    counting 1/2. Raises ValueError when only one class is present (as scikit-learn).
-    """
-    y, s = _as_np(labels) > 0.5, _as_np(scores)
-    if y.shape != s.shape:
-        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC AUC needs both positive and negative labels")
-    r = _midranks(s)
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def average_precision(labels: Any, scores: Any) -> float:
-    """Average precision Σ_k (R_k - R_{k-1}) P_k over the distinct score thresholds, descending
-    (== sklearn's ``average_precision_score``: tied scores form one threshold). Needs a positive."""
-    y, s = _as_np(labels) > 0.5, _as_np(scores)
-    if y.shape != s.shape:
-        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
-    n_pos = int(y.sum())
-    if n_pos == 0:
-        raise ValueError("average precision needs at least one positive label")
-    order = np.argsort(s, kind="mergesort")[::-1]
-    ss, yy = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ss) != 0), len(ss) - 1]  # last index of each threshold
-    tps = np.cumsum(yy)[last]
-    precision = tps / (last + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 def recall_at_1(labels: Any, scores: Any) -> float:
     """Fraction of the top-scored candidates that are positive: 1 if a positive is the unique argmax,
     1/m if it shares the maximum with m - 1 others (expected hit under random tie-breaking)."""
@@ -188,21 +139,22 @@ def score_row(row: Any, true_index: int, candidates: Sequence[int] | None = None
 # ============================================================================================
 # methods
 # ============================================================================================
-def _one(tokens: Tensor) -> Tensor:
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
-    if tokens.shape[0] != 1:
-        raise ValueError(f"methods explain one sequence at a time: tokens [1, L], got {tuple(tokens.shape)}")
-    return tokens
-
-
 def _n_layers(model: Any) -> int:
     return int(model.cfg.n_layers)
 
 
+def _require(method: str, model: Any) -> None:
+    """:class:`MethodUnavailable` unless the interaction-map ``method`` applies to ``model`` (the registry,
+    :mod:`interp.attention.methods`, says which models each method is for)."""
+    try:
+        methods.check_applies(method, model)
+    except methods.MethodNotApplicable as e:
+        raise MethodUnavailable(str(e)) from None
+
+
 def _hidden_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
     """Channel/head mean |α| of every layer from one cached forward (rows only: O(H·N·L) per row)."""
-    if not is_ssm(model):
-        raise MethodUnavailable("hidden attention needs a state-space model (use 'attention' for transformers)")
+    _require("hidden", model)
     n = _n_layers(model)
     names = [f"blocks.{l}.ssm.hook_{h}" for l in range(n) for h in ("dt", "B", "C")]
     with torch.no_grad():
@@ -214,20 +166,18 @@ def _hidden_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> l
             if rows is None:
                 out.append(hidden.hidden_attention_reduced(dt, A, B, C, "mean_abs")[0])
             else:
-                out.append(hidden.hidden_attention_rows(dt, A, B, C, rows).abs().mean(1)[0])
+                out.append(hidden.hidden_attention_rows_reduced(dt, A, B, C, rows, "mean_abs")[0])
     return out
 
 
 def _attention_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
-    if is_ssm(model):
-        raise MethodUnavailable("softmax attention is for transformers (use 'hidden' for state-space models)")
+    _require("attention", model)
     maps = [interaction_map(model, tokens, layer, "attention", aggregate="mean")[0] for layer in range(_n_layers(model))]
     return maps if rows is None else [m[rows] for m in maps]
 
 
 def _unified_maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
-    if not is_ssm(model):
-        raise MethodUnavailable("unified implicit attention needs a state-space model")
+    _require("unified", model)
     try:
         from . import unified
     except ImportError as e:  # pragma: no cover - depends on the checkout
@@ -243,8 +193,7 @@ def _latim_maps(score: str) -> Callable[..., list[Tensor]]:
     """LaTIM per-layer score maps via :mod:`interp.attention.latim` (``latim_layer`` + ``latim_scores``)."""
 
     def maps(model: Any, tokens: Tensor, rows: list[int] | None = None) -> list[Tensor]:
-        if not is_ssm(model):
-            raise MethodUnavailable("LaTIM needs a state-space model")
+        _require("latim", model)
         try:
             from . import latim
         except ImportError as e:  # pragma: no cover - depends on the checkout
@@ -316,14 +265,14 @@ def _random_rows(model: Any, tokens: Tensor, positions: Sequence[int]) -> Tensor
     return torch.rand(len(positions), tokens.shape[1], generator=g)
 
 
-METHODS: dict[str, MethodFn] = {}
+BENCHMARK_METHODS: dict[str, MethodFn] = {}  # name -> row function; built below on interp.attention.methods
 
 
 def register_method(name: str, fn: MethodFn) -> None:
     """Add a method ``fn(model, tokens [1, L], positions) -> [len(positions), L]`` under ``name``."""
     if "@" in name:
         raise ValueError("method names may not contain '@' (it selects the layer combination)")
-    METHODS[name] = fn
+    BENCHMARK_METHODS[name] = fn
 
 
 def _layerwise_fn(base: str, how: str | int) -> MethodFn:
@@ -341,15 +290,15 @@ def resolve_method(spec: str | MethodFn) -> MethodFn:
     if callable(spec):
         return spec
     spec = ALIASES.get(spec, spec)
-    if spec in METHODS:
-        return METHODS[spec]
+    if spec in BENCHMARK_METHODS:
+        return BENCHMARK_METHODS[spec]
     base, _, how = spec.partition("@")
     if base in LAYERWISE:
         how = how or LAYERWISE[base][1]
         if how not in LAYER_COMBINE and not how.lstrip("-").isdigit():
             raise ValueError(f"unknown layer combination {how!r} in {spec!r}; use one of {LAYER_COMBINE} or an index")
         return _layerwise_fn(base, how)
-    known = sorted(set(METHODS) | set(LAYERWISE) | set(ALIASES))
+    known = sorted(set(BENCHMARK_METHODS) | set(LAYERWISE) | set(ALIASES))
     raise KeyError(f"unknown method {spec!r}; known: {', '.join(known)} (layer-wise ones take @rollout|@sum|@last|@k)")
 
 
@@ -357,8 +306,8 @@ for _name in LAYERWISE:
     register_method(_name, _layerwise_fn(_name, LAYERWISE[_name][1]))
 for _alias, _target in ALIASES.items():
     register_method(_alias, _layerwise_fn(*_target.split("@")))
-register_method("lrp", _whole_model("lrp"))
-register_method("grad_x_input", _whole_model("grad_x_input"))
+for _name in methods.WHOLE_MODEL:  # lrp, grad_x_input
+    register_method(_name, _whole_model(_name))
 register_method("lrp_abs", _whole_model("lrp", absolute=True))
 register_method("random", _random_rows)
 
@@ -372,105 +321,6 @@ def method_rows(model: Any, tokens: Tensor, positions: Sequence[int], method: st
     if tuple(rows.shape) != (len(positions), L):
         raise ValueError(f"method {method!r} returned {tuple(rows.shape)}, expected {(len(positions), L)}")
     return rows.detach().float().cpu()
-
-
-# ============================================================================================
-# perturbation curves
-# ============================================================================================
-def perturbation_ks(n: int, steps: int | None = None) -> list[int]:
-    """Numbers of removed tokens: 0..n, or ``steps + 1`` values spread evenly over 0..n."""
-    if steps is None or steps >= n:
-        return list(range(n + 1))
-    return sorted({int(round(x)) for x in np.linspace(0, n, int(steps) + 1)})
-
-
-def _logits(model: Any, tokens: Tensor) -> Tensor:
-    out = model(tokens)
-    return out if isinstance(out, Tensor) else out[0]
-
-
-@torch.no_grad()
-def perturbation_curve(
-    model: Any,
-    tokens: Tensor,
-    position: int,
-    scores: Any,
-    baseline_id: int,
-    order: str = "morf",
-    steps: int | None = None,
-    target: int | None = None,
-    batch_size: int = 128,
-) -> Tensor:
-    """Target logit at ``position`` after replacing the top-k tokens by ``baseline_id``, k = 0..n.
-
-    Args:
-        model: any model mapping tokens [b, L] to logits [b, L, vocab].
-        tokens: one sequence [1, L] (or [L]).
-        position: the query position (the prediction of token ``position + 1`` is explained).
-        scores: relevance [L] of each source token; only j <= position are candidates (n = position + 1).
-            NaN counts as least relevant; ties are broken by position (earlier first), in both orders.
-        baseline_id: the replacement token id.
-        order: "morf" (most relevant first) or "lerf" (least relevant first).
-        steps: None for every k in 0..n, else ``steps + 1`` evenly spread values (:func:`perturbation_ks`).
-        target: the explained token; default the model's argmax at ``position`` on the clean sequence.
-        batch_size: perturbed copies per forward (all k in one batch when it fits).
-
-    Returns:
-        Tensor [len(ks)]: the target logit for each k (entry 0 is the clean logit).
-    """
-    tokens = _one(tokens)
-    L = tokens.shape[1]
-    p = int(position) % L
-    n = p + 1
-    s = torch.as_tensor(_as_np(scores), dtype=torch.float64)
-    if s.numel() < n:
-        raise ValueError(f"scores has {s.numel()} entries, need at least position + 1 = {n}")
-    s = torch.nan_to_num(s[:n], nan=-math.inf)
-    if order == "morf":
-        key = -s
-    elif order == "lerf":
-        key = s
-    else:
-        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
-    ranked = torch.sort(key, stable=True).indices  # ranked[r] = r-th token removed
-    rank = torch.empty(n, dtype=torch.long)
-    rank[ranked] = torch.arange(n)
-    ks = torch.tensor(perturbation_ks(n, steps))
-    batch = tokens.repeat(len(ks), 1)
-    remove = rank[None, :] < ks[:, None]  # [len(ks), n]
-    batch[:, :n] = torch.where(remove.to(batch.device), torch.full_like(batch[:, :n], int(baseline_id)), batch[:, :n])
-    out = []
-    tgt = target
-    for start in range(0, len(ks), batch_size):
-        logits = _logits(model, batch[start:start + batch_size])[:, p].float()
-        if tgt is None:
-            tgt = int(logits[0].argmax())  # row 0 is k = 0: the clean sequence
-        out.append(logits[:, tgt])
-    return torch.cat(out).cpu()
-
-
-def area(curve: Any, x: Any = None) -> float:
-    """Trapezoid area under ``curve`` with x normalised to [0, 1] (evenly spaced unless ``x`` is given)."""
-    y = _as_np(curve)
-    if len(y) < 2:
-        raise ValueError("a curve needs at least two points")
-    xs = np.linspace(0.0, 1.0, len(y)) if x is None else _as_np(x) / max(_as_np(x)[-1], 1e-12)
-    return float(np.sum((xs[1:] - xs[:-1]) * (y[1:] + y[:-1]) / 2.0))
-
-
-def delta_auc(morf: Any, lerf: Any) -> float:
-    """ΔA = A_LeRF - A_MoRF (higher is better)."""
-    return area(lerf) - area(morf)
-
-
-def perturbation_test(
-    model: Any, tokens: Tensor, position: int, scores: Any, baseline_id: int, steps: int | None = None,
-    target: int | None = None,
-) -> dict[str, Any]:
-    """Both curves, their areas and ΔA for one query position."""
-    morf = perturbation_curve(model, tokens, position, scores, baseline_id, "morf", steps, target)
-    lerf = perturbation_curve(model, tokens, position, scores, baseline_id, "lerf", steps, target)
-    return {"morf": morf, "lerf": lerf, "a_morf": area(morf), "a_lerf": area(lerf), "delta": area(lerf) - area(morf)}
 
 
 # ============================================================================================
@@ -587,7 +437,7 @@ def copying_benchmark(
 
     Args:
         models: name -> model (or a name / folder that :func:`interp.load` accepts), or a list of names.
-        methods: specs (see :data:`METHODS`), callables, or a name -> callable mapping
+        methods: specs (see :data:`BENCHMARK_METHODS`), callables, or a name -> callable mapping
             (default :data:`DEFAULT_COPY_METHODS`).
         n_sequences: copying sequences (each contributes its n copy positions).
         n_range: copy lengths n, drawn uniformly from ``lo..hi``.

@@ -240,7 +240,7 @@ def perturbation_figure(
     import plotly.graph_objects as go
     from plotly.colors import qualitative
 
-    from .evaluate import area
+    from .perturbation import area
 
     fig = go.Figure()
     palette = qualitative.Plotly

@@ -20,25 +20,30 @@ a rank-N matmul whose both factors have exponents <= 0. The right factor is carr
 block by multiplying with the decay between anchors (<= 1; no prefix product is ever divided).
 Diagonal blocks are built directly. Time O(H·N·L²), memory O(H·N·L + H·T·L).
 
-On the CPU, :func:`hidden_attention_reduced` and :func:`channel_mass` of a Mamba-1 layer run the same
-anchored-block algorithm as a fused numba kernel (:mod:`interp.kernels.hidden_attention_cpu`) that folds
-each channel's blocks into the reduced map without writing them to memory, when numba is importable
-and no input needs a gradient; otherwise (or with ``backend="torch"``) the PyTorch code below runs.
+The channel-reduced functions (:func:`hidden_attention_reduced`, :func:`hidden_attention_rows_reduced`,
+:func:`channel_mass`) take ``backend="auto" | "torch" | "numba" | "triton"`` and run where
+:func:`interp.attention.backends.choose_backend` decides: the Triton kernels (:mod:`interp.kernels.hidden_attention`)
+for CUDA tensors, on the CPU the fused numba kernel of Mamba-1 layers (:mod:`interp.kernels.hidden_attention_cpu`:
+the same anchored-block algorithm, each channel's blocks folded into the reduced map without being written to
+memory), when installed and no input needs a gradient; otherwise (or with ``backend="torch"``) the PyTorch code
+below, the reference the kernels are tested against.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from interp.hooks.scan import expand_groups, segsum
 
+from . import backends
+
 Aggregate = str  # "mean" | "mean_abs" | "max" | "none"
 
 AGGREGATES = ("mean", "mean_abs", "max", "none")
-BACKENDS = ("auto", "numba", "torch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,69 +182,75 @@ def hidden_attention(
 
 def hidden_attention_reduced(
     dt: Tensor, A: Tensor, B: Tensor, C: Tensor, aggregate: Aggregate = "mean_abs",
-    heads: Sequence[int] | Tensor | None = None, block: int = 64, backend: str = "auto",
+    heads: Sequence[int] | Tensor | None = None, block: int = 64, backend: str = "auto", **kernel_kwargs: Any,
 ) -> Tensor:
     """Channel/head-reduced hidden attention [b, L, L], never holding more than a block of channels.
 
     aggregate: "mean" (signed mean over channels), "mean_abs" (mean of |α|), "max" (max of |α|).
-    backend (Mamba-1 layout): "auto" runs the fused numba kernel for CPU tensors when numba is
-    importable and no input requires grad, else the PyTorch path; "numba" / "torch" force one.
+    backend: "auto" | "torch" | "numba" | "triton", decided by :func:`interp.attention.backends.choose_backend`
+    ("auto": Triton for CUDA tensors, numba for CPU tensors of a Mamba-1 layer, PyTorch when an input needs a
+    gradient or no kernel fits). ``block``: query-row block of the PyTorch and numba paths; ``kernel_kwargs``
+    (block_i, block_j, precision, num_warps) go to the Triton kernel only.
     """
     _check_aggregate(aggregate)
     if aggregate == "none":
         raise ValueError("aggregate='none' keeps every channel: call hidden_attention() instead")
+    chosen = backends.backend_for(dt, A, B, C, backend, "reduced")
+    if chosen == "triton":
+        from interp.kernels import hidden_attention as triton_kernels
+
+        return triton_kernels.hidden_attention_reduced_triton(dt, A, B, C, aggregate=aggregate, heads=heads,
+                                                              **kernel_kwargs)
     hs = None if heads is None else torch.as_tensor(heads, device=dt.device, dtype=torch.long)
+    if chosen == "numba":
+        from interp.kernels import hidden_attention_cpu as numba_kernels
+
+        return numba_kernels.hidden_attention_reduced_numba(dt, A, B, C, aggregate, heads=hs, block=block)
     if A.dim() == 1:
         return REDUCERS[aggregate](_alpha_scalar_decay(dt, A, B, C, hs).transpose(0, 1))
-    kernel = _cpu_kernel(dt, A, B, C, backend)
-    if kernel is not None:
-        return kernel.hidden_attention_reduced_numba(dt, A, B, C, aggregate, heads=hs, block=block)
     dt, A = _select(dt.float(), A.float(), hs)
     return torch.stack([_channelwise(dt[i], A, _one_group(B[i]), _one_group(C[i]), aggregate, block)
                         for i in range(dt.shape[0])])
 
 
+def hidden_attention_rows_reduced(
+    dt: Tensor, A: Tensor, B: Tensor, C: Tensor, rows: Sequence[int] | Tensor, aggregate: Aggregate = "mean_abs",
+    heads: Sequence[int] | Tensor | None = None, backend: str = "auto", **kernel_kwargs: Any,
+) -> Tensor:
+    """Query rows of the channel-reduced map: [b, len(rows), L] (zeros right of each row's position), O(L)
+    memory per row with the kernel, O(H·N·L) with PyTorch. Equals ``hidden_attention_reduced(...)[:, rows]``.
+
+    aggregate: "mean", "mean_abs" or "max"; negative rows count from the end. backend: as for
+    :func:`hidden_attention_reduced` (query rows have a Triton kernel, no numba one); ``kernel_kwargs``
+    (block_j, num_warps) go to the Triton kernel only.
+    """
+    if aggregate not in REDUCERS:
+        raise ValueError(f"aggregate must be one of {tuple(REDUCERS)}, got {aggregate!r}")
+    chosen = backends.backend_for(dt, A, B, C, backend, "rows")
+    if chosen == "triton":
+        from interp.kernels import hidden_attention as triton_kernels
+
+        return triton_kernels.hidden_attention_rows_reduced_triton(dt, A, B, C, rows, aggregate=aggregate,
+                                                                   heads=heads, **kernel_kwargs)
+    alpha = hidden_attention_rows(dt, A, B, C, [int(r) for r in torch.as_tensor(rows).flatten().tolist()])
+    if heads is not None:  # only the selected heads' rows, keeping each head's group
+        alpha = alpha[:, torch.as_tensor(heads, dtype=torch.long, device=dt.device).flatten() % dt.shape[-1]]
+    return REDUCERS[aggregate](alpha.transpose(0, 1))
+
+
 def channel_mass(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, backend: str = "auto") -> Tensor:
     """Σ_{i,j} |α[h, i, j]| per channel/head, summed over the batch: [H] (picks top-k channels).
 
-    backend: as for :func:`hidden_attention_reduced` (the numba kernel's per-block sums are float64).
+    backend: as for :func:`hidden_attention_reduced` (a numba kernel only; its per-block sums are float64).
     """
+    if backends.backend_for(dt, A, B, C, backend, "mass") == "numba":
+        from interp.kernels import hidden_attention_cpu as numba_kernels
+
+        return numba_kernels.channel_mass_numba(dt, A, B, C)
     if A.dim() == 1:
         return _alpha_scalar_decay(dt, A, B, C, None).abs().sum((0, 2, 3))
-    kernel = _cpu_kernel(dt, A, B, C, backend)
-    if kernel is not None:
-        return kernel.channel_mass_numba(dt, A, B, C)
     dt, A = dt.float(), A.float()
     return sum(_channelwise(dt[i], A, _one_group(B[i]), _one_group(C[i]), "mass") for i in range(dt.shape[0]))
-
-
-def _cpu_kernel(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, backend: str):
-    """The numba kernel module (:mod:`interp.kernels.hidden_attention_cpu`) if it should run, else None.
-
-    "auto": Mamba-1 layout (A [H, N], one B/C group) on CPU tensors, no input requiring grad, numba
-    importable. "numba": always (errors if numba is missing or the layout does not fit). "torch": never.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return None
-    try:
-        from interp.kernels import hidden_attention_cpu as kernel
-    except Exception:  # pragma: no cover - a broken optional install: keep the PyTorch path
-        if backend == "numba":
-            raise
-        return None
-    if backend == "numba":
-        kernel._require_numba()
-        return kernel
-    tensors = (dt, A, B, C)
-    usable = (
-        kernel.HAS_NUMBA
-        and A.dim() == 2 and B.dim() == 4 and B.shape[2] == 1
-        and all(t.device.type == "cpu" for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-    )
-    return kernel if usable else None
 
 
 def _select(dt: Tensor, A: Tensor, hs: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -20,22 +20,16 @@ import torch
 from torch import Tensor
 
 from interp.hooks import is_ssm
+from interp.hooks.tokens import as_tokens
 
-from . import hidden
+from . import hidden, methods
 
-METHODS = ("attention", "hidden", "unified", "latim", "lrp", "grad_x_input")
 NORMALIZATIONS = ("raw", "minmax", "row")
 DEFAULT_MAP_BUDGET_BYTES = 2 * 2**30
 
 
 class MapTooLargeError(MemoryError):
     """A per-channel map was requested that exceeds the memory budget."""
-
-
-def _tokens(model: Any, tokens: Any) -> Tensor:
-    if isinstance(tokens, (str, list)):
-        return model.to_tokens(tokens)
-    return tokens[None] if tokens.dim() == 1 else tokens
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,21 +116,22 @@ def interaction_map(
 ) -> Tensor:
     """Token-interaction map(s) of ``layer`` by ``method``: [b, L, L] (or [b, H, L, L] for aggregate="none").
 
-    method: "auto" (hidden attention for SSMs, softmax attention for transformers), "hidden",
-    "attention", "unified" (unified implicit attention, channel-reduced; bias and skip terms in
-    :mod:`interp.attention.unified`), "latim" (LaTIM scores; ``score="l1"|"l2"|"alti"``,
-    ``f="silu"|"identity"``), "lrp" or "grad_x_input" (whole-model attributions; ``layer`` ignored).
+    method (:mod:`interp.attention.methods`): "auto" (hidden attention for SSMs, softmax attention for
+    transformers), "hidden", "attention", "unified" (unified implicit attention, channel-reduced; bias and skip
+    terms in :mod:`interp.attention.unified`), "latim" (LaTIM scores; ``score="l1"|"l2"|"alti"``,
+    ``f="silu"|"identity"``), "lrp" or "grad_x_input" (whole-model attributions; ``layer`` ignored). A method
+    that does not apply to the model raises :class:`~interp.attention.methods.MethodNotApplicable` (a ValueError).
+    Hidden attention runs on the backend :func:`interp.attention.backends.choose_backend` picks for the
+    tensors' device (the Triton kernel for CUDA tensors, numba on the CPU, else PyTorch).
     """
-    tokens = _tokens(model, tokens)
+    tokens = as_tokens(model, tokens)
     if method == "auto":
-        method = "hidden" if is_ssm(model) else "attention"
-    if method in ("lrp", "grad_x_input"):
+        method = methods.default_method(model)
+    if methods.check_applies(method, model).whole_model:
         from interp.lrp import interaction_rows
 
         rows = torch.stack([interaction_rows(model, t[None], method=method, **method_kwargs) for t in tokens])
         return normalize(rows, normalize_)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {('auto',) + METHODS}, got {method!r}")
     if layer is None:
         raise ValueError(f"method {method!r} needs a layer")
     n_layers = model.cfg.n_layers
@@ -146,8 +141,6 @@ def interaction_map(
     b, L = tokens.shape
 
     if method == "attention":
-        if is_ssm(model):
-            raise ValueError("method='attention' is for transformers; SSMs use 'hidden'")
         name = f"blocks.{layer}.attn.hook_pattern"
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=name)
@@ -155,8 +148,6 @@ def interaction_map(
         per_head = per_head if heads is None else per_head[:, list(heads)]
         return normalize(reduce_channels(per_head, aggregate, k), normalize_)
 
-    if not is_ssm(model):
-        raise ValueError(f"method={method!r} needs a state-space model; transformers use 'attention'")
     if method in ("unified", "latim"):
         return normalize(_unified_or_latim(model, tokens, layer, method, aggregate, heads, max_bytes, **method_kwargs),
                          normalize_)
@@ -198,15 +189,18 @@ def query_rows(
     model: Any, tokens: Any, layer: int, rows: Sequence[int], method: str = "auto",
     aggregate: str = "mean_abs", normalize_: str = "raw",
 ) -> Tensor:
-    """Rows ``rows`` of the interaction map: [b, len(rows), L], O(H·N·L) memory per row for SSMs."""
-    tokens = _tokens(model, tokens)
-    method = ("hidden" if is_ssm(model) else "attention") if method == "auto" else method
+    """Rows ``rows`` of the interaction map: [b, len(rows), L], O(H·N·L) memory per row for SSMs (O(L) with the
+    Triton kernel, which the backend dispatch picks for CUDA tensors)."""
+    tokens = as_tokens(model, tokens)
+    method = methods.default_method(model) if method == "auto" else method
     L = tokens.shape[1]
     rows = [int(r) % L for r in rows]
     if method == "hidden":
         p = ssm_parameters(model, tokens, layer % model.cfg.n_layers)
-        per = hidden.hidden_attention_rows(p["dt"], p["A"], p["B"], p["C"], rows)  # [b, H, R, L]
-        out = reduce_channels(per, aggregate)
+        if aggregate in hidden.REDUCERS:  # mean / mean_abs / max: the backend dispatch (Triton rows on CUDA)
+            out = hidden.hidden_attention_rows_reduced(p["dt"], p["A"], p["B"], p["C"], rows, aggregate)
+        else:  # a channel, "topk" or "none": from the per-channel rows [b, H, R, L]
+            out = reduce_channels(hidden.hidden_attention_rows(p["dt"], p["A"], p["B"], p["C"], rows), aggregate)
     elif method in ("lrp", "grad_x_input"):
         from interp.lrp import interaction_rows
 
@@ -223,7 +217,7 @@ def mamba_attr(model: Any, tokens: Any, target: int | None = None, position: int
     For SSMs ∇α[h, i, j] = Σ_p g_i[h, p] u_j[h, p] with g = ∂logit/∂y (the SSM output, hook_y);
     for transformers the gradient of the softmax pattern.
     """
-    tokens = _tokens(model, tokens)
+    tokens = as_tokens(model, tokens)
     grabbed: dict[str, Tensor] = {}
 
     def keep(x: Tensor, hook: Any) -> Tensor:

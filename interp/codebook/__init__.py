@@ -2,7 +2,7 @@
 
     model = interp.load("tokfsm-mamba")
     books = make_codebooks(model, mixer_output_sites(model), n_codes=256, k=1)
-    train_codebooks(model, books, CodebookTrainConfig(steps=600), "runs/codebook/x")   # k-means init, fine-tune
+    train_codebooks(model, books, cfg, "runs/codebook/x", batches)                      # k-means init, fine-tune
     run = collect_codes(model, tokens)                                                   # codes per site
     code_label_precision(run, labels, n_classes=100).summary()                           # codes vs best neuron
     iv = code_intervention(model, "blocks.2.ssm.hook_out", code=17, mode="force", positions="last")
@@ -10,8 +10,10 @@
 
 Modules: :mod:`.functional` (the math), :mod:`.config` (every knob), :mod:`.layer` (CodebookLayer and its hook
 points), :mod:`.insert` (attach to / detach from a model at hook names), :mod:`.train` (k-means, in-model and
-post-hoc training, checkpoints, save/load), :mod:`.analysis` (usage, code ↔ label precision vs neurons, top
-examples, similar codes), :mod:`.steering` (force / append / disable codes; TokFSM steering by codes).
+post-hoc training on any batches, checkpoints, save/load), :mod:`.analysis` (usage, code ↔ label precision vs
+neurons, top examples, similar codes), :mod:`.steering` (force / append / disable codes). Tasks built on them:
+:mod:`interp.codebook.zoo` (the embedded codebook models and their training data, ``model_batches``) and
+:mod:`interp.tasks.tokfsm` (the TokFSM steering-by-codes test).
 """
 
 from .analysis import (
@@ -21,17 +23,16 @@ from .analysis import (
 from .config import CodebookConfig, CodebookTrainConfig
 from .insert import attach, attached, codes_hook, detach, make_codebooks, mixer_output_sites
 from .layer import CodebookLayer
-from .steering import code_intervention, tokfsm_code_steering, tokfsm_code_steering_table, tokfsm_state_codes
+from .steering import code_intervention
 from .train import (
     CodebookTrainResult, fit_post_hoc, kmeans_init, load_codebook_model, save_codebook_model, site_activations,
-    train_codebooks, training_batches,
+    train_codebooks,
 )
 
 __all__ = [
     "CodebookConfig", "CodebookTrainConfig", "CodebookLayer", "attach", "attached", "detach", "codes_hook",
     "make_codebooks", "mixer_output_sites", "train_codebooks", "fit_post_hoc", "kmeans_init", "site_activations",
-    "training_batches",
     "CodebookTrainResult", "save_codebook_model", "load_codebook_model", "CodeRun", "collect_codes", "usage_stats",
     "code_features", "code_label_precision", "CodeLabelReport", "top_examples", "similar_codes",
-    "code_intervention", "tokfsm_state_codes", "tokfsm_code_steering", "tokfsm_code_steering_table",
+    "code_intervention",
 ]

@@ -3,15 +3,18 @@ bottlenecks) or post-hoc fitting (reconstruct a frozen model's activations); che
 
     model = interp.load("tokfsm-mamba")
     books = make_codebooks(model, mixer_output_sites(model), n_codes=256, k=1)
-    result = train_codebooks(model, books, CodebookTrainConfig(steps=600), "runs/codebook/tokfsm-mamba")
+    cfg = CodebookTrainConfig(steps=600)
+    batches = model_batches(model, cfg)             # interp.codebook.zoo: the embedded model's own data
+    result = train_codebooks(model, books, cfg, "runs/codebook/tokfsm-mamba", batches)
     save_codebook_model(model, "runs/codebook/tokfsm-mamba/final")         # model + codebooks, safetensors
     model = load_codebook_model("runs/codebook/tokfsm-mamba/final")        # codebooks attached
 
-Data: the model's embedded-model recipe (:mod:`interp.zoo.recipes`: TokFSM or copying batches, a pure
-function of ``(data_seed, step)``) with the batch size and data seed of the :class:`CodebookTrainConfig`,
-so a resumed run sees exactly the batches it would have seen. Checkpoints use the format of
-:mod:`interp.zoo.train` (safetensors + JSON, atomic swap, no pickle); calling :func:`train_codebooks` again
-with the same arguments resumes from ``out_dir/checkpoint``.
+Data: ``batches(step)`` returns batch ``step`` of the training stream, ``{"tokens": LongTensor [b, L]}`` and
+optionally ``"loss_mask"`` (bool [b, L]: the prediction at p of token p+1 counts). It must be a pure function of
+``step`` so that a resumed run sees exactly the batches it would have seen (the embedded models' recipes are:
+:func:`interp.codebook.zoo.training_batches`). Checkpoints use the format of :mod:`interp.training`
+(safetensors + JSON, atomic swap, no pickle); calling :func:`train_codebooks` again with the same arguments
+resumes from ``out_dir/checkpoint``.
 """
 
 from __future__ import annotations
@@ -29,26 +32,22 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.hooks.loading import ExistingRunError
-from interp.zoo.recipes import Recipe, batch_at
-from interp.zoo.train import CHECKPOINT_DIR, compute_loss, find_checkpoint, load_checkpoint, save_checkpoint
+from interp.metrics import next_token_cross_entropy
+from interp.training import (
+    CHECKPOINT_DIR, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint,
+    warmup_decay,
+)
 
 from . import functional as Fn
 from .config import CodebookTrainConfig
 from .insert import attach, attached, detach
 from .layer import CodebookLayer
 
-__all__ = ["site_activations", "training_batches", "kmeans_init", "train_codebooks", "fit_post_hoc",
-           "CodebookTrainResult",
-           "save_codebook_model", "load_codebook_model", "INDEX_FILE"]
+__all__ = ["site_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
+           "save_codebook_model", "load_codebook_model", "INDEX_FILE", "Batches"]
 
 INDEX_FILE = "codebooks.json"
-Batches = Callable[[int], dict[str, Any]]
-
-
-def training_batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
-    """Batch ``step`` of the codebook training stream: ``recipe``'s data with ``cfg``'s batch size and data seed."""
-    r = recipe.replace(batch_size=cfg.batch_size, data_seed=cfg.data_seed)
-    return lambda step: batch_at(r, step)
+Batches = Callable[[int], dict[str, Any]]  # step -> {"tokens": [b, L], "loss_mask": [b, L] (optional)}
 
 
 @torch.no_grad()
@@ -107,23 +106,35 @@ def _optimizer(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrai
         groups.append({"params": rest, "lr": cfg.model_lr, "weight_decay": cfg.weight_decay})
     opt = torch.optim.AdamW(groups, betas=(0.9, 0.99))
     warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_decay(s, cfg.steps, warm, "constant"))
     return opt, sched
 
 
+def _lm_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean next-token cross-entropy of the model on ``batch["tokens"]``, only where ``batch["loss_mask"]``
+    (the prediction at p of token p+1) if given."""
+    tokens = batch["tokens"].to(model.device)
+    logits = model(tokens, return_type="logits")
+    mask = batch.get("loss_mask")
+    return next_token_cross_entropy(logits.float(), tokens, None if mask is None else mask[:, :-1])
+
+
 def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig,
-                    out_dir: str | os.PathLike, recipe: Recipe | None = None, resume: bool = True,
+                    out_dir: str | os.PathLike, batches: Batches, resume: bool = True,
                     progress: bool = True, log_every: int = 25) -> CodebookTrainResult:
     """In-model training of ``books`` (attached to ``model`` here if they are not yet): minimise the LM loss
     of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
-    (and the model when ``cfg.train_model``). ``recipe``: the data (default: the model's embedded recipe).
-    Resumes from ``out_dir/checkpoint`` when present (:class:`~interp.hooks.loading.ExistingRunError` if it was
-    written with another config)."""
-    recipe = recipe or _recipe_of(model)
+    (and the model when ``cfg.train_model``). ``batches``: the data, step -> batch (module docstring; for an
+    embedded model :func:`interp.codebook.zoo.model_batches`). Resumes from ``out_dir/checkpoint`` when present
+    (:class:`~interp.hooks.loading.ExistingRunError` if it was written with another config)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    batches = training_batches(recipe, cfg)
     ckpt = find_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        diff = config_diff(read_checkpoint_state(ckpt)["recipe"], cfg.to_dict())
+        if diff:
+            raise ExistingRunError(f"{ckpt} was written with another CodebookTrainConfig (differs in {diff})",
+                                   restart="resume=False", folder="out_dir")
     if cfg.kmeans_init and ckpt is None:
         torch.manual_seed(cfg.seed)
         kmeans_init(model, books, batches, cfg.kmeans_tokens, cfg.kmeans_iters, cfg.seed)
@@ -139,9 +150,6 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     start, history, elapsed = 0, [], 0.0
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, opt, sched)
-        if state["recipe"] != cfg.to_dict():
-            raise ExistingRunError(f"{ckpt} was written with another CodebookTrainConfig", restart="resume=False",
-                                   folder="out_dir")
         start, history, elapsed = state["step"], state.get("history", []), state.get("elapsed_s", 0.0)
         tqdm.write(f"codebooks: resuming from {ckpt} at step {start}/{cfg.steps}")
     model.train()
@@ -150,7 +158,7 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
     t0 = time.perf_counter()
     dead_total = 0
     for step in range(start, cfg.steps):
-        lm = compute_loss(model, batches(step))
+        lm = _lm_loss(model, batches(step))
         recon = sum(b.aux_loss for b in books.values())
         loss = lm + cfg.reconstruction_weight * recon
         value = float(loss.detach())
@@ -173,7 +181,7 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             now = time.perf_counter()
             elapsed, t0 = elapsed + now - t0, now
-            save_checkpoint(out_dir / CHECKPOINT_DIR, model, opt, sched, done, cfg,
+            save_checkpoint(out_dir / CHECKPOINT_DIR, model, opt, sched, done, cfg.to_dict(),
                             {"history": history, "elapsed_s": elapsed})
     bar.close()
     for p in model.parameters():
@@ -210,17 +218,6 @@ def fit_post_hoc(books: Mapping[str, CodebookLayer], acts: Mapping[str, torch.Te
         layer.eval()
         curves[s] = curve
     return curves
-
-
-def _recipe_of(model: Any) -> Recipe:
-    from interp.zoo.evaluate import recipe_of
-
-    name = getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", None)
-    try:
-        return recipe_of(str(name))
-    except KeyError:
-        raise ValueError(f"model {name!r} is not an embedded model: pass recipe=... (an interp.zoo Recipe for "
-                         "its data)") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

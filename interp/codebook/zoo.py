@@ -13,7 +13,7 @@ measures what the paper reports, on data held out from training:
   0.25 and 0.1 reported), against the best single neuron of the codebook inputs at the recall that code reached
   (paper: 97.1% vs 70.5%); codes and neurons are chosen on one set of sequences and scored on another;
 * steering by codes: forcing each site's code of state S at the last position, share of next transitions
-  valid for S, with the unsteered baseline (:func:`interp.codebook.steering.tokfsm_code_steering_table`), in
+  valid for S, with the unsteered baseline (:func:`interp.tasks.tokfsm.tokfsm_code_steering_table`), in
   two modes: "prompt" (the prompt's last position only) and "follow" (the last position of each forward: the
   codes of "current state S" at the prompt's last token, then of "previous state S" at the generated digit).
 """
@@ -34,17 +34,39 @@ import torch
 from torch import Tensor
 
 from interp.data.tokfsm import tokfsm_dataset, tokfsm_labels
+from interp.tasks.tokfsm import tokfsm_code_steering_table, tokfsm_state_codes
+from interp.zoo.recipes import Recipe, batch_at
 
 from .analysis import code_label_precision, collect_codes, usage_stats
 from .config import CodebookTrainConfig
 from .insert import make_codebooks, mixer_output_sites
-from .steering import tokfsm_code_steering_table, tokfsm_state_codes
-from .train import INDEX_FILE, load_codebook_model, save_codebook_model, train_codebooks
+from .train import INDEX_FILE, Batches, load_codebook_model, save_codebook_model, train_codebooks
 
 FIT_SEED = 7  # codes and neurons are chosen on these sequences, scored on others (``seed``)
 MIN_RECALLS = (0.5, 0.25, 0.1)
 
-__all__ = ["CodebookRecipe", "CODEBOOK_RECIPES", "evaluate_tokfsm", "train_recipe", "main"]
+__all__ = ["CodebookRecipe", "CODEBOOK_RECIPES", "training_batches", "model_batches", "evaluate_tokfsm",
+           "train_recipe", "main"]
+
+
+def training_batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
+    """Batch ``step`` of a codebook training stream: ``recipe``'s data (:func:`interp.zoo.recipes.batch_at`, a pure
+    function of ``(data_seed, step)``) with ``cfg``'s batch size and data seed."""
+    r = recipe.replace(batch_size=cfg.batch_size, data_seed=cfg.data_seed)
+    return lambda step: batch_at(r, step)
+
+
+def model_batches(model: Any, cfg: CodebookTrainConfig) -> Batches:
+    """:func:`training_batches` of an embedded model's own recipe (the data it was trained on)."""
+    from interp.zoo.evaluate import recipe_of
+
+    name = getattr(model.cfg, "model_name", None) or getattr(model.cfg, "name", None)
+    try:
+        recipe = recipe_of(str(name))
+    except KeyError:
+        raise ValueError(f"model {name!r} is not an embedded model: use training_batches(recipe, cfg) with an "
+                         "interp.zoo Recipe for its data") from None
+    return training_batches(recipe, cfg)
 
 
 @dataclass(frozen=True)
@@ -123,7 +145,7 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     out_dir = Path(out_dir or f"runs/codebook/{name}")
     model = interp.load(recipe.base)
     books = make_codebooks(model, mixer_output_sites(model), **recipe.codebook)
-    result = train_codebooks(model, books, cfg, out_dir, resume=resume, progress=progress)
+    result = train_codebooks(model, books, cfg, out_dir, model_batches(model, cfg), resume=resume, progress=progress)
     metrics = evaluate_tokfsm(model, recipe.base)
     card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
             "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,

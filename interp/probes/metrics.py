@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from interp.metrics import roc_auc as binary_roc_auc
+
 __all__ = [
     "accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "selectivity", "classification_metrics",
     "r2_score", "regression_metrics",
@@ -63,9 +65,8 @@ def roc_auc(y_true: Any, proba: Any, classes: Sequence[Any] | None = None) -> fl
     """ROC-AUC: binary (``proba`` [n] or [n, 2]) or macro one-vs-rest over the classes of ``y_true`` that
     have both positive and negative rows (multi-class ``proba`` [n, K], columns = ``classes``).
 
-    Ties get average ranks (Mann-Whitney U), so the value equals sklearn's ``roc_auc_score``."""
-    from scipy.stats import rankdata
-
+    Each class's AUC is the binary :func:`interp.metrics.roc_auc` (Mann-Whitney U, ties counting 1/2), so the
+    value equals sklearn's ``roc_auc_score``."""
     t, s = _np(y_true), _np(proba).astype(np.float64)
     if s.ndim == 1:
         s = np.stack([-s, s], axis=1)
@@ -74,14 +75,11 @@ def roc_auc(y_true: Any, proba: Any, classes: Sequence[Any] | None = None) -> fl
     if len(classes) != s.shape[1]:
         raise ValueError(f"proba has {s.shape[1]} columns but {len(classes)} classes were given")
     cols = range(1, 2) if s.shape[1] == 2 else range(s.shape[1])
-    ranks = rankdata(s[:, list(cols)], axis=0)
     aucs = []
-    for j, c in enumerate(cols):
+    for c in cols:
         pos = t == classes[c]
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        aucs.append((ranks[pos, j].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+        if pos.any() and not pos.all():
+            aucs.append(binary_roc_auc(pos, s[:, c]))
     return float(np.mean(aucs)) if aucs else float("nan")
 
 

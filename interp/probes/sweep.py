@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from interp.activations.collect import layer_of
+from interp.hooks.hook_points import layer_of
 
 from .data import ProbeRows, collect_rows, default_hooks, sequence_split
 from .functional import control_labels, ngram_types

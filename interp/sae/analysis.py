@@ -12,13 +12,14 @@ Token sequences ``tokens`` are [n_seq, pos]; latents are read at the SAE's hook 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from interp.hooks.hook_points import layer_of
 
 from .model import SparseAutoencoder
 from .splice import _flat, resolve_hook_name, splice_hook
@@ -78,11 +79,6 @@ def _str_tokens(model: Any, ids: Sequence[int]) -> list[str]:
     return [tok.decode([int(i)]) for i in ids]
 
 
-def _layer_of(name: str) -> int | None:
-    m = re.match(r"blocks\.(\d+)\.", name)
-    return int(m.group(1)) if m else None
-
-
 @torch.no_grad()
 def latent_activations(
     model: Any, sae: SparseAutoencoder, tokens: Tensor, hook_name: str | None = None, batch_size: int = 32,
@@ -91,7 +87,7 @@ def latent_activations(
     """Yield ``(first sequence index, latents [b, pos, d_sae], mask [b, pos] | None)`` batch by batch."""
     name = resolve_hook_name(sae, hook_name)
     tokens = tokens[None] if tokens.dim() == 1 else tokens
-    layer = _layer_of(name)
+    layer = layer_of(name)
     for s in range(0, tokens.shape[0], batch_size):
         batch = tokens[s:s + batch_size]
         kwargs: dict[str, Any] = {}
@@ -99,7 +95,7 @@ def latent_activations(
         if attention_mask is not None:
             mask = attention_mask[s:s + batch_size]
             kwargs["attention_mask"] = mask
-        if layer is not None and layer + 1 < getattr(model.cfg, "n_layers", 0):
+        if layer is not None and 0 <= layer and layer + 1 < getattr(model.cfg, "n_layers", 0):
             kwargs["stop_at_layer"] = layer + 1
         _, cache = model.run_with_cache(batch, names_filter=name, **kwargs)
         act = _flat(cache[name], sae.cfg.d_in, name)

@@ -50,6 +50,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from interp.activations.store import DEFAULT_BUFFER_SHARDS, ActivationStore
+from interp.metrics import explained_variance_from_sums
 
 from .config import SAEConfig
 from .losses import SAETrainingModule, TrainStepOutput, auxk_loss, reconstruction_loss
@@ -58,7 +59,7 @@ from .train import SAETrainResult, TrainContext, train_sae
 
 __all__ = [
     "DDPContext", "init_distributed", "is_torchrun", "train_sae_distributed", "rank_batches", "global_batches",
-    "epochs_for", "main",
+    "epochs_for",
 ]
 
 
@@ -216,8 +217,7 @@ class DDPContext(TrainContext):
         ]).to(self.device)
         dist.all_reduce(sums)
         n_all, nnz, sse, sumsq = (float(v) for v in sums[:4])
-        total = sumsq - float(sums[4:].pow(2).sum()) / n_all
-        return {"l0": nnz / n_all, "explained_variance": 1 - sse / total if total > 0 else math.nan,
+        return {"l0": nnz / n_all, "explained_variance": explained_variance_from_sums(sse, sumsq, sums[4:], n_all),
                 "mse": sse / (n_all * d)}
 
     def barrier(self) -> None:
@@ -327,13 +327,9 @@ def train_sae_distributed(
                      context=ctx)
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """``python -m interp.sae.distributed`` / ``torchrun ... -m interp.sae.distributed``: the arguments of
-    ``interp train-sae`` (which itself trains data-parallel when started by torchrun)."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)
-
-
 if __name__ == "__main__":  # pragma: no cover
+    # ``python -m interp.sae.distributed`` / ``torchrun ... -m interp.sae.distributed``: the command line of
+    # ``interp train-sae`` (the entry point, :mod:`interp.sae.cli`, trains data-parallel when torchrun started it)
+    from interp.sae.cli import main
+
     main(sys.argv[1:])

@@ -10,6 +10,8 @@
 * ``feature_density``, ``dead_fraction``, ``dense_fraction``, ``density_histogram`` (a plotly figure).
 
 Tensors: x, x̂ [..., d_in]; latents [..., d_sae]; logits [..., vocab]; an optional ``mask`` [...] selects tokens.
+The formulas of explained variance, cross-entropy and KL live in :mod:`interp.metrics`; here they return Python
+floats computed in float64.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from interp import metrics as M
+from interp.metrics import ExplainedVariance, explained_variance
 
 __all__ = [
     "l0", "mse", "explained_variance", "ce_loss_recovered", "cross_entropy", "kl_divergence",
@@ -44,46 +49,6 @@ def mse(x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> float:
     return float((_rows(x, mask).double() - _rows(x_hat, mask).double()).pow(2).mean())
 
 
-def explained_variance(x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> float:
-    """1 - Σ‖x - x̂‖² / Σ‖x - x̄‖² with x̄ the mean of ``x`` over the tokens given: x, x̂ [..., d_in] -> float.
-
-    Exactly 0 when every x̂ is x̄, 1 when x̂ = x. NaN when x has no variance.
-    """
-    a, b = _rows(x, mask).double(), _rows(x_hat, mask).double()
-    resid = (a - b).pow(2).sum()
-    total = (a - a.mean(0)).pow(2).sum()
-    return float(1 - resid / total) if total > 0 else math.nan
-
-
-class ExplainedVariance:
-    """Streaming explained variance over many batches (x̄ the mean over all of them), in float64.
-
-        ev = ExplainedVariance()
-        for x, x_hat in pairs: ev.update(x, x_hat)
-        ev.compute()
-    """
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.resid = 0.0
-        self.sum: Tensor | None = None
-        self.sum_sq = 0.0
-
-    def update(self, x: Tensor, x_hat: Tensor, mask: Tensor | None = None) -> None:
-        a, b = _rows(x, mask).double(), _rows(x_hat, mask).double()
-        self.n += a.shape[0]
-        self.resid += float((a - b).pow(2).sum())
-        s = a.sum(0).cpu()
-        self.sum = s if self.sum is None else self.sum + s
-        self.sum_sq += float(a.pow(2).sum())
-
-    def compute(self) -> float:
-        if self.n == 0 or self.sum is None:
-            return math.nan
-        total = self.sum_sq - float(self.sum.pow(2).sum()) / self.n  # Σ‖x‖² - n‖x̄‖²
-        return 1 - self.resid / total if total > 0 else math.nan
-
-
 def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_ablate: float) -> float:
     """(CE_ablate - CE_sae) / (CE_ablate - CE_clean): 1 for a perfect splice, 0 for one no better than the
     ablation. NaN when the ablation does not change the loss (the ratio is undefined)."""
@@ -92,21 +57,17 @@ def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_ablate: float) -> float
 
 
 def cross_entropy(logits: Tensor, tokens: Tensor, attention_mask: Tensor | None = None) -> float:
-    """Mean next-token cross-entropy: logits [b, pos, vocab] predict tokens [b, pos] shifted by one;
-    targets where ``attention_mask`` [b, pos] is 0 are ignored."""
-    logp = logits[:, :-1].double().log_softmax(-1)
-    nll = -logp.gather(-1, tokens[:, 1:, None].to(logits.device))[..., 0]
-    if attention_mask is None:
-        return float(nll.mean())
-    m = attention_mask[:, 1:].to(nll.device, nll.dtype)
-    return float((nll * m).sum() / m.sum().clamp(min=1))
+    """Mean next-token cross-entropy in float64 (:func:`interp.metrics.next_token_cross_entropy`): logits
+    [b, pos, vocab] predict tokens [b, pos] shifted by one; targets where ``attention_mask`` [b, pos] is 0 are
+    ignored."""
+    mask = None if attention_mask is None else attention_mask[:, 1:]
+    return float(M.next_token_cross_entropy(logits.detach().double(), tokens, mask))
 
 
 def kl_divergence(logits_clean: Tensor, logits_other: Tensor, mask: Tensor | None = None) -> float:
-    """Mean over tokens of KL(p_clean ‖ p_other) of the softmax distributions: logits [..., vocab] -> float."""
-    p = _rows(logits_clean, mask).double().log_softmax(-1)
-    q = _rows(logits_other, mask).double().log_softmax(-1)
-    return float((p.exp() * (p - q)).sum(-1).mean())
+    """Mean over tokens (those where ``mask`` [...] is true) of KL(p_clean ‖ p_other) of the softmax
+    distributions, in float64 (:func:`interp.metrics.kl_divergence`): logits [..., vocab] -> float."""
+    return float(M.kl_divergence(_rows(logits_clean, mask).double(), _rows(logits_other, mask).double()).mean())
 
 
 def feature_density(latents: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -195,3 +196,21 @@ class SparseAutoencoder(nn.Module):
         sae = cls(cfg)
         sae.load_state_dict(load_file(str(w_path)), strict=True)
         return sae.to(device=device, dtype=dtype).eval()
+
+
+def find_sae_folders(roots: list[Path] | tuple[Path, ...], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """SAE folders (``cfg.json`` + ``sae_weights.safetensors``) under ``roots``, sorted
+    (:func:`interp.loading.find_folders`)."""
+    from interp.loading import find_folders
+
+    return find_folders(roots, (CONFIG_FILE, WEIGHTS_FILE), limit, max_depth)
+
+
+def check_fits(sae: "SparseAutoencoder", model: Any) -> None:
+    """ValueError unless ``sae`` can read ``model``: its hook exists in the model, and an SAE on the residual
+    stream has ``d_in`` = the model's ``d_model``."""
+    hook = sae.cfg.hook_name
+    if hook not in model.hook_dict:
+        raise ValueError(f"The SAE reads hook {hook!r}, which this model does not have: it was trained on another model.")
+    if sae.cfg.d_in != model.cfg.d_model and hook.endswith(("resid_pre", "resid_post", "hook_embed")):
+        raise ValueError(f"The SAE's d_in={sae.cfg.d_in} differs from this model's d_model={model.cfg.d_model}.")

@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.hook_points import absolute_positions
+from interp.hooks.hook_points import position_mask as _position_mask  # this module's position_mask wraps it
+
 from . import metrics
 from .model import SparseAutoencoder
 
@@ -52,22 +55,14 @@ def _flat(act: Tensor, d_in: int, name: str) -> Tensor:
 
 
 def position_mask(act: Tensor, hook: Any, positions: Sequence[int] | Tensor | None) -> Tensor | None:
-    """[b, pos, 1] bool mask of the requested absolute positions (``hook.ctx['positions']`` when generating;
-    negative positions count from the end of this forward), or None for every position."""
+    """[1, pos, 1] bool mask of the requested absolute positions (``hook.ctx['positions']`` when generating;
+    negative positions count from the end of this forward; :func:`interp.hooks.hook_points.position_mask`),
+    or None for every position."""
     if positions is None:
         return None
     if act.dim() < 3:
         raise ValueError(f"positions need a hook value [batch, pos, ...]; got shape {tuple(act.shape)}")
-    L = act.shape[1]
-    ctx = getattr(hook, "ctx", {}) or {}
-    absolute = ctx.get("positions")
-    if absolute is None or absolute.numel() != L:
-        absolute = torch.arange(L, device=act.device)
-    absolute = absolute.to(act.device)
-    wanted = torch.as_tensor(list(positions) if not isinstance(positions, Tensor) else positions, device=act.device)
-    last = int(absolute[-1]) + 1
-    wanted = torch.where(wanted < 0, wanted + last, wanted)
-    return torch.isin(absolute, wanted)[None, :, None]
+    return _position_mask(absolute_positions(hook, act.shape[1], act.device), positions)[None, :, None]
 
 
 def splice_hook(

@@ -12,7 +12,7 @@ component along each decoder row removed before the step, rows renormalised afte
 (training tokens since each latent last fired). The tqdm bar shows L0, explained variance and MSE.
 
 Checkpoints (every ``cfg.checkpoint_every`` steps, in ``out/checkpoint/``) use the format of
-:mod:`interp.zoo.train` (its helpers are reused): ``model.safetensors`` (SAE + dead-latent clock),
+:mod:`interp.training` (its helpers are reused): ``model.safetensors`` (SAE + dead-latent clock),
 ``optimizer.safetensors`` (Adam tensors), ``rng.safetensors`` and ``state.json`` (step, config, scheduler,
 loss history), written to a temporary folder and swapped in with renames: no pickle, and a kill at any moment
 leaves a complete checkpoint. Calling :func:`train_sae` again with the same arguments resumes from it: the
@@ -40,7 +40,6 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -54,12 +53,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.hooks.loading import ExistingRunError
-from interp.zoo.train import (
-    CHECKPOINT_DIR,
-    find_checkpoint,
-    load_checkpoint,
-    read_checkpoint_state,
-    save_checkpoint,
+from interp.training import (
+    CHECKPOINT_DIR, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
+    save_checkpoint, thread_count_warning, warmup_decay,
 )
 
 from . import metrics
@@ -170,27 +166,13 @@ def lr_factor(cfg: SAEConfig, step: int) -> float:
     """Learning-rate multiplier at step ``step`` (0-based): linear warm-up over ``lr_warmup_steps``, constant,
     then ``lr_decay`` (linear / cosine) to ``min_lr_ratio`` over the last ``lr_decay_steps`` steps (default:
     every step after warm-up)."""
-    warm = cfg.lr_warmup_steps
-    if step < warm:
-        return (step + 1) / warm
-    if cfg.lr_decay == "constant":
-        return 1.0
-    total = cfg.total_steps
-    decay_steps = cfg.lr_decay_steps if cfg.lr_decay_steps is not None else total - warm
-    start = max(warm, total - decay_steps)
-    if step < start:
-        return 1.0
-    progress = min(1.0, (step - start) / max(1, total - start))
-    lo = cfg.min_lr_ratio
-    if cfg.lr_decay == "linear":
-        return 1.0 - (1.0 - lo) * progress
-    return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warmup_decay(step, cfg.total_steps, cfg.lr_warmup_steps, cfg.lr_decay, cfg.lr_decay_steps,
+                        cfg.min_lr_ratio)
 
 
 def sparsity_factor(cfg: SAEConfig, step: int) -> float:
     """Multiplier of the sparsity coefficient: linear warm-up over ``sparsity_warmup_steps``, then 1."""
-    w = cfg.sparsity_warmup_steps
-    return min(1.0, (step + 1) / w) if w > 0 else 1.0
+    return warmup_decay(step, cfg.total_steps, cfg.sparsity_warmup_steps, "constant")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,6 +253,191 @@ def _nonfinite_params(module: torch.nn.Module, grads: bool = False) -> list[str]
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# one run: its state, and the steps of the loop
+
+
+@dataclass
+class _Run:
+    """What the steps, evaluations and checkpoints of one training run share (the trainer's mutable state)."""
+
+    cfg: SAEConfig
+    ctx: TrainContext
+    device: torch.device
+    out: Path | None
+    sae: SparseAutoencoder
+    module: SAETrainingModule
+    opt: torch.optim.Optimizer
+    sched: Any
+    start: int = 0  # the step this call started at (after a resume, the checkpoint's)
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0  # training seconds up to ``t0``
+    t0: float = 0.0
+    ckpt: Path | None = None  # the last good checkpoint
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint stores beside the tensors."""
+        return {"sae_config": self.cfg.to_dict(), "tokens": self.tokens, "losses": self.losses,
+                "history": self.history, "elapsed_s": self.elapsed, "world_size": self.ctx.world_size}
+
+
+def _start(cfg: SAEConfig, out: str | os.PathLike | None, device: torch.device, resume: bool,
+           ctx: TrainContext) -> _Run:
+    """A fresh SAE with its Adam and schedule, resumed from ``out/checkpoint`` when there is one (and ``resume``)."""
+    sae = SparseAutoencoder(cfg, device=device)
+    module = SAETrainingModule(sae).train()
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
+    run = _Run(cfg, ctx, device, Path(out) if out is not None else None, sae, module, opt, sched)
+    if run.out is None:
+        return run
+    run.out.mkdir(parents=True, exist_ok=True)
+    if not resume and ctx.is_main:
+        clear_checkpoints(run.out)
+    ctx.barrier()
+    ckpt = find_checkpoint(run.out) if resume else None
+    if ckpt is not None:
+        saved = read_checkpoint_state(ckpt)
+        _check_resumable(ckpt, saved, cfg, ctx.world_size)
+        warning = thread_count_warning(saved)
+        if warning and device.type == "cpu":
+            tqdm.write(warning)
+        state = load_checkpoint(ckpt, module, opt, sched)
+        run.start, run.tokens, run.ckpt = state["step"], state["tokens"], ckpt
+        run.losses, run.history, run.elapsed = state["losses"], state["history"], state.get("elapsed_s", 0.0)
+    return run
+
+
+def _check_resumable(ckpt: Path, saved: dict[str, Any], cfg: SAEConfig, world_size: int) -> None:
+    """Raise :class:`ExistingRunError` unless the checkpoint continues this run (same trajectory, same layout)."""
+    if "sae_config" not in saved:
+        raise ExistingRunError(f"{ckpt} is not an SAE training checkpoint (no sae_config in state.json)",
+                               restart="resume=False")
+    diff = config_diff(SAEConfig.from_dict(saved["sae_config"]).trajectory_dict(), cfg.trajectory_dict())
+    if diff:
+        raise ExistingRunError(
+            f"{ckpt} was written with a different SAEConfig (differs in {diff}); resuming would mix two runs",
+            restart="resume=False",
+        )
+    if saved.get("world_size", 1) != world_size:
+        raise ExistingRunError(
+            f"{ckpt} was written by a run of {saved.get('world_size', 1)} process(es), this one has "
+            f"{world_size}: each rank reads its own shards, so resuming with another number of processes "
+            f"would change the data. Resume with {saved.get('world_size', 1)} process(es) (torchrun "
+            "--nproc_per_node N)", restart="resume=False",
+        )
+
+
+def _next_batch(run: _Run, stream: Iterator[Any], step: int, total: int) -> tuple[Tensor | None, int]:
+    """This process's batch x [n, d_in] of ``step`` and the global batch's token count; (None, 0) when some
+    process's stream ended. Raises :class:`NonFiniteTrainingError` for a NaN/inf in any process's batch."""
+    raw = next(stream, None)
+    x = _as_batch(raw, run.cfg, run.device, run.sae.dtype, step) if raw is not None else None
+    ended, bad_input, n_global = run.ctx.step_begin(x)
+    if ended:
+        if run.ctx.is_main:
+            tqdm.write(f"sae: the batch stream ended after {step} batches (expected {total}); stopping there")
+        return None, 0
+    if bad_input:
+        n_bad = int((~torch.isfinite(x)).sum())
+        detail = f"{n_bad} of {x.numel()} values are NaN/inf" if n_bad else "in another rank's batch"
+        _fail(step, "input batch", detail, run.cfg, run.sched.get_last_lr()[0], run.ckpt)
+    return x, n_global
+
+
+def _train_step(run: _Run, fwd: torch.nn.Module, x: Tensor, n_global: int,
+                step: int) -> tuple[TrainStepOutput, float, float]:
+    """One optimizer step on the global batch (x: this process's rows [n, d_in]): loss, backward, decoder
+    constraint, Adam, dead-latent clock and batchtopk threshold. Returns the step's output, the global batch's
+    loss and the step's learning rate.
+
+    Raises :class:`NonFiniteTrainingError` (before the step reaches the weights) for a NaN/inf in the loss, a
+    gradient or a parameter."""
+    cfg, sae, module, lr_now = run.cfg, run.sae, run.module, run.sched.get_last_lr()[0]
+    if step == 0:
+        sae.init_b_dec(run.ctx.gather_rows(x))
+    res: TrainStepOutput = fwd(x, sparsity_factor(cfg, step))
+    loss = res.loss
+    value, bad_loss = run.ctx.reduce_loss(loss.detach(), x.shape[0], n_global)
+    if bad_loss:
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in res.losses.items())
+        bad = [k for k, v in res.losses.items() if not bool(torch.isfinite(v))]
+        _fail(step, f"the loss ({', '.join(bad) or 'total'})", f"loss={float(loss.detach())}; {parts}",
+              cfg, lr_now, run.ckpt)
+    run.opt.zero_grad(set_to_none=True)
+    weight = run.ctx.loss_weight(x.shape[0], n_global)
+    (loss * weight if weight != 1.0 else loss).backward()
+    bad = _nonfinite_params(module, grads=True)
+    if bad:
+        _fail(step, f"the gradient of {', '.join(bad)}", "after backward", cfg, lr_now, run.ckpt)
+    if cfg.normalize_decoder:
+        sae.remove_gradient_parallel_to_decoder()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    sae.after_optimizer_step()
+    bad = _nonfinite_params(module)
+    if bad:
+        _fail(step, f"parameter {', '.join(bad)}", "after the optimizer step", cfg, lr_now, run.ckpt)
+    latents = res.latents.detach()
+    run.ctx.record_firing(module, latents)
+    run.ctx.update_batchtopk_threshold(sae, latents)
+    run.tokens += n_global
+    run.losses.append(value)
+    return res, value, lr_now
+
+
+def _evaluate(run: _Run, done: int, x: Tensor, res: TrainStepOutput, value: float, lr: float) -> dict[str, float]:
+    """The metrics row of the step just done (appended to ``run.history``): its loss and learning rate, the loss
+    parts of this process's batch, L0 / explained variance / MSE of the global batch, the dead fraction."""
+    row = {
+        "step": done, "tokens": run.tokens, "loss": value, "lr": lr,
+        **{k: float(v.detach()) for k, v in res.losses.items()},  # this process's batch
+        **run.ctx.batch_metrics(x, res.x_hat.detach(), res.latents.detach()),
+        "dead_fraction": float(run.module.dead_mask.double().mean()),
+    }
+    run.history.append(row)
+    return row
+
+
+def _checkpoint(run: _Run, done: int) -> None:
+    """Write the checkpoint of step ``done`` (the main process; the others note its path for error messages)."""
+    now = time.perf_counter()
+    run.elapsed, run.t0 = run.elapsed + now - run.t0, now
+    if run.ctx.is_main:
+        run.ckpt = save_checkpoint(run.out / CHECKPOINT_DIR, run.module, run.opt, run.sched, done,
+                                   run.cfg.to_dict(), run.state())
+    else:
+        run.ckpt = run.out / CHECKPOINT_DIR
+
+
+def _finish(run: _Run) -> SAETrainResult:
+    """After the loop: a last checkpoint if the stream ended between two, the SAE in eval mode, and (main
+    process) the final SAE and ``training_summary.json`` in ``out``."""
+    ctx, steps_done = run.ctx, len(run.losses)
+    run.elapsed += time.perf_counter() - run.t0
+    last_ckpt_step = read_checkpoint_state(run.ckpt)["step"] if run.ckpt is not None and ctx.is_main else None
+    if run.out is not None and ctx.is_main and steps_done > run.start and last_ckpt_step != steps_done:
+        run.ckpt = save_checkpoint(run.out / CHECKPOINT_DIR, run.module, run.opt, run.sched, steps_done,
+                                   run.cfg.to_dict(), run.state())  # the stream ended early: checkpoint there
+    run.sae.eval()
+    result = SAETrainResult(sae=run.sae, steps=steps_done, tokens=run.tokens, losses=run.losses,
+                            history=run.history, dead_fraction=float(run.module.dead_mask.double().mean()),
+                            out=run.out, resumed_from=run.start)
+    if run.out is not None and ctx.is_main:
+        run.sae.save(run.out)
+        summary = {"steps": steps_done, "tokens": run.tokens, "final": result.final,
+                   "final_loss": run.losses[-1] if run.losses else None, "dead_fraction": result.dead_fraction,
+                   "training_time_s": round(run.elapsed, 2), "world_size": ctx.world_size,
+                   "config": run.cfg.to_dict()}
+        (run.out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    ctx.barrier()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # training
 
 
@@ -310,146 +477,30 @@ def train_sae(
         ValueError: a stream shorter than the checkpoint.
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    ctx = context if context is not None else TrainContext()
-    out_dir = Path(out) if out is not None else None
-    sae = SparseAutoencoder(cfg, device=device)
-    module = SAETrainingModule(sae).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s))
-
-    start, tokens, losses, history, elapsed = 0, 0, [], [], 0.0
-    ckpt: Path | None = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and ctx.is_main:
-            for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
-                shutil.rmtree(out_dir / name, ignore_errors=True)
-        ctx.barrier()
-        ckpt = find_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        saved = read_checkpoint_state(ckpt)
-        if "sae_config" not in saved:
-            raise ExistingRunError(f"{ckpt} is not an SAE training checkpoint (no sae_config in state.json)",
-                                   restart="resume=False")
-        theirs = SAEConfig.from_dict(saved["sae_config"]).trajectory_dict()
-        ours = cfg.trajectory_dict()
-        if theirs != ours:
-            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise ExistingRunError(
-                f"{ckpt} was written with a different SAEConfig (differs in {diff}); resuming would mix two runs",
-                restart="resume=False",
-            )
-        if saved.get("world_size", 1) != ctx.world_size:
-            raise ExistingRunError(
-                f"{ckpt} was written by a run of {saved.get('world_size', 1)} process(es), this one has "
-                f"{ctx.world_size}: each rank reads its own shards, so resuming with another number of processes "
-                f"would change the data. Resume with {saved.get('world_size', 1)} process(es) (torchrun "
-                "--nproc_per_node N)", restart="resume=False",
-            )
-        if saved.get("torch_threads") not in (None, torch.get_num_threads()) and device.type == "cpu":
-            tqdm.write(f"warning: checkpoint written with {saved['torch_threads']} threads, now "
-                       f"{torch.get_num_threads()}: the resumed run may differ in the last bits")
-        state = load_checkpoint(ckpt, module, opt, sched)
-        start, tokens = state["step"], state["tokens"]
-        losses, history, elapsed = state["losses"], state["history"], state.get("elapsed_s", 0.0)
-
+    run = _start(cfg, out, device, resume, context if context is not None else TrainContext())
     total = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
-    stream = _open_stream(batches, start)
-    fwd = ctx.wrap(module)
-    bar = tqdm(total=total, initial=start, desc=f"sae {cfg.architecture}", disable=not progress or not ctx.is_main,
-               dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-    t0 = time.perf_counter()
+    stream = _open_stream(batches, run.start)
+    fwd = run.ctx.wrap(run.module)
+    bar = tqdm(total=total, initial=run.start, desc=f"sae {cfg.architecture}",
+               disable=not progress or not run.ctx.is_main, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+    run.t0 = time.perf_counter()
     try:
-        for step in range(start, total):
-            raw = next(stream, None)
-            x = _as_batch(raw, cfg, device, sae.dtype, step) if raw is not None else None
-            ended, bad_input, n_global = ctx.step_begin(x)
-            if ended:
-                if ctx.is_main:
-                    tqdm.write(f"sae: the batch stream ended after {step} batches (expected {total}); stopping there")
+        for step in range(run.start, total):
+            x, n_global = _next_batch(run, stream, step, total)
+            if x is None:
                 break
-            lr_now = sched.get_last_lr()[0]
-            if bad_input:
-                n_bad = int((~torch.isfinite(x)).sum())
-                detail = f"{n_bad} of {x.numel()} values are NaN/inf" if n_bad else "in another rank's batch"
-                _fail(step, "input batch", detail, cfg, lr_now, ckpt)
-            if step == 0:
-                sae.init_b_dec(ctx.gather_rows(x))
-
-            res: TrainStepOutput = fwd(x, sparsity_factor(cfg, step))
-            loss = res.loss
-            value, bad_loss = ctx.reduce_loss(loss.detach(), x.shape[0], n_global)
-            if bad_loss:
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in res.losses.items())
-                bad = [k for k, v in res.losses.items() if not bool(torch.isfinite(v))]
-                _fail(step, f"the loss ({', '.join(bad) or 'total'})", f"loss={float(loss.detach())}; {parts}",
-                      cfg, lr_now, ckpt)
-            opt.zero_grad(set_to_none=True)
-            weight = ctx.loss_weight(x.shape[0], n_global)
-            (loss * weight if weight != 1.0 else loss).backward()
-            bad = _nonfinite_params(module, grads=True)
-            if bad:
-                _fail(step, f"the gradient of {', '.join(bad)}", "after backward", cfg, lr_now, ckpt)
-            if cfg.normalize_decoder:
-                sae.remove_gradient_parallel_to_decoder()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            sae.after_optimizer_step()
-            bad = _nonfinite_params(module)
-            if bad:
-                _fail(step, f"parameter {', '.join(bad)}", "after the optimizer step", cfg, lr_now, ckpt)
-
-            latents = res.latents.detach()
-            ctx.record_firing(module, latents)
-            ctx.update_batchtopk_threshold(sae, latents)
-            tokens += n_global
-            losses.append(value)
+            res, value, lr = _train_step(run, fwd, x, n_global, step)
             done = step + 1
             bar.update(1)
             if done % max(1, cfg.log_every) == 0 or done == total:
-                row = {
-                    "step": done, "tokens": tokens, "loss": value, "lr": lr_now,
-                    **{k: float(v.detach()) for k, v in res.losses.items()},  # this process's batch
-                    **ctx.batch_metrics(x, res.x_hat.detach(), latents),
-                    "dead_fraction": float(module.dead_mask.double().mean()),
-                }
-                history.append(row)
-                bar.set_postfix(L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}", MSE=f"{row['mse']:.3g}",
-                                dead=f"{row['dead_fraction']:.2f}", refresh=False)
-            if out_dir is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
-                now = time.perf_counter()
-                elapsed, t0 = elapsed + now - t0, now
-                if ctx.is_main:
-                    ckpt = save_checkpoint(out_dir / CHECKPOINT_DIR, module, opt, sched, done, cfg, {
-                        "sae_config": cfg.to_dict(), "tokens": tokens, "losses": losses, "history": history,
-                        "elapsed_s": elapsed, "world_size": ctx.world_size,
-                    })
-                else:  # the main process writes it (the path is the same; named in error messages)
-                    ckpt = out_dir / CHECKPOINT_DIR
+                row = _evaluate(run, done, x, res, value, lr)
+                bar.set_postfix(L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
+                                MSE=f"{row['mse']:.3g}", dead=f"{row['dead_fraction']:.2f}", refresh=False)
+            if run.out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
+                _checkpoint(run, done)
     finally:
         bar.close()
-    steps_done = len(losses)
-    elapsed += time.perf_counter() - t0
-    last_ckpt_step = read_checkpoint_state(ckpt)["step"] if ckpt is not None and ctx.is_main else None
-    if out_dir is not None and ctx.is_main and steps_done > start and last_ckpt_step != steps_done:
-        # the stream ended early: checkpoint where it ended
-        ckpt = save_checkpoint(out_dir / CHECKPOINT_DIR, module, opt, sched, steps_done, cfg, {
-            "sae_config": cfg.to_dict(), "tokens": tokens, "losses": losses, "history": history, "elapsed_s": elapsed,
-            "world_size": ctx.world_size,
-        })
-    sae.eval()
-    result = SAETrainResult(sae=sae, steps=steps_done, tokens=tokens, losses=losses, history=history,
-                            dead_fraction=float(module.dead_mask.double().mean()), out=out_dir, resumed_from=start)
-    if out_dir is not None and ctx.is_main:
-        sae.save(out_dir)
-        summary = {"steps": steps_done, "tokens": tokens, "final": result.final,
-                   "final_loss": losses[-1] if losses else None, "dead_fraction": result.dead_fraction,
-                   "training_time_s": round(elapsed, 2), "world_size": ctx.world_size, "config": cfg.to_dict()}
-        (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    ctx.barrier()
-    return result
+    return _finish(run)
 
 
 def load_checkpoint_sae(folder: str | os.PathLike,

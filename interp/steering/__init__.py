@@ -11,21 +11,21 @@
 Modules: :mod:`.functional` (the math: mean difference, paired PCA, Gaussian OT, LEACE, operators),
 :mod:`.sources` (Direction, AffineMap, SAELatents; new kinds register with ``register_source``),
 :mod:`.positions` (when an edit fires), :mod:`.intervention` (Intervention, Compose, save/load),
-:mod:`.evaluate` (KL cost, dose-response and its figure), :mod:`.tokfsm` (TokFSM state steering and its score).
+:mod:`.evaluate` (KL cost, dose-response and its figure). The TokFSM state-steering test built on them is a task:
+:mod:`interp.tasks.tokfsm`.
 """
 
-from .evaluate import DoseResponse, dose_response, dose_response_figure, kl_cost
+from .evaluate import (
+    DoseResponse, SteeringComparison, compare_steering, dose_response, dose_response_figure, kl_cost, next_token_probs,
+)
 from .intervention import Compose, Intervention, load
 from .positions import Positions
-from .sources import SOURCES, AffineMap, CodebookCodes, Direction, SAELatents, Source, codebook_code, register_source
-from .tokfsm import (
-    StateActivations, tokfsm_next_states, tokfsm_prompts, tokfsm_state_activations, tokfsm_state_steering,
-    tokfsm_steering_curve, tokfsm_transition_success,
+from .sources import (
+    SOURCES, AffineMap, CodebookCodes, Direction, SAELatents, Source, codebook_code, register_source, token_direction,
 )
 
 __all__ = [
     "Intervention", "Compose", "load", "Positions", "Source", "Direction", "AffineMap", "SAELatents", "SOURCES",
     "register_source", "codebook_code", "CodebookCodes", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
-    "tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
-    "tokfsm_state_activations", "tokfsm_state_steering", "tokfsm_steering_curve",
+    "next_token_probs", "SteeringComparison", "compare_steering", "token_direction",
 ]

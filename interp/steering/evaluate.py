@@ -5,7 +5,7 @@
     dose_response_figure({"mean difference": curve}).show()
 
 * behaviour: any score of the model under the intervention, ``behaviour(fwd_hooks) -> float`` (e.g. the
-  fraction of generated TokFSM transitions valid for a target state, :mod:`.tokfsm`);
+  fraction of generated TokFSM transitions valid for a target state, :mod:`interp.tasks.tokfsm`);
 * cost: KL(unsteered ‖ steered) of the next-token distributions on neutral prompts, averaged over the
   positions the intervention can affect (from the first edited position on; a causal model's earlier
   predictions cannot change), and at the last position alone (``kl_last``).
@@ -23,9 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp.hooks.tokens import as_tokens
+from interp.metrics import kl_divergence
+
 from .intervention import Compose, Intervention
 
-__all__ = ["kl_cost", "dose_response", "DoseResponse", "dose_response_figure"]
+__all__ = ["kl_cost", "dose_response", "DoseResponse", "dose_response_figure", "next_token_probs",
+           "SteeringComparison", "compare_steering"]
 
 Steering = Intervention | Compose
 
@@ -33,11 +37,12 @@ Steering = Intervention | Compose
 @torch.no_grad()
 def kl_cost(model: Any, intervention: Steering | None, tokens: Tensor, batch_size: int = 64,
             from_position: int | None = None) -> dict[str, float]:
-    """KL(unsteered ‖ steered) of next-token distributions on ``tokens`` [n, L] (nats).
+    """KL(unsteered ‖ steered) of next-token distributions on ``tokens`` [n, L] (nats; any form
+    :func:`interp.hooks.tokens.as_tokens` reads).
 
     Returns ``{"kl": mean over positions >= from_position (default: the first position the intervention
     edits), "kl_last": mean at the last position}``; zeros without an intervention."""
-    tokens = torch.as_tensor(tokens).long()
+    tokens = as_tokens(model, tokens)
     n, L = tokens.shape
     if intervention is None:
         return {"kl": 0.0, "kl_last": 0.0}
@@ -45,13 +50,12 @@ def kl_cost(model: Any, intervention: Steering | None, tokens: Tensor, batch_siz
     if start is None:
         return {"kl": 0.0, "kl_last": 0.0}
     hooks = intervention.hooks(model)
-    dev = getattr(model, "device", None)
     total, last = 0.0, 0.0
     for i in range(0, n, batch_size):
-        tb = tokens[i:i + batch_size].to(dev) if dev is not None else tokens[i:i + batch_size]
-        clean = model(tb).float().log_softmax(-1)
-        steered = model.run_with_hooks(tb, fwd_hooks=hooks).float().log_softmax(-1)
-        kl = (clean.exp() * (clean - steered)).sum(-1).clamp(min=0)  # [b, L]
+        tb = tokens[i:i + batch_size]
+        clean = model(tb).float()
+        steered = model.run_with_hooks(tb, fwd_hooks=hooks).float()
+        kl = kl_divergence(clean, steered).clamp(min=0)  # [b, L]; clamp: rounding never gives negative costs
         total += float(kl[:, start:].mean(1).sum())
         last += float(kl[:, -1].sum())
     return {"kl": total / n, "kl_last": last / n}
@@ -156,3 +160,41 @@ def dose_response_figure(curves: DoseResponse | Mapping[str, DoseResponse], titl
     fig.update_layout(title=title or "dose-response", width=900, height=400, plot_bgcolor="white",
                       legend={"font": {"size": 10}})
     return fig
+
+
+@torch.no_grad()
+def next_token_probs(model: Any, tokens: Any, fwd_hooks: Sequence = ()) -> Tensor:
+    """The next-token distribution after one sequence ``tokens`` ([L] or [1, L]), with ``fwd_hooks`` active:
+    [vocab] float32 on the CPU."""
+    tokens = as_tokens(model, tokens, one_sequence=True)
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks)) if fwd_hooks else model(tokens)
+    return logits[0, -1].float().softmax(-1).cpu()
+
+
+@dataclass
+class SteeringComparison:
+    """Baseline against steered on one prompt: next-token distributions ``p_base``, ``p_steer`` [vocab];
+    greedy continuations ``gen_base``, ``gen_steer`` (token ids [max_new_tokens]); ``kl_last``: KL(baseline ‖
+    steered) at the prompt's last position, ``kl``: mean over the edited positions (:func:`kl_cost`), nats."""
+
+    p_base: np.ndarray
+    p_steer: np.ndarray
+    gen_base: list[int]
+    gen_steer: list[int]
+    kl_last: float
+    kl: float
+
+
+@torch.no_grad()
+def compare_steering(model: Any, tokens: Any, intervention: Steering, max_new_tokens: int = 16) -> SteeringComparison:
+    """Run one prompt ``tokens`` ([L] or [1, L]) without and with ``intervention``: distributions, greedy
+    generations (the intervention active at every generated step) and KL costs (:func:`kl_cost`)."""
+    tokens = as_tokens(model, tokens, one_sequence=True)
+    hooks = intervention.hooks(model)
+    L = tokens.shape[1]
+    kw = dict(max_new_tokens=int(max_new_tokens), do_sample=False, stop_at_eos=False, return_type="tokens")
+    g0 = model.generate(tokens, **kw)[0, L:]
+    g1 = model.generate(tokens, fwd_hooks=hooks, **kw)[0, L:]
+    cost = kl_cost(model, intervention, tokens)
+    return SteeringComparison(next_token_probs(model, tokens).numpy(), next_token_probs(model, tokens, hooks).numpy(),
+                              g0.tolist(), g1.tolist(), cost["kl_last"], cost["kl"])

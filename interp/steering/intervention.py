@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
+
+from interp.hooks.hook_points import absolute_positions
 
 from .positions import Positions, PositionsLike
 from .sources import SOURCES, Source
@@ -108,9 +109,7 @@ class Intervention:
         if x.dim() < 3:
             raise ValueError(f"cannot steer an activation of shape {tuple(act.shape)}: need [batch, pos, ...]")
         b, L = x.shape[:2]
-        if positions is None or positions.numel() != L:
-            positions = torch.arange(L, device=x.device)
-        mask = self.positions.mask(positions.to(x.device))
+        mask = self.positions.mask(absolute_positions(positions, L, x.device))
         if not bool(mask.any()):
             return act
         flat = x.reshape(b, L, -1)
@@ -131,8 +130,8 @@ class Intervention:
             pd = _pos_dim(model, name) if model is not None else 1
 
             def fn(act: Tensor, hook: Any, _pd: int = pd) -> Tensor:
-                ctx = getattr(hook, "ctx", None) or {}
-                return self.edit(act, ctx.get("positions"), _pd)
+                length = act.shape[_pd] if act.dim() > _pd else 0
+                return self.edit(act, absolute_positions(hook, length, act.device), _pd)
 
             out.append((name, fn))
         return out

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.hook_points import position_mask
+
 __all__ = ["Positions", "PositionsLike"]
 
 PositionsLike = Any  # "all" | "last" | int | Sequence[int] | slice | Positions
@@ -62,7 +64,8 @@ class Positions:
         raise TypeError(f"cannot read positions from {type(spec).__name__}: {spec!r}")
 
     def mask(self, positions: Tensor) -> Tensor:
-        """Absolute positions of a forward [L] -> bool [L], True where this spec edits."""
+        """Absolute positions of a forward [L] (:func:`interp.hooks.hook_points.absolute_positions`) -> bool [L],
+        True where this spec edits (a list: :func:`interp.hooks.hook_points.position_mask`)."""
         L = positions.shape[0]
         if self.kind == "all":
             return torch.ones(L, dtype=torch.bool, device=positions.device)
@@ -78,9 +81,7 @@ class Positions:
             if self.stop is not None:
                 m &= positions < self.stop
             return m
-        end = int(positions.max()) + 1 if L else 0
-        wanted = torch.tensor([p + end if p < 0 else p for p in self.values], device=positions.device)
-        return torch.isin(positions, wanted)
+        return position_mask(positions, self.values)
 
     def first(self, length: int) -> int | None:
         """The first position edited in a single forward over positions 0..length-1 (None: none)."""

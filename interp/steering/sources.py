@@ -30,7 +30,7 @@ from torch import Tensor
 from . import functional as Fn
 
 __all__ = ["Source", "Direction", "AffineMap", "SAELatents", "CodebookCodes", "SOURCES", "register_source",
-           "codebook_code"]
+           "codebook_code", "token_direction"]
 
 SOURCES: dict[str, type["Source"]] = {}
 
@@ -509,3 +509,10 @@ def codebook_code(codebook: Any, codes: int | list[int], mode: str = "force", gr
         k = codebook.cfg.k
         return Direction(C[group, codes].detach().sum(0) / k, "codebook_code", {"codes": codes, "mode": mode})
     raise ValueError(f"mode must be 'force', 'disable' or 'append', got {mode!r}")
+
+
+def token_direction(model: Any, token_id: int) -> Tensor:
+    """The unit-norm embedding row of a token: [d_model] float32 on the CPU (a simple steering direction,
+    ``Direction(token_direction(model, t))``)."""
+    v = model.W_E[int(token_id)].detach().float().cpu()
+    return v / v.norm().clamp_min(1e-12)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp.metrics import next_token_cross_entropy, next_token_nll
 from interp.zoo.recipes import Recipe, get_recipe
 
 __all__ = ["evaluate", "transition_accuracy", "copy_eval", "recipe_of", "main", "METRIC_OF_TASK"]
@@ -78,8 +79,7 @@ def copy_eval(model: Any, recipe: Recipe) -> dict[str, float]:
         total += int(m.sum())
         seq_ok += int(((hit | ~m).all(dim=1)).sum())
         n_seq += batch.tokens.shape[0]
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, reduction="none")
-        nll_sum += float(nll[m].sum())
+        nll_sum += float(next_token_nll(logits.float(), batch.tokens)[m].sum())
     return {"copy_accuracy": hits / total, "copy_sequence_accuracy": seq_ok / n_seq, "eval_loss": nll_sum / total,
             "n_sequences": n_seq, "n_positions": total}
 
@@ -91,7 +91,7 @@ def tokfsm_eval_loss(model: Any, recipe: Recipe, n: int = 64) -> float:
 
     tokens = tokfsm_dataset(n, seed=[recipe.eval_seed, _EVAL_STREAM], seq_len=recipe.seq_len).to(model.device)
     logits = model(tokens, return_type="logits")
-    return float(torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:]))
+    return float(next_token_cross_entropy(logits.float(), tokens))
 
 
 def evaluate(model: Any, recipe: Recipe | str, loss: bool = True) -> dict[str, Any]:

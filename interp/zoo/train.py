@@ -2,7 +2,7 @@
 
 The run follows ``interp.zoo.recipes.RECIPES[NAME]`` (``--set key=value`` overrides any recipe field or
 architecture key): AdamW with linear warm-up and cosine decay, a tqdm bar with the loss, and a
-resumable checkpoint every ``checkpoint_every`` steps in ``DIR/checkpoint/``:
+resumable checkpoint every ``checkpoint_every`` steps in ``DIR/checkpoint/`` (:mod:`interp.training`):
 
 * ``model.safetensors``: the model's state dict;
 * ``optimizer.safetensors``: AdamW's per-parameter tensors (``"{param}.{exp_avg|exp_avg_sq|step}"``);
@@ -29,7 +29,6 @@ import json
 import math
 import os
 import platform
-import random
 import shutil
 import sys
 import time
@@ -38,18 +37,20 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from interp.hooks.loading import ExistingRunError
+from interp.metrics import next_token_cross_entropy
+from interp.training import (
+    CHECKPOINT_DIR, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
+    save_checkpoint, thread_count_warning, warmup_decay,
+)
 from interp.zoo.recipes import Recipe, batch_at, get_recipe, tokenizer_for
 
 __all__ = ["build_model", "init_ssm_weights", "lr_factor", "compute_loss", "train", "finalize", "install", "main"]
 
-CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
-FORMAT_VERSION = 1
 DEFAULT_OUT = Path("runs") / "zoo"
 
 
@@ -108,10 +109,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 def lr_factor(recipe: Recipe, step: int) -> float:
     """Learning-rate multiplier at optimizer step ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio."""
-    if step < recipe.warmup_steps:
-        return (step + 1) / recipe.warmup_steps
-    progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
-    return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_decay(step, recipe.steps, recipe.warmup_steps, "cosine", min_ratio=recipe.min_lr_ratio)
 
 
 _NO_DECAY_SUFFIXES = ("A_log", ".D", "dt_bias", "bias")
@@ -142,121 +140,8 @@ def compute_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """Mean next-token cross-entropy; only where ``loss_mask`` (the prediction at p of token p+1) if given."""
     tokens = batch["tokens"].to(model.device)
     logits = model(tokens, return_type="logits")
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none")
     mask = batch.get("loss_mask")
-    if mask is None:
-        return nll.mean()
-    m = mask[:, :-1].to(nll.device)
-    return nll[m].mean()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints (safetensors + JSON, no pickle)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, torch.Tensor):
-        return x.item() if x.numel() == 1 else x.tolist()
-    return x
-
-
-def save_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, step: int,
-                    recipe: Recipe, state: dict[str, Any]) -> Path:
-    """Write a complete checkpoint to ``folder`` atomically (tmp folder, then renames)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().clone().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"), metadata={"step": str(step)})
-    osd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in osd["state"].items():
-        for key, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"{idx}.{key}"] = val.detach().clone().contiguous().cpu()
-            else:
-                scalars[f"{idx}.{key}"] = val
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    rng = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            rng[f"torch_cuda_{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
-    py_state = random.getstate()
-    np_state = np.random.get_state()
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "step": step,
-        "data_position": step,  # index of the next batch of the (data_seed, step) stream
-        "recipe": recipe.to_dict(),
-        "scheduler": _jsonable(sched.state_dict()),
-        "optimizer": {"param_groups": _jsonable(osd["param_groups"]), "scalars": _jsonable(scalars)},
-        "python_random": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy_random": [np_state[0], np_state[1].tolist(), *[_jsonable(v) for v in np_state[2:]]],
-        "torch_threads": torch.get_num_threads(),
-        **_jsonable(state),
-    }
-    (tmp / "state.json").write_text(json.dumps(payload))  # written last: its presence marks a complete checkpoint
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
-def find_checkpoint(out_dir: Path) -> Path | None:
-    """The latest complete checkpoint under ``out_dir`` (``checkpoint/``, or ``checkpoint.old/`` if a kill
-    came between the two renames of a checkpoint swap)."""
-    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
-        if (out_dir / name / "state.json").is_file():
-            return out_dir / name
-    return None
-
-
-def read_checkpoint_state(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "state.json").read_text())
-
-
-def load_checkpoint(folder: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; returns the JSON state (step, losses, ...)."""
-    state = read_checkpoint_state(folder)
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    per_param: dict[int, dict[str, Any]] = {}
-    for key, val in list(tensors.items()) + list(state["optimizer"]["scalars"].items()):
-        idx, name = key.split(".", 1)
-        per_param.setdefault(int(idx), {})[name] = val
-    groups = state["optimizer"]["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": per_param, "param_groups": groups})
-    sched.load_state_dict(state["scheduler"])
-    rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["torch_cpu"])
-    if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
-    v, internal, gauss = state["python_random"]
-    random.setstate((v, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy_random"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    return state
+    return next_token_cross_entropy(logits.float(), tokens, None if mask is None else mask[:, :-1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,21 +170,19 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progr
     start, losses, elapsed, cpu = 0, [], 0.0, 0.0
     ckpt = find_checkpoint(out_dir) if resume else None
     if not resume:
-        for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old", CHECKPOINT_DIR + ".tmp"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
+        clear_checkpoints(out_dir)
         (out_dir / LOG_FILE).unlink(missing_ok=True)
     if ckpt is not None:
         saved = read_checkpoint_state(ckpt)
-        theirs, ours = Recipe.from_dict(saved["recipe"]).trajectory_dict(), recipe.trajectory_dict()
-        if theirs != ours:
-            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        diff = config_diff(Recipe.from_dict(saved["recipe"]).trajectory_dict(), recipe.trajectory_dict())
+        if diff:
             raise ExistingRunError(
                 f"{ckpt} was written by a different recipe (differs in {diff}); resuming would mix two runs",
                 restart="resume=False", folder="out_dir",
             )
-        if saved.get("torch_threads") not in (None, torch.get_num_threads()):
-            tqdm.write(f"warning: checkpoint written with {saved['torch_threads']} threads, now "
-                       f"{torch.get_num_threads()}: the resumed run may differ in the last bits")
+        warning = thread_count_warning(saved)
+        if warning:
+            tqdm.write(warning)
         state = load_checkpoint(ckpt, model, opt, sched)
         start, losses = state["step"], state.get("losses", [])
         elapsed, cpu = state.get("elapsed_s", 0.0), state.get("cpu_s", 0.0)
@@ -339,7 +222,7 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progr
             now, cnow = time.perf_counter(), time.process_time()
             elapsed, cpu = elapsed + now - t_seg, cpu + cnow - c_seg
             t_seg, c_seg = now, cnow
-            save_checkpoint(ckpt_dir, model, opt, sched, done, recipe,
+            save_checkpoint(ckpt_dir, model, opt, sched, done, recipe.to_dict(),
                             {"losses": losses, "elapsed_s": elapsed, "cpu_s": cpu})
             _log(out_dir, event="checkpoint", step=done, loss=value)
     bar.close()

@@ -1,4 +1,10 @@
-"""Steering the TokFSM models toward a target state, and scoring it.
+"""The TokFSM task's steering tests: toward a target state with directions, and with codebook codes.
+
+Built on the task-free analyses (:mod:`interp.steering`, :mod:`interp.codebook`) and the TokFSM data set
+(:mod:`interp.data.tokfsm`).
+
+State steering with directions
+------------------------------
 
 The trial: a prompt is a valid TokFSM prefix (BOS + ``n_states`` states, so it ends right after a complete
 state) whose second-to-last state has an edge to the target state S while its last state is not S, so that
@@ -22,7 +28,7 @@ added after it, one affine map h -> E(h) + v (operator ``affine``): the state is
 pushed toward it, so what is left of the true last state does not compete with S. ``scale`` interpolates
 from the unsteered activation (0) to the replaced one (1) and beyond.
 
-Which hook and operator (measured 2026-11-22 with ``python -m interp.steering.tokfsm MODEL``: ten target
+Which hook and operator (measured 2026-11-22 with ``python -m interp.tasks.tokfsm MODEL``: ten target
 states x 64 prompts, KL on 64 neutral prompts; table in ``docs/benchmarks.md``):
 
 * the hook is ``blocks.0.hook_resid_pre`` (the token embedding) for all three models. The second generated
@@ -42,6 +48,14 @@ states x 64 prompts, KL on 64 neutral prompts; table in ``docs/benchmarks.md``):
     steer = tokfsm_state_steering(model, target_state=42, prompt_len=17, hook="blocks.0.hook_resid_pre")
     prompts = tokfsm_prompts(128, n_states=8, seed=1, lead_to=42)
     tokfsm_transition_success(model, prompts, 42, steer.hooks(model))
+
+Steering by codebook codes
+--------------------------
+
+The TokFSM steering-by-codes test of the codebook-features paper:
+
+    codes = tokfsm_state_codes(model)                      # {site: int64 [100]}: each state's code per site
+    tokfsm_code_steering(model, codes, target_state=42)    # share of next transitions valid for state 42
 """
 
 from __future__ import annotations
@@ -54,15 +68,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp.codebook.analysis import collect_codes
+from interp.codebook.steering import code_intervention
 from interp.data.tokfsm import TokFSM, tokfsm_dataset, tokfsm_labels
-
-from .evaluate import DoseResponse, kl_cost
-from .intervention import Compose, Intervention
-from .sources import AffineMap, Direction
+from interp.hooks.hook_points import absolute_positions, position_mask
+from interp.steering.evaluate import DoseResponse, kl_cost
+from interp.steering.intervention import Compose, Intervention, _pos_dim
+from interp.steering.positions import PositionsLike
+from interp.steering.sources import AffineMap, Direction
 
 __all__ = ["tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
            "tokfsm_state_activations", "state_probe", "tokfsm_state_steering", "tokfsm_steering_curve",
-           "tokfsm_patching_success", "TARGET_STATES"]
+           "tokfsm_patching_success", "TARGET_STATES", "tokfsm_state_codes", "tokfsm_transition_codes",
+           "tokfsm_code_steering", "tokfsm_code_steering_table", "STEERING_MODES"]
 
 PHASES = (0, 1)  # tens digit, units digit
 
@@ -285,8 +303,6 @@ def tokfsm_patching_success(model: Any, hook: str, target_states: Sequence[int],
 
     Returns ``{"success": mean over target states, "per_state": {S: rate}}`` (same prompts as
     :func:`tokfsm_steering_curve` with the same ``seed``)."""
-    from .intervention import _pos_dim
-
     fsm = TokFSM()
     L = 1 + 2 * n_states
     pd = _pos_dim(model, hook)
@@ -299,18 +315,131 @@ def tokfsm_patching_success(model: Any, hook: str, target_states: Sequence[int],
         src = cache[hook].movedim(pd, 1)
 
         def patch(act: Tensor, hook: Any, src: Tensor = src) -> Tensor:
-            pos = (getattr(hook, "ctx", None) or {}).get("positions")
             x = act.movedim(pd, 1)
-            pos = torch.arange(x.shape[1]) if pos is None or pos.numel() != x.shape[1] else pos.cpu()
-            sel = [j for j, p in enumerate(pos.tolist()) if p in (L - 2, L - 1)]
-            if not sel:
+            pos = absolute_positions(hook, x.shape[1], x.device)
+            sel = position_mask(pos, (L - 2, L - 1))  # the last state's two digits, in a prompt or a decoding step
+            if not bool(sel.any()):
                 return act
             x = x.clone()
-            x[:, sel] = src[:, [int(pos[j]) for j in sel]].to(x.dtype)
+            x[:, sel] = src[:, pos[sel].to(src.device)].to(x.dtype)
             return x.movedim(1, pd)
 
         per_state[int(S)] = tokfsm_transition_success(model, prompts, int(S), [(hook, patch)], fsm)
     return {"success": float(np.mean(list(per_state.values()))), "per_state": per_state}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# steering by codebook codes
+
+
+@torch.no_grad()
+def tokfsm_state_codes(model: Any, n_seq: int = 256, seed: int = 7, digit_pos: int = 1,
+                       fsm: TokFSM | None = None) -> dict[str, Tensor]:
+    """Each TokFSM state's code at every codebook site: {site: int64 [n_states]}, the code selected most often
+    (slot 0) on tokens of that state at digit position ``digit_pos`` (1: the units digit, where the prefix
+    determines the state), on ``n_seq`` sequences of seed ``seed`` (-1 for a state never seen)."""
+    fsm = fsm or TokFSM()
+    tokens = tokfsm_dataset(n_seq, seed=seed)
+    lab = tokfsm_labels(tokens, fsm)
+    keep = (lab["state"] >= 0) & (lab["digit_pos"] == digit_pos)
+    run = collect_codes(model, tokens, keep_inputs=False)
+    out = {}
+    for site, ids in run.ids.items():
+        if ids.dim() != 3:
+            raise ValueError(f"{site}: per-head codebooks have one code per head; pick codes per head instead")
+        n_codes = run.n_codes[site]
+        pair = lab["state"][keep] * n_codes + ids[..., 0][keep]
+        counts = torch.bincount(pair, minlength=fsm.n_states * n_codes).view(fsm.n_states, n_codes)
+        best = counts.argmax(1)
+        out[site] = torch.where(counts.sum(1) > 0, best, torch.full_like(best, -1))
+    return out
+
+
+@torch.no_grad()
+def tokfsm_transition_codes(model: Any, n_seq: int = 256, seed: int = 7, fsm: TokFSM | None = None) -> dict[str, Tensor]:
+    """The codes that carry "the previous state was S" into the next state: {site: int64 [n_states, 10]}, the
+    code selected most often at tens-digit tokens whose previous state is S and whose digit is d (-1: unseen)."""
+    fsm = fsm or TokFSM()
+    tokens = tokfsm_dataset(n_seq, seed=seed)
+    lab = tokfsm_labels(tokens, fsm)
+    keep = (lab["prev_state"] >= 0) & (lab["digit_pos"] == 0) & (tokens < 10)
+    run = collect_codes(model, tokens, keep_inputs=False)
+    out = {}
+    for site, ids in run.ids.items():
+        n_codes = run.n_codes[site]
+        key = (lab["prev_state"][keep] * 10 + tokens[keep]) * n_codes + ids[..., 0][keep]
+        counts = torch.bincount(key, minlength=fsm.n_states * 10 * n_codes).view(fsm.n_states, 10, n_codes)
+        best = counts.argmax(-1)
+        out[site] = torch.where(counts.sum(-1) > 0, best, torch.full_like(best, -1))
+    return out
+
+
+STEERING_MODES = ("prompt", "last", "follow")
+
+
+def tokfsm_code_steering(model: Any, state_codes: dict[str, Tensor], target_state: int, n_prompts: int = 64,
+                         n_states: int = 8, seed: int = 0, sites: Sequence[str] | None = None, mode: str = "prompt",
+                         transition_codes: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """Force the codes of ``target_state`` at every site and score the next generated state as
+    :func:`tokfsm_transition_success` does (greedy, recurrent / KV-cached decoding).
+
+    ``mode``: "prompt" forces S's codes (:func:`tokfsm_state_codes`) at the prompt's last position only;
+    "last" at the last position of every forward, i.e. also at each generated token; "follow" at the prompt's
+    last position, then, at the generated tens digit d, the codes of "previous state S, digit d"
+    (``transition_codes``, :func:`tokfsm_transition_codes`). Returns ``steered`` / ``baseline`` (unsteered)
+    shares of next states that are out-edges of the target, and ``steered_first_digit`` /
+    ``baseline_first_digit``: the first generated digit is the tens digit of some out-edge."""
+    if mode not in STEERING_MODES:
+        raise ValueError(f"mode must be one of {STEERING_MODES}, got {mode!r}")
+    fsm = TokFSM()
+    sites = list(state_codes) if sites is None else list(sites)
+    prompts = tokfsm_prompts(n_prompts, n_states=n_states, seed=seed, lead_to=target_state)
+    L = prompts.shape[1]
+
+    def forced(table: dict[str, Tensor], index: tuple, where: PositionsLike) -> list[Intervention]:
+        return [code_intervention(model, s, int(table[s][index]), "force", where) for s in sites
+                if int(table[s][index]) >= 0]
+
+    units = forced(state_codes, (target_state,), "last" if mode == "last" else [L - 1])
+    if mode == "follow":
+        if transition_codes is None:
+            transition_codes = tokfsm_transition_codes(model)
+        nxt = torch.full((n_prompts,), -1, dtype=torch.long)
+        first_tok = model.generate(prompts.to(model.device), max_new_tokens=1, fwd_hooks=Compose(units).hooks(model),
+                                   stop_at_eos=False, return_type="tokens").cpu()[:, L]
+        for d in first_tok.unique().tolist():
+            idx = first_tok == d
+            if d >= 10:
+                continue
+            ivs = units + forced(transition_codes, (target_state, d), [L])
+            nxt[idx] = tokfsm_next_states(model, prompts[idx], Compose(ivs).hooks(model))
+    else:
+        nxt = tokfsm_next_states(model, prompts, Compose(units).hooks(model) if units else [])
+    edges = torch.from_numpy(np.array(fsm.edges[target_state]))
+    tens = torch.as_tensor(sorted({int(e) // 10 for e in fsm.edges[target_state]}))
+    base = tokfsm_next_states(model, prompts)
+    out = {}
+    for key, n in (("steered", nxt), ("baseline", base)):
+        out[key] = float(torch.isin(n, edges).double().mean())
+        out[f"{key}_first_digit"] = float(((n >= 0) & torch.isin(n // 10, tens)).double().mean())
+    return out
+
+
+def tokfsm_code_steering_table(model: Any, state_codes: dict[str, Tensor], targets: Sequence[int],
+                               n_prompts: int = 32, seed: int = 0, mode: str = "prompt", **kw: Any) -> dict[str, Any]:
+    """:func:`tokfsm_code_steering` over several target states: per-target rows and the means."""
+    if mode == "follow" and kw.get("transition_codes") is None:
+        kw["transition_codes"] = tokfsm_transition_codes(model)
+    rows = [{"target": int(t), **tokfsm_code_steering(model, state_codes, int(t), n_prompts, seed=seed + i, mode=mode,
+                                                      **kw)}
+            for i, t in enumerate(targets)]
+    keys = ("steered", "baseline", "steered_first_digit", "baseline_first_digit")
+    return {"rows": rows, **{k: float(np.mean([r[k] for r in rows])) for k in keys}, "n_trials": n_prompts * len(rows),
+            "mode": mode}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
 
 
 TARGET_STATES = (1, 3, 7, 17, 25, 29, 47, 58, 77, 81)  # np.random.default_rng(0).choice(100, 10, replace=False)
@@ -325,7 +454,7 @@ def _sweep_hooks(model: Any) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m interp.steering.tokfsm MODEL``: the steering sweep behind ``docs/benchmarks.md``.
+    """``python -m interp.tasks.tokfsm MODEL``: the steering sweep behind ``docs/benchmarks.md``.
 
     For each hook (default: every block's resid_pre, resid_mid, attn_out, mlp_out and the last resid_post
     that the model has) and source, the dose-response of :func:`tokfsm_steering_curve` (10 target states,
@@ -336,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import interp
 
-    ap = argparse.ArgumentParser(prog="python -m interp.steering.tokfsm", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m interp.tasks.tokfsm", description=main.__doc__)
     ap.add_argument("model", help="a TokFSM model name (tokfsm-mamba, tokfsm-mamba2, tokfsm-transformer)")
     ap.add_argument("--hooks", default=None, help="comma-separated hook names (default: see above)")
     ap.add_argument("--sources", default="mean_difference,probe")

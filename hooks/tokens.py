@@ -1,0 +1,97 @@
+"""Token ids as the models take them: one coercion for every caller, with errors that name the argument.
+
+    as_tokens(model, "<bos>0812")                 # text -> model.to_tokens -> LongTensor [1, L] on model.device
+    as_tokens(model, [10, 0, 8])                  # ids [L] -> [1, L]; [[...], [...]] / numpy / tensor [b, L] likewise
+    check_token_ids(tokens, vocab_size, "input")  # the range check alone (the models' forward runs it)
+
+Pure torch (no TransformerLens): the analyses call it before touching a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device"]
+
+
+def vocab_size(model: Any) -> int | None:
+    """The number of token ids the model embeds (``cfg.d_vocab`` of a transformer, ``cfg.vocab_size`` of an SSM),
+    or None when the model does not say."""
+    cfg = getattr(model, "cfg", None)
+    for key in ("d_vocab", "vocab_size"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's parameters (``model.device`` where it has one)."""
+    dev = getattr(model, "device", None)
+    if isinstance(dev, (torch.device, str)):
+        return torch.device(dev)
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return p.device if p is not None else torch.device("cpu")
+
+
+def check_token_ids(tokens: Tensor, vocab: int | None, name: str = "tokens") -> None:
+    """Raise ValueError (naming ``name``) unless every id of ``tokens`` [...] is in 0 .. vocab - 1.
+
+    A negative id would silently index the embedding from its end (transformers) and an id >= vocab fails deep
+    inside the model (or asynchronously on a GPU). Empty tensors and tensors without values (device "meta")
+    pass; ``vocab`` None checks the sign only. One reduction and one host sync.
+    """
+    if tokens.numel() == 0 or tokens.device.type == "meta":
+        return
+    lo, hi = (int(v) for v in torch.aminmax(tokens.detach().long()))
+    if lo < 0:
+        raise ValueError(f"{name} holds a negative token id ({lo}); token ids are 0 .. vocab_size - 1")
+    if vocab is not None and hi >= vocab:
+        raise ValueError(f"{name} holds token id {hi}, out of range for this model's vocabulary of {vocab} "
+                         f"(ids 0 .. {vocab - 1})")
+
+
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, str) for t in x))
+
+
+def as_tokens(model: Any, tokens: Any, name: str = "tokens", one_sequence: bool = False) -> Tensor:
+    """Text or token ids -> LongTensor [b, L] on the model's device, checked against its vocabulary.
+
+    tokens: a text or a list of texts (tokenised by ``model.to_tokens``: BOS and padding as the model does it);
+        or token ids [L] or [b, L] (a list, nested list, numpy array or tensor of integers; [L] becomes [1, L]).
+    name: the argument's name in error messages.
+    one_sequence: require b = 1 (methods that explain one sequence at a time).
+
+    Raises ValueError, naming ``name``, for: empty input (no text, no sequence or no position), ids that are
+    not integers, more than two axes, a negative id, an id >= the vocabulary size, and b != 1 with
+    ``one_sequence``.
+    """
+    if isinstance(tokens, (list, tuple)) and len(tokens) == 0:
+        raise ValueError(f"{name} is empty: pass a text or token ids [L] / [batch, L]")
+    if _is_text(tokens):
+        t = model.to_tokens(tokens if isinstance(tokens, str) else list(tokens))
+    elif isinstance(tokens, Tensor):
+        t = tokens
+    else:
+        if isinstance(tokens, (list, tuple)) and any(isinstance(x, str) for x in tokens):
+            raise ValueError(f"{name} mixes texts and token ids: pass one or the other")
+        try:
+            t = torch.as_tensor(tokens)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{name}: cannot read token ids from {type(tokens).__name__} ({e})") from e
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer token ids, got dtype {t.dtype}")
+    if t.dim() == 1:
+        t = t[None]
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be token ids [L] or [batch, L], got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): pass at least one token")
+    if one_sequence and t.shape[0] != 1:
+        raise ValueError(f"{name}: one sequence at a time, [L] or [1, L]; got shape {tuple(t.shape)}")
+    check_token_ids(t, vocab_size(model), name)
+    return t.to(device=model_device(model), dtype=torch.long)

@@ -1,0 +1,199 @@
+"""Views of interaction maps for display: a layer's map, rollout, per-channel thumbnails, their sort metrics,
+pooled overviews of long prompts.
+
+    detail_map(model, tokens, layer, "hidden", "mean_abs")    # [L, L] numpy, one layer (or the whole model)
+    thumbs = thumbnail_maps(model, tokens, "hidden")         # Thumbnails: maps [n, L, L], keys [(layer, channel)]
+    order = thumbs.sorted_by("distance")                     # SortedThumbnails: order, scores, names, pooled maps
+    pooled, f = pool_map(causal_masked(m), out=128)          # [ceil(L/f), ceil(L/f)]
+
+Maps are float numpy arrays [L(query i), L(source j)]; stacks of per-channel maps are [n, L, L]. The methods
+(names, labels, kinds of model) come from the registry :mod:`interp.attention.methods`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .hidden import channel_mass
+from .maps import interaction_map, normalize, query_rows, rollout, ssm_parameters
+from .methods import WHOLE_MODEL, model_kind
+
+__all__ = [
+    "AGGREGATES", "NORMALIZATIONS", "METRICS", "METRIC_DEFINITIONS", "Thumbnails", "SortedThumbnails",
+    "aggregates_for", "n_channels", "detail_map", "attribution_rows", "rollout_map", "thumbnail_maps", "map_metric",
+    "pool_map", "causal_masked", "warm_up",
+]
+
+AGGREGATES = ("mean_abs", "mean", "max", "topk")
+NORMALIZATIONS = ("raw", "minmax", "row")
+METRICS = ("mass", "max", "distance", "diagonal")
+# what each sort metric measures (m: one map [L, L], i: query, j: source), plain text (captions, help)
+METRIC_DEFINITIONS: dict[str, str] = {
+    "mass": "Σᵢⱼ |mᵢⱼ|, the total absolute interaction of the map (grows with the prompt's length)",
+    "max": "maxᵢⱼ |mᵢⱼ|, the strongest single interaction",
+    "distance": "Σᵢⱼ |mᵢⱼ|·|i − j| ∕ Σᵢⱼ |mᵢⱼ|, how far back the map looks on average, in tokens",
+    "diagonal": "Σᵢ |mᵢᵢ| ∕ Σᵢⱼ |mᵢⱼ|, the share of the map on each token's own position",
+}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def aggregates_for(method: str) -> list[str]:
+    """Channel/head aggregates a method supports ("channel" = one channel/head); [] when it has none (LaTIM
+    scores and the whole-model attributions have no channel axis)."""
+    if method in ("hidden", "attention"):
+        return [*AGGREGATES, "channel"]
+    if method == "unified":
+        return ["mean_abs", "mean", "max", "channel"]
+    return []
+
+
+def n_channels(model: Any) -> int:
+    """Channels (Mamba-1: d_inner) or heads (Mamba-2, transformers) of a layer's map."""
+    cfg = model.cfg
+    if model_kind(model) == "ssm" and cfg.family != "mamba2":
+        return int(cfg.d_inner)
+    return int(cfg.n_heads)
+
+
+def detail_map(model: Any, tokens: Any, layer: int, method: str, aggregate: str | int = "mean_abs",
+               normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
+    """The interaction map [L, L] of one sequence ``tokens`` ([1, L]) at ``layer`` by ``method``
+    (:func:`interaction_map`); ``aggregate`` int = one channel/head. Whole-model methods (LRP, gradient × input)
+    ignore ``layer`` and ``aggregate``."""
+    if method in WHOLE_MODEL:
+        return _np(interaction_map(model, tokens, None, method=method, normalize_=normalize_)[0])
+    m = interaction_map(model, tokens, layer, method=method, normalize_=normalize_, aggregate=aggregate,
+                        max_bytes=max_bytes)
+    return _np(m[0])
+
+
+def attribution_rows(model: Any, tokens: Any, rows: Sequence[int], method: str, normalize_: str = "raw") -> np.ndarray:
+    """Rows of a whole-model attribution map (LRP, gradient × input): [len(rows), L] (:func:`query_rows`)."""
+    return _np(query_rows(model, tokens, 0, rows=list(rows), method=method, normalize_=normalize_)[0])
+
+
+def rollout_map(model: Any, tokens: Any, method: str, aggregate: str | int = "mean_abs",
+                normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
+    """Rollout [L, L] of the per-layer maps of ``method`` (:func:`rollout`), each taken as |map| (rollout needs
+    non-negative weights), then normalised (:func:`normalize`)."""
+    maps = [interaction_map(model, tokens, layer, method=method, aggregate=aggregate, max_bytes=max_bytes).abs()
+            for layer in range(model.cfg.n_layers)]
+    return _np(normalize(rollout(maps), normalize_)[0])
+
+
+@dataclass
+class SortedThumbnails:
+    """Thumbnails in the order of a metric: ``order`` [k] indices into the stack, ``scores`` [k] their metric,
+    ``names`` ("L1 ch3"), ``pooled`` [k, l, l] the maps causally masked and mean-pooled to at most ``l`` cells."""
+
+    metric: str
+    order: np.ndarray
+    scores: np.ndarray
+    names: list[str]
+    pooled: np.ndarray
+
+
+@dataclass
+class Thumbnails:
+    """Layer × channel/head maps: ``maps`` [n, L, L]; ``keys`` [(layer, channel or None)] (None: a map reduced over
+    channels)."""
+
+    maps: np.ndarray
+    keys: list[tuple[int, int | None]]
+
+    def sorted_by(self, metric: str, top: int = 32, out: int = 48) -> SortedThumbnails:
+        """The ``top`` maps with the largest ``metric`` (:func:`map_metric`; ties keep layer order), pooled to
+        at most ``out`` × ``out`` cells."""
+        score = map_metric(self.maps, metric)
+        order = np.argsort(-score, kind="stable")[:top]
+        names = [f"L{self.keys[k][0]}" + ("" if self.keys[k][1] is None else f" ch{self.keys[k][1]}") for k in order]
+        pooled = np.stack([pool_map(causal_masked(self.maps[k]), out)[0] for k in order])
+        return SortedThumbnails(metric, order, score[order], names, pooled)
+
+
+def thumbnail_maps(model: Any, tokens: Any, method: str, per_layer: int = 8,
+                   max_bytes: int | None = None) -> Thumbnails:
+    """Layer × channel/head maps of one sequence for a thumbnail grid.
+
+    hidden: per head (Mamba-2) or the ``per_layer`` channels with the most mass (Mamba-1, :func:`channel_mass`);
+    attention: per head; unified / LaTIM: one channel-reduced map per layer (channel None)."""
+    maps, keys = [], []
+    for layer in range(model.cfg.n_layers):
+        if method == "hidden" and model.cfg.family == "mamba1":
+            p = ssm_parameters(model, tokens, layer)
+            heads = channel_mass(p["dt"], p["A"], p["B"], p["C"]).topk(min(per_layer, p["dt"].shape[-1])).indices
+            heads = heads.tolist()
+            m = interaction_map(model, tokens, layer, method="hidden", aggregate="none", heads=heads,
+                                max_bytes=max_bytes)[0]
+        elif method in ("hidden", "attention"):
+            m = interaction_map(model, tokens, layer, method=method, aggregate="none", max_bytes=max_bytes)[0]
+            heads = list(range(m.shape[0]))
+        else:
+            m = interaction_map(model, tokens, layer, method=method, max_bytes=max_bytes)
+            heads = [None]
+        maps.append(_np(m))
+        keys += [(layer, h) for h in heads]
+    return Thumbnails(np.concatenate(maps), keys)
+
+
+def map_metric(maps: np.ndarray, name: str) -> np.ndarray:
+    """A score per map of [n, L, L] (:data:`METRIC_DEFINITIONS`): "mass" (Σ|m|), "max" (max |m|), "distance"
+    (mean |i - j| weighted by |m|: how far back a map looks), "diagonal" (share of |m| on the diagonal). NaN = 0."""
+    a = np.abs(np.nan_to_num(np.asarray(maps, dtype=np.float64)))
+    if name == "mass":
+        return a.sum((1, 2))
+    if name == "max":
+        return a.max((1, 2))
+    L = a.shape[-1]
+    total = a.sum((1, 2)) + 1e-30
+    if name == "distance":
+        i, j = np.indices((L, L))
+        return (a * np.abs(i - j)).sum((1, 2)) / total
+    if name == "diagonal":
+        return np.trace(a, axis1=1, axis2=2) / total
+    raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
+
+
+def pool_map(m: np.ndarray, out: int = 128) -> tuple[np.ndarray, int]:
+    """Mean-pool a map [R, C] by a factor f = ceil(max(R, C)/out) -> ([ceil(R/f), ceil(C/f)], f).
+    NaN cells (the causal blank) are ignored; an all-NaN block stays NaN."""
+    m = np.asarray(m, dtype=np.float64)
+    f = max(1, math.ceil(max(m.shape) / out))
+    if f == 1:
+        return m, 1
+    R, C = (math.ceil(s / f) * f for s in m.shape)
+    pad = np.full((R, C), np.nan)
+    pad[:m.shape[0], :m.shape[1]] = m
+    blocks = pad.reshape(R // f, f, C // f, f)
+    with np.errstate(invalid="ignore"):
+        cnt = np.isfinite(blocks).sum((1, 3))
+        s = np.nansum(blocks, (1, 3))
+        pooled = np.where(cnt > 0, s / np.maximum(cnt, 1), np.nan)
+    return pooled, f
+
+
+def causal_masked(m: np.ndarray) -> np.ndarray:
+    """A float64 copy of a map with the causal upper triangle (j > i) set to NaN (square maps only)."""
+    m = np.asarray(m, dtype=np.float64).copy()
+    if m.ndim == 2 and m.shape[0] == m.shape[1]:
+        m[np.triu_indices(m.shape[0], k=1)] = np.nan
+    return m
+
+
+def warm_up(model: Any, n_tokens: int = 16) -> None:
+    """One small interaction map, so that a first real request skips one-time set-up costs (kernel compilation);
+    best effort: failures are ignored."""
+    try:
+        vocab = max(2, int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size))
+        interaction_map(model, torch.arange(n_tokens).remainder(vocab)[None], 0, method="auto")
+    except Exception:  # noqa: BLE001 - warming up is best effort
+        pass

@@ -1,0 +1,4 @@
+"""Tasks: evaluations on data sets with a known ground truth, built on the task-free analyses.
+
+Modules: :mod:`.tokfsm` (TokFSM state steering with directions and with codebook codes).
+"""
