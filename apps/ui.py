@@ -1,8 +1,8 @@
 """Streamlit glue shared by the pages: settings, the view state (mirrored in the URL query parameters so a
 link reproduces the view), the cached model and maps, and error display.
 
-Pages stay thin: they read the view through :func:`widget`, get the model and tokens from
-:func:`current`, call the cached wrappers below (which call :mod:`interp.apps.compute`), and draw.
+Pages stay thin: they read the view through :func:`widget`, get the model and tokens from :func:`current`
+(inputs checked by :mod:`interp.apps.inputs`), call the cached wrappers below (library functions), and draw.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import streamlit as st
-import torch
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
+from interp.attention.views import Thumbnails, attribution_rows, detail_map, rollout_map, thumbnail_maps, warm_up
+from interp.hooks.tokens import as_tokens
 
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
 LINKED = "_linked"  # session key: view entries read from the URL that their widget has not checked yet
@@ -173,7 +174,7 @@ def show_error(e: Exception) -> None:
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def cached_model(spec: str) -> Any:
     model = C.load_model(spec)
-    C.warm_up(model)
+    warm_up(model)
     return model
 
 
@@ -187,7 +188,7 @@ def model_spec() -> tuple[str, str | None]:
     return C.resolve_model_spec(v["model"], cfg.roots, cfg.model), (note if v["model"] == note_model else None)
 
 
-def current(need_prompt: bool = True) -> tuple[str, Any, torch.Tensor | None] | None:
+def current(need_prompt: bool = True) -> tuple[str, Any, Any] | None:
     """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt)."""
     try:
         spec, note = model_spec()
@@ -213,12 +214,14 @@ def current(need_prompt: bool = True) -> tuple[str, Any, torch.Tensor | None] | 
     return spec, model, tokens
 
 
-def key_of(tokens: torch.Tensor) -> tuple[int, ...]:
+def key_of(tokens: Any) -> tuple[int, ...]:
+    """The tokens [1, L] as a hashable cache key."""
     return tuple(int(t) for t in tokens[0])
 
 
-def tensor_of(key: tuple[int, ...]) -> torch.Tensor:
-    return torch.tensor([list(key)], dtype=torch.long)
+def tensor_of(model: Any, key: tuple[int, ...]) -> Any:
+    """A cache key back to tokens [1, L] for ``model`` (:func:`interp.hooks.tokens.as_tokens`)."""
+    return as_tokens(model, [list(key)])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,22 +229,26 @@ def tensor_of(key: tuple[int, ...]) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 @st.cache_data(show_spinner="Computing the interaction map…", max_entries=64)
 def cached_detail(spec: str, toks: tuple, layer: int, source: str, agg: Any, norm: str, budget: int) -> np.ndarray:
-    return C.detail_map(cached_model(spec), tensor_of(toks), layer, source, agg, norm, budget)
+    model = cached_model(spec)
+    return detail_map(model, tensor_of(model, toks), layer, source, agg, norm, budget)
 
 
 @st.cache_data(show_spinner="Computing attribution rows…", max_entries=64)
 def cached_rows(spec: str, toks: tuple, rows: tuple, source: str, norm: str) -> np.ndarray:
-    return C.attribution_rows(cached_model(spec), tensor_of(toks), rows, source, norm)
+    model = cached_model(spec)
+    return attribution_rows(model, tensor_of(model, toks), rows, source, norm)
 
 
 @st.cache_data(show_spinner="Computing thumbnails…", max_entries=16)
-def cached_thumbs(spec: str, toks: tuple, source: str, budget: int, per_layer: int = 8) -> tuple[np.ndarray, list]:
-    return C.thumbnail_maps(cached_model(spec), tensor_of(toks), source, per_layer=per_layer, max_bytes=budget)
+def cached_thumbs(spec: str, toks: tuple, source: str, budget: int, per_layer: int = 8) -> Thumbnails:
+    model = cached_model(spec)
+    return thumbnail_maps(model, tensor_of(model, toks), source, per_layer=per_layer, max_bytes=budget)
 
 
 @st.cache_data(show_spinner="Computing the rollout…", max_entries=16)
-def cached_rollout(spec: str, toks: tuple, source: str, agg: Any, budget: int) -> np.ndarray:
-    return C.rollout_map(cached_model(spec), tensor_of(toks), source, agg, budget)
+def cached_rollout(spec: str, toks: tuple, source: str, agg: Any, norm: str, budget: int) -> np.ndarray:
+    model = cached_model(spec)
+    return rollout_map(model, tensor_of(model, toks), source, agg, norm, budget)
 
 
 @st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)

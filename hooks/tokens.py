@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device"]
+__all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device", "same_vocabulary"]
 
 
 def vocab_size(model: Any) -> int | None:
@@ -95,3 +95,18 @@ def as_tokens(model: Any, tokens: Any, name: str = "tokens", one_sequence: bool 
         raise ValueError(f"{name}: one sequence at a time, [L] or [1, L]; got shape {tuple(t.shape)}")
     check_token_ids(t, vocab_size(model), name)
     return t.to(device=model_device(model), dtype=torch.long)
+
+
+def same_vocabulary(a: Any, b: Any, check: int = 4096) -> bool:
+    """Whether two models read the same token ids as the same strings: same vocabulary size, tokenizer class and
+    the first ``check`` token strings."""
+    if a is b:
+        return True
+    na, nb = vocab_size(a), vocab_size(b)
+    if na is None or na != nb or type(getattr(a, "tokenizer", None)) is not type(getattr(b, "tokenizer", None)):
+        return False
+    ids = torch.arange(min(na, check))
+    try:
+        return [str(t) for t in a.to_str_tokens(ids)] == [str(t) for t in b.to_str_tokens(ids)]
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot decode some ids reads another vocabulary
+        return False

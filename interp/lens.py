@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES"]
+__all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES",
+           "WINDOW", "MAX_WINDOW", "clamp_window"]
 
 LAYER_ORDER = "bottom-to-top"  # embedding side at the bottom of a figure, final layer at the top
 VALUES = {"top": "top-1 probability", "true": "p(true next token)"}  # what a figure's colour can show
@@ -91,6 +92,19 @@ def lens_window(n_tokens: int, start: int = 0, length: int | None = None) -> tup
     if length is not None and (int(length) < 1 or stop > n_tokens):
         raise ValueError(f"a window of {length} positions from {start} does not fit a {n_tokens}-token prompt")
     return int(start), stop
+
+
+WINDOW = 64  # prompts longer than this are read through a window of positions; its default length
+MAX_WINDOW = 256  # the most positions one logit-lens figure shows
+
+
+def clamp_window(n_tokens: int, start: int = 0, length: int = WINDOW) -> tuple[int, int]:
+    """(start, length) of the window to show of an ``n_tokens`` prompt: the whole prompt up to :data:`WINDOW`
+    tokens, else ``start`` and ``length`` brought inside the prompt (at most :data:`MAX_WINDOW` positions)."""
+    if n_tokens <= WINDOW:
+        return 0, n_tokens
+    start = min(max(int(start), 0), n_tokens - 1)
+    return start, min(max(int(length), 1), MAX_WINDOW, n_tokens - start)
 
 
 @torch.no_grad()

@@ -23,12 +23,18 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-from interp.apps import compute as C  # noqa: E402
+from interp.apps import inputs as C  # noqa: E402
 
 import interp  # noqa: E402
 import interp.zoo  # noqa: E402
 from interp.attention import interaction_map, normalize, rollout  # noqa: E402
-from interp.lens import vocabulary  # noqa: E402
+from interp.attention.figures import figure_exports, kaleido_available, npz_bytes  # noqa: E402
+from interp.attention.methods import LABELS, methods_for  # noqa: E402
+from interp.codebook import embedded_codebook_models  # noqa: E402
+from interp.attention.views import METRIC_DEFINITIONS, aggregates_for, causal_masked, map_metric, pool_map  # noqa: E402
+from interp.lens import WINDOW, vocabulary  # noqa: E402
+from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_prompt_text, tokfsm_probe_sweep  # noqa: E402
+from interp.zoo import model_task  # noqa: E402
 
 MODEL = "tokfsm-mamba2"
 PROMPT = "<bos>" + "08411793056012345678"  # 21 tokens
@@ -135,7 +141,7 @@ def arr(x) -> np.ndarray:
 
 
 def masked(m: torch.Tensor) -> np.ndarray:
-    return C.causal_masked(m[0].float().numpy())
+    return causal_masked(m[0].float().numpy())
 
 
 def tokens_of(model, prompt: str = PROMPT) -> torch.Tensor:
@@ -176,7 +182,7 @@ def test_default_model_falls_back_with_a_note(monkeypatch, roots):
     monkeypatch.delenv("INTERP_APP_MODEL", raising=False)
     monkeypatch.setenv("INTERP_APP_ROOTS", str(roots))
     spec, note = C.default_model(None)
-    installed = C.embedded_models()
+    installed = interp.zoo.list_models()
     assert spec == (C.DEFAULT_MODEL if C.DEFAULT_MODEL in installed else installed[0])
     at = app("model")
     ok(at)
@@ -214,7 +220,7 @@ def test_widgets_change_the_map(env, model):
     for source, kw in [("unified", {}), ("latim", {})]:
         at.selectbox(key="w_source").set_value(source).run()
         ok(at)
-        assert at.selectbox(key="w_agg").options == C.aggregates_for(source) or at.selectbox(key="w_agg").disabled
+        assert at.selectbox(key="w_agg").options == aggregates_for(source) or at.selectbox(key="w_agg").disabled
         ref = masked(interaction_map(model, toks, 2, method=source, **kw))
         np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-4, atol=1e-6,
                                    equal_nan=True)
@@ -243,7 +249,7 @@ def test_attribution_sources(env, model):
     from interp.lrp import interaction_rows
 
     ref = interaction_rows(model, toks, method="grad_x_input")
-    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), C.causal_masked(ref.numpy()),
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), causal_masked(ref.numpy()),
                                rtol=1e-4, atol=1e-5, equal_nan=True)
     assert "no per-layer thumbnails" in texts(at.caption)
 
@@ -265,34 +271,34 @@ def test_thumbnails_sorted_by_metric(env, model):
     n = model.cfg.n_layers * model.cfg.n_heads
     assert len(fig["data"]) == n
     per = torch.cat([interaction_map(model, toks, layer, aggregate="none")[0] for layer in range(model.cfg.n_layers)])
-    score = C.map_metric(per.numpy(), "mass")
+    score = map_metric(per.numpy(), "mass")
     best = int(np.argmax(score))
-    np.testing.assert_allclose(arr(fig["data"][0]["z"]), C.causal_masked(per[best].numpy()), rtol=1e-5, atol=1e-7,
+    np.testing.assert_allclose(arr(fig["data"][0]["z"]), causal_masked(per[best].numpy()), rtol=1e-5, atol=1e-7,
                                equal_nan=True)
     at.selectbox(key="w_sort").set_value("distance").run()
     ok(at)
-    best_d = int(np.argmax(C.map_metric(per.numpy(), "distance")))
-    np.testing.assert_allclose(arr(figure(at, "thumbs")["data"][0]["z"]), C.causal_masked(per[best_d].numpy()),
+    best_d = int(np.argmax(map_metric(per.numpy(), "distance")))
+    np.testing.assert_allclose(arr(figure(at, "thumbs")["data"][0]["z"]), causal_masked(per[best_d].numpy()),
                                rtol=1e-5, atol=1e-7, equal_nan=True)
     layer, head = divmod(best_d, model.cfg.n_heads)
     at.selectbox(key="open_thumb").set_value(f"L{layer} ch{head}").run()  # opens it in the detail view
     ok(at)
     assert at.selectbox(key="w_layer").value == layer and at.number_input(key="w_ch").value == head
-    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), C.causal_masked(per[best_d].numpy()),
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), causal_masked(per[best_d].numpy()),
                                rtol=1e-5, atol=1e-7, equal_nan=True)
 
 
 def test_long_prompt_gets_a_pooled_overview(env, model):
-    prompt = C.tokfsm_prompt(200, seed=3)  # 401 tokens > pool_above (256)
+    prompt = tokfsm_prompt_text(200, seed=3)  # 401 tokens > pool_above (256)
     toks = tokens_of(model, prompt)
     at = app("interactions", prompt=prompt, win=64)
     ok(at)
     ref = interaction_map(model, toks, 0)[0].numpy()
-    pooled, f = C.pool_map(C.causal_masked(ref))
+    pooled, f = pool_map(causal_masked(ref))
     np.testing.assert_allclose(arr(figure(at, "overview")["data"][0]["z"]), pooled, rtol=1e-5, atol=1e-7,
                                equal_nan=True)
     detail = figure(at, "detail")["data"][0]
-    np.testing.assert_allclose(arr(detail["z"]), C.causal_masked(ref[64:320, 64:320]), rtol=1e-5, atol=1e-7,
+    np.testing.assert_allclose(arr(detail["z"]), causal_masked(ref[64:320, 64:320]), rtol=1e-5, atol=1e-7,
                                equal_nan=True)
     assert detail["x"][0].startswith("64·")
     assert "first 128 of 401 tokens" in texts(at.caption)
@@ -322,7 +328,7 @@ def test_transformer_folder_attention(env, roots):
     folder = str((roots / "transformer").resolve())
     at = app("interactions", model=folder)
     ok(at)
-    assert at.selectbox(key="w_source").options == [C.SOURCES[s] for s in C.TRANSFORMER_SOURCES]
+    assert at.selectbox(key="w_source").options == [LABELS[s] for s in methods_for("transformer")]
     tf = interp.load(folder)
     toks = tokens_of(tf)
     np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]),
@@ -367,7 +373,8 @@ def test_probes_sweep(env, model):
     ok(at)
     fig = figure(at, "probes")
     df = at.dataframe[0].value
-    fig_ref, rows = C.probe_sweep_tokfsm(model, 64)
+    res = tokfsm_probe_sweep(model, 64)
+    fig_ref, rows = res.figure(), res.rows
     assert list(df["accuracy"]) == pytest.approx([r["accuracy"] for r in rows])
     np.testing.assert_allclose(arr(fig["data"][0]["z"]), np.asarray(fig_ref.data[0].z, dtype=float), equal_nan=True)
     n64 = int(df["n_train"].iloc[0])
@@ -408,13 +415,15 @@ def test_features_page(env, model, roots):
 
 
 def test_codebook_tab(env, model, cb_folder):
-    from interp.codebook import collect_codes, load_codebook_model, similar_codes, usage_stats
+    from interp.codebook import (
+        collect_codes, forced_continuations, load_codebook_model, similar_codes, usage_stats,
+    )
     from interp.data import tokfsm_dataset
 
     at = app("features")
     ok(at)
     assert "python -m interp.codebook.zoo" in texts(at.caption) or not set(C.codebook_recipes()) - set(
-        C.embedded_codebook_models())
+        embedded_codebook_models())
     assert str(cb_folder) in at.selectbox(key="cb_found").options
     at.selectbox(key="cb_found").set_value(str(cb_folder)).run()
     ok(at)
@@ -448,12 +457,12 @@ def test_codebook_tab(env, model, cb_folder):
     assert len(states) >= 1 and "Most associated state" in texts(at.caption)
 
     # forcing: pick a code whose forced continuation differs from the greedy baseline
-    forced = {c: C.force_code(cbm, toks, site, c, 8) for c in range(8)}
-    code = next(c for c, g in forced.items() if g["differs"])
+    forced = {c: forced_continuations(cbm, toks, site, c, 8) for c in range(8)}
+    code = next(c for c, (g0, g1) in forced.items() if g0 != g1)
     at.number_input(key="w_cb_code").set_value(code).run()
     ok(at)
     base, steered = (c.value for c in at.code[-2:])
-    assert base == " ".join(forced[code]["baseline"]) and steered == " ".join(forced[code]["forced"])
+    assert base == " ".join(C.str_tokens(cbm, forced[code][0])) and steered == " ".join(C.str_tokens(cbm, forced[code][1]))
     assert base != steered and "differs from the baseline" in texts(at.caption)
     np.testing.assert_array_equal(arr(figure(at, "cb_codes")["data"][0]["z"]).reshape(-1), (ref == code).astype(float))
     at.selectbox(key="w_cb_site").set_value("blocks.1.ssm.hook_out").run()
@@ -475,7 +484,7 @@ def test_codebook_tab_bad_inputs(env, roots, cb_folder, tmp_path):
     assert "holds no codebooks.json" in texts(at.error)
     at.text_input(key="w_cb").input(str(roots / "missing")).run()
     assert "does not exist" in texts(at.error)
-    for name in set(C.codebook_recipes()) - set(C.embedded_codebook_models()):
+    for name in set(C.codebook_recipes()) - set(embedded_codebook_models()):
         at.text_input(key="w_cb").input(name).run()
         assert f"python -m interp.codebook.zoo {name} --install" in texts(at.error)
     at.text_input(key="w_cb").input(str(cb_folder)).run()
@@ -509,7 +518,8 @@ def test_features_rejects_folders_outside_the_roots(env, tmp_path):
 
 
 def test_steering_changes_the_next_token_distribution(env, model):
-    from interp.steering import Direction, Intervention
+    from interp.metrics import kl_divergence
+    from interp.steering import Direction, Intervention, next_token_probs, token_direction
 
     toks = tokens_of(model)
     at = app("steering")
@@ -517,15 +527,16 @@ def test_steering_changes_the_next_token_distribution(env, model):
     hook = at.selectbox(key="w_steer_hook").value
     fig = figure(at, "dist")
     p_base, p_steer = arr(fig["data"][0]["y"]), arr(fig["data"][1]["y"])
-    iv = Intervention(Direction(C.token_direction(model, 0)), hook, "add", 4.0, positions="all")
-    ref0 = C.next_token_probs(model, toks)
-    ref1 = C.next_token_probs(model, toks, iv.hooks(model))
+    iv = Intervention(Direction(token_direction(model, 0)), hook, "add", 4.0, positions="all")
+    ref0 = next_token_probs(model, toks).numpy()
+    ref1 = next_token_probs(model, toks, iv.hooks(model)).numpy()
     top = np.argsort(-(ref0 + ref1), kind="stable")[:12]
     np.testing.assert_allclose(p_base, ref0[top], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(p_steer, ref1[top], rtol=1e-5, atol=1e-7)
     assert not np.allclose(p_base, p_steer)
     kl_shown = float(at.metric[0].value.split()[0])
-    assert kl_shown == pytest.approx(C.kl(ref0, ref1), abs=1e-4) and kl_shown > 0
+    kl_ref = float(kl_divergence(torch.from_numpy(ref0).double().log(), torch.from_numpy(ref1).double().log()))
+    assert kl_shown == pytest.approx(kl_ref, abs=1e-4) and kl_shown > 0
     at.slider(key="w_scale").set_value(0.0).run()
     ok(at)
     fig0 = figure(at, "dist")
@@ -548,7 +559,7 @@ def test_export_page(env, model):
     ok(at)
     labels = [b.proto.label for b in at.get("download_button")]
     assert labels[:2] == ["HTML (self-contained)", "JSON (plotly)"] and "Arrays (.npz)" in labels
-    if not C.kaleido_available():
+    if not kaleido_available():
         assert "needs the `kaleido` package" in texts(at.info)
     fig = figure(at, "export_fig")
     ref = masked(interaction_map(model, tokens_of(model), 0))
@@ -561,14 +572,14 @@ def test_export_page(env, model):
 def test_export_bytes(model):
     import plotly.graph_objects as go
 
-    files = C.figure_exports(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
+    files = figure_exports(go.Figure(go.Heatmap(z=[[1, 2], [3, 4]])))
     html = files["html"].decode()
     assert 'src="http' not in html and len(html) > 1_000_000  # plotly.js inlined, nothing from a CDN
     assert json.loads(files["json"])["data"][0]["type"] == "heatmap"
-    assert ("png" in files) == C.kaleido_available() or not C.kaleido_available()
+    assert ("png" in files) == kaleido_available() or not kaleido_available()
     import io
 
-    back = np.load(io.BytesIO(C.npz_bytes({"m": np.eye(3), "t": torch.arange(4), "s": np.array(["a", "b"])})))
+    back = np.load(io.BytesIO(npz_bytes({"m": np.eye(3), "t": torch.arange(4), "s": np.array(["a", "b"])})))
     assert back["m"].shape == (3, 3) and back["t"].tolist() == [0, 1, 2, 3] and back["s"].tolist() == ["a", "b"]
 
 
@@ -584,7 +595,7 @@ def test_empty_prompt(env, page):
 
 def test_prompt_over_the_cap(env):
     env.setenv("INTERP_APP_MAX_TOKENS", "40")
-    at = app("interactions", prompt=C.tokfsm_prompt(30))
+    at = app("interactions", prompt=tokfsm_prompt_text(30))
     assert "over the cap of 40 tokens" in texts(at.error)
     assert not at.exception
     at.switch_page("views/model.py").run()
@@ -657,12 +668,12 @@ def test_resolve_model_spec(tmp_path):
 
 def test_pool_and_metrics():
     m = np.arange(16, dtype=float).reshape(4, 4)
-    p, f = C.pool_map(m, out=2)
+    p, f = pool_map(m, out=2)
     assert f == 2 and p.tolist() == [[2.5, 4.5], [10.5, 12.5]]
     eye = np.eye(5)[None]
-    assert C.map_metric(eye, "diagonal")[0] == pytest.approx(1.0)
-    assert C.map_metric(eye, "distance")[0] == pytest.approx(0.0)
-    assert C.map_metric(eye, "mass")[0] == pytest.approx(5.0)
+    assert map_metric(eye, "diagonal")[0] == pytest.approx(1.0)
+    assert map_metric(eye, "distance")[0] == pytest.approx(0.0)
+    assert map_metric(eye, "mass")[0] == pytest.approx(5.0)
 
 
 def test_parse_config():
@@ -690,26 +701,6 @@ def test_bad_query_parameters_fall_back(env):
     at = app("steering", scale="abc", steer_hook="blocks.99.hook_resid_post", new=10**6)
     ok(at)
     assert at.slider(key="w_scale").value == 4.0 and at.slider(key="w_new").value == 64
-
-
-@pytest.mark.parametrize("page, module, message", [
-    ("probes", "interp.probes", "Probes are not available yet"),
-    ("steering", "interp.steering", "Steering is not available yet"),
-    ("features", "interp.sae", "SAE features are not available"),
-    ("features", "interp.codebook", "Codebook codes are not available"),
-])
-def test_missing_backend_is_said_plainly(env, page, module, message):
-    real = C.backend
-    env.setattr(C, "backend", lambda name: (None, f"`{name}` does not exist yet") if name == module else real(name))
-    at = app(page)
-    ok(at)
-    assert message in texts(at.info) and f"`{module}` does not exist yet" in texts(at.info)
-
-
-def test_backend_reports_import_failures():
-    mod, why = C.backend("interp.no_such_module")
-    assert mod is None and "does not exist yet" in why
-    assert C.backend("interp.attention")[0] is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -741,8 +732,8 @@ def test_tokfsm_tools_follow_the_model_card(env, roots, tmp_path):
     at = app("features", model="copy-mamba", prompt="", sae=str((tmp_path / "sae_copy").resolve()))
     ok(at)
     assert at.selectbox(key="w_corpus").options == ["the prompt"]  # no "64 TokFSM sequences"
-    assert C.model_task("copy-mamba") == "copy" and C.model_task(MODEL) == "tokfsm" and C.model_task(folder) is None
-    assert C.is_tokfsm(MODEL) and not C.is_tokfsm("copy-mamba") and not C.is_tokfsm(folder)
+    assert model_task("copy-mamba") == "copy" and model_task(MODEL) == "tokfsm" and model_task(folder) is None
+    assert is_tokfsm_model(MODEL) and not is_tokfsm_model("copy-mamba") and not is_tokfsm_model(folder)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -860,7 +851,7 @@ def test_logit_lens_layer_order_is_one_order_everywhere(env, model):
 def test_logit_lens_window_for_long_prompts(env, model):
     from interp.lens import logit_lens
 
-    prompt = C.tokfsm_prompt(50, seed=1)  # 101 tokens, over the window (64)
+    prompt = tokfsm_prompt_text(50, seed=1)  # 101 tokens, over the window (64)
     toks = tokens_of(model, prompt)
     full = logit_lens(model, toks)
     at = app("lens", prompt=prompt, lens_start=40, lens_len=16)
@@ -874,7 +865,7 @@ def test_logit_lens_window_for_long_prompts(env, model):
     assert at.query_params["lens_start"] == "90"
     at = app("lens", prompt=prompt)  # by default, the first positions
     ok(at)
-    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), full.top_prob[:, :C.LENS_WINDOW], rtol=1e-5,
+    np.testing.assert_allclose(arr(figure(at, "lens")["data"][0]["z"]), full.top_prob[:, :WINDOW], rtol=1e-5,
                                atol=1e-6)
 
 
@@ -887,12 +878,12 @@ def test_thumbnails_share_one_colour_scale_and_say_what_mass_is(env):
     fig = figure(at, "thumbs")
     assert len({(t["zmin"], t["zmax"]) for t in fig["data"]}) == 1  # one colour scale ...
     assert [t.get("showscale") for t in fig["data"]].count(True) == 1  # ... shown by one colour bar
-    assert "mass: " + C.METRIC_DEFINITIONS["mass"] in rendered(texts(at.caption))
+    assert "mass: " + METRIC_DEFINITIONS["mass"] in rendered(texts(at.caption))
     assert all("mass = " in t["hovertemplate"] for t in fig["data"])
-    assert "Σᵢⱼ |mᵢⱼ|" in C.METRIC_DEFINITIONS["mass"]
+    assert "Σᵢⱼ |mᵢⱼ|" in METRIC_DEFINITIONS["mass"]
     at.selectbox(key="w_sort").set_value("distance").run()
     ok(at)
-    assert "distance: " + C.METRIC_DEFINITIONS["distance"] in rendered(texts(at.caption))
+    assert "distance: " + METRIC_DEFINITIONS["distance"] in rendered(texts(at.caption))
 
 
 def test_ignored_link_values_are_named(env):

@@ -49,7 +49,9 @@ import interp.zoo  # noqa: E402
 if MODEL not in interp.zoo.list_models():
     pytest.skip(f"embedded {MODEL} not installed", allow_module_level=True)
 
-from interp.apps import compute as C  # noqa: E402
+from interp.apps import inputs as C  # noqa: E402
+from interp.attention.methods import LABELS  # noqa: E402
+from interp.attention.views import causal_masked  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -216,7 +218,7 @@ def test_layer_and_source_update_the_heatmap(server, browser):
     tab.select("Layer", "2")
     second = tab.charts()[0]
     assert "layer 2" in second["title"] and second["data"][0]["z"] != first["data"][0]["z"]
-    tab.select("Source", C.SOURCES["unified"])
+    tab.select("Source", LABELS["unified"])
     third = tab.charts()[0]
     assert "unified" in third["title"] and third["data"][0]["z"] != second["data"][0]["z"]
     assert "layer=2" in tab.page.url and "source=unified" in tab.page.url  # the link reproduces the view
@@ -297,7 +299,7 @@ def test_interp_app_serves_the_mamba1_model(server_mamba1, browser):
     detail = charts[0]
     assert "layer 0, hidden attention" in detail["title"], [c["title"] for c in charts]
     model = interp.load(MAMBA1)
-    ref = C.causal_masked(interaction_map(model, C.tokenize(model, PROMPT, 4096), 0)[0].numpy())
+    ref = causal_masked(interaction_map(model, C.tokenize(model, PROMPT, 4096), 0)[0].numpy())
     z = np.array(json.loads(detail["data"][0]["z"]), dtype=float)  # null (the causal blank) -> nan
     np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-7, equal_nan=True)
     assert any("layer × channel/head" in c["title"] for c in charts)
@@ -317,10 +319,10 @@ def test_source_names_are_not_cut_off(server, browser):
             return {label: i.getAttribute('aria-label'), value: i.value, overflow: i.scrollWidth > i.clientWidth,
                     room: i.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight),
                     widest: Math.max(...names.map(n => c.measureText(n).width))};
-        })""", list(C.SOURCES.values()))
+        })""", list(LABELS.values()))
     assert [b for b in boxes if b["overflow"]] == [], boxes
     source = next(b for b in boxes if b["label"] == "Source")
-    assert source["value"] == C.SOURCES["unified"] and source["widest"] <= source["room"], source
+    assert source["value"] == LABELS["unified"] and source["widest"] <= source["room"], source
     titles = tab.page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(g => {
         const t = g.querySelector('.gtitle'), svg = g.querySelector('svg.main-svg');
         if (!t) return null;

@@ -106,3 +106,16 @@ def upward_imports() -> list[str]:
 
 def test_imports_point_down_the_layers():
     assert upward_imports() == []
+
+
+def test_the_app_does_not_compute_with_torch():
+    """``apps/`` validates inputs, keeps state and draws; every number it shows comes from a library function, so no
+    module of the app imports torch (tokens it must build come from :func:`interp.hooks.tokens.as_tokens`)."""
+    bad = []
+    for path in sorted(PACKAGES["interp.apps"].rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
+                    if n == "torch" or n.startswith("torch.")]
+    assert bad == []

@@ -407,3 +407,48 @@ def test_steering_modes_force_codes_where_they_say(mamba):
         assert STEERING_MODES == ("prompt", "last", "follow")
     finally:
         detach(mamba)
+
+
+def test_codebook_folder_checks_and_code_report(mamba, tmp_path):
+    """A saved codebook model passes check_codebook_folder and is found under its root; one pointing outside
+    its folder or naming a non-embedded base is refused. code_report's counts match collect_codes, and
+    tokfsm_code_states counts the units digits where the code fires."""
+    import json
+
+    from interp.codebook import (
+        check_codebook_folder, code_report, codebook_base_model, codebook_sites, find_codebook_models,
+        forced_continuations,
+    )
+    from interp.data import tokfsm_dataset, tokfsm_labels
+    from interp.tasks.tokfsm import tokfsm_code_states
+
+    torch.manual_seed(0)
+    site = mixer_output_sites(mamba)[0]
+    attach(mamba, make_codebooks(mamba, [site], n_codes=8))
+    try:
+        folder = save_codebook_model(mamba, tmp_path / "runs" / "cbm", base="tokfsm-mamba")
+        assert check_codebook_folder(folder)["sites"] == {site: "codebooks/0"}
+        assert find_codebook_models([tmp_path / "runs"]) == [folder.resolve()]
+        assert codebook_base_model(folder) == "tokfsm-mamba" and codebook_sites(mamba)[site]["n_codes"] == 8
+        corpus, prompt = tokfsm_dataset(8, seed=0), tokfsm_dataset(1, seed=1)
+        r = code_report(mamba, prompt, corpus, site, code=2)
+        ids = collect_codes(mamba, corpus, keep_inputs=False).ids[site]
+        fires = (ids == 2).any(-1)
+        assert torch.equal(r.fires, fires) and r.n_fires == int(fires.sum())
+        assert r.prompt_ids.shape == (1, prompt.shape[1]) and float(r.freq.sum()) == pytest.approx(1.0)
+        rows, n_units = tokfsm_code_states(corpus, fires)
+        lab = tokfsm_labels(corpus)
+        assert n_units == int((fires & (lab["digit_pos"] == 1) & (lab["state"] >= 0)).sum())
+        assert sum(row["count"] for row in rows) <= n_units and all(0 < row["precision"] <= 1 for row in rows)
+        g0, g1 = forced_continuations(mamba, prompt, site, 2, max_new_tokens=3)
+        assert len(g0) == len(g1) == 3
+        with pytest.raises(ValueError, match="out of range"):
+            code_report(mamba, prompt, corpus, site, code=8)
+        index = json.loads((folder / "codebooks.json").read_text())
+        for sites, base, message in [({site: "../../.."}, "tokfsm-mamba", "points outside its folder"),
+                                     ({site: "codebooks/0"}, "no-such-model", "not an embedded model")]:
+            (folder / "codebooks.json").write_text(json.dumps({**index, "sites": sites, "base": base}))
+            with pytest.raises(ValueError, match=message):
+                check_codebook_folder(folder)
+    finally:
+        detach(mamba)

@@ -269,3 +269,17 @@ def test_recall_batch_structure_and_seeds():
     a, b = recall_batches(8, seed=5), recall_batches(8, seed=5)
     assert torch.equal(next(a).tokens, next(b).tokens)
     assert not torch.equal(next(recall_batches(8, seed=5)).tokens, next(recall_batches(8, seed=6)).tokens)
+
+
+def test_prompt_texts_tokenize_as_their_task():
+    from interp.data.copying import COPY_SEP, copy_prompt, copy_tokenizer
+    from interp.data.tokfsm import TokFSM
+    from interp.tasks.tokfsm import tokfsm_prompt_text
+
+    text = tokfsm_prompt_text(5, seed=2)
+    states = [int(text[5 + 2 * i: 7 + 2 * i]) for i in range(5)]
+    fsm = TokFSM()
+    assert text.startswith("<bos>") and len(text) == 5 + 10
+    assert all(bool(fsm.is_valid_transition(a, b)) for a, b in zip(states, states[1:]))
+    ids = copy_tokenizer().encode(copy_prompt(6, seed=1))
+    assert len(ids) == 2 * 6 + 2 and ids[7] == COPY_SEP and ids[1:7] == ids[8:]

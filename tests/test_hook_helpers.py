@@ -108,3 +108,19 @@ def test_one_sequence_and_the_forward_refuse_bad_ids():
         model(torch.tensor([1, 40]))
     check_token_ids(torch.zeros(0, dtype=torch.long), 5)  # nothing to check
     check_token_ids(torch.tensor([-1], device="meta"), 5)  # no values to check
+
+
+def test_same_vocabulary_and_find_folders(tmp_path):
+    from interp.demo import tiny_model
+    from interp.hooks.tokens import same_vocabulary
+    from interp.loading import find_folders
+
+    a, b = tiny_model(), tiny_model()
+    assert same_vocabulary(a, a) and same_vocabulary(a, b)
+    b.cfg.vocab_size = a.cfg.vocab_size + 1
+    assert not same_vocabulary(a, b)
+    for sub in ("x", "x/y/z", "deep/1/2/3/4/5/6"):
+        (tmp_path / "root" / sub).mkdir(parents=True)
+        (tmp_path / "root" / sub / "config.json").write_text("{}")
+    assert find_folders([tmp_path / "root"], ("config.json",)) == [(tmp_path / "root" / s).resolve() for s in ("x", "x/y/z")]
+    assert find_folders([tmp_path / "root"], ("config.json",), limit=1) == [(tmp_path / "root" / "x").resolve()]

@@ -469,3 +469,34 @@ def test_feature_analysis(model, tokens):
     assert eff.top_values[0, 0] == pytest.approx(float(expected.detach().max()), abs=1e-5)
     with pytest.raises(ValueError, match="residual-stream hook"):
         logit_effects(model, sae, hook_name="blocks.0.hook_attn_scores_nonexistent")
+
+
+def test_sae_folders_fit_and_latent_report(tmp_path):
+    """find_sae_folders finds saved SAEs (not a symlink leaving the root); check_fits refuses an SAE of another
+    width or hook; latent_trace is the latent's column of latent_activations; latent_report bundles density,
+    examples and logit effects."""
+    from interp.demo import tiny_model
+    from interp.sae import (
+        SAEConfig, SparseAutoencoder, activation_density, check_fits, find_sae_folders, latent_activations,
+        latent_report, latent_trace,
+    )
+
+    model = tiny_model()
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=model.cfg.d_model, d_sae=16, hook_name="blocks.1.hook_resid_post"))
+    sae.save(tmp_path / "root" / "a" / "sae")
+    (tmp_path / "outside").mkdir()
+    sae.save(tmp_path / "outside" / "sae")
+    (tmp_path / "root" / "link").symlink_to(tmp_path / "outside")
+    assert find_sae_folders([tmp_path / "root"]) == [(tmp_path / "root" / "a" / "sae").resolve()]
+    check_fits(sae, model)
+    for cfg, message in [(SAEConfig(d_in=7, d_sae=4, hook_name="blocks.1.hook_resid_post"), "d_in=7"),
+                         (SAEConfig(d_in=model.cfg.d_model, d_sae=4, hook_name="blocks.9.hook_resid_post"), "another")]:
+        with pytest.raises(ValueError, match=message):
+            check_fits(SparseAutoencoder(cfg), model)
+    toks = torch.randint(0, 10, (3, 12), generator=torch.Generator().manual_seed(0))
+    (_, lat, _), = latent_activations(model, sae, toks[:1])
+    torch.testing.assert_close(latent_trace(model, sae, toks[:1], 5), lat[0, :, 5].float())
+    r = latent_report(model, sae, toks, 5, k=3)
+    torch.testing.assert_close(r.density, activation_density(model, sae, toks))
+    assert r.latent == 5 and len(r.examples) <= 3 and (r.effects is None) == (r.effects_error is not None)

@@ -137,7 +137,7 @@ def test_png_export_works():
     """The app's export (and ``fig.to_image``) writes PNG: kaleido is installed and drives the machine's Chromium."""
     import plotly.graph_objects as go
 
-    from interp.apps.compute import figure_exports
+    from interp.attention.figures import figure_exports
 
     files = figure_exports(go.Figure(go.Heatmap(z=[[0, 1], [1, 0]])))
     assert files["png"][:8] == b"\x89PNG\r\n\x1a\n"

@@ -485,3 +485,22 @@ def test_tokfsm_prompts_lead_to_the_target():
     assert p.shape == (50, 13) and (p[:, 0] == 10).all()
     assert fsm.is_valid_transition(states[:, :-1], states[:, 1:]).all()
     assert fsm.adjacency[states[:, -2].numpy(), 42].all() and (states[:, -1] != 42).all()
+
+
+def test_compare_steering_at_scale_zero_changes_nothing_and_kl_is_the_metric(mamba2):
+    """A zero-scale edit: identical distributions and generations, zero KL; at scale 8 the last-position KL is
+    :func:`interp.metrics.kl_divergence` of the two distributions."""
+    from interp.metrics import kl_divergence
+    from interp.steering import compare_steering, next_token_probs, token_direction
+
+    toks = tokfsm_dataset(1, seed=0)[:, :9]
+    v = token_direction(mamba2, 3)
+    assert v.shape == (mamba2.cfg.d_model,) and float(v.norm()) == pytest.approx(1.0, abs=1e-6)
+    r0 = compare_steering(mamba2, toks, Intervention(Direction(v), "blocks.0.hook_resid_post", "add", 0.0), 4)
+    assert r0.gen_base == r0.gen_steer and len(r0.gen_base) == 4 and r0.kl == 0.0 and r0.kl_last == 0.0
+    assert not r0.top1_changed
+    iv = Intervention(Direction(v), "blocks.0.hook_resid_post", "add", 8.0)
+    r = compare_steering(mamba2, toks, iv, 4)
+    p0, p1 = next_token_probs(mamba2, toks), next_token_probs(mamba2, toks, iv.hooks(mamba2))
+    torch.testing.assert_close(torch.from_numpy(r.p_steer), p1)
+    assert r.kl_last == pytest.approx(float(kl_divergence(p0.log(), p1.log())), abs=1e-5) and r.kl_last > 0

@@ -182,3 +182,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert got.keys() == want.keys()
     for k in want:
         assert torch.equal(got[k], want[k]), f"{k} differs by {(got[k] - want[k]).abs().max():.3g}"
+
+
+def test_model_task_reads_the_model_card():
+    from interp.tasks.tokfsm import is_tokfsm_model
+    from interp.zoo import list_models, model_card, model_task
+
+    assert model_task(None) is None and model_task("no/such-model") is None and not is_tokfsm_model("/tmp")
+    for name in list_models():
+        assert model_task(name) == model_card(name).get("task")
+        assert is_tokfsm_model(name) == (model_card(name).get("task") == "tokfsm")

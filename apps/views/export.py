@@ -5,45 +5,48 @@ import json
 import numpy as np
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
 from interp.attention import MapTooLargeError
-from interp.attention.figures import interaction_heatmap
+from interp.attention.figures import figure_exports, interaction_heatmap, npz_bytes
+from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+from interp.attention.views import aggregates_for
+from interp.lens import VALUES, clamp_window, logit_lens, logit_lens_figure, vocabulary
 
 
 def current_map(spec, model, tokens):
     """(figure, arrays) of the interaction map of the view (same settings as the Token interactions page)."""
     cfg, v = ui.config(), ui.view()
     key, L = ui.key_of(tokens), tokens.shape[1]
-    sources, n_layers = C.sources_for(model), model.cfg.n_layers
+    sources, n_layers = list(methods_for(model)), model.cfg.n_layers
     source = v["source"] if v["source"] in sources else \
         ui.replace("source", sources[0], f"not one of {', '.join(sources)}")
-    aggs = C.aggregates_for(source)
+    aggs = aggregates_for(source)
     agg = int(v["ch"]) if v["agg"] == "channel" and aggs else (v["agg"] if v["agg"] in aggs else "mean_abs")
     layer = int(v["layer"]) if 0 <= int(v["layer"]) < n_layers else \
         ui.replace("layer", min(max(int(v["layer"]), 0), n_layers - 1), f"not a layer 0..{n_layers - 1}")
     rows = None
-    if source in C.WHOLE_MODEL and L > cfg.lrp_full_max:
+    if source in WHOLE_MODEL and L > cfg.lrp_full_max:
         rows = sorted({int(v["q"]) % L, *range(max(0, L - 8), L)})
         m = ui.cached_rows(spec, key, tuple(rows), source, v["norm"])
     else:
         m = ui.cached_detail(spec, key, layer, source, agg, v["norm"], cfg.map_budget_bytes)
     toks = C.str_tokens(model, tokens)
-    title = f"{C.SOURCES[source]}" + ("" if source in C.WHOLE_MODEL else f", layer {layer}, {agg}") + f", {v['norm']}"
+    title = f"{LABELS[source]}" + ("" if source in WHOLE_MODEL else f", layer {layer}, {agg}") + f", {v['norm']}"
     fig = interaction_heatmap(m, toks, title=title, signed=bool(np.nanmin(m) < 0), rows=rows)
-    arrays = {"map": m, "tokens": tokens[0].numpy(), "str_tokens": np.array(toks, dtype=object).astype(str)}
+    arrays = {"map": m, "tokens": tokens[0], "str_tokens": np.array(toks, dtype=object).astype(str)}
     if rows is not None:
         arrays["rows"] = np.array(rows)
     return fig, arrays
 
 
-def lens_settings(L: int) -> tuple[int, int, str]:
-    """(start, length, value) of the logit lens of the view (as the Logit lens page shows it)."""
-    from interp.lens import VALUES
-
+def current_lens(model, tokens):
+    """(figure, arrays) of the logit lens of the view (as the Logit lens page shows it)."""
     v = ui.view()
-    start, length = C.lens_window(L, v["lens_start"], v["lens_len"])
-    return start, length, v["lens_value"] if v["lens_value"] in VALUES else "top"
+    lens = logit_lens(model, tokens, *clamp_window(tokens.shape[1], v["lens_start"], v["lens_len"]))
+    fig = logit_lens_figure(lens, C.str_tokens(model, tokens), vocabulary(model),
+                            v["lens_value"] if v["lens_value"] in VALUES else "top")
+    return fig, {**lens.arrays(), "tokens": tokens[0]}
 
 
 def main() -> None:
@@ -57,9 +60,8 @@ def main() -> None:
         if what == "interaction map":
             fig, arrays = current_map(spec, model, tokens)
         else:
-            fig, lens = C.logit_lens_view(model, tokens, *lens_settings(tokens.shape[1]))
-            arrays = {**lens.arrays(), "tokens": tokens[0].numpy()}
-        files = C.figure_exports(fig)
+            fig, arrays = current_lens(model, tokens)
+        files = figure_exports(fig)
     except MapTooLargeError as e:
         st.warning(C.plain_markdown(f"This map would exceed the memory budget: {e}"))
         return
@@ -79,7 +81,7 @@ def main() -> None:
         c[2].download_button("PNG", files["png"], f"{stem}.png", "image/png")
     else:
         c[2].info("PNG export needs the `kaleido` package, which is not installed (pip install kaleido).")
-    c[3].download_button("Arrays (.npz)", C.npz_bytes(arrays), f"{stem}.npz", "application/octet-stream")
+    c[3].download_button("Arrays (.npz)", npz_bytes(arrays), f"{stem}.npz", "application/octet-stream")
     st.subheader("This view")
     st.caption("The URL of this page reproduces the view; the settings as JSON:")
     st.code(json.dumps(ui.view(), indent=1, default=str), language="json")

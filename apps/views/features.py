@@ -2,28 +2,41 @@
 prompt selects, usage, top examples, similar codes, the TokFSM state of a code, forcing a code)."""
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
 from interp.attention.figures import token_highlight_html
+from interp.codebook import (
+    codebook_base_model, codebook_folder_mtime, codebook_index, codebook_sites, code_report as library_code_report,
+    embedded_codebook_models, find_codebook_models, forced_continuations,
+)
+from interp.codebook.figures import code_frequency_figure, codes_heatmap
+from interp.data import tokfsm_dataset
+from interp.sae import density_histogram, find_sae_folders, latent_report, latent_trace, logit_effects_figure
+from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_code_states
 
 NONE = "(type a folder below)"
 CB_NONE = "(type a name or folder below)"
 CB_VIEW = {"cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8}  # view entries of the codebook tab
+CORPUS_SEQS = 64  # TokFSM sequences of the "tokfsm" corpus
+
+
+def corpus_of(model, toks: tuple, corpus: str):
+    """Token sequences [n, L] to read a latent or code on: the prompt, or ``CORPUS_SEQS`` TokFSM sequences."""
+    return tokfsm_dataset(CORPUS_SEQS, seed=0) if corpus == "tokfsm" else ui.tensor_of(model, toks)
 
 
 @st.cache_data(show_spinner="Reading the latent…", max_entries=32)
 def report(spec: str, folder: str, mtime: float, toks: tuple, corpus: str, latent: int):
     model = ui.cached_model(spec)
     sae = ui.cached_sae(spec, folder, mtime)
-    return C.feature_report(model, sae, C.feature_corpus(model, ui.tensor_of(toks), corpus), latent)
+    return latent_report(model, sae, corpus_of(model, toks, corpus), latent)
 
 
 def pick_sae(spec: str, model) -> tuple[str, float, object] | None:
     cfg = ui.config()
-    found = [str(p) for p in C.find_saes(cfg.roots)]
+    found = [str(p) for p in find_sae_folders(cfg.roots)]
     if found:
         def chosen() -> None:
             if st.session_state["sae_found"] != NONE:
@@ -37,10 +50,8 @@ def pick_sae(spec: str, model) -> tuple[str, float, object] | None:
         st.info("Choose an SAE folder (inside the run folders) to browse its latents.")
         return None
     try:
-        path = C.inside(folder, cfg.roots)
-        if not path.exists():
-            raise C.InputError(f"The SAE folder {folder} does not exist.")
-        mtime = max((p.stat().st_mtime for p in path.iterdir()), default=0.0)
+        path = C.sae_folder(folder, cfg.roots)
+        mtime = C.folder_mtime(path)
         return str(path), mtime, ui.cached_sae(spec, str(path), mtime)
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
@@ -57,10 +68,6 @@ def main() -> None:
 
 
 def sae_page() -> None:
-    mod, why = C.backend("interp.sae")
-    if mod is None:
-        st.info(f"SAE features are not available: {why}")
-        return
     got = ui.current()
     if got is None:
         return
@@ -72,7 +79,7 @@ def sae_page() -> None:
     st.caption(f"hook `{sae.cfg.hook_name}` · d_sae {sae.cfg.d_sae} · {sae.cfg.architecture}")
     c1, c2 = st.columns(2)
     latent = ui.widget(c1.number_input, "latent", "Latent", min_value=0, max_value=sae.cfg.d_sae - 1)
-    corpora = ["prompt", "tokfsm"] if C.is_tokfsm(spec) else ["prompt"]
+    corpora = ["prompt", "tokfsm"] if is_tokfsm_model(spec) else ["prompt"]
     corpus = ui.widget(c2.selectbox, "corpus", "Examples from", corpora,
                        format_func=lambda c: {"prompt": "the prompt", "tokfsm": "64 TokFSM sequences"}[c])
     try:
@@ -80,36 +87,30 @@ def sae_page() -> None:
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
-    dens = r["density"]
+    dens = r.density
     left, right = st.columns(2)
     with left:
         st.subheader(f"Latent {latent}: top examples")
         st.metric("density (fraction of tokens active)", f"{dens[int(latent)]:.4f}")
-        if not r["examples"]:
+        if not r.examples:
             st.info("This latent never fires on the chosen text.")
-        for ex in r["examples"]:
+        for ex in r.examples:
             st.html(token_highlight_html(ex.str_tokens, ex.activations, query=ex.focus,
                                          title=f"{ex.activation:.3f} at seq {ex.sequence}, pos {ex.position}"))
     with right:
-        fig = go.Figure(go.Histogram(x=np.log10(np.maximum(dens, 1e-7)), nbinsx=40))
-        fig.update_layout(title="Latent density (log10 fraction of tokens; 1e-7 = dead)", height=300,
-                          xaxis_title="log10 density", yaxis_title="latents")
+        fig = density_histogram(dens, "Latent density (1e-7 = dead)", eps=1e-7, nbins=40).update_layout(height=300)
         st.plotly_chart(fig, key="density", config={"displaylogo": False})
-        eff = r["effects"]
+        eff = r.effects
         if eff is None:
-            st.info(f"No logit effects: {r['effects_error']}")
+            st.info(f"No logit effects: {r.effects_error}")
         else:
-            names = [f"↓ {t!r}" for t in eff.bottom_tokens[0]] + [f"↑ {t!r}" for t in eff.top_tokens[0][::-1]]
-            vals = np.concatenate([eff.bottom_values[0].numpy(), eff.top_values[0].numpy()[::-1]])
-            bar = go.Figure(go.Bar(x=vals, y=names, orientation="h"))
-            bar.update_layout(title="Direct logit effect (decoder row → unembedding)", height=420)
-            st.plotly_chart(bar, key="effects", config={"displaylogo": False})
+            st.plotly_chart(logit_effects_figure(eff), key="effects", config={"displaylogo": False})
     st.subheader("Test box")
     text = ui.widget(st.text_input, "test", "Type text to see where the latent fires")
     if text:
         try:
             t = C.tokenize(model, text, ui.config().max_tokens)
-            acts = C.latent_acts(model, ui.cached_sae(spec, folder, mtime), t, int(latent))
+            acts = latent_trace(model, ui.cached_sae(spec, folder, mtime), t, int(latent)).numpy()
             st.html(token_highlight_html(C.str_tokens(model, t), acts, title=f"latent {latent}, max {acts.max():.3f}"))
         except Exception as e:  # noqa: BLE001
             ui.show_error(e)
@@ -125,30 +126,41 @@ def cached_codebook_model(folder: str, mtime: float):
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def codebook_tokens(spec: str, folder: str, mtime: float, toks: tuple, text: str) -> tuple[tuple, str | None]:
-    t, note = C.codebook_prompt(cached_codebook_model(folder, mtime), ui.cached_model(spec), ui.tensor_of(toks), text,
-                                ui.config().max_tokens, tokfsm=C.codebook_is_tokfsm(folder))
+    model = ui.cached_model(spec)
+    t, note = C.codebook_prompt(cached_codebook_model(folder, mtime), model, ui.tensor_of(model, toks), text,
+                                ui.config().max_tokens, tokfsm=is_tokfsm_model(codebook_base_model(folder)))
     return ui.key_of(t), note
 
 
 @st.cache_data(show_spinner="Reading the code…", max_entries=32)
 def code_report(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int):
-    return C.code_report(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, group,
-                         tokfsm=C.codebook_is_tokfsm(folder))
+    """(corpus, :class:`interp.codebook.CodeReport` on it, token strings of the prompt and of each example, TokFSM
+    state rows (None off TokFSM), units-digit tokens where the code fires)."""
+    model = cached_codebook_model(folder, mtime)
+    corpus = "tokfsm" if is_tokfsm_model(codebook_base_model(folder)) else "prompt"
+    tokens, texts = ui.tensor_of(model, toks), corpus_of(model, toks, corpus)
+    r = library_code_report(model, tokens, texts, site, code, group)
+    strs = [C.str_tokens(model, tokens)] + [C.str_tokens(model, ex["context"]) for ex in r.examples]
+    states, n_units = tokfsm_code_states(texts, r.fires) if corpus == "tokfsm" else (None, 0)
+    return corpus, r, strs, states, n_units
 
 
 @st.cache_data(show_spinner="Generating…", max_entries=32)
 def forced(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int, n: int):
-    return C.force_code(cached_codebook_model(folder, mtime), ui.tensor_of(toks), site, code, n, group)
+    """(baseline token strings, forced token strings, whether the forced ids differ)."""
+    model = cached_codebook_model(folder, mtime)
+    g0, g1 = forced_continuations(model, ui.tensor_of(model, toks), site, code, n, group)
+    return C.str_tokens(model, g0), C.str_tokens(model, g1), g0 != g1
 
 
 def pick_codebook() -> tuple[str, float] | None:
     cfg = ui.config()
-    embedded = C.embedded_codebook_models()
+    embedded = embedded_codebook_models()
     missing = [n for n in C.codebook_recipes() if n not in embedded]
     if missing:
         st.caption("Embedded codebook models not installed yet: " + "; ".join(
             f"{n} ({C.codebook_install_hint(n)})" for n in missing))
-    found = embedded + [str(p) for p in C.find_codebook_models(cfg.roots)]
+    found = embedded + [str(p) for p in find_codebook_models(cfg.roots)]
     if found:
         def chosen() -> None:
             if st.session_state["cb_found"] != CB_NONE:
@@ -166,17 +178,13 @@ def pick_codebook() -> tuple[str, float] | None:
         return None
     try:
         path = C.codebook_folder(choice, cfg.roots)
-        return str(path), C.folder_mtime(path)
+        return str(path), codebook_folder_mtime(path)
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return None
 
 
 def codebook_page() -> None:
-    mod, why = C.backend("interp.codebook")
-    if mod is None:
-        st.info(f"Codebook codes are not available: {why}")
-        return
     v = ui.view()
     for k, d in CB_VIEW.items():
         v.setdefault(k, d)
@@ -190,12 +198,12 @@ def codebook_page() -> None:
     folder, mtime = picked
     try:
         cbm = cached_codebook_model(folder, mtime)
-        sites = C.codebook_sites(cbm)
+        sites = codebook_sites(cbm)
         toks, note = codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
-    base = C.codebook_base(folder)
+    base = codebook_index(folder).get("base")
     st.caption(f"{len(sites)} codebook(s) on {'`' + base + '`' if base else 'the model saved in the folder'}; "
                f"everything on this tab runs the codebook model (the page's model is `{spec}`).")
     if note:
@@ -213,81 +221,71 @@ def codebook_page() -> None:
     groups = f" · {info['n_groups']} groups" if info["n_groups"] > 1 else ""
     c4.caption(f"{info['n_codes']} codes · k = {info['k']}{groups}")
     try:
-        r = code_report(folder, mtime, toks, site, int(code), int(group))
+        corpus, r, strs, states, n_units = code_report(folder, mtime, toks, site, int(code), int(group))
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
     code = int(code)
 
     st.subheader("Codes on the prompt")
-    ids = r["prompt_ids"]
-    labels = [f"{i}·{t}" for i, t in enumerate(r["prompt_tokens"])]
-    fig = go.Figure(go.Heatmap(z=(ids == code).astype(float), x=labels, y=[f"slot {s}" for s in range(ids.shape[0])],
-                               text=ids.astype(str), texttemplate="%{text}", zmin=0, zmax=1, showscale=False,
-                               colorscale=[[0, "#f4f4f4"], [1, "#f28e2b"]],
-                               hovertemplate="%{x}<br>%{y}: code %{text}<extra></extra>"))
-    fig.update_layout(title=f"Code selected at each position at {site} (code {code} highlighted)",
-                      height=140 + 30 * ids.shape[0], xaxis=dict(type="category", tickangle=-60),
-                      yaxis=dict(autorange="reversed"), margin=dict(t=40, b=80))
+    ids = r.prompt_ids.numpy()
+    fig = codes_heatmap(ids, strs[0], code, site)
     st.plotly_chart(fig, key="cb_codes", config={"displaylogo": False})
     at = [i for i in range(ids.shape[1]) if (ids[:, i] == code).any()]
     st.caption(f"code {code} is selected at positions {at}" if at else f"code {code} is not selected on the prompt")
 
-    corpus = f"{C.CODEBOOK_CORPUS_SEQS} TokFSM sequences" if r["corpus"] == "tokfsm" else "the prompt"
+    corpus = f"{CORPUS_SEQS} TokFSM sequences" if corpus == "tokfsm" else "the prompt"
     st.subheader(f"Usage on {corpus}")
-    u = r["usage"][site]
+    u = r.usage[site]
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("codes used", f"{u['used']:.0f} / {u['n_codes']}")
     m2.metric("dead fraction", f"{u['dead_fraction']:.3f}")
     m3.metric("usage entropy (nats)", f"{u['entropy']:.3f}", help=f"max ln {u['n_codes']} = {np.log(u['n_codes']):.3f}")
-    m4.metric(f"code {code} frequency", f"{r['freq'][code]:.4f}")
+    m4.metric(f"code {code} frequency", f"{r.freq[code]:.4f}")
     left, right = st.columns(2)
     with left:
-        colors = ["#f28e2b" if i == code else "#4e79a7" for i in range(len(r["freq"]))]
-        bar = go.Figure(go.Bar(x=list(range(len(r["freq"]))), y=r["freq"], marker_color=colors))
-        bar.update_layout(title=f"Code frequencies at {site} (share of selections)", height=320,
-                          xaxis_title="code", yaxis_title="frequency")
+        bar = code_frequency_figure(r.freq, code, site)
         st.plotly_chart(bar, key="cb_freq", config={"displaylogo": False})
     with right:
         st.dataframe([{"site": s, **{k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}}
-                      for s, row in r["usage"].items()], hide_index=True)
+                      for s, row in r.usage.items()], hide_index=True)
 
     left, right = st.columns(2)
     with left:
         st.subheader(f"Code {code}: top examples")
-        if not r["examples"]:
+        if not r.examples:
             st.info(f"Code {code} is never selected on {corpus}.")
-        for ex in r["examples"]:
-            st.html(token_highlight_html(ex["str_tokens"], ex["fires"], query=len(ex["str_tokens"]) - 1,
+        for ex, ex_strs in zip(r.examples, strs[1:]):
+            st.html(token_highlight_html(ex_strs, ex["fires"], query=len(ex_strs) - 1,
                                          title=f"seq {ex['seq']}, pos {ex['pos']}, slot {ex['slot']}"))
     with right:
         st.subheader("Similar codes")
-        st.dataframe([{"code": c, "cosine": round(s, 4), "frequency": round(float(r["freq"][c]), 4)}
-                      for c, s in r["similar"]], hide_index=True)
-        if r["states"] is not None:
+        st.dataframe([{"code": c, "cosine": round(s, 4), "frequency": round(float(r.freq[c]), 4)}
+                      for c, s in r.similar], hide_index=True)
+        if states is not None:
             st.subheader("TokFSM state")
-            if not r["states"]:
+            if not states:
                 st.info(f"Code {code} never fires on a units-digit token of {corpus}.")
             else:
-                best = r["states"][0]
+                best = states[0]
                 st.caption(f"Most associated state: **{best['state']:02d}** ({best['count']} of the "
-                           f"{r['units_fires']} units-digit tokens where code {code} fires; recall "
+                           f"{n_units} units-digit tokens where code {code} fires; recall "
                            f"{best['recall']:.2f} of that state's units digits).")
-                st.dataframe(r["states"], hide_index=True)
+                st.dataframe(states, hide_index=True)
 
     st.subheader("Force this code")
     new = ui.widget(st.slider, "cb_new", "Generated tokens", min_value=1, max_value=32)
     try:
-        g = forced(folder, mtime, toks, site, code, int(group), int(new))
+        base_strs, forced_strs, differs = forced(folder, mtime, toks, site, code, int(group), int(new))
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
     a, b = st.columns(2)
     a.markdown("**Baseline**")
-    a.code(" ".join(g["baseline"]) or "(nothing)", language=None)
+    a.code(" ".join(base_strs) or "(nothing)", language=None)
     b.markdown(f"**Code {code} forced at {site}, last position**")
-    b.code(" ".join(g["forced"]) or "(nothing)", language=None)
-    st.caption("The forced continuation differs from the baseline." if g["differs"]
+    b.code(" ".join(forced_strs) or "(nothing)", language=None)
+    st.caption("The forced continuation differs from the baseline." if differs
                else "Forcing this code does not change the greedy continuation.")
 
 

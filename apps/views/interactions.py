@@ -5,12 +5,17 @@ import time
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-import torch
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
-from interp.attention import MapTooLargeError, normalize
-from interp.attention.figures import interaction_heatmap, thumbnail_grid, token_highlight_html, token_labels
+from interp.attention import MapTooLargeError
+from interp.attention.figures import (
+    interaction_heatmap, pooled_heatmap, thumbnail_grid, token_highlight_html, token_labels,
+)
+from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+from interp.attention.views import (
+    METRIC_DEFINITIONS, METRICS, NORMALIZATIONS, aggregates_for, causal_masked, n_channels, pool_map,
+)
 
 
 COLUMNS = [2.6, 0.9, 1.3, 1.2, 1.0, 1.4]  # source, layer, aggregate, channel, normalise, rollout: room for the
@@ -35,19 +40,19 @@ def main() -> None:
     L = tokens.shape[1]
     toks = C.str_tokens(model, tokens)
     key = ui.key_of(tokens)
-    sources = C.sources_for(model)
+    sources = list(methods_for(model))
 
     c = st.columns(COLUMNS)
-    source = ui.widget(c[0].selectbox, "source", "Source", sources, format_func=lambda s: C.SOURCES[s])
-    whole = source in C.WHOLE_MODEL
+    source = ui.widget(c[0].selectbox, "source", "Source", sources, format_func=lambda s: LABELS[s])
+    whole = source in WHOLE_MODEL
     layer = ui.widget(c[1].selectbox, "layer", "Layer", list(range(model.cfg.n_layers)), disabled=whole)
-    aggs = C.aggregates_for(source)
+    aggs = aggregates_for(source)
     agg = ui.widget(c[2].selectbox, "agg", "Aggregate channels", aggs or ["mean_abs"], disabled=not aggs,
                     help="LaTIM and the whole-model attributions have no channel axis" if not aggs else None)
     ch = 0
     if agg == "channel" and aggs:
-        ch = ui.widget(c[3].number_input, "ch", "Channel / head", min_value=0, max_value=C.n_channels(model) - 1)
-    norm = ui.widget(c[4].selectbox, "norm", "Normalise", list(C.NORMALIZATIONS))
+        ch = ui.widget(c[3].number_input, "ch", "Channel / head", min_value=0, max_value=n_channels(model) - 1)
+    norm = ui.widget(c[4].selectbox, "norm", "Normalise", list(NORMALIZATIONS))
     roll = ui.widget(c[5].checkbox, "rollout", "Rollout over layers", disabled=whole)
     aggregate = int(ch) if agg == "channel" else agg
     q = ui.widget(st.slider, "q", "Query position (-1 = last)", min_value=-1, max_value=L - 1)
@@ -58,13 +63,11 @@ def main() -> None:
     try:
         if whole and L > cfg.lrp_full_max:
             rows = sorted({qi, *range(max(0, L - 8), L)})
-            st.info(f"{C.SOURCES[source]} needs one backward pass per query row: for a {L}-token prompt "
+            st.info(f"{LABELS[source]} needs one backward pass per query row: for a {L}-token prompt "
                     f"(over {cfg.lrp_full_max}) only the selected query and the last 8 rows are computed.")
             m = ui.cached_rows(spec, key, tuple(rows), source, norm)
         elif roll and not whole:
-            m = ui.cached_rollout(spec, key, source, aggregate, cfg.map_budget_bytes)
-            if norm != "raw":
-                m = normalize(torch.from_numpy(m), norm).numpy()
+            m = ui.cached_rollout(spec, key, source, aggregate, norm, cfg.map_budget_bytes)
         else:
             m = ui.cached_detail(spec, key, int(layer), source, aggregate, norm, cfg.map_budget_bytes)
     except MapTooLargeError as e:
@@ -75,7 +78,7 @@ def main() -> None:
         ui.show_error(e)
         return
     signed = bool(np.nanmin(m) < 0)
-    what = "rollout" if roll and not whole else (C.SOURCES[source] if whole else f"layer {layer}, {C.SOURCES[source]}")
+    what = "rollout" if roll and not whole else (LABELS[source] if whole else f"layer {layer}, {LABELS[source]}")
     title = f"{what}, " + (f"{'channel ' + str(ch) if agg == 'channel' else agg}, " if aggs else "") + norm
 
     left, right = st.columns([3, 2])
@@ -84,12 +87,7 @@ def main() -> None:
             fig = interaction_heatmap(m, toks, title=title, signed=signed, rows=rows)
             st.plotly_chart(fig, key="detail", config={"displaylogo": False})
         elif L > cfg.pool_above:
-            pooled, f = C.pool_map(C.causal_masked(m))
-            ticks = [f"{i * f}–{min(L, (i + 1) * f) - 1}" for i in range(pooled.shape[0])]
-            over = go.Figure(go.Heatmap(z=pooled, x=ticks, y=ticks, colorscale="Viridis", hoverongaps=False,
-                                        hovertemplate="query %{y}<br>source %{x}<br>mean %{z:.4g}<extra></extra>"))
-            over.update_layout(title=f"Pooled overview ({f}×{f} blocks), {title}", width=640, height=640,
-                               yaxis={"autorange": "reversed", "type": "category"}, xaxis={"type": "category"})
+            over = pooled_heatmap(*pool_map(causal_masked(m)), L, title)
             st.plotly_chart(over, key="overview", config={"displaylogo": False})
             W = cfg.pool_above
             win = ui.widget(st.slider, "win", "Detail window start", min_value=0, max_value=max(0, L - W), step=8)
@@ -113,10 +111,10 @@ def main() -> None:
 def thumbs(spec, model, tokens, source, cfg) -> None:
     long = tokens.shape[1] > cfg.pool_above
     n = cfg.thumb_tokens if long else tokens.shape[1]
-    metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(C.METRICS),
-                       help="\n".join(f"- **{k}**: {d}" for k, d in C.METRIC_DEFINITIONS.items()))
+    metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(METRICS),
+                       help="\n".join(f"- **{k}**: {d}" for k, d in METRIC_DEFINITIONS.items()))
     try:
-        maps, keys = ui.cached_thumbs(spec, ui.key_of(tokens[:, :n]), source, cfg.map_budget_bytes,
+        thumbnails = ui.cached_thumbs(spec, ui.key_of(tokens[:, :n]), source, cfg.map_budget_bytes,
                                       4 if long else 8)  # Mamba-1: top channels per layer
     except MapTooLargeError as e:
         st.warning(C.plain_markdown(f"The per-channel thumbnails would exceed the memory budget: {e}"))
@@ -124,23 +122,19 @@ def thumbs(spec, model, tokens, source, cfg) -> None:
     except Exception as e:  # noqa: BLE001
         ui.show_error(e)
         return
-    score = C.map_metric(maps, metric)
-    order = np.argsort(-score, kind="stable")[:32]
-    names = [f"L{keys[k][0]}" + ("" if keys[k][1] is None else f" ch{keys[k][1]}") for k in order]
-    labels = [f"{name} {score[k]:.3g}" for name, k in zip(names, order)]
-    small = np.stack([C.pool_map(C.causal_masked(maps[k]), 48)[0] for k in order])
-    signed = bool(np.nanmin(small) < 0)
-    fig = thumbnail_grid(small, labels, cols=4, causal=False, signed=signed, shared_scale=True,
+    top = thumbnails.sorted_by(metric)
+    names = top.names
+    fig = thumbnail_grid(top.pooled, [f"{n} {v:.3g}" for n, v in zip(names, top.scores)], cols=4, causal=False,
+                         signed=bool(np.nanmin(top.pooled) < 0), shared_scale=True,
                          colorbar_title="value (all thumbnails)", title=f"layer × channel/head, sorted by {metric}",
-                         thumb_px=120, hover=[f"{metric} = {score[k]:.4g}" for k in order])
+                         thumb_px=120, hover=[f"{metric} = {v:.4g}" for v in top.scores])
     st.plotly_chart(fig, key="thumbs", config={"displaylogo": False})
     st.caption(f"Each thumbnail is named by its layer (L) and channel/head (ch), followed by its {metric}: "
-               f"{C.METRIC_DEFINITIONS[metric]}. One colour scale for all thumbnails (the colour bar), so their "
+               f"{METRIC_DEFINITIONS[metric]}. One colour scale for all thumbnails (the colour bar), so their "
                "strengths compare.")
 
     def open_thumb() -> None:
-        k = order[names.index(st.session_state["open_thumb"])]
-        layer, ch = keys[k]
+        layer, ch = thumbnails.keys[top.order[names.index(st.session_state["open_thumb"])]]
         ui.set_view(layer=layer, rollout=False, **({} if ch is None else {"agg": "channel", "ch": ch}))
 
     st.selectbox("Open a thumbnail in the detail view", names, index=None, key="open_thumb", on_change=open_thumb,

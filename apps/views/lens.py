@@ -8,26 +8,28 @@ alike (:data:`interp.lens.LAYER_ORDER`). Long prompts are read through a window 
 import pandas as pd
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
-from interp.lens import vocabulary
-from interp.lens import VALUES
+from interp.lens import MAX_WINDOW, VALUES, WINDOW, clamp_window, logit_lens, logit_lens_figure, vocabulary
 
 
 @st.cache_data(show_spinner="Computing the logit lens…", max_entries=32)
 def lens_view(spec: str, toks: tuple, start: int, length: int, value: str):
-    return C.logit_lens_view(ui.cached_model(spec), ui.tensor_of(toks), start, length, value)
+    model = ui.cached_model(spec)
+    tokens = ui.tensor_of(model, toks)
+    lens = logit_lens(model, tokens, start, length)
+    return logit_lens_figure(lens, C.str_tokens(model, tokens), vocabulary(model), value), lens
 
 
 def window(L: int) -> tuple[int, int]:
-    """(start, length) of the positions to show: the whole prompt up to ``C.LENS_WINDOW`` tokens, else two inputs."""
-    if L <= C.LENS_WINDOW:
+    """(start, length) of the positions to show: the whole prompt up to ``WINDOW`` tokens, else two inputs."""
+    if L <= WINDOW:
         return 0, L
     c1, c2 = st.columns(2)
     start = ui.widget(c1.number_input, "lens_start", f"Window start (0..{L - 1})", min_value=0, max_value=L - 1)
-    length = ui.widget(c2.number_input, "lens_len", f"Window length (at most {min(C.LENS_MAX_WINDOW, L)})",
-                       min_value=1, max_value=min(C.LENS_MAX_WINDOW, L))
-    return C.lens_window(L, start, length)
+    length = ui.widget(c2.number_input, "lens_len", f"Window length (at most {min(MAX_WINDOW, L)})",
+                       min_value=1, max_value=min(MAX_WINDOW, L))
+    return clamp_window(L, start, length)
 
 
 def main() -> None:

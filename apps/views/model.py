@@ -2,14 +2,16 @@
 
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
+from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_prompt_text
+from interp.zoo import list_models
 
 
 def main() -> None:
     st.title("Model & prompt")
     cfg = ui.config()
-    installed = C.embedded_models()
+    installed = list_models()
     ui.widget(st.text_input, "model", "Model",
               help="an embedded name (" + (", ".join(installed) or "none installed") + "), a model folder inside "
                    f"the allowed roots ({', '.join(map(str, cfg.roots))}), or a hub id (needs the network)")
@@ -23,11 +25,11 @@ def main() -> None:
     if v["prompt"] == "" and "prompt_set" not in st.session_state:
         v["prompt"] = C.default_prompt(spec, model)
     st.session_state["prompt_set"] = True
-    if C.is_tokfsm(spec):  # from the model card: TokFSM tools only for TokFSM models
+    if is_tokfsm_model(spec):  # from the model card: TokFSM tools only for TokFSM models
         c1, c2 = st.columns([1, 3])
         n_states = c1.number_input("States", min_value=1, max_value=1000, value=16, key="n_states")
         if c2.button("Sample a TokFSM prompt"):
-            ui.set_view(prompt=C.tokfsm_prompt(int(n_states), seed=int(st.session_state.get("seed", 0))))
+            ui.set_view(prompt=tokfsm_prompt_text(int(n_states), seed=int(st.session_state.get("seed", 0))))
             st.session_state["seed"] = st.session_state.get("seed", 0) + 1
             st.rerun()
     ui.widget(st.text_area, "prompt", "Prompt", height=120,

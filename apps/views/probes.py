@@ -3,26 +3,24 @@
 import pandas as pd
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
+from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_probe_sweep
 
 
 @st.cache_data(show_spinner="Fitting probes…", max_entries=8)
 def sweep(spec: str, n_seq: int):
-    return C.probe_sweep_tokfsm(ui.cached_model(spec), n_seq)
+    res = tokfsm_probe_sweep(ui.cached_model(spec), n_seq)
+    return res.figure(title=f"TokFSM state probes on {n_seq} sequences"), res.rows
 
 
 def main() -> None:
     st.title("Probes")
-    mod, why = C.backend("interp.probes")
-    if mod is None:
-        st.info(f"Probes are not available yet: {why}")
-        return
     got = ui.current(need_prompt=False)
     if got is None:
         return
     spec, model, _ = got
-    if not C.is_tokfsm(spec):  # from the model card, not the tokenizer (copy-mamba reads the same digits)
+    if not is_tokfsm_model(spec):  # from the model card, not the tokenizer (copy-mamba reads the same digits)
         st.info(C.plain_markdown(
             "This page fits probes on TokFSM state labels (the ground truth of the embedded TokFSM models); "
             f"{spec!r} is not a TokFSM model (its model card names another task, or it has none). Use "

@@ -1,41 +1,35 @@
 """Steering: baseline vs steered side by side (next-token distribution, generations, KL)."""
 
-import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from interp.apps import compute as C
+from interp.apps import inputs as C
 from interp.apps import ui
 from interp.lens import vocabulary
+from interp.steering import (
+    Direction, Intervention, SAELatents, compare_steering, distribution_figure, token_direction,
+)
 
 
 @st.cache_data(show_spinner="Steering…", max_entries=32)
 def run(spec: str, toks: tuple, hook: str, src: str, scale: float, pos: str, tok: int, new: int,
         sae_folder: str, latent: int):
+    """The steering comparison (:func:`interp.steering.compare_steering`) of adding ``scale`` × the unit embedding
+    of token ``tok`` at ``hook`` (source "token") or an SAE latent's decoder row (source "sae")."""
     model = ui.cached_model(spec)
-    sae = None
-    if src == "sae" and sae_folder:
+    if src == "sae":
+        if not sae_folder:
+            raise C.InputError("Choose an SAE on the Features page first (steering with a latent needs one).")
         path = C.inside(sae_folder, ui.config().roots)
-        sae = ui.cached_sae(spec, str(path), max((p.stat().st_mtime for p in path.iterdir()), default=0.0))
-    iv = C.steering_intervention(model, hook, src, scale, pos, tok, sae, latent)
-    return C.steer(model, ui.tensor_of(toks), iv, new)
-
-
-def dist_figure(p0: np.ndarray, p1: np.ndarray, labels: list[str], k: int = 12) -> go.Figure:
-    top = np.argsort(-(p0 + p1), kind="stable")[:k]
-    names = [f"{i}:{labels[i]}" for i in top]
-    fig = go.Figure([go.Bar(name="baseline", x=names, y=p0[top]), go.Bar(name="steered", x=names, y=p1[top])])
-    fig.update_layout(barmode="group", title="Next-token distribution after the prompt", yaxis_title="probability",
-                      height=360)
-    return fig
+        sae = ui.cached_sae(spec, str(path), C.folder_mtime(path))
+        iv = Intervention(SAELatents(sae, int(latent)), sae.cfg.hook_name, "add", float(scale), positions=pos)
+    else:
+        iv = Intervention(Direction(token_direction(model, tok), label=f"embedding of token {tok}"), hook, "add",
+                          float(scale), positions=pos)
+    return compare_steering(model, ui.tensor_of(model, toks), iv, new)
 
 
 def main() -> None:
     st.title("Steering")
-    mod, why = C.backend("interp.steering")
-    if mod is None:
-        st.info(f"Steering is not available yet: {why}")
-        return
     got = ui.current()
     if got is None:
         return
@@ -66,13 +60,13 @@ def main() -> None:
     m1, m2, m3 = st.columns(3)
     m1.metric("KL(baseline ‖ steered), last position", f"{r.kl_last:.4f} nats")
     m2.metric("KL over edited positions (interp.steering.kl_cost)", f"{r.kl:.4f} nats")
-    m3.metric("top-1 changed", "yes" if int(np.argmax(r.p_base)) != int(np.argmax(r.p_steer)) else "no")
-    st.plotly_chart(dist_figure(r.p_base, r.p_steer, vocab), key="dist", config={"displaylogo": False})
+    m3.metric("top-1 changed", "yes" if r.top1_changed else "no")
+    st.plotly_chart(distribution_figure(r.p_base, r.p_steer, vocab), key="dist", config={"displaylogo": False})
     a, b = st.columns(2)
     a.subheader("Baseline")
-    a.code(r.gen_base or "(nothing)", language=None)
+    a.code("".join(C.str_tokens(model, r.gen_base)) or "(nothing)", language=None)
     b.subheader("Steered")
-    b.code(r.gen_steer or "(nothing)", language=None)
+    b.code("".join(C.str_tokens(model, r.gen_steer)) or "(nothing)", language=None)
 
 
 main()

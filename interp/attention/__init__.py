@@ -4,7 +4,8 @@ Formula modules (pure functions on cached activations): :mod:`.hidden` (hidden a
 Mamba-1/Mamba-2), :mod:`.unified` (unified implicit attention), :mod:`.latim` (LaTIM
 contributions). :mod:`.maps` puts one interface over all models; :mod:`.methods` is the registry of its
 methods, :mod:`.backends` decides which implementation (PyTorch, numba, Triton) computes hidden attention,
-:mod:`.perturbation` tests a relevance row by removing tokens, :mod:`.figures` plots.
+:mod:`.perturbation` tests a relevance row by removing tokens, :mod:`.figures` plots, :mod:`.views` shapes
+maps for display (a layer's map, rollout, sorted thumbnails, pooled overviews).
 """
 
 from .hidden import (

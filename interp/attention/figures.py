@@ -26,7 +26,8 @@ import numpy as np
 
 __all__ = [
     "token_labels", "interaction_heatmap", "thumbnail_grid", "token_highlight_html", "perturbation_figure",
-    "figure_html", "save_html", "SEQUENTIAL", "DIVERGING",
+    "figure_html", "save_html", "SEQUENTIAL", "DIVERGING", "pooled_heatmap", "kaleido_available", "figure_exports",
+    "npz_bytes",
 ]
 
 SEQUENTIAL = "Viridis"
@@ -274,3 +275,45 @@ def save_html(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.write_text(figure_html(fig), encoding="utf-8")
     return path
+
+
+def pooled_heatmap(pooled: Any, factor: int, n_tokens: int, title: str = "") -> Any:
+    """A pooled overview of a long map: ``pooled`` [l, l] means of ``factor`` × ``factor`` blocks
+    (:func:`interp.attention.views.pool_map`) of an ``n_tokens`` map; ticks name each block's position range."""
+    import plotly.graph_objects as go
+
+    ticks = [f"{i * factor}–{min(n_tokens, (i + 1) * factor) - 1}" for i in range(_np(pooled).shape[0])]
+    fig = go.Figure(go.Heatmap(z=_np(pooled), x=ticks, y=ticks, colorscale=SEQUENTIAL, hoverongaps=False,
+                               hovertemplate="query %{y}<br>source %{x}<br>mean %{z:.4g}<extra></extra>"))
+    fig.update_layout(title=f"Pooled overview ({factor}×{factor} blocks), {title}", width=640, height=640,
+                      yaxis={"autorange": "reversed", "type": "category"}, xaxis={"type": "category"})
+    return fig
+
+
+def kaleido_available() -> bool:
+    """Whether PNG export can work: the ``kaleido`` package is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("kaleido") is not None
+
+
+def figure_exports(fig: Any) -> dict[str, bytes]:
+    """A figure as {"html": self-contained HTML (:func:`figure_html`), "json": plotly JSON, "png": when kaleido is
+    installed and can render}."""
+    out = {"html": figure_html(fig).encode(), "json": fig.to_json().encode()}
+    if kaleido_available():
+        try:
+            out["png"] = fig.to_image(format="png")
+        except Exception:  # noqa: BLE001 - kaleido present but unusable (no browser): leave PNG out
+            pass
+    return out
+
+
+def npz_bytes(arrays: Mapping[str, Any]) -> bytes:
+    """Arrays (numpy arrays, tensors, lists) as one compressed ``.npz`` file."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+                                for k, v in arrays.items()})
+    return buf.getvalue()

@@ -17,16 +17,17 @@ neurons, top examples, similar codes), :mod:`.steering` (force / append / disabl
 """
 
 from .analysis import (
-    CodeLabelReport, CodeRun, code_features, code_label_precision, collect_codes, similar_codes, top_examples,
-    usage_stats,
+    CodeLabelReport, CodeReport, CodeRun, code_features, code_label_precision, code_report, codebook_sites,
+    collect_codes, similar_codes, top_examples, usage_stats,
 )
 from .config import CodebookConfig, CodebookTrainConfig
 from .insert import attach, attached, codes_hook, detach, make_codebooks, mixer_output_sites
 from .layer import CodebookLayer
-from .steering import code_intervention
+from .steering import code_intervention, forced_continuations
 from .train import (
-    CodebookTrainResult, fit_post_hoc, kmeans_init, load_codebook_model, save_codebook_model, site_activations,
-    train_codebooks,
+    CodebookTrainResult, check_codebook_folder, codebook_base_model, codebook_folder_mtime, codebook_index,
+    embedded_codebook_models, find_codebook_models, fit_post_hoc, kmeans_init, load_codebook_model,
+    save_codebook_model, site_activations, train_codebooks,
 )
 
 __all__ = [
@@ -34,5 +35,7 @@ __all__ = [
     "make_codebooks", "mixer_output_sites", "train_codebooks", "fit_post_hoc", "kmeans_init", "site_activations",
     "CodebookTrainResult", "save_codebook_model", "load_codebook_model", "CodeRun", "collect_codes", "usage_stats",
     "code_features", "code_label_precision", "CodeLabelReport", "top_examples", "similar_codes",
-    "code_intervention",
+    "code_intervention", "forced_continuations", "CodeReport", "code_report", "codebook_sites",
+    "check_codebook_folder", "codebook_index", "codebook_base_model", "embedded_codebook_models",
+    "find_codebook_models", "codebook_folder_mtime",
 ]

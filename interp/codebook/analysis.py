@@ -30,7 +30,7 @@ from interp.sae.evaluate import LabelPrecision, best_feature_precision, best_neu
 from .insert import CHILD, attached
 
 __all__ = ["CodeRun", "collect_codes", "usage_stats", "code_features", "code_label_precision", "CodeLabelReport",
-           "top_examples", "similar_codes"]
+           "top_examples", "similar_codes", "CodeReport", "code_report", "codebook_sites"]
 
 
 @dataclass
@@ -192,3 +192,68 @@ def similar_codes(model_or_layer: Any, site: str | None = None, code: int = 0, n
     sims[code] = -math.inf
     top = sims.topk(min(n, C.shape[0] - 1))
     return list(zip(top.indices.tolist(), top.values.tolist()))
+
+
+def codebook_sites(model: Any) -> dict[str, dict[str, int]]:
+    """{site: {n_codes, k, n_groups}} of the codebooks attached to ``model``."""
+    return {s: {"n_codes": b.cfg.n_codes, "k": b.cfg.k, "n_groups": b.cfg.n_groups} for s, b in attached(model).items()}
+
+
+def _group_ids(ids: Tensor, group: int) -> Tensor:
+    """ids [n, pos, k] or [n, pos, G, k] -> [n, pos, k] of one group."""
+    return ids[:, :, int(group)] if ids.dim() >= 4 else ids
+
+
+@dataclass
+class CodeReport:
+    """One code of one codebook: ``prompt_ids`` [k, L] the codes selected at each position of the prompt (slot
+    0 = best); on the corpus: ``usage`` ({site: :func:`usage_stats` entry}), ``freq`` [n_codes] (share of the
+    site's selections each code takes), ``fires`` [n, pos] bool (the code is selected), ``examples``
+    (:func:`top_examples`, each with ``context`` token ids [c] and ``fires`` [c] of its context window),
+    ``similar`` (:func:`similar_codes` [(code, cosine)])."""
+
+    site: str
+    code: int
+    group: int
+    n_codes: int
+    k: int
+    prompt_ids: Tensor
+    usage: dict[str, dict[str, float]]
+    freq: Tensor
+    fires: Tensor
+    examples: list[dict[str, Any]]
+    similar: list[tuple[int, float]]
+
+    @property
+    def n_fires(self) -> int:
+        return int(self.fires.sum())
+
+
+@torch.no_grad()
+def code_report(model: Any, tokens: Tensor, corpus: Tensor, site: str, code: int, group: int = 0,
+                n_examples: int = 8, context: int = 12, n_similar: int = 10) -> CodeReport:
+    """``code`` at ``site`` of a codebook model: the codes of the prompt ``tokens`` [1, L], and usage, top
+    examples (``context`` tokens up to the firing position) and similar codes on ``corpus`` [n, L].
+    ValueError for a site, code or group the model does not have."""
+    books = attached(model)
+    if site not in books:
+        raise ValueError(f"This codebook model has no codebook at {site!r}; its sites are {sorted(books)}.")
+    cfg = books[site].cfg
+    code, group = int(code), int(group)
+    if not 0 <= code < cfg.n_codes:
+        raise ValueError(f"Code {code} is out of range: the codebook at {site} has codes 0..{cfg.n_codes - 1}.")
+    if not 0 <= group < cfg.n_groups:
+        raise ValueError(f"Group {group} is out of range: the codebook at {site} has {cfg.n_groups} group(s).")
+    prompt_ids = _group_ids(collect_codes(model, tokens, sites=[site], keep_inputs=False).ids[site], group)[0].T
+    run = collect_codes(model, corpus, keep_inputs=False)
+    ids = _group_ids(run.ids[site], group)  # [n, pos, k]
+    counts = torch.bincount(ids.reshape(-1), minlength=cfg.n_codes).double()
+    fires = (ids == code).any(-1)  # [n, pos]
+    examples = []
+    for ex in top_examples(run, corpus, site, code, n=n_examples, context=context, group=group):
+        start = max(0, ex["pos"] - context + 1)
+        examples.append({**ex, "context": corpus[ex["seq"], start:ex["pos"] + 1],
+                         "fires": fires[ex["seq"], start:ex["pos"] + 1].float()})
+    return CodeReport(site, code, group, cfg.n_codes, cfg.k, prompt_ids, usage_stats(run),
+                      counts / counts.sum().clamp_min(1), fires, examples,
+                      similar_codes(model, site, code, n=min(n_similar, cfg.n_codes - 1), group=group))

@@ -44,7 +44,9 @@ from .insert import attach, attached, detach
 from .layer import CodebookLayer
 
 __all__ = ["site_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
-           "save_codebook_model", "load_codebook_model", "INDEX_FILE", "Batches"]
+           "save_codebook_model", "load_codebook_model", "INDEX_FILE", "Batches", "check_codebook_folder",
+           "codebook_index", "codebook_base_model", "embedded_codebook_models", "find_codebook_models",
+           "codebook_folder_mtime"]
 
 INDEX_FILE = "codebooks.json"
 Batches = Callable[[int], dict[str, Any]]  # step -> {"tokens": [b, L], "loss_mask": [b, L] (optional)}
@@ -263,3 +265,85 @@ def load_codebook_model(name_or_folder: str | os.PathLike) -> Any:
     model = interp.load(index["base"] if index.get("base") else str(folder))
     attach(model, {site: CodebookLayer.load(folder / sub) for site, sub in index["sites"].items()})
     return model.eval()
+
+
+def codebook_index(folder: str | os.PathLike) -> dict[str, Any]:
+    """The ``codebooks.json`` of a codebook-model folder ({sites, base, card}); {} if it is missing or unreadable."""
+    try:
+        index = json.loads((Path(folder) / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return index if isinstance(index, dict) else {}
+
+
+def codebook_base_model(folder: str | os.PathLike) -> str | None:
+    """The embedded model a codebook model derives from: its ``base`` (the codebooks sit on that model,
+    unchanged), else the ``base`` its card names (a model fine-tuned through its codebooks, saved in the
+    folder); None if neither is named."""
+    index = codebook_index(folder)
+    card = index.get("card") if isinstance(index.get("card"), dict) else {}
+    return index.get("base") or card.get("base")
+
+
+def check_codebook_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """The index of a codebook-model folder, checked before anything is loaded: it names at least one codebook,
+    every codebook's files lie inside the folder, and its base is an installed embedded model (or the folder
+    holds a model, ``config.json``, of its own). ValueError saying what is wrong."""
+    from interp.zoo import list_models
+
+    folder = Path(folder).resolve()
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Could not read {folder / INDEX_FILE}: {str(e)[:300]}") from e
+    sites = index.get("sites") if isinstance(index, dict) else None
+    if not isinstance(sites, dict) or not sites or not all(isinstance(v, str) for v in sites.values()):
+        raise ValueError(f"{folder / INDEX_FILE} names no codebooks (its 'sites' entry is missing or malformed).")
+    for site, sub in sites.items():
+        files = [(folder / sub / f).resolve() for f in ("codebook.json", "codebook.safetensors")]
+        if not all(folder in f.parents for f in files):
+            raise ValueError(f"The codebook of {site} points outside its folder ({sub!r}): refused.")
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ValueError(f"The codebook of {site} is missing {sub}/{missing[0]}.")
+    base = index.get("base")
+    if base:
+        if base not in list_models(include_missing=True):
+            raise ValueError(f"This codebook model's base {base!r} is not an embedded model; codebooks load only on "
+                             "embedded models or on a model saved in the same folder.")
+        if base not in list_models():
+            raise ValueError(f"The base model {base!r} of these codebooks is not installed yet: train it with "
+                             f"`interp train {base} --install`.")
+    elif not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} names no base model and holds no model (config.json) of its own.")
+    return index
+
+
+def embedded_codebook_models() -> list[str]:
+    """Names of the installed embedded codebook models: folders of ``interp.zoo.WEIGHTS_DIR`` holding
+    ``codebooks.json``."""
+    from interp.zoo import WEIGHTS_DIR
+
+    root = Path(WEIGHTS_DIR)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / INDEX_FILE).is_file())
+
+
+def find_codebook_models(roots: list[Path] | tuple[Path, ...], limit: int = 200, max_depth: int = 5) -> list[Path]:
+    """Codebook-model folders (holding ``codebooks.json``, written by :func:`save_codebook_model`) under ``roots``
+    (:func:`interp.loading.find_folders`)."""
+    from interp.loading import find_folders
+
+    return find_folders(roots, (INDEX_FILE,), limit, max_depth)
+
+
+def codebook_folder_mtime(folder: str | os.PathLike) -> float:
+    """Latest modification time of a codebook-model folder's files (its own, and ``codebooks/*/``): a cache key
+    that changes when the folder is rewritten."""
+    folder = Path(folder)
+    times = [folder.stat().st_mtime]
+    for p in [folder, *sorted((folder / "codebooks").glob("*"))]:
+        if p.is_dir():
+            times += [q.stat().st_mtime for q in p.iterdir() if q.is_file()]
+    return max(times)

@@ -34,6 +34,7 @@ __all__ = [
     "copy_batches",
     "copy_accuracy",
     "copy_tokenizer",
+    "copy_prompt",
 ]
 
 COPY_N_SYMBOLS = 16
@@ -164,3 +165,11 @@ def copy_tokenizer(n_symbols: int = COPY_N_SYMBOLS) -> DigitTokenizer:
     return DigitTokenizer(
         symbols=n_symbols, special_tokens=("<sep>", "<bos>", "<pad>"), bos_token="<bos>", pad_token="<pad>"
     )
+
+
+def copy_prompt(n: int = 12, seed: int = 0) -> str:
+    """A copying-task prompt as text: "<bos>", ``n`` sampled symbols, "<sep>" and their copy (2n + 2 tokens)."""
+    b = sample_copy_batch(1, np.random.default_rng(seed), n_range=int(n))
+    syms = copy_tokenizer(COPY_N_SYMBOLS).symbols
+    content = "".join(syms[int(t)] for t in b.tokens[0, 1:int(n) + 1])
+    return f"<bos>{content}<sep>{content}"

@@ -17,10 +17,13 @@ train_sae_distributed), ``cli`` (``interp train-sae``).
 
 from .analysis import (
     LatentExample,
+    LatentReport,
     LogitEffects,
     activation_density,
     clamp_latent_hook,
     latent_activations,
+    latent_report,
+    latent_trace,
     logit_effects,
     steering_hook,
     steering_vector,
@@ -28,7 +31,8 @@ from .analysis import (
 )
 from .config import SAEConfig
 from .losses import SAETrainingModule, TrainStepOutput, sae_loss
-from .model import SparseAutoencoder
+from .metrics import density_histogram, logit_effects_figure
+from .model import SparseAutoencoder, check_fits, find_sae_folders
 from .saelens import SAEFormatError, from_saelens, load_sae, load_saelens, save_saelens, to_saelens
 from .splice import ablation_hook, run_with_sae, splice_hook, splice_metrics
 from .train import NonFiniteTrainingError, SAETrainResult, TrainContext, load_checkpoint_sae, lr_factor, train_sae
@@ -39,5 +43,7 @@ __all__ = [
     "save_saelens", "load_saelens", "from_saelens", "to_saelens", "load_sae", "SAEFormatError",
     "splice_hook", "ablation_hook", "run_with_sae", "splice_metrics",
     "LatentExample", "LogitEffects", "latent_activations", "activation_density", "top_activating_examples",
-    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook",
+    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook", "LatentReport", "latent_report",
+    "latent_trace", "check_fits", "find_sae_folders", "density_histogram",
+    "logit_effects_figure",
 ]

@@ -26,7 +26,8 @@ from .splice import _flat, resolve_hook_name, splice_hook
 
 __all__ = [
     "LatentExample", "LogitEffects", "latent_activations", "top_activating_examples", "activation_density",
-    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook",
+    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook", "latent_trace", "LatentReport",
+    "latent_report",
 ]
 
 # hooks whose value is (or is added to) the residual stream, so a decoder row can be read through W_U
@@ -272,3 +273,41 @@ def clamp_latent_hook(sae: SparseAutoencoder, latent: int | Sequence[int], value
         return f
 
     return splice_hook(sae, with_error=False, edit=edit, positions=positions)
+
+
+@torch.no_grad()
+def latent_trace(model: Any, sae: SparseAutoencoder, tokens: Any, latent: int) -> Tensor:
+    """One latent's activation at each token of one sequence ``tokens`` ([L] or [1, L], any form
+    :func:`interp.hooks.tokens.as_tokens` reads): [L] float32 on the CPU."""
+    from interp.hooks.tokens import as_tokens
+
+    tokens = as_tokens(model, tokens, one_sequence=True)
+    for _, lat, _ in latent_activations(model, sae, tokens):
+        return lat[0, :, int(latent)].detach().float().cpu()
+    return torch.zeros(tokens.shape[1])
+
+
+@dataclass
+class LatentReport:
+    """One latent on a corpus: ``density`` [d_sae] (:func:`activation_density` of every latent), ``examples``
+    (:func:`top_activating_examples` of this latent), ``effects`` (:func:`logit_effects`, or None with
+    ``effects_error`` when the SAE's hook cannot be read through the unembedding)."""
+
+    latent: int
+    density: Tensor
+    examples: list[LatentExample]
+    effects: LogitEffects | None
+    effects_error: str | None = None
+
+
+def latent_report(model: Any, sae: SparseAutoencoder, corpus: Tensor, latent: int, k: int = 8) -> LatentReport:
+    """What there is to see of one latent on ``corpus`` [n, L]: density, the ``k`` top examples and the
+    min(10, vocab/2) most promoted and suppressed tokens (top and bottom stay apart)."""
+    latent = int(latent)
+    density = activation_density(model, sae, corpus)
+    examples = top_activating_examples(model, sae, corpus, latents=[latent], k=k)[latent]
+    try:
+        k_eff = max(1, min(10, int(model.W_U.shape[-1]) // 2))
+        return LatentReport(latent, density, examples, logit_effects(model, sae, latents=[latent], k=k_eff))
+    except ValueError as e:
+        return LatentReport(latent, density, examples, None, str(e))

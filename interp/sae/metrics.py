@@ -102,3 +102,16 @@ def density_histogram(density: Tensor, title: str = "latent density", eps: float
         template="plotly_white",
     )
     return fig
+
+
+def logit_effects_figure(effects: Any, row: int = 0, title: str = "Direct logit effect (decoder row → unembedding)",
+                         height: int = 420) -> Any:
+    """Horizontal bars of one latent's most suppressed (↓, at the bottom) and promoted (↑, at the top) tokens, from
+    :class:`interp.sae.LogitEffects` (``row``: which of its latents)."""
+    import plotly.graph_objects as go
+
+    names = [f"↓ {t!r}" for t in effects.bottom_tokens[row]] + [f"↑ {t!r}" for t in effects.top_tokens[row][::-1]]
+    values = torch.cat([effects.bottom_values[row], effects.top_values[row].flip(0)]).cpu().numpy()
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h"))
+    fig.update_layout(title=title, height=height)
+    return fig

@@ -16,7 +16,8 @@ Modules: :mod:`.functional` (the math: mean difference, paired PCA, Gaussian OT,
 """
 
 from .evaluate import (
-    DoseResponse, SteeringComparison, compare_steering, dose_response, dose_response_figure, kl_cost, next_token_probs,
+    DoseResponse, SteeringComparison, compare_steering, distribution_figure, dose_response, dose_response_figure,
+    kl_cost, next_token_probs,
 )
 from .intervention import Compose, Intervention, load
 from .positions import Positions
@@ -28,4 +29,5 @@ __all__ = [
     "Intervention", "Compose", "load", "Positions", "Source", "Direction", "AffineMap", "SAELatents", "SOURCES",
     "register_source", "codebook_code", "CodebookCodes", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
     "next_token_probs", "SteeringComparison", "compare_steering", "token_direction",
+    "distribution_figure",
 ]

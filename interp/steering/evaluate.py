@@ -29,7 +29,7 @@ from interp.metrics import kl_divergence
 from .intervention import Compose, Intervention
 
 __all__ = ["kl_cost", "dose_response", "DoseResponse", "dose_response_figure", "next_token_probs",
-           "SteeringComparison", "compare_steering"]
+           "SteeringComparison", "compare_steering", "distribution_figure"]
 
 Steering = Intervention | Compose
 
@@ -184,6 +184,11 @@ class SteeringComparison:
     kl_last: float
     kl: float
 
+    @property
+    def top1_changed(self) -> bool:
+        """Whether the most likely next token differs between baseline and steered."""
+        return int(np.argmax(self.p_base)) != int(np.argmax(self.p_steer))
+
 
 @torch.no_grad()
 def compare_steering(model: Any, tokens: Any, intervention: Steering, max_new_tokens: int = 16) -> SteeringComparison:
@@ -198,3 +203,17 @@ def compare_steering(model: Any, tokens: Any, intervention: Steering, max_new_to
     cost = kl_cost(model, intervention, tokens)
     return SteeringComparison(next_token_probs(model, tokens).numpy(), next_token_probs(model, tokens, hooks).numpy(),
                               g0.tolist(), g1.tolist(), cost["kl_last"], cost["kl"])
+
+
+def distribution_figure(p_base: Any, p_steer: Any, vocab: Sequence[str], k: int = 12,
+                        title: str = "Next-token distribution after the prompt") -> Any:
+    """Grouped bars of two next-token distributions [vocab] (baseline, steered) over the ``k`` tokens with the
+    largest summed probability; bars named ``"{id}:{token}"``."""
+    import plotly.graph_objects as go
+
+    p0, p1 = np.asarray(p_base), np.asarray(p_steer)
+    top = np.argsort(-(p0 + p1), kind="stable")[:k]
+    names = [f"{i}:{vocab[i]}" for i in top]
+    fig = go.Figure([go.Bar(name="baseline", x=names, y=p0[top]), go.Bar(name="steered", x=names, y=p1[top])])
+    fig.update_layout(barmode="group", title=title, yaxis_title="probability", height=360)
+    return fig

@@ -80,7 +80,8 @@ from interp.steering.sources import AffineMap, Direction
 __all__ = ["tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",
            "tokfsm_state_activations", "state_probe", "tokfsm_state_steering", "tokfsm_steering_curve",
            "tokfsm_patching_success", "TARGET_STATES", "tokfsm_state_codes", "tokfsm_transition_codes",
-           "tokfsm_code_steering", "tokfsm_code_steering_table", "STEERING_MODES"]
+           "tokfsm_code_steering", "tokfsm_code_steering_table", "STEERING_MODES", "tokfsm_prompt_text", "is_tokfsm_model",
+           "tokfsm_probe_sweep", "tokfsm_code_states"]
 
 PHASES = (0, 1)  # tens digit, units digit
 
@@ -440,6 +441,50 @@ def tokfsm_code_steering_table(model: Any, state_codes: dict[str, Tensor], targe
 
 # ----------------------------------------------------------------------------------------------------------------
 # command line
+
+
+def is_tokfsm_model(name: str | None) -> bool:
+    """Whether the embedded model ``name`` was trained on TokFSM (its model card says so,
+    :func:`interp.zoo.model_task`): only then do TokFSM measurements (state probes, TokFSM corpora) mean anything."""
+    from interp.zoo import model_task
+
+    return model_task(name) == "tokfsm"
+
+
+def tokfsm_prompt_text(n_states: int = 16, seed: int = 0) -> str:
+    """A valid TokFSM prompt as text: "<bos>" then ``n_states`` sampled 2-digit states (1 + 2·n_states tokens)."""
+    states = TokFSM().sample_states(1, n_states, np.random.default_rng(seed))[0]
+    return "<bos>" + "".join(f"{int(s):02d}" for s in states)
+
+
+def tokfsm_probe_sweep(model: Any, n_seq: int, seq_len: int = 33, seed: int = 0) -> Any:
+    """Layer × position probes of the TokFSM state on ``n_seq`` sampled sequences (:func:`interp.probes.probe_sweep`
+    at the positions "tens digit" / "units digit"): its result (``.rows``, ``.figure()``). The control task types
+    tokens by their trigram (``control_context=2``): with 10 digit tokens a per-token control is decodable
+    everywhere (docs/benchmarks.md, issue 6)."""
+    from interp.probes import probe_sweep
+
+    tokens = tokfsm_dataset(int(n_seq), seed=seed, seq_len=seq_len)
+    lab = tokfsm_labels(tokens)
+    return probe_sweep(model, tokens, lab["state"], seed=seed, control_context=2,
+                       positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
+
+
+def tokfsm_code_states(corpus: Tensor, fires: Tensor, top: int = 10) -> tuple[list[dict[str, Any]], int]:
+    """The FSM states on the units-digit tokens of ``corpus`` [n, L] where a code fires (``fires`` [n, L] bool,
+    e.g. :attr:`interp.codebook.CodeReport.fires`): (rows {state, count, precision, recall} of the ``top`` most
+    frequent states, most frequent first; the number of units-digit tokens where it fires). precision = count /
+    firing units digits, recall = count / units digits of that state."""
+    lab = tokfsm_labels(corpus)
+    units = (lab["digit_pos"] == 1) & (lab["state"] >= 0)
+    hit = units & fires
+    n_states = TokFSM().n_states
+    count = torch.bincount(lab["state"][hit], minlength=n_states)
+    total = torch.bincount(lab["state"][units], minlength=n_states)
+    n_hit = int(hit.sum())
+    order = [int(s) for s in torch.argsort(count, descending=True, stable=True) if count[s] > 0]
+    return [{"state": s, "count": int(count[s]), "precision": float(count[s]) / max(1, n_hit),
+             "recall": float(count[s]) / max(1, int(total[s]))} for s in order[:top]], n_hit
 
 
 TARGET_STATES = (1, 3, 7, 17, 25, 29, 47, 58, 77, 81)  # np.random.default_rng(0).choice(100, 10, replace=False)

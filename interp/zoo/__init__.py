@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card", "cards_markdown"]
+__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card", "model_task", "cards_markdown"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2")
@@ -68,6 +68,17 @@ def model_card(name: str) -> dict[str, Any]:
             f"Train and install them with `python -m interp.zoo.train {name} --install`."
         )
     return json.loads(card.read_text())
+
+
+def model_task(name: str | None) -> str | None:
+    """The task an embedded model was trained on, from its model card ("tokfsm", "copy", ...); None for anything
+    without an installed card (a folder, a hub id, an embedded model not installed)."""
+    if not name or name not in MODEL_NAMES:
+        return None
+    try:
+        return model_card(name).get("task")
+    except (OSError, ValueError):
+        return None
 
 
 def describe(card: dict[str, Any]) -> str:
