@@ -123,7 +123,7 @@ def interaction_heatmap(
         colorbar={"title": {"text": colorbar_title or ("relevance" if signed else "score")}},
         hovertemplate="query %{y}<br>source %{x}<br>value %{z:.4g}<extra></extra>",
     ))
-    px = size or int(min(900, max(360, 14 * L + 160)))
+    px = size or int(min(900, max(520, 14 * L + 200)))  # room for the title and colour bar on short prompts
     fig.update_layout(
         title=title, width=px, height=int(px * max(0.35, len(rows) / L)) if len(rows) < L else px,
         xaxis={"title": "source token j", "tickangle": -90, "type": "category", "tickfont": {"size": 9}},
