@@ -1,10 +1,5 @@
-"""Entry point of the Streamlit app: ``interp app [--model NAME]`` or ``streamlit run apps/app.py -- --model NAME``
-(the folder is the package ``interp.apps``, so it imports as such from any working directory).
-
-Pages (``views/``) are registered with ``st.navigation``; the view (model, prompt, selectors) lives in
-``st.session_state`` and in the URL query parameters, so a link reproduces it; link values the app cannot use
-are named in a warning above the page.
-"""
+"""Entry point of the Streamlit app (package ``interp.apps``): ``interp app [--model NAME]`` or ``streamlit run
+apps/app.py -- --model NAME``. Registers the pages (``views/``); the view state and the URL live in :mod:`.ui`."""
 
 import streamlit as st
 

@@ -1,9 +1,5 @@
-"""Streamlit glue shared by the pages: settings, the view state (mirrored in the URL query parameters so a
-link reproduces the view), the cached model and maps, and error display.
-
-Pages stay thin: they read the view through :func:`widget`, get the model and tokens from :func:`current`
-(inputs checked by :mod:`interp.apps.inputs`), call the cached wrappers below (library functions), and draw.
-"""
+"""Streamlit glue shared by the pages: settings, the view state (mirrored in the URL query parameters so a link
+reproduces it), the cached model and maps (library functions), and error display (:func:`attempt`)."""
 
 from __future__ import annotations
 
@@ -15,7 +11,9 @@ import numpy as np
 import streamlit as st
 
 from interp.apps import inputs as C
-from interp.attention.views import Thumbnails, attribution_rows, detail_map, rollout_map, thumbnail_maps, warm_up
+from interp.attention import MapTooLargeError
+from interp.attention.methods import WHOLE_MODEL
+from interp.attention.views import attribution_rows, detail_map, rollout_map, thumbnail_maps, warm_up
 from interp.hooks.tokens import as_tokens
 
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
@@ -70,19 +68,15 @@ def _coerce(raw: Any, default: Any) -> Any:
     """A query-parameter string as the type of ``default``; ValueError saying what it should be."""
     text = str(raw)
     if isinstance(default, bool):
-        if text.lower() in TRUE + FALSE:
-            return text.lower() in TRUE
-        raise ValueError("not true or false")
-    if isinstance(default, int):
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError("not a whole number") from None
-    if isinstance(default, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError("not a number") from None
+        if text.lower() not in TRUE + FALSE:
+            raise ValueError("not true or false")
+        return text.lower() in TRUE
+    for kind, what in ((int, "not a whole number"), (float, "not a number")):
+        if isinstance(default, kind):
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(what) from None
     return text
 
 
@@ -137,9 +131,8 @@ def _checked(name: str, val: Any, options: list | None, kw: dict[str, Any]) -> A
 
 
 def widget(fn: Callable[..., Any], name: str, label: str, options: list | None = None, **kw: Any) -> Any:
-    """A widget bound to view entry ``name`` (and so to the URL). ``options`` for select widgets: a value
-    outside them falls back to the first option; a number outside ``min_value``/``max_value`` to the bound.
-    A fallback of a value that came from the URL is noted (:func:`show_link_notes`)."""
+    """A widget bound to view entry ``name`` (and the URL); a value outside ``options`` / ``min_value`` /
+    ``max_value`` falls back to the first option / the bound, noted if it came from the URL."""
     v = view()
     key = f"w_{name}"
     if key not in st.session_state:
@@ -149,6 +142,20 @@ def widget(fn: Callable[..., Any], name: str, label: str, options: list | None =
     out = fn(label, options, key=key, **kw) if options is not None else fn(label, key=key, **kw)
     v[name] = out
     return out
+
+
+def folder_choice(name: str, label: str, found: list[str], what: str, none: str, text_label: str) -> str:
+    """A select box of the ``found`` folders (choosing one sets view entry ``name``; the key is ``{name}_found``),
+    or a caption that none of ``what`` was found; then the text input bound to ``name``, whose value it returns."""
+    if found:
+        def chosen() -> None:
+            if st.session_state[f"{name}_found"] != none:
+                set_view(**{name: st.session_state[f"{name}_found"]})
+
+        st.selectbox(label, [none] + found, key=f"{name}_found", on_change=chosen)
+    else:
+        st.caption(f"No {what} found under {', '.join(map(str, config().roots))}.")
+    return widget(st.text_input, name, text_label)
 
 
 def show_link_notes(box: Any) -> None:
@@ -168,9 +175,6 @@ def show_error(e: Exception) -> None:
     st.error(C.plain_markdown(text))
 
 
-# ------------------------------------------------------------------------------------------------
-# model and tokens
-# ------------------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the model…", max_entries=4)
 def cached_model(spec: str) -> Any:
     model = C.load_model(spec)
@@ -190,28 +194,48 @@ def model_spec() -> tuple[str, str | None]:
 
 def current(need_prompt: bool = True) -> tuple[str, Any, Any] | None:
     """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt)."""
-    try:
-        spec, note = model_spec()
-        if note:
-            st.info(note)
-        model = cached_model(spec)
-    except Exception as e:  # noqa: BLE001
-        show_error(e)
+    if (got := attempt(model_spec)) is None:
         return None
-    if not need_prompt:
-        return spec, model, None
+    spec, note = got
+    if note:
+        st.info(note)
+    if (model := attempt(cached_model, spec)) is None:
+        return None
+    tokens = prompt_tokens(spec, model) if need_prompt else None
+    return None if need_prompt and tokens is None else (spec, model, tokens)
+
+
+def prompt_tokens(spec: str, model: Any) -> Any:
+    """The view's prompt (the model's default prompt at first) as tokens [1, L], its warnings shown; or None after
+    showing why it is refused."""
     v = view()
     if v["prompt"] == "" and "prompt_set" not in st.session_state:
         v["prompt"] = C.default_prompt(spec, model)
     st.session_state["prompt_set"] = True
-    try:
+
+    def checked() -> Any:
         for w in C.validate_prompt(v["prompt"], config().max_tokens * 32):
             st.warning(w)
-        tokens = C.tokenize(model, v["prompt"], config().max_tokens)
-    except Exception as e:  # noqa: BLE001
+        return C.tokenize(model, v["prompt"], config().max_tokens)
+    return attempt(checked)
+
+
+def attempt(fn: Callable[..., Any], *args: Any, too_large: str = "This map", **kw: Any) -> Any:
+    """``fn(*args, **kw)``, or None after showing its failure: a map over the memory budget as a warning (naming
+    ``too_large``), anything else as an error (:func:`show_error`)."""
+    try:
+        return fn(*args, **kw)
+    except MapTooLargeError as e:
+        budget = f"{config().map_budget_bytes / 2**20:,.0f} MiB"
+        st.warning(C.plain_markdown(f"{too_large} would exceed the memory budget ({budget}): {e}"))
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message
         show_error(e)
-        return None
-    return spec, model, tokens
+    return None
+
+
+def chart(fig: Any, key: str, box: Any = st, **kw: Any) -> None:
+    """A plotly figure in ``box`` (the page, a column), without the plotly logo."""
+    box.plotly_chart(fig, key=key, config={"displaylogo": False}, **kw)
 
 
 def key_of(tokens: Any) -> tuple[int, ...]:
@@ -224,31 +248,27 @@ def tensor_of(model: Any, key: tuple[int, ...]) -> Any:
     return as_tokens(model, [list(key)])
 
 
-# ------------------------------------------------------------------------------------------------
-# cached computations (hashable arguments; the model comes from the resource cache)
-# ------------------------------------------------------------------------------------------------
-@st.cache_data(show_spinner="Computing the interaction map…", max_entries=64)
-def cached_detail(spec: str, toks: tuple, layer: int, source: str, agg: Any, norm: str, budget: int) -> np.ndarray:
+ANALYSES = {"detail": detail_map, "rows": attribution_rows, "rollout": rollout_map, "thumbs": thumbnail_maps}
+
+
+@st.cache_data(show_spinner="Computing…", max_entries=64)
+def cached(kind: str, spec: str, toks: tuple, *args: Any) -> Any:
+    """``ANALYSES[kind](model, tokens, *args)`` of model ``spec`` on the tokens of cache key ``toks``."""
     model = cached_model(spec)
-    return detail_map(model, tensor_of(model, toks), layer, source, agg, norm, budget)
+    return ANALYSES[kind](model, tensor_of(model, toks), *args)
 
 
-@st.cache_data(show_spinner="Computing attribution rows…", max_entries=64)
-def cached_rows(spec: str, toks: tuple, rows: tuple, source: str, norm: str) -> np.ndarray:
-    model = cached_model(spec)
-    return attribution_rows(model, tensor_of(model, toks), rows, source, norm)
-
-
-@st.cache_data(show_spinner="Computing thumbnails…", max_entries=16)
-def cached_thumbs(spec: str, toks: tuple, source: str, budget: int, per_layer: int = 8) -> Thumbnails:
-    model = cached_model(spec)
-    return thumbnail_maps(model, tensor_of(model, toks), source, per_layer=per_layer, max_bytes=budget)
-
-
-@st.cache_data(show_spinner="Computing the rollout…", max_entries=16)
-def cached_rollout(spec: str, toks: tuple, source: str, agg: Any, norm: str, budget: int) -> np.ndarray:
-    model = cached_model(spec)
-    return rollout_map(model, tensor_of(model, toks), source, agg, norm, budget)
+def interaction_map(spec: str, tokens: Any, source: str, layer: int, agg: Any, norm: str, q: int,
+                    roll: bool = False) -> tuple[np.ndarray, list[int] | None]:
+    """(map, its query rows or None for all) of the view: for a whole-model source over ``lrp_full_max`` tokens
+    only query ``q`` and the last 8 rows; else the rollout (``roll``) or layer ``layer``'s map."""
+    cfg, L, key = config(), tokens.shape[1], key_of(tokens)
+    if source in WHOLE_MODEL and L > cfg.lrp_full_max:
+        rows = sorted({int(q) % L, *range(max(0, L - 8), L)})
+        return cached("rows", spec, key, tuple(rows), source, norm), rows
+    if roll:
+        return cached("rollout", spec, key, source, agg, norm, cfg.map_budget_bytes), None
+    return cached("detail", spec, key, int(layer), source, agg, norm, cfg.map_budget_bytes), None
 
 
 @st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)

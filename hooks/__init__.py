@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from .config import SSMConfig, is_ssm
+from .protocol import HookedModel, HookedModelConfig
 
 # public name -> submodule that defines it
 _LAZY = {
@@ -21,7 +22,7 @@ _LAZY = {
     "HookedTransformerModel": ".transformer",
 }
 
-__all__ = sorted([*_LAZY, "SSMConfig", "is_ssm"])
+__all__ = sorted([*_LAZY, "HookedModel", "HookedModelConfig", "SSMConfig", "is_ssm"])
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 Family = Literal["mamba1", "mamba2"]
 
+UNBOUNDED_CTX = 2**63 - 1  # SSMConfig.n_ctx: a recurrent model has no context limit (the largest int64)
+
 
 @dataclass
 class SSMConfig:
@@ -57,6 +59,9 @@ class SSMConfig:
     default_prepend_bos: bool = False
     name: str = "custom"
     extra: dict[str, Any] = field(default_factory=dict)  # provenance (source checkpoint, model card)
+    # the device of the model's parameters, as TransformerLens's ``cfg.device`` (a string such as "cpu" or
+    # "cuda:0"): HookedSSM moves its parameters there when built and rewrites it on every ``.to()`` / ``.cuda()``
+    device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.family not in ("mamba1", "mamba2"):
@@ -76,6 +81,26 @@ class SSMConfig:
             if self.n_heads % self.n_groups:
                 raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_groups ({self.n_groups})")
         self.dt_limit = tuple(float(v) for v in self.dt_limit)  # type: ignore[assignment]
+        if self.device is not None:
+            self.device = str(self.device)  # a torch.device too, stored as TransformerLens stores it
+
+    # --- TransformerLens names -----------------------------------------------------------------
+    @property
+    def d_vocab(self) -> int:
+        """Number of token ids (TransformerLens's name; the field :attr:`vocab_size` holds it, the Hugging Face
+        name, so saved configs and ``SSMConfig(vocab_size=...)`` keep working)."""
+        return self.vocab_size
+
+    @d_vocab.setter
+    def d_vocab(self, value: int) -> None:
+        self.vocab_size = value
+
+    @property
+    def n_ctx(self) -> int:
+        """Longest sequence the model takes (TransformerLens's name): an SSM has no positional limit, so this is
+        :data:`UNBOUNDED_CTX` (``2**63 - 1``), an int so that TransformerLens-style checks (``L > cfg.n_ctx``,
+        ``tokens[:, -cfg.n_ctx:]``) work unchanged. Memory, not the architecture, bounds real inputs."""
+        return UNBOUNDED_CTX
 
     # --- heads view -------------------------------------------------------------------------
     @property
@@ -108,6 +133,8 @@ class SSMConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SSMConfig":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "d_vocab" in d and "vocab_size" not in known:  # a TransformerLens-named dict
+            known["vocab_size"] = d["d_vocab"]
         if "dt_limit" in known:
             known["dt_limit"] = tuple(known["dt_limit"])
         return cls(**known)

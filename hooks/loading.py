@@ -214,7 +214,7 @@ def to_hf_config(cfg: SSMConfig) -> Any:
     from transformers import Mamba2Config, MambaConfig
 
     common = dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, state_size=cfg.d_state,
+        vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, state_size=cfg.d_state,
         num_hidden_layers=cfg.n_layers, layer_norm_epsilon=cfg.norm_eps, expand=cfg.expand,
         conv_kernel=cfg.d_conv, use_bias=cfg.proj_bias, use_conv_bias=cfg.conv_bias,
         hidden_act="silu" if cfg.activation == "silu" else "linear", residual_in_fp32=cfg.residual_in_fp32,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -388,14 +389,24 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList([SSMBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
         self.setup()
+        if cfg.device is not None:  # built where the config says, as TransformerLens does
+            self.to(cfg.device)
+        cfg.device = str(self.device)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "HookedSSM":
+        """Every move / cast (``to``, ``cuda``, ``cpu``, ``half``) goes through here: keep ``cfg.device`` in step
+        with the parameters."""
+        out = super()._apply(fn, *args, **kwargs)
+        self.cfg.device = str(self.device)
+        return out
 
     # --- loading and saving -----------------------------------------------------------------
     @classmethod
@@ -470,7 +481,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             attention_mask = mask if attention_mask is None and not bool(mask.all()) else attention_mask
         else:
             tokens = input[None] if input.dim() == 1 else input
-            check_token_ids(tokens, self.cfg.vocab_size, "input")
+            check_token_ids(tokens, self.cfg.d_vocab, "input")
         tokens = tokens.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)

@@ -9,23 +9,21 @@ Pure torch (no TransformerLens): the analyses call it before touching a model.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device", "same_vocabulary"]
+__all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device", "same_vocabulary", "check_prompt",
+           "prompt_tokens", "str_tokens"]
 
 
 def vocab_size(model: Any) -> int | None:
-    """The number of token ids the model embeds (``cfg.d_vocab`` of a transformer, ``cfg.vocab_size`` of an SSM),
-    or None when the model does not say."""
-    cfg = getattr(model, "cfg", None)
-    for key in ("d_vocab", "vocab_size"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
+    """The number of token ids the model embeds (``cfg.d_vocab``, TransformerLens's name, which both model
+    families have), or None when the model does not say."""
+    v = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    return v if isinstance(v, int) and v > 0 else None
 
 
 def model_device(model: Any) -> torch.device:
@@ -110,3 +108,57 @@ def same_vocabulary(a: Any, b: Any, check: int = 4096) -> bool:
         return [str(t) for t in a.to_str_tokens(ids)] == [str(t) for t in b.to_str_tokens(ids)]
     except Exception:  # noqa: BLE001 - a tokenizer that cannot decode some ids reads another vocabulary
         return False
+
+
+def check_prompt(text: str, max_chars: int) -> list[str]:
+    """Check a prompt before tokenising. Returns warnings; ValueError for an empty prompt, one over ``max_chars``
+    characters, or one holding control characters / lone surrogates / unassigned code points."""
+    if text is None or not text.strip():
+        raise ValueError("The prompt is empty: type some text (or sample a TokFSM prompt).")
+    if len(text) > max_chars:
+        raise ValueError(f"The prompt has {len(text):,} characters, over the cap of {max_chars:,}; "
+                         "shorten it (or start the app with a larger --max-tokens).")
+    warnings = []
+    for i, ch in enumerate(text):
+        cat = unicodedata.category(ch)
+        if cat == "Cc" and ch not in "\n\t\r":
+            raise ValueError(f"The prompt holds a control character U+{ord(ch):04X} at position {i}; remove it.")
+        if cat in ("Cs", "Cn"):
+            raise ValueError(f"The prompt holds an invalid or unassigned code point U+{ord(ch):04X} at position {i}.")
+        if cat == "Cf":
+            warnings.append(f"The prompt holds an invisible formatting character U+{ord(ch):04X} "
+                            f"({unicodedata.name(ch, 'unnamed')}) at position {i}.")
+    if unicodedata.normalize("NFC", text) != text:
+        warnings.append("The prompt is not in Unicode NFC form: visually equal prompts may tokenise differently.")
+    return warnings[:5]
+
+
+def prompt_tokens(model: Any, text: str, max_tokens: int) -> Tensor:
+    """A typed prompt -> LongTensor [1, L] on the CPU (:func:`check_prompt` first, with ``32 * max_tokens``
+    characters). A digit-tokenizer prompt starting with "<bos>" is taken literally (no second BOS). ValueError if
+    the model has no tokenizer, the tokenizer rejects the text or the prompt is over ``max_tokens`` tokens."""
+    from .tokenizer import DigitTokenizer
+
+    check_prompt(text, max_chars=max_tokens * 32)
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("This model has no tokenizer, so it cannot read a text prompt.")
+    literal = isinstance(model.tokenizer, DigitTokenizer) and text.lstrip().startswith("<bos>")
+    try:
+        tokens = model.to_tokens(text, prepend_bos=False) if literal else model.to_tokens(text)
+    except Exception as e:  # noqa: BLE001 - the tokenizer's message says what is wrong
+        raise ValueError(f"This model's tokenizer cannot encode the prompt: {str(e)[:300]}") from e
+    tokens = tokens[:1].cpu()
+    if tokens.shape[1] > max_tokens:
+        raise ValueError(f"The prompt is {tokens.shape[1]:,} tokens long, over the cap of {max_tokens:,} tokens; "
+                         "shorten it (or start the app with a larger --max-tokens).")
+    return tokens
+
+
+def str_tokens(model: Any, tokens: Any) -> list[str]:
+    """The tokens of one sequence ([L] or [1, L]: a tensor or a list of ids) as strings; ids as strings when the
+    tokenizer cannot decode them."""
+    ids = as_tokens(model, tokens, one_sequence=True)[0]
+    try:
+        return [str(t) for t in model.to_str_tokens(ids)]
+    except Exception:  # noqa: BLE001
+        return [str(int(t)) for t in ids]

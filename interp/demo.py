@@ -304,7 +304,7 @@ def run_demo(model_name: str | None = None) -> DemoResult:
     cfg = model.cfg
 
     prompt = "<bos>" + "".join(f"{s:02d}" for s in (8, 41, 17, 93, 5, 60))
-    tokens = model.to_tokens(prompt, prepend_bos=False) if model.tokenizer is not None else torch.randint(0, cfg.vocab_size, (1, 13))
+    tokens = model.to_tokens(prompt, prepend_bos=False) if model.tokenizer is not None else torch.randint(0, cfg.d_vocab, (1, 13))
     # every hook but the per-position state, so the fast chunked scan runs
     logits, cache = model.run_with_cache(tokens, names_filter=lambda n: not n.endswith("hook_state"))
     error = scan_max_error(model, cache)

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp.hooks import HookedModel
+
 __all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES",
            "WINDOW", "MAX_WINDOW", "clamp_window"]
 
@@ -108,7 +110,7 @@ def clamp_window(n_tokens: int, start: int = 0, length: int = WINDOW) -> tuple[i
 
 
 @torch.no_grad()
-def logit_lens(model: Any, tokens: torch.Tensor, start: int = 0, length: int | None = None) -> LogitLens:
+def logit_lens(model: HookedModel, tokens: torch.Tensor, start: int = 0, length: int | None = None) -> LogitLens:
     """The logit lens of ``tokens`` ([L] or [1, L]) over positions ``start .. start + length - 1``.
 
     The whole prompt runs (a position's residual stream depends on its prefix); only the window is read out,
@@ -135,9 +137,9 @@ def logit_lens(model: Any, tokens: torch.Tensor, start: int = 0, length: int | N
                      true_prob=torch.stack(true_prob).numpy(), n_tokens=L)
 
 
-def vocabulary(model: Any) -> list[str]:
+def vocabulary(model: HookedModel) -> list[str]:
     """Every token id's string: [d_vocab] (cell text of a lens figure, labels of next-token distributions)."""
-    n = int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size)
+    n = int(model.cfg.d_vocab)
     return [str(t) for t in model.to_str_tokens(torch.arange(n))]
 
 

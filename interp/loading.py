@@ -108,3 +108,68 @@ def find_folders(roots: list[Path] | tuple[Path, ...], holds: tuple[str, ...], l
             if len(found) >= limit:
                 return sorted(found)
     return sorted(found)
+
+
+DEFAULT_MODEL = "tokfsm-mamba"
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path] | tuple[Path, ...]) -> Path:
+    """``path`` resolved (symlinks followed), if it lies inside one of ``roots``; else ValueError."""
+    p = Path(path).expanduser().resolve()
+    if any(p == Path(r).resolve() or Path(r).resolve() in p.parents for r in roots):
+        return p
+    shown = ", ".join(str(r) for r in roots) or "(none configured)"
+    raise ValueError(f"{path} is outside the folders this app may read ({shown}). "
+                     "Start the app with --roots to allow another folder.")
+
+
+def check_name(text: str, what: str) -> str:
+    """A typed name stripped; ValueError if it holds control characters or is over 500 characters."""
+    text = (text or "").strip()
+    if any(ord(c) < 32 for c in text) or len(text) > 500:
+        raise ValueError(f"The {what} name holds control characters or is too long.")
+    return text
+
+
+def default_model(requested: str | None = None) -> tuple[str, str | None]:
+    """(model spec, note): ``requested`` if given, else the embedded ``tokfsm-mamba``, else the first installed
+    embedded model (the note says why); ValueError when none is installed."""
+    if requested:
+        return requested, None
+    installed = zoo.list_models()
+    if DEFAULT_MODEL in installed:
+        return DEFAULT_MODEL, None
+    if installed:
+        return installed[0], (f"The default embedded model {DEFAULT_MODEL!r} is not installed yet "
+                              f"(train it with `interp train {DEFAULT_MODEL} --install`); showing "
+                              f"{installed[0]!r} instead.")
+    raise ValueError("No embedded model is installed and no --model was given: train one with "
+                     "`interp train tokfsm-mamba --install` or start the app with --model FOLDER.")
+
+
+def resolve_model_spec(spec: str, roots: list[Path] | tuple[Path, ...], cli_model: str | None = None) -> str:
+    """A typed model name -> the string handed to :func:`load`; ValueError saying what is wrong.
+
+    Embedded names pass if installed. An existing path must lie inside ``roots`` (or be ``cli_model``) and hold a
+    ``config.json``. A path-like string (``/``, ``.``, ``~`` first, ``..`` in it) that does not exist is refused;
+    ``owner/name`` and bare names pass as hub ids / TransformerLens names."""
+    if not (spec or "").strip():
+        raise ValueError("Enter a model: an embedded name, a folder inside the allowed roots, or a hub id.")
+    spec = check_name(spec, "model")
+    if spec in zoo.list_models(include_missing=True):
+        if spec not in zoo.list_models():
+            raise ValueError(f"The embedded model {spec!r} is not installed yet: train it with "
+                             f"`interp train {spec} --install`.")
+        return spec
+    p = Path(spec).expanduser()
+    if cli_model and p.exists() and Path(cli_model).expanduser().exists() and \
+            p.resolve() == Path(cli_model).expanduser().resolve():
+        return str(p.resolve())
+    if p.exists():
+        folder = inside_roots(p, roots)
+        if not folder.is_dir() or not (folder / "config.json").is_file():
+            raise ValueError(f"{spec} is not a model folder (it needs a config.json and weights).")
+        return str(folder)
+    if spec.startswith(("/", ".", "~")) or ".." in Path(spec).parts or spec.count("/") > 1 or "\\" in spec:
+        raise ValueError(f"The model path {spec!r} does not exist.")
+    return spec

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hooks import is_ssm
+from interp.hooks import HookedModel, is_ssm
 from interp.hooks.tokens import as_tokens
 
 Hook = tuple[str, Callable[..., Any]]
@@ -137,7 +137,7 @@ def _compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def lrp_hooks(model: Any) -> list[Hook]:
+def lrp_hooks(model: HookedModel) -> list[Hook]:
     """The modified-forward hooks of ``model`` (a ``HookedSSM`` or a ``HookedTransformerModel``).
 
     Returns a list of ``(hook_name, fn)`` for ``model.run_with_hooks(tokens, fwd_hooks=...)`` or
@@ -270,7 +270,7 @@ def _bias_names(model: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def zero_biases(model: Any) -> Iterator[list[str]]:
+def zero_biases(model: HookedModel) -> Iterator[list[str]]:
     """Zero the model's biases for a conservation check; restore them on exit.
 
     SSM: ``conv1d.bias``, ``in_proj.bias``, ``out_proj.bias`` (dt biases are inside the detached
@@ -367,7 +367,7 @@ def _gxi_batch(model: Any, tokens: Tensor, positions: Sequence[int], targets: Se
 
 
 def explain(
-    model: Any,
+    model: HookedModel,
     tokens: Tensor | str | Sequence[int],
     target: int | None = None,
     position: int = -1,
@@ -450,7 +450,7 @@ def _integrated_gradients(model: Any, tokens: Tensor, p: int, target: int | None
 
 
 def interaction_rows(
-    model: Any,
+    model: HookedModel,
     tokens: Tensor | str | Sequence[int],
     positions: Sequence[int] | None = None,
     method: str = "lrp",

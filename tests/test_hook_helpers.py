@@ -124,3 +124,25 @@ def test_same_vocabulary_and_find_folders(tmp_path):
         (tmp_path / "root" / sub / "config.json").write_text("{}")
     assert find_folders([tmp_path / "root"], ("config.json",)) == [(tmp_path / "root" / s).resolve() for s in ("x", "x/y/z")]
     assert find_folders([tmp_path / "root"], ("config.json",), limit=1) == [(tmp_path / "root" / "x").resolve()]
+
+
+def test_prompt_and_model_spec_checks_raise_value_errors(tmp_path):
+    """The input checks the app relies on live in the library and raise ValueError with the message shown."""
+    from interp.hooks.tokens import check_prompt, prompt_tokens
+    from interp.loading import inside_roots, resolve_model_spec
+
+    with pytest.raises(ValueError, match="empty"):
+        check_prompt("  ", 10)
+    with pytest.raises(ValueError, match="control character U\\+0007"):
+        check_prompt("a\x07", 10)
+    assert "invisible formatting" in check_prompt("a\u200bb", 10)[0]
+    with pytest.raises(ValueError, match="no tokenizer"):
+        prompt_tokens(SimpleNamespace(tokenizer=None), "abc", 4)
+    long = SimpleNamespace(tokenizer=object(), to_tokens=lambda text: torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="over the cap of 4 tokens"):
+        prompt_tokens(long, "abc", 4)
+    assert inside_roots(tmp_path / "a", [tmp_path]) == (tmp_path / "a").resolve()
+    with pytest.raises(ValueError, match="outside the folders"):
+        inside_roots(tmp_path / ".." / "x", [tmp_path])
+    with pytest.raises(ValueError, match="does not exist"):
+        resolve_model_spec("./no-such-model", [tmp_path])

@@ -7,7 +7,6 @@ import streamlit as st
 
 from interp.apps import inputs as C
 from interp.apps import ui
-from interp.attention import MapTooLargeError
 from interp.attention.figures import figure_exports, interaction_heatmap, npz_bytes
 from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
 from interp.attention.views import aggregates_for
@@ -16,8 +15,7 @@ from interp.lens import VALUES, clamp_window, logit_lens, logit_lens_figure, voc
 
 def current_map(spec, model, tokens):
     """(figure, arrays) of the interaction map of the view (same settings as the Token interactions page)."""
-    cfg, v = ui.config(), ui.view()
-    key, L = ui.key_of(tokens), tokens.shape[1]
+    v = ui.view()
     sources, n_layers = list(methods_for(model)), model.cfg.n_layers
     source = v["source"] if v["source"] in sources else \
         ui.replace("source", sources[0], f"not one of {', '.join(sources)}")
@@ -25,12 +23,7 @@ def current_map(spec, model, tokens):
     agg = int(v["ch"]) if v["agg"] == "channel" and aggs else (v["agg"] if v["agg"] in aggs else "mean_abs")
     layer = int(v["layer"]) if 0 <= int(v["layer"]) < n_layers else \
         ui.replace("layer", min(max(int(v["layer"]), 0), n_layers - 1), f"not a layer 0..{n_layers - 1}")
-    rows = None
-    if source in WHOLE_MODEL and L > cfg.lrp_full_max:
-        rows = sorted({int(v["q"]) % L, *range(max(0, L - 8), L)})
-        m = ui.cached_rows(spec, key, tuple(rows), source, v["norm"])
-    else:
-        m = ui.cached_detail(spec, key, layer, source, agg, v["norm"], cfg.map_budget_bytes)
+    m, rows = ui.interaction_map(spec, tokens, source, layer, agg, v["norm"], v["q"])
     toks = C.str_tokens(model, tokens)
     title = f"{LABELS[source]}" + ("" if source in WHOLE_MODEL else f", layer {layer}, {agg}") + f", {v['norm']}"
     fig = interaction_heatmap(m, toks, title=title, signed=bool(np.nanmin(m) < 0), rows=rows)
@@ -51,25 +44,17 @@ def current_lens(model, tokens):
 
 def main() -> None:
     st.title("Export")
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, model, tokens = got
     what = ui.widget(st.radio, "exp", "Figure", ["interaction map", "logit lens"], horizontal=True)
-    try:
-        if what == "interaction map":
-            fig, arrays = current_map(spec, model, tokens)
-        else:
-            fig, arrays = current_lens(model, tokens)
-        files = figure_exports(fig)
-    except MapTooLargeError as e:
-        st.warning(C.plain_markdown(f"This map would exceed the memory budget: {e}"))
+    got = ui.attempt(current_map, spec, model, tokens) if what == "interaction map" else \
+        ui.attempt(current_lens, model, tokens)
+    if (files := got and ui.attempt(figure_exports, got[0])) is None:
         return
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
-        return
+    fig, arrays = got
     if tokens.shape[1] <= ui.config().pool_above:
-        st.plotly_chart(fig, key="export_fig", config={"displaylogo": False})
+        ui.chart(fig, "export_fig")
     else:
         st.caption(f"No preview for a {tokens.shape[1]}-token prompt (the Token interactions page shows a pooled "
                    "overview); the downloads hold the full figure and arrays.")

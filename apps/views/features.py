@@ -18,7 +18,6 @@ from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_code_states
 
 NONE = "(type a folder below)"
 CB_NONE = "(type a name or folder below)"
-CB_VIEW = {"cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8}  # view entries of the codebook tab
 CORPUS_SEQS = 64  # TokFSM sequences of the "tokfsm" corpus
 
 
@@ -36,26 +35,15 @@ def report(spec: str, folder: str, mtime: float, toks: tuple, corpus: str, laten
 
 def pick_sae(spec: str, model) -> tuple[str, float, object] | None:
     cfg = ui.config()
-    found = [str(p) for p in find_sae_folders(cfg.roots)]
-    if found:
-        def chosen() -> None:
-            if st.session_state["sae_found"] != NONE:
-                ui.set_view(sae=st.session_state["sae_found"])
-
-        st.selectbox("SAEs found in the run folders", [NONE] + found, key="sae_found", on_change=chosen)
-    else:
-        st.caption(f"No SAE folders found under {', '.join(map(str, cfg.roots))}.")
-    folder = ui.widget(st.text_input, "sae", "SAE folder (cfg.json + sae_weights.safetensors)")
+    folder = ui.folder_choice("sae", "SAEs found in the run folders", [str(p) for p in find_sae_folders(cfg.roots)],
+                              "SAE folders", NONE, "SAE folder (cfg.json + sae_weights.safetensors)")
     if not folder:
         st.info("Choose an SAE folder (inside the run folders) to browse its latents.")
         return None
-    try:
-        path = C.sae_folder(folder, cfg.roots)
-        mtime = C.folder_mtime(path)
-        return str(path), mtime, ui.cached_sae(spec, str(path), mtime)
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
-        return None
+    path = ui.attempt(C.sae_folder, folder, cfg.roots)
+    mtime = path and C.folder_mtime(path)
+    sae = path and ui.attempt(ui.cached_sae, spec, str(path), mtime)
+    return None if sae is None else (str(path), mtime, sae)
 
 
 def main() -> None:
@@ -68,12 +56,10 @@ def main() -> None:
 
 
 def sae_page() -> None:
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, model, tokens = got
-    picked = pick_sae(spec, model)
-    if picked is None:
+    if (picked := pick_sae(spec, model)) is None:
         return
     folder, mtime, sae = picked
     st.caption(f"hook `{sae.cfg.hook_name}` · d_sae {sae.cfg.d_sae} · {sae.cfg.architecture}")
@@ -82,10 +68,7 @@ def sae_page() -> None:
     corpora = ["prompt", "tokfsm"] if is_tokfsm_model(spec) else ["prompt"]
     corpus = ui.widget(c2.selectbox, "corpus", "Examples from", corpora,
                        format_func=lambda c: {"prompt": "the prompt", "tokfsm": "64 TokFSM sequences"}[c])
-    try:
-        r = report(spec, folder, mtime, ui.key_of(tokens), corpus, int(latent))
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (r := ui.attempt(report, spec, folder, mtime, ui.key_of(tokens), corpus, int(latent))) is None:
         return
     dens = r.density
     left, right = st.columns(2)
@@ -99,26 +82,19 @@ def sae_page() -> None:
                                          title=f"{ex.activation:.3f} at seq {ex.sequence}, pos {ex.position}"))
     with right:
         fig = density_histogram(dens, "Latent density (1e-7 = dead)", eps=1e-7, nbins=40).update_layout(height=300)
-        st.plotly_chart(fig, key="density", config={"displaylogo": False})
-        eff = r.effects
-        if eff is None:
+        ui.chart(fig, "density")
+        if (eff := r.effects) is None:
             st.info(f"No logit effects: {r.effects_error}")
         else:
-            st.plotly_chart(logit_effects_figure(eff), key="effects", config={"displaylogo": False})
+            ui.chart(logit_effects_figure(eff), "effects")
     st.subheader("Test box")
     text = ui.widget(st.text_input, "test", "Type text to see where the latent fires")
-    if text:
-        try:
-            t = C.tokenize(model, text, ui.config().max_tokens)
-            acts = latent_trace(model, ui.cached_sae(spec, folder, mtime), t, int(latent)).numpy()
-            st.html(token_highlight_html(C.str_tokens(model, t), acts, title=f"latent {latent}, max {acts.max():.3f}"))
-        except Exception as e:  # noqa: BLE001
-            ui.show_error(e)
+    t = text and ui.attempt(C.tokenize, model, text, ui.config().max_tokens)
+    acts = None if t is None or not text else ui.attempt(lambda: latent_trace(model, sae, t, int(latent)).numpy())
+    if acts is not None:
+        st.html(token_highlight_html(C.str_tokens(model, t), acts, title=f"latent {latent}, max {acts.max():.3f}"))
 
 
-# ------------------------------------------------------------------------------------------------
-# codebook codes
-# ------------------------------------------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the codebook model…", max_entries=2)
 def cached_codebook_model(folder: str, mtime: float):
     return C.load_codebook(folder, ui.config().roots)
@@ -160,49 +136,31 @@ def pick_codebook() -> tuple[str, float] | None:
     if missing:
         st.caption("Embedded codebook models not installed yet: " + "; ".join(
             f"{n} ({C.codebook_install_hint(n)})" for n in missing))
-    found = embedded + [str(p) for p in find_codebook_models(cfg.roots)]
-    if found:
-        def chosen() -> None:
-            if st.session_state["cb_found"] != CB_NONE:
-                ui.set_view(cb=st.session_state["cb_found"])
-
-        st.selectbox("Codebook models (embedded, and found in the run folders)", [CB_NONE] + found, key="cb_found",
-                     on_change=chosen)
-    else:
-        st.caption(f"No codebook models found under {', '.join(map(str, cfg.roots))}.")
-    choice = ui.widget(st.text_input, "cb", "Codebook model: an embedded name or a folder holding codebooks.json")
+    choice = ui.folder_choice("cb", "Codebook models (embedded, and found in the run folders)",
+                              embedded + [str(p) for p in find_codebook_models(cfg.roots)], "codebook models",
+                              CB_NONE, "Codebook model: an embedded name or a folder holding codebooks.json")
     if not choice:
         hint = f"; or install an embedded one: {C.codebook_install_hint(missing[0])}" if missing else ""
         st.info("Choose a codebook model (an embedded name, or a folder written by "
                 f"interp.codebook.save_codebook_model inside the run folders{hint}) to browse its codes.")
         return None
-    try:
-        path = C.codebook_folder(choice, cfg.roots)
-        return str(path), codebook_folder_mtime(path)
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
-        return None
+    path = ui.attempt(C.codebook_folder, choice, cfg.roots)
+    return None if path is None else (str(path), codebook_folder_mtime(path))
 
 
 def codebook_page() -> None:
     v = ui.view()
-    for k, d in CB_VIEW.items():
-        v.setdefault(k, d)
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, _, tokens = got
-    picked = pick_codebook()
-    if picked is None:
+    if (picked := pick_codebook()) is None:
         return
     folder, mtime = picked
-    try:
-        cbm = cached_codebook_model(folder, mtime)
-        sites = codebook_sites(cbm)
-        toks, note = codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    got = ui.attempt(lambda: (codebook_sites(cached_codebook_model(folder, mtime)),
+                              *codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])))
+    if got is None:
         return
+    sites, toks, note = got
     base = codebook_index(folder).get("base")
     st.caption(f"{len(sites)} codebook(s) on {'`' + base + '`' if base else 'the model saved in the folder'}; "
                f"everything on this tab runs the codebook model (the page's model is `{spec}`).")
@@ -220,17 +178,14 @@ def codebook_page() -> None:
                       disabled=info["n_groups"] == 1)
     groups = f" · {info['n_groups']} groups" if info["n_groups"] > 1 else ""
     c4.caption(f"{info['n_codes']} codes · k = {info['k']}{groups}")
-    try:
-        corpus, r, strs, states, n_units = code_report(folder, mtime, toks, site, int(code), int(group))
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (got := ui.attempt(code_report, folder, mtime, toks, site, int(code), int(group))) is None:
         return
+    corpus, r, strs, states, n_units = got
     code = int(code)
 
     st.subheader("Codes on the prompt")
     ids = r.prompt_ids.numpy()
-    fig = codes_heatmap(ids, strs[0], code, site)
-    st.plotly_chart(fig, key="cb_codes", config={"displaylogo": False})
+    ui.chart(codes_heatmap(ids, strs[0], code, site), "cb_codes")
     at = [i for i in range(ids.shape[1]) if (ids[:, i] == code).any()]
     st.caption(f"code {code} is selected at positions {at}" if at else f"code {code} is not selected on the prompt")
 
@@ -244,8 +199,7 @@ def codebook_page() -> None:
     m4.metric(f"code {code} frequency", f"{r.freq[code]:.4f}")
     left, right = st.columns(2)
     with left:
-        bar = code_frequency_figure(r.freq, code, site)
-        st.plotly_chart(bar, key="cb_freq", config={"displaylogo": False})
+        ui.chart(code_frequency_figure(r.freq, code, site), "cb_freq")
     with right:
         st.dataframe([{"site": s, **{k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}}
                       for s, row in r.usage.items()], hide_index=True)
@@ -275,11 +229,9 @@ def codebook_page() -> None:
 
     st.subheader("Force this code")
     new = ui.widget(st.slider, "cb_new", "Generated tokens", min_value=1, max_value=32)
-    try:
-        base_strs, forced_strs, differs = forced(folder, mtime, toks, site, code, int(group), int(new))
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (got := ui.attempt(forced, folder, mtime, toks, site, code, int(group), int(new))) is None:
         return
+    base_strs, forced_strs, differs = got
     a, b = st.columns(2)
     a.markdown("**Baseline**")
     a.code(" ".join(base_strs) or "(nothing)", language=None)

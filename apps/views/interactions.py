@@ -3,12 +3,10 @@
 import time
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from interp.apps import inputs as C
 from interp.apps import ui
-from interp.attention import MapTooLargeError
 from interp.attention.figures import (
     interaction_heatmap, pooled_heatmap, thumbnail_grid, token_highlight_html, token_labels,
 )
@@ -22,24 +20,15 @@ COLUMNS = [2.6, 0.9, 1.3, 1.2, 1.0, 1.4]  # source, layer, aggregate, channel, n
 # longest source name ("unified implicit attention (SSM)") so that no name is cut off
 
 
-def relabel(fig: go.Figure, labels: list[str], rows: list[int] | None = None) -> go.Figure:
-    """Tick labels with absolute positions for a window of the map."""
-    fig.data[0].x = labels
-    fig.data[0].y = labels if rows is None else [labels[r] for r in rows]
-    return fig
-
-
 def main() -> None:
     t0 = time.perf_counter()
     st.title("Token interactions")
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, model, tokens = got
     cfg = ui.config()
     L = tokens.shape[1]
     toks = C.str_tokens(model, tokens)
-    key = ui.key_of(tokens)
     sources = list(methods_for(model))
 
     c = st.columns(COLUMNS)
@@ -59,45 +48,29 @@ def main() -> None:
     qi = int(q) % L
 
     # ---- the detail map -----------------------------------------------------------------------------
-    rows = None
-    try:
-        if whole and L > cfg.lrp_full_max:
-            rows = sorted({qi, *range(max(0, L - 8), L)})
-            st.info(f"{LABELS[source]} needs one backward pass per query row: for a {L}-token prompt "
-                    f"(over {cfg.lrp_full_max}) only the selected query and the last 8 rows are computed.")
-            m = ui.cached_rows(spec, key, tuple(rows), source, norm)
-        elif roll and not whole:
-            m = ui.cached_rollout(spec, key, source, aggregate, norm, cfg.map_budget_bytes)
-        else:
-            m = ui.cached_detail(spec, key, int(layer), source, aggregate, norm, cfg.map_budget_bytes)
-    except MapTooLargeError as e:
-        budget = f"{cfg.map_budget_bytes / 2**20:,.0f} MiB"
-        st.warning(C.plain_markdown(f"This map would exceed the memory budget ({budget}): {e}"))
+    if whole and L > cfg.lrp_full_max:
+        st.info(f"{LABELS[source]} needs one backward pass per query row: for a {L}-token prompt "
+                f"(over {cfg.lrp_full_max}) only the selected query and the last 8 rows are computed.")
+    if (got := ui.attempt(ui.interaction_map, spec, tokens, source, layer, aggregate, norm, qi, roll and not whole)) \
+            is None:
         return
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
-        return
+    m, rows = got
     signed = bool(np.nanmin(m) < 0)
     what = "rollout" if roll and not whole else (LABELS[source] if whole else f"layer {layer}, {LABELS[source]}")
     title = f"{what}, " + (f"{'channel ' + str(ch) if agg == 'channel' else agg}, " if aggs else "") + norm
 
     left, right = st.columns([3, 2])
     with left:
-        if rows is not None:
-            fig = interaction_heatmap(m, toks, title=title, signed=signed, rows=rows)
-            st.plotly_chart(fig, key="detail", config={"displaylogo": False})
-        elif L > cfg.pool_above:
-            over = pooled_heatmap(*pool_map(causal_masked(m)), L, title)
-            st.plotly_chart(over, key="overview", config={"displaylogo": False})
+        if rows is None and L > cfg.pool_above:
+            ui.chart(pooled_heatmap(*pool_map(causal_masked(m)), L, title), "overview")
             W = cfg.pool_above
             win = ui.widget(st.slider, "win", "Detail window start", min_value=0, max_value=max(0, L - W), step=8)
-            sub = m[win:win + W, win:win + W]
-            fig = interaction_heatmap(sub, toks[win:win + W], title=f"tokens {win}–{win + W - 1}", signed=signed)
-            relabel(fig, token_labels(toks)[win:win + W])
-            st.plotly_chart(fig, key="detail", config={"displaylogo": False})
+            fig = interaction_heatmap(m[win:win + W, win:win + W], toks[win:win + W],
+                                      title=f"tokens {win}–{win + W - 1}", signed=signed)
+            fig.data[0].x = fig.data[0].y = token_labels(toks)[win:win + W]  # absolute positions
         else:
-            fig = interaction_heatmap(m, toks, title=title, signed=signed)
-            st.plotly_chart(fig, key="detail", config={"displaylogo": False})
+            fig = interaction_heatmap(m, toks, title=title, signed=signed, rows=rows)
+        ui.chart(fig, "detail")
         row = m[rows.index(qi)] if rows is not None else m[qi]
         st.html(token_highlight_html(toks, row, query=qi, title=f"query {qi}: row of the map as coloured text"))
     with right:
@@ -113,14 +86,9 @@ def thumbs(spec, model, tokens, source, cfg) -> None:
     n = cfg.thumb_tokens if long else tokens.shape[1]
     metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(METRICS),
                        help="\n".join(f"- **{k}**: {d}" for k, d in METRIC_DEFINITIONS.items()))
-    try:
-        thumbnails = ui.cached_thumbs(spec, ui.key_of(tokens[:, :n]), source, cfg.map_budget_bytes,
-                                      4 if long else 8)  # Mamba-1: top channels per layer
-    except MapTooLargeError as e:
-        st.warning(C.plain_markdown(f"The per-channel thumbnails would exceed the memory budget: {e}"))
-        return
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    thumbnails = ui.attempt(ui.cached, "thumbs", spec, ui.key_of(tokens[:, :n]), source, 4 if long else 8,
+                            cfg.map_budget_bytes, too_large="The per-channel thumbnails")  # Mamba-1: top channels
+    if thumbnails is None:
         return
     top = thumbnails.sorted_by(metric)
     names = top.names
@@ -128,7 +96,7 @@ def thumbs(spec, model, tokens, source, cfg) -> None:
                          signed=bool(np.nanmin(top.pooled) < 0), shared_scale=True,
                          colorbar_title="value (all thumbnails)", title=f"layer × channel/head, sorted by {metric}",
                          thumb_px=120, hover=[f"{metric} = {v:.4g}" for v in top.scores])
-    st.plotly_chart(fig, key="thumbs", config={"displaylogo": False})
+    ui.chart(fig, "thumbs")
     st.caption(f"Each thumbnail is named by its layer (L) and channel/head (ch), followed by its {metric}: "
                f"{METRIC_DEFINITIONS[metric]}. One colour scale for all thumbnails (the colour bar), so their "
                "strengths compare.")

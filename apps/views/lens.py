@@ -1,9 +1,5 @@
-"""Logit lens: each layer's residual stream read through the final norm and unembedding (:mod:`interp.lens`).
-
-Cells show each layer's top-1 token; the colour is its probability or the probability of the true next token.
-Layers run from the embedding side at the bottom to the final layer at the top, in the figure and the table
-alike (:data:`interp.lens.LAYER_ORDER`). Long prompts are read through a window of positions.
-"""
+"""Logit lens (:mod:`interp.lens`): each layer's top-1 token per position, coloured by its probability or the true
+next token's; layers in :data:`interp.lens.LAYER_ORDER`, long prompts through a window of positions."""
 
 import pandas as pd
 import streamlit as st
@@ -34,19 +30,16 @@ def window(L: int) -> tuple[int, int]:
 
 def main() -> None:
     st.title("Logit lens")
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, model, tokens = got
     L = tokens.shape[1]
     value = ui.widget(st.radio, "lens_value", "Colour", list(VALUES), format_func=VALUES.get, horizontal=True)
     start, length = window(L)
-    try:
-        fig, lens = lens_view(spec, ui.key_of(tokens), start, length, value)
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (got := ui.attempt(lens_view, spec, ui.key_of(tokens), start, length, value)) is None:
         return
-    st.plotly_chart(fig, key="lens", config={"displaylogo": False})
+    fig, lens = got
+    ui.chart(fig, "lens")
     st.caption(f"Each cell shows the layer's top-1 token; colour: {VALUES[value]}"
                + (" (blank at the prompt's last position: nothing follows it)" if value == "true" else "")
                + ". Layers run from the embedding side (bottom) to the final layer (top); hover for both "

@@ -5,7 +5,8 @@ import streamlit as st
 from interp.apps import inputs as C
 from interp.apps import ui
 from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_prompt_text
-from interp.zoo import list_models
+from interp.attention.figures import token_highlight_html
+from interp.zoo import list_models, model_card
 
 
 def main() -> None:
@@ -16,14 +17,12 @@ def main() -> None:
               help="an embedded name (" + (", ".join(installed) or "none installed") + "), a model folder inside "
                    f"the allowed roots ({', '.join(map(str, cfg.roots))}), or a hub id (needs the network)")
     st.caption("Embedded models: " + (", ".join(f"`{m}`" for m in installed) or "none installed yet"))
-    got = ui.current(need_prompt=False)
-    if got is None:
+    if (got := ui.current(need_prompt=False)) is None:
         return
     spec, model, _ = got
     st.write(C.model_summary(model))
-    v = ui.view()
-    if v["prompt"] == "" and "prompt_set" not in st.session_state:
-        v["prompt"] = C.default_prompt(spec, model)
+    if ui.view()["prompt"] == "" and "prompt_set" not in st.session_state:
+        ui.view()["prompt"] = C.default_prompt(spec, model)
     st.session_state["prompt_set"] = True
     if is_tokfsm_model(spec):  # from the model card: TokFSM tools only for TokFSM models
         c1, c2 = st.columns([1, 3])
@@ -35,30 +34,18 @@ def main() -> None:
     ui.widget(st.text_area, "prompt", "Prompt", height=120,
               help=f"at most {cfg.max_tokens:,} tokens; the embedded TokFSM and copying models read digits "
                    "(copying: 0-9a-f) and special tokens such as '<bos>'")
-    try:
-        for w in C.validate_prompt(v["prompt"], cfg.max_tokens * 32):
-            st.warning(w)
-        tokens = C.tokenize(model, v["prompt"], cfg.max_tokens)
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (tokens := ui.prompt_tokens(spec, model)) is None:
         return
     toks = C.str_tokens(model, tokens)
     st.success(f"{len(toks):,} tokens")
     shown = toks[:512]
-    st.html(tokens_html(shown) + (f"<p>… and {len(toks) - 512:,} more</p>" if len(toks) > 512 else ""))
+    st.html(token_highlight_html(shown, [0.0] * len(shown))
+            + (f"<p>… and {len(toks) - 512:,} more</p>" if len(toks) > 512 else ""))
     if spec in installed:
-        from interp.zoo import model_card
-
         try:
             st.json(model_card(spec).get("metrics", {}), expanded=False)
         except Exception:  # noqa: BLE001 - a card is optional
             pass
-
-
-def tokens_html(tokens: list[str]) -> str:
-    from interp.attention.figures import token_highlight_html
-
-    return token_highlight_html(tokens, [0.0] * len(tokens))
 
 
 main()

@@ -16,8 +16,7 @@ def sweep(spec: str, n_seq: int):
 
 def main() -> None:
     st.title("Probes")
-    got = ui.current(need_prompt=False)
-    if got is None:
+    if (got := ui.current(need_prompt=False)) is None:
         return
     spec, model, _ = got
     if not is_tokfsm_model(spec):  # from the model card, not the tokenizer (copy-mamba reads the same digits)
@@ -31,12 +30,10 @@ def main() -> None:
                "and scores it on the rest; selectivity = accuracy − control-task accuracy (Hewitt & Liang).")
     if not st.toggle("Run the sweep", key="probe_run"):
         return
-    try:
-        fig, rows = sweep(spec, int(n))
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    if (got := ui.attempt(sweep, spec, int(n))) is None:
         return
-    st.plotly_chart(fig, key="probes", width="content", config={"displaylogo": False})  # the figure's own layout
+    fig, rows = got
+    ui.chart(fig, "probes", width="content")  # the figure's own layout
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 

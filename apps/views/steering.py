@@ -30,11 +30,11 @@ def run(spec: str, toks: tuple, hook: str, src: str, scale: float, pos: str, tok
 
 def main() -> None:
     st.title("Steering")
-    got = ui.current()
-    if got is None:
+    if (got := ui.current()) is None:
         return
     spec, model, tokens = got
-    hooks = C.hook_choices(model)
+    hooks = [h for h in ["hook_embed"] + [f"blocks.{i}.hook_resid_{w}" for i in range(model.cfg.n_layers)
+                                          for w in ("pre", "post")] if h in model.hook_dict]  # the residual stream
     v = ui.view()
     if v["steer_hook"] not in hooks:
         ui.replace("steer_hook", hooks[len(hooks) // 2], "not a residual-stream hook of this model")
@@ -52,21 +52,18 @@ def main() -> None:
     scale = ui.widget(c[3].slider, "scale", "Scale", min_value=-20.0, max_value=20.0, step=0.5)
     pos = ui.widget(c[4].selectbox, "steer_pos", "Positions", ["all", "last"])
     new = ui.widget(st.slider, "new", "Generated tokens", min_value=1, max_value=64)
-    try:
-        r = run(spec, ui.key_of(tokens), hook, src, float(scale), pos, int(tok), int(new), v["sae"], int(v["latent"]))
-    except Exception as e:  # noqa: BLE001
-        ui.show_error(e)
+    r = ui.attempt(run, spec, ui.key_of(tokens), hook, src, float(scale), pos, int(tok), int(new), v["sae"],
+                   int(v["latent"]))
+    if r is None:
         return
     m1, m2, m3 = st.columns(3)
     m1.metric("KL(baseline ‖ steered), last position", f"{r.kl_last:.4f} nats")
     m2.metric("KL over edited positions (interp.steering.kl_cost)", f"{r.kl:.4f} nats")
     m3.metric("top-1 changed", "yes" if r.top1_changed else "no")
-    st.plotly_chart(distribution_figure(r.p_base, r.p_steer, vocab), key="dist", config={"displaylogo": False})
-    a, b = st.columns(2)
-    a.subheader("Baseline")
-    a.code("".join(C.str_tokens(model, r.gen_base)) or "(nothing)", language=None)
-    b.subheader("Steered")
-    b.code("".join(C.str_tokens(model, r.gen_steer)) or "(nothing)", language=None)
+    ui.chart(distribution_figure(r.p_base, r.p_steer, vocab), "dist")
+    for box, title, gen in zip(st.columns(2), ("Baseline", "Steered"), (r.gen_base, r.gen_steer)):
+        box.subheader(title)
+        box.code("".join(C.str_tokens(model, gen)) or "(nothing)", language=None)
 
 
 main()

@@ -510,8 +510,7 @@ def copying_benchmark(
 
 
 def _vocab_size(model: Any) -> int | None:
-    cfg = getattr(model, "cfg", None)
-    return getattr(cfg, "vocab_size", None) or getattr(cfg, "d_vocab", None)
+    return getattr(getattr(model, "cfg", None), "d_vocab", None)
 
 
 def _perturbation_data(data: str, n_sequences: int, n_range: int | tuple[int, int], seq_len: int,

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hooks import is_ssm
+from interp.hooks import HookedModel, is_ssm
 from interp.hooks.tokens import as_tokens
 
 from . import hidden, methods
@@ -103,7 +103,7 @@ def _check_budget(n_floats: int, max_bytes: int | None, what: str) -> None:
 
 
 def interaction_map(
-    model: Any,
+    model: HookedModel,
     tokens: Any,
     layer: int | None = None,
     method: str = "auto",
@@ -186,7 +186,7 @@ def _unified_or_latim(model: Any, tokens: Tensor, layer: int, method: str, aggre
 
 
 def query_rows(
-    model: Any, tokens: Any, layer: int, rows: Sequence[int], method: str = "auto",
+    model: HookedModel, tokens: Any, layer: int, rows: Sequence[int], method: str = "auto",
     aggregate: str = "mean_abs", normalize_: str = "raw",
 ) -> Tensor:
     """Rows ``rows`` of the interaction map: [b, len(rows), L], O(H·N·L) memory per row for SSMs (O(L) with the
@@ -210,7 +210,7 @@ def query_rows(
     return normalize(out, normalize_)
 
 
-def mamba_attr(model: Any, tokens: Any, target: int | None = None, position: int = -1) -> Tensor:
+def mamba_attr(model: HookedModel, tokens: Any, target: int | None = None, position: int = -1) -> Tensor:
     """Mamba-Attr (Ali et al.) / attention×gradient rollout: [b, L, L].
 
     Per layer, E_h[∇α] ⊙ E_h[α] clipped at 0, rolled out with identity and row normalisation.

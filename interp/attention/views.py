@@ -193,7 +193,7 @@ def warm_up(model: Any, n_tokens: int = 16) -> None:
     """One small interaction map, so that a first real request skips one-time set-up costs (kernel compilation);
     best effort: failures are ignored."""
     try:
-        vocab = max(2, int(getattr(model.cfg, "d_vocab", 0) or model.cfg.vocab_size))
+        vocab = max(2, int(model.cfg.d_vocab))
         interaction_map(model, torch.arange(n_tokens).remainder(vocab)[None], 0, method="auto")
     except Exception:  # noqa: BLE001 - warming up is best effort
         pass

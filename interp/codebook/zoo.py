@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -46,7 +47,8 @@ FIT_SEED = 7  # codes and neurons are chosen on these sequences, scored on other
 MIN_RECALLS = (0.5, 0.25, 0.1)
 
 __all__ = ["CodebookRecipe", "CODEBOOK_RECIPES", "training_batches", "model_batches", "evaluate_tokfsm",
-           "train_recipe", "main"]
+           "train_recipe", "install_hint", "codebook_folder", "open_codebook_model", "codebook_prompt",
+           "main"]
 
 
 def training_batches(recipe: Recipe, cfg: CodebookTrainConfig) -> Batches:
@@ -158,6 +160,68 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(final, dst)
     return card
+
+
+def install_hint(name: str) -> str:
+    """The command that trains and installs the embedded codebook model ``name``."""
+    return f"`python -m interp.codebook.zoo {name} --install`"
+
+
+def codebook_folder(choice: str, roots: list[Path] | tuple[Path, ...]) -> Path:
+    """The folder of a codebook model typed by the user: an installed embedded name or a folder inside ``roots``
+    holding ``codebooks.json``; else ValueError (nothing outside those folders is read)."""
+    from interp.loading import check_name, inside_roots
+    from interp.zoo import WEIGHTS_DIR
+
+    from .train import embedded_codebook_models
+
+    if not (choice or "").strip():
+        raise ValueError("Choose a codebook model: an embedded name or a folder inside the run folders.")
+    choice = check_name(choice, "codebook model")
+    if choice in embedded_codebook_models():
+        return (Path(WEIGHTS_DIR) / choice).resolve()
+    if choice in CODEBOOK_RECIPES:
+        raise ValueError(f"The embedded codebook model {choice!r} is not installed yet: train it with "
+                         f"{install_hint(choice)}.")
+    path = inside_roots(choice, roots)
+    if not path.is_dir():
+        raise ValueError(f"The codebook folder {choice} does not exist.")
+    if not (path / INDEX_FILE).is_file():
+        raise ValueError(f"{choice} holds no {INDEX_FILE}: it is not a codebook model (write one with "
+                         "interp.codebook.save_codebook_model).")
+    return path
+
+
+def open_codebook_model(folder: str | os.PathLike, roots: list[Path] | tuple[Path, ...]) -> Any:
+    """:func:`load_codebook_model` of a folder inside ``roots`` or the embedded weights, checked first
+    (:func:`interp.codebook.check_codebook_folder`); every failure a ValueError."""
+    from interp.loading import inside_roots
+    from interp.zoo import WEIGHTS_DIR
+
+    from .train import check_codebook_folder
+
+    folder = inside_roots(folder, [*roots, Path(WEIGHTS_DIR)])
+    check_codebook_folder(folder)
+    try:
+        return load_codebook_model(folder)
+    except Exception as e:  # noqa: BLE001 - the loader's message says what is wrong
+        raise ValueError(f"Could not load the codebook model in {folder}: {type(e).__name__}: {str(e)[:400]}") from e
+
+
+def codebook_prompt(cb_model: Any, page_model: Any, tokens: Any, text: str, max_tokens: int,
+                    tokfsm: bool = False) -> tuple[Tensor, str | None]:
+    """The tokens [1, L] to run through a codebook model for a page showing ``tokens`` of ``page_model``, and a
+    note when they are not those tokens: ``tokens`` if the two vocabularies match, else a TokFSM prompt (``tokfsm``:
+    TokFSM codebook models), else ``text`` tokenized by the codebook model (ValueError if it cannot read it)."""
+    from interp.hooks.tokens import prompt_tokens, same_vocabulary
+    from interp.tasks.tokfsm import tokfsm_prompt_text
+
+    if page_model is not None and same_vocabulary(cb_model, page_model):
+        return tokens, None
+    if tokfsm:
+        return prompt_tokens(cb_model, tokfsm_prompt_text(16), max_tokens), (
+            "The page's model reads another vocabulary than this codebook model: showing a TokFSM prompt instead.")
+    return prompt_tokens(cb_model, text, max_tokens), "The page's prompt, tokenized by the codebook model."
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

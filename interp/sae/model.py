@@ -214,3 +214,21 @@ def check_fits(sae: "SparseAutoencoder", model: Any) -> None:
         raise ValueError(f"The SAE reads hook {hook!r}, which this model does not have: it was trained on another model.")
     if sae.cfg.d_in != model.cfg.d_model and hook.endswith(("resid_pre", "resid_post", "hook_embed")):
         raise ValueError(f"The SAE's d_in={sae.cfg.d_in} differs from this model's d_model={model.cfg.d_model}.")
+
+
+def open_sae(folder: str | os.PathLike, roots: list[Path] | tuple[Path, ...], model: Any) -> "SparseAutoencoder":
+    """The SAE of a folder inside ``roots`` (:func:`interp.loading.inside_roots`), checked against ``model``
+    (:func:`check_fits`), in eval mode; every failure a ValueError."""
+    from interp.loading import inside_roots
+
+    from .saelens import load_sae
+
+    path = inside_roots(folder, roots)
+    if not path.exists():
+        raise ValueError(f"The SAE folder {folder} does not exist.")
+    try:
+        sae = load_sae(path)
+    except Exception as e:  # noqa: BLE001 - the loader's message says what is wrong
+        raise ValueError(f"Could not load an SAE from {path}: {str(e)[:400]}") from e
+    check_fits(sae, model)
+    return sae.eval()
