@@ -21,7 +21,7 @@ from .analysis import (
     collect_codes, similar_codes, top_examples, usage_stats,
 )
 from .config import CodebookConfig, CodebookTrainConfig
-from .insert import attach, attached, codes_hook, detach, make_codebooks, mixer_output_sites
+from .insert import attach, attached, detach, make_codebooks, mixer_output_sites
 from .layer import CodebookLayer
 from .steering import code_intervention, forced_continuations
 from .train import (
@@ -31,7 +31,7 @@ from .train import (
 )
 
 __all__ = [
-    "CodebookConfig", "CodebookTrainConfig", "CodebookLayer", "attach", "attached", "detach", "codes_hook",
+    "CodebookConfig", "CodebookTrainConfig", "CodebookLayer", "attach", "attached", "detach",
     "make_codebooks", "mixer_output_sites", "train_codebooks", "fit_post_hoc", "kmeans_init", "site_activations",
     "CodebookTrainResult", "save_codebook_model", "load_codebook_model", "CodeRun", "collect_codes", "usage_stats",
     "code_features", "code_label_precision", "CodeLabelReport", "top_examples", "similar_codes",

@@ -23,14 +23,9 @@ from interp.hooks.hook_points import check_hook_names
 from .config import CodebookConfig
 from .layer import CodebookLayer
 
-__all__ = ["attach", "detach", "attached", "mixer_output_sites", "make_codebooks", "codes_hook", "CHILD"]
+__all__ = ["attach", "detach", "attached", "mixer_output_sites", "make_codebooks", "CHILD"]
 
 CHILD = "codebook"
-
-
-def codes_hook(site: str) -> str:
-    """Name of the hook point holding the code ids of the codebook at ``site``."""
-    return f"{site}.{CHILD}.hook_codes"
 
 
 def _apply(act: torch.Tensor, hook: Any) -> torch.Tensor:

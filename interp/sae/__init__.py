@@ -26,7 +26,6 @@ from .analysis import (
     latent_trace,
     logit_effects,
     steering_hook,
-    steering_vector,
     top_activating_examples,
 )
 from .config import SAEConfig
@@ -43,7 +42,7 @@ __all__ = [
     "save_saelens", "load_saelens", "from_saelens", "to_saelens", "load_sae", "SAEFormatError",
     "splice_hook", "ablation_hook", "run_with_sae", "splice_metrics",
     "LatentExample", "LogitEffects", "latent_activations", "activation_density", "top_activating_examples",
-    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook", "LatentReport", "latent_report",
+    "logit_effects", "steering_hook", "clamp_latent_hook", "LatentReport", "latent_report",
     "latent_trace", "check_fits", "find_sae_folders", "density_histogram",
     "logit_effects_figure",
 ]

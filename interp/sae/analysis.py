@@ -26,7 +26,7 @@ from .splice import _flat, resolve_hook_name, splice_hook
 
 __all__ = [
     "LatentExample", "LogitEffects", "latent_activations", "top_activating_examples", "activation_density",
-    "logit_effects", "steering_vector", "steering_hook", "clamp_latent_hook", "latent_trace", "LatentReport",
+    "logit_effects", "steering_hook", "clamp_latent_hook", "latent_trace", "LatentReport",
     "latent_report",
 ]
 
@@ -224,11 +224,6 @@ def logit_effects(
         bottom_values=-bottom.values, top_tokens=[_str_tokens(model, r.tolist()) for r in top.indices],
         bottom_tokens=[_str_tokens(model, r.tolist()) for r in bottom.indices],
     )
-
-
-def steering_vector(sae: SparseAutoencoder, latent: int) -> Tensor:
-    """The decoder row of ``latent``: [d_in] (unit norm for an SAE trained with ``normalize_decoder``)."""
-    return sae.W_dec[latent].detach()
 
 
 def _latent_hook(sae: SparseAutoencoder, latents: list[int], operator: str, scale: float, value: Any,
