@@ -16,7 +16,7 @@ from .protocol import HookedModel, HookedModelConfig
 # public name -> submodule that defines it
 _LAZY = {
     "CacheTooLargeError": ".api", "HookNotFiredError": ".api",
-    "HookPoint": ".hook_points", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
+    "HookPoint": ".hook_points", "Positions": ".positions", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
     "CheckpointError": ".loading", "ExistingRunError": ".loading", "UnknownModelError": ".loading",
     "HookedSSM": ".mamba", "SSMState": ".mamba",
     "HookedTransformerModel": ".transformer",

@@ -1,6 +1,6 @@
 """The hook primitive: TransformerLens's ``HookPoint`` plus a shape check; helpers on hook names (look-up with
-suggestions, :func:`layer_of`) and on the absolute positions hooks see (:func:`absolute_positions`,
-:func:`position_mask`).
+suggestions, :func:`layer_of`) and the absolute positions hooks see (:func:`absolute_positions`; which of them an
+edit selects is :mod:`interp.hooks.positions`).
 
 Every model in :mod:`interp.hooks` is built from :class:`HookPoint` (a TransformerLens ``HookPoint``
 subclass, so ``run_with_hooks``, ``run_with_cache``, ``hooks()`` and nnsight tracing see it as
@@ -54,17 +54,6 @@ def absolute_positions(source: Any, length: int, device: torch.device | str | No
         return torch.arange(length, device=device)
     return positions if device is None else positions.to(device)
 
-
-def position_mask(positions: Tensor, wanted: Iterable[int] | Tensor) -> Tensor:
-    """bool [L]: True where ``positions`` [L] (absolute, see :func:`absolute_positions`) is one of ``wanted``.
-
-    A negative wanted p counts from the end of this forward: end + p with end = max(positions) + 1 (so -1 is
-    the last position of a prompt, and of each decoding step). An empty ``wanted`` selects nothing.
-    """
-    w = wanted if isinstance(wanted, Tensor) else torch.tensor(list(wanted), dtype=torch.long)
-    w = w.to(device=positions.device, dtype=torch.long)
-    end = int(positions.max()) + 1 if positions.numel() else 0
-    return torch.isin(positions, torch.where(w < 0, w + end, w))
 
 
 class HookShapeError(ValueError):

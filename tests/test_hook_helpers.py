@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from interp.hooks import HookedSSM, SSMConfig
-from interp.hooks.hook_points import absolute_positions, layer_of, position_mask
+from interp.hooks.hook_points import absolute_positions, layer_of
+from interp.hooks.positions import position_mask
 from interp.hooks.tokens import as_tokens, check_token_ids
 
 
@@ -146,3 +147,17 @@ def test_prompt_and_model_spec_checks_raise_value_errors(tmp_path):
         inside_roots(tmp_path / ".." / "x", [tmp_path])
     with pytest.raises(ValueError, match="does not exist"):
         resolve_model_spec("./no-such-model", [tmp_path])
+
+
+def test_positions_indices_are_absolute_and_bounds_checked():
+    from interp.hooks.positions import Positions
+    assert Positions.parse([3, -1]).indices(10) == [3, 9]
+    assert Positions.parse("last").indices(4) == [3]
+    assert Positions.parse(slice(2, None)).indices(4) == [2, 3]
+    assert Positions.parse(None).indices(3) == [0, 1, 2]
+    with pytest.raises(IndexError, match=r"positions=\[12\]: \[12\] outside a sequence of 10 tokens"):
+        Positions.parse([12]).indices(10)
+    with pytest.raises(IndexError, match="rows="):
+        Positions.parse(slice(20, None)).indices(10, name="rows")
+    with pytest.raises(TypeError, match="positions must be ints"):
+        Positions.parse([1.5])

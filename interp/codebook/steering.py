@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from interp.steering import Intervention, codebook_code
-from interp.steering.positions import PositionsLike
+from interp.hooks.positions import PositionsLike
 
 from .insert import CHILD, attached
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks.hook_points import absolute_positions
-from interp.hooks.hook_points import position_mask as _position_mask  # this module's position_mask wraps it
+from interp.hooks.positions import position_mask as _position_mask  # this module's position_mask wraps it
 
 from . import metrics
 from .model import SparseAutoencoder
@@ -56,7 +56,7 @@ def _flat(act: Tensor, d_in: int, name: str) -> Tensor:
 
 def position_mask(act: Tensor, hook: Any, positions: Sequence[int] | Tensor | None) -> Tensor | None:
     """[1, pos, 1] bool mask of the requested absolute positions (``hook.ctx['positions']`` when generating;
-    negative positions count from the end of this forward; :func:`interp.hooks.hook_points.position_mask`),
+    negative positions count from the end of this forward; :func:`interp.hooks.positions.position_mask`),
     or None for every position."""
     if positions is None:
         return None

@@ -20,7 +20,7 @@ from .evaluate import (
     kl_cost, next_token_probs,
 )
 from .intervention import Compose, Intervention, load
-from .positions import Positions
+from interp.hooks.positions import Positions
 from .sources import (
     SOURCES, AffineMap, CodebookCodes, Direction, SAELatents, Source, codebook_code, register_source, token_direction,
 )

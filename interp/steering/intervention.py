@@ -41,7 +41,7 @@ from torch import Tensor
 
 from interp.hooks.hook_points import absolute_positions
 
-from .positions import Positions, PositionsLike
+from interp.hooks.positions import Positions, PositionsLike
 from .sources import SOURCES, Source
 
 __all__ = ["Intervention", "Compose", "load", "FORMAT", "CONFIG_FILE", "TENSORS_FILE"]

@@ -71,10 +71,11 @@ from torch import Tensor
 from interp.codebook.analysis import collect_codes
 from interp.codebook.steering import code_intervention
 from interp.data.tokfsm import TokFSM, tokfsm_dataset, tokfsm_labels
-from interp.hooks.hook_points import absolute_positions, position_mask
+from interp.hooks.hook_points import absolute_positions
+from interp.hooks.positions import position_mask
 from interp.steering.evaluate import DoseResponse, kl_cost
 from interp.steering.intervention import Compose, Intervention, _pos_dim
-from interp.steering.positions import PositionsLike
+from interp.hooks.positions import PositionsLike
 from interp.steering.sources import AffineMap, Direction
 
 __all__ = ["tokfsm_prompts", "tokfsm_next_states", "tokfsm_transition_success", "StateActivations",

@@ -1,30 +1,46 @@
-"""When an intervention fires: which positions of each forward it edits.
+"""Which positions an edit or an analysis touches: one :class:`Positions` type for hooks, steering, SAE splicing
+and interaction maps.
 
-Hooks see the absolute positions of the current forward in ``hook.ctx["positions"]`` (the whole prompt in
-a full forward or a prefill, one new position per decoding step of ``model.generate``, SSM recurrent
-decoding included), so one spec covers both::
+Hooks see the absolute positions of the current forward in ``hook.ctx["positions"]``
+(:func:`interp.hooks.hook_points.absolute_positions`: the whole prompt in a full forward or a prefill, one new
+position per decoding step of ``model.generate``, SSM recurrent decoding included), so one spec covers both::
 
     Positions.parse("all")            every position of every forward (prompt and each generated token)
     Positions.parse("last")           the last position of each forward: the prompt's last token, then
                                       every generated token while decoding
     Positions.parse([15, 16])         these absolute positions (negative: counted from the end of each forward)
     Positions.parse(slice(17, None))  absolute positions >= 17 (e.g. every generated token after a 17-token prompt)
+
+An analysis over a fixed sequence of ``length`` tokens (interaction-map rows, LRP rows) reads the spec with
+:meth:`Positions.indices`, which checks the bounds: ``Positions.parse([3, -1]).indices(10) == [3, 9]``, and
+``Positions.parse([12]).indices(10)`` raises an ``IndexError`` naming the position and the length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import Tensor
 
-from interp.hooks.hook_points import position_mask
+__all__ = ["Positions", "PositionsLike", "position_mask"]
 
-__all__ = ["Positions", "PositionsLike"]
+#: what every ``positions=`` argument accepts
+PositionsLike = Union["Positions", str, int, Sequence[int], slice, Tensor, None]
 
-PositionsLike = Any  # "all" | "last" | int | Sequence[int] | slice | Positions
+
+def position_mask(positions: Tensor, wanted: Iterable[int] | Tensor) -> Tensor:
+    """bool [L]: True where ``positions`` [L] (absolute, see :func:`absolute_positions`) is one of ``wanted``.
+
+    A negative wanted p counts from the end of this forward: end + p with end = max(positions) + 1 (so -1 is
+    the last position of a prompt, and of each decoding step). An empty ``wanted`` selects nothing.
+    """
+    w = wanted if isinstance(wanted, Tensor) else torch.tensor(list(wanted), dtype=torch.long)
+    w = w.to(device=positions.device, dtype=torch.long)
+    end = int(positions.max()) + 1 if positions.numel() else 0
+    return torch.isin(positions, torch.where(w < 0, w + end, w))
 
 
 @dataclass(frozen=True)
@@ -57,15 +73,25 @@ class Positions:
             if spec.step not in (None, 1):
                 raise ValueError(f"a position slice must have step 1, got {spec}")
             return cls("range", start=spec.start, stop=spec.stop)
+        if isinstance(spec, bool):
+            raise TypeError(f"positions must be 'all', 'last', an int, a list of ints or a slice; got {spec!r}")
         if isinstance(spec, int):
             return cls("list", (int(spec),))
-        if isinstance(spec, (Sequence, Tensor)):
-            return cls("list", tuple(int(p) for p in (spec.tolist() if isinstance(spec, Tensor) else spec)))
+        if isinstance(spec, Tensor):
+            if spec.dtype.is_floating_point or spec.dtype == torch.bool or spec.dim() > 1:
+                raise TypeError(f"positions as a tensor must be 0-d or 1-d integers, got {spec.dtype} "
+                                f"{tuple(spec.shape)}")
+            return cls("list", tuple(int(p) for p in spec.reshape(-1).tolist()))
+        if isinstance(spec, Sequence):
+            bad = [p for p in spec if isinstance(p, bool) or not isinstance(p, int)]
+            if bad:
+                raise TypeError(f"positions must be ints, got {bad[0]!r} ({type(bad[0]).__name__})")
+            return cls("list", tuple(int(p) for p in spec))
         raise TypeError(f"cannot read positions from {type(spec).__name__}: {spec!r}")
 
     def mask(self, positions: Tensor) -> Tensor:
         """Absolute positions of a forward [L] (:func:`interp.hooks.hook_points.absolute_positions`) -> bool [L],
-        True where this spec edits (a list: :func:`interp.hooks.hook_points.position_mask`)."""
+        True where this spec edits (a list: :func:`position_mask`)."""
         L = positions.shape[0]
         if self.kind == "all":
             return torch.ones(L, dtype=torch.bool, device=positions.device)
@@ -82,6 +108,23 @@ class Positions:
                 m &= positions < self.stop
             return m
         return position_mask(positions, self.values)
+
+    def indices(self, length: int, name: str = "positions") -> list[int]:
+        """The positions of one sequence of ``length`` tokens this spec selects, absolute and in order.
+
+        Raises ``IndexError`` (naming the argument ``name``) for a listed position outside
+        ``-length <= p < length``, and for a range that selects nothing.
+        """
+        if self.kind == "list":
+            bad = [p for p in self.values if not -length <= p < length]
+            if bad:
+                raise IndexError(f"{name}={list(self.values)}: {bad} outside a sequence of {length} tokens "
+                                 f"(valid: 0..{length - 1}, or -{length}..-1 from the end)")
+            return [p % length for p in self.values]
+        out = self.mask(torch.arange(length)).nonzero()[:, 0].tolist()
+        if not out:
+            raise IndexError(f"{name}={self}: selects no position of a sequence of {length} tokens")
+        return out
 
     def first(self, length: int) -> int | None:
         """The first position edited in a single forward over positions 0..length-1 (None: none)."""
