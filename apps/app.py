@@ -7,8 +7,11 @@ from interp.apps import ui
 
 st.set_page_config(page_title="interp", layout="wide")
 
+# The default page is served at the root URL only (Streamlit gives it the pathname ""), so /model would be "Page
+# not found": the root gets a hidden copy of the model page, and the listed one keeps its own URL.
 PAGES = [
-    st.Page("views/model.py", title="Model & prompt", url_path="model", default=True),
+    st.Page("views/model.py", title="Model & prompt", url_path="start", default=True, visibility="hidden"),
+    st.Page("views/model.py", title="Model & prompt", url_path="model"),
     st.Page("views/interactions.py", title="Token interactions", url_path="interactions"),
     st.Page("views/lens.py", title="Logit lens", url_path="lens"),
     st.Page("views/probes.py", title="Probes", url_path="probes"),

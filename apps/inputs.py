@@ -4,24 +4,19 @@ here (:func:`user_errors`), the one failure type the pages show as is."""
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from interp import loading
+from interp.app_cli import AppConfig, parse_config  # noqa: F401 - the app's settings
 from interp.codebook import zoo as codebook_zoo
-from interp.data.copying import copy_prompt
 from interp.hooks import tokens as T
-from interp.hooks.tokenizer import DigitTokenizer
 from interp.hooks.tokens import str_tokens  # noqa: F401 - used by the pages
 from interp.sae.model import open_sae
-from interp.tasks.tokfsm import tokfsm_prompt_text
-from interp.zoo import model_task
 
 DEFAULT_MODEL = loading.DEFAULT_MODEL
 
@@ -60,42 +55,6 @@ def codebook_recipes() -> list[str]:
     return sorted(codebook_zoo.CODEBOOK_RECIPES)
 
 
-@dataclass
-class AppConfig:
-    """Operator settings. ``roots``: folders the app may read models / SAEs from (resolved); ``max_tokens``: prompt
-    cap; ``map_budget_bytes``: memory budget of one interaction map; ``pool_above``: prompts longer than this get a
-    pooled overview; ``thumb_tokens``: for those, thumbnails use this many leading tokens (exact for causal maps:
-    the top-left block of the full map); ``lrp_full_max``: longer prompts get only some LRP rows."""
-
-    model: str | None = None
-    roots: list[Path] = field(default_factory=list)
-    max_tokens: int = 2048
-    map_budget_bytes: int = 2 * 2**30
-    pool_above: int = 256
-    thumb_tokens: int = 128
-    lrp_full_max: int = 48
-
-
-def parse_config(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> AppConfig:
-    """Settings from ``argv`` (``--model``, ``--roots A:B``, ``--max-tokens``, ``--map-budget-mb``, ``--pool-above``)
-    over the environment (``INTERP_APP_MODEL``, ``INTERP_APP_ROOTS``, ``INTERP_APP_MAX_TOKENS``,
-    ``INTERP_APP_MAP_BUDGET_MB``, ``INTERP_APP_POOL_ABOVE``). Unknown arguments are ignored (Streamlit and pytest put
-    their own in ``sys.argv``)."""
-    env = dict(os.environ) if env is None else env
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", default=env.get("INTERP_APP_MODEL"))
-    p.add_argument("--roots", default=env.get("INTERP_APP_ROOTS"))
-    p.add_argument("--max-tokens", type=int, default=int(env.get("INTERP_APP_MAX_TOKENS", 2048)))
-    p.add_argument("--map-budget-mb", type=float, default=float(env.get("INTERP_APP_MAP_BUDGET_MB", 2048)))
-    p.add_argument("--pool-above", type=int, default=int(env.get("INTERP_APP_POOL_ABOVE", 256)))
-    a, _ = p.parse_known_args(list(argv or []))
-    roots = [Path(r) for r in (a.roots.split(os.pathsep) if a.roots else [])] or \
-        [Path.cwd() / "runs", Path.cwd() / "models"]
-    return AppConfig(model=a.model or None, roots=[r.expanduser().resolve() for r in roots],
-                     max_tokens=max(1, a.max_tokens), map_budget_bytes=int(a.map_budget_mb * 2**20),
-                     pool_above=max(16, a.pool_above))
-
-
 def load_model(spec: str) -> Any:
     """:func:`interp.load` with failures turned into InputError (message shown to the user)."""
     try:
@@ -107,39 +66,11 @@ def load_model(spec: str) -> Any:
     return model.eval()
 
 
-def model_summary(model: Any) -> dict[str, Any]:
-    cfg = model.cfg
-    return {"name": getattr(cfg, "name", None) or getattr(cfg, "model_name", "?"),
-            "family": getattr(cfg, "family", None) or getattr(cfg, "original_architecture", "transformer"),
-            "layers": cfg.n_layers, "d_model": cfg.d_model, "vocab": cfg.d_vocab,
-            "hook points": len(model.hook_dict)}
-
-
-def default_prompt(spec: str, model: Any = None) -> str:
-    """The prompt a model starts with, by the task on its model card: a TokFSM prompt, a copying prompt; with no
-    card, the symbols of a digit tokenizer in order, else an English sentence."""
-    task = model_task(spec)
-    if task == "tokfsm":
-        return tokfsm_prompt_text(16)
-    if task == "copy":
-        return copy_prompt(12)
-    if isinstance(getattr(model, "tokenizer", None), DigitTokenizer):
-        return model.tokenizer.bos_token + ("".join(model.tokenizer.symbols) * 2)[:20]
-    return "The cat sat on the mat because it was tired."
-
-
 def folder_mtime(folder: str | os.PathLike) -> float:
-    """Latest modification time of a folder's own files: the cache key of what was loaded from it."""
-    return max((p.stat().st_mtime for p in Path(folder).iterdir()), default=0.0)
-
-
-@user_errors
-def sae_folder(folder: str, roots: Sequence[Path]) -> Path:
-    """An existing SAE folder inside ``roots``."""
-    path = loading.inside_roots(folder, roots)
-    if not path.exists():
-        raise InputError(f"The SAE folder {folder} does not exist.")
-    return path
+    """Latest modification time of a folder's own files (0 for a missing folder): the cache key of what was loaded
+    from it."""
+    path = Path(folder)
+    return max((p.stat().st_mtime for p in path.iterdir()), default=0.0) if path.is_dir() else 0.0
 
 
 def shorten(text: str, limit: int = 1200) -> str:

@@ -7,14 +7,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import streamlit as st
 
 from interp.apps import inputs as C
 from interp.attention import MapTooLargeError
-from interp.attention.methods import WHOLE_MODEL
-from interp.attention.views import attribution_rows, detail_map, rollout_map, thumbnail_maps, warm_up
+from interp.attention.views import MapView, map_view, thumbnail_maps, warm_up
 from interp.hooks.tokens import as_tokens
+from interp.tasks.prompts import default_prompt
 
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
 LINKED = "_linked"  # session key: view entries read from the URL that their widget has not checked yet
@@ -71,13 +70,10 @@ def _coerce(raw: Any, default: Any) -> Any:
         if text.lower() not in TRUE + FALSE:
             raise ValueError("not true or false")
         return text.lower() in TRUE
-    for kind, what in ((int, "not a whole number"), (float, "not a number")):
-        if isinstance(default, kind):
-            try:
-                return kind(text)
-            except ValueError:
-                raise ValueError(what) from None
-    return text
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ValueError("not a whole number" if isinstance(default, int) else "not a number") from None
 
 
 def set_view(**kw: Any) -> None:
@@ -130,15 +126,22 @@ def _checked(name: str, val: Any, options: list | None, kw: dict[str, Any]) -> A
     return val
 
 
+def checked(name: str, options: list | None = None, **bounds: Any) -> Any:
+    """View entry ``name`` as a :func:`widget` with these ``options`` / ``min_value`` / ``max_value`` would take it,
+    for a page that reads the view without drawing that widget."""
+    return _checked(name, view()[name], options, bounds)
+
+
 def widget(fn: Callable[..., Any], name: str, label: str, options: list | None = None, **kw: Any) -> Any:
     """A widget bound to view entry ``name`` (and the URL); a value outside ``options`` / ``min_value`` /
-    ``max_value`` falls back to the first option / the bound, noted if it came from the URL."""
+    ``max_value`` falls back to the first option / the bound, noted if it came from the URL (and quietly when the
+    options or bounds change under a value the widget holds)."""
     v = view()
     key = f"w_{name}"
     if key not in st.session_state:
         st.session_state[key] = _checked(name, v.get(name, DEFAULTS.get(name)), options, kw)
-    elif options is not None and st.session_state[key] not in options:
-        st.session_state[key] = options[0]
+    elif (val := _checked(name, st.session_state[key], options, kw)) != st.session_state[key]:
+        st.session_state[key] = val  # its options or bounds changed (another model, codebook, site or prompt)
     out = fn(label, options, key=key, **kw) if options is not None else fn(label, key=key, **kw)
     v[name] = out
     return out
@@ -193,7 +196,8 @@ def model_spec() -> tuple[str, str | None]:
 
 
 def current(need_prompt: bool = True) -> tuple[str, Any, Any] | None:
-    """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt)."""
+    """(spec, model, tokens [1, L]) of the view, or None after showing why (bad model / prompt). The first model of
+    a session gives the view its default prompt (:func:`interp.tasks.prompts.default_prompt`) unless one is set."""
     if (got := attempt(model_spec)) is None:
         return None
     spec, note = got
@@ -201,17 +205,26 @@ def current(need_prompt: bool = True) -> tuple[str, Any, Any] | None:
         st.info(note)
     if (model := attempt(cached_model, spec)) is None:
         return None
-    tokens = prompt_tokens(spec, model) if need_prompt else None
+    v = view()
+    if v["prompt"] == "" and "prompt_set" not in st.session_state:
+        v["prompt"] = default_prompt(spec, model)
+    st.session_state["prompt_set"] = True
+    tokens = prompt_tokens(model) if need_prompt else None
     return None if need_prompt and tokens is None else (spec, model, tokens)
 
 
-def prompt_tokens(spec: str, model: Any) -> Any:
-    """The view's prompt (the model's default prompt at first) as tokens [1, L], its warnings shown; or None after
-    showing why it is refused."""
+def show(page: Callable[[str, Any, Any], None], title: str | None = None, need_prompt: bool = True) -> None:
+    """A page: ``title``, then ``page(spec, model, tokens)`` once the view's model and prompt load (:func:`current`;
+    tokens None without ``need_prompt``), else the message saying why they do not."""
+    if title:
+        st.title(title)
+    if (got := current(need_prompt)) is not None:
+        page(*got)
+
+
+def prompt_tokens(model: Any) -> Any:
+    """The view's prompt as tokens [1, L], its warnings shown; or None after showing why it is refused."""
     v = view()
-    if v["prompt"] == "" and "prompt_set" not in st.session_state:
-        v["prompt"] = C.default_prompt(spec, model)
-    st.session_state["prompt_set"] = True
 
     def checked() -> Any:
         for w in C.validate_prompt(v["prompt"], config().max_tokens * 32):
@@ -248,27 +261,20 @@ def tensor_of(model: Any, key: tuple[int, ...]) -> Any:
     return as_tokens(model, [list(key)])
 
 
-ANALYSES = {"detail": detail_map, "rows": attribution_rows, "rollout": rollout_map, "thumbs": thumbnail_maps}
+ANALYSES = {"view": map_view, "thumbs": thumbnail_maps}
 
 
 @st.cache_data(show_spinner="Computing…", max_entries=64)
-def cached(kind: str, spec: str, toks: tuple, *args: Any) -> Any:
-    """``ANALYSES[kind](model, tokens, *args)`` of model ``spec`` on the tokens of cache key ``toks``."""
+def cached(kind: str, spec: str, toks: tuple, **kw: Any) -> Any:
+    """``ANALYSES[kind](model, tokens, **kw)`` of model ``spec`` on the tokens of cache key ``toks``."""
     model = cached_model(spec)
-    return ANALYSES[kind](model, tensor_of(model, toks), *args)
+    return ANALYSES[kind](model, tensor_of(model, toks), **kw)
 
 
-def interaction_map(spec: str, tokens: Any, source: str, layer: int, agg: Any, norm: str, q: int,
-                    roll: bool = False) -> tuple[np.ndarray, list[int] | None]:
-    """(map, its query rows or None for all) of the view: for a whole-model source over ``lrp_full_max`` tokens
-    only query ``q`` and the last 8 rows; else the rollout (``roll``) or layer ``layer``'s map."""
-    cfg, L, key = config(), tokens.shape[1], key_of(tokens)
-    if source in WHOLE_MODEL and L > cfg.lrp_full_max:
-        rows = sorted({int(q) % L, *range(max(0, L - 8), L)})
-        return cached("rows", spec, key, tuple(rows), source, norm), rows
-    if roll:
-        return cached("rollout", spec, key, source, agg, norm, cfg.map_budget_bytes), None
-    return cached("detail", spec, key, int(layer), source, agg, norm, cfg.map_budget_bytes), None
+def interaction_map(spec: str, tokens: Any, **kw: Any) -> MapView:
+    """The view's interaction map (:func:`interp.attention.views.map_view`), cached, within the app's budgets."""
+    cfg = config()
+    return cached("view", spec, key_of(tokens), all_rows_max=cfg.lrp_full_max, max_bytes=cfg.map_budget_bytes, **kw)
 
 
 @st.cache_resource(show_spinner="Loading the SAE…", max_entries=4)

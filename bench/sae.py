@@ -250,7 +250,7 @@ def cache_ours(model: Any, tokens: Tensor, hook: str, out: Path, model_batch: in
     from interp.activations import cache_activations
 
     manifest = cache_activations(
-        model, tokens.split(model_batch), hooks=[hook], out=out, dtype=torch.float32, shard_tokens=shard_tokens,
+        model, tokens.split(model_batch), hook=[hook], out=out, dtype=torch.float32, shard_tokens=shard_tokens,
         drop_bos=False, drop_pad=False, progress=False,
     )
     return manifest.n_rows

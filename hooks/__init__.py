@@ -11,6 +11,7 @@ import importlib
 from typing import Any
 
 from .config import SSMConfig, is_ssm
+from .insert import Insertion, insert, inserted, remove  # eager: the function ``insert`` must shadow the submodule
 from .protocol import HookedModel, HookedModelConfig
 
 # public name -> submodule that defines it
@@ -22,7 +23,8 @@ _LAZY = {
     "HookedTransformerModel": ".transformer",
 }
 
-__all__ = sorted([*_LAZY, "HookedModel", "HookedModelConfig", "SSMConfig", "is_ssm"])
+__all__ = sorted([*_LAZY, "HookedModel", "HookedModelConfig", "SSMConfig", "is_ssm", "Insertion", "insert",
+                  "inserted", "remove"])
 
 
 def __getattr__(name: str) -> Any:

@@ -102,6 +102,16 @@ class SSMConfig:
         ``tokens[:, -cfg.n_ctx:]``) work unchanged. Memory, not the architecture, bounds real inputs."""
         return UNBOUNDED_CTX
 
+    @property
+    def model_name(self) -> str:
+        """The model's name (TransformerLens's name for :attr:`name`)."""
+        return self.name
+
+    @property
+    def original_architecture(self) -> str:
+        """The architecture (TransformerLens's name; here the SSM family, "mamba1" or "mamba2")."""
+        return self.family
+
     # --- heads view -------------------------------------------------------------------------
     @property
     def H(self) -> int:

@@ -38,6 +38,14 @@ def layer_of(hook_name: str) -> int | None:
     return -1 if hook_name in PRE_BLOCK_HOOKS else None
 
 
+def residual_hooks(model: Any, sides: Iterable[str] = ("pre", "post")) -> list[str]:
+    """The residual stream's hook names in forward order: ``hook_embed``, then each block's ``hook_resid_{side}``
+    for ``sides`` ("pre", "mid", "post"), those the model has."""
+    sides = tuple(sides)
+    names = ["hook_embed"] + [f"blocks.{i}.hook_resid_{s}" for i in range(model.cfg.n_layers) for s in sides]
+    return [n for n in names if n in model.hook_dict]
+
+
 def absolute_positions(source: Any, length: int, device: torch.device | str | None = None) -> Tensor:
     """The absolute positions (int64 [length]) of the position axis a hook sees in the current forward.
 

@@ -26,7 +26,7 @@ Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,7 +40,8 @@ from interp.metrics import next_token_cross_entropy
 from .api import InterpModelMixin
 from .config import SSMConfig
 from .hook_points import HookPoint
-from .scan import chunked_scan, expand_groups, read_state, sequential_scan, update_state
+from .scan import apply_state_edits, chunked_scan, read_state, scan_with_states, update_state
+from .shapes import hook_shapes_by_meta_forward
 from .tokens import check_token_ids
 
 _ACTIVATIONS = {"silu": F.silu, "identity": lambda x: x}
@@ -299,60 +300,6 @@ def _resolve_positions(state_positions: Sequence[int] | None, L: int, offset: in
     return sorted(local)
 
 
-def scan_with_states(
-    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-    h0: Tensor | None, positions: list[int], chunk_size: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Scan that also returns h_t at the sorted local ``positions``: (y, final, states [b, k, H, P, N]).
-
-    Dense requests use the sequential scan; sparse ones split the sequence at the positions and
-    run the chunked scan on each segment, carrying the state across.
-    """
-    L = u.shape[1]
-    if len(positions) * 8 >= L:
-        y, hs = sequential_scan(u.float(), dt.float(), A, B.float(), C.float(), D, None if h0 is None else h0.float())
-        return y.to(u.dtype), hs[:, -1], hs[:, positions]
-    ys, states, h = [], [], h0
-    start = 0
-    for end in [p + 1 for p in positions] + [L]:
-        if end > start:
-            y_seg, h = chunked_scan(u[:, start:end], dt[:, start:end], A, B[:, start:end], C[:, start:end], D, h, chunk_size)
-            ys.append(y_seg)
-        if end - 1 in positions and len(states) < len(positions):
-            states.append(h)
-        start = end
-    return torch.cat(ys, dim=1), h, torch.stack(states, dim=1)
-
-
-def apply_state_edits(
-    y: Tensor, h_final: Tensor, delta: Tensor, positions: list[int], dt: Tensor, A: Tensor, C: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Propagate state edits through the rest of the recurrence, exactly.
-
-    The recurrence is linear in h, so adding δ to h_p adds exp(A (S_t - S_p)) ⊙ δ to every later
-    state h_t (S = cumsum Δ) and C_t · that to y_t, for t >= p. delta: [b, k, H, P, N]. Each edit
-    is applied as a difference; with one position this equals setting the state.
-    """
-    y, h_final = y.clone(), h_final.clone()
-    L, H = y.shape[1], y.shape[2]
-    Ch = expand_groups(C.float(), H)  # [b, L, H, N]
-    for j, p in enumerate(positions):
-        d = delta[:, j].float()  # [b, H, P, N]
-        if not torch.any(d):
-            continue
-        # log decay from p to t, t = p..L-1 (zero at t = p), cumulated forward: [b, L-p, H(, N)]
-        log_a = dt[:, p + 1:].float()[..., None] * A if A.dim() == 2 else dt[:, p + 1:].float() * A
-        cum = F.pad(log_a.cumsum(dim=1), (0, 0) * (log_a.dim() - 2) + (1, 0))  # pad t at the front
-        if A.dim() == 2:
-            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:] * torch.exp(cum), d)
-            h_final += torch.exp(cum[:, -1])[:, :, None, :] * d
-        else:
-            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:], d) * torch.exp(cum)[..., None]
-            h_final += torch.exp(cum[:, -1])[:, :, None, None] * d
-        y[:, p:] += corr.to(y.dtype)
-    return y, h_final
-
-
 # --------------------------------------------------------------------------------------------
 # block and model
 # --------------------------------------------------------------------------------------------
@@ -568,22 +515,19 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
     # --- shapes for the cache estimate ------------------------------------------------------
     def hook_shapes(self, batch: int, seq_len: int, state_positions: Sequence[int] | None = None,
                     **_: object) -> dict[str, tuple[int, ...]]:
-        cfg = self.cfg
-        b, L, d = batch, seq_len, cfg.d_model
-        k = L if state_positions is None else len(_resolve_positions(state_positions, L, 0))
-        per_layer = {
-            "hook_resid_pre": (b, L, d), "ln1.hook_normalized": (b, L, d), "ssm.hook_in": (b, L, d),
-            "ssm.hook_x": (b, L, cfg.d_inner), "ssm.hook_z": (b, L, cfg.d_inner),
-            "ssm.hook_conv": (b, L, cfg.conv_channels), "ssm.hook_u": (b, L, cfg.H, cfg.P),
-            "ssm.hook_dt": (b, L, cfg.H), "ssm.hook_B": (b, L, cfg.G, cfg.d_state),
-            "ssm.hook_C": (b, L, cfg.G, cfg.d_state), "ssm.hook_state": (b, k, cfg.H, cfg.P, cfg.d_state),
-            "ssm.hook_y": (b, L, cfg.H, cfg.P), "ssm.hook_gated": (b, L, cfg.d_inner),
-            "ssm.hook_out": (b, L, d), "hook_mixer_out": (b, L, d), "hook_resid_post": (b, L, d),
-        }
-        shapes = {"hook_embed": (b, L, d), "ln_final.hook_normalized": (b, L, d)}
-        for i in range(cfg.n_layers):
-            shapes.update({f"blocks.{i}.{k_}": s for k_, s in per_layer.items()})
+        """Shape of every hook's activation for a [batch, seq_len] forward, found by running this model's forward
+        on the meta device (:mod:`interp.hooks.shapes`); ``ssm.hook_state`` has one entry per requested
+        ``state_positions`` inside the sequence (all positions by default)."""
+        shapes = hook_shapes_by_meta_forward(self, self._meta_twins, batch, seq_len)
+        if state_positions is not None:
+            k = len(_resolve_positions(state_positions, seq_len, 0))
+            shapes = {n: (s[0], k, *s[2:]) if n.endswith(".ssm.hook_state") else s for n, s in shapes.items()}
         return shapes
+
+    def _meta_twins(self) -> list["HookedSSM"]:
+        """A copy of this model on the meta device (parameters with shapes and no storage)."""
+        with torch.device("meta"):
+            return [HookedSSM(replace(self.cfg, device="meta"))]
 
 
 def _is_hf(tokenizer: object) -> bool:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["HookedModel", "HookedModelConfig"]
+__all__ = ["HookedModel", "HookedModelConfig", "describe"]
 
 
 @runtime_checkable
@@ -26,6 +26,8 @@ class HookedModelConfig(Protocol):
     """The config fields both families share, with TransformerLens's names (``SSMConfig`` and
     ``HookedTransformerConfig`` both satisfy it)."""
 
+    model_name: str  # the model's name
+    original_architecture: str | None  # "mamba1" / "mamba2"; a transformer: its Hugging Face class, or None
     d_vocab: int  # number of token ids: the embedding's rows, the logits' last dimension
     n_layers: int  # residual blocks
     d_model: int  # residual stream width
@@ -78,3 +80,10 @@ class HookedModel(Protocol):
 
     def generate(self, input: Any, max_new_tokens: int = ..., **kwargs: Any) -> Any:
         ...
+
+
+def describe(model: HookedModel) -> dict[str, Any]:
+    """What a model is, in a few fields: name, architecture, layers, d_model, vocabulary size, hook points."""
+    cfg = model.cfg
+    return {"name": cfg.model_name, "architecture": cfg.original_architecture or "transformer", "layers": cfg.n_layers,
+            "d_model": cfg.d_model, "vocab": cfg.d_vocab, "hook points": len(model.hook_dict)}

@@ -17,6 +17,9 @@ Recurrence (exact definition; :func:`sequential_scan` is its reference implement
 
 The fast paths never divide prefix products: decays are cumulative sums of ``Δ A <= 0`` in log
 space, with the causal mask applied before ``exp``.
+
+States at chosen positions (what ``ssm.hook_state`` shows) come from :func:`scan_with_states`; an edit of
+them is carried through the rest of the recurrence, exactly, by :func:`apply_state_edits`.
 """
 
 from __future__ import annotations
@@ -231,3 +234,60 @@ def read_state(h: Tensor, C: Tensor) -> Tensor:
     """y contribution of a state: h [b, H, P, N], C [b, G, N] -> [b, H, P]."""
     Ch = expand_groups(C[:, None], h.shape[1])[:, 0]
     return torch.einsum("bhpn,bhn->bhp", h, Ch)
+
+
+# --------------------------------------------------------------------------------------------
+# states at chosen positions, and editing them
+# --------------------------------------------------------------------------------------------
+def scan_with_states(
+    u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
+    h0: Tensor | None, positions: list[int], chunk_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Scan that also returns h_t at the sorted local ``positions``: (y, final, states [b, k, H, P, N]).
+
+    Dense requests use the sequential scan; sparse ones split the sequence at the positions and
+    run the chunked scan on each segment, carrying the state across.
+    """
+    L = u.shape[1]
+    if len(positions) * 8 >= L:
+        y, hs = sequential_scan(u.float(), dt.float(), A, B.float(), C.float(), D, None if h0 is None else h0.float())
+        return y.to(u.dtype), hs[:, -1], hs[:, positions]
+    ys, states, h = [], [], h0
+    start = 0
+    for end in [p + 1 for p in positions] + [L]:
+        if end > start:
+            y_seg, h = chunked_scan(u[:, start:end], dt[:, start:end], A, B[:, start:end], C[:, start:end], D, h, chunk_size)
+            ys.append(y_seg)
+        if end - 1 in positions and len(states) < len(positions):
+            states.append(h)
+        start = end
+    return torch.cat(ys, dim=1), h, torch.stack(states, dim=1)
+
+
+def apply_state_edits(
+    y: Tensor, h_final: Tensor, delta: Tensor, positions: list[int], dt: Tensor, A: Tensor, C: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Propagate state edits through the rest of the recurrence, exactly.
+
+    The recurrence is linear in h, so adding δ to h_p adds exp(A (S_t - S_p)) ⊙ δ to every later
+    state h_t (S = cumsum Δ) and C_t · that to y_t, for t >= p. delta: [b, k, H, P, N]. Each edit
+    is applied as a difference; with one position this equals setting the state.
+    """
+    y, h_final = y.clone(), h_final.clone()
+    H = y.shape[2]
+    Ch = expand_groups(C.float(), H)  # [b, L, H, N]
+    for j, p in enumerate(positions):
+        d = delta[:, j].float()  # [b, H, P, N]
+        if not torch.any(d):
+            continue
+        # log decay from p to t, t = p..L-1 (zero at t = p), cumulated forward: [b, L-p, H(, N)]
+        log_a = _decay_log(dt[:, p + 1:].float(), A)
+        cum = F.pad(log_a.cumsum(dim=1), (0, 0) * (log_a.dim() - 2) + (1, 0))  # pad t at the front
+        if A.dim() == 2:
+            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:] * torch.exp(cum), d)
+            h_final += torch.exp(cum[:, -1])[:, :, None, :] * d
+        else:
+            corr = torch.einsum("bthn,bhpn->bthp", Ch[:, p:], d) * torch.exp(cum)[..., None]
+            h_final += torch.exp(cum[:, -1])[:, :, None, None] * d
+        y[:, p:] += corr.to(y.dtype)
+    return y, h_final

@@ -8,7 +8,7 @@ token of work per step) while every attached hook fires at every step, exactly a
 :class:`~interp.hooks.HookedSSM`.
 
 Loading (safetensors only, weights exactly as Hugging Face has them: no LayerNorm folding, no
-centering, so logits equal the Hugging Face model's):
+centering, so logits equal the Hugging Face model's; the conversion is :mod:`interp.hooks.convert_hf`):
 
 * a folder written by ``transformers`` ``save_pretrained`` (``model_type`` gpt2 or gpt_neox);
 * a folder written by :meth:`HookedTransformerModel.save_pretrained` (``model_type``
@@ -21,11 +21,11 @@ A tiny model for training is ``HookedTransformerModel(HookedTransformerConfig(..
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,158 +39,13 @@ from transformer_lens.hook_points import HookPoint as _TLHookPoint
 from transformer_lens.utilities.defaults_utils import USE_DEFAULT_VALUE
 
 from .api import InterpModelMixin, as_filter
+from .convert_hf import MODEL_TYPE, SUPPORTED_MODEL_TYPES, cfg_from_json, cfg_to_json, hf_to_tl, unsupported_model_error
 from .hook_points import HookPoint
-from .loading import CheckpointError
+from .loading import WEIGHT_FILE, CheckpointError
+from .shapes import hook_shapes_by_meta_forward, meta_shapes
 from .tokens import check_token_ids
 
-MODEL_TYPE = "hooked_transformer"
-WEIGHT_FILE = "model.safetensors"
-SUPPORTED_MODEL_TYPES = ("gpt2", "gpt_neox", MODEL_TYPE)
 
-# HookedTransformerConfig fields never written to / read from config.json: derived in
-# __post_init__ or from the tokenizer, machine-specific, or with side effects (seed reseeds torch).
-_CFG_SKIP = {"device", "n_devices", "n_params", "seed", "tokenizer_prepends_bos", "init_weights", "dtype"}
-
-
-# --------------------------------------------------------------------------------------------
-# Hugging Face config / weights -> TransformerLens
-# --------------------------------------------------------------------------------------------
-class _Tree:
-    """Attribute view of a flat state dict (``tree.transformer.h[0].ln_1.weight``), so that
-    TransformerLens's weight converters, written against HF module trees, run on safetensors."""
-
-    def __init__(self, state: dict[str, Tensor], prefix: str = ""):
-        self._state, self._prefix = state, prefix
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        key = self._prefix + name
-        if key in self._state:
-            return self._state[key]
-        if any(k.startswith(key + ".") for k in self._state):
-            return _Tree(self._state, key + ".")
-        raise AttributeError(f"checkpoint has no tensor {key!r}")
-
-    def __getitem__(self, i: int) -> Any:
-        return getattr(self, str(i))
-
-
-def _gpt2_cfg(hf: Any) -> dict[str, Any]:
-    n_embd, n_head = hf.n_embd, hf.n_head
-    return {
-        "d_model": n_embd, "d_head": n_embd // n_head, "n_heads": n_head,
-        "d_mlp": getattr(hf, "n_inner", None) or 4 * n_embd, "n_layers": hf.n_layer,
-        "n_ctx": hf.n_positions, "eps": hf.layer_norm_epsilon, "d_vocab": hf.vocab_size,
-        "act_fn": hf.activation_function, "use_attn_scale": getattr(hf, "scale_attn_weights", True),
-        "use_local_attn": False,
-        "scale_attn_by_inverse_layer_idx": bool(getattr(hf, "scale_attn_by_inverse_layer_idx", False)),
-        "normalization_type": "LN", "positional_embedding_type": "standard",
-        "original_architecture": "GPT2LMHeadModel",
-    }
-
-
-def _neox_cfg(hf: Any) -> dict[str, Any]:
-    from transformer_lens.loading_from_pretrained import _get_rope_theta
-    from transformer_lens.utilities.hf_utils import get_rotary_pct_from_config
-
-    d_head = hf.hidden_size // hf.num_attention_heads
-    return {
-        "d_model": hf.hidden_size, "d_head": d_head, "n_heads": hf.num_attention_heads,
-        "d_mlp": hf.intermediate_size, "n_layers": hf.num_hidden_layers, "n_ctx": hf.max_position_embeddings,
-        "eps": hf.layer_norm_eps, "d_vocab": hf.vocab_size, "act_fn": hf.hidden_act, "use_attn_scale": True,
-        "use_local_attn": False, "scale_attn_by_inverse_layer_idx": False,
-        "parallel_attn_mlp": getattr(hf, "use_parallel_residual", True),
-        "positional_embedding_type": "rotary", "rotary_adjacent_pairs": False,
-        "rotary_dim": round(get_rotary_pct_from_config(hf) * d_head), "rotary_base": _get_rope_theta(hf),
-        "normalization_type": "LN", "default_prepend_bos": False,
-        "original_architecture": "GPTNeoXForCausalLM",
-    }
-
-
-def _convert_gpt2(state: dict[str, Tensor], cfg: HookedTransformerConfig) -> dict[str, Tensor]:
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
-
-    state = dict(state)
-    if not any(k.startswith("transformer.") for k in state):  # saved from GPT2Model (no LM head)
-        state = {f"transformer.{k}": v for k, v in state.items()}
-    if "lm_head.weight" not in state:  # tied embeddings are stored once
-        state["lm_head.weight"] = state["transformer.wte.weight"]
-    return convert_gpt2_weights(_Tree(state), cfg)
-
-
-def _convert_neox(state: dict[str, Tensor], cfg: HookedTransformerConfig) -> dict[str, Tensor]:
-    from transformer_lens.pretrained.weight_conversions.neox import convert_neox_weights
-
-    state = dict(state)
-    if "lm_head.weight" not in state and "embed_out.weight" not in state:
-        state["lm_head.weight"] = state["gpt_neox.embed_in.weight"]  # tie_word_embeddings=True
-    return convert_neox_weights(_Tree(state), cfg)
-
-
-_HF_KINDS = {"gpt2": (_gpt2_cfg, _convert_gpt2), "gpt_neox": (_neox_cfg, _convert_neox)}
-
-
-def _unsupported(model_type: Any, where: str) -> ValueError:
-    return ValueError(
-        f"{where}: model_type {model_type!r} is not supported by the transformer adapter. Supported model "
-        f"types: {', '.join(SUPPORTED_MODEL_TYPES)} (Mamba / Mamba-2 load through interp.load as HookedSSM). "
-        "Other architectures TransformerLens knows can be loaded by their TransformerLens name "
-        "(HookedTransformerModel.from_pretrained('gpt2'), needs network)."
-    )
-
-
-def _hf_to_tl(hf_config: Any, state: dict[str, Tensor], where: str, dtype: torch.dtype | None,
-              default_prepend_bos: bool | None = None) -> tuple[HookedTransformerConfig, dict[str, Tensor]]:
-    mt = getattr(hf_config, "model_type", None)
-    if mt not in _HF_KINDS:
-        raise _unsupported(mt, where)
-    make_cfg, convert = _HF_KINDS[mt]
-    cfg_dict = make_cfg(hf_config)
-    cfg_dict.update(
-        model_name=Path(str(getattr(hf_config, "_name_or_path", "") or mt)).name or mt,
-        init_weights=False, device="cpu", dtype=dtype or torch.float32, tokenizer_name=None,
-    )
-    if default_prepend_bos is not None:
-        cfg_dict["default_prepend_bos"] = default_prepend_bos
-    cfg = HookedTransformerConfig.from_dict(cfg_dict)
-    try:
-        tl_state = convert(state, cfg)
-    except (AttributeError, KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{where}: weights do not match a {mt} model of this config: {e}") from e
-    return cfg, tl_state
-
-
-def _cfg_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in cfg.to_dict().items():
-        if k in _CFG_SKIP:
-            continue
-        try:
-            json.dumps(v)
-        except (TypeError, ValueError):
-            continue
-        out[k] = v
-    out["dtype"] = str(cfg.dtype).removeprefix("torch.")
-    return out
-
-
-def _cfg_from_json(d: dict[str, Any], dtype: torch.dtype | None) -> HookedTransformerConfig:
-    saved_dtype = getattr(torch, str(d.get("dtype", "float32")), None)
-    valid = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
-    unknown = sorted(set(d) - valid)
-    if unknown:
-        warnings.warn(f"ignoring unknown HookedTransformerConfig fields in config.json: {unknown}", stacklevel=3)
-    d = {k: v for k, v in d.items() if k in valid and k not in _CFG_SKIP}
-    if not isinstance(saved_dtype, torch.dtype):
-        saved_dtype = torch.float32
-    d.update(init_weights=False, device="cpu", dtype=dtype or saved_dtype)
-    return HookedTransformerConfig.from_dict(d)
-
-
-# --------------------------------------------------------------------------------------------
-# the model
-# --------------------------------------------------------------------------------------------
 class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     """A TransformerLens ``HookedTransformer`` with the toolkit's API (same as ``HookedSSM``).
 
@@ -411,51 +266,34 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
 
     # --- shapes for the cache estimate --------------------------------------------------------
     def hook_shapes(self, batch: int, seq_len: int, **_: Any) -> dict[str, tuple[int, ...]]:
-        """Shape of every hook's activation for a [batch, seq_len] forward (no KV cache)."""
-        return {name: self._hook_shape(name, batch, seq_len) for name in self.hook_dict}
+        """Shape of every hook's activation for a [batch, seq_len] forward (no KV cache), found by running this
+        model's forward on the meta device (:mod:`interp.hooks.shapes`); hooks the config switches off
+        (:meth:`hook_enabled`) have the shape they take when switched on, and hooks that never fire (MLP hooks
+        of an attention-only block) have none."""
+        return hook_shapes_by_meta_forward(self, self._meta_twins, batch, seq_len)
 
-    def _hook_shape(self, name: str, b: int, L: int) -> tuple[int, ...]:
-        cfg = self.cfg
-        d, H, dh = cfg.d_model, cfg.n_heads, cfg.d_head
-        kv = cfg.n_key_value_heads if cfg.n_key_value_heads and not cfg.ungroup_grouped_query_attention else H
-        last = name.rsplit(".", 1)[-1]
-        split_ln1 = ".ln1." in name and (cfg.use_split_qkv_input or cfg.use_attn_in)
-        if last == "hook_tokens":
-            return (b, L)
-        if name == "unembed.hook_out":
-            return (b, L, cfg.d_vocab_out)
-        if last == "hook_scale":
-            return (b, L, H, 1) if split_ln1 else (b, L, 1)
-        if last == "hook_normalized" and split_ln1:
-            return (b, L, H, d)
-        if ".attn." in name or name.endswith(("hook_q_input", "hook_k_input", "hook_v_input", "hook_attn_in")):
-            if last in ("hook_q", "hook_z", "hook_rot_q"):
-                return (b, L, H, dh)
-            if last in ("hook_k", "hook_v", "hook_rot_k"):
-                return (b, L, kv, dh)
-            if last in ("hook_attn_scores", "hook_pattern"):
-                return (b, H, L, L)
-            if last in ("hook_result", "hook_q_input", "hook_attn_in"):
-                return (b, L, H, d)
-            if last in ("hook_k_input", "hook_v_input"):
-                return (b, L, kv if cfg.n_key_value_heads else H, d)
-        if ".mlp." in name and last in ("hook_pre", "hook_post", "hook_pre_linear", "hook_gate", "hook_mid"):
-            return (b, L, cfg.d_mlp or 4 * d)
-        return (b, L, d)
+    def _meta_twins(self) -> Iterator["HookedTransformerModel"]:
+        """Copies of this model on the meta device: its own config, then, if the config switches any hook off,
+        the config with every switch on (TransformerLens refuses ``use_attn_in`` with grouped-query attention
+        and ``use_hook_mlp_in`` without MLPs, so those hooks never fire and have no shape)."""
+        cfg = self.cfg.to_dict()
+        meta = {"device": "meta", "n_devices": 1, "init_weights": False, "seed": None, "tokenizer_name": None}
+        allowed = {"use_attn_result": True, "use_split_qkv_input": True,
+                   "use_attn_in": cfg["n_key_value_heads"] is None, "use_hook_mlp_in": not cfg["attn_only"]}
+        switched_on = {k: True for k, ok in allowed.items() if ok and not cfg[k]}
+        for extra in ({}, switched_on) if switched_on else ({},):
+            with torch.device("meta"):  # parameters get shapes and no storage
+                twin = HookedTransformerModel(HookedTransformerConfig.from_dict({**cfg, **meta, **extra}),
+                                              move_to_device=False)
+            yield twin
 
     def hook_enabled(self, name: str) -> bool:
-        """Whether a hook fires with the current config (TransformerLens computes some activations,
-        e.g. ``attn.hook_result``, only when the matching ``cfg.use_*`` flag is on)."""
-        cfg, last = self.cfg, name.rsplit(".", 1)[-1]
-        if last == "hook_result":
-            return bool(cfg.use_attn_result)
-        if last in ("hook_q_input", "hook_k_input", "hook_v_input"):
-            return bool(cfg.use_split_qkv_input)
-        if last == "hook_attn_in":
-            return bool(cfg.use_attn_in)
-        if last == "hook_mlp_in":
-            return bool(cfg.use_hook_mlp_in)
-        return True
+        """Whether a hook fires with the current config, as the meta-device forward found (TransformerLens
+        computes some activations, e.g. ``attn.hook_result``, only when the matching ``cfg.use_*`` flag is
+        on, and an attention-only block never fires its MLP hooks). Hook points of modules inserted into the
+        model (an SAE, a codebook) fire with their host and count as enabled."""
+        found = meta_shapes(self, self._meta_twins)
+        return name in found.fires or name not in found.names
 
     def run_with_cache(self, *model_args: Any, names_filter: Any = None, return_cache_object: bool = True,
                        **kwargs: Any) -> Any:
@@ -517,10 +355,10 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         mt = raw.get("model_type")
         where = str(folder / "config.json")
         if mt not in SUPPORTED_MODEL_TYPES:
-            raise _unsupported(mt, where)
+            raise unsupported_model_error(mt, where)
         state = loading.read_safetensors(folder)
         if mt == MODEL_TYPE:
-            cfg = _cfg_from_json(raw.get("hooked_transformer_config", {}), dtype)
+            cfg = cfg_from_json(raw.get("hooked_transformer_config", {}), dtype)
             if default_prepend_bos is not None:
                 cfg.default_prepend_bos = default_prepend_bos
             tl_state = state
@@ -532,7 +370,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
             except (TypeError, ValueError, KeyError) as e:
                 raise CheckpointError(f"{where}: not a valid {mt} config: {e}") from e
             hf_cfg._name_or_path = str(folder)
-            cfg, tl_state = _hf_to_tl(hf_cfg, state, where, dtype, default_prepend_bos)
+            cfg, tl_state = hf_to_tl(hf_cfg, state, where, dtype, default_prepend_bos)
         tokenizer = loading.load_tokenizer(folder)
         tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # never fetch one while loading
         model = cls(cfg, tokenizer=tokenizer, move_to_device=False)
@@ -588,7 +426,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         name = type(hf_model).__name__
         p = next(hf_model.parameters())
         state = {k: v.detach() for k, v in hf_model.state_dict().items()}
-        cfg, tl_state = _hf_to_tl(hf_cfg, state, name, dtype or p.dtype, default_prepend_bos)
+        cfg, tl_state = hf_to_tl(hf_cfg, state, name, dtype or p.dtype, default_prepend_bos)
         model = cls(cfg, tokenizer=tokenizer, move_to_device=False)
         model.load_weights(tl_state, source=name)
         return model._place(device or p.device, dtype or p.dtype)
@@ -651,7 +489,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cfg_json = {"model_type": MODEL_TYPE, "architectures": ["HookedTransformer"],
-                    "hooked_transformer_config": _cfg_to_json(self.cfg)}
+                    "hooked_transformer_config": cfg_to_json(self.cfg)}
         (folder / "config.json").write_text(json.dumps(cfg_json, indent=2))
         params = dict(self.named_parameters())
         state: dict[str, Tensor] = {}

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("interp.demo", "run the main job on the embedded default model and write an HTML report"),
     "train": ("interp.zoo.train", "train an embedded model from its recipe (checkpoints, resume)"),
     "evaluate": ("interp.zoo.evaluate", "evaluate an embedded model (transition or copy accuracy)"),
-    "attention": ("interp.attention.evaluate", "copying benchmark and perturbation curves of interaction maps"),
+    "attention": ("interp.attention.cli", "copying benchmark and perturbation curves of interaction maps"),
     "cache": ("interp.activations.cli", "cache hook activations of a model over a token stream to disk shards"),
     "train-sae": ("interp.sae.cli", "train a sparse autoencoder from a config (cached or streamed; torchrun DDP)"),
     "app": ("interp.app_cli", "start the Streamlit app on 127.0.0.1 (interp app [--model NAME])"),

@@ -261,7 +261,7 @@ def codebook_section(name: str, tokens: torch.Tensor, str_tokens: list[str]) -> 
     cb = load_codebook_model(cb_name)
     accuracy = transition_accuracy(cb)
     run = collect_codes(cb, tokens, keep_inputs=False)
-    fig = code_figure({s: run.ids[s][0, :, 0] for s in run.sites}, str_tokens,
+    fig = code_figure({s: run.ids[s][0, :, 0] for s in run.hooks}, str_tokens,
                       f"{cb_name}: code chosen at each position (one row per codebook)")
     return CodebookSection(cb_name, accuracy, fig)
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from interp.hooks import HookedModel
+from interp.hooks.tokens import as_tokens
 
 __all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES",
            "WINDOW", "MAX_WINDOW", "clamp_window"]
@@ -110,13 +111,18 @@ def clamp_window(n_tokens: int, start: int = 0, length: int = WINDOW) -> tuple[i
 
 
 @torch.no_grad()
-def logit_lens(model: HookedModel, tokens: torch.Tensor, start: int = 0, length: int | None = None) -> LogitLens:
-    """The logit lens of ``tokens`` ([L] or [1, L]) over positions ``start .. start + length - 1``.
+def logit_lens(model: HookedModel, tokens: Any, *, start: int = 0, length: int | None = None) -> LogitLens:
+    """The logit lens of one prompt ``tokens`` (a text, ids [L] or [1, L]) over positions
+    ``start .. start + length - 1``.
 
     The whole prompt runs (a position's residual stream depends on its prefix); only the window is read out,
     one layer at a time, so memory stays at [P, vocab]. Works for every hookable model (SSMs and
-    transformers): ``model.unembed(model.ln_final(resid))``."""
-    tokens = tokens.reshape(1, -1) if tokens.dim() == 1 else tokens[:1]
+    transformers): ``model.unembed(model.ln_final(resid))``. A batch [b, L] with b > 1 raises ValueError:
+    take one lens per row."""
+    tokens = as_tokens(model, tokens)
+    if tokens.shape[0] != 1:
+        raise ValueError(f"logit_lens() reads one prompt, tokens [L] or [1, L]; got tokens of shape "
+                         f"{tuple(tokens.shape)}: take one lens per row")
     L = tokens.shape[1]
     lo, hi = lens_window(L, start, length)
     hooks = tuple(f"blocks.{k}.hook_resid_post" for k in range(model.cfg.n_layers))

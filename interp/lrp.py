@@ -39,8 +39,9 @@ What counts as input, what as bias (for conservation)
     bias sits inside the detached Δ and is left alone); transformer ``b_Q, b_K, b_V, b_O, b_in,
     b_out``, LayerNorm ``b`` and ``b_U``. With them zeroed, ``Σ relevance = logit``.
 
-Padded batches (``attention_mask``) are not supported by the rules; explain one sequence at a time
-(:func:`interaction_rows` batches copies of one sequence internally).
+Padded batches (``attention_mask``) are not supported by the rules: :func:`explain` and :func:`interaction_rows`
+take one sequence, [L] or [1, L], and refuse a batch with a ValueError (loop over its rows);
+:func:`interaction_rows` batches copies of its one sequence internally.
 
 Example::
 
@@ -48,7 +49,7 @@ Example::
     attr.relevance                                     # [pos] relevance of each input token
     with zero_biases(model):
         print(conservation_error(explain(model, tokens)))   # ~1e-7
-    rows = interaction_rows(model, tokens, [5, 9])    # [2, pos] LRP interaction map
+    rows = interaction_rows(model, tokens, positions=[5, 9])   # [2, pos] LRP interaction map
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks import HookedModel, is_ssm
+from interp.hooks.positions import Positions, PositionsLike
 from interp.hooks.tokens import as_tokens
 
 Hook = tuple[str, Callable[..., Any]]
@@ -366,9 +368,19 @@ def _gxi_batch(model: Any, tokens: Tensor, positions: Sequence[int], targets: Se
     return raw, r_embed, r_pos
 
 
+def _one_sequence(model: Any, tokens: Any, fn: str) -> Tensor:
+    """``tokens`` as [1, L] (:func:`as_tokens`); ValueError naming ``tokens`` and its shape for a batch."""
+    t = as_tokens(model, tokens)
+    if t.shape[0] != 1:
+        raise ValueError(f"{fn}() explains one sequence, tokens [L] or [1, L]; got tokens of shape "
+                         f"{tuple(t.shape)}: loop over the rows")
+    return t
+
+
 def explain(
     model: HookedModel,
     tokens: Tensor | str | Sequence[int],
+    *,
     target: int | None = None,
     position: int = -1,
     method: str = "lrp",
@@ -380,7 +392,7 @@ def explain(
 
     Args:
         model: a ``HookedSSM`` or ``HookedTransformerModel``.
-        tokens: one sequence: token ids [pos] or [1, pos], or a text.
+        tokens: one sequence: token ids [pos] or [1, pos], or a text (a batch raises ValueError: loop over it).
         target: vocabulary id whose logit is explained (default: the argmax at ``position``).
         position: the position whose logit is explained (negative counts from the end).
         method: "lrp" (gradient × input on the modified forward of :func:`lrp_hooks`),
@@ -402,7 +414,7 @@ def explain(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    tokens = as_tokens(model, tokens, one_sequence=True)  # explain one sequence at a time
+    tokens = _one_sequence(model, tokens, "explain")
     L = tokens.shape[1]
     p = _resolve_position(position, L)
     if method in ("lrp", "grad_x_input"):
@@ -452,24 +464,26 @@ def _integrated_gradients(model: Any, tokens: Tensor, p: int, target: int | None
 def interaction_rows(
     model: HookedModel,
     tokens: Tensor | str | Sequence[int],
-    positions: Sequence[int] | None = None,
+    *,
+    positions: PositionsLike = None,
     method: str = "lrp",
     batch_size: int = 64,
 ) -> Tensor:
     """LRP token × token interaction map: row r explains the argmax logit at query ``positions[r]``.
 
-    Batched forward + backward (a copy of the sequence per row). ``method`` may also be
-    "grad_x_input". Returns [len(positions), pos] (per-position relevance, as
-    ``Attribution.relevance``); entries right of each query position are 0. ``positions=None``
-    gives every position (the full [pos, pos] map). Rows go ``batch_size`` at a time.
+    Batched forward + backward (a copy of the sequence per row). ``tokens``: one sequence ([pos] or [1, pos]; a
+    batch raises ValueError). ``method`` may also be "grad_x_input". Returns [len(positions), pos]
+    (per-position relevance, as ``Attribution.relevance``); entries right of each query position are 0.
+    ``positions``: a :data:`~interp.hooks.positions.PositionsLike`, bounds-checked (IndexError outside the
+    sequence); None (or "all") gives every position (the full [pos, pos] map). Rows go ``batch_size`` at a time.
     """
     if method not in ("lrp", "grad_x_input"):
         raise ValueError(f"interaction_rows supports 'lrp' and 'grad_x_input', got {method!r}")
-    tokens = as_tokens(model, tokens, one_sequence=True)  # explain one sequence at a time
+    tokens = _one_sequence(model, tokens, "interaction_rows")
     L = tokens.shape[1]
-    ps = list(range(L)) if positions is None else [_resolve_position(int(q), L) for q in positions]
-    if not ps:
+    if isinstance(positions, (list, tuple)) and not positions:
         return torch.zeros(0, L, device=tokens.device)
+    ps = Positions.parse(positions).indices(L, name="positions")
     out = []
     for start in range(0, len(ps), batch_size):
         _, r_embed, r_pos = _gxi_batch(model, tokens, ps[start:start + batch_size], None, method)

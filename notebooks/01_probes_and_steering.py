@@ -101,7 +101,7 @@ lab = tokfsm_labels(tokens)
 phases = {"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1}
 sweeps = {}
 for name, model in models.items():
-    sweeps[name] = probe_sweep(model, tokens, lab["state"], positions=phases, control_context=2)
+    sweeps[name] = probe_sweep(model, tokens, labels=lab["state"], positions=phases, control_context=2)
     best = sweeps[name].best(position="units digit")
     print(f"{name:20s} sweep in {sweeps[name].seconds:4.1f} s; best (units digit): {best['hook']} "
           f"accuracy {best['accuracy']:.4f}, trigram control {best['control_accuracy']:.3f}, "
@@ -121,13 +121,13 @@ import nnsight
 
 model = models[first]
 hook = sweeps[first].best(position="units digit")["hook"]
-rows = collect_rows(model, tokens, [hook], keep=phases["units digit"])
+rows = collect_rows(model, tokens, hook=hook, keep=phases["units digit"])
 probe = LogisticProbe().fit(rows.acts[hook], rows.gather(lab["state"]), groups=rows.seq)  # C by 3-fold CV
 print(f"{hook}: C = {probe.C_} (cross-validated accuracy per C: {np.round(probe.cv_scores_, 4).tolist()})")
 
 test = tokfsm_dataset(2, seed=99, seq_len=25)
 units = tokfsm_labels(test)["digit_pos"] == 1
-via_hooks = probe.predict(collect_rows(model, test, [hook], keep=units).acts[hook])
+via_hooks = probe.predict(collect_rows(model, test, hook=hook, keep=units).acts[hook])
 
 wrapped = nnsight.NNsight(model)
 layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
@@ -162,7 +162,7 @@ fig.show()
 
 for name, m in models.items():  # does the residual stream track the position? (TokFSM is Markov: no need)
     last_hook = f"blocks.{m.cfg.n_layers - 1}.hook_resid_post"
-    r = collect_rows(m, tokens, [last_hook], keep=phases["units digit"])
+    r = collect_rows(m, tokens, hook=last_hook, keep=phases["units digit"])
     train = r.seq < 96
     reg = LinearRegressionProbe().fit(r.acts[last_hook][train], r.pos[train].float())
     r2 = reg.score(r.acts[last_hook][~train].numpy(), r.pos[~train].float().numpy())
@@ -278,7 +278,7 @@ for name, m in models.items():
 
 # %%
 h_mid = "blocks.1.hook_resid_post"
-r = collect_rows(model, tokens, [h_mid], keep=phases["units digit"])
+r = collect_rows(model, tokens, hook=h_mid, keep=phases["units digit"])
 Xm, ym = r.acts[h_mid], r.gather(lab["state"])
 tr = r.seq < 96
 eraser = AffineMap.leace(Xm[tr], ym[tr])

@@ -38,11 +38,13 @@ from IPython.display import HTML, display
 
 import interp
 from interp import zoo
-from interp.attention import interaction_map, mamba_attr, query_rows, rollout
-from interp.attention import evaluate as ev
+from interp.attention import interaction_map, latim, mamba_attr, query_rows, rollout, unified
+from interp.attention.benchmarks import copying_benchmark
 from interp.attention.figures import (
     interaction_heatmap, perturbation_figure, thumbnail_grid, token_highlight_html,
 )
+from interp.attention.methods import method_rows
+from interp.attention.perturbation import perturbation_test
 from interp.data import COPY_PAD, copy_tokenizer, sample_copy_batch
 from interp.lrp import conservation_error, explain, interaction_rows, zero_biases
 
@@ -101,7 +103,7 @@ print(f"copy accuracy on this sequence: {acc:.2f}")
 # %% [markdown]
 # ## Hidden attention of one layer
 #
-# `interaction_map(model, tokens, layer)` is the hidden attention α (Ali et al.) reduced over the
+# `interaction_map(model, tokens, layer=...)` is the hidden attention α (Ali et al.) reduced over the
 # channels, here with the default mean |α|: a [b, L, L] map, query rows i by source columns j,
 # zero above the diagonal. It is exact: Σ_j α[d,i,j] u_j + D u_i reproduces the SSM output
 # (`tests/test_attention_hidden.py`). Tick labels carry the position, so repeated symbols stay apart.
@@ -121,16 +123,17 @@ interaction_heatmap(alpha[0], str_tokens, title=f"layer {last}: hidden attention
 
 # %%
 aggs = {"mean": "mean", "mean_abs": "mean_abs", "max": "max", "topk (k=4)": "topk", "channel 0": 0}
-maps = torch.stack([interaction_map(model, tokens, last, aggregate=a, k=4, normalize_="minmax")[0] for a in aggs.values()])
+maps = torch.stack([interaction_map(model, tokens, layer=last, aggregate=a, k=4, normalize_="minmax")[0]
+                    for a in aggs.values()])
 thumbnail_grid(maps, list(aggs), cols=5, title="aggregations (min-max normalised)").show()
 
-per_channel = interaction_map(model, tokens, last, aggregate="none")[0]  # [H, L, L]
+per_channel = interaction_map(model, tokens, layer=last, aggregate="none")[0]  # [H, L, L]
 mass = per_channel.abs().sum((1, 2))
 top = mass.topk(8).indices.tolist()
 thumbnail_grid(per_channel[top], [f"channel {c}" for c in top], cols=4, signed=True,
                title="the 8 channels with the most |α| mass (signed)").show()
 
-norms = torch.stack([interaction_map(model, tokens, last, normalize_=h)[0] for h in ("raw", "minmax", "row")])
+norms = torch.stack([interaction_map(model, tokens, layer=last, normalize_=h)[0] for h in ("raw", "minmax", "row")])
 thumbnail_grid(norms, ["raw", "minmax", "row"], cols=3, title="normalisations of mean |α|").show()
 
 # %% [markdown]
@@ -141,7 +144,7 @@ thumbnail_grid(norms, ["raw", "minmax", "row"], cols=3, title="normalisations of
 
 # %%
 t = copy_positions[len(copy_positions) // 2]
-row = query_rows(model, tokens, last, rows=[t])[0, 0]
+row = query_rows(model, tokens, layer=last, positions=[t])[0, 0]
 assert torch.allclose(row, alpha[0, t], atol=1e-6)  # the rows of the full map
 print(f"query t = {t} predicts {str_tokens[t - n + 1]!r}; true source j = {t - n} ({str_tokens[t - n]!r})")
 display(HTML(token_highlight_html(str_tokens, row, query=t, title=f"hidden attention row of position {t}")))
@@ -154,7 +157,7 @@ display(HTML(token_highlight_html(str_tokens, row, query=t, title=f"hidden atten
 # out (Ali et al.'s attention × gradient).
 
 # %%
-layer_maps = [interaction_map(model, tokens, layer) for layer in range(model.cfg.n_layers)]
+layer_maps = [interaction_map(model, tokens, layer=layer) for layer in range(model.cfg.n_layers)]
 rho = rollout(layer_maps)
 attr = mamba_attr(model, tokens, position=t)
 thumbnail_grid(torch.stack([rho[0], attr[0]]), ["rollout of mean |α|", f"Mamba-Attr (logit at {t})"], cols=2).show()
@@ -168,19 +171,14 @@ thumbnail_grid(torch.stack([rho[0], attr[0]]), ["rollout of mean |α|", f"Mamba-
 # decomposition is the paper's approximation: its reconstruction error per layer is reported.
 
 # %%
-try:
-    from interp.attention import latim, unified
-except ImportError as e:  # modules still being written in some checkouts
-    print("unified / LaTIM not available in this checkout:", e)
-else:
-    _, cache = model.run_with_cache(tokens)
-    uni = unified.unified_layer(model, cache, last, aggregate="mean_abs").map[0]
-    contrib = latim.latim_layer(model, cache, last, f="silu")
-    print("LaTIM reconstruction error per layer (f = SiLU):",
-          [f"{e:.2e}" for e in latim.reconstruction_errors(model, cache, f="silu")])
-    lat = {s: latim.latim_scores(contrib, score=s)[0] for s in ("l1", "l2", "alti")}
-    thumbnail_grid(torch.stack([uni] + list(lat.values())), ["unified mean |α̂|", "LaTIM ℓ1", "LaTIM ℓ2", "LaTIM ALTI"],
-                   cols=4, title=f"layer {last}").show()
+_, cache = model.run_with_cache(tokens)
+uni = unified.unified_layer(model, cache, layer=last, aggregate="mean_abs").map[0]
+contrib = latim.latim_layer(model, cache, layer=last, f="silu")
+print("LaTIM reconstruction error per layer (f = SiLU):",
+      [f"{e:.2e}" for e in latim.reconstruction_errors(model, cache, f="silu")])
+lat = {s: latim.latim_scores(contrib, score=s)[0] for s in ("l1", "l2", "alti")}
+thumbnail_grid(torch.stack([uni] + list(lat.values())), ["unified mean |α̂|", "LaTIM ℓ1", "LaTIM ℓ2", "LaTIM ALTI"],
+               cols=4, title=f"layer {last}").show()
 
 # %% [markdown]
 # ## LRP rows and the conservation check
@@ -234,13 +232,13 @@ with zero_biases(tf):
 #
 # `copying_benchmark` scores each method's row at every copy position against the one-hot true
 # source (ROC-AUC, average precision, recall@1; candidates: positions j < t). The full run over the
-# embedded models is `python -m interp.attention.evaluate copying` (numbers in `docs/benchmarks.md`);
+# embedded models is `interp attention copying` (`python -m interp.attention.cli copying`) (numbers in `docs/benchmarks.md`);
 # here: 2 sequences on the model above. `random` is the chance reference.
 
 # %%
 methods = ["hidden", "hidden_last", "latim_l2", "lrp", "random"]
-table = ev.copying_benchmark({"copy-mamba" if zoo.embedded_path("copy-mamba") else "tiny": model}, methods,
-                             n_sequences=2, n_range=(16, 20), seed=1)
+table = copying_benchmark({"copy-mamba" if zoo.embedded_path("copy-mamba") else "tiny": model}, methods=methods,
+                          n_sequences=2, n_range=(16, 20), seed=1)
 print(table.to_text())
 
 # %% [markdown]
@@ -254,9 +252,9 @@ print(table.to_text())
 # %%
 curves = {}
 for m in ("hidden_last", "lrp", "random"):
-    scores = ev.method_rows(model, tokens, [t], m)[0]
-    res = ev.perturbation_test(model, tokens, t, scores, baseline_id=COPY_PAD)
-    curves[m] = {"morf": res["morf"], "lerf": res["lerf"]}
-    print(f"{m:12s} A_MoRF {res['a_morf']:7.3f}  A_LeRF {res['a_lerf']:7.3f}  ΔA {res['delta']:7.3f}")
+    scores = method_rows(model, tokens, positions=[t], method=m)[0]
+    res = perturbation_test(model, tokens, position=t, scores=scores, baseline_id=COPY_PAD)
+    curves[m] = {"morf": res.morf, "lerf": res.lerf}
+    print(f"{m:12s} A_MoRF {res.a_morf:7.3f}  A_LeRF {res.a_lerf:7.3f}  ΔA {res.delta:7.3f}")
 perturbation_figure(curves, title=f"perturbation at copy position {t}").show()
 print(f"notebook ran in {time.perf_counter() - t_start:.1f} s")

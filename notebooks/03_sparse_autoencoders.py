@@ -29,6 +29,7 @@
 # with `jupytext --to ipynb notebooks/03_sparse_autoencoders.py`.
 
 # %%
+import contextlib
 import os
 import shutil
 import tempfile
@@ -44,11 +45,12 @@ from interp import zoo
 from interp.activations import ActivationStore, cache_activations
 from interp.data import TOKFSM_VOCAB_SIZE, TokFSM, tokfsm_batches, tokfsm_dataset, tokfsm_labels
 from interp.sae import (
-    SAEConfig, activation_density, logit_effects, splice_hook, splice_metrics, steering_hook, top_activating_examples,
-    train_sae,
+    SAEConfig, activation_density, latent_intervention, logit_effects, splice_metrics, spliced,
+    top_activating_examples, train_sae,
 )
 from interp.sae import metrics
 from interp.sae.evaluate import labelled_activations, sae_vs_neurons
+from interp.steering import Intervention, SAELatents
 
 # plotly.js is inlined by the "notebook" renderer (no CDN); set PLOTLY_RENDERER to override
 pio.renderers.default = os.environ.get("PLOTLY_RENDERER", "plotly_mimetype+notebook")
@@ -84,7 +86,7 @@ print("model card:", zoo.model_card(NAME)["metrics"])
 # %%
 workdir = Path(tempfile.mkdtemp(prefix="nb03_"))
 N_TRAIN_SEQ = 512  # 512 x 127 = 65k training tokens
-manifest = cache_activations(model, tokfsm_batches(64, seed=1), hooks=[HOOK], out=workdir / "cache",
+manifest = cache_activations(model, tokfsm_batches(64, seed=1), hook=[HOOK], out=workdir / "cache",
                              max_batches=N_TRAIN_SEQ // 64, shard_tokens=16384, progress=False,
                              dataset={"name": "tokfsm", "seed": 1})
 store = ActivationStore(workdir / "cache")
@@ -124,10 +126,10 @@ go.Figure(go.Scatter(x=steps, y=[h["explained_variance"] for h in result.history
 
 # %%
 held_out = tokfsm_dataset(128, seed=2)
-m = splice_metrics(model, sae, held_out)
-print({k: round(v, 4) for k, v in m.items()})
+m = splice_metrics(model, held_out, sae=sae)
+print({k: round(v, 4) for k, v in m.to_dict().items()})
 
-density = activation_density(model, sae, held_out)
+density = activation_density(model, held_out, sae=sae)
 metrics.density_histogram(density, title="latent density on held-out tokens").show()
 print(f"dead (never active on these tokens): {metrics.dead_fraction(density):.2f}, "
       f"dense (>10% of tokens): {metrics.dense_fraction(density):.3f}")
@@ -146,14 +148,15 @@ print(f"dead (never active on these tokens): {metrics.dead_fraction(density):.2f
 
 # %%
 states = tokfsm_labels(held_out)["state"]
-acts, labels = labelled_activations(model, held_out, HOOK, states)
+la = labelled_activations(model, held_out, hook=HOOK, labels=states)
+acts, labels = la.acts, la.labels
 cmp = sae_vs_neurons(sae, acts, labels, n_classes=100)
-print(f"EV {cmp['explained_variance']:.4f}, L0 {cmp['l0']:.1f}")
-print(f"mean precision at recall >= 0.5: best latent {cmp['sae_mean_precision']:.3f}, "
-      f"best neuron {cmp['neuron_mean_precision']:.3f}")
+print(f"EV {cmp.explained_variance:.4f}, L0 {cmp.l0:.1f}")
+print(f"mean precision at recall >= 0.5: best latent {cmp.sae_mean_precision:.3f}, "
+      f"best neuron {cmp.neuron_mean_precision:.3f}")
 fig = go.Figure()
-fig.add_bar(x=list(range(100)), y=cmp["sae"].precision.tolist(), name="best SAE latent")
-fig.add_bar(x=list(range(100)), y=cmp["neuron"].precision.tolist(), name="best neuron")
+fig.add_bar(x=list(range(100)), y=cmp.sae.precision.tolist(), name="best SAE latent")
+fig.add_bar(x=list(range(100)), y=cmp.neuron.precision.tolist(), name="best neuron")
 fig.update_layout(title="precision per state (recall >= 0.5)", xaxis_title="state", yaxis_title="precision",
                   barmode="overlay", template="plotly_white", height=320).show()
 
@@ -164,12 +167,12 @@ fig.update_layout(title="precision per state (recall >= 0.5)", xaxis_title="stat
 # should all be the units digit of that state.
 
 # %%
-clean_states = torch.nonzero(cmp["sae"].precision >= cmp["sae"].precision.nan_to_num(0).quantile(0.9)).flatten()
-STATE = int(clean_states[cmp["sae"].support[clean_states].argmax()])  # a frequent state with a clean latent
-LATENT = int(cmp["sae"].feature[STATE])
-print(f"state {STATE:02d}: latent {LATENT}, precision {float(cmp['sae'].precision[STATE]):.3f}, "
-      f"recall {float(cmp['sae'].recall[STATE]):.3f}")
-examples = top_activating_examples(model, sae, held_out, latents=[LATENT], k=6, context=(6, 0))[LATENT]
+clean_states = torch.nonzero(cmp.sae.precision >= cmp.sae.precision.nan_to_num(0).quantile(0.9)).flatten()
+STATE = int(clean_states[cmp.sae.support[clean_states].argmax()])  # a frequent state with a clean latent
+LATENT = int(cmp.sae.feature[STATE])
+print(f"state {STATE:02d}: latent {LATENT}, precision {float(cmp.sae.precision[STATE]):.3f}, "
+      f"recall {float(cmp.sae.recall[STATE]):.3f}")
+examples = top_activating_examples(model, held_out, sae=sae, latents=[LATENT], k=6, context=(6, 0))[LATENT]
 for ex in examples:
     state_here = int(states[ex.sequence, ex.position])
     print(f"{ex.activation:7.2f}  state {state_here:02d}  " + " ".join(
@@ -183,7 +186,7 @@ for ex in examples:
 # token).
 
 # %%
-eff = logit_effects(model, sae, latents=[LATENT], k=5)
+eff = logit_effects(model, sae=sae, latents=[LATENT], k=5)
 next_tens = sorted({int(e) // 10 for e in fsm.edges[STATE]})
 print(f"out-edges of {STATE:02d}: {sorted(fsm.edges[STATE].tolist())}; their tens digits {next_tens}")
 print("most promoted tokens:", eff.top_tokens[0], [round(v, 2) for v in eff.top_values[0].tolist()])
@@ -200,12 +203,13 @@ go.Figure(go.Bar(x=[model.tokenizer.decode([i]) for i in range(eff.effects.shape
 # p's out-edges, so its distribution should be close to q_p (the tens digits of p's 10 out-edges, 0.1 each).
 # Behaviour: the total-variation distance (TV) of the prediction to q_s, the same for the latent's state s
 # (lower = steered further), next to its TV to q_p; cost: the KL to the unsteered prediction. Two interventions
-# (`interp.sae.analysis`):
+# (`interp.steering.Intervention`):
 #
-# * `steering_hook`: add α times the latent's (unit-norm) decoder row, α from 0 to 8 times the latent's largest
-#   held-out activation (dose-response);
-# * a latent swap through `splice_hook(..., edit=...)`: set every state latent to 0 and this one to its largest
-#   held-out activation (times a factor), keeping the SAE's error term, so only the state code changes.
+# * `SAELatents` with operator "add": add α times the latent's (unit-norm) decoder row at the model's hook, α from
+#   0 to 8 times the latent's largest held-out activation (dose-response);
+# * a latent swap on the spliced SAE (`spliced(..., with_error=True)`, `latent_intervention`: a clamp at
+#   `<hook>.sae.hook_sae_acts_post`): set every state latent to 0 and this one to its largest held-out activation
+#   (times a factor), keeping the SAE's error term, so only the state code changes.
 
 # %%
 def next_digit_distribution(state):
@@ -224,9 +228,11 @@ q_target = next_digit_distribution(STATE)
 q_prompt = torch.stack([next_digit_distribution(int(p)) for p in prev])
 
 
-def score(hook):
-    with torch.no_grad():
-        p = model.run_with_hooks(prompts, fwd_hooks=[hook])[:, -1].softmax(-1)
+def score(iv, sae_spliced=None):
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if sae_spliced is not None:
+            stack.enter_context(spliced(model, sae=sae_spliced, with_error=True))
+        p = model.run_with_hooks(prompts, fwd_hooks=iv.hooks(model))[:, -1].softmax(-1)
     tv = lambda q: float(0.5 * (p - q).abs().sum(-1).mean())
     kl = float((clean * (clean.log() - p.log())).sum(-1).mean())
     return tv(q_target), tv(q_prompt), kl
@@ -236,19 +242,16 @@ with torch.no_grad():
     clean = model(prompts)[:, -1].softmax(-1)
     v_max = float(sae.encode(acts[labels == STATE])[:, LATENT].max())  # the latent's largest held-out value
 alphas = [f * v_max for f in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)]
-dose = [score((HOOK, steering_hook(sae, LATENT, a, positions=[last]))) for a in alphas]
+dose = [score(Intervention(SAELatents(sae, LATENT), HOOK, "add", scale=a, positions=[last])) for a in alphas]
 for a, (tv_t, tv_p, kl) in zip(alphas, dose):
     print(f"add α={a:6.2f} ({a / v_max:.1f} x max): TV to state {STATE:02d}'s next digits {tv_t:.3f}, "
           f"to the prompt state's {tv_p:.3f}; KL {kl:.3f}")
 
-state_latents = cmp["sae"].feature[cmp["sae"].support > 0].unique()
+others = [int(i) for i in cmp.sae.feature[cmp.sae.support > 0].unique() if int(i) != LATENT]  # other state latents
 for factor in (1, 2, 4):
-    def swap(f, v=factor * v_max):
-        f[..., state_latents] = 0
-        f[..., LATENT] = v
-        return f
-
-    tv_t, tv_p, kl = score((HOOK, splice_hook(sae, with_error=True, edit=swap, positions=[last])))
+    swap = latent_intervention(sae, [*others, LATENT], "clamp", value=[0.0] * len(others) + [factor * v_max],
+                               positions=[last])
+    tv_t, tv_p, kl = score(swap, sae_spliced=sae)
     print(f"swap to latent {LATENT} = {factor} x max: TV to target {tv_t:.3f}, to prompt state {tv_p:.3f}; "
           f"KL {kl:.3f}")
 

@@ -46,7 +46,7 @@ import torch
 import interp
 from interp.codebook import (
     attach, code_intervention, code_label_precision, collect_codes, fit_post_hoc, load_codebook_model,
-    make_codebooks, mixer_output_sites, similar_codes, site_activations, top_examples, usage_stats,
+    hook_activations, make_codebooks, similar_codes, top_examples, usage_stats,
 )
 from interp.codebook.zoo import CODEBOOK_RECIPES, train_recipe, training_batches
 from interp.data import TokFSM, tokfsm_dataset, tokfsm_labels
@@ -150,10 +150,10 @@ STATE = int(rep.codes.support.argmax())
 site, group, code = rep.best_code(STATE)
 print(f"state {STATE:02d}: code {code} at {site}, precision {float(rep.codes.precision[STATE]):.3f}, "
       f"recall {float(rep.codes.recall[STATE]):.3f}")
-for ex in top_examples(run, held_out, site, code, n=6, context=6, decode=lambda ids: " ".join(
+for ex in top_examples(run, held_out, hook=site, code=code, n=6, context=6, decode=lambda ids: " ".join(
         "<s>" if i == 10 else str(i) for i in ids)):
     print(f"  seq {ex['seq']:3d} pos {ex['pos']:3d}: {ex['context']}   state {int(lab['state'][ex['seq'], ex['pos']]):02d}")
-print("similar codes:", [(c, round(s, 2)) for c, s in similar_codes(model, site, code, n=5)])
+print("similar codes:", [(c, round(s, 2)) for c, s in similar_codes(model, hook=site, code=code, n=5)])
 
 # %% [markdown]
 # ## 5. Steering by codes
@@ -189,7 +189,7 @@ codes = tokfsm_state_codes(model)
 TARGET = 42
 prompt = tokfsm_prompts(1, n_states=8, seed=3, lead_to=TARGET)
 L = prompt.shape[1]
-ivs = [code_intervention(model, s, int(codes[s][TARGET]), "force", positions=[L - 1]) for s in codes]
+ivs = [code_intervention(model, hook=s, code=int(codes[s][TARGET]), mode="force", positions=[L - 1]) for s in codes]
 hooks = [h for iv in ivs for h in iv.hooks(model)]
 plain = model.generate(prompt, max_new_tokens=2, do_sample=False, return_type="tokens")[0, -2:].tolist()
 steered = model.generate(prompt, max_new_tokens=2, do_sample=False, return_type="tokens", fwd_hooks=hooks)[0, -2:].tolist()
@@ -209,8 +209,8 @@ base = interp.load("tokfsm-mamba")
 site = "blocks.2.ssm.hook_out"
 
 batches = training_batches(recipe_of("tokfsm-mamba"), CODEBOOK_RECIPES[NAMES[0]].train)
-acts = site_activations(base, [site], batches, 8192)
-books = make_codebooks(base, [site], n_codes=256, k=1)
+acts = hook_activations(base, batches, hook=site, n_tokens=8192)
+books = make_codebooks(base, hook=site, n_codes=256, k=1)
 curve = fit_post_hoc(books, acts, steps=150, batch_size=1024, progress=False)[site]
 go.Figure(go.Scatter(y=curve, mode="lines")).update_layout(
     title=f"post-hoc codebook at {site}: normalised reconstruction loss", xaxis_title="step",

@@ -91,7 +91,8 @@ def assert_same_cache(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_rows_equal_run_with_cache(model, tmp_path, dtype):
     hooks = HOOKS + ["blocks.0.ssm.hook_state"] if dtype == torch.float32 else HOOKS
-    manifest = cache_activations(model, token_stream(), hooks, tmp_path, shard_tokens=37, dtype=dtype, **FILTER)
+    manifest = cache_activations(model, token_stream(), hook=hooks, out=tmp_path, shard_tokens=37, dtype=dtype,
+                                 **FILTER)
     store = ActivationStore(tmp_path)
     meta = store.row_meta()
     batches = list(token_stream())
@@ -116,7 +117,7 @@ def test_rows_equal_run_with_cache(model, tmp_path, dtype):
 
 
 def test_manifest_contents(model, tmp_path):
-    manifest = cache_activations(model, token_stream(), HOOKS, tmp_path, shard_tokens=50, dtype=torch.float16,
+    manifest = cache_activations(model, token_stream(), hook=HOOKS, out=tmp_path, shard_tokens=50, dtype=torch.float16,
                                  dataset={"name": "random", "seed": 0}, **FILTER)
     on_disk = json.loads((tmp_path / MANIFEST_FILE).read_text())
     assert on_disk["complete"] and on_disk["n_rows"] == manifest.n_rows
@@ -138,20 +139,21 @@ def test_pos_slice_limits_and_stop_at_layer(model, tmp_path):
     calls = []
     handle = model.blocks[1].register_forward_hook(lambda *a: calls.append(1))
     try:
-        m = cache_activations(model, token_stream(), RESID, tmp_path / "a", pos_slice=slice(2, 6), **FILTER)
+        m = cache_activations(model, token_stream(), hook=RESID, out=tmp_path / "a", pos_slice=slice(2, 6), **FILTER)
     finally:
         handle.remove()
     assert calls == [] and m.stop_at_layer == 1  # block 1 never ran
     pos = ActivationStore(tmp_path / "a").row_meta()["pos"]
     assert pos.min() >= 2 and pos.max() <= 5 and len(pos) == 6 * 4 * 4  # BOS at 0, pads only in the last 3
 
-    m = cache_activations(model, token_stream(), RESID, tmp_path / "b", pos_slice=[-1, 3], drop_pad=False,
+    m = cache_activations(model, token_stream(), hook=RESID, out=tmp_path / "b", pos_slice=[-1, 3], drop_pad=False,
                           bos_id=BOS, progress=False)
     assert set(ActivationStore(tmp_path / "b").row_meta()["pos"].tolist()) == {3, 11}
-    m = cache_activations(model, token_stream(), RESID, tmp_path / "c", max_tokens=50, shard_tokens=16, **FILTER)
+    m = cache_activations(model, token_stream(), hook=RESID, out=tmp_path / "c", max_tokens=50, shard_tokens=16,
+                          **FILTER)
     assert m.n_rows == 50 and [s.n_rows for s in m.shards] == [16, 16, 16, 2]
     batches = token_stream()
-    m = cache_activations(model, batches, RESID, tmp_path / "d", max_batches=2, **FILTER)
+    m = cache_activations(model, batches, hook=RESID, out=tmp_path / "d", max_batches=2, **FILTER)
     assert m.dataset["n_batches"] == 2 and m.dataset["n_sequences"] == 8
     assert len(list(batches)) == 4  # not read past max_batches
 
@@ -166,7 +168,7 @@ def test_ids_from_tokenizer_and_transformer(tmp_path):
                                   act_fn="gelu", normalization_type="LN", device="cpu", seed=0)
     model = HookedTransformerModel(cfg, DigitTokenizer())
     tokens = next(tokfsm_batches(3, seq_len=16, seed=0))
-    m = cache_activations(model, [tokens], "blocks.0.hook_resid_post", tmp_path, progress=False)
+    m = cache_activations(model, [tokens], hook="blocks.0.hook_resid_post", out=tmp_path, progress=False)
     assert m.filters["bos_id"] == 10 and m.n_rows == 3 * 15  # TokFSM BOS (= pad) dropped, ids from the tokenizer
     _, cache = model.run_with_cache(tokens, names_filter="blocks.0.hook_resid_post")
     assert torch.equal(ActivationStore(tmp_path).all(), cache["blocks.0.hook_resid_post"][:, 1:].reshape(-1, 16))
@@ -185,15 +187,16 @@ def interrupted(n_ok: int):
 
 def test_resume_after_interruption(model, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
-    full = cache_activations(model, token_stream(), HOOKS, ref, shard_tokens=20, dtype=torch.float16, **FILTER)
+    full = cache_activations(model, token_stream(), hook=HOOKS, out=ref, shard_tokens=20, dtype=torch.float16, **FILTER)
     with pytest.raises(KeyboardInterrupt):
-        cache_activations(model, interrupted(3), HOOKS, out, shard_tokens=20, dtype=torch.float16, **FILTER)
+        cache_activations(model, interrupted(3), hook=HOOKS, out=out, shard_tokens=20, dtype=torch.float16, **FILTER)
     partial = ActivationStore(out)
     assert not partial.complete and 0 < len(partial) < len(full.shards) * 20
     # a shard written just before a kill (no manifest entry) and a half-written tmp file are discarded
     (out / "shard_00099.safetensors").write_bytes(b"junk")
     (out / "shard_00005.safetensors.tmp").write_bytes(b"junk")
-    resumed = cache_activations(model, token_stream(), HOOKS, out, shard_tokens=20, dtype=torch.float16, **FILTER)
+    resumed = cache_activations(model, token_stream(), hook=HOOKS, out=out, shard_tokens=20, dtype=torch.float16,
+                                **FILTER)
     assert resumed.complete and resumed.n_rows == full.n_rows
     assert_same_cache(ref, out)
     assert not (out / "shard_00099.safetensors").exists() and not (out / "shard_00005.safetensors.tmp").exists()
@@ -201,7 +204,7 @@ def test_resume_after_interruption(model, tmp_path):
     def no_stream():
         raise AssertionError("a finished cache must not re-read the stream")
         yield
-    assert cache_activations(model, no_stream(), HOOKS, out, shard_tokens=20, dtype=torch.float16,
+    assert cache_activations(model, no_stream(), hook=HOOKS, out=out, shard_tokens=20, dtype=torch.float16,
                              **FILTER).n_rows == full.n_rows
 
 
@@ -219,7 +222,7 @@ def slow():
         yield t
 
 model = interp.load({ckpt!r})
-cache_activations(model, slow(), HOOKS, {out!r}, shard_tokens=16, dtype=torch.float16, **FILTER)
+cache_activations(model, slow(), hook=HOOKS, out={out!r}, shard_tokens=16, dtype=torch.float16, **FILTER)
 """
 
 
@@ -245,10 +248,10 @@ def test_resume_after_sigkill(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not json.loads((out / MANIFEST_FILE).read_text())["complete"]
 
-    resumed = cache_activations(model, token_stream(n_batches=20), HOOKS, out, shard_tokens=16, dtype=torch.float16,
-                                **FILTER)
-    full = cache_activations(model, token_stream(n_batches=20), HOOKS, ref, shard_tokens=16, dtype=torch.float16,
-                             **FILTER)
+    resumed = cache_activations(model, token_stream(n_batches=20), hook=HOOKS, out=out, shard_tokens=16,
+                                dtype=torch.float16, **FILTER)
+    full = cache_activations(model, token_stream(n_batches=20), hook=HOOKS, out=ref, shard_tokens=16,
+                             dtype=torch.float16, **FILTER)
     assert resumed.n_rows == full.n_rows
     meta = ActivationStore(out).row_meta()
     assert len(set(zip(meta["seq_idx"].tolist(), meta["pos"].tolist()))) == full.n_rows
@@ -261,7 +264,7 @@ def test_resume_after_sigkill(tmp_path):
 def test_corrupt_shard_detected_named_and_repaired(model, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "out"
     for folder in (ref, out):
-        cache_activations(model, token_stream(), RESID, folder, shard_tokens=30, **FILTER)
+        cache_activations(model, token_stream(), hook=RESID, out=folder, shard_tokens=30, **FILTER)
     flipped, cut = out / "shard_00001.safetensors", out / "shard_00002.safetensors"
     data = bytearray(flipped.read_bytes())
     data[-5] ^= 0xFF
@@ -275,7 +278,7 @@ def test_corrupt_shard_detected_named_and_repaired(model, tmp_path):
     with pytest.raises(CorruptShardError, match=r"shard_00002\.safetensors.*truncated"):
         store.shard(2)
     with pytest.warns(UserWarning, match="recomputing"):
-        cache_activations(model, token_stream(), RESID, out, shard_tokens=30, **FILTER)
+        cache_activations(model, token_stream(), hook=RESID, out=out, shard_tokens=30, **FILTER)
     assert_same_cache(ref, out)
 
 
@@ -285,7 +288,8 @@ def test_corrupt_shard_detected_named_and_repaired(model, tmp_path):
 @pytest.fixture(scope="module")
 def cache(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cache")
-    cache_activations(model, token_stream(n_batches=10), HOOKS, folder, shard_tokens=16, dtype=torch.float16, **FILTER)
+    cache_activations(model, token_stream(n_batches=10), hook=HOOKS, out=folder, shard_tokens=16, dtype=torch.float16,
+                      **FILTER)
     return folder
 
 
@@ -323,17 +327,17 @@ def test_rank_split_disjoint_and_covering(cache):
 
 def test_stream_matches_disk_cache(model, cache):
     store = ActivationStore(cache)
-    batches = list(stream_activations(model, token_stream(n_batches=10), RESID, batch_size=16, buffer_tokens=40,
+    batches = list(stream_activations(model, token_stream(n_batches=10), hook=RESID, batch_size=16, buffer_tokens=40,
                                       seed=1, dtype=torch.float16, bos_id=BOS, pad_id=PAD))
     assert all(b.dtype == torch.float32 and len(b) == 16 for b in batches[:-1])
     assert rows_counter(torch.cat(batches)) == rows_counter(store.all(RESID))
-    again = list(stream_activations(model, token_stream(n_batches=10), RESID, 16, 40, seed=1, dtype=torch.float16,
-                                    bos_id=BOS, pad_id=PAD))
+    again = list(stream_activations(model, token_stream(n_batches=10), hook=RESID, batch_size=16, buffer_tokens=40,
+                                    seed=1, dtype=torch.float16, bos_id=BOS, pad_id=PAD))
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
 
 
 def test_store_on_mamba2_and_multi_hook_access(model2, tmp_path):
-    cache_activations(model2, token_stream(n_batches=2), HOOKS, tmp_path, shard_tokens=64, **FILTER)
+    cache_activations(model2, token_stream(n_batches=2), hook=HOOKS, out=tmp_path, shard_tokens=64, **FILTER)
     store = ActivationStore(tmp_path)
     assert store.hooks == HOOKS and store.d("blocks.1.ssm.hook_y") == model2.cfg.d_inner
     with pytest.raises(ValueError, match="several hooks"):
@@ -348,34 +352,46 @@ def test_store_on_mamba2_and_multi_hook_access(model2, tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_bad_input_errors(model, model2, tmp_path):
     with pytest.raises(UnknownHookError, match="blocks.0.hook_resid_post"):
-        cache_activations(model, token_stream(), "blocks.0.hook_resid_postt", tmp_path / "a", **FILTER)
+        cache_activations(model, token_stream(), hook="blocks.0.hook_resid_postt", out=tmp_path / "a", **FILTER)
     with pytest.raises(ValueError, match="empty"):
-        cache_activations(model, [], RESID, tmp_path / "b", **FILTER)
+        cache_activations(model, [], hook=RESID, out=tmp_path / "b", **FILTER)
     with pytest.raises(ValueError, match="empty"):
-        next(stream_activations(model, iter([]), RESID, 8, 16, bos_id=BOS, pad_id=PAD))
+        next(stream_activations(model, iter([]), hook=RESID, batch_size=8, buffer_tokens=16, bos_id=BOS, pad_id=PAD))
     with pytest.raises(ValueError, match="no rows left"):
-        cache_activations(model, [torch.full((2, 5), PAD)], RESID, tmp_path / "c", **FILTER)
+        cache_activations(model, [torch.full((2, 5), PAD)], hook=RESID, out=tmp_path / "c", **FILTER)
     with pytest.raises(TypeError, match="LongTensor"):
-        cache_activations(model, [torch.rand(2, 5)], RESID, tmp_path / "d", **FILTER)
+        cache_activations(model, [torch.rand(2, 5)], hook=RESID, out=tmp_path / "d", **FILTER)
     model.cfg.bos_token_id, saved = None, model.cfg.bos_token_id
     try:
         with pytest.raises(ValueError, match="bos_id=..."):
-            cache_activations(model, token_stream(), RESID, tmp_path / "e", pad_id=PAD, progress=False)
+            cache_activations(model, token_stream(), hook=RESID, out=tmp_path / "e", pad_id=PAD, progress=False)
     finally:
         model.cfg.bos_token_id = saved
     with pytest.raises(ManifestError, match="no manifest.json"):
         ActivationStore(tmp_path / "nothing-here")
 
     out = tmp_path / "x"
-    cache_activations(model, token_stream(), RESID, out, dtype=torch.float16, **FILTER)
+    cache_activations(model, token_stream(), hook=RESID, out=out, dtype=torch.float16, **FILTER)
     with pytest.raises(ManifestError, match=r"(?s)weights_sha256.*overwrite=True"):
-        cache_activations(model2, token_stream(), RESID, out, dtype=torch.float16, **FILTER)
+        cache_activations(model2, token_stream(), hook=RESID, out=out, dtype=torch.float16, **FILTER)
     with pytest.raises(ManifestError, match=r"(?s)hooks: cache has \['blocks.0.hook_resid_post'\].*dtype"):
-        cache_activations(model, token_stream(), HOOKS, out, **FILTER)
+        cache_activations(model, token_stream(), hook=HOOKS, out=out, **FILTER)
     part = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        cache_activations(model, interrupted(3), RESID, part, shard_tokens=10, **FILTER)
+        cache_activations(model, interrupted(3), hook=RESID, out=part, shard_tokens=10, **FILTER)
     with pytest.raises(ManifestError, match="token stream differs"):  # resuming from another stream
-        cache_activations(model, token_stream(seed=1), RESID, part, shard_tokens=10, **FILTER)
-    m = cache_activations(model, token_stream(), HOOKS, out, overwrite=True, **FILTER)
+        cache_activations(model, token_stream(seed=1), hook=RESID, out=part, shard_tokens=10, **FILTER)
+    m = cache_activations(model, token_stream(), hook=HOOKS, out=out, overwrite=True, **FILTER)
     assert m.complete and list(m.hooks) == HOOKS
+
+
+def test_calling_convention():
+    """(model, batches, *, hook=..., ...): everything after the token batches keyword-only, ``hook`` not
+    ``hooks``."""
+    import inspect
+
+    for fn in (cache_activations, stream_activations):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["model", "batches"], fn.__name__
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
+        assert "hook" in {p.name for p in params} and "hooks" not in {p.name for p in params}, fn.__name__

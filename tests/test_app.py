@@ -84,9 +84,9 @@ def cb_folder(roots):
     from interp.data import tokfsm_dataset
 
     m = interp.load("tokfsm-mamba")
-    sites = cb.mixer_output_sites(m)[:2]
-    books = cb.make_codebooks(m, sites, n_codes=32)
-    acts = cb.site_activations(m, sites, lambda i: {"tokens": tokfsm_dataset(16, seed=i)}, 2048)
+    sites = cb.mixer_output_hooks(m)[:2]
+    books = cb.make_codebooks(m, hook=sites, n_codes=32)
+    acts = cb.hook_activations(m, lambda i: {"tokens": tokfsm_dataset(16, seed=i)}, hook=sites, n_tokens=2048)
     cb.fit_post_hoc(books, acts, steps=20, batch_size=256, progress=False)
     cb.attach(m, books)
     return cb.save_codebook_model(m, roots / "codebooks" / "cbm", base="tokfsm-mamba").resolve()
@@ -200,7 +200,7 @@ def test_interaction_heatmap_is_the_library_map(env, model):
     toks = tokens_of(model)
     fig = figure(at, "detail")
     z = arr(fig["data"][0]["z"])
-    ref = masked(interaction_map(model, toks, 0, method="hidden", aggregate="mean_abs"))
+    ref = masked(interaction_map(model, toks, layer=0, method="hidden", aggregate="mean_abs"))
     np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-7, equal_nan=True)
     labels = fig["data"][0]["x"]
     assert len(labels) == toks.shape[1] and labels[0].startswith("0·")
@@ -214,14 +214,14 @@ def test_widgets_change_the_map(env, model):
     ok(at)
     z2 = arr(figure(at, "detail")["data"][0]["z"])
     assert not np.allclose(np.nan_to_num(z0), np.nan_to_num(z2))
-    np.testing.assert_allclose(z2, masked(interaction_map(model, toks, 2)), rtol=1e-5, atol=1e-7, equal_nan=True)
+    np.testing.assert_allclose(z2, masked(interaction_map(model, toks, layer=2)), rtol=1e-5, atol=1e-7, equal_nan=True)
     assert at.query_params["layer"] == "2"
 
     for source, kw in [("unified", {}), ("latim", {})]:
         at.selectbox(key="w_source").set_value(source).run()
         ok(at)
         assert at.selectbox(key="w_agg").options == aggregates_for(source) or at.selectbox(key="w_agg").disabled
-        ref = masked(interaction_map(model, toks, 2, method=source, **kw))
+        ref = masked(interaction_map(model, toks, layer=2, method=source, **kw))
         np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-4, atol=1e-6,
                                    equal_nan=True)
 
@@ -230,14 +230,14 @@ def test_widgets_change_the_map(env, model):
     at.number_input(key="w_ch").set_value(3).run()
     at.selectbox(key="w_norm").set_value("row").run()
     ok(at)
-    ref = masked(interaction_map(model, toks, 2, aggregate=3, normalize_="row"))
+    ref = masked(interaction_map(model, toks, layer=2, aggregate=3, normalize_="row"))
     np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-5, atol=1e-7, equal_nan=True)
 
     at.selectbox(key="w_agg").set_value("mean_abs").run()
     at.selectbox(key="w_norm").set_value("raw").run()
     at.checkbox(key="w_rollout").check().run()
     ok(at)
-    maps = [interaction_map(model, toks, layer).abs() for layer in range(model.cfg.n_layers)]
+    maps = [interaction_map(model, toks, layer=layer).abs() for layer in range(model.cfg.n_layers)]
     np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), masked(rollout(maps)), rtol=1e-4,
                                atol=1e-6, equal_nan=True)
 
@@ -270,7 +270,8 @@ def test_thumbnails_sorted_by_metric(env, model):
     fig = figure(at, "thumbs")
     n = model.cfg.n_layers * model.cfg.n_heads
     assert len(fig["data"]) == n
-    per = torch.cat([interaction_map(model, toks, layer, aggregate="none")[0] for layer in range(model.cfg.n_layers)])
+    per = torch.cat([interaction_map(model, toks, layer=layer, aggregate="none")[0]
+                     for layer in range(model.cfg.n_layers)])
     score = map_metric(per.numpy(), "mass")
     best = int(np.argmax(score))
     np.testing.assert_allclose(arr(fig["data"][0]["z"]), causal_masked(per[best].numpy()), rtol=1e-5, atol=1e-7,
@@ -293,7 +294,7 @@ def test_long_prompt_gets_a_pooled_overview(env, model):
     toks = tokens_of(model, prompt)
     at = app("interactions", prompt=prompt, win=64)
     ok(at)
-    ref = interaction_map(model, toks, 0)[0].numpy()
+    ref = interaction_map(model, toks, layer=0)[0].numpy()
     pooled, f = pool_map(causal_masked(ref))
     np.testing.assert_allclose(arr(figure(at, "overview")["data"][0]["z"]), pooled, rtol=1e-5, atol=1e-7,
                                equal_nan=True)
@@ -314,12 +315,12 @@ def test_model_folder_mamba1_thumbnails(env, roots):
     ok(at)
     m1 = interp.load(folder)
     toks = tokens_of(m1)
-    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), masked(interaction_map(m1, toks, 0)),
+    np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), masked(interaction_map(m1, toks, layer=0)),
                                rtol=1e-5, atol=1e-7, equal_nan=True)
     fig = figure(at, "thumbs")
     assert len(fig["data"]) == 2 * 8
-    p = ssm_parameters(m1, toks, 1)
-    top = channel_mass(p["dt"], p["A"], p["B"], p["C"]).topk(8).indices.tolist()
+    p = ssm_parameters(m1, toks, layer=1)
+    top = channel_mass(p.dt, p.A, p.B, p.C).topk(8).indices.tolist()
     shown = {a["text"].split()[1] for a in fig["layout"]["annotations"] if a["text"].startswith("L1 ")}
     assert shown == {f"ch{c}" for c in top}
 
@@ -332,7 +333,7 @@ def test_transformer_folder_attention(env, roots):
     tf = interp.load(folder)
     toks = tokens_of(tf)
     np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]),
-                               masked(interaction_map(tf, toks, 0, method="attention")), rtol=1e-5, atol=1e-7,
+                               masked(interaction_map(tf, toks, layer=0, method="attention")), rtol=1e-5, atol=1e-7,
                                equal_nan=True)
     assert len(figure(at, "thumbs")["data"]) == 2 * 4
     for page in ("lens", "steering", "export"):
@@ -344,7 +345,7 @@ def test_link_reproduces_the_view(env, model):
     at = app("interactions", source="latim", layer=3, norm="minmax")
     ok(at)
     assert at.selectbox(key="w_source").value == "latim" and at.selectbox(key="w_layer").value == 3
-    ref = masked(interaction_map(model, tokens_of(model), 3, method="latim", normalize_="minmax"))
+    ref = masked(interaction_map(model, tokens_of(model), layer=3, method="latim", normalize_="minmax"))
     np.testing.assert_allclose(arr(figure(at, "detail")["data"][0]["z"]), ref, rtol=1e-4, atol=1e-6, equal_nan=True)
     qp = dict(at.query_params)
     assert qp["source"] == "latim" and qp["layer"] == "3" and qp["norm"] == "minmax" and qp["prompt"] == PROMPT
@@ -395,15 +396,15 @@ def test_features_page(env, model, roots):
     ok(at)
     sae = load_sae(folder)
     toks = tokens_of(model)
-    dens = activation_density(model, sae, toks).numpy()
+    dens = activation_density(model, toks, sae=sae).numpy()
     np.testing.assert_allclose(arr(figure(at, "density")["data"][0]["x"]), np.log10(np.maximum(dens, 1e-7)), rtol=1e-6)
     k = min(10, model.cfg.vocab_size // 2)
-    eff = logit_effects(model, sae, latents=[0], k=k)
+    eff = logit_effects(model, sae=sae, latents=[0], k=k)
     bars = arr(figure(at, "effects")["data"][0]["x"])
     np.testing.assert_allclose(bars, np.concatenate([eff.bottom_values[0], eff.top_values[0].flip(0)]), rtol=1e-5)
     at.number_input(key="w_latent").set_value(5).run()
     ok(at)
-    eff5 = logit_effects(model, sae, latents=[5], k=k)
+    eff5 = logit_effects(model, sae=sae, latents=[5], k=k)
     np.testing.assert_allclose(arr(figure(at, "effects")["data"][0]["x"])[-k:], eff5.top_values[0].flip(0).numpy(),
                                rtol=1e-5)
     at.text_input(key="w_test").input("<bos>0841").run()
@@ -450,14 +451,14 @@ def test_codebook_tab(env, model, cb_folder):
     usage = at.dataframe[0].value
     assert list(usage["site"]) == list(run.ids)
     sim = at.dataframe[1].value
-    assert list(sim["code"]) == [c for c, _ in similar_codes(cbm, site, 0)]
+    assert list(sim["code"]) == [c for c, _ in similar_codes(cbm, hook=site, code=0)]
     if (run.ids[site] == 0).any():
         assert "seq " in html_of(at) and "pos " in html_of(at)
     states = at.dataframe[2].value
     assert len(states) >= 1 and "Most associated state" in texts(at.caption)
 
     # forcing: pick a code whose forced continuation differs from the greedy baseline
-    forced = {c: forced_continuations(cbm, toks, site, c, 8) for c in range(8)}
+    forced = {c: forced_continuations(cbm, toks, hook=site, code=c, max_new_tokens=8) for c in range(8)}
     code = next(c for c, (g0, g1) in forced.items() if g0 != g1)
     at.number_input(key="w_cb_code").set_value(code).run()
     ok(at)
@@ -469,6 +470,54 @@ def test_codebook_tab(env, model, cb_folder):
     ok(at)
     ref1 = collect_codes(cbm, toks, keep_inputs=False).ids["blocks.1.ssm.hook_out"][0, :, 0].numpy()
     assert [int(t) for t in np.asarray(figure(at, "cb_codes")["data"][0]["text"]).reshape(-1)] == ref1.tolist()
+
+
+def test_code_view_is_the_code_report_with_strings(model, cb_folder):
+    """interp.tasks.codes.code_view (the codebook tab's numbers): code_report on 64 TokFSM sequences (TokFSM) or
+    the prompt, token strings of the prompt and examples, the prompt positions where the code is selected, and
+    the TokFSM states where it fires."""
+    from interp.codebook import code_report, load_codebook_model
+    from interp.data import tokfsm_dataset
+    from interp.tasks.codes import TOKFSM_SEQS, code_view
+    from interp.tasks.tokfsm import tokfsm_code_states
+
+    cbm = load_codebook_model(cb_folder)
+    site, toks = "blocks.0.ssm.hook_out", tokens_of(model)
+    code = int(code_report(cbm, toks, corpus=toks, hook=site, code=0).prompt_ids[0, -1])  # selected at the end
+    corpus = tokfsm_dataset(TOKFSM_SEQS, seed=0)
+    ref = code_report(cbm, toks, corpus=corpus, hook=site, code=code)
+    cv = code_view(cbm, toks, hook=site, code=code, tokfsm=True)
+    assert cv.corpus_name == "64 TokFSM sequences" and torch.equal(cv.corpus, corpus)
+    assert torch.equal(cv.report.prompt_ids, ref.prompt_ids) and torch.equal(cv.report.fires, ref.fires)
+    assert cv.prompt_str_tokens == C.str_tokens(cbm, toks)
+    assert cv.example_str_tokens == [C.str_tokens(cbm, ex["context"]) for ex in ref.examples]
+    assert cv.positions == [i for i in range(toks.shape[1]) if (ref.prompt_ids[:, i] == code).any()]
+    assert toks.shape[1] - 1 in cv.positions
+    assert (cv.states, cv.n_units) == tokfsm_code_states(corpus, ref.fires)
+    plain = code_view(cbm, toks, hook=site, code=code)
+    assert plain.corpus_name == "the prompt" and torch.equal(plain.corpus, toks)
+    assert plain.states is None and plain.n_units == 0 and plain.state_note() == ""
+    assert [r["code"] for r in cv.similar_table()] == [c for c, _ in ref.similar]
+    assert [r["site"] for r in cv.usage_table()] == list(ref.usage)
+    assert cv.usage_summary()["dead fraction"] == f"{ref.usage[site]['dead_fraction']:.3f}"
+    assert cv.state_note().startswith(("Most associated state", f"Code {code} never fires"))
+    with pytest.raises(ValueError, match="out of range"):
+        code_view(cbm, toks, hook=site, code=10_000)
+
+
+def test_default_prompt_follows_the_model_card(model):
+    """interp.tasks.prompts.default_prompt: a TokFSM prompt for a TokFSM model, a copying prompt for a copying
+    model (by the card), the digit symbols for another digit-tokenizer model, else an English sentence."""
+    from interp.data.copying import copy_prompt
+    from interp.tasks.prompts import ENGLISH, default_prompt
+
+    assert default_prompt(MODEL, model) == tokfsm_prompt_text(16)
+    copying = [n for n in interp.zoo.list_models() if model_task(n) == "copy"]
+    if copying:
+        assert default_prompt(copying[0]) == copy_prompt(12)
+    tok = model.tokenizer
+    assert default_prompt("/some/folder", model) == tok.bos_token + ("".join(tok.symbols) * 2)[:20]
+    assert default_prompt("/some/folder") == ENGLISH
 
 
 def test_codebook_tab_bad_inputs(env, roots, cb_folder, tmp_path):
@@ -529,7 +578,7 @@ def test_steering_changes_the_next_token_distribution(env, model):
     p_base, p_steer = arr(fig["data"][0]["y"]), arr(fig["data"][1]["y"])
     iv = Intervention(Direction(token_direction(model, 0)), hook, "add", 4.0, positions="all")
     ref0 = next_token_probs(model, toks).numpy()
-    ref1 = next_token_probs(model, toks, iv.hooks(model)).numpy()
+    ref1 = next_token_probs(model, toks, fwd_hooks=iv.hooks(model)).numpy()
     top = np.argsort(-(ref0 + ref1), kind="stable")[:12]
     np.testing.assert_allclose(p_base, ref0[top], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(p_steer, ref1[top], rtol=1e-5, atol=1e-7)
@@ -562,7 +611,7 @@ def test_export_page(env, model):
     if not kaleido_available():
         assert "needs the `kaleido` package" in texts(at.info)
     fig = figure(at, "export_fig")
-    ref = masked(interaction_map(model, tokens_of(model), 0))
+    ref = masked(interaction_map(model, tokens_of(model), layer=0))
     np.testing.assert_allclose(arr(fig["data"][0]["z"]), ref, rtol=1e-5, atol=1e-7, equal_nan=True)
     at.radio(key="w_exp").set_value("logit lens").run()
     ok(at)

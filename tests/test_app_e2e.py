@@ -204,6 +204,7 @@ def test_every_page_renders(server, browser, page):
     extra = {"sae": str((server[1] / "sae").resolve()), "latent": 3} if page == "features" else {}
     tab.open(url(server, page, prompt=PROMPT, **extra))
     assert tab.page.locator("h1").first.inner_text().strip()
+    assert tab.page.get_by_text("Page not found").count() == 0, f"/{page} is not a page URL"  # /model too
     if page in ("interactions", "lens", "steering", "export", "features"):
         assert tab.charts(), f"no plotly chart on {page}"
     tab.check(page)
@@ -299,7 +300,7 @@ def test_interp_app_serves_the_mamba1_model(server_mamba1, browser):
     detail = charts[0]
     assert "layer 0, hidden attention" in detail["title"], [c["title"] for c in charts]
     model = interp.load(MAMBA1)
-    ref = causal_masked(interaction_map(model, C.tokenize(model, PROMPT, 4096), 0)[0].numpy())
+    ref = causal_masked(interaction_map(model, C.tokenize(model, PROMPT, 4096), layer=0)[0].numpy())
     z = np.array(json.loads(detail["data"][0]["z"]), dtype=float)  # null (the causal blank) -> nan
     np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-7, equal_nan=True)
     assert any("layer × channel/head" in c["title"] for c in charts)

@@ -21,11 +21,11 @@ PACKAGES = {"interp": ROOT / "interp", "interp.hooks": ROOT / "hooks", "interp.k
 LAYERS: list[tuple[str, int]] = [
     # 5 entry points: commands, the app, the demo
     ("interp.cli", 5), ("interp.__main__", 5), ("interp.app_cli", 5), ("interp.demo", 5), ("interp.apps", 5),
-    ("interp.activations.cli", 5), ("interp.sae.cli", 5),
+    ("interp.activations.cli", 5), ("interp.sae.cli", 5), ("interp.attention.cli", 5),
     # 4 tasks: data sets with known ground truth, the embedded models' recipes, benchmarks on them
     ("interp.tasks", 4), ("interp.data", 4), ("interp.zoo.train", 4), ("interp.zoo.evaluate", 4),
     ("interp.zoo.recipes", 4), ("interp.codebook.zoo", 4),
-    ("interp.attention.evaluate", 4),
+    ("interp.attention.benchmarks", 4),
     # 3 analyses
     ("interp.attention", 3), ("interp.lrp", 3), ("interp.lens", 3), ("interp.probes", 3), ("interp.sae", 3),
     ("interp.codebook", 3), ("interp.steering", 3), ("interp.activations", 3),
@@ -119,3 +119,17 @@ def test_the_app_does_not_compute_with_torch():
             bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {n}" for n in names
                     if n == "torch" or n.startswith("torch.")]
     assert bad == []
+
+
+APP_MAX_LINES = 1000
+
+
+def test_the_app_stays_small():
+    """``apps/`` only presents (validate inputs, keep state, draw), so it stays under :data:`APP_MAX_LINES` lines;
+    a page that grows past that is computing something a library function should."""
+    lines = {path.relative_to(ROOT): len(path.read_text().splitlines())
+             for path in PACKAGES["interp.apps"].rglob("*.py")}
+    biggest = ", ".join(f"{p} ({n})" for p, n in sorted(lines.items(), key=lambda x: -x[1])[:4])
+    assert sum(lines.values()) < APP_MAX_LINES, (
+        f"apps/ has {sum(lines.values())} lines (limit {APP_MAX_LINES}); biggest: {biggest}. Move computation and "
+        "data shaping into library functions, repeated widget code into apps/ui.py")

@@ -88,7 +88,7 @@ def test_interaction_map_asks_the_dispatch_with_the_tensors_device(ssm, asked):
     interaction_map(ssm, tokens, layer=0, aggregate="topk", k=2)  # channel mass, then the reduced map
     assert [c[0] for c in asked] == ["cpu", "cpu"]
     asked.clear()
-    query_rows(ssm, tokens, layer=0, rows=[3, -1])
+    query_rows(ssm, tokens, layer=0, positions=[3, -1])
     assert len(asked) == 1 and asked[0][0] == "cpu" and asked[0][4] is False  # query rows: no numba kernel
 
 

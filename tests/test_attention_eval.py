@@ -1,4 +1,5 @@
-"""Evaluation harness (interp.attention.evaluate) and figure builders (interp.attention.figures).
+"""Method registry rows (interp.attention.methods), benchmarks (interp.attention.benchmarks), perturbation curves
+(interp.attention.perturbation), the CLI (interp.attention.cli) and figure builders (interp.attention.figures).
 
 Metrics against scikit-learn, closed forms, perturbation curves (batched = one by one, k = 0 is the
 clean logit, ΔA sign on a model whose relevances are known), the copying benchmark end to end on
@@ -15,9 +16,13 @@ import torch
 
 import interp
 from conftest import make_hf_ssm
-from interp.attention import evaluate as ev
+from interp.attention import benchmarks as bm
+from interp.attention import cli
 from interp.attention import figures as fg
-from interp.attention.maps import interaction_map, rollout
+from interp.attention import methods as mt
+from interp.attention import perturbation as pt
+from interp.attention import interaction_map, rollout
+from interp.metrics import average_precision, roc_auc
 
 _MODELS: dict[str, object] = {}
 
@@ -59,18 +64,18 @@ def _random_cases(n_cases: int = 60):
 def test_roc_auc_and_ap_match_sklearn():
     metrics = pytest.importorskip("sklearn.metrics")
     for y, s in _random_cases():
-        assert ev.roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
-        assert ev.average_precision(y, s) == pytest.approx(metrics.average_precision_score(y, s), abs=1e-12)
+        assert roc_auc(y, s) == pytest.approx(metrics.roc_auc_score(y, s), abs=1e-12)
+        assert average_precision(y, s) == pytest.approx(metrics.average_precision_score(y, s), abs=1e-12)
     # torch inputs work the same
     y, s = next(_random_cases())
-    assert ev.roc_auc(torch.tensor(y), torch.tensor(s)) == pytest.approx(metrics.roc_auc_score(y, s))
+    assert roc_auc(torch.tensor(y), torch.tensor(s)) == pytest.approx(metrics.roc_auc_score(y, s))
 
 
 def test_metrics_need_both_classes():
     with pytest.raises(ValueError):
-        ev.roc_auc([0, 0, 0], [0.1, 0.2, 0.3])
+        roc_auc([0, 0, 0], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError):
-        ev.average_precision([0, 0], [0.1, 0.2])
+        average_precision([0, 0], [0.1, 0.2])
 
 
 def test_one_hot_closed_forms():
@@ -78,19 +83,19 @@ def test_one_hot_closed_forms():
     n = 9
     for r in range(1, n + 1):
         scores = np.arange(n, 0, -1, dtype=float)  # index 0 ranked first
-        m = ev.score_row(scores, true_index=r - 1)
-        assert m["auc"] == pytest.approx((n - r) / (n - 1))
-        assert m["ap"] == pytest.approx(1 / r)
-        assert m["recall_at_1"] == (1.0 if r == 1 else 0.0)
+        m = bm.score_row(scores, true_index=r - 1)
+        assert m.auc == pytest.approx((n - r) / (n - 1))
+        assert m.ap == pytest.approx(1 / r)
+        assert m.recall_at_1 == (1.0 if r == 1 else 0.0)
     # ties at the top: expected hit under random tie-breaking
-    assert ev.recall_at_1([1, 0, 0, 0], [2.0, 2.0, 2.0, 1.0]) == pytest.approx(1 / 3)
-    assert ev.recall_at_1([0, 1, 0], [5.0, 1.0, 0.0]) == 0.0
-    constant = ev.score_row(np.zeros(5), 2)
-    assert constant == {"auc": 0.5, "ap": pytest.approx(0.2), "recall_at_1": pytest.approx(0.2)}
+    assert bm.recall_at_1([1, 0, 0, 0], [2.0, 2.0, 2.0, 1.0]) == pytest.approx(1 / 3)
+    assert bm.recall_at_1([0, 1, 0], [5.0, 1.0, 0.0]) == 0.0
+    constant = bm.score_row(np.zeros(5), 2)
+    assert constant == bm.RowScore(auc=0.5, ap=pytest.approx(0.2), recall_at_1=pytest.approx(0.2))
     # candidates restrict the row; NaN counts as the lowest score
-    assert ev.score_row([9.0, 0.0, 1.0, float("nan")], 2, candidates=[1, 2, 3])["recall_at_1"] == 1.0
+    assert bm.score_row([9.0, 0.0, 1.0, float("nan")], 2, candidates=[1, 2, 3]).recall_at_1 == 1.0
     with pytest.raises(ValueError):
-        ev.score_row([1.0, 2.0], 1, candidates=[0])
+        bm.score_row([1.0, 2.0], 1, candidates=[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,31 +119,31 @@ def test_perturbation_curve_on_known_relevances():
     L, p, base = 8, 5, 2
     w = torch.tensor([3.0, 0.5, 2.0, 0.1, 1.0, 0.2, 7.0, 7.0])
     model, tokens = CountingModel(w, base), torch.zeros(1, L, dtype=torch.long)
-    morf = ev.perturbation_curve(model, tokens, p, w, base, "morf")
-    lerf = ev.perturbation_curve(model, tokens, p, w, base, "lerf")
+    morf = pt.perturbation_curve(model, tokens, position=p, scores=w, baseline_id=base, order="morf")
+    lerf = pt.perturbation_curve(model, tokens, position=p, scores=w, baseline_id=base, order="lerf")
     clean = float(model(tokens)[0, p, 0])
     assert morf.shape == (p + 2,) and morf[0] == clean and lerf[0] == clean
     assert morf[-1] == lerf[-1] == 1.0  # every token j <= p replaced; j > p never touched
     ws = torch.sort(w[: p + 1], descending=True).values
     assert torch.allclose(morf, clean - torch.cat([torch.zeros(1), ws.cumsum(0)]))
     assert torch.allclose(lerf, clean - torch.cat([torch.zeros(1), ws.flip(0).cumsum(0)]))
-    good = ev.delta_auc(morf, lerf)
+    good = pt.delta_auc(morf, lerf)
     assert good > 0
-    bad = ev.perturbation_test(model, tokens, p, -w, base)
-    assert bad["delta"] == pytest.approx(-good) and bad["delta"] < 0
-    assert ev.perturbation_test(model, tokens, p, w, base)["delta"] == pytest.approx(good)
+    bad = pt.perturbation_test(model, tokens, position=p, scores=-w, baseline_id=base)
+    assert bad.delta == pytest.approx(-good) and bad.delta < 0
+    assert pt.perturbation_test(model, tokens, position=p, scores=w, baseline_id=base).delta == pytest.approx(good)
     # steps: a subset of k, endpoints kept
-    coarse = ev.perturbation_curve(model, tokens, p, w, base, "morf", steps=3)
-    ks = ev.perturbation_ks(p + 1, 3)
+    coarse = pt.perturbation_curve(model, tokens, position=p, scores=w, baseline_id=base, order="morf", steps=3)
+    ks = pt.perturbation_ks(p + 1, 3)
     assert ks[0] == 0 and ks[-1] == p + 1 and torch.allclose(coarse, morf[ks])
 
 
 def test_area():
-    assert ev.area([1.0, 1.0, 1.0]) == pytest.approx(1.0)
-    assert ev.area([0.0, 1.0]) == pytest.approx(0.5)
-    assert ev.area([2.0, 0.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
+    assert pt.area([1.0, 1.0, 1.0]) == pytest.approx(1.0)
+    assert pt.area([0.0, 1.0]) == pytest.approx(0.5)
+    assert pt.area([2.0, 0.0, 0.0, 0.0, 0.0]) == pytest.approx(0.25)
     with pytest.raises(ValueError):
-        ev.area([1.0])
+        pt.area([1.0])
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2-g1"])
@@ -146,7 +151,8 @@ def test_area():
 def test_perturbation_curve_on_a_model(kind):
     model, tokens, p, base = _model(kind), _tokens(16), 11, 18
     scores = torch.rand(16, generator=torch.Generator().manual_seed(1))
-    curve = ev.perturbation_curve(model, tokens, p, scores, base, "morf", batch_size=5)  # several chunks
+    curve = pt.perturbation_curve(model, tokens, position=p, scores=scores, baseline_id=base, order="morf",
+                                  batch_size=5)  # several chunks
     clean = model(tokens)[0, p]
     target = int(clean.argmax())
     assert curve[0] == pytest.approx(float(clean[target]), abs=1e-5)  # k = 0 is the clean logit
@@ -155,7 +161,7 @@ def test_perturbation_curve_on_a_model(kind):
         t = tokens.clone()
         t[0, order[:k]] = base
         assert curve[k] == pytest.approx(float(model(t)[0, p, target]), abs=1e-4)
-    lerf = ev.perturbation_curve(model, tokens, p, scores, base, "lerf")
+    lerf = pt.perturbation_curve(model, tokens, position=p, scores=scores, baseline_id=base, order="lerf")
     assert lerf[-1] == pytest.approx(float(curve[-1]), abs=1e-5)
 
 
@@ -165,52 +171,95 @@ def test_perturbation_curve_on_a_model(kind):
 def test_method_registry_and_specs():
     for name in ("hidden", "hidden_last", "attention", "attention_last", "latim_l1", "latim_l2", "latim_alti",
                  "lrp", "grad_x_input", "random", "unified"):
-        assert callable(ev.resolve_method(name)), name
+        assert callable(mt.resolve_method(name)), name
     for spec in ("hidden@sum", "latim_l2@rollout", "latim_l2@last", "hidden@0", "hidden@-1"):
-        assert callable(ev.resolve_method(spec))
+        assert callable(mt.resolve_method(spec))
     with pytest.raises(KeyError, match="known"):
-        ev.resolve_method("nope")
+        mt.resolve_method("nope")
     with pytest.raises(ValueError):
-        ev.resolve_method("hidden@bogus")
+        mt.resolve_method("hidden@bogus")
     with pytest.raises(ValueError):
-        ev.register_method("a@b", lambda m, t, p: None)
+        mt.register_method("a@b", lambda m, t, *, positions: None)
+    with pytest.raises(ValueError):
+        mt.register_method("hidden", lambda m, t, *, positions: None)  # map methods cannot be replaced
+
+
+def test_one_registry_for_maps_and_benchmarks():
+    """Every map method of the app's menu is a registry entry; benchmark-only rows stay out of the maps."""
+    assert set(mt.METHODS) <= set(mt.MAP_METHODS) and set(mt.LABELS) == set(mt.METHODS)
+    assert {"latim_l2", "random", "lrp_abs"}.isdisjoint(mt.METHODS)
+    assert {"latim_l2", "random", "hidden_last"} <= set(mt.benchmark_methods())
+    model, tokens = _model("mamba1"), _tokens(12)
+    with pytest.raises(ValueError, match="method must be one of"):
+        interaction_map(model, tokens, layer=0, method="random")
+
+    def const(model, tokens, *, positions):
+        return torch.ones(len(positions), tokens.shape[1])
+
+    try:
+        entry = mt.register_method("test_const", const, kinds=("transformer",))
+        assert entry.benchmark_only and "test_const" in mt.benchmark_methods() and "test_const" not in mt.METHODS
+        with pytest.raises(mt.MethodNotApplicable):
+            mt.method_rows(model, tokens, positions=[3], method="test_const")
+    finally:
+        mt.MAP_METHODS.pop("test_const", None)
+
+
+def test_rows_take_one_sequence_and_check_positions():
+    model, tokens = _model("mamba1"), _tokens(12)
+    with pytest.raises(ValueError, match=r"tokens.*\(2, 12\)"):
+        mt.method_rows(model, tokens.repeat(2, 1), positions=[3], method="hidden")
+    with pytest.raises(ValueError, match=r"tokens.*\(2, 12\)"):
+        pt.perturbation_curve(model, tokens.repeat(2, 1), position=3, scores=torch.ones(12), baseline_id=0)
+    with pytest.raises(IndexError, match="positions"):
+        mt.method_rows(model, tokens, positions=[12], method="hidden")
+    with pytest.raises(IndexError, match="positions"):
+        mt.layer_maps(model, tokens, method="hidden", positions=[-13])
+    assert torch.allclose(mt.method_rows(model, tokens, positions=[-1], method="hidden_last"),
+                          mt.method_rows(model, tokens, positions=[11], method="hidden_last"))
 
 
 def test_method_rows_on_ssm():
     model, tokens = _model("mamba1"), _tokens(18)
     pos = [4, 10, 17]
-    maps = [interaction_map(model, tokens, l)[0] for l in range(model.cfg.n_layers)]
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "hidden"), rollout(maps)[pos], atol=1e-6)
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "hidden_last"), maps[-1][pos], atol=1e-6)
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "hidden@0"), maps[0][pos], atol=1e-6)
+    maps = [interaction_map(model, tokens, layer=l)[0] for l in range(model.cfg.n_layers)]
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="hidden"), rollout(maps)[pos], atol=1e-6)
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="hidden_last"), maps[-1][pos],
+                          atol=1e-6)
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="hidden@0"), maps[0][pos], atol=1e-6)
     row_sum = torch.stack([m / m.sum(-1, keepdim=True) for m in maps]).mean(0)
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "hidden@sum"), row_sum[pos], atol=1e-5)
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="hidden@sum"), row_sum[pos],
+                          atol=1e-5)
     from interp.lrp import interaction_rows
 
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "lrp"), interaction_rows(model, tokens, pos), atol=1e-6)
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="lrp"),
+                          interaction_rows(model, tokens, positions=pos), atol=1e-6)
     for m in ("latim_l2", "latim_alti", "grad_x_input", "random"):
-        r = ev.method_rows(model, tokens, pos, m)
+        r = mt.method_rows(model, tokens, positions=pos, method=m)
         assert r.shape == (3, 18) and torch.isfinite(r).all(), m
-    with pytest.raises(ev.MethodUnavailable):
-        ev.method_rows(model, tokens, pos, "attention")
+    with pytest.raises(mt.MethodNotApplicable):
+        mt.method_rows(model, tokens, positions=pos, method="attention")
 
 
 def test_method_rows_on_transformer():
     model, tokens = _model("gpt2"), _tokens(18)
     pos = [3, 17]
-    maps = [interaction_map(model, tokens, l, "attention", aggregate="mean")[0] for l in range(model.cfg.n_layers)]
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "attention"), rollout(maps)[pos], atol=1e-6)
-    assert torch.allclose(ev.method_rows(model, tokens, pos, "attention_last"), maps[-1][pos], atol=1e-6)
-    assert ev.method_rows(model, tokens, pos, "lrp").shape == (2, 18)
+    maps = [interaction_map(model, tokens, layer=l, method="attention", aggregate="mean")[0]
+            for l in range(model.cfg.n_layers)]
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="attention"), rollout(maps)[pos],
+                          atol=1e-6)
+    assert torch.allclose(mt.method_rows(model, tokens, positions=pos, method="attention_last"), maps[-1][pos],
+                          atol=1e-6)
+    assert mt.method_rows(model, tokens, positions=pos, method="lrp").shape == (2, 18)
     for m in ("hidden", "latim_l2"):
-        with pytest.raises(ev.MethodUnavailable):
-            ev.method_rows(model, tokens, pos, m)
+        with pytest.raises(mt.MethodNotApplicable):
+            mt.method_rows(model, tokens, positions=pos, method=m)
 
 
 # ---------------------------------------------------------------------------------------------
 # copying benchmark
 # ---------------------------------------------------------------------------------------------
-def _oracle(model, tokens, positions):
+def _oracle(model, tokens, *, positions):
     """Scores 1 at the true copy source t - n (L = 2n + 2), 0 elsewhere."""
     n = (tokens.shape[1] - 2) // 2
     rows = torch.zeros(len(positions), tokens.shape[1])
@@ -220,7 +269,10 @@ def _oracle(model, tokens, positions):
 
 
 def test_oracle_method_scores_one():
-    table = ev.copying_benchmark({"m": _model("mamba1")}, {"oracle": _oracle, "anti": lambda m, t, p: -_oracle(m, t, p)},
+    def anti(model, tokens, *, positions):
+        return -_oracle(model, tokens, positions=positions)
+
+    table = bm.copying_benchmark({"m": _model("mamba1")}, methods={"oracle": _oracle, "anti": anti},
                                  n_sequences=2, n_range=(4, 6), seed=3)
     o, a = table.cell("m", "oracle"), table.cell("m", "anti")
     assert (o["auc"], o["ap"], o["recall_at_1"]) == (1.0, 1.0, 1.0)
@@ -230,7 +282,7 @@ def test_oracle_method_scores_one():
 def test_copying_benchmark_end_to_end(tmp_path):
     models = {"m1": _model("mamba1"), "m2": _model("mamba2-g1"), "tf": _model("gpt2")}
     methods = ["hidden", "hidden_last", "attention", "latim_l2", "latim_alti", "lrp", "grad_x_input", "random"]
-    table = ev.copying_benchmark(models, methods, n_sequences=2, n_range=(6, 9), seed=0)
+    table = bm.copying_benchmark(models, methods=methods, n_sequences=2, n_range=(6, 9), seed=0)
     assert table.columns == ("model", "method", "auc", "ap", "recall_at_1", "n_positions", "copy_accuracy",
                              "seconds", "note")
     assert len(table.rows) == len(models) * len(methods)
@@ -258,22 +310,22 @@ def test_cli(tmp_path, capsys):
     folder = tmp_path / "tiny-copy"
     make_hf_ssm("mamba1").save_pretrained(folder)
     md = tmp_path / "table.md"
-    table = ev.main(["copying", "--models", f"tiny={folder}", "does-not-exist", "--methods", "hidden_last", "random",
+    table = cli.main(["copying", "--models", f"tiny={folder}", "does-not-exist", "--methods", "hidden_last", "random",
                      "--n", "2", "--n-range", "4", "6", "--markdown", str(md), "--threads", "1"])
     out = capsys.readouterr()
     assert "skipping does-not-exist" in out.err
     assert "hidden_last" in out.out and "tiny" in out.out
     assert md.read_text().startswith("**Copying benchmark") and table.models() == ["tiny"]
-    pt = ev.main(["perturbation", "--model", str(folder), "--methods", "hidden_last", "--n", "2",
+    pt = cli.main(["perturbation", "--model", str(folder), "--methods", "hidden_last", "--n", "2",
                   "--n-range", "4", "6", "--steps", "4", "--threads", "1"])
     r = pt.rows[0]
     assert r["model"] == "tiny-copy" and r["delta"] == pytest.approx(r["a_lerf"] - r["a_morf"])
     with pytest.raises(SystemExit):
-        ev.main(["copying", "--models", "does-not-exist"])
+        cli.main(["copying", "--models", "does-not-exist"])
 
 
 def test_perturbation_benchmark_on_tokfsm_data():
-    table = ev.perturbation_benchmark({"m": _model("mamba2-g1")}, ["hidden_last", "random"], n_sequences=2,
+    table = bm.perturbation_benchmark({"m": _model("mamba2-g1")}, methods=["hidden_last", "random"], n_sequences=2,
                                       data="tokfsm", seq_len=24, steps=6)
     assert [r["method"] for r in table.rows] == ["hidden_last", "random"]
     assert all(r["n_positions"] == 2 and math.isfinite(r["delta"]) for r in table.rows)
@@ -316,3 +368,22 @@ def test_exported_html_is_self_contained(tmp_path):
     html = fg.save_html(fig, tmp_path / "f.html").read_text()
     assert "<script" in html and not re.search(r"<script[^>]+src=", html)  # plotly.js inlined, no CDN
     assert len(html) > 1_000_000
+
+
+# ---------------------------------------------------------------------------------------------
+# the calling convention (model, tokens, *, ...) of every function here that runs the model on tokens
+# ---------------------------------------------------------------------------------------------
+def test_calling_convention():
+    import inspect
+
+    from interp import lens, lrp
+    from interp.attention import maps, views
+
+    fns = [maps.interaction_map, maps.query_rows, maps.mamba_attr, maps.ssm_parameters, lrp.explain,
+           lrp.interaction_rows, lens.logit_lens, mt.method_rows, mt.layer_maps, pt.perturbation_curve,
+           pt.perturbation_test, views.detail_map, views.attribution_rows, views.rollout_map, views.thumbnail_maps]
+    for fn in fns:
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
+        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[2:]), fn.__name__
+        assert not {p.name for p in params} & {"rows", "hook_name", "hooks", "site", "sites"}, fn.__name__

@@ -43,9 +43,9 @@ def test_hidden_attention_reconstructs_hook_y(ssm):
     """Σ_j α[i, j] u_j + D u_i == hook_y at every layer (<= 1e-5 relative)."""
     tokens = torch.randint(0, ssm.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     for layer in range(ssm.cfg.n_layers):
-        p = ssm_parameters(ssm, tokens, layer)
-        y = reconstruct_y(hidden_attention(p["dt"], p["A"], p["B"], p["C"]), p["u"], p["D"])
-        rel = (y - p["y"]).norm() / p["y"].norm()
+        p = ssm_parameters(ssm, tokens, layer=layer)
+        y = reconstruct_y(hidden_attention(p.dt, p.A, p.B, p.C), p.u, p.D)
+        rel = (y - p.y).norm() / p.y.norm()
         assert rel <= 1e-5, f"layer {layer}: {rel:.2e}"
 
 
@@ -58,7 +58,7 @@ def test_interaction_map_interface_on_ssm(ssm):
     top = interaction_map(ssm, tokens, layer=1, aggregate="topk", k=2)
     best = per.abs().sum((0, 2, 3)).topk(2).indices
     assert torch.allclose(top, per[:, best].abs().mean(1), atol=1e-6)
-    rows = query_rows(ssm, tokens, layer=1, rows=[5, -1])
+    rows = query_rows(ssm, tokens, layer=1, positions=[5, -1])
     assert torch.allclose(rows, per.abs().mean(1)[:, [5, 19]], atol=1e-6)
     row_norm = interaction_map(ssm, tokens, layer=1, normalize_="row")
     assert torch.allclose(row_norm.sum(-1), torch.ones(1, 20), atol=1e-5)
@@ -103,13 +103,34 @@ def test_mamba_attr_on_ssm(ssm):
     assert torch.allclose(rho.sum(-1), torch.ones(1, 10), atol=1e-5)  # rows stay normalised
 
 
+def test_batches_and_positions_follow_the_calling_convention(ssm):
+    """A batch [b, L] gives the rows' results stacked (maps, query rows, Mamba-Attr); positions are bounds-checked;
+    everything after ``tokens`` is keyword-only."""
+    tokens = torch.randint(0, ssm.cfg.vocab_size, (2, 10), generator=torch.Generator().manual_seed(3))
+    both = interaction_map(ssm, tokens, layer=1)
+    one = torch.cat([interaction_map(ssm, t[None], layer=1) for t in tokens])
+    assert torch.allclose(both, one, atol=1e-6)
+    rows = query_rows(ssm, tokens, layer=1, positions=[2, -1])
+    assert torch.allclose(rows, one[:, [2, 9]], atol=1e-6)
+    rho = mamba_attr(ssm, tokens, position=-2)
+    assert torch.allclose(rho, torch.cat([mamba_attr(ssm, t[None], position=-2) for t in tokens]), atol=1e-5)
+    with pytest.raises(IndexError, match="positions"):
+        query_rows(ssm, tokens, layer=1, positions=[10])
+    with pytest.raises(ValueError, match="needs a layer"):
+        interaction_map(ssm, tokens)
+    with pytest.raises(TypeError):
+        interaction_map(ssm, tokens, 1)  # layer is keyword-only
+    p = ssm_parameters(ssm, tokens, layer=-1)
+    assert p.dt.shape[:2] == (2, 10) and p.y.shape == p.u.shape
+
+
 def test_unified_and_latim_through_the_common_interface(ssm):
     from interp.attention import latim_layer, latim_scores, unified_layer
 
     tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
     _, cache = ssm.run_with_cache(tokens)  # includes hook_state, so the sequential scan ran: compare at 1e-4
     uni = interaction_map(ssm, tokens, layer=1, method="unified", aggregate="mean_abs")
-    assert torch.allclose(uni, unified_layer(ssm, cache, 1, aggregate="mean_abs").map, atol=1e-4)
+    assert torch.allclose(uni, unified_layer(ssm, cache, layer=1, aggregate="mean_abs").map, atol=1e-4)
     lat = interaction_map(ssm, tokens, layer=0, method="latim", score="alti")
-    assert torch.allclose(lat, latim_scores(latim_layer(ssm, cache, 0), "alti"), atol=1e-4)
+    assert torch.allclose(lat, latim_scores(latim_layer(ssm, cache, layer=0), "alti"), atol=1e-4)
     assert lat.shape == (1, 12, 12)

@@ -85,7 +85,7 @@ def test_unified_reconstructs_gated_output(silu_run):
 def test_unified_reconstructs_identity_activation_models(identity_run):
     model, cache = identity_run
     for layer in range(model.cfg.n_layers):
-        ua = unified_layer(model, cache, layer)
+        ua = unified_layer(model, cache, layer=layer)
         assert rel(ua.reconstruct(), cache[f"blocks.{layer}.ssm.hook_gated"]) < 1e-5
 
 
@@ -144,7 +144,7 @@ def test_latim_identity_is_exact_without_post_conv_silu(identity_run):
     assert model.blocks[0].ssm.out_proj.bias is not None  # the out_proj bias goes to `bias`
     for layer in range(model.cfg.n_layers):
         out = cache[f"blocks.{layer}.ssm.hook_out"]
-        con = latim_layer(model, cache, layer, f="identity", chunk=7)
+        con = latim_layer(model, cache, layer=layer, f="identity", chunk=7)
         assert con.T.shape == (2, 11, 11, model.cfg.d_model)
         assert rel(con.reconstruct(), out) < 1e-5
         assert float(con.reconstruction_error.max()) < 1e-5
@@ -183,7 +183,7 @@ def test_latim_silu_reconstruction_error_is_reported(silu_run):
     assert len(errs) == model.cfg.n_layers
     assert all(0 < e < float("inf") for e in errs), errs
     for layer in range(model.cfg.n_layers):
-        con = latim_layer(model, cache, layer)
+        con = latim_layer(model, cache, layer=layer)
         full_err = float((con.reconstruct() - con.y).norm() / con.y.norm())
         assert abs(full_err - errs[layer]) < 1e-5 * max(1.0, errs[layer])
         assert torch.isfinite(con.reconstruction_error).all() and (con.reconstruction_error > 0).all()

@@ -46,11 +46,11 @@ def test_views_match_interaction_map():
     toks = torch.randint(0, 10, (1, 9), generator=torch.Generator().manual_seed(0))
     assert aggregates_for("latim") == [] and "channel" in aggregates_for("hidden")
     assert n_channels(model) == model.cfg.d_inner
-    np.testing.assert_allclose(detail_map(model, toks, 1, "hidden"), interaction_map(model, toks, 1)[0].numpy(),
-                               rtol=1e-6)
-    ref = normalize(rollout([interaction_map(model, toks, i).abs() for i in range(model.cfg.n_layers)]), "row")
-    np.testing.assert_allclose(rollout_map(model, toks, "hidden", normalize_="row"), ref[0].numpy(), rtol=1e-6)
-    th = thumbnail_maps(model, toks, "hidden", per_layer=3)
+    np.testing.assert_allclose(detail_map(model, toks, layer=1, method="hidden"),
+                               interaction_map(model, toks, layer=1)[0].numpy(), rtol=1e-6)
+    ref = normalize(rollout([interaction_map(model, toks, layer=i).abs() for i in range(model.cfg.n_layers)]), "row")
+    np.testing.assert_allclose(rollout_map(model, toks, method="hidden", normalize_="row"), ref[0].numpy(), rtol=1e-6)
+    th = thumbnail_maps(model, toks, method="hidden", per_layer=3)
     assert th.maps.shape == (2 * 3, 9, 9) and [k[0] for k in th.keys] == [0, 0, 0, 1, 1, 1]
     top = th.sorted_by("mass", top=4)
     assert top.names[0] == f"L{th.keys[top.order[0]][0]} ch{th.keys[top.order[0]][1]}"
@@ -64,3 +64,22 @@ def test_figure_exports_and_npz():
     assert 'src="http' not in files["html"].decode() and json.loads(files["json"])["data"][0]["type"] == "heatmap"
     back = np.load(io.BytesIO(npz_bytes({"t": torch.arange(3), "s": np.array(["a"])})))
     assert back["t"].tolist() == [0, 1, 2] and back["t"].dtype == np.int64 and back["s"].tolist() == ["a"]
+
+
+def test_map_view_is_the_layer_map_or_the_rows_of_an_attribution():
+    from interp.attention.views import attribution_rows, map_view
+
+    model = tiny_model()
+    toks = torch.randint(0, 10, (1, 9), generator=torch.Generator().manual_seed(0))
+    v = map_view(model, toks, method="hidden", layer=1, aggregate=2, normalize_="row")
+    np.testing.assert_array_equal(v.values, detail_map(model, toks, layer=1, method="hidden", aggregate=2,
+                                                       normalize_="row"))
+    assert v.rows is None and v.title == "layer 1, hidden attention (SSM), channel 2, row"
+    np.testing.assert_array_equal(v.row(-1 % 9), v.values[8])
+    r = map_view(model, toks, method="hidden", rollout=True)
+    np.testing.assert_array_equal(r.values, rollout_map(model, toks, method="hidden"))
+    assert r.title.startswith("rollout, ") and not r.signed
+    w = map_view(model, toks, method="grad_x_input", query=2, all_rows_max=4)  # 9 tokens > 4: not every row
+    assert w.rows == [1, 2, 3, 4, 5, 6, 7, 8] and w.values.shape == (8, 9)  # the query and the last 8 rows
+    np.testing.assert_allclose(w.values, attribution_rows(model, toks, positions=w.rows, method="grad_x_input"))
+    np.testing.assert_array_equal(w.row(2), w.values[1])

@@ -152,20 +152,21 @@ def test_refused_train_resume_names_the_flag(tmp_path, capsys):
 
 
 def test_refused_codebook_resume_is_typed(tmp_path):
-    from interp.codebook import CodebookTrainConfig, make_codebooks, mixer_output_sites, train_codebooks
+    from interp.codebook import CodebookTrainConfig, make_codebooks, mixer_output_hooks, train_codebooks
     from interp.codebook.zoo import model_batches
     from interp.hooks.loading import ExistingRunError
 
     cfg = CodebookTrainConfig(steps=1, batch_size=2, checkpoint_every=1, kmeans_init=False)
     for steps in (1, 2):
         model = load_tokfsm("tokfsm-mamba")
-        books = make_codebooks(model, mixer_output_sites(model)[:1], n_codes=8)
+        books = make_codebooks(model, hook=mixer_output_hooks(model)[:1], n_codes=8)
         if steps == 1:
-            train_codebooks(model, books, cfg, tmp_path / "cb", model_batches(model, cfg), progress=False)
+            train_codebooks(model, model_batches(model, cfg), books=books, cfg=cfg, out_dir=tmp_path / "cb",
+                            progress=False)
             continue
         with pytest.raises(ExistingRunError, match="another CodebookTrainConfig") as e:
-            train_codebooks(model, books, cfg.replace(steps=2), tmp_path / "cb", model_batches(model, cfg),
-                            progress=False)
+            train_codebooks(model, model_batches(model, cfg), books=books, cfg=cfg.replace(steps=2),
+                            out_dir=tmp_path / "cb", progress=False)
     assert "Pass resume=False to start over, or choose another folder (out_dir=...)." in str(e.value)
     assert cli.error_line(e.value).endswith("Pass --no-resume to start over, or choose another folder (--out DIR).")
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import load_tokfsm
 
 from interp.codebook import (
-    CodebookConfig, CodebookLayer, CodebookTrainConfig, attach, attached, code_intervention, code_label_precision,
-    collect_codes, detach, fit_post_hoc, load_codebook_model, make_codebooks, mixer_output_sites,
-    save_codebook_model, similar_codes, train_codebooks, usage_stats,
+    CodebookCodes, CodebookConfig, CodebookLayer, CodebookTrainConfig, attach, attached, code_intervention,
+    code_label_precision, collect_codes, detach, fit_post_hoc, load_codebook_model, make_codebooks,
+    mixer_output_hooks, save_codebook_model, similar_codes, train_codebooks, usage_stats,
 )
 from interp.codebook import functional as Fn
 from interp.codebook.analysis import CodeRun
@@ -177,8 +177,8 @@ def test_attach_detach_hook_names_and_generation(name, request):
     model = request.getfixturevalue(name)
     t = tokens()
     ref = model(t)
-    sites = mixer_output_sites(model)
-    books = make_codebooks(model, sites, n_codes=16)
+    sites = mixer_output_hooks(model)
+    books = make_codebooks(model, hook=sites, n_codes=16)
     attach(model, books)
     try:
         assert set(attached(model)) == set(sites)
@@ -195,11 +195,11 @@ def test_attach_detach_hook_names_and_generation(name, request):
         detach(model)
     assert torch.equal(model(t), ref) and not attached(model)
     with pytest.raises(UnknownHookError, match="Closest valid names"):
-        make_codebooks(model, ["blocks.0.hook_mixer_outt"])
+        make_codebooks(model, hook=["blocks.0.hook_mixer_outt"])
 
 
 def test_recurrent_generation_equals_full_forward_with_codebooks(mamba):
-    books = make_codebooks(mamba, mixer_output_sites(mamba), n_codes=32)
+    books = make_codebooks(mamba, hook=mixer_output_hooks(mamba), n_codes=32)
     attach(mamba, books)
     try:
         t = tokens(2, 9)
@@ -211,14 +211,15 @@ def test_recurrent_generation_equals_full_forward_with_codebooks(mamba):
 
 
 def test_per_head_codebooks_on_attention_z(transformer):
-    books = make_codebooks(transformer, ["blocks.1.attn.hook_z"], n_codes=8, k=2)
+    books = make_codebooks(transformer, hook="blocks.1.attn.hook_z", n_codes=8, k=2)
     cfg = books["blocks.1.attn.hook_z"].cfg
     assert (cfg.n_groups, cfg.d) == (transformer.cfg.n_heads, transformer.cfg.d_head)
     attach(transformer, books)
     try:
         run = collect_codes(transformer, tokens())
         assert run.ids["blocks.1.attn.hook_z"].shape == (3, 11, transformer.cfg.n_heads, 2)
-        iv = code_intervention(transformer, "blocks.1.attn.hook_z", 5, "force", positions="last", group=2)
+        iv = code_intervention(transformer, hook="blocks.1.attn.hook_z", code=5, mode="force", positions="last",
+                               group=2)
         with iv.applied(transformer):
             run2 = collect_codes(transformer, tokens())
         ids = run2.ids["blocks.1.attn.hook_z"]
@@ -229,25 +230,25 @@ def test_per_head_codebooks_on_attention_z(transformer):
 
 def test_code_interventions_force_disable_append_and_save(mamba, tmp_path):
     site = "blocks.1.ssm.hook_out"
-    books = make_codebooks(mamba, [site], n_codes=16, k=2)
+    books = make_codebooks(mamba, hook=site, n_codes=16, k=2)
     attach(mamba, books)
     layer = books[site]
     try:
         t = tokens()
         base = collect_codes(mamba, t).ids[site]
-        forced = code_intervention(mamba, site, 7, "force", positions="last")
+        forced = code_intervention(mamba, hook=site, code=7, mode="force", positions="last")
         with forced.applied(mamba):
             ids = collect_codes(mamba, t).ids[site]
         assert (ids[:, -1, 0] == 7).all() and torch.equal(ids[:, :-1], base[:, :-1])
         # the forced code takes the top slot, the best of the others stays in the second
         assert torch.equal(ids[:, -1, 1], torch.where(base[:, -1, 0] == 7, base[:, -1, 1], base[:, -1, 0]))
         used = int(base[0, 3, 0])
-        with code_intervention(mamba, site, used, "disable").applied(mamba):
+        with code_intervention(mamba, hook=site, code=used, mode="disable").applied(mamba):
             ids = collect_codes(mamba, t).ids[site]
         assert not (ids == used).any()
         # append: output = mean of the k codes + code / k
         _, c0 = mamba.run_with_cache(t, names_filter=f"{site}.codebook.hook_out")
-        app = code_intervention(mamba, site, 3, "append", positions=[4])
+        app = code_intervention(mamba, hook=site, code=3, mode="append", positions=[4])
         with app.applied(mamba):
             _, c1 = mamba.run_with_cache(t, names_filter=f"{site}.codebook.hook_out")
         diff = c1[f"{site}.codebook.hook_out"] - c0[f"{site}.codebook.hook_out"]
@@ -258,8 +259,54 @@ def test_code_interventions_force_disable_append_and_save(mamba, tmp_path):
         back = Intervention.load(tmp_path / "iv")
         ref = mamba.run_with_hooks(t, fwd_hooks=forced.hooks(mamba))
         assert torch.equal(mamba.run_with_hooks(t, fwd_hooks=back.hooks(mamba)), ref)
+        # the one builder refuses a hook without a codebook and a code the codebook does not have
+        with pytest.raises(ValueError, match="no codebook there"):
+            code_intervention(mamba, hook="blocks.0.ssm.hook_out", code=1)
+        with pytest.raises(ValueError, match="out of range"):
+            code_intervention(mamba, hook=site, code=16, mode="append")
     finally:
         detach(mamba)
+
+
+def test_codebook_sources_and_their_errors():
+    """Codebook sources edit code scores (force: +inf, disable: -inf)."""
+    src = CodebookCodes([1, 3], n_codes=4, group=1, n_groups=2)
+    x = torch.zeros(2, 5, 8)
+    forced = src.edit(x, "replace", 1.0, None)
+    assert torch.isinf(forced[..., [5, 7]]).all() and (forced[..., [5, 7]] > 0).all()
+    assert (forced[..., [0, 1, 2, 3, 4, 6]] == 0).all()
+    assert (src.edit(x, "ablate", 1.0, None)[..., [5, 7]] == -torch.inf).all()
+    with pytest.raises(ValueError, match="ids in 0..3"):
+        CodebookCodes([4], n_codes=4)
+    with pytest.raises(ValueError, match="width 8"):
+        src.edit(torch.zeros(3, 4), "replace", 1.0, None)
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_saved_code_intervention_loads_without_importing_the_codebook_package(tmp_path, recorded):
+    """interp.steering.load imports the module that registers a saved source (recorded in the file; for files
+    written before it was, the known home of the kind), so a fresh process loads a codebook intervention."""
+    import json
+    import subprocess
+    import sys
+
+    iv = Intervention(CodebookCodes([1, 3], n_codes=4), hook="blocks.0.ssm.hook_out.codebook.hook_scores",
+                      operator="replace", positions="last", name="force")
+    iv.save(tmp_path)
+    doc = json.loads((tmp_path / "intervention.json").read_text())
+    assert doc["source"]["module"] == "interp.codebook.steering"
+    if not recorded:
+        del doc["source"]["module"]
+        (tmp_path / "intervention.json").write_text(json.dumps(doc))
+    code = (
+        "import sys, interp.steering as S\n"
+        "assert 'interp.codebook' not in sys.modules and 'codebook_codes' not in S.SOURCES\n"
+        f"iv = S.load({str(tmp_path)!r})\n"
+        "print(type(iv.source).__module__, type(iv.source).__name__, iv.source.codes, iv.operator)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["interp.codebook.steering", "CodebookCodes", "[1,", "3]", "replace"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -275,15 +322,16 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
 
     def fresh():
         m = load_tokfsm("tokfsm-mamba")
-        return m, make_codebooks(m, mixer_output_sites(m)[:2], n_codes=32)
+        return m, make_codebooks(m, hook=mixer_output_hooks(m)[:2], n_codes=32)
 
     m, books = fresh()
     long = SHORT.replace(steps=30, checkpoint_every=30)
-    res = train_codebooks(m, books, long, tmp_path / "long", model_batches(m, long), progress=False, log_every=5)
+    res = train_codebooks(m, model_batches(m, long), books=books, cfg=long, out_dir=tmp_path / "long", progress=False,
+                          log_every=5)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
 
     m, books = fresh()
-    train_codebooks(m, books, SHORT, tmp_path / "straight", model_batches(m, SHORT), progress=False)
+    train_codebooks(m, model_batches(m, SHORT), books=books, cfg=SHORT, out_dir=tmp_path / "straight", progress=False)
     straight = {k: v.clone() for k, v in m.state_dict().items()}
 
     real_save, calls = T.save_checkpoint, []
@@ -298,10 +346,12 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
     m, books = fresh()
     monkeypatch.setattr(T, "save_checkpoint", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
-        train_codebooks(m, books, SHORT, tmp_path / "resumed", model_batches(m, SHORT), progress=False)
+        train_codebooks(m, model_batches(m, SHORT), books=books, cfg=SHORT, out_dir=tmp_path / "resumed",
+                        progress=False)
     monkeypatch.setattr(T, "save_checkpoint", real_save)
     m, books = fresh()
-    res = train_codebooks(m, books, SHORT, tmp_path / "resumed", model_batches(m, SHORT), progress=False)
+    res = train_codebooks(m, model_batches(m, SHORT), books=books, cfg=SHORT, out_dir=tmp_path / "resumed",
+                          progress=False)
     assert res.start_step == 4
     for k, v in m.state_dict().items():
         assert torch.equal(v, straight[k]), k
@@ -310,12 +360,12 @@ def test_in_model_training_lowers_loss_and_resumes_bit_identically(tmp_path, mon
 def test_post_hoc_fit_and_save_load_model(tmp_path):
     m = load_tokfsm("tokfsm-mamba")
     site = "blocks.2.ssm.hook_out"
-    from interp.codebook.train import site_activations
+    from interp.codebook.train import hook_activations
     from interp.codebook.zoo import training_batches
     from interp.zoo.evaluate import recipe_of
 
-    acts = site_activations(m, [site], training_batches(recipe_of("tokfsm-mamba"), SHORT), 2048)
-    books = make_codebooks(m, [site], n_codes=32)
+    acts = hook_activations(m, training_batches(recipe_of("tokfsm-mamba"), SHORT), hook=[site], n_tokens=2048)
+    books = make_codebooks(m, hook=[site], n_codes=32)
     curves = fit_post_hoc(books, acts, steps=30, batch_size=256, progress=False)
     assert curves[site][-1] < curves[site][0] * 1.01
     attach(m, books)
@@ -385,12 +435,12 @@ def test_per_class_recall_floor():
 def test_steering_modes_force_codes_where_they_say(mamba):
     from interp.tasks.tokfsm import STEERING_MODES, tokfsm_code_steering, tokfsm_state_codes, tokfsm_transition_codes
 
-    books = make_codebooks(mamba, mixer_output_sites(mamba)[:2], n_codes=16)
+    books = make_codebooks(mamba, hook=mixer_output_hooks(mamba)[:2], n_codes=16)
     attach(mamba, books)
     try:
         codes = tokfsm_state_codes(mamba, n_seq=32)
         trans = tokfsm_transition_codes(mamba, n_seq=32)
-        site = mixer_output_sites(mamba)[0]
+        site = mixer_output_hooks(mamba)[0]
         assert codes[site].shape == (100,) and trans[site].shape == (100, 10)
         seen = []
         hp = mamba.hook_dict[f"{site}.codebook.hook_codes"]
@@ -416,22 +466,22 @@ def test_codebook_folder_checks_and_code_report(mamba, tmp_path):
     import json
 
     from interp.codebook import (
-        check_codebook_folder, code_report, codebook_base_model, codebook_sites, find_codebook_models,
+        check_codebook_folder, code_report, codebook_base_model, codebook_hooks, find_codebook_models,
         forced_continuations,
     )
     from interp.data import tokfsm_dataset, tokfsm_labels
     from interp.tasks.tokfsm import tokfsm_code_states
 
     torch.manual_seed(0)
-    site = mixer_output_sites(mamba)[0]
-    attach(mamba, make_codebooks(mamba, [site], n_codes=8))
+    site = mixer_output_hooks(mamba)[0]
+    attach(mamba, make_codebooks(mamba, hook=site, n_codes=8))
     try:
         folder = save_codebook_model(mamba, tmp_path / "runs" / "cbm", base="tokfsm-mamba")
         assert check_codebook_folder(folder)["sites"] == {site: "codebooks/0"}
         assert find_codebook_models([tmp_path / "runs"]) == [folder.resolve()]
-        assert codebook_base_model(folder) == "tokfsm-mamba" and codebook_sites(mamba)[site]["n_codes"] == 8
+        assert codebook_base_model(folder) == "tokfsm-mamba" and codebook_hooks(mamba)[site]["n_codes"] == 8
         corpus, prompt = tokfsm_dataset(8, seed=0), tokfsm_dataset(1, seed=1)
-        r = code_report(mamba, prompt, corpus, site, code=2)
+        r = code_report(mamba, prompt, corpus=corpus, hook=site, code=2)
         ids = collect_codes(mamba, corpus, keep_inputs=False).ids[site]
         fires = (ids == 2).any(-1)
         assert torch.equal(r.fires, fires) and r.n_fires == int(fires.sum())
@@ -440,10 +490,10 @@ def test_codebook_folder_checks_and_code_report(mamba, tmp_path):
         lab = tokfsm_labels(corpus)
         assert n_units == int((fires & (lab["digit_pos"] == 1) & (lab["state"] >= 0)).sum())
         assert sum(row["count"] for row in rows) <= n_units and all(0 < row["precision"] <= 1 for row in rows)
-        g0, g1 = forced_continuations(mamba, prompt, site, 2, max_new_tokens=3)
+        g0, g1 = forced_continuations(mamba, prompt, hook=site, code=2, max_new_tokens=3)
         assert len(g0) == len(g1) == 3
         with pytest.raises(ValueError, match="out of range"):
-            code_report(mamba, prompt, corpus, site, code=8)
+            code_report(mamba, prompt, corpus=corpus, hook=site, code=8)
         index = json.loads((folder / "codebooks.json").read_text())
         for sites, base, message in [({site: "../../.."}, "tokfsm-mamba", "points outside its folder"),
                                      ({site: "codebooks/0"}, "no-such-model", "not an embedded model")]:
@@ -452,3 +502,21 @@ def test_codebook_folder_checks_and_code_report(mamba, tmp_path):
                 check_codebook_folder(folder)
     finally:
         detach(mamba)
+
+
+def test_calling_convention():
+    """(model, tokens, *, hook=..., ...) for what runs the model on tokens, (model, *, hook=..., ...) for what
+    builds from a model; ``hook`` everywhere, never ``site`` / ``sites``."""
+    import inspect
+
+    from interp.codebook import code_report, forced_continuations
+    from interp.codebook.train import hook_activations
+
+    for fn, lead in ((collect_codes, ["model", "tokens"]), (forced_continuations, ["model", "tokens"]),
+                     (code_report, ["model", "tokens"]), (code_intervention, ["model"]),
+                     (make_codebooks, ["model"]), (hook_activations, ["model", "batches"])):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:len(lead)]] == lead, fn.__name__
+        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[len(lead):]), fn.__name__
+        names = {p.name for p in params}
+        assert "hook" in names and not {"site", "sites", "hooks"} & names, fn.__name__

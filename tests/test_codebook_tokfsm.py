@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from interp.codebook import attached, load_codebook_model, mixer_output_sites
+from interp.codebook import attached, load_codebook_model, mixer_output_hooks
 from interp.tasks.tokfsm import tokfsm_code_steering_table, tokfsm_state_codes, tokfsm_transition_codes
 from interp.codebook.train import INDEX_FILE
 from interp.codebook.zoo import CODEBOOK_RECIPES, FIT_SEED, evaluate_tokfsm
@@ -32,7 +32,7 @@ def shipped(request):
 def test_k1_codebooks_at_every_mixer_output(shipped):
     name, model, card = shipped
     books = attached(model)
-    assert sorted(books) == sorted(mixer_output_sites(model)) and len(books) == model.cfg.n_layers
+    assert sorted(books) == sorted(mixer_output_hooks(model)) and len(books) == model.cfg.n_layers
     assert all(b.cfg.k == 1 for b in books.values())
     assert card["base"] == CODEBOOK_RECIPES[name].base
 

@@ -176,7 +176,7 @@ def test_shapes_default_target_and_causality(model):
 def test_interaction_rows_match_explain(model):
     tokens = _tokens(6)
     positions = [0, 5, L - 1]
-    rows = interaction_rows(model, tokens, positions)
+    rows = interaction_rows(model, tokens, positions=positions)
     assert rows.shape == (len(positions), L)
     for r, p in enumerate(positions):
         ref = explain(model, tokens, position=p).relevance
@@ -185,6 +185,19 @@ def test_interaction_rows_match_explain(model):
     full = interaction_rows(model, tokens, batch_size=5)  # full map, in chunks
     assert full.shape == (L, L) and torch.allclose(full[positions], rows, rtol=1e-4, atol=1e-6)
     assert torch.equal(full.triu(1), torch.zeros_like(full))  # causal
+    assert torch.equal(interaction_rows(model, tokens, positions=[-1]), rows[-1:])  # negative: from the end
+    with pytest.raises(IndexError, match="positions"):
+        interaction_rows(model, tokens, positions=[L])
+
+
+def test_one_sequence_at_a_time(model):
+    """explain / interaction_rows take one sequence: a batch is refused naming tokens, its shape and what to do."""
+    batch = _tokens(8).repeat(2, 1)
+    for fn in (explain, interaction_rows):
+        with pytest.raises(ValueError, match=rf"tokens of shape \(2, {L}\): loop over the rows"):
+            fn(model, batch)
+    with pytest.raises(TypeError):
+        explain(model, batch[:1], 3)  # target and the rest are keyword-only
 
 
 def test_lrp_conservation_float64():

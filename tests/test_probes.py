@@ -184,7 +184,7 @@ def test_selectivity_closed_forms():
 
     tokens, rows = _token_rows(token_embedding)
     y = tokens % 4  # a deterministic function of the token
-    r = probe_sweep(None, tokens, y, rows=rows, probe=probe).rows[0]
+    r = probe_sweep(None, tokens, labels=y, collected=rows, probe=probe).rows[0]
     assert r["accuracy"] > 0.99 and abs(r["selectivity"]) < 0.02, r
 
     # trigram types over a 4-token vocabulary (64 types + those cut by the start), each its own random vector
@@ -195,7 +195,7 @@ def test_selectivity_closed_forms():
         return tri_emb[t3[..., 0], t3[..., 1], t3[..., 2]] + 0.05 * torch.randn(*tokens.shape, 80, generator=g)
 
     tokens, rows = _token_rows(trigram_embedding, vocab=4)
-    r = probe_sweep(None, tokens, tokens % 2, rows=rows, probe=probe, control_context=2).rows[0]
+    r = probe_sweep(None, tokens, labels=tokens % 2, collected=rows, probe=probe, control_context=2).rows[0]
     assert r["accuracy"] > 0.99 and abs(r["selectivity"]) < 0.02, r
 
     # activations independent of the type: the control task is at chance (its majority-label rate)
@@ -205,7 +205,7 @@ def test_selectivity_closed_forms():
     tokens, rows = _token_rows(noise)
     y = torch.randint(0, 3, tokens.shape, generator=torch.Generator().manual_seed(4))
     for context in (0, 1):
-        r = probe_sweep(None, tokens, y, rows=rows, probe=probe, control_context=context).rows[0]
+        r = probe_sweep(None, tokens, labels=y, collected=rows, probe=probe, control_context=context).rows[0]
         ctrl = control_labels(y.reshape(-1), ngram_types(tokens, context + 1).reshape(-1, context + 1), seed=0)
         chance = float(torch.bincount(ctrl).max()) / len(ctrl)
         assert r["control_accuracy"] < chance + 0.03 and r["accuracy"] < 0.4 + 0.03, (context, r, chance)
@@ -213,7 +213,7 @@ def test_selectivity_closed_forms():
     # the token alone against (previous token, token) types: the control is capped by what the token predicts
     tokens, rows = _token_rows(token_embedding)
     y = tokens % 4
-    r = probe_sweep(None, tokens, y, rows=rows, probe=probe, control_context=1).rows[0]
+    r = probe_sweep(None, tokens, labels=y, collected=rows, probe=probe, control_context=1).rows[0]
     _, test = sequence_split(rows.seq, 0.25, 0)  # probe_sweep's held-out rows
     ctrl = control_labels(y.reshape(-1), ngram_types(tokens, 2).reshape(-1, 2), seed=0)[test]
     tok = rows.tokens[test]
@@ -237,11 +237,11 @@ def test_rows_from_model_and_from_activation_store_agree(tmp_path):
     model = load_tokfsm("tokfsm-mamba2")
     tokens = tokfsm_dataset(8, seed=3, seq_len=32)
     hooks = ["blocks.1.hook_resid_post", "blocks.1.ssm.hook_u"]
-    rows = collect_rows(model, tokens, hooks, batch_size=3)
+    rows = collect_rows(model, tokens, hook=hooks, batch_size=3)
     assert len(rows) == 8 * 31 and rows.acts[hooks[1]].shape[1] == model.cfg.d_inner
     _, cache = model.run_with_cache(tokens, names_filter=hooks[0])
     assert torch.allclose(rows.acts[hooks[0]], cache[hooks[0]][rows.seq, rows.pos], atol=1e-5)
-    cache_activations(model, [tokens[:4], tokens[4:]], hooks, tmp_path / "c", progress=False)
+    cache_activations(model, [tokens[:4], tokens[4:]], hook=hooks, out=tmp_path / "c", progress=False)
     stored = ProbeRows.from_store(ActivationStore(tmp_path / "c"))
     assert torch.equal(stored.seq, rows.seq) and torch.equal(stored.pos, rows.pos)
     assert torch.allclose(stored.acts[hooks[0]], rows.acts[hooks[0]], atol=1e-5)
@@ -253,7 +253,7 @@ def test_sweep_on_mamba2_with_figure():
     model = load_tokfsm("tokfsm-mamba2")
     tokens = tokfsm_dataset(48, seed=2)
     lab = tokfsm_labels(tokens)
-    res = probe_sweep(model, tokens, lab["state"], hooks=["hook_embed", "blocks.1.hook_resid_post"],
+    res = probe_sweep(model, tokens, labels=lab["state"], hook=["hook_embed", "blocks.1.hook_resid_post"],
                       positions={"tens": lab["digit_pos"] == 0, "units": lab["digit_pos"] == 1})
     assert res.hooks == ["hook_embed", "blocks.1.hook_resid_post"] and res.positions == ["tens", "units"]
     best = res.best()
@@ -265,8 +265,8 @@ def test_sweep_on_mamba2_with_figure():
     assert len(fig.data) == 2
     assert res.probes[("blocks.1.hook_resid_post", "units")].coef_.shape[1] == model.cfg.d_model
     # a regression probe and explicit positions
-    reg = probe_sweep(model, tokens, (lab["state"] % 10).float().masked_fill(lab["state"] < 0, float("nan")),
-                      hooks=["blocks.0.hook_resid_post"], positions=[5, 6], probe=LinearRegressionProbe(alpha=1.0))
+    reg = probe_sweep(model, tokens, labels=(lab["state"] % 10).float().masked_fill(lab["state"] < 0, float("nan")),
+                      hook="blocks.0.hook_resid_post", positions=[5, 6], probe=LinearRegressionProbe(alpha=1.0))
     assert reg.positions == ["5", "6"] and "r2" in reg.rows[0] and "selectivity" not in reg.rows[0]
 
 
@@ -276,7 +276,7 @@ def test_probe_through_nnsight_matches_hook_api():
     tokens = tokfsm_dataset(64, seed=4, seq_len=33)
     lab = tokfsm_labels(tokens)
     hook = "blocks.2.hook_resid_post"
-    rows = collect_rows(model, tokens, [hook], keep=lab["digit_pos"] == 1)
+    rows = collect_rows(model, tokens, hook=hook, keep=lab["digit_pos"] == 1)
     probe = LogisticProbe(C=1.0).fit(rows.acts[hook], rows.gather(lab["state"]))
     test = tokfsm_dataset(4, seed=5, seq_len=33)
     wrapped = nnsight.NNsight(model)
@@ -284,7 +284,7 @@ def test_probe_through_nnsight_matches_hook_api():
         resid = wrapped.blocks[2].hook_resid_post.output.save()
     units = tokfsm_labels(test)["digit_pos"] == 1
     pred = probe.predict(resid[units])
-    assert np.array_equal(pred, probe.predict(collect_rows(model, test, [hook], keep=units).acts[hook]))
+    assert np.array_equal(pred, probe.predict(collect_rows(model, test, hook=hook, keep=units).acts[hook]))
     assert (pred == tokfsm_labels(test)["state"][units].numpy()).mean() > 0.95
 
 
@@ -301,7 +301,7 @@ def test_current_state_probe_reaches_099_at_the_best_layer(name):
     model = load_tokfsm(name)
     tokens = tokfsm_dataset(160, seed=11)
     lab = tokfsm_labels(tokens)
-    res = probe_sweep(model, tokens, lab["state"], positions={"units digit": lab["digit_pos"] == 1},
+    res = probe_sweep(model, tokens, labels=lab["state"], positions={"units digit": lab["digit_pos"] == 1},
                       control_context=2)
     print(f"\n{name}: current-state probe, units-digit positions (held-out sequences)")
     for r in res.rows:
@@ -317,9 +317,21 @@ def test_sweep_over_all_layers_of_tokfsm_mamba_under_a_minute():
     tokens = tokfsm_dataset(128, seed=12)
     lab = tokfsm_labels(tokens)
     t0 = time.perf_counter()
-    res = probe_sweep(model, tokens, lab["state"],
+    res = probe_sweep(model, tokens, labels=lab["state"],
                       positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
     seconds = time.perf_counter() - t0
     print(f"\ntokfsm-mamba sweep: {len(res.rows)} cells (+ control) in {seconds:.1f} s")
     assert len(res.hooks) == model.cfg.n_layers + 1 and len(res.rows) == 2 * len(res.hooks)
     assert seconds < 60
+
+
+def test_calling_convention():
+    """(model, tokens, *, hook=..., positions=..., ...): everything after tokens keyword-only, ``hook`` not
+    ``hooks``."""
+    import inspect
+
+    for fn in (collect_rows, probe_sweep):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
+        assert "hook" in {p.name for p in params} and "hooks" not in {p.name for p in params}, fn.__name__

@@ -73,3 +73,20 @@ def test_ssm_cfg_device_follows_the_parameters():
         assert model.cfg.device == str(model.W_E.device)
         model.cpu()
         assert model.cfg.device == "cpu"
+
+
+def test_describe_and_residual_hooks_read_the_shared_names(model):
+    from interp.hooks.hook_points import residual_hooks
+    from interp.hooks.protocol import describe
+
+    d = describe(model)
+    assert d["name"] == model.cfg.model_name and d["layers"] == model.cfg.n_layers
+    assert d["vocab"] == model.cfg.d_vocab and d["hook points"] == len(model.hook_dict)
+    assert d["architecture"] in ("mamba1", "mamba2", "transformer") or d["architecture"].endswith("ForCausalLM") or \
+        d["architecture"].endswith("LMHeadModel")
+    n = model.cfg.n_layers
+    assert residual_hooks(model, ("post",)) == ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n)]
+    both = residual_hooks(model)
+    assert both[1:3] == ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"] and len(both) == 1 + 2 * n
+    _, cache = model.run_with_cache(torch.tensor([[1, 2, 3]]), names_filter=both)
+    assert set(cache.keys()) == set(both)  # every name is a real hook point that fires

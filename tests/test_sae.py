@@ -1,5 +1,6 @@
 """interp.sae: metrics in closed form, the four architectures on synthetic sparse data, save/load, kill-and-resume,
-the NaN guard, splicing into a model (exact with the error term), steering and feature analysis.
+the NaN guard, inserting into a model (interp.hooks.insert; the SAE's hook points in the model's cache), splicing
+(exact with the error term), steering and feature analysis.
 
 Everything is tiny (d_in 32, CPU); synthetic activations are x = sparse codes @ a random unit-norm dictionary."""
 
@@ -22,17 +23,18 @@ from interp.sae import (
     SAEConfig,
     SparseAutoencoder,
     activation_density,
-    clamp_latent_hook,
+    latent_intervention,
     load_checkpoint_sae,
     logit_effects,
     lr_factor,
     run_with_sae,
-    splice_hook,
     splice_metrics,
-    steering_hook,
+    spliced,
     top_activating_examples,
     train_sae,
 )
+from interp.hooks import insert, inserted, remove
+from interp.steering import Intervention, SAELatents
 from interp.sae import functional as F
 from interp.sae import metrics
 
@@ -359,25 +361,84 @@ def _identity_sae(d: int = 32) -> SparseAutoencoder:
 def test_splice_with_error_term_is_exact(model, tokens):
     sae = _random_sae()
     clean = model(tokens)
-    with_err = run_with_sae(model, tokens, sae, with_error=True)
+    with_err = run_with_sae(model, tokens, sae=sae, with_error=True)
     assert torch.equal(with_err, clean)
-    without = run_with_sae(model, tokens, sae, with_error=False)
+    without = run_with_sae(model, tokens, sae=sae, with_error=False)
     assert not torch.allclose(without, clean, atol=1e-3)
     # the exact splice is the identity for gradients too
     x = torch.randn(2, 3, 32, requires_grad=True)
-    hook = type("H", (), {"name": HOOK, "ctx": {}})()
-    out = splice_hook(sae, with_error=True)(x, hook)
+    sae.with_error = True
+    out = sae(x)
+    sae.with_error = False
     out.backward(torch.ones_like(out))
     assert torch.equal(out, x) and torch.equal(x.grad, torch.ones_like(x)) and sae.W_dec.grad is not None
     # identity SAE: splicing its reconstruction changes nothing
-    assert torch.equal(run_with_sae(model, tokens, _identity_sae()), clean)
+    assert torch.equal(run_with_sae(model, tokens, sae=_identity_sae()), clean)
+
+
+def test_inserted_sae_exposes_its_hook_points(model, tokens):
+    """insert(model, hook, sae): the SAE is a child of the hook point, its hook points are the model's
+    (``<hook>.sae.hook_sae_*``), with the error term the output is unchanged, acts_post in the cache is
+    sae.encode; remove() (or leaving the block, even on an error) gives the model back as it was."""
+    sae = _random_sae()
+    clean = model(tokens)
+    names = [f"{HOOK}.sae.hook_sae_{n}" for n in ("input", "acts_pre", "acts_post", "recons", "error", "output")]
+    sae.with_error = True
+    try:
+        ins = insert(model, HOOK, sae)
+        assert model.get_submodule(f"{HOOK}.sae") is sae and inserted(model) == {HOOK: sae}
+        assert all(n in model.hook_dict for n in names)
+        logits, cache = model.run_with_cache(tokens)
+        torch.testing.assert_close(logits, clean, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(tokens), clean, atol=1e-5, rtol=0)
+        acts = cache[f"{HOOK}.sae.hook_sae_acts_post"]
+        assert acts.shape == (*tokens.shape, 64)
+        torch.testing.assert_close(acts, sae.encode(cache[f"{HOOK}.sae.hook_sae_input"]), atol=0, rtol=0)
+        torch.testing.assert_close(cache[HOOK], cache[f"{HOOK}.sae.hook_sae_input"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[f"{HOOK}.sae.hook_sae_error"] + cache[f"{HOOK}.sae.hook_sae_recons"],
+                                   cache[f"{HOOK}.sae.hook_sae_input"], atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="already inserted"):
+            insert(model, HOOK, _random_sae())
+        assert remove(model) == {HOOK: sae} and ins.remove() is sae  # removing twice is harmless
+    finally:
+        sae.with_error = False
+    assert not inserted(model) and not any(n in model.hook_dict for n in names)
+    assert sae.hook_sae_acts_post.name == "hook_sae_acts_post"  # the SAE names its hook points afresh
+    assert torch.equal(model(tokens), clean)
+    with pytest.raises(RuntimeError, match="boom"):
+        with spliced(model, sae=sae, with_error=True):
+            assert inserted(model) == {HOOK: sae}
+            raise RuntimeError("boom")
+    assert not inserted(model) and sae.with_error is False
+
+
+def test_sae_hook_points_standalone():
+    """An SAE alone is a hooked module: its cache holds every hook point; with the error term an edit of the
+    latents or of the reconstruction reaches the output as a change from x, an edited error term replaces ε."""
+    sae = _random_sae()
+    x = torch.randn(2, 3, 32)
+    _, cache = sae.run_with_cache(x)
+    assert torch.equal(cache["hook_sae_acts_post"], sae.encode(x))
+    assert torch.allclose(cache["hook_sae_recons"] + cache["hook_sae_error"], x, atol=1e-5)
+    assert torch.equal(cache["hook_sae_output"], sae.decode(sae.encode(x)))
+    sae.with_error = True
+    try:
+        assert torch.equal(sae(x), x)
+        with sae.hooks(fwd_hooks=[("hook_sae_recons", lambda a, hook: a + 1.0)]):
+            assert torch.allclose(sae(x), x + 1.0, atol=1e-5)
+        with sae.hooks(fwd_hooks=[("hook_sae_acts_post", lambda a, hook: torch.zeros_like(a))]):
+            assert torch.allclose(sae(x), x - sae.encode(x) @ sae.W_dec, atol=1e-5)
+        with sae.hooks(fwd_hooks=[("hook_sae_error", lambda a, hook: torch.zeros_like(a))]):
+            assert torch.equal(sae(x), sae.decode(sae.encode(x)))
+    finally:
+        sae.with_error = False
 
 
 def test_splice_metrics_ce_recovered(model, tokens):
-    perfect = splice_metrics(model, _identity_sae(), tokens)
-    assert perfect["ce_recovered_zero"] == 1.0 and perfect["ce_recovered_mean"] == 1.0
-    assert perfect["kl_sae"] == pytest.approx(0.0, abs=1e-12) and perfect["explained_variance"] == 1.0
-    assert perfect["kl_zero"] > 0 and perfect["ce_zero"] != perfect["ce_clean"]
+    perfect = splice_metrics(model, tokens, sae=_identity_sae())
+    assert perfect.ce_recovered_zero == 1.0 and perfect.ce_recovered_mean == 1.0
+    assert perfect.kl_sae == pytest.approx(0.0, abs=1e-12) and perfect.explained_variance == 1.0
+    assert perfect.kl_zero > 0 and perfect.ce_zero != perfect.ce_clean
 
     # an "SAE" that outputs the ablation itself: W_dec = 0, b_dec = 0 (zero) or the mean activation (mean)
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
@@ -387,12 +448,12 @@ def test_splice_metrics_ce_recovered(model, tokens):
         with torch.no_grad():
             sae.W_dec.zero_()
             sae.b_dec.copy_(b_dec)
-        m = splice_metrics(model, sae, tokens, ablations=(kind,), mean_activation=mean)
-        assert m[f"ce_recovered_{kind}"] == pytest.approx(0.0, abs=1e-6), kind
-        assert m["explained_variance"] <= 1e-6
+        m = splice_metrics(model, tokens, sae=sae, ablations=(kind,), mean_activation=mean)
+        assert getattr(m, f"ce_recovered_{kind}") == pytest.approx(0.0, abs=1e-6), kind
+        assert m.explained_variance <= 1e-6
 
-    noisy = splice_metrics(model, _random_sae(), tokens)
-    assert set(noisy) >= {"l0", "explained_variance", "mse", "ce_clean", "ce_sae", "kl_sae", "ce_zero",
+    noisy = splice_metrics(model, tokens, sae=_random_sae())
+    assert set(noisy.to_dict()) >= {"l0", "explained_variance", "mse", "ce_clean", "ce_sae", "kl_sae", "ce_zero",
                           "ce_mean", "ce_recovered_zero", "ce_recovered_mean", "kl_zero", "kl_mean"}
 
 
@@ -401,12 +462,17 @@ def test_splice_during_generation(model, tokens):
     prompt = tokens[:2, :5]
     plain = model.generate(prompt, max_new_tokens=4, stop_at_eos=False)
     cache: dict = {}
-    spliced = model.generate(prompt, max_new_tokens=4, stop_at_eos=False,
-                             fwd_hooks=[(HOOK, splice_hook(sae, with_error=True, cache=cache))])
-    assert torch.equal(spliced, plain)
+
+    def keep(act, hook):
+        cache[HOOK] = act.detach()
+
+    with spliced(model, sae=sae, with_error=True):
+        gen = model.generate(prompt, max_new_tokens=4, stop_at_eos=False,
+                             fwd_hooks=[(f"{HOOK}.sae.hook_sae_acts_post", keep)])
+    assert torch.equal(gen, plain)
     assert cache[HOOK].shape == (2, 1, 64)  # the last decoding step: one position
-    perfect = model.generate(prompt, max_new_tokens=4, stop_at_eos=False,
-                             fwd_hooks=[(HOOK, splice_hook(_identity_sae(), with_error=False))])
+    with spliced(model, sae=_identity_sae(), with_error=False):
+        perfect = model.generate(prompt, max_new_tokens=4, stop_at_eos=False)
     assert torch.equal(perfect, plain)
 
 
@@ -425,20 +491,23 @@ def test_steering_adds_alpha_times_decoder_row(model, tokens):
         seen["after"] = act.clone()
 
     alpha, latent = 3.5, 7
-    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before), (HOOK, steering_hook(sae, latent, alpha)), (HOOK, after)])
+    steer = Intervention(SAELatents(sae, latent), HOOK, "add", scale=alpha)
+    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before), *steer.hooks(model), (HOOK, after)])
     assert torch.equal(seen["after"], seen["before"] + alpha * sae.W_dec[latent].detach())
     assert torch.allclose(seen["after"] - seen["before"], (alpha * sae.W_dec[latent]).expand_as(seen["before"]),
                           atol=1e-5)
 
     # only at chosen positions
-    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before), (HOOK, steering_hook(sae, latent, alpha, positions=[2])),
-                                            (HOOK, after)])
+    at_2 = Intervention(SAELatents(sae, latent), HOOK, "add", scale=alpha, positions=[2])
+    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before), *at_2.hooks(model), (HOOK, after)])
     diff = (seen["after"] - seen["before"]).abs().sum(-1)
     assert (diff[:, 2] > 0).all() and diff[:, [0, 1, 3]].eq(0).all()
 
-    # clamping a latent with the error term kept: the value moves by (value - f) * row
-    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before), (HOOK, clamp_latent_hook(sae, latent, 5.0)),
-                                            (HOOK, after)])
+    # clamping a latent of the spliced SAE with the error term kept: the value moves by (value - f) * row
+    model.run_with_hooks(tokens, fwd_hooks=[(HOOK, before)])  # the value at the hook before the splice
+    clamp = latent_intervention(sae, latent, "clamp", value=5.0)
+    with spliced(model, sae=sae, with_error=True):
+        model.run_with_hooks(tokens, fwd_hooks=[*clamp.hooks(model), (HOOK, after)])
     f = sae.encode(seen["before"])[..., latent]
     expected = seen["before"] + (5.0 - f)[..., None] * sae.W_dec[latent]
     assert torch.allclose(seen["after"], expected.detach(), atol=1e-5)
@@ -448,11 +517,11 @@ def test_feature_analysis(model, tokens):
     sae = _random_sae()
     _, cache = model.run_with_cache(tokens, names_filter=HOOK)
     lat = sae.encode(cache[HOOK]).detach()  # [4, 12, 64]
-    dens = activation_density(model, sae, tokens, batch_size=3)
+    dens = activation_density(model, tokens, sae=sae, batch_size=3)
     assert torch.allclose(dens, metrics.feature_density(lat))
 
     latent = int(lat.reshape(-1, 64).amax(0).argmax())
-    ex = top_activating_examples(model, sae, tokens, latents=[latent, 0], k=3, context=(3, 1), batch_size=3)
+    ex = top_activating_examples(model, tokens, sae=sae, latents=[latent, 0], k=3, context=(3, 1), batch_size=3)
     best = ex[latent][0]
     seq, pos = divmod(int(lat[..., latent].argmax()), 12)
     assert (best.sequence, best.position) == (seq, pos)
@@ -462,13 +531,13 @@ def test_feature_analysis(model, tokens):
     assert len(best.str_tokens) == len(best.tokens) and str(best)
     assert [e.activation for e in ex[latent]] == sorted((e.activation for e in ex[latent]), reverse=True)
 
-    eff = logit_effects(model, sae, latents=[latent], k=5)
+    eff = logit_effects(model, sae=sae, latents=[latent], k=5)
     w = model.ln_final.weight if hasattr(model.ln_final, "weight") else model.ln_final.w
     expected = (sae.W_dec[latent] * w) @ model.W_U
     assert torch.allclose(eff.effects[0], expected.detach(), atol=1e-5)
     assert eff.top_values[0, 0] == pytest.approx(float(expected.detach().max()), abs=1e-5)
     with pytest.raises(ValueError, match="residual-stream hook"):
-        logit_effects(model, sae, hook_name="blocks.0.hook_attn_scores_nonexistent")
+        logit_effects(model, sae=sae, hook="blocks.0.hook_attn_scores_nonexistent")
 
 
 def test_sae_folders_fit_and_latent_report(tmp_path):
@@ -495,8 +564,10 @@ def test_sae_folders_fit_and_latent_report(tmp_path):
         with pytest.raises(ValueError, match=message):
             check_fits(SparseAutoencoder(cfg), model)
     toks = torch.randint(0, 10, (3, 12), generator=torch.Generator().manual_seed(0))
-    (_, lat, _), = latent_activations(model, sae, toks[:1])
-    torch.testing.assert_close(latent_trace(model, sae, toks[:1], 5), lat[0, :, 5].float())
-    r = latent_report(model, sae, toks, 5, k=3)
-    torch.testing.assert_close(r.density, activation_density(model, sae, toks))
+    batch, = latent_activations(model, toks[:1], sae=sae)
+    torch.testing.assert_close(latent_trace(model, toks[:1], sae=sae, latent=5), batch.latents[0, :, 5].float())
+    with pytest.raises(ValueError, match="one sequence at a time"):
+        latent_trace(model, toks, sae=sae, latent=5)
+    r = latent_report(model, toks, sae=sae, latent=5, k=3)
+    torch.testing.assert_close(r.density, activation_density(model, toks, sae=sae))
     assert r.latent == 5 and len(r.examples) <= 3 and (r.effects is None) == (r.effects_error is not None)

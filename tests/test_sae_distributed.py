@@ -64,7 +64,7 @@ def store(tmp_path_factory) -> Path:
             t[:, 0] = BOS
             yield t
 
-    cache_activations(model, tokens(), HOOK, out, shard_tokens=128, max_tokens=2048, bos_id=BOS, pad_id=PAD,
+    cache_activations(model, tokens(), hook=HOOK, out=out, shard_tokens=128, max_tokens=2048, bos_id=BOS, pad_id=PAD,
                       progress=False)
     return out
 

@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 
-from interp.sae import SAEConfig, SparseAutoencoder, splice_hook
+from interp.sae import SAEConfig, SparseAutoencoder, run_with_sae
 from interp.sae.saelens import (
     INTERP_CONFIG_KEY, SAEFormatError, from_saelens, load_sae, load_saelens, sae_format, save_saelens, to_saelens,
 )
@@ -228,8 +228,8 @@ def test_converted_saelens_sae_splices_into_our_model():
     tokens = torch.randint(0, 61, (2, 10), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = model(tokens)
-        spliced = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice_hook(ours, with_error=True))])
-        recon_only = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, splice_hook(ours, with_error=False))])
+        spliced = run_with_sae(model, tokens, sae=ours, with_error=True)
+        recon_only = run_with_sae(model, tokens, sae=ours, with_error=False)
     assert torch.allclose(clean, spliced, atol=1e-5)
     assert not torch.allclose(clean, recon_only, atol=1e-3)
 

@@ -141,9 +141,9 @@ def test_state_latent_precision_on_a_planted_sae():
     rep = state_latent_precision(sae.eval(), x, labels, n_classes=n_cls)
     assert rep.mean_precision == 1.0 and rep.feature.tolist() == list(range(n_cls))
     out = sae_vs_neurons(sae, x, labels, n_classes=n_cls)
-    assert out["l0"] == 1.0 and out["explained_variance"] > 0.99
-    assert out["sae_mean_precision"] == 1.0
-    assert out["neuron"].mean_precision == out["neuron_mean_precision"] <= 1.0
+    assert out.l0 == 1.0 and out.explained_variance > 0.99
+    assert out.sae_mean_precision == 1.0
+    assert out.neuron.mean_precision == out.neuron_mean_precision <= 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +222,8 @@ def _shuffled(x: torch.Tensor, batch_size: int, seed: int = 0):
 def train_state_sae(model, name: str, hook: str, recipe: dict) -> tuple[SparseAutoencoder, float]:
     """Train the recipe's TopK SAE on fresh TokFSM tokens (in memory); returns (SAE, seconds)."""
     tokens = tokfsm_dataset(N_TRAIN_SEQ, seed=101)
-    acts, _ = labelled_activations(model, tokens, hook, torch.where(tokens == TOKFSM_BOS, -1, 0))  # non-BOS tokens
+    non_bos = torch.where(tokens == TOKFSM_BOS, -1, 0)
+    acts = labelled_activations(model, tokens, hook=hook, labels=non_bos).acts
     bs, steps = recipe["batch_size"], recipe["steps"]
     cfg = SAEConfig(d_in=acts.shape[1], d_sae=recipe["d_sae"], architecture="topk", k=recipe["k"], lr=recipe["lr"],
                     lr_warmup_steps=20, lr_decay="cosine", min_lr_ratio=0.1, batch_size=bs,
@@ -244,15 +245,15 @@ def test_tokfsm_sae_acceptance(name, one_thread):
     sae, seconds = train_state_sae(model, name, hook, recipe)
 
     held_out = tokfsm_dataset(N_EVAL_SEQ, seed=202)
-    acts, states = labelled_activations(model, held_out, hook, tokfsm_labels(held_out)["state"])
-    out = sae_vs_neurons(sae, acts, states, n_classes=100, min_recall=0.5)
-    sae_rep, neuron_rep = out["sae"], out["neuron"]
+    la = labelled_activations(model, held_out, hook=hook, labels=tokfsm_labels(held_out)["state"])
+    out = sae_vs_neurons(sae, la.acts, la.labels, n_classes=100, min_recall=0.5)
+    sae_rep, neuron_rep = out.sae, out.neuron
     print(f"\n{name} {hook}: TopK d_sae={recipe['d_sae']} k={recipe['k']}, {recipe['steps']} steps x "
-          f"{recipe['batch_size']} tokens in {seconds:.0f}s | held-out EV {out['explained_variance']:.4f}, "
-          f"L0 {out['l0']:.2f} | mean precision at recall >= 0.5: SAE {sae_rep.mean_precision:.4f} "
+          f"{recipe['batch_size']} tokens in {seconds:.0f}s | held-out EV {out.explained_variance:.4f}, "
+          f"L0 {out.l0:.2f} | mean precision at recall >= 0.5: SAE {sae_rep.mean_precision:.4f} "
           f"(min {sae_rep.summary()['min_precision']:.3f}), best neuron {neuron_rep.mean_precision:.4f}")
-    assert out["l0"] <= 16
-    assert out["explained_variance"] >= 0.90
+    assert out.l0 <= 16
+    assert out.explained_variance >= 0.90
     assert (sae_rep.recall[sae_rep.support > 0] >= 0.5).all()
     assert sae_rep.summary()["n_classes"] == 100
     assert sae_rep.mean_precision >= 0.90, sae_rep.summary()

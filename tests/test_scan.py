@@ -1,11 +1,14 @@
-"""The fast scans equal the sequential reference, for both families, with and without h0."""
+"""The fast scans equal the sequential reference, for both families, with and without h0; states read at chosen
+positions and edits of them equal the reference recurrence."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from interp.hooks.scan import chunked_scan, segsum, sequential_scan
+from interp.hooks.scan import (
+    apply_state_edits, chunked_scan, read_state, scan_with_states, segsum, sequential_scan, update_state,
+)
 
 
 def problem(family: str, L: int, seed: int = 0):
@@ -44,3 +47,35 @@ def test_segsum_is_masked_segment_sum():
     a = torch.tensor([1.0, 2.0, 3.0])
     s = segsum(a)
     assert s[2, 0] == 5.0 and s[2, 2] == 0.0 and s[1, 0] == 2.0 and torch.isinf(s[0, 1])
+
+
+@pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+@pytest.mark.parametrize("positions", [[3], [0, 5, 39], list(range(40))])  # sparse (segments) and dense
+def test_scan_with_states_reads_the_reference_states(family, positions):
+    p, h0 = problem(family, 40)
+    y_ref, states = sequential_scan(**p, initial_state=h0)
+    y, h, got = scan_with_states(**p, h0=h0, positions=positions, chunk_size=16)
+    assert torch.allclose(y, y_ref, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(h, states[:, -1], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(got, states[:, positions], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+def test_state_edits_equal_the_recurrence_run_with_the_edits(family):
+    """Adding delta[:, j] to h at positions[j], carried forward by apply_state_edits, equals stepping the
+    recurrence and adding it there."""
+    p, _ = problem(family, 30)
+    positions = [4, 19]
+    y, h, states = scan_with_states(**p, h0=None, positions=positions, chunk_size=16)
+    delta = torch.randn(states.shape, generator=torch.Generator().manual_seed(1))
+    y_edit, h_edit = apply_state_edits(y, h, delta, positions, p["dt"], p["A"], p["C"])
+    u, dt, A, B, C, D = p["u"], p["dt"], p["A"], p["B"], p["C"], p["D"]
+    h_ref, ys = torch.zeros_like(states[:, 0]), []
+    for t in range(u.shape[1]):
+        h_ref = update_state(h_ref, u[:, t], dt[:, t], A, B[:, t])
+        if t in positions:
+            h_ref = h_ref + delta[:, positions.index(t)]
+        ys.append(read_state(h_ref, C[:, t]) + D[:, None] * u[:, t])
+    assert torch.allclose(y_edit, torch.stack(ys, 1), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(h_edit, h_ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(y_edit[:, :4], y[:, :4])  # nothing before the first edit changes

@@ -160,6 +160,18 @@ def test_cache_memory_estimate_refuses(ssm):
     assert sum(v.numel() * 4 for v in cache.cache_dict.values()) == need
 
 
+@pytest.mark.parametrize("state_positions", [None, [3, 17, -1, 40]])
+def test_hook_shapes_equal_a_real_forward(ssm, state_positions):
+    """hook_shapes (a forward on the meta device) gives the shape of every cached activation, ssm.hook_state at
+    the requested positions inside the sequence included."""
+    tokens = tokens_for(ssm, L=30, b=3)
+    _, cache = ssm.run_with_cache(tokens, state_positions=state_positions)
+    shapes = ssm.hook_shapes(3, 30, state_positions=state_positions)
+    assert set(shapes) == set(ssm.hook_dict) == set(cache.keys())
+    for name in cache.keys():
+        assert tuple(cache[name].shape) == shapes[name], name
+
+
 def test_unknown_hook_name_suggests_close_names(ssm):
     with pytest.raises(UnknownHookError, match="blocks.0.ssm.hook_dt"):
         ssm.run_with_hooks(tokens_for(ssm), fwd_hooks=[("blocks.0.ssm.hook_delta", lambda x, hook: None)])

@@ -14,8 +14,7 @@ from torch import nn
 
 from interp.data import DigitTokenizer, tokfsm_dataset
 from interp.steering import (
-    AffineMap, CodebookCodes, Compose, Direction, Intervention, Positions, SAELatents, codebook_code, dose_response,
-    dose_response_figure, kl_cost,
+    AffineMap, Compose, Direction, Intervention, Positions, SAELatents, dose_response, dose_response_figure, kl_cost,
 )
 from interp.steering import functional as Fn
 from interp.tasks.tokfsm import (
@@ -373,22 +372,6 @@ def test_sae_clamp_with_the_package_sae_round_trips_with_its_sae(mamba2, tmp_pat
         assert not torch.allclose(ref, mamba2(tokens))
 
 
-def test_codebook_sources_and_their_errors():
-    """Codebook sources edit code scores (force: +inf, disable: -inf); the full path is in tests/test_codebook.py."""
-    with pytest.raises(TypeError, match="CodebookLayer"):
-        codebook_code(object(), 3, mode="force")
-    src = CodebookCodes([1, 3], n_codes=4, group=1, n_groups=2)
-    x = torch.zeros(2, 5, 8)
-    forced = src.edit(x, "replace", 1.0, None)
-    assert torch.isinf(forced[..., [5, 7]]).all() and (forced[..., [5, 7]] > 0).all()
-    assert (forced[..., [0, 1, 2, 3, 4, 6]] == 0).all()
-    assert (src.edit(x, "ablate", 1.0, None)[..., [5, 7]] == -torch.inf).all()
-    with pytest.raises(ValueError, match="ids in 0..3"):
-        CodebookCodes([4], n_codes=4)
-    with pytest.raises(ValueError, match="width 8"):
-        src.edit(torch.zeros(3, 4), "replace", 1.0, None)
-
-
 # --------------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------------
@@ -402,11 +385,12 @@ def test_dose_response_has_a_baseline_row_and_a_figure(mamba2):
         return float((mamba2.generate(prompts, max_new_tokens=1, fwd_hooks=hooks, stop_at_eos=False)[:, -1] == 0)
                      .float().mean())
 
-    curve = dose_response(mamba2, iv, [0.0, 5.0, 20.0], behaviour, neutral, name="random")
+    curve = dose_response(mamba2, neutral, intervention=iv, scales=[0.0, 5.0, 20.0], behaviour=behaviour,
+                          name="random")
     assert [r["scale"] for r in curve.rows] == [0.0, 0.0, 5.0, 20.0] and curve.baseline["label"] == "baseline"
     assert curve.rows[1]["kl"] == 0.0 and curve.rows[1]["behaviour"] == curve.baseline["behaviour"]
     assert 0 < curve.at(5.0)["kl"] < curve.at(20.0)["kl"]
-    assert kl_cost(mamba2, iv.with_scale(5.0), neutral)["kl_last"] == pytest.approx(curve.at(5.0)["kl_last"])
+    assert kl_cost(mamba2, neutral, intervention=iv.with_scale(5.0)).kl_last == pytest.approx(curve.at(5.0)["kl_last"])
     fig = dose_response_figure({"random": curve})
     assert len(fig.data) == 3
 
@@ -496,11 +480,26 @@ def test_compare_steering_at_scale_zero_changes_nothing_and_kl_is_the_metric(mam
     toks = tokfsm_dataset(1, seed=0)[:, :9]
     v = token_direction(mamba2, 3)
     assert v.shape == (mamba2.cfg.d_model,) and float(v.norm()) == pytest.approx(1.0, abs=1e-6)
-    r0 = compare_steering(mamba2, toks, Intervention(Direction(v), "blocks.0.hook_resid_post", "add", 0.0), 4)
+    r0 = compare_steering(mamba2, toks, intervention=Intervention(Direction(v), "blocks.0.hook_resid_post", "add", 0.0),
+                          max_new_tokens=4)
     assert r0.gen_base == r0.gen_steer and len(r0.gen_base) == 4 and r0.kl == 0.0 and r0.kl_last == 0.0
     assert not r0.top1_changed
     iv = Intervention(Direction(v), "blocks.0.hook_resid_post", "add", 8.0)
-    r = compare_steering(mamba2, toks, iv, 4)
-    p0, p1 = next_token_probs(mamba2, toks), next_token_probs(mamba2, toks, iv.hooks(mamba2))
+    r = compare_steering(mamba2, toks, intervention=iv, max_new_tokens=4)
+    p0, p1 = next_token_probs(mamba2, toks), next_token_probs(mamba2, toks, fwd_hooks=iv.hooks(mamba2))
     torch.testing.assert_close(torch.from_numpy(r.p_steer), p1)
     assert r.kl_last == pytest.approx(float(kl_divergence(p0.log(), p1.log())), abs=1e-5) and r.kl_last > 0
+
+
+def test_calling_convention():
+    """Functions that run the model on tokens: (model, tokens, *, intervention=..., ...), everything after tokens
+    keyword-only; the old argument names are gone."""
+    import inspect
+
+    from interp.steering import compare_steering, next_token_probs
+
+    for fn in (kl_cost, compare_steering, next_token_probs, dose_response):
+        params = list(inspect.signature(fn).parameters.values())
+        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
+        assert not {"neutral", "hooks", "hook_name", "site", "sites"} & {p.name for p in params}, fn.__name__

@@ -142,7 +142,7 @@ def test_token_ids_out_of_range_are_refused(gpt2):
     from interp.attention import interaction_map
 
     with pytest.raises(ValueError, match="tokens holds a negative token id"):
-        interaction_map(gpt2, torch.tensor([1, -1, 2]), 0)
+        interaction_map(gpt2, torch.tensor([1, -1, 2]), layer=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +213,39 @@ def test_hook_shapes_predict_every_cached_activation(kind, hf_models):
     for name in cache.keys():
         assert tuple(cache[name].shape) == shapes[name], name
     assert "blocks.0.attn.hook_result" not in cache.keys()  # off unless cfg.use_attn_result
+
+
+TINY_CONFIGS = {  # besides the GPT-2 / GPT-NeoX checkpoints: the layouts TransformerLens's hooks change with
+    "gqa-rotary-gated-rms": dict(n_key_value_heads=2, positional_embedding_type="rotary", rotary_dim=8,
+                                 gated_mlp=True, act_fn="silu", normalization_type="RMS"),
+    "attn-only-shortformer": dict(attn_only=True, positional_embedding_type="shortformer"),
+    "parallel-lnpre": dict(parallel_attn_mlp=True, normalization_type="LNPre"),
+}
+
+
+@pytest.mark.parametrize("layout", list(TINY_CONFIGS))
+def test_meta_forward_shapes_equal_a_real_forward_for_every_hook(layout):
+    """hook_shapes comes from a forward on the meta device; a real forward caches exactly those shapes, with the
+    config's switches off and with every switch on (then every hook that can fire does, split per head)."""
+    from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
+
+    cfg = dict(n_layers=2, d_model=32, d_head=8, n_heads=4, d_mlp=64, n_ctx=16, d_vocab=VOCAB, act_fn="gelu")
+    model = HookedTransformerModel(HookedTransformerConfig(**{**cfg, **TINY_CONFIGS[layout]}))
+    tokens = tokens_for(L=7, b=3)
+    for switched_on in (False, True):
+        if switched_on:
+            model.set_use_attn_result(True)
+            model.set_use_split_qkv_input(True)
+            if not model.cfg.attn_only:
+                model.set_use_hook_mlp_in(True)
+            if model.cfg.n_key_value_heads is None:
+                model.set_use_attn_in(True)
+        _, cache = model.run_with_cache(tokens)  # every hook the config fires, none that cannot
+        shapes = model.hook_shapes(3, 7)
+        assert set(cache.keys()) <= set(shapes) <= set(model.hook_dict)
+        for name in cache.keys():
+            assert tuple(cache[name].shape) == shapes[name], (switched_on, name)
+    assert set(cache.keys()) == set(shapes)  # every switch on: each hook with a shape fires
 
 
 def test_unknown_hook_and_budget_errors(gpt2):

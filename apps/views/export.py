@@ -8,7 +8,7 @@ import streamlit as st
 from interp.apps import inputs as C
 from interp.apps import ui
 from interp.attention.figures import figure_exports, interaction_heatmap, npz_bytes
-from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+from interp.attention.methods import methods_for
 from interp.attention.views import aggregates_for
 from interp.lens import VALUES, clamp_window, logit_lens, logit_lens_figure, vocabulary
 
@@ -16,37 +16,31 @@ from interp.lens import VALUES, clamp_window, logit_lens, logit_lens_figure, voc
 def current_map(spec, model, tokens):
     """(figure, arrays) of the interaction map of the view (same settings as the Token interactions page)."""
     v = ui.view()
-    sources, n_layers = list(methods_for(model)), model.cfg.n_layers
-    source = v["source"] if v["source"] in sources else \
-        ui.replace("source", sources[0], f"not one of {', '.join(sources)}")
+    source = ui.checked("source", list(methods_for(model)))
     aggs = aggregates_for(source)
     agg = int(v["ch"]) if v["agg"] == "channel" and aggs else (v["agg"] if v["agg"] in aggs else "mean_abs")
-    layer = int(v["layer"]) if 0 <= int(v["layer"]) < n_layers else \
-        ui.replace("layer", min(max(int(v["layer"]), 0), n_layers - 1), f"not a layer 0..{n_layers - 1}")
-    m, rows = ui.interaction_map(spec, tokens, source, layer, agg, v["norm"], v["q"])
+    layer = ui.checked("layer", list(range(model.cfg.n_layers)))  # as the Token interactions page reads it
+    view = ui.interaction_map(spec, tokens, method=source, layer=layer, aggregate=agg, normalize_=v["norm"],
+                              query=v["q"])
     toks = C.str_tokens(model, tokens)
-    title = f"{LABELS[source]}" + ("" if source in WHOLE_MODEL else f", layer {layer}, {agg}") + f", {v['norm']}"
-    fig = interaction_heatmap(m, toks, title=title, signed=bool(np.nanmin(m) < 0), rows=rows)
-    arrays = {"map": m, "tokens": tokens[0], "str_tokens": np.array(toks, dtype=object).astype(str)}
-    if rows is not None:
-        arrays["rows"] = np.array(rows)
+    fig = interaction_heatmap(view.values, toks, title=view.title, signed=view.signed, rows=view.rows)
+    arrays = {"map": view.values, "tokens": tokens[0], "str_tokens": np.array(toks, dtype=object).astype(str)}
+    if view.rows is not None:
+        arrays["rows"] = np.array(view.rows)
     return fig, arrays
 
 
 def current_lens(model, tokens):
     """(figure, arrays) of the logit lens of the view (as the Logit lens page shows it)."""
     v = ui.view()
-    lens = logit_lens(model, tokens, *clamp_window(tokens.shape[1], v["lens_start"], v["lens_len"]))
+    start, length = clamp_window(tokens.shape[1], v["lens_start"], v["lens_len"])
+    lens = logit_lens(model, tokens, start=start, length=length)
     fig = logit_lens_figure(lens, C.str_tokens(model, tokens), vocabulary(model),
                             v["lens_value"] if v["lens_value"] in VALUES else "top")
     return fig, {**lens.arrays(), "tokens": tokens[0]}
 
 
-def main() -> None:
-    st.title("Export")
-    if (got := ui.current()) is None:
-        return
-    spec, model, tokens = got
+def main(spec: str, model, tokens) -> None:
     what = ui.widget(st.radio, "exp", "Figure", ["interaction map", "logit lens"], horizontal=True)
     got = ui.attempt(current_map, spec, model, tokens) if what == "interaction map" else \
         ui.attempt(current_lens, model, tokens)
@@ -72,4 +66,4 @@ def main() -> None:
     st.code(json.dumps(ui.view(), indent=1, default=str), language="json")
 
 
-main()
+ui.show(main, "Export")

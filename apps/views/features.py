@@ -1,46 +1,41 @@
 """Features: SAE latents (top examples, density, logit effects, a test box) and codebook codes (the codes a
 prompt selects, usage, top examples, similar codes, the TokFSM state of a code, forcing a code)."""
 
-import numpy as np
 import streamlit as st
 
 from interp.apps import inputs as C
 from interp.apps import ui
 from interp.attention.figures import token_highlight_html
 from interp.codebook import (
-    codebook_base_model, codebook_folder_mtime, codebook_index, codebook_sites, code_report as library_code_report,
-    embedded_codebook_models, find_codebook_models, forced_continuations,
+    codebook_base_model, codebook_folder_mtime, codebook_hooks, codebook_index, embedded_codebook_models,
+    find_codebook_models, forced_continuations,
 )
 from interp.codebook.figures import code_frequency_figure, codes_heatmap
-from interp.data import tokfsm_dataset
 from interp.sae import density_histogram, find_sae_folders, latent_report, latent_trace, logit_effects_figure
-from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_code_states
+from interp.tasks.codes import code_view, task_corpus
+from interp.tasks.tokfsm import is_tokfsm_model
 
 NONE = "(type a folder below)"
 CB_NONE = "(type a name or folder below)"
-CORPUS_SEQS = 64  # TokFSM sequences of the "tokfsm" corpus
-
-
-def corpus_of(model, toks: tuple, corpus: str):
-    """Token sequences [n, L] to read a latent or code on: the prompt, or ``CORPUS_SEQS`` TokFSM sequences."""
-    return tokfsm_dataset(CORPUS_SEQS, seed=0) if corpus == "tokfsm" else ui.tensor_of(model, toks)
 
 
 @st.cache_data(show_spinner="Reading the latent…", max_entries=32)
 def report(spec: str, folder: str, mtime: float, toks: tuple, corpus: str, latent: int):
+    """:func:`interp.sae.latent_report` of the latent on the prompt or on TokFSM sequences
+    (:func:`interp.tasks.codes.task_corpus`)."""
     model = ui.cached_model(spec)
-    sae = ui.cached_sae(spec, folder, mtime)
-    return latent_report(model, sae, corpus_of(model, toks, corpus), latent)
+    sequences, _ = task_corpus(ui.tensor_of(model, toks), tokfsm=corpus == "tokfsm")
+    return latent_report(model, sequences, sae=ui.cached_sae(spec, folder, mtime), latent=latent)
 
 
-def pick_sae(spec: str, model) -> tuple[str, float, object] | None:
+def pick_sae(spec: str) -> tuple[str, float, object] | None:
     cfg = ui.config()
     folder = ui.folder_choice("sae", "SAEs found in the run folders", [str(p) for p in find_sae_folders(cfg.roots)],
                               "SAE folders", NONE, "SAE folder (cfg.json + sae_weights.safetensors)")
     if not folder:
         st.info("Choose an SAE folder (inside the run folders) to browse its latents.")
         return None
-    path = ui.attempt(C.sae_folder, folder, cfg.roots)
+    path = ui.attempt(C.inside, folder, cfg.roots)
     mtime = path and C.folder_mtime(path)
     sae = path and ui.attempt(ui.cached_sae, spec, str(path), mtime)
     return None if sae is None else (str(path), mtime, sae)
@@ -50,16 +45,13 @@ def main() -> None:
     st.title("Features")
     tab_sae, tab_code = st.tabs(["SAE latents", "Codebook codes"])
     with tab_sae:
-        sae_page()
+        ui.show(sae_page)
     with tab_code:
-        codebook_page()
+        ui.show(codebook_page)
 
 
-def sae_page() -> None:
-    if (got := ui.current()) is None:
-        return
-    spec, model, tokens = got
-    if (picked := pick_sae(spec, model)) is None:
+def sae_page(spec: str, model, tokens) -> None:
+    if (picked := pick_sae(spec)) is None:
         return
     folder, mtime, sae = picked
     st.caption(f"hook `{sae.cfg.hook_name}` · d_sae {sae.cfg.d_sae} · {sae.cfg.architecture}")
@@ -90,7 +82,7 @@ def sae_page() -> None:
     st.subheader("Test box")
     text = ui.widget(st.text_input, "test", "Type text to see where the latent fires")
     t = text and ui.attempt(C.tokenize, model, text, ui.config().max_tokens)
-    acts = None if t is None or not text else ui.attempt(lambda: latent_trace(model, sae, t, int(latent)).numpy())
+    acts = None if t is None or not text else ui.attempt(lambda: latent_trace(model, t, sae=sae, latent=latent).numpy())
     if acts is not None:
         st.html(token_highlight_html(C.str_tokens(model, t), acts, title=f"latent {latent}, max {acts.max():.3f}"))
 
@@ -110,22 +102,17 @@ def codebook_tokens(spec: str, folder: str, mtime: float, toks: tuple, text: str
 
 @st.cache_data(show_spinner="Reading the code…", max_entries=32)
 def code_report(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int):
-    """(corpus, :class:`interp.codebook.CodeReport` on it, token strings of the prompt and of each example, TokFSM
-    state rows (None off TokFSM), units-digit tokens where the code fires)."""
+    """:func:`interp.tasks.codes.code_view` of the code (on TokFSM sequences for a TokFSM codebook model)."""
     model = cached_codebook_model(folder, mtime)
-    corpus = "tokfsm" if is_tokfsm_model(codebook_base_model(folder)) else "prompt"
-    tokens, texts = ui.tensor_of(model, toks), corpus_of(model, toks, corpus)
-    r = library_code_report(model, tokens, texts, site, code, group)
-    strs = [C.str_tokens(model, tokens)] + [C.str_tokens(model, ex["context"]) for ex in r.examples]
-    states, n_units = tokfsm_code_states(texts, r.fires) if corpus == "tokfsm" else (None, 0)
-    return corpus, r, strs, states, n_units
+    return code_view(model, ui.tensor_of(model, toks), hook=site, code=code, group=group,
+                     tokfsm=is_tokfsm_model(codebook_base_model(folder)))
 
 
 @st.cache_data(show_spinner="Generating…", max_entries=32)
 def forced(folder: str, mtime: float, toks: tuple, site: str, code: int, group: int, n: int):
     """(baseline token strings, forced token strings, whether the forced ids differ)."""
     model = cached_codebook_model(folder, mtime)
-    g0, g1 = forced_continuations(model, ui.tensor_of(model, toks), site, code, n, group)
+    g0, g1 = forced_continuations(model, ui.tensor_of(model, toks), hook=site, code=code, max_new_tokens=n, group=group)
     return C.str_tokens(model, g0), C.str_tokens(model, g1), g0 != g1
 
 
@@ -148,15 +135,12 @@ def pick_codebook() -> tuple[str, float] | None:
     return None if path is None else (str(path), codebook_folder_mtime(path))
 
 
-def codebook_page() -> None:
+def codebook_page(spec: str, _, tokens) -> None:
     v = ui.view()
-    if (got := ui.current()) is None:
-        return
-    spec, _, tokens = got
     if (picked := pick_codebook()) is None:
         return
     folder, mtime = picked
-    got = ui.attempt(lambda: (codebook_sites(cached_codebook_model(folder, mtime)),
+    got = ui.attempt(lambda: (codebook_hooks(cached_codebook_model(folder, mtime)),
                               *codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])))
     if got is None:
         return
@@ -169,63 +153,44 @@ def codebook_page() -> None:
     c1, c2, c3, c4 = st.columns(4)
     site = ui.widget(c1.selectbox, "cb_site", "Codebook site", list(sites))
     info = sites[site]
-    for name, top in (("cb_code", info["n_codes"] - 1), ("cb_group", info["n_groups"] - 1)):
-        if st.session_state.get(f"w_{name}", 0) > top:
-            st.session_state[f"w_{name}"] = top
     code = ui.widget(c2.number_input, "cb_code", f"Code (0..{info['n_codes'] - 1})", min_value=0,
                      max_value=info["n_codes"] - 1)
     group = ui.widget(c3.number_input, "cb_group", "Head (group)", min_value=0, max_value=info["n_groups"] - 1,
                       disabled=info["n_groups"] == 1)
     groups = f" · {info['n_groups']} groups" if info["n_groups"] > 1 else ""
     c4.caption(f"{info['n_codes']} codes · k = {info['k']}{groups}")
-    if (got := ui.attempt(code_report, folder, mtime, toks, site, int(code), int(group))) is None:
+    if (cv := ui.attempt(code_report, folder, mtime, toks, site, int(code), int(group))) is None:
         return
-    corpus, r, strs, states, n_units = got
-    code = int(code)
+    r, corpus, code = cv.report, cv.corpus_name, int(code)
 
     st.subheader("Codes on the prompt")
-    ids = r.prompt_ids.numpy()
-    ui.chart(codes_heatmap(ids, strs[0], code, site), "cb_codes")
-    at = [i for i in range(ids.shape[1]) if (ids[:, i] == code).any()]
+    ui.chart(codes_heatmap(r.prompt_ids.numpy(), cv.prompt_str_tokens, code, site), "cb_codes")
+    at = cv.positions
     st.caption(f"code {code} is selected at positions {at}" if at else f"code {code} is not selected on the prompt")
 
-    corpus = f"{CORPUS_SEQS} TokFSM sequences" if corpus == "tokfsm" else "the prompt"
     st.subheader(f"Usage on {corpus}")
-    u = r.usage[site]
-    m1, m2, m3, m4 = st.columns(4)
-    m1.metric("codes used", f"{u['used']:.0f} / {u['n_codes']}")
-    m2.metric("dead fraction", f"{u['dead_fraction']:.3f}")
-    m3.metric("usage entropy (nats)", f"{u['entropy']:.3f}", help=f"max ln {u['n_codes']} = {np.log(u['n_codes']):.3f}")
-    m4.metric(f"code {code} frequency", f"{r.freq[code]:.4f}")
+    for box, (label, value) in zip(st.columns(4), cv.usage_summary().items()):
+        box.metric(label, value)
     left, right = st.columns(2)
-    with left:
-        ui.chart(code_frequency_figure(r.freq, code, site), "cb_freq")
-    with right:
-        st.dataframe([{"site": s, **{k: round(x, 4) if isinstance(x, float) else x for k, x in row.items()}}
-                      for s, row in r.usage.items()], hide_index=True)
+    ui.chart(code_frequency_figure(r.freq, code, site), "cb_freq", left)
+    right.dataframe(cv.usage_table(), hide_index=True)
 
     left, right = st.columns(2)
     with left:
         st.subheader(f"Code {code}: top examples")
         if not r.examples:
             st.info(f"Code {code} is never selected on {corpus}.")
-        for ex, ex_strs in zip(r.examples, strs[1:]):
+        for ex, ex_strs in zip(r.examples, cv.example_str_tokens):
             st.html(token_highlight_html(ex_strs, ex["fires"], query=len(ex_strs) - 1,
                                          title=f"seq {ex['seq']}, pos {ex['pos']}, slot {ex['slot']}"))
     with right:
         st.subheader("Similar codes")
-        st.dataframe([{"code": c, "cosine": round(s, 4), "frequency": round(float(r.freq[c]), 4)}
-                      for c, s in r.similar], hide_index=True)
-        if states is not None:
+        st.dataframe(cv.similar_table(), hide_index=True)
+        if cv.states is not None:
             st.subheader("TokFSM state")
-            if not states:
-                st.info(f"Code {code} never fires on a units-digit token of {corpus}.")
-            else:
-                best = states[0]
-                st.caption(f"Most associated state: **{best['state']:02d}** ({best['count']} of the "
-                           f"{n_units} units-digit tokens where code {code} fires; recall "
-                           f"{best['recall']:.2f} of that state's units digits).")
-                st.dataframe(states, hide_index=True)
+            st.caption(cv.state_note())
+            if cv.states:
+                st.dataframe(cv.states, hide_index=True)
 
     st.subheader("Force this code")
     new = ui.widget(st.slider, "cb_new", "Generated tokens", min_value=1, max_value=32)

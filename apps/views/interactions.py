@@ -2,17 +2,17 @@
 
 import time
 
-import numpy as np
 import streamlit as st
 
 from interp.apps import inputs as C
 from interp.apps import ui
 from interp.attention.figures import (
-    interaction_heatmap, pooled_heatmap, thumbnail_grid, token_highlight_html, token_labels,
+    interaction_heatmap, pooled_heatmap, sorted_thumbnails_figure, token_highlight_html, token_labels,
 )
 from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+from interp.attention.ops import NORMALIZATIONS
 from interp.attention.views import (
-    METRIC_DEFINITIONS, METRICS, NORMALIZATIONS, aggregates_for, causal_masked, n_channels, pool_map,
+    METRIC_DEFINITIONS, METRICS, aggregates_for, causal_masked, n_channels, pool_map,
 )
 
 
@@ -20,12 +20,10 @@ COLUMNS = [2.6, 0.9, 1.3, 1.2, 1.0, 1.4]  # source, layer, aggregate, channel, n
 # longest source name ("unified implicit attention (SSM)") so that no name is cut off
 
 
-def main() -> None:
-    t0 = time.perf_counter()
-    st.title("Token interactions")
-    if (got := ui.current()) is None:
-        return
-    spec, model, tokens = got
+T0 = time.perf_counter()  # this run of the page started
+
+
+def main(spec: str, model, tokens) -> None:
     cfg = ui.config()
     L = tokens.shape[1]
     toks = C.str_tokens(model, tokens)
@@ -51,34 +49,31 @@ def main() -> None:
     if whole and L > cfg.lrp_full_max:
         st.info(f"{LABELS[source]} needs one backward pass per query row: for a {L}-token prompt "
                 f"(over {cfg.lrp_full_max}) only the selected query and the last 8 rows are computed.")
-    if (got := ui.attempt(ui.interaction_map, spec, tokens, source, layer, aggregate, norm, qi, roll and not whole)) \
-            is None:
+    view = ui.attempt(ui.interaction_map, spec, tokens, method=source, layer=int(layer), aggregate=aggregate,
+                      normalize_=norm, query=qi, rollout=roll and not whole)
+    if view is None:
         return
-    m, rows = got
-    signed = bool(np.nanmin(m) < 0)
-    what = "rollout" if roll and not whole else (LABELS[source] if whole else f"layer {layer}, {LABELS[source]}")
-    title = f"{what}, " + (f"{'channel ' + str(ch) if agg == 'channel' else agg}, " if aggs else "") + norm
+    m = view.values
 
     left, right = st.columns([3, 2])
     with left:
-        if rows is None and L > cfg.pool_above:
-            ui.chart(pooled_heatmap(*pool_map(causal_masked(m)), L, title), "overview")
+        if view.rows is None and L > cfg.pool_above:
+            ui.chart(pooled_heatmap(*pool_map(causal_masked(m)), L, view.title), "overview")
             W = cfg.pool_above
             win = ui.widget(st.slider, "win", "Detail window start", min_value=0, max_value=max(0, L - W), step=8)
             fig = interaction_heatmap(m[win:win + W, win:win + W], toks[win:win + W],
-                                      title=f"tokens {win}–{win + W - 1}", signed=signed)
+                                      title=f"tokens {win}–{win + W - 1}", signed=view.signed)
             fig.data[0].x = fig.data[0].y = token_labels(toks)[win:win + W]  # absolute positions
         else:
-            fig = interaction_heatmap(m, toks, title=title, signed=signed, rows=rows)
+            fig = interaction_heatmap(m, toks, title=view.title, signed=view.signed, rows=view.rows)
         ui.chart(fig, "detail")
-        row = m[rows.index(qi)] if rows is not None else m[qi]
-        st.html(token_highlight_html(toks, row, query=qi, title=f"query {qi}: row of the map as coloured text"))
+        st.html(token_highlight_html(toks, view.row(qi), query=qi, title=f"query {qi}: row of the map as coloured text"))
     with right:
         if whole:
             st.caption("LRP and gradient × input explain the whole model: no per-layer thumbnails.")
         else:
             thumbs(spec, model, tokens, source, cfg)
-    st.caption(f"rendered in {time.perf_counter() - t0:.2f} s · {L} tokens")
+    st.caption(f"rendered in {time.perf_counter() - T0:.2f} s · {L} tokens")
 
 
 def thumbs(spec, model, tokens, source, cfg) -> None:
@@ -86,17 +81,14 @@ def thumbs(spec, model, tokens, source, cfg) -> None:
     n = cfg.thumb_tokens if long else tokens.shape[1]
     metric = ui.widget(st.selectbox, "sort", "Sort thumbnails by", list(METRICS),
                        help="\n".join(f"- **{k}**: {d}" for k, d in METRIC_DEFINITIONS.items()))
-    thumbnails = ui.attempt(ui.cached, "thumbs", spec, ui.key_of(tokens[:, :n]), source, 4 if long else 8,
-                            cfg.map_budget_bytes, too_large="The per-channel thumbnails")  # Mamba-1: top channels
+    thumbnails = ui.attempt(ui.cached, "thumbs", spec, ui.key_of(tokens[:, :n]), method=source,
+                            per_layer=4 if long else 8, max_bytes=cfg.map_budget_bytes,  # Mamba-1: top channels
+                            too_large="The per-channel thumbnails")
     if thumbnails is None:
         return
     top = thumbnails.sorted_by(metric)
     names = top.names
-    fig = thumbnail_grid(top.pooled, [f"{n} {v:.3g}" for n, v in zip(names, top.scores)], cols=4, causal=False,
-                         signed=bool(np.nanmin(top.pooled) < 0), shared_scale=True,
-                         colorbar_title="value (all thumbnails)", title=f"layer × channel/head, sorted by {metric}",
-                         thumb_px=120, hover=[f"{metric} = {v:.4g}" for v in top.scores])
-    ui.chart(fig, "thumbs")
+    ui.chart(sorted_thumbnails_figure(top, metric), "thumbs")
     st.caption(f"Each thumbnail is named by its layer (L) and channel/head (ch), followed by its {metric}: "
                f"{METRIC_DEFINITIONS[metric]}. One colour scale for all thumbnails (the colour bar), so their "
                "strengths compare.")
@@ -111,4 +103,4 @@ def thumbs(spec, model, tokens, source, cfg) -> None:
         st.caption(f"Thumbnails show the first {n} of {tokens.shape[1]} tokens (the top-left block of each causal map)"
                    " and, for Mamba-1, the 4 channels with the most mass (Σ|α|) per layer.")
 
-main()
+ui.show(main, "Token interactions")

@@ -13,7 +13,7 @@ from interp.lens import MAX_WINDOW, VALUES, WINDOW, clamp_window, logit_lens, lo
 def lens_view(spec: str, toks: tuple, start: int, length: int, value: str):
     model = ui.cached_model(spec)
     tokens = ui.tensor_of(model, toks)
-    lens = logit_lens(model, tokens, start, length)
+    lens = logit_lens(model, tokens, start=start, length=length)
     return logit_lens_figure(lens, C.str_tokens(model, tokens), vocabulary(model), value), lens
 
 
@@ -28,11 +28,7 @@ def window(L: int) -> tuple[int, int]:
     return clamp_window(L, start, length)
 
 
-def main() -> None:
-    st.title("Logit lens")
-    if (got := ui.current()) is None:
-        return
-    spec, model, tokens = got
+def main(spec: str, model, tokens) -> None:
     L = tokens.shape[1]
     value = ui.widget(st.radio, "lens_value", "Colour", list(VALUES), format_func=VALUES.get, horizontal=True)
     start, length = window(L)
@@ -52,4 +48,4 @@ def main() -> None:
     st.dataframe(pd.DataFrame(lens.table(int(pos), vocabulary(model))), hide_index=True, key="lens_table")
 
 
-main()
+ui.show(main, "Logit lens")

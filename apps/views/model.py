@@ -6,6 +6,7 @@ from interp.apps import inputs as C
 from interp.apps import ui
 from interp.tasks.tokfsm import is_tokfsm_model, tokfsm_prompt_text
 from interp.attention.figures import token_highlight_html
+from interp.hooks.protocol import describe
 from interp.zoo import list_models, model_card
 
 
@@ -20,10 +21,7 @@ def main() -> None:
     if (got := ui.current(need_prompt=False)) is None:
         return
     spec, model, _ = got
-    st.write(C.model_summary(model))
-    if ui.view()["prompt"] == "" and "prompt_set" not in st.session_state:
-        ui.view()["prompt"] = C.default_prompt(spec, model)
-    st.session_state["prompt_set"] = True
+    st.write(describe(model))
     if is_tokfsm_model(spec):  # from the model card: TokFSM tools only for TokFSM models
         c1, c2 = st.columns([1, 3])
         n_states = c1.number_input("States", min_value=1, max_value=1000, value=16, key="n_states")
@@ -34,7 +32,7 @@ def main() -> None:
     ui.widget(st.text_area, "prompt", "Prompt", height=120,
               help=f"at most {cfg.max_tokens:,} tokens; the embedded TokFSM and copying models read digits "
                    "(copying: 0-9a-f) and special tokens such as '<bos>'")
-    if (tokens := ui.prompt_tokens(spec, model)) is None:
+    if (tokens := ui.prompt_tokens(model)) is None:
         return
     toks = C.str_tokens(model, tokens)
     st.success(f"{len(toks):,} tokens")

@@ -14,11 +14,7 @@ def sweep(spec: str, n_seq: int):
     return res.figure(title=f"TokFSM state probes on {n_seq} sequences"), res.rows
 
 
-def main() -> None:
-    st.title("Probes")
-    if (got := ui.current(need_prompt=False)) is None:
-        return
-    spec, model, _ = got
+def main(spec: str, model, _) -> None:
     if not is_tokfsm_model(spec):  # from the model card, not the tokenizer (copy-mamba reads the same digits)
         st.info(C.plain_markdown(
             "This page fits probes on TokFSM state labels (the ground truth of the embedded TokFSM models); "
@@ -37,4 +33,4 @@ def main() -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 
 
-main()
+ui.show(main, "Probes", need_prompt=False)

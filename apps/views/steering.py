@@ -4,6 +4,7 @@ import streamlit as st
 
 from interp.apps import inputs as C
 from interp.apps import ui
+from interp.hooks.hook_points import residual_hooks
 from interp.lens import vocabulary
 from interp.steering import (
     Direction, Intervention, SAELatents, compare_steering, distribution_figure, token_direction,
@@ -25,16 +26,11 @@ def run(spec: str, toks: tuple, hook: str, src: str, scale: float, pos: str, tok
     else:
         iv = Intervention(Direction(token_direction(model, tok), label=f"embedding of token {tok}"), hook, "add",
                           float(scale), positions=pos)
-    return compare_steering(model, ui.tensor_of(model, toks), iv, new)
+    return compare_steering(model, ui.tensor_of(model, toks), intervention=iv, max_new_tokens=new)
 
 
-def main() -> None:
-    st.title("Steering")
-    if (got := ui.current()) is None:
-        return
-    spec, model, tokens = got
-    hooks = [h for h in ["hook_embed"] + [f"blocks.{i}.hook_resid_{w}" for i in range(model.cfg.n_layers)
-                                          for w in ("pre", "post")] if h in model.hook_dict]  # the residual stream
+def main(spec: str, model, tokens) -> None:
+    hooks = residual_hooks(model)
     v = ui.view()
     if v["steer_hook"] not in hooks:
         ui.replace("steer_hook", hooks[len(hooks) // 2], "not a residual-stream hook of this model")
@@ -66,4 +62,4 @@ def main() -> None:
         box.code("".join(C.str_tokens(model, gen)) or "(nothing)", language=None)
 
 
-main()
+ui.show(main, "Steering")

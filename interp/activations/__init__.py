@@ -4,13 +4,13 @@ back as shuffled training batches, or stream them from the model without disk.
     from interp.activations import cache_activations, ActivationStore, stream_activations
     from interp.data import tokfsm_batches
 
-    manifest = cache_activations(model, tokfsm_batches(64, seed=0), hooks=["blocks.1.hook_resid_post"],
+    manifest = cache_activations(model, tokfsm_batches(64, seed=0), hook=["blocks.1.hook_resid_post"],
                                  out="runs/cache/x", dtype=torch.float16, max_tokens=2**20)
     store = ActivationStore("runs/cache/x")
     for x in store.shuffled_batches(4096, seed=0):          # float32 [4096, d_in]
         ...
-    for x in stream_activations(model, tokfsm_batches(64, seed=0), "blocks.1.hook_resid_post", 4096,
-                                max_tokens=2**20):            # same rows, no disk
+    for x in stream_activations(model, tokfsm_batches(64, seed=0), hook="blocks.1.hook_resid_post",
+                                batch_size=4096, max_tokens=2**20):  # same rows, no disk
         ...
 
 Modules: :mod:`.manifest` (file format, hashes), :mod:`.collect` (row filters, running the hooks),

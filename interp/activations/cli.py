@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> Any:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = interp.load(args.model, device=device)
     manifest = cache_activations(
-        model, batches(), split_hooks(args.hook), args.out,
+        model, batches(), hook=split_hooks(args.hook), out=args.out,
         shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, dtype=dtype, max_tokens=args.n_tokens,
         max_batches=args.max_batches, dataset=desc, model_name=str(args.model), overwrite=args.overwrite,
         progress=not args.no_progress, **filter_kwargs(args, data_ids),

@@ -205,17 +205,18 @@ class HookCollector:
     Args:
         model: a hookable model (``HookedSSM`` / ``HookedTransformerModel``): ``run_with_hooks``,
             ``hook_dict``, ``pos_dim(name)``.
-        hooks: hook names; unknown names raise the model's ``UnknownHookError`` (with suggestions).
+        hook: a hook name or several (``self.hooks``: the list); unknown names raise the model's
+            ``UnknownHookError`` (with suggestions).
         dtype: cache dtype (the cast happens inside the hook, on the kept rows only).
         row_filter: which rows to keep.
     """
 
-    def __init__(self, model: Any, hooks: Sequence[str], dtype: torch.dtype, row_filter: RowFilter):
-        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    def __init__(self, model: Any, *, hook: str | Sequence[str], dtype: torch.dtype, row_filter: RowFilter):
+        hooks = [hook] if isinstance(hook, str) else list(hook)
         if not hooks:
-            raise ValueError("no hooks requested: pass hooks=['blocks.0.hook_resid_post', ...]")
+            raise ValueError("no hooks requested: pass hook='blocks.0.hook_resid_post' (or a list of names)")
         if len(set(hooks)) != len(hooks):
-            raise ValueError(f"hooks lists a name twice: {hooks}")
+            raise ValueError(f"hook lists a name twice: {hooks}")
         check_hook_names(hooks, model.hook_dict)
         self.model, self.hooks, self.dtype, self.row_filter = model, hooks, dtype, row_filter
         self.stop_at_layer = deepest_stop(hooks)
@@ -267,11 +268,11 @@ class HookCollector:
 
 
 def collector_for(
-    model: Any, hooks: str | Sequence[str], dtype: torch.dtype | None, drop_bos: bool, drop_pad: bool,
+    model: Any, hook: str | Sequence[str], dtype: torch.dtype | None, drop_bos: bool, drop_pad: bool,
     bos_id: int | None, pad_id: int | None, pos_slice: PosSlice,
 ) -> HookCollector:
     """The filter and dtype arguments of ``cache_activations`` / ``stream_activations`` made into a
     :class:`HookCollector` (its ``row_filter`` from :meth:`RowFilter.for_model`, its ``dtype`` ``dtype``
     or the model's). Raises for a missing BOS / pad id first, then for unknown hook names."""
     row_filter = RowFilter.for_model(model, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
-    return HookCollector(model, hooks, dtype or model_dtype(model), row_filter)
+    return HookCollector(model, hook=hook, dtype=dtype or model_dtype(model), row_filter=row_filter)

@@ -210,7 +210,7 @@ class Manifest:
         if not path.is_file():
             raise ManifestError(
                 f"{folder} has no {MANIFEST_FILE}: it is not an activation cache (write one with "
-                "interp.activations.cache_activations(model, token_batches, hooks, out=...))"
+                "interp.activations.cache_activations(model, batches, hook=..., out=...))"
             )
         try:
             d = json.loads(path.read_text())

@@ -15,18 +15,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp.hooks import HookedModel
+
 from .collect import HookCollector, PosSlice, TokenStream, collector_for
 
 DEFAULT_BUFFER_TOKENS = 2**18
 
 
 def stream_activations(
-    model: Any,
-    token_batches: Iterable[Tensor],
+    model: HookedModel,
+    batches: Iterable[Tensor],
+    *,
     hook: str,
     batch_size: int,
     buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
-    *,
     seed: int = 0,
     dtype: torch.dtype | None = None,
     drop_bos: bool = True,
@@ -40,13 +42,14 @@ def stream_activations(
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> Iterator[Tensor]:
-    """Run ``model`` over ``token_batches`` and yield shuffled float32 batches [batch_size, d] of ``hook``.
+    """Run ``model`` over ``batches`` (an iterable of token batches [b, L]) and yield shuffled float32 batches
+    [batch_size, d] of ``hook``.
 
     Args:
-        model, token_batches, dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice, max_tokens,
+        model, batches, dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice, max_tokens,
             max_batches: as :func:`~interp.activations.cache_activations` (``dtype`` is the buffer's
             dtype, cast inside the hook; batches are float32).
-        hook: the hook name.
+        hook: the hook name (one: the batches are rows of one width).
         batch_size: rows per batch; the last batch is smaller unless ``drop_last``.
         buffer_tokens: rows shuffled together (memory: buffer_tokens * d values of ``dtype``).
         seed: shuffling seed (numpy ``default_rng(seed)``).
@@ -58,8 +61,11 @@ def stream_activations(
     if batch_size < 1 or buffer_tokens < batch_size:
         raise ValueError(f"need 1 <= batch_size <= buffer_tokens, got batch_size={batch_size}, "
                          f"buffer_tokens={buffer_tokens}")
+    if not isinstance(hook, str):
+        raise TypeError(f"hook must be one hook name (stream_activations yields rows of one width), got {hook!r}; "
+                        "cache several hooks with cache_activations(model, batches, hook=[...], out=...)")
     collector = collector_for(model, [hook], dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice)
-    stream = TokenStream(token_batches, collector.row_filter, max_tokens, max_batches)
+    stream = TokenStream(batches, collector.row_filter, max_tokens, max_batches)
     return _batches(collector, stream, batch_size, buffer_tokens, seed, drop_last, device, progress)
 
 

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks import HookedModel
 from interp.hooks.loading import ExistingRunError
 
 from .collect import HookCollector, PosSlice, TokenStream, collector_for, row_meta
-from .collect import model_dtype  # noqa: F401  (was defined here; kept importable from .writer)
 from .manifest import (
     MANIFEST_FILE, SHARD_PREFIX, TMP_SUFFIX, Manifest, ManifestError, ShardEntry, atomic_write,
     shard_name, shard_problem, weights_sha256,
@@ -56,11 +56,11 @@ def model_name_of(model: Any) -> str:
 
 
 def cache_activations(
-    model: Any,
-    token_batches: Iterable[Tensor],
-    hooks: str | Sequence[str],
-    out: str | os.PathLike,
+    model: HookedModel,
+    batches: Iterable[Tensor],
     *,
+    hook: str | Sequence[str],
+    out: str | os.PathLike,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     dtype: torch.dtype | None = None,
     drop_bos: bool = True,
@@ -76,14 +76,15 @@ def cache_activations(
     verify: bool = True,
     progress: bool = True,
 ) -> Manifest:
-    """Cache the activations of ``hooks`` over a token stream in safetensors shards under ``out``.
+    """Cache the activations of ``hook`` (one name or several) over a stream of token batches in safetensors
+    shards under ``out``.
 
     Args:
         model: a hookable model (``interp.load(...)``).
-        token_batches: iterable of LongTensor [batch, pos] token batches, e.g.
+        batches: iterable of LongTensor [batch, pos] token batches, e.g.
             ``interp.data.tokfsm_batches(64, seed=0)`` (endless: give ``max_tokens``/``max_batches``).
             It must yield the same batches when re-read, so an interrupted run can resume.
-        hooks: one hook name or several; each is stored as [rows, d] (dims after pos flattened).
+        hook: one hook name or several; each is stored as [rows, d] (dims after pos flattened).
         out: cache folder (created).
         shard_tokens: rows per shard (each shard is full but the last).
         dtype: storage dtype, cast inside the hook (float16/bfloat16 halve the memory); default: the
@@ -114,7 +115,7 @@ def cache_activations(
         if value is not None and (not isinstance(value, int) or value < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     folder = Path(out)
-    collector = collector_for(model, hooks, dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice)  # checks first
+    collector = collector_for(model, hook, dtype, drop_bos, drop_pad, bos_id, pad_id, pos_slice)  # checks first
     dtype, row_filter = collector.dtype, collector.row_filter
     requested = Manifest(
         model={"name": model_name or model_name_of(model), "class": type(model).__name__,
@@ -129,7 +130,7 @@ def cache_activations(
     if manifest.complete:
         return manifest
     manifest.save(folder)
-    return _run(manifest, folder, collector, token_batches, progress)
+    return _run(manifest, folder, collector, batches, progress)
 
 
 def _json_value(value: Any, name: str) -> Any:
@@ -210,13 +211,13 @@ def _write_shard(folder: Path, manifest: Manifest, buf: _ShardBuffer, batch_end:
     manifest.save(folder)
 
 
-def _run(manifest: Manifest, folder: Path, collector: HookCollector, token_batches: Iterable[Tensor],
+def _run(manifest: Manifest, folder: Path, collector: HookCollector, batches: Iterable[Tensor],
          progress: bool) -> Manifest:
     """Walk the stream; compute and write every shard the manifest does not list yet."""
     from tqdm.auto import tqdm
 
     S = manifest.shard_tokens
-    stream = TokenStream(token_batches, collector.row_filter, **manifest.limits)
+    stream = TokenStream(batches, collector.row_filter, **manifest.limits)
     stored = {e.index for e in manifest.shards}
     checkpoints = {e.batch_end: e.stream_sha256 for e in manifest.shards}
     buf: _ShardBuffer | None = None

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "token_labels", "interaction_heatmap", "thumbnail_grid", "token_highlight_html", "perturbation_figure",
+    "token_labels", "interaction_heatmap", "thumbnail_grid", "sorted_thumbnails_figure", "token_highlight_html",
+    "perturbation_figure",
     "figure_html", "save_html", "SEQUENTIAL", "DIVERGING", "pooled_heatmap", "kaleido_available", "figure_exports",
     "npz_bytes",
 ]
@@ -187,6 +188,15 @@ def thumbnail_grid(
                       height=nrows * (thumb_px + 20) + (60 if title else 30),
                       margin={"l": 10, "r": 10 + bar_px, "t": 50 if title else 30, "b": 10}, plot_bgcolor="white")
     return fig
+
+
+def sorted_thumbnails_figure(top: Any, metric: str, cols: int = 4, thumb_px: int = 120) -> Any:
+    """The thumbnail grid of :class:`~interp.attention.views.SortedThumbnails` ``top`` (sorted by ``metric``): each
+    thumbnail named by its layer, channel/head and score, one colour scale for all (so strengths compare)."""
+    return thumbnail_grid(top.pooled, [f"{n} {v:.3g}" for n, v in zip(top.names, top.scores)], cols=cols,
+                          causal=False, signed=bool(np.nanmin(top.pooled) < 0), shared_scale=True,
+                          colorbar_title="value (all thumbnails)", title=f"layer × channel/head, sorted by {metric}",
+                          thumb_px=thumb_px, hover=[f"{metric} = {v:.4g}" for v in top.scores])
 
 
 def token_highlight_html(

@@ -184,9 +184,10 @@ def latim_contributions(
     return LatimContributions(T=T, bias=bias, y=y, reconstruction_error=err, rows=r, f=f, layer=layer)
 
 
-def latim_layer(model: Any, cache: Mapping[str, Tensor] | Any, layer: int, f: str = "silu",
+def latim_layer(model: Any, cache: Mapping[str, Tensor] | Any, *, layer: int, f: str = "silu",
                 **kwargs: Any) -> LatimContributions:
-    """``latim_contributions(cache, model, layer, f=f, **kwargs)`` with the model first."""
+    """``latim_contributions(cache, model, layer, f=f, **kwargs)`` with the model first (``cache`` of
+    ``model.run_with_cache(tokens)``; ``rows``, ``chunk``, ``max_bytes`` as there)."""
     return latim_contributions(cache, model, layer, f=f, **kwargs)
 
 
@@ -255,7 +256,7 @@ def _reconstruction(p: MixerParams, acts: LayerActs, f: str, chunk: int | None) 
     return out if p.out_bias is None else out + p.out_bias.to(dev)
 
 
-def reconstruction_errors(model: Any, cache: Mapping[str, Tensor] | Any, f: str = "silu") -> list[float]:
+def reconstruction_errors(model: Any, cache: Mapping[str, Tensor] | Any, *, f: str = "silu") -> list[float]:
     """Per-layer ‖Σ_j T + bias − hook_out‖ / ‖hook_out‖ over the whole batch (LaTIM with ``f``).
 
     Uses :func:`latim_reconstruction` (no T is built). ≈ 1e-7 for f = "identity" on a model without the

@@ -1,30 +1,83 @@
-"""The one registry of interaction-map methods: their names, labels, and the models they apply to.
+"""The one registry of interaction-map methods: names, labels, the models they apply to, and their rows.
 
     METHODS                          # ("attention", "hidden", "unified", "latim", "lrp", "grad_x_input")
     MAP_METHODS["latim"].label       # "LaTIM (SSM)"
-    methods_for(model)               # the methods that apply to this model, in registry order
+    methods_for(model)               # the map methods that apply to this model, in registry order
     default_method(model)            # "hidden" for state-space models, "attention" for transformers
     check_applies("unified", model)  # MethodNotApplicable unless the method applies to the model
+    method_rows(model, tokens, positions=[5, 9], method="hidden@last")   # [2, L] rows for the benchmarks
+    layer_maps(model, tokens, method="hidden")                          # every layer's map [L, L]
 
-:func:`interp.attention.interaction_map` computes them, the evaluation harness (:mod:`interp.attention.evaluate`)
-builds its benchmark methods on them, and the app lists them (its "source" menu). A method is per layer (a
-[b, L, L] map of one layer) or whole-model (an attribution through every layer: ``layer`` is ignored).
+Every entry of :data:`MAP_METHODS` is a :class:`MapMethod`. The *map methods* (:data:`METHODS`) are what
+:func:`interp.attention.interaction_map` computes and what the app lists (its "source" menu); a method is per
+layer (a [b, L, L] map of one layer) or whole-model (an attribution through every layer: ``layer`` is ignored).
+The benchmarks (:mod:`interp.attention.benchmarks`) score *rows* of the same entries: a row function
+``fn(model, tokens [1, L], *, positions) -> [len(positions), L]`` (row r scores each source token j for the
+prediction at query ``positions[r]``). Entries marked ``benchmark_only`` have rows but no map of their own
+(LaTIM's three scores, ``lrp_abs``, the ``random`` reference, and methods added by :func:`register_method`).
+
+Method specs for the rows (:func:`resolve_method`; a layer-wise method may add ``@rollout``, ``@sum``, ``@last``
+or ``@<layer>`` to choose how its per-layer maps are combined):
+
+=================  ===========================================================================  =========
+name               per-layer map (rows = query i, columns = source j)                           layers
+=================  ===========================================================================  =========
+``hidden``         hidden attention (Ali et al.), channel/head mean of |α| (``mean_abs``)       rollout
+``hidden_last``    = ``hidden@last``: the last layer's map alone                                last
+``attention``      transformers: softmax pattern, mean over heads                               rollout
+``attention_last`` = ``attention@last``                                                         last
+``unified``        unified implicit attention (Zimerman et al.), channel mean of |α̂|            rollout
+``latim_l1``       LaTIM ‖T_i(x_j)‖₁, f = SiLU                                                  sum
+``latim_l2``       LaTIM ‖T_i(x_j)‖₂                                                            sum
+``latim_alti``     LaTIM ALTI score (row-normalised)                                            sum
+``lrp``            MambaLRP / CP-LRP rows (:func:`interp.lrp.interaction_rows`), whole model,   —
+                   signed (positive = evidence for the predicted token)
+``lrp_abs``        absolute value of the LRP rows (magnitude only)                              —
+``grad_x_input``   gradient × input rows, whole model, signed                                   —
+``random``         uniform random scores (the chance reference: AUC 0.5)                        —
+=================  ===========================================================================  =========
+
+Combining layers (:func:`combine_layers`): ``rollout`` is ρ = Π_l rownorm(I + |A_l|) (Abnar & Zuidema;
+the identity stands for the residual stream), the usual way to chain hidden-attention maps through
+depth. ``sum`` is the mean over layers of the row-normalised |maps| (each layer's row sums to 1, so a
+layer with larger raw contributions does not dominate). ``last`` takes the last layer, ``@k`` layer k.
+LaTIM defaults to ``sum``: its contributions are per-layer decompositions (T_i(x_j) is the share of
+layer input token j in layer output i), read per layer in the LaTIM paper, and their norms are not on
+the scale of the identity that rollout adds for the residual (``latim_l2@rollout`` is the worst LaTIM
+variant on the copy task). On small trained copy models the retrieval of the source sits in the last
+layer and ``latim_l2@last`` is the sharpest variant; the default benchmark reports it next to ``sum``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from interp.hooks import is_ssm
+from interp.hooks.positions import Positions, PositionsLike
+from interp.hooks.tokens import as_tokens
+from interp.lrp import interaction_rows
+
+from . import hidden, latim, unified
+from .ops import normalize, reduce_channels, rollout
 
 __all__ = [
-    "MapMethod", "MAP_METHODS", "METHODS", "LABELS", "WHOLE_MODEL", "KINDS", "MethodNotApplicable",
-    "model_kind", "default_method", "methods_for", "get_method", "check_applies",
+    "MapMethod", "MAP_METHODS", "METHODS", "LABELS", "WHOLE_MODEL", "KINDS", "LAYER_COMBINE", "ALIASES",
+    "MethodNotApplicable", "RowFn", "model_kind", "default_method", "methods_for", "get_method", "check_applies",
+    "register_method", "benchmark_methods", "resolve_method", "method_rows", "layer_maps", "combine_layers",
 ]
 
 KINDS = ("ssm", "transformer")
 _KIND_NAMES = {"ssm": "state-space models", "transformer": "transformers"}
+LAYER_COMBINE = ("rollout", "sum", "last")
+#: row functions: ``fn(model, tokens [1, L], *, positions: list[int]) -> [len(positions), L]``
+RowFn = Callable[..., Tensor]
+#: per-layer maps: ``fn(model, tokens [1, L], positions: list[int] | None) -> n_layers x [L or R, L]``
+LayerMapsFn = Callable[[Any, Tensor, "list[int] | None"], "list[Tensor]"]
 
 
 class MethodNotApplicable(ValueError):
@@ -33,35 +86,126 @@ class MethodNotApplicable(ValueError):
 
 @dataclass(frozen=True)
 class MapMethod:
-    """One interaction-map method. ``kinds``: the model kinds it applies to (of :data:`KINDS`);
-    ``whole_model``: an attribution through the whole model (``layer`` ignored) rather than one layer's map."""
+    """One interaction-map method.
+
+    Attributes:
+        name, label: registry key and display name.
+        kinds: the model kinds it applies to (of :data:`KINDS`).
+        whole_model: an attribution through the whole model (``layer`` ignored) rather than one layer's map.
+        layer_maps: per-layer maps of every layer from one forward (layer-wise methods), combined into rows by
+            :func:`combine_layers` with ``combine`` unless a spec says otherwise; None for other methods.
+        combine: the default layer combination of ``layer_maps`` (of :data:`LAYER_COMBINE`).
+        rows: the row function of a method that is not layer-wise (whole-model attributions, references).
+        benchmark_only: rows for the benchmarks only: not a map of :func:`interp.attention.interaction_map`
+            and not in :data:`METHODS`.
+    """
 
     name: str
     label: str
     kinds: tuple[str, ...]
     whole_model: bool = False
+    layer_maps: LayerMapsFn | None = None
+    combine: str = "rollout"
+    rows: RowFn | None = None
+    benchmark_only: bool = False
 
     def applies_to(self, model: Any) -> bool:
         return model_kind(model) in self.kinds
 
 
-MAP_METHODS: dict[str, MapMethod] = {m.name: m for m in (
-    MapMethod("attention", "attention (softmax, transformers)", ("transformer",)),
-    MapMethod("hidden", "hidden attention (SSM)", ("ssm",)),
-    MapMethod("unified", "unified implicit attention (SSM)", ("ssm",)),
-    MapMethod("latim", "LaTIM (SSM)", ("ssm",)),
-    MapMethod("lrp", "LRP (whole model)", KINDS, whole_model=True),
-    MapMethod("grad_x_input", "gradient × input (whole model)", KINDS, whole_model=True),
-)}
-METHODS: tuple[str, ...] = tuple(MAP_METHODS)
-LABELS: dict[str, str] = {name: m.label for name, m in MAP_METHODS.items()}
-WHOLE_MODEL: tuple[str, ...] = tuple(name for name, m in MAP_METHODS.items() if m.whole_model)
-_DEFAULT = {"ssm": "hidden", "transformer": "attention"}
-
-
 def model_kind(model: Any) -> str:
     """"ssm" (Mamba-1 / Mamba-2) or "transformer"."""
     return "ssm" if is_ssm(model) else "transformer"
+
+
+# --------------------------------------------------------------------------------------------
+# per-layer maps of every layer, one forward each (rows only where the method computes them row-wise)
+# --------------------------------------------------------------------------------------------
+def _hidden_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
+    """Channel/head mean |α| of every layer from one cached forward (rows only: O(H·N·L) per row)."""
+    n = int(model.cfg.n_layers)
+    names = [f"blocks.{l}.ssm.hook_{h}" for l in range(n) for h in ("dt", "B", "C")]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+        out = []
+        for l in range(n):
+            dt, B, C = (cache[f"blocks.{l}.ssm.hook_{h}"] for h in ("dt", "B", "C"))
+            A = model.blocks[l].ssm.A.detach()
+            if positions is None:
+                out.append(hidden.hidden_attention_reduced(dt, A, B, C, "mean_abs")[0])
+            else:
+                out.append(hidden.hidden_attention_rows_reduced(dt, A, B, C, positions, "mean_abs")[0])
+    return out
+
+
+def _attention_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
+    """The softmax pattern of every layer, mean over heads."""
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(int(model.cfg.n_layers))]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    maps = [reduce_channels(cache[name], "mean")[0] for name in names]
+    return maps if positions is None else [m[positions] for m in maps]
+
+
+def _unified_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
+    n = int(model.cfg.n_layers)
+    names = [f"blocks.{l}.ssm.{h}" for l in range(n) for h in unified.UNIFIED_HOOKS]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=names)
+    maps = [unified.unified_layer(model, cache, layer=l, aggregate="mean_abs").map[0] for l in range(n)]
+    return maps if positions is None else [m[positions] for m in maps]
+
+
+def _latim_maps(score: str) -> LayerMapsFn:
+    """LaTIM per-layer score maps (``latim_layer`` + ``latim_scores``, f = SiLU) with the score ``score``."""
+
+    def maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
+        L, n = tokens.shape[1], int(model.cfg.n_layers)
+        names = [f"blocks.{l}.ssm.{h}" for l in range(n) for h in latim.LATIM_HOOKS]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=names)
+            out = []
+            for layer in range(n):
+                contrib = latim.latim_layer(model, cache, layer=layer, f="silu", rows=positions)
+                out.append(latim.latim_scores(contrib, score=score)[0].reshape(-1, L).float())
+        return out
+
+    return maps
+
+
+def _whole_model(method: str, absolute: bool = False) -> RowFn:
+    def rows(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> Tensor:
+        r = interaction_rows(model, tokens, positions=list(positions), method=method).float()
+        return r.abs() if absolute else r
+
+    return rows
+
+
+def _random_rows(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> Tensor:
+    g = torch.Generator().manual_seed(int(tokens.sum()) * 1009 + tokens.shape[1])
+    return torch.rand(len(positions), tokens.shape[1], generator=g)
+
+
+MAP_METHODS: dict[str, MapMethod] = {m.name: m for m in (
+    MapMethod("attention", "attention (softmax, transformers)", ("transformer",), layer_maps=_attention_maps),
+    MapMethod("hidden", "hidden attention (SSM)", ("ssm",), layer_maps=_hidden_maps),
+    MapMethod("unified", "unified implicit attention (SSM)", ("ssm",), layer_maps=_unified_maps),
+    MapMethod("latim", "LaTIM (SSM)", ("ssm",)),
+    MapMethod("lrp", "LRP (whole model)", KINDS, whole_model=True, rows=_whole_model("lrp")),
+    MapMethod("grad_x_input", "gradient × input (whole model)", KINDS, whole_model=True,
+              rows=_whole_model("grad_x_input")),
+    # rows for the benchmarks only
+    *(MapMethod(f"latim_{s}", f"LaTIM {s} score (SSM)", ("ssm",), layer_maps=_latim_maps(s), combine="sum",
+                benchmark_only=True) for s in ("l1", "l2", "alti")),
+    MapMethod("lrp_abs", "|LRP| (whole model)", KINDS, whole_model=True, rows=_whole_model("lrp", absolute=True),
+              benchmark_only=True),
+    MapMethod("random", "random scores (chance reference)", KINDS, rows=_random_rows, benchmark_only=True),
+)}
+METHODS: tuple[str, ...] = tuple(name for name, m in MAP_METHODS.items() if not m.benchmark_only)
+LABELS: dict[str, str] = {name: MAP_METHODS[name].label for name in METHODS}
+WHOLE_MODEL: tuple[str, ...] = tuple(name for name in METHODS if MAP_METHODS[name].whole_model)
+ALIASES = {"hidden_last": "hidden@last", "attention_last": "attention@last"}
+_DEFAULT = {"ssm": "hidden", "transformer": "attention"}
 
 
 def default_method(model: Any) -> str:
@@ -70,25 +214,146 @@ def default_method(model: Any) -> str:
 
 
 def methods_for(model_or_kind: Any) -> tuple[str, ...]:
-    """The methods that apply to a model (or a kind of :data:`KINDS`), in registry order."""
+    """The map methods that apply to a model (or a kind of :data:`KINDS`), in registry order."""
     kind = model_or_kind if isinstance(model_or_kind, str) else model_kind(model_or_kind)
-    return tuple(name for name, m in MAP_METHODS.items() if kind in m.kinds)
+    return tuple(name for name in METHODS if kind in MAP_METHODS[name].kinds)
 
 
 def get_method(name: str) -> MapMethod:
-    """The registry entry of ``name``; ValueError naming the methods for an unknown one."""
-    try:
-        return MAP_METHODS[name]
-    except KeyError:
-        raise ValueError(f"method must be one of {('auto',) + METHODS}, got {name!r}") from None
+    """The registry entry of the map method ``name``; ValueError naming the map methods for any other name."""
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {('auto',) + METHODS}, got {name!r}")
+    return MAP_METHODS[name]
 
 
-def check_applies(name: str, model: Any) -> MapMethod:
-    """The registry entry of ``name`` if it applies to ``model``, else :class:`MethodNotApplicable` naming what
-    it is for and what this model uses instead."""
-    method = get_method(name)
+def _check_kinds(method: MapMethod, model: Any) -> MapMethod:
     kind = model_kind(model)
     if kind not in method.kinds:
         wanted = " and ".join(_KIND_NAMES[k] for k in method.kinds)
-        raise MethodNotApplicable(f"method={name!r} is for {wanted}; {_KIND_NAMES[kind]} use {_DEFAULT[kind]!r}")
+        raise MethodNotApplicable(f"method={method.name!r} is for {wanted}; {_KIND_NAMES[kind]} use {_DEFAULT[kind]!r}")
     return method
+
+
+def check_applies(name: str, model: Any) -> MapMethod:
+    """The registry entry of the map method ``name`` if it applies to ``model``, else :class:`MethodNotApplicable`
+    naming what it is for and what this model uses instead."""
+    return _check_kinds(get_method(name), model)
+
+
+# --------------------------------------------------------------------------------------------
+# rows of a method spec (the benchmarks)
+# --------------------------------------------------------------------------------------------
+def register_method(name: str, rows: RowFn, *, label: str | None = None,
+                    kinds: tuple[str, ...] = KINDS) -> MapMethod:
+    """Add a benchmark method ``rows(model, tokens [1, L], *, positions) -> [len(positions), L]`` under ``name``
+    (for models of ``kinds``). Map methods (:data:`METHODS`) cannot be replaced."""
+    if "@" in name:
+        raise ValueError("method names may not contain '@' (it selects the layer combination)")
+    if name in METHODS or name in ALIASES:
+        raise ValueError(f"{name!r} is a built-in method; register under another name")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"kinds must be among {KINDS}, got {bad}")
+    MAP_METHODS[name] = MapMethod(name, label or name, tuple(kinds), rows=rows, benchmark_only=True)
+    return MAP_METHODS[name]
+
+
+def benchmark_methods() -> tuple[str, ...]:
+    """Every method name :func:`resolve_method` takes without ``@`` (registry entries with rows, and aliases)."""
+    names = [n for n, m in MAP_METHODS.items() if m.rows is not None or m.layer_maps is not None]
+    return tuple(names + list(ALIASES))
+
+
+def _entry(name: str) -> MapMethod:
+    if name in MAP_METHODS and (MAP_METHODS[name].rows or MAP_METHODS[name].layer_maps):
+        return MAP_METHODS[name]
+    raise KeyError(f"unknown method {name!r}; known: {', '.join(sorted(benchmark_methods()))} "
+                   "(layer-wise ones take @rollout|@sum|@last|@k)")
+
+
+def _layerwise_rows(entry: MapMethod, how: str | int) -> RowFn:
+    def rows(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> Tensor:
+        if how == "rollout":  # needs the full maps
+            return combine_layers(layer_maps(model, tokens, method=entry.name), how=how)[list(positions)]
+        return combine_layers(layer_maps(model, tokens, method=entry.name, positions=positions), how=how)
+
+    rows.__name__ = f"{entry.name}@{how}"
+    return rows
+
+
+def _checked_rows(entry: MapMethod) -> RowFn:
+    def rows(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> Tensor:
+        _check_kinds(entry, model)
+        return entry.rows(model, tokens, positions=positions)
+
+    rows.__name__ = entry.name
+    return rows
+
+
+def resolve_method(spec: str | RowFn) -> RowFn:
+    """The row function of a method spec: a method name, ``<layer-wise name>@<rollout|sum|last|k>``, or a callable
+    (returned as it is). KeyError for an unknown name, ValueError for an unknown combination."""
+    if callable(spec):
+        return spec
+    name, _, how = ALIASES.get(spec, spec).partition("@")
+    entry = _entry(name)
+    if entry.layer_maps is None:
+        if how:
+            raise ValueError(f"{name!r} is not layer-wise: it takes no @{how}")
+        return _checked_rows(entry)
+    how = how or entry.combine
+    if how not in LAYER_COMBINE and not how.lstrip("-").isdigit():
+        raise ValueError(f"unknown layer combination {how!r} in {spec!r}; use one of {LAYER_COMBINE} or an index")
+    return _layerwise_rows(entry, how)
+
+
+def _one_sequence(model: Any, tokens: Any) -> Tensor:
+    return as_tokens(model, tokens, one_sequence=True)
+
+
+def method_rows(model: Any, tokens: Any, *, positions: PositionsLike, method: str | RowFn) -> Tensor:
+    """Rows [len(positions), L] of ``method`` (a spec of :func:`resolve_method` or a row function) for one
+    sequence ``tokens`` ([L] or [1, L]; a batch is refused), on the CPU as float32.
+
+    Raises :class:`MethodNotApplicable` when the method does not apply to the model, IndexError for a position
+    outside the sequence."""
+    tokens = _one_sequence(model, tokens)
+    ps = Positions.parse(positions).indices(tokens.shape[1], name="positions")
+    rows = resolve_method(method)(model, tokens, positions=ps)
+    if tuple(rows.shape) != (len(ps), tokens.shape[1]):
+        raise ValueError(f"method {method!r} returned {tuple(rows.shape)}, expected {(len(ps), tokens.shape[1])}")
+    return rows.detach().float().cpu()
+
+
+def layer_maps(model: Any, tokens: Any, *, method: str, positions: PositionsLike | None = None) -> list[Tensor]:
+    """The per-layer maps [L, L] of the layer-wise ``method`` for one sequence ``tokens`` ([L] or [1, L]), or only
+    the query rows ``positions`` of each ([len(positions), L], computed row-wise where the method allows).
+
+    Raises KeyError for a method that is not layer-wise, :class:`MethodNotApplicable` for one that does not apply."""
+    entry = MAP_METHODS.get(method)
+    if entry is None or entry.layer_maps is None:
+        known = [n for n, m in MAP_METHODS.items() if m.layer_maps is not None]
+        raise KeyError(f"{method!r} is not a layer-wise method; known: {', '.join(known)}")
+    _check_kinds(entry, model)
+    tokens = _one_sequence(model, tokens)
+    ps = None if positions is None else Positions.parse(positions).indices(tokens.shape[1], name="positions")
+    return entry.layer_maps(model, tokens, ps)
+
+
+def combine_layers(maps: Sequence[Tensor], *, how: str | int = "rollout") -> Tensor:
+    """Combine per-layer maps [L, L] into one: "rollout", "sum", "last" or a layer index.
+
+    "sum", "last" and an index act row by row, so they also take the query rows [R, L] of each layer;
+    "rollout" needs the full square maps.
+    """
+    if not len(maps):
+        raise ValueError("no layer maps to combine")
+    if isinstance(how, int) or (isinstance(how, str) and how.lstrip("-").isdigit()):
+        return maps[int(how)].float()
+    if how == "last":
+        return maps[-1].float()
+    if how == "sum":
+        return torch.stack([normalize(m.float(), "row") for m in maps]).mean(0)
+    if how == "rollout":
+        return rollout([m.float().abs() for m in maps])
+    raise ValueError(f"layer combination must be one of {LAYER_COMBINE} or a layer index, got {how!r}")

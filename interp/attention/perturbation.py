@@ -1,26 +1,29 @@
 """Perturbation tests of a relevance row: remove the tokens it ranks highest (MoRF) or lowest (LeRF).
 
     curve = perturbation_curve(model, tokens, position=17, scores=row, baseline_id=0, order="morf")  # [n + 1]
-    res = perturbation_test(model, tokens, 17, row, baseline_id=0)      # both curves, their areas and ΔA
+    res = perturbation_test(model, tokens, position=17, scores=row, baseline_id=0)  # PerturbationResult: ΔA
 
 :func:`perturbation_curve` replaces the k most (MoRF) or least (LeRF) relevant tokens j <= position by a baseline
 id, for k = 0..n in one batched forward, and records the logit of the originally predicted token; :func:`area`
 is the trapezoid area over k/n in [0, 1] and ``delta_auc = A_LeRF - A_MoRF`` (higher is better: removing the
 tokens a method calls relevant should hurt more than removing those it calls irrelevant). Definitions:
 docs/design.md §3.9. Any model mapping tokens [b, L] to logits [b, L, vocab] works; the benchmarks that run
-these tests on data sets live in :mod:`interp.attention.evaluate`.
+these tests on data sets live in :mod:`interp.attention.benchmarks`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["perturbation_ks", "perturbation_curve", "area", "delta_auc", "perturbation_test"]
+from interp.hooks.tokens import as_tokens
+
+__all__ = ["PerturbationResult", "perturbation_ks", "perturbation_curve", "area", "delta_auc", "perturbation_test"]
 
 
 def _as_np(x: Any) -> np.ndarray:
@@ -28,14 +31,6 @@ def _as_np(x: Any) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().double().numpy()
     return np.asarray(x, dtype=np.float64).reshape(-1)
-
-
-def _one(tokens: Tensor) -> Tensor:
-    """One sequence as [1, L] (from [L] or [1, L])."""
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
-    if tokens.shape[0] != 1:
-        raise ValueError(f"methods explain one sequence at a time: tokens [1, L], got {tuple(tokens.shape)}")
-    return tokens
 
 
 def perturbation_ks(n: int, steps: int | None = None) -> list[int]:
@@ -53,7 +48,8 @@ def _logits(model: Any, tokens: Tensor) -> Tensor:
 @torch.no_grad()
 def perturbation_curve(
     model: Any,
-    tokens: Tensor,
+    tokens: Any,
+    *,
     position: int,
     scores: Any,
     baseline_id: int,
@@ -66,7 +62,7 @@ def perturbation_curve(
 
     Args:
         model: any model mapping tokens [b, L] to logits [b, L, vocab].
-        tokens: one sequence [1, L] (or [L]).
+        tokens: one sequence [1, L] (or [L]); a batch is refused (ValueError): loop over its rows.
         position: the query position (the prediction of token ``position + 1`` is explained).
         scores: relevance [L] of each source token; only j <= position are candidates (n = position + 1).
             NaN counts as least relevant; ties are broken by position (earlier first), in both orders.
@@ -79,7 +75,7 @@ def perturbation_curve(
     Returns:
         Tensor [len(ks)]: the target logit for each k (entry 0 is the clean logit).
     """
-    tokens = _one(tokens)
+    tokens = as_tokens(model, tokens, one_sequence=True)
     L = tokens.shape[1]
     p = int(position) % L
     n = p + 1
@@ -124,11 +120,30 @@ def delta_auc(morf: Any, lerf: Any) -> float:
     return area(lerf) - area(morf)
 
 
+@dataclass(frozen=True)
+class PerturbationResult:
+    """Both perturbation curves of one query position and their areas.
+
+    Attributes:
+        morf, lerf: [len(ks)] the target logit after removing the k most / least relevant tokens (entry 0: clean).
+        a_morf, a_lerf: their areas over k/n in [0, 1] (:func:`area`).
+        delta: ΔA = a_lerf - a_morf (higher is better).
+    """
+
+    morf: Tensor
+    lerf: Tensor
+    a_morf: float
+    a_lerf: float
+    delta: float
+
+
 def perturbation_test(
-    model: Any, tokens: Tensor, position: int, scores: Any, baseline_id: int, steps: int | None = None,
+    model: Any, tokens: Any, *, position: int, scores: Any, baseline_id: int, steps: int | None = None,
     target: int | None = None,
-) -> dict[str, Any]:
-    """Both curves, their areas and ΔA for one query position."""
-    morf = perturbation_curve(model, tokens, position, scores, baseline_id, "morf", steps, target)
-    lerf = perturbation_curve(model, tokens, position, scores, baseline_id, "lerf", steps, target)
-    return {"morf": morf, "lerf": lerf, "a_morf": area(morf), "a_lerf": area(lerf), "delta": area(lerf) - area(morf)}
+) -> PerturbationResult:
+    """Both curves (:func:`perturbation_curve`), their areas and ΔA for one query position of one sequence."""
+    kw = dict(position=position, scores=scores, baseline_id=baseline_id, steps=steps, target=target)
+    morf = perturbation_curve(model, tokens, order="morf", **kw)
+    lerf = perturbation_curve(model, tokens, order="lerf", **kw)
+    return PerturbationResult(morf=morf, lerf=lerf, a_morf=area(morf), a_lerf=area(lerf),
+                              delta=area(lerf) - area(morf))

@@ -354,6 +354,8 @@ def unified_attention(
                             layer=layer, skip_in_map=skip_in_map)
 
 
-def unified_layer(model: Any, cache: Mapping[str, Tensor] | Any, layer: int, **kwargs: Any) -> UnifiedAttention:
-    """``unified_attention(cache, model, layer, **kwargs)`` with the model first."""
+def unified_layer(model: Any, cache: Mapping[str, Tensor] | Any, *, layer: int, **kwargs: Any) -> UnifiedAttention:
+    """``unified_attention(cache, model, layer, **kwargs)`` with the model first (``cache`` of
+    ``model.run_with_cache(tokens)``; ``channels``, ``aggregate``, ``skip_in_map``, ``chunk``, ``max_bytes`` as
+    there)."""
     return unified_attention(cache, model, layer, **kwargs)

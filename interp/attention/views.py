@@ -1,8 +1,8 @@
 """Views of interaction maps for display: a layer's map, rollout, per-channel thumbnails, their sort metrics,
 pooled overviews of long prompts.
 
-    detail_map(model, tokens, layer, "hidden", "mean_abs")    # [L, L] numpy, one layer (or the whole model)
-    thumbs = thumbnail_maps(model, tokens, "hidden")         # Thumbnails: maps [n, L, L], keys [(layer, channel)]
+    detail_map(model, tokens, layer=2, method="hidden")      # [L, L] numpy, one layer (or the whole model)
+    thumbs = thumbnail_maps(model, tokens, method="hidden")  # Thumbnails: maps [n, L, L], keys [(layer, channel)]
     order = thumbs.sorted_by("distance")                     # SortedThumbnails: order, scores, names, pooled maps
     pooled, f = pool_map(causal_masked(m), out=128)          # [ceil(L/f), ceil(L/f)]
 
@@ -13,25 +13,26 @@ Maps are float numpy arrays [L(query i), L(source j)]; stacks of per-channel map
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from interp.hooks.positions import PositionsLike
+
 from .hidden import channel_mass
-from .maps import interaction_map, normalize, query_rows, rollout, ssm_parameters
-from .methods import WHOLE_MODEL, model_kind
+from .maps import interaction_map, query_rows, ssm_parameters
+from .methods import LABELS, WHOLE_MODEL, model_kind
+from .ops import normalize, rollout
 
 __all__ = [
-    "AGGREGATES", "NORMALIZATIONS", "METRICS", "METRIC_DEFINITIONS", "Thumbnails", "SortedThumbnails",
-    "aggregates_for", "n_channels", "detail_map", "attribution_rows", "rollout_map", "thumbnail_maps", "map_metric",
+    "AGGREGATES", "METRICS", "METRIC_DEFINITIONS", "Thumbnails", "SortedThumbnails", "MapView",
+    "aggregates_for", "n_channels", "map_view", "detail_map", "attribution_rows", "rollout_map", "thumbnail_maps", "map_metric",
     "pool_map", "causal_masked", "warm_up",
 ]
 
 AGGREGATES = ("mean_abs", "mean", "max", "topk")
-NORMALIZATIONS = ("raw", "minmax", "row")
 METRICS = ("mass", "max", "distance", "diagonal")
 # what each sort metric measures (m: one map [L, L], i: query, j: source), plain text (captions, help)
 METRIC_DEFINITIONS: dict[str, str] = {
@@ -64,30 +65,77 @@ def n_channels(model: Any) -> int:
     return int(cfg.n_heads)
 
 
-def detail_map(model: Any, tokens: Any, layer: int, method: str, aggregate: str | int = "mean_abs",
+def detail_map(model: Any, tokens: Any, *, layer: int, method: str, aggregate: str | int = "mean_abs",
                normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
     """The interaction map [L, L] of one sequence ``tokens`` ([1, L]) at ``layer`` by ``method``
     (:func:`interaction_map`); ``aggregate`` int = one channel/head. Whole-model methods (LRP, gradient × input)
     ignore ``layer`` and ``aggregate``."""
     if method in WHOLE_MODEL:
-        return _np(interaction_map(model, tokens, None, method=method, normalize_=normalize_)[0])
-    m = interaction_map(model, tokens, layer, method=method, normalize_=normalize_, aggregate=aggregate,
+        return _np(interaction_map(model, tokens, method=method, normalize_=normalize_)[0])
+    m = interaction_map(model, tokens, layer=layer, method=method, normalize_=normalize_, aggregate=aggregate,
                         max_bytes=max_bytes)
     return _np(m[0])
 
 
-def attribution_rows(model: Any, tokens: Any, rows: Sequence[int], method: str, normalize_: str = "raw") -> np.ndarray:
-    """Rows of a whole-model attribution map (LRP, gradient × input): [len(rows), L] (:func:`query_rows`)."""
-    return _np(query_rows(model, tokens, 0, rows=list(rows), method=method, normalize_=normalize_)[0])
+def attribution_rows(model: Any, tokens: Any, *, positions: PositionsLike, method: str,
+                     normalize_: str = "raw") -> np.ndarray:
+    """Query rows ``positions`` of a whole-model attribution map (LRP, gradient × input) of one sequence:
+    [len(positions), L] (:func:`query_rows`)."""
+    return _np(query_rows(model, tokens, positions=positions, method=method, normalize_=normalize_)[0])
 
 
-def rollout_map(model: Any, tokens: Any, method: str, aggregate: str | int = "mean_abs",
+def rollout_map(model: Any, tokens: Any, *, method: str, aggregate: str | int = "mean_abs",
                 normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
     """Rollout [L, L] of the per-layer maps of ``method`` (:func:`rollout`), each taken as |map| (rollout needs
     non-negative weights), then normalised (:func:`normalize`)."""
-    maps = [interaction_map(model, tokens, layer, method=method, aggregate=aggregate, max_bytes=max_bytes).abs()
+    maps = [interaction_map(model, tokens, layer=layer, method=method, aggregate=aggregate, max_bytes=max_bytes).abs()
             for layer in range(model.cfg.n_layers)]
     return _np(normalize(rollout(maps), normalize_)[0])
+
+
+@dataclass
+class MapView:
+    """One interaction map as a page shows it (:func:`map_view`).
+
+    ``values``: float [n_rows, L] (query i, source j): all L query rows, or only ``rows`` when not None;
+    ``title``: the method, its layer (or "rollout"), the channel aggregate and the normalisation.
+    """
+
+    values: np.ndarray
+    rows: list[int] | None
+    title: str
+
+    @property
+    def signed(self) -> bool:
+        """Whether the map has negative entries (then a diverging colour scale)."""
+        return bool(np.nanmin(self.values) < 0)
+
+    def row(self, query: int) -> np.ndarray:
+        """Query row ``query`` (absolute) [L]."""
+        return self.values[self.rows.index(query) if self.rows is not None else query]
+
+
+def map_view(model: Any, tokens: Any, *, method: str, layer: int = 0, aggregate: str | int = "mean_abs",
+             normalize_: str = "raw", query: int = -1, rollout: bool = False, all_rows_max: int = 48,
+             max_bytes: int | None = None) -> MapView:
+    """The interaction map of one sequence ``tokens`` [1, L] as the app's pages show it: layer ``layer``'s map,
+    or the rollout over all layers (``rollout``), by ``method`` (``aggregate`` int = one channel/head). A
+    whole-model method (LRP, gradient × input) needs one backward pass per query row: over ``all_rows_max`` tokens
+    only query ``query`` and the last 8 rows are computed."""
+    L = tokens.shape[-1]
+    where = "rollout" if rollout else f"layer {layer}"
+    channels = f"channel {aggregate}" if isinstance(aggregate, int) else aggregate
+    if method in WHOLE_MODEL:
+        title = f"{LABELS[method]}, {normalize_}"
+        if L <= all_rows_max:
+            return MapView(detail_map(model, tokens, layer=0, method=method, normalize_=normalize_), None, title)
+        rows = sorted({query % L, *range(max(0, L - 8), L)})
+        return MapView(attribution_rows(model, tokens, positions=rows, method=method, normalize_=normalize_), rows,
+                       title)
+    title = ", ".join([where, LABELS[method], *([channels] if aggregates_for(method) else []), normalize_])
+    kw = dict(method=method, aggregate=aggregate, normalize_=normalize_, max_bytes=max_bytes)
+    values = rollout_map(model, tokens, **kw) if rollout else detail_map(model, tokens, layer=layer, **kw)
+    return MapView(values, None, title)
 
 
 @dataclass
@@ -120,7 +168,7 @@ class Thumbnails:
         return SortedThumbnails(metric, order, score[order], names, pooled)
 
 
-def thumbnail_maps(model: Any, tokens: Any, method: str, per_layer: int = 8,
+def thumbnail_maps(model: Any, tokens: Any, *, method: str, per_layer: int = 8,
                    max_bytes: int | None = None) -> Thumbnails:
     """Layer × channel/head maps of one sequence for a thumbnail grid.
 
@@ -129,16 +177,15 @@ def thumbnail_maps(model: Any, tokens: Any, method: str, per_layer: int = 8,
     maps, keys = [], []
     for layer in range(model.cfg.n_layers):
         if method == "hidden" and model.cfg.family == "mamba1":
-            p = ssm_parameters(model, tokens, layer)
-            heads = channel_mass(p["dt"], p["A"], p["B"], p["C"]).topk(min(per_layer, p["dt"].shape[-1])).indices
-            heads = heads.tolist()
-            m = interaction_map(model, tokens, layer, method="hidden", aggregate="none", heads=heads,
+            p = ssm_parameters(model, tokens, layer=layer)
+            heads = channel_mass(p.dt, p.A, p.B, p.C).topk(min(per_layer, p.dt.shape[-1])).indices.tolist()
+            m = interaction_map(model, tokens, layer=layer, method="hidden", aggregate="none", heads=heads,
                                 max_bytes=max_bytes)[0]
         elif method in ("hidden", "attention"):
-            m = interaction_map(model, tokens, layer, method=method, aggregate="none", max_bytes=max_bytes)[0]
+            m = interaction_map(model, tokens, layer=layer, method=method, aggregate="none", max_bytes=max_bytes)[0]
             heads = list(range(m.shape[0]))
         else:
-            m = interaction_map(model, tokens, layer, method=method, max_bytes=max_bytes)
+            m = interaction_map(model, tokens, layer=layer, method=method, max_bytes=max_bytes)
             heads = [None]
         maps.append(_np(m))
         keys += [(layer, h) for h in heads]
@@ -194,6 +241,6 @@ def warm_up(model: Any, n_tokens: int = 16) -> None:
     best effort: failures are ignored."""
     try:
         vocab = max(2, int(model.cfg.d_vocab))
-        interaction_map(model, torch.arange(n_tokens).remainder(vocab)[None], 0, method="auto")
+        interaction_map(model, torch.arange(n_tokens).remainder(vocab)[None], layer=0, method="auto")
     except Exception:  # noqa: BLE001 - warming up is best effort
         pass

@@ -2,23 +2,28 @@
 single neuron, top examples, similar codes.
 
     model = load_codebook_model("tokfsm-mamba-codebooks")
-    run = collect_codes(model, tokens)                       # CodeRun: ids per site + the codebook inputs
-    usage_stats(run)                                         # per site: used codes, dead fraction, entropy
+    run = collect_codes(model, tokens)                       # CodeRun: ids per hook + the codebook inputs
+    usage_stats(run)                                         # per hook: used codes, dead fraction, entropy
     report = code_label_precision(run, labels, n_classes=100)
     report.codes.mean_precision, report.neurons.mean_precision  # codes vs best neuron at matched recall
-    top_examples(run, tokens, site, code)                    # where a code fires, with context
-    similar_codes(model, site, code)                         # nearest codes by cosine similarity
+    top_examples(run, tokens, hook=hook, code=code)          # where a code fires, with context
+    similar_codes(model, hook=hook, code=code)               # nearest codes by cosine similarity
+    code_report(model, prompt, corpus=corpus, hook=hook, code=code)   # one code: all of the above
+
+A codebook is named by the hook it is attached at (``hook``, e.g. ``"blocks.2.ssm.hook_out"``); its own hook
+points are ``<hook>.codebook.hook_codes`` etc.
 
 A code is a binary feature (1 where it is among the k selected codes). The label precision of codes is
-:func:`interp.sae.evaluate.best_feature_precision` over those binary features (every site's codes together);
+:func:`interp.sae.evaluate.best_feature_precision` over those binary features (every hook's codes together);
 the neuron baseline is :func:`~interp.sae.evaluate.best_neuron_precision` over the codebooks' *inputs* at the
-same sites (the activations the codes replace), with each class's recall constraint set to the recall its
+same hooks (the activations the codes replace), with each class's recall constraint set to the recall its
 best code reached: precision compared at matched recall, as in the codebook-features paper.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,45 +32,60 @@ from torch import Tensor
 
 from interp.sae.evaluate import LabelPrecision, best_feature_precision, best_neuron_precision, score_selection
 
+from interp.hooks import HookedModel
+from interp.hooks.tokens import as_tokens
+
 from .insert import CHILD, attached
 
 __all__ = ["CodeRun", "collect_codes", "usage_stats", "code_features", "code_label_precision", "CodeLabelReport",
-           "top_examples", "similar_codes", "CodeReport", "code_report", "codebook_sites"]
+           "top_examples", "similar_codes", "CodeReport", "code_report", "codebook_hooks"]
+
+
+def _hook_list(hook: str | Sequence[str] | None, default: Sequence[str]) -> list[str]:
+    return list(default) if hook is None else [hook] if isinstance(hook, str) else list(hook)
 
 
 @dataclass
 class CodeRun:
-    """Codes selected on a batch of sequences. ``ids[site]``: int64 [n_seq, pos, k] ([n_seq, pos, G, k] for
-    per-head codebooks); ``inputs[site]``: the activations the codebook replaced [n_seq, pos, d] (or None);
-    ``n_codes[site]``: codebook size."""
+    """Codes selected on a batch of sequences, per codebook (named by the hook it is attached at).
+
+    Attributes:
+        ids: hook -> int64 [n_seq, pos, k] selected codes, best first ([n_seq, pos, G, k] for per-head codebooks).
+        inputs: hook -> the activations the codebook replaced [n_seq, pos, d] (None without ``keep_inputs``).
+        n_codes: hook -> codebook size.
+    """
 
     ids: dict[str, Tensor]
     inputs: dict[str, Tensor | None]
     n_codes: dict[str, int]
 
     @property
-    def sites(self) -> list[str]:
+    def hooks(self) -> list[str]:
+        """The hooks whose codebooks were run, in order."""
         return list(self.ids)
 
 
 @torch.no_grad()
-def collect_codes(model: Any, tokens: Tensor, sites: list[str] | None = None, batch_size: int = 64,
-                  keep_inputs: bool = True) -> CodeRun:
-    """Run ``tokens`` [n_seq, pos] through the codebook model and record each codebook's codes (and inputs)."""
+def collect_codes(model: HookedModel, tokens: Any, *, hook: str | Sequence[str] | None = None,
+                  batch_size: int = 64, keep_inputs: bool = True) -> CodeRun:
+    """Run ``tokens`` [n_seq, pos] (any form :func:`interp.hooks.tokens.as_tokens` reads) through the codebook
+    model, ``batch_size`` sequences at a time, and record the codes (and inputs) of the codebooks at ``hook``
+    (one hook or several; default: every attached codebook)."""
     books = attached(model)
     if not books:
         raise ValueError("the model has no codebooks attached: interp.codebook.attach(model, ...) or "
                          "load_codebook_model(...) first")
-    sites = list(books) if sites is None else list(sites)
+    sites = _hook_list(hook, books)
     missing = [s for s in sites if s not in books]
     if missing:
-        raise KeyError(f"no codebook at {missing}; codebooks are at {sorted(books)}")
-    names = [f"{s}.{CHILD}.hook_codes" for s in sites] + ([f"{s}.{CHILD}.hook_in" for s in sites] if keep_inputs else [])
-    device = next(model.parameters()).device
+        raise KeyError(f"hook={missing}: no codebook there; codebooks are at {sorted(books)}")
+    tokens = as_tokens(model, tokens)
+    names = [f"{s}.{CHILD}.hook_codes" for s in sites]
+    names += [f"{s}.{CHILD}.hook_in" for s in sites] if keep_inputs else []
     ids: dict[str, list[Tensor]] = {s: [] for s in sites}
     ins: dict[str, list[Tensor]] = {s: [] for s in sites}
     for i in range(0, tokens.shape[0], batch_size):
-        _, cache = model.run_with_cache(tokens[i:i + batch_size].to(device), names_filter=names)
+        _, cache = model.run_with_cache(tokens[i:i + batch_size], names_filter=names)
         for s in sites:
             ids[s].append(cache[f"{s}.{CHILD}.hook_codes"].cpu())
             if keep_inputs:
@@ -83,7 +103,7 @@ def _counts(ids: Tensor, n_codes: int) -> Tensor:
 
 
 def usage_stats(run: CodeRun, mask: Tensor | None = None) -> dict[str, dict[str, float]]:
-    """Per site: codes used, dead fraction (never selected on these tokens), usage entropy (nats) and the share
+    """Per hook: codes used, dead fraction (never selected on these tokens), usage entropy (nats) and the share
     of selections taken by the most used code. ``mask`` [n_seq, pos] bool: positions to count (default all)."""
     out = {}
     for s, ids in run.ids.items():
@@ -97,10 +117,11 @@ def usage_stats(run: CodeRun, mask: Tensor | None = None) -> dict[str, dict[str,
     return out
 
 
-def code_features(run: CodeRun, sites: list[str] | None = None) -> tuple[Tensor, list[tuple[str, int, int]]]:
-    """Binary code features of every token: [n_seq * pos, Σ G·n_codes] (1 where the code is selected), and the
-    (site, group, code) each column stands for."""
-    sites = run.sites if sites is None else sites
+def code_features(run: CodeRun, *, hook: str | Sequence[str] | None = None
+                  ) -> tuple[Tensor, list[tuple[str, int, int]]]:
+    """Binary code features of every token: [n_seq * pos, Σ G·n_codes] (1 where the code is selected) of the
+    codebooks at ``hook`` (default: all of ``run``), and the (hook, group, code) each column stands for."""
+    sites = _hook_list(hook, run.hooks)
     cols, names = [], []
     for s in sites:
         ids = run.ids[s]
@@ -118,7 +139,7 @@ def code_features(run: CodeRun, sites: list[str] | None = None) -> tuple[Tensor,
 @dataclass
 class CodeLabelReport:
     """Codes vs neurons on one labelling. ``codes`` / ``neurons``: :class:`LabelPrecision` (neurons at the
-    codes' recall); ``code_names[j]``: (site, group, code) of feature column j; ``neuron_names[j]``: (site, unit)."""
+    codes' recall); ``code_names[j]``: (hook, group, code) of feature column j; ``neuron_names[j]``: (hook, unit)."""
 
     codes: LabelPrecision
     neurons: LabelPrecision
@@ -138,25 +159,26 @@ class CodeLabelReport:
                 "n_classes": int((self.codes.support > 0).sum()), "n_tokens": self.codes.n_tokens}
 
 
-def code_label_precision(run: CodeRun, labels: Tensor, n_classes: int | None = None, min_recall: float = 0.5,
-                         sites: list[str] | None = None,
+def code_label_precision(run: CodeRun, labels: Tensor, *, n_classes: int | None = None, min_recall: float = 0.5,
+                         hook: str | Sequence[str] | None = None,
                          held_out: tuple[CodeRun, Tensor] | None = None) -> CodeLabelReport:
-    """For each class of ``labels`` [n_seq, pos] (negative = unlabelled), the code (over all ``sites``) with the
-    best precision at recall >= ``min_recall``, and the best single neuron of the codebook inputs at the same
-    sites at the recall that code reached (see the module docstring). With ``held_out=(run2, labels2)`` the
-    codes and neurons are chosen on ``run`` and their precision and recall are measured on ``run2``."""
-    sites = run.sites if sites is None else sites
+    """For each class of ``labels`` [n_seq, pos] (negative = unlabelled), the code (over the codebooks at all of
+    ``hook``, default every one in ``run``) with the best precision at recall >= ``min_recall``, and the best
+    single neuron of the codebook inputs at the same hooks at the recall that code reached (see the module
+    docstring). With ``held_out=(run2, labels2)`` the codes and neurons are chosen on ``run`` and their
+    precision and recall are measured on ``run2``."""
+    sites = _hook_list(hook, run.hooks)
     if any(r.inputs[s] is None for r in (run, *(held_out[:1] if held_out else ())) for s in sites):
         raise ValueError("the neuron baseline needs the codebook inputs: collect_codes(..., keep_inputs=True)")
 
     def flat(r: CodeRun, lab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lab = torch.as_tensor(lab).reshape(-1)
-        feats, _ = code_features(r, sites)
+        feats, _ = code_features(r, hook=sites)
         acts = torch.cat([r.inputs[s].reshape(lab.numel(), -1) for s in sites], 1)
         return feats, acts, lab
 
     feats, acts, lab = flat(run, labels)
-    _, code_names = code_features(CodeRun({s: run.ids[s][:1] for s in sites}, {}, run.n_codes), sites)
+    _, code_names = code_features(CodeRun({s: run.ids[s][:1] for s in sites}, {}, run.n_codes), hook=sites)
     neuron_names = [(s, j) for s in sites for j in range(run.inputs[s].reshape(lab.numel(), -1).shape[1])]
     codes = best_feature_precision(feats, lab, n_classes, min_recall)
     matched = torch.where(torch.isnan(codes.recall), torch.tensor(min_recall, dtype=torch.float64), codes.recall)
@@ -168,11 +190,12 @@ def code_label_precision(run: CodeRun, labels: Tensor, n_classes: int | None = N
     return CodeLabelReport(codes, neurons, code_names, neuron_names)
 
 
-def top_examples(run: CodeRun, tokens: Tensor, site: str, code: int, n: int = 10, context: int = 8,
+def top_examples(run: CodeRun, tokens: Tensor, *, hook: str, code: int, n: int = 10, context: int = 8,
                  group: int = 0, decode: Any = None) -> list[dict[str, Any]]:
-    """Up to ``n`` places where ``code`` is selected at ``site``: sequence, position, the ``context`` tokens up
-    to it (decoded with ``decode(list_of_ids)`` if given) and the code's slot (0 = best)."""
-    ids = run.ids[site]
+    """Up to ``n`` places of ``tokens`` [n_seq, pos] (those ``run`` was collected on) where ``code`` is selected by
+    the codebook at ``hook``: sequence, position, the ``context`` tokens up to it (decoded with
+    ``decode(list_of_ids)`` if given) and the code's slot (0 = best)."""
+    ids = run.ids[hook]
     g_ids = ids if ids.dim() >= 4 else ids.unsqueeze(-2)
     hits = (g_ids[:, :, group] == code).nonzero()
     out = []
@@ -182,10 +205,11 @@ def top_examples(run: CodeRun, tokens: Tensor, site: str, code: int, n: int = 10
     return out
 
 
-def similar_codes(model_or_layer: Any, site: str | None = None, code: int = 0, n: int = 10,
+def similar_codes(model_or_layer: Any, *, hook: str | None = None, code: int = 0, n: int = 10,
                   group: int = 0) -> list[tuple[int, float]]:
-    """The ``n`` codes closest to ``code`` by cosine similarity: [(code, similarity), ...], best first."""
-    layer = model_or_layer if site is None else attached(model_or_layer)[site]
+    """The ``n`` codes closest to ``code`` by cosine similarity: [(code, similarity), ...], best first. Of a
+    :class:`~interp.codebook.CodebookLayer`, or of the codebook a model has at ``hook``."""
+    layer = model_or_layer if hook is None else attached(model_or_layer)[hook]
     C = layer.codes.detach()[group].float()
     C = C / C.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     sims = C @ C[code]
@@ -194,8 +218,8 @@ def similar_codes(model_or_layer: Any, site: str | None = None, code: int = 0, n
     return list(zip(top.indices.tolist(), top.values.tolist()))
 
 
-def codebook_sites(model: Any) -> dict[str, dict[str, int]]:
-    """{site: {n_codes, k, n_groups}} of the codebooks attached to ``model``."""
+def codebook_hooks(model: HookedModel) -> dict[str, dict[str, int]]:
+    """{hook: {n_codes, k, n_groups}} of the codebooks attached to ``model``."""
     return {s: {"n_codes": b.cfg.n_codes, "k": b.cfg.k, "n_groups": b.cfg.n_groups} for s, b in attached(model).items()}
 
 
@@ -206,13 +230,13 @@ def _group_ids(ids: Tensor, group: int) -> Tensor:
 
 @dataclass
 class CodeReport:
-    """One code of one codebook: ``prompt_ids`` [k, L] the codes selected at each position of the prompt (slot
-    0 = best); on the corpus: ``usage`` ({site: :func:`usage_stats` entry}), ``freq`` [n_codes] (share of the
-    site's selections each code takes), ``fires`` [n, pos] bool (the code is selected), ``examples``
+    """One code of the codebook at ``hook``: ``prompt_ids`` [k, L] the codes selected at each position of the
+    prompt (slot 0 = best); on the corpus: ``usage`` ({hook: :func:`usage_stats` entry}), ``freq`` [n_codes]
+    (share of the codebook's selections each code takes), ``fires`` [n, pos] bool (the code is selected), ``examples``
     (:func:`top_examples`, each with ``context`` token ids [c] and ``fires`` [c] of its context window),
     ``similar`` (:func:`similar_codes` [(code, cosine)])."""
 
-    site: str
+    hook: str
     code: int
     group: int
     n_codes: int
@@ -230,30 +254,33 @@ class CodeReport:
 
 
 @torch.no_grad()
-def code_report(model: Any, tokens: Tensor, corpus: Tensor, site: str, code: int, group: int = 0,
+def code_report(model: HookedModel, tokens: Any, *, corpus: Any, hook: str, code: int, group: int = 0,
                 n_examples: int = 8, context: int = 12, n_similar: int = 10) -> CodeReport:
-    """``code`` at ``site`` of a codebook model: the codes of the prompt ``tokens`` [1, L], and usage, top
-    examples (``context`` tokens up to the firing position) and similar codes on ``corpus`` [n, L].
-    ValueError for a site, code or group the model does not have."""
+    """``code`` of the codebook at ``hook`` of a codebook model: the codes of one prompt ``tokens`` ([L] or
+    [1, L]), and usage, top examples (``context`` tokens up to the firing position) and similar codes on
+    ``corpus`` [n, L]. ValueError for a hook, code or group the model does not have, or a batch of prompts."""
     books = attached(model)
-    if site not in books:
-        raise ValueError(f"This codebook model has no codebook at {site!r}; its sites are {sorted(books)}.")
-    cfg = books[site].cfg
+    if hook not in books:
+        raise ValueError(f"This codebook model has no codebook at hook={hook!r}; its codebooks are at "
+                         f"{sorted(books)}.")
+    cfg = books[hook].cfg
     code, group = int(code), int(group)
     if not 0 <= code < cfg.n_codes:
-        raise ValueError(f"Code {code} is out of range: the codebook at {site} has codes 0..{cfg.n_codes - 1}.")
+        raise ValueError(f"Code {code} is out of range: the codebook at {hook} has codes 0..{cfg.n_codes - 1}.")
     if not 0 <= group < cfg.n_groups:
-        raise ValueError(f"Group {group} is out of range: the codebook at {site} has {cfg.n_groups} group(s).")
-    prompt_ids = _group_ids(collect_codes(model, tokens, sites=[site], keep_inputs=False).ids[site], group)[0].T
+        raise ValueError(f"Group {group} is out of range: the codebook at {hook} has {cfg.n_groups} group(s).")
+    tokens = as_tokens(model, tokens, one_sequence=True)
+    corpus = as_tokens(model, corpus, name="corpus").cpu()
+    prompt_ids = _group_ids(collect_codes(model, tokens, hook=hook, keep_inputs=False).ids[hook], group)[0].T
     run = collect_codes(model, corpus, keep_inputs=False)
-    ids = _group_ids(run.ids[site], group)  # [n, pos, k]
+    ids = _group_ids(run.ids[hook], group)  # [n, pos, k]
     counts = torch.bincount(ids.reshape(-1), minlength=cfg.n_codes).double()
     fires = (ids == code).any(-1)  # [n, pos]
     examples = []
-    for ex in top_examples(run, corpus, site, code, n=n_examples, context=context, group=group):
+    for ex in top_examples(run, corpus, hook=hook, code=code, n=n_examples, context=context, group=group):
         start = max(0, ex["pos"] - context + 1)
         examples.append({**ex, "context": corpus[ex["seq"], start:ex["pos"] + 1],
                          "fires": fires[ex["seq"], start:ex["pos"] + 1].float()})
-    return CodeReport(site, code, group, cfg.n_codes, cfg.k, prompt_ids, usage_stats(run),
+    return CodeReport(hook, code, group, cfg.n_codes, cfg.k, prompt_ids, usage_stats(run),
                       counts / counts.sum().clamp_min(1), fires, examples,
-                      similar_codes(model, site, code, n=min(n_similar, cfg.n_codes - 1), group=group))
+                      similar_codes(model, hook=hook, code=code, n=min(n_similar, cfg.n_codes - 1), group=group))

@@ -2,10 +2,10 @@
 bottlenecks) or post-hoc fitting (reconstruct a frozen model's activations); checkpoints and resumption.
 
     model = interp.load("tokfsm-mamba")
-    books = make_codebooks(model, mixer_output_sites(model), n_codes=256, k=1)
+    books = make_codebooks(model, hook=mixer_output_hooks(model), n_codes=256, k=1)
     cfg = CodebookTrainConfig(steps=600)
     batches = model_batches(model, cfg)             # interp.codebook.zoo: the embedded model's own data
-    result = train_codebooks(model, books, cfg, "runs/codebook/tokfsm-mamba", batches)
+    result = train_codebooks(model, batches, books=books, cfg=cfg, out_dir="runs/codebook/tokfsm-mamba")
     save_codebook_model(model, "runs/codebook/tokfsm-mamba/final")         # model + codebooks, safetensors
     model = load_codebook_model("runs/codebook/tokfsm-mamba/final")        # codebooks attached
 
@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interp.activations.collect import HookCollector, RowFilter
+from interp.hooks import HookedModel
 from interp.hooks.loading import ExistingRunError
 from interp.metrics import next_token_cross_entropy
 from interp.training import (
@@ -43,7 +45,7 @@ from .config import CodebookTrainConfig
 from .insert import attach, attached, detach
 from .layer import CodebookLayer
 
-__all__ = ["site_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
+__all__ = ["hook_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
            "save_codebook_model", "load_codebook_model", "INDEX_FILE", "Batches", "check_codebook_folder",
            "codebook_index", "codebook_base_model", "embedded_codebook_models", "find_codebook_models",
            "codebook_folder_mtime"]
@@ -52,24 +54,26 @@ INDEX_FILE = "codebooks.json"
 Batches = Callable[[int], dict[str, Any]]  # step -> {"tokens": [b, L], "loss_mask": [b, L] (optional)}
 
 
-@torch.no_grad()
-def site_activations(model: Any, sites: list[str], batches: Batches, n_tokens: int,
+def hook_activations(model: HookedModel, batches: Batches, *, hook: str | Sequence[str], n_tokens: int,
                      first_batch: int = 10**6) -> dict[str, torch.Tensor]:
-    """Activations of ``sites`` on at least ``n_tokens`` positions of the model *without* codebooks at
-    those sites: {site: [n, G, d]} (G = 1 without a head axis). Batches from index ``first_batch`` on (apart
-    from the training batches)."""
-    books = {s: b for s, b in attached(model).items() if s in sites}
+    """Activations at ``hook`` (one name or several) on the first ``n_tokens`` positions of the batches from
+    index ``first_batch`` on (apart from the training batches), of the model *without* codebooks at those
+    hooks: {hook: float32 [n_tokens, G, d]} on the CPU (G = 1 without a head axis), collected with
+    :class:`interp.activations.collect.HookCollector` (every position kept)."""
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    books = {s: b for s, b in attached(model).items() if s in hooks}
     if books:
         detach(model, list(books))
     try:
-        out: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+        collector = HookCollector(model, hook=hooks, dtype=torch.float32,
+                                  row_filter=RowFilter.for_model(model, drop_bos=False, drop_pad=False))
+        out: dict[str, list[torch.Tensor]] = {s: [] for s in hooks}
         seen, i = 0, first_batch
         while seen < n_tokens:
-            tokens = batches(i)["tokens"].to(next(model.parameters()).device)
-            _, cache = model.run_with_cache(tokens, names_filter=list(sites))
-            for s in sites:
-                a = cache[s].float().cpu()
-                out[s].append(a.reshape(-1, 1, a.shape[-1]) if a.dim() == 3 else a.reshape(-1, *a.shape[-2:]))
+            tokens = batches(i)["tokens"]
+            for s, rows in collector(tokens, torch.ones(tokens.shape, dtype=torch.bool)).items():
+                shape = collector.shapes[s]  # [d] or [G, d]: the dims after the position axis
+                out[s].append(rows.cpu().reshape(-1, 1 if len(shape) == 1 else shape[0], shape[-1]))
             seen += tokens.numel()
             i += 1
         return {s: torch.cat(v)[:n_tokens] for s, v in out.items()}
@@ -78,10 +82,10 @@ def site_activations(model: Any, sites: list[str], batches: Batches, n_tokens: i
             attach(model, books)
 
 
-def kmeans_init(model: Any, books: Mapping[str, CodebookLayer], batches: Batches, n_tokens: int = 16_384,
+def kmeans_init(model: Any, batches: Batches, *, books: Mapping[str, CodebookLayer], n_tokens: int = 16_384,
                 iters: int = 15, seed: int = 0) -> None:
-    """Set each codebook's codes to k-means centroids of its site's activations (codebooks bypassed)."""
-    acts = site_activations(model, list(books), batches, n_tokens)
+    """Set each codebook's codes to k-means centroids of its hook's activations (codebooks bypassed)."""
+    acts = hook_activations(model, batches, hook=list(books), n_tokens=n_tokens)
     for s, layer in books.items():
         c = layer.cfg
         codes = Fn.kmeans(acts[s], c.n_codes, iters=iters, similarity=c.similarity, layernorm=c.layernorm, seed=seed)
@@ -121,9 +125,9 @@ def _lm_loss(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     return next_token_cross_entropy(logits.float(), tokens, None if mask is None else mask[:, :-1])
 
 
-def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig,
-                    out_dir: str | os.PathLike, batches: Batches, resume: bool = True,
-                    progress: bool = True, log_every: int = 25) -> CodebookTrainResult:
+def train_codebooks(model: Any, batches: Batches, *, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig,
+                    out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                    log_every: int = 25) -> CodebookTrainResult:
     """In-model training of ``books`` (attached to ``model`` here if they are not yet): minimise the LM loss
     of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
     (and the model when ``cfg.train_model``). ``batches``: the data, step -> batch (module docstring; for an
@@ -139,7 +143,7 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
                                    restart="resume=False", folder="out_dir")
     if cfg.kmeans_init and ckpt is None:
         torch.manual_seed(cfg.seed)
-        kmeans_init(model, books, batches, cfg.kmeans_tokens, cfg.kmeans_iters, cfg.seed)
+        kmeans_init(model, batches, books=books, n_tokens=cfg.kmeans_tokens, iters=cfg.kmeans_iters, seed=cfg.seed)
     new = {s: b for s, b in books.items() if attached(model).get(s) is not b}
     if new:
         attach(model, new)
@@ -195,9 +199,9 @@ def train_codebooks(model: Any, books: Mapping[str, CodebookLayer], cfg: Codeboo
 def fit_post_hoc(books: Mapping[str, CodebookLayer], acts: Mapping[str, torch.Tensor], steps: int = 500,
                  batch_size: int = 1024, lr: float = 3e-3, kmeans_start: bool = True, kmeans_iters: int = 15,
                  seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
-    """Post-hoc codebooks for a frozen model: fit each codebook to its cached activations ``acts[site]``
+    """Post-hoc codebooks for a frozen model: fit each codebook to its cached activations ``acts[hook]``
     [n, d] or [n, G, d] (k-means start, then AdamW on the reconstruction loss, dead codes re-seeded).
-    Returns the loss curve per site. Insert them afterwards with :func:`attach`."""
+    Returns the loss curve per hook. Insert them afterwards with :func:`attach`."""
     curves: dict[str, list[float]] = {}
     g = torch.Generator().manual_seed(seed)
     for s, layer in books.items():

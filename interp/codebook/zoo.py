@@ -3,16 +3,16 @@
     python -m interp.codebook.zoo tokfsm-mamba-codebooks [--install] [--steps N]
     model = load_codebook_model("tokfsm-mamba-codebooks")       # the embedded model with its codebooks attached
 
-A recipe names the base model, the sites (k = 1 codebooks at every layer's sequence-mixer output, as the paper's
+A recipe names the base model, the hooks (k = 1 codebooks at every layer's sequence-mixer output, as the paper's
 attention codebooks), the :class:`CodebookConfig` and the :class:`CodebookTrainConfig`. :func:`evaluate_tokfsm`
 measures what the paper reports, on data held out from training:
 
 * transition accuracy with the codebooks in place (:func:`interp.zoo.evaluate.evaluate`, paper: 96.39%);
-* state codes: for each FSM state the code (over all sites) with the best precision for "the current state is
+* state codes: for each FSM state the code (over all hooks) with the best precision for "the current state is
   S" on units-digit tokens (where the prefix determines the state) among codes reaching a minimum recall (0.5,
   0.25 and 0.1 reported), against the best single neuron of the codebook inputs at the recall that code reached
   (paper: 97.1% vs 70.5%); codes and neurons are chosen on one set of sequences and scored on another;
-* steering by codes: forcing each site's code of state S at the last position, share of next transitions
+* steering by codes: forcing each hook's code of state S at the last position, share of next transitions
   valid for S, with the unsteered baseline (:func:`interp.tasks.tokfsm.tokfsm_code_steering_table`), in
   two modes: "prompt" (the prompt's last position only) and "follow" (the last position of each forward: the
   codes of "current state S" at the prompt's last token, then of "previous state S" at the generated digit).
@@ -40,7 +40,7 @@ from interp.zoo.recipes import Recipe, batch_at
 
 from .analysis import code_label_precision, collect_codes, usage_stats
 from .config import CodebookTrainConfig
-from .insert import make_codebooks, mixer_output_sites
+from .insert import make_codebooks, mixer_output_hooks
 from .train import INDEX_FILE, Batches, load_codebook_model, save_codebook_model, train_codebooks
 
 FIT_SEED = 7  # codes and neurons are chosen on these sequences, scored on others (``seed``)
@@ -74,8 +74,8 @@ def model_batches(model: Any, cfg: CodebookTrainConfig) -> Batches:
 @dataclass(frozen=True)
 class CodebookRecipe:
     """Codebooks for one embedded model: ``base`` model name, ``codebook`` (CodebookConfig fields but ``d``,
-    read from the model), ``train`` (the :class:`CodebookTrainConfig`); the sites are every layer's
-    sequence-mixer output (:func:`mixer_output_sites`)."""
+    read from the model), ``train`` (the :class:`CodebookTrainConfig`); the codebooks sit at every layer's
+    sequence-mixer output (:func:`mixer_output_hooks`)."""
 
     name: str
     base: str
@@ -146,8 +146,9 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     cfg = recipe.train if steps is None else recipe.train.replace(steps=steps)
     out_dir = Path(out_dir or f"runs/codebook/{name}")
     model = interp.load(recipe.base)
-    books = make_codebooks(model, mixer_output_sites(model), **recipe.codebook)
-    result = train_codebooks(model, books, cfg, out_dir, model_batches(model, cfg), resume=resume, progress=progress)
+    books = make_codebooks(model, hook=mixer_output_hooks(model), **recipe.codebook)
+    result = train_codebooks(model, model_batches(model, cfg), books=books, cfg=cfg, out_dir=out_dir, resume=resume,
+                             progress=progress)
     metrics = evaluate_tokfsm(model, recipe.base)
     card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
             "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,

@@ -1,11 +1,12 @@
 """Linear probes on the activations of any hook: dense, sparse and regression probes, control tasks,
-selectivity, and layer × position sweeps.
+selectivity, and layer × position sweeps. Functions that run the model take ``(model, tokens, *, hook=...,
+positions=..., ...)``.
 
     from interp.probes import LogisticProbe, SparseProbe, LinearRegressionProbe, collect_rows, probe_sweep
-    rows = collect_rows(model, tokens, ["blocks.2.hook_resid_post"], keep=labels >= 0)
+    rows = collect_rows(model, tokens, hook="blocks.2.hook_resid_post", keep=labels >= 0)
     probe = LogisticProbe().fit(rows.acts["blocks.2.hook_resid_post"], rows.gather(labels))
     probe.direction(17)                      # torch [d] in activation space (for interp.steering)
-    result = probe_sweep(model, tokens, labels, positions={"units": digit_pos == 1})
+    result = probe_sweep(model, tokens, labels=labels, positions={"units": digit_pos == 1})
     result.figure()
 
 Modules: :mod:`.functional` (the math: L-BFGS logistic regression, ridge, CV, control labels),

@@ -1,6 +1,6 @@
 """Activation rows for probes: one row per kept (sequence, position), from a model or an activation store.
 
-    rows = collect_rows(model, tokens, ["blocks.1.hook_resid_post"], keep=labels >= 0)
+    rows = collect_rows(model, tokens, hook="blocks.1.hook_resid_post", keep=labels >= 0)
     X, y = rows.acts["blocks.1.hook_resid_post"], rows.gather(labels)      # [n, d], [n]
     rows = ProbeRows.from_store(ActivationStore("runs/cache/x"))             # same, from disk
 
@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 from interp.activations.collect import HookCollector, RowFilter, row_meta
+from interp.hooks import HookedModel
+from interp.hooks.hook_points import residual_hooks
+from interp.hooks.tokens import as_tokens
 
 __all__ = ["ProbeRows", "collect_rows", "default_hooks", "sequence_split"]
 
@@ -54,47 +57,46 @@ class ProbeRows:
                          self.tokens[mask], dict(self.meta))
 
     @classmethod
-    def from_store(cls, store: Any, hooks: Sequence[str] | None = None) -> "ProbeRows":
-        """Rows of an :class:`~interp.activations.ActivationStore` (every row, the hooks given or all)."""
+    def from_store(cls, store: Any, *, hook: str | Sequence[str] | None = None) -> "ProbeRows":
+        """Rows of an :class:`~interp.activations.ActivationStore` (every row, the hook(s) given or all)."""
         meta = store.row_meta()
-        hooks = list(store.hooks if hooks is None else hooks)
+        hooks = list(store.hooks) if hook is None else [hook] if isinstance(hook, str) else list(hook)
         return cls({h: store.all(h) for h in hooks}, meta["seq_idx"], meta["pos"], meta["tokens"],
                    {"store": str(store.folder)})
 
 
-def default_hooks(model: Any) -> list[str]:
+def default_hooks(model: HookedModel) -> list[str]:
     """``hook_embed`` and every block's ``hook_resid_post``: the residual stream at each depth."""
-    n_layers = model.cfg.n_layers
-    return ["hook_embed"] + [f"blocks.{i}.hook_resid_post" for i in range(n_layers)]
+    return residual_hooks(model, ("post",))
 
 
 @torch.no_grad()
 def collect_rows(
-    model: Any,
-    tokens: Tensor,
-    hooks: str | Sequence[str] | None = None,
+    model: HookedModel,
+    tokens: Any,
+    *,
+    hook: str | Sequence[str] | None = None,
     keep: Tensor | None = None,
     batch_size: int = 64,
     dtype: torch.dtype = torch.float32,
     drop_bos: bool = True,
 ) -> ProbeRows:
-    """Run ``model`` on ``tokens`` [n_seq, pos] and keep the rows where ``keep`` [n_seq, pos] is True.
+    """Run ``model`` on ``tokens`` [n_seq, pos] (any form :func:`interp.hooks.tokens.as_tokens` reads) and keep
+    the rows where ``keep`` [n_seq, pos] is True.
 
     Args:
-        hooks: hook names (default :func:`default_hooks`); any per-token hook works (dims after the
+        hook: a hook name or several (default :func:`default_hooks`); any per-token hook works (dims after the
             position axis are flattened).
         keep: bool [n_seq, pos] (default: every row); BOS rows are dropped too unless ``drop_bos=False``.
         batch_size: sequences per forward.
     """
-    hooks = default_hooks(model) if hooks is None else ([hooks] if isinstance(hooks, str) else list(hooks))
-    tokens = torch.as_tensor(tokens).long().cpu()
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be [n_seq, pos], got shape {tuple(tokens.shape)}")
+    hooks = default_hooks(model) if hook is None else ([hook] if isinstance(hook, str) else list(hook))
+    tokens = as_tokens(model, tokens).cpu()
     keep_all = torch.ones_like(tokens, dtype=torch.bool) if keep is None else torch.as_tensor(keep).bool().cpu()
     if keep_all.shape != tokens.shape:
         raise ValueError(f"keep {tuple(keep_all.shape)} must have the tokens' shape {tuple(tokens.shape)}")
     row_filter = RowFilter.for_model(model, drop_bos=drop_bos, drop_pad=False)
-    collector = HookCollector(model, hooks, dtype, row_filter)
+    collector = HookCollector(model, hook=hooks, dtype=dtype, row_filter=row_filter)
     parts: dict[str, list[Tensor]] = {h: [] for h in hooks}
     metas: list[dict[str, Tensor]] = []
     for start in range(0, tokens.shape[0], batch_size):

@@ -2,7 +2,7 @@
 
     from interp.data import tokfsm_dataset, tokfsm_labels
     lab = tokfsm_labels(tokens)
-    result = probe_sweep(model, tokens, lab["state"],
+    result = probe_sweep(model, tokens, labels=lab["state"],
                          positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
     result.best()                    # the row with the highest held-out accuracy
     result.figure().show()           # accuracy and selectivity, hooks × positions
@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp.hooks import HookedModel
 from interp.hooks.hook_points import layer_of
+from interp.hooks.positions import Positions
+from interp.hooks.tokens import as_tokens
 
 from .data import ProbeRows, collect_rows, default_hooks, sequence_split
 from .functional import control_labels, ngram_types
@@ -38,8 +41,9 @@ PositionSpec = int | slice | Sequence[int] | Tensor | None
 
 
 def _pos_mask(spec: PositionSpec, shape: tuple[int, int]) -> Tensor:
-    """A position spec -> bool [n_seq, L]. Ints/lists/slices are positions (negative from the end);
-    a bool tensor [n_seq, L] or [L] is a mask; None is every position."""
+    """A position spec -> bool [n_seq, L]. Ints/lists/slices are positions (negative from the end; ints and
+    lists bounds-checked by :meth:`interp.hooks.positions.Positions.indices`); a bool tensor [n_seq, L] or [L] is a
+    mask; None is every position."""
     n, L = shape
     if spec is None:
         return torch.ones(n, L, dtype=torch.bool)
@@ -54,10 +58,7 @@ def _pos_mask(spec: PositionSpec, shape: tuple[int, int]) -> Tensor:
     if isinstance(spec, slice):
         cols[torch.arange(L)[spec]] = True
     else:
-        idx = torch.as_tensor([spec] if isinstance(spec, int) else list(spec), dtype=torch.long)
-        if ((idx < -L) | (idx >= L)).any():
-            raise ValueError(f"positions {idx.tolist()} outside a sequence of {L} tokens")
-        cols[idx % L] = True
+        cols[Positions.parse(spec).indices(L, name="positions")] = True
     return cols[None].expand(n, L)
 
 
@@ -200,36 +201,39 @@ def _metrics(est: Any, X: Tensor, y: Tensor) -> dict[str, float]:
 
 
 def probe_sweep(
-    model: Any,
-    tokens: Tensor,
+    model: HookedModel | None,
+    tokens: Any,
+    *,
     labels: Tensor,
-    hooks: Sequence[str] | None = None,
+    hook: str | Sequence[str] | None = None,
     positions: Any = None,
     probe: Any = None,
     control: str | Tensor | None = "tokens",
     test_size: float = 0.25,
     seed: int = 0,
     batch_size: int = 64,
-    rows: ProbeRows | None = None,
+    collected: ProbeRows | None = None,
     control_context: int = 0,
 ) -> SweepResult:
     """Fit one probe per (hook, position group) and score it on held-out sequences.
 
     Args:
         model: a hookable model (activations are collected in one pass for all hooks); may be None
-            when ``rows`` is given.
-        tokens: [n_seq, L] token ids.
+            when ``collected`` is given.
+        tokens: [n_seq, L] token ids (any form :func:`interp.hooks.tokens.as_tokens` reads).
         labels: [n_seq, L] per-token labels: int class labels (-1 = no label) for classifiers, float targets
             (nan = no label) for regressors.
-        hooks: hook names (default: ``hook_embed`` and every ``blocks.{i}.hook_resid_post``).
-        positions: None (all positions pooled), ``"each"``, a list of positions, or a dict name -> position
-            spec (int, list, slice, or a bool mask [n_seq, L] such as ``digit_pos == 1``).
+        hook: a hook name or several (default: ``hook_embed`` and every ``blocks.{i}.hook_resid_post``; with
+            ``collected``: every hook they hold).
+        positions: position groups, each fitted apart (:func:`position_groups`): None (all positions pooled),
+            ``"each"``, a list of positions, or a dict name -> position spec (int, list, slice, or a bool mask
+            [n_seq, L] such as ``digit_pos == 1``).
         probe: an unfitted estimator, cloned per cell (default ``LogisticProbe(C=1.0)``: a fixed penalty
             keeps sweeps fast; ``LogisticProbe()`` chooses it by cross-validation in every cell).
         control: control-task types: ``"tokens"`` (the token id, Hewitt & Liang's word type), a per-token
             int tensor [n_seq, L] of types ([n_seq, L, k] for tuple types), or None to skip the control task.
         test_size: fraction of sequences held out.
-        rows: precollected activations (:func:`collect_rows` / ``ProbeRows.from_store``) instead of
+        collected: precollected activations (:func:`collect_rows` / ``ProbeRows.from_store``) instead of
             running the model.
         control_context: with ``control="tokens"``, how many preceding tokens belong to a token's type
             (0: the token alone; 1: (previous token, token); k: the (k+1)-gram ending at the token,
@@ -246,7 +250,7 @@ def probe_sweep(
         raise ValueError(f"control_context must be >= 0, got {control_context}")
     probe = LogisticProbe(C=1.0) if probe is None else probe
     classifier = _is_classifier(probe)
-    tokens = torch.as_tensor(tokens).long().cpu()
+    tokens = as_tokens(model, tokens).cpu()
     labels = torch.as_tensor(labels).cpu()
     if labels.shape[:2] != tokens.shape:
         raise ValueError(f"labels {tuple(labels.shape)} must be per token, [n_seq, L] = {tuple(tokens.shape)}")
@@ -256,13 +260,14 @@ def probe_sweep(
     union = torch.zeros_like(valid)
     for m in groups.values():
         union |= m
+    rows = collected
     if rows is None:
         if model is None:
-            raise ValueError("pass a model to collect activations from, or rows=ProbeRows(...)")
-        hooks = default_hooks(model) if hooks is None else list(hooks)
-        rows = collect_rows(model, tokens, hooks, keep=valid & union, batch_size=batch_size)
+            raise ValueError("pass a model to collect activations from, or collected=ProbeRows(...)")
+        hooks = default_hooks(model) if hook is None else [hook] if isinstance(hook, str) else list(hook)
+        rows = collect_rows(model, tokens, hook=hooks, keep=valid & union, batch_size=batch_size)
     else:
-        hooks = list(rows.acts) if hooks is None else list(hooks)
+        hooks = list(rows.acts) if hook is None else [hook] if isinstance(hook, str) else list(hook)
         rows = rows.subset(rows.gather(valid & union))
     y_all = rows.gather(labels)
     types_all = None

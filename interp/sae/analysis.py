@@ -1,13 +1,15 @@
-"""Feature analysis of a trained SAE: what activates a latent, how often, what it writes, and steering with it.
+"""Feature analysis of a trained SAE: what activates a latent, how often, and what it writes.
 
-    acts = top_activating_examples(model, sae, tokens, latents=[3, 17], k=5)   # {latent: [LatentExample, ...]}
-    density = activation_density(model, sae, tokens)                          # [d_sae]
-    eff = logit_effects(model, sae, latents=[3])                              # decoder row @ W_U
-    model.generate(prompt, fwd_hooks=[(sae.cfg.hook_name, steering_hook(sae, 3, alpha=4.0))])
-    model.generate(prompt, fwd_hooks=[(sae.cfg.hook_name, clamp_latent_hook(sae, 3, value=10.0))])
+    acts = top_activating_examples(model, tokens, sae=sae, latents=[3, 17], k=5)  # {latent: [LatentExample, ...]}
+    density = activation_density(model, tokens, sae=sae)                         # [d_sae]
+    eff = logit_effects(model, sae=sae, latents=[3])                             # decoder row @ W_U
+    report = latent_report(model, corpus, sae=sae, latent=3)                     # all of it for one latent
 
-Token sequences ``tokens`` are [n_seq, pos]; latents are read at the SAE's hook (``sae.cfg.hook_name`` unless
-``hook_name`` is given) in batches of ``batch_size`` sequences, stopping the model after the hook's block.
+Token sequences ``tokens`` are [n_seq, pos] (or a text, or one sequence [pos]:
+:func:`interp.hooks.tokens.as_tokens`); latents are read at the SAE's hook (``sae.cfg.hook_name`` unless ``hook``
+is given) in batches of ``batch_size`` sequences, stopping the model after the hook's block. Steering with a
+latent: :class:`interp.steering.SAELatents` (add its decoder row at the model's hook) or
+:func:`interp.sae.latent_intervention` (clamp / ablate latents of the spliced SAE).
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ import torch
 from torch import Tensor
 
 from interp.hooks.hook_points import layer_of
+from interp.hooks.protocol import HookedModel
+from interp.hooks.tokens import as_tokens
 
-from .model import SparseAutoencoder
-from .splice import _flat, resolve_hook_name, splice_hook
+from .model import SparseAutoencoder, flatten_input
+from .splice import resolve_hook
 
 __all__ = [
-    "LatentExample", "LogitEffects", "latent_activations", "top_activating_examples", "activation_density",
-    "logit_effects", "steering_hook", "clamp_latent_hook", "latent_trace", "LatentReport",
-    "latent_report",
+    "LatentExample", "LogitEffects", "LatentBatch", "latent_activations", "top_activating_examples",
+    "activation_density", "logit_effects", "latent_trace", "LatentReport", "latent_report",
 ]
 
 # hooks whose value is (or is added to) the residual stream, so a decoder row can be read through W_U
@@ -73,7 +76,17 @@ class LogitEffects:
     bottom_tokens: list[list[str]]
 
 
-def _str_tokens(model: Any, ids: Sequence[int]) -> list[str]:
+@dataclass
+class LatentBatch:
+    """The latents of one batch of sequences: ``latents`` [b, pos, d_sae] of sequences ``start`` .. start + b - 1,
+    ``mask`` [b, pos] (the batch's attention mask) or None."""
+
+    start: int
+    latents: Tensor
+    mask: Tensor | None
+
+
+def _str_tokens(model: HookedModel, ids: Sequence[int]) -> list[str]:
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         return [f"<{int(i)}>" for i in ids]
@@ -82,12 +95,12 @@ def _str_tokens(model: Any, ids: Sequence[int]) -> list[str]:
 
 @torch.no_grad()
 def latent_activations(
-    model: Any, sae: SparseAutoencoder, tokens: Tensor, hook_name: str | None = None, batch_size: int = 32,
+    model: HookedModel, tokens: Any, *, sae: SparseAutoencoder, hook: str | None = None, batch_size: int = 32,
     attention_mask: Tensor | None = None,
-) -> Iterator[tuple[int, Tensor, Tensor | None]]:
-    """Yield ``(first sequence index, latents [b, pos, d_sae], mask [b, pos] | None)`` batch by batch."""
-    name = resolve_hook_name(sae, hook_name)
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
+) -> Iterator[LatentBatch]:
+    """The latents of ``tokens`` [n_seq, pos] at ``hook``, a :class:`LatentBatch` per ``batch_size`` sequences."""
+    name = resolve_hook(sae, hook)
+    tokens = as_tokens(model, tokens)
     layer = layer_of(name)
     for s in range(0, tokens.shape[0], batch_size):
         batch = tokens[s:s + batch_size]
@@ -99,17 +112,19 @@ def latent_activations(
         if layer is not None and 0 <= layer and layer + 1 < getattr(model.cfg, "n_layers", 0):
             kwargs["stop_at_layer"] = layer + 1
         _, cache = model.run_with_cache(batch, names_filter=name, **kwargs)
-        act = _flat(cache[name], sae.cfg.d_in, name)
-        yield s, sae.encode(act, use_batch_topk=False), mask
+        act = flatten_input(cache[name], sae.cfg.d_in, name)
+        yield LatentBatch(s, sae.encode(act, use_batch_topk=False), mask)
 
 
 @torch.no_grad()
-def activation_density(model: Any, sae: SparseAutoencoder, tokens: Tensor, hook_name: str | None = None,
+def activation_density(model: HookedModel, tokens: Any, *, sae: SparseAutoencoder, hook: str | None = None,
                        batch_size: int = 32, attention_mask: Tensor | None = None) -> Tensor:
-    """Fraction of (unmasked) tokens on which each latent is active: [d_sae] float64."""
+    """Fraction of (unmasked) tokens of ``tokens`` [n_seq, pos] on which each latent is active: [d_sae] float64."""
     count = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     n = 0
-    for _, lat, mask in latent_activations(model, sae, tokens, hook_name, batch_size, attention_mask):
+    for b in latent_activations(model, tokens, sae=sae, hook=hook, batch_size=batch_size,
+                                attention_mask=attention_mask):
+        lat, mask = b.latents, b.mask
         active = lat != 0
         if mask is not None:
             active = active & mask.to(active.device).bool()[..., None]
@@ -122,25 +137,29 @@ def activation_density(model: Any, sae: SparseAutoencoder, tokens: Tensor, hook_
 
 @torch.no_grad()
 def top_activating_examples(
-    model: Any,
+    model: HookedModel,
+    tokens: Any,
+    *,
     sae: SparseAutoencoder,
-    tokens: Tensor,
     latents: int | Sequence[int] | None = None,
     k: int = 10,
     context: tuple[int, int] = (8, 2),
-    hook_name: str | None = None,
+    hook: str | None = None,
     batch_size: int = 32,
     attention_mask: Tensor | None = None,
 ) -> dict[int, list[LatentExample]]:
     """The ``k`` tokens of ``tokens`` [n_seq, pos] on which each latent is most active (zero activations are left
-    out), with ``context`` = (tokens before, tokens after) around each. Latents default to all of them."""
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
+    out), with ``context`` = (tokens before, tokens after) around each: {latent: examples, best first}. Latents
+    default to all of them."""
+    tokens = as_tokens(model, tokens)
     sel = list(range(sae.cfg.d_sae)) if latents is None else ([latents] if isinstance(latents, int) else list(latents))
     idx = torch.tensor(sel, dtype=torch.long)
     L = tokens.shape[1]
     best_v = torch.full((len(sel), 0), float("-inf"))
     best_i = torch.zeros((len(sel), 0), dtype=torch.long)  # flat index seq * L + pos
-    for s, lat, mask in latent_activations(model, sae, tokens, hook_name, batch_size, attention_mask):
+    for batch in latent_activations(model, tokens, sae=sae, hook=hook, batch_size=batch_size,
+                                    attention_mask=attention_mask):
+        s, lat, mask = batch.start, batch.latents, batch.mask
         a = lat[..., idx.to(lat.device)].float().cpu()  # [b, pos, n_sel]
         if mask is not None:
             a = a.masked_fill(~mask.cpu().bool()[..., None], float("-inf"))
@@ -156,12 +175,13 @@ def top_activating_examples(
     seqs = sorted({int(f) // L for f, v in zip(best_i.flatten(), best_v.flatten()) if v > 0})
     ctx_acts: dict[int, Tensor] = {}
     if seqs:
-        sub = tokens[torch.tensor(seqs)]
+        sub = tokens[torch.tensor(seqs, device=tokens.device)]
         sub_mask = attention_mask[torch.tensor(seqs)] if attention_mask is not None else None
-        for s, lat, _ in latent_activations(model, sae, sub, hook_name, batch_size, sub_mask):
-            a = lat[..., idx.to(lat.device)].float().cpu()
+        for batch in latent_activations(model, sub, sae=sae, hook=hook, batch_size=batch_size,
+                                        attention_mask=sub_mask):
+            a = batch.latents[..., idx.to(batch.latents.device)].float().cpu()
             for j in range(a.shape[0]):
-                ctx_acts[seqs[s + j]] = a[j]  # [pos, n_sel]
+                ctx_acts[seqs[batch.start + j]] = a[j]  # [pos, n_sel]
     before, after = context
     result: dict[int, list[LatentExample]] = {}
     for row, latent in enumerate(sel):
@@ -180,7 +200,7 @@ def top_activating_examples(
     return result
 
 
-def _final_norm_weight(model: Any) -> Tensor | None:
+def _final_norm_weight(model: HookedModel) -> Tensor | None:
     ln = getattr(model, "ln_final", None)
     for attr in ("weight", "w"):
         w = getattr(ln, attr, None)
@@ -191,8 +211,8 @@ def _final_norm_weight(model: Any) -> Tensor | None:
 
 @torch.no_grad()
 def logit_effects(
-    model: Any, sae: SparseAutoencoder, latents: int | Sequence[int] | None = None, k: int = 10,
-    fold_ln_weight: bool = True, hook_name: str | None = None,
+    model: HookedModel, *, sae: SparseAutoencoder, latents: int | Sequence[int] | None = None, k: int = 10,
+    fold_ln_weight: bool = True, hook: str | None = None,
 ) -> LogitEffects:
     """Direct logit effect of each latent's decoder row: W_dec[i] (⊙ ln_final weight) @ W_U -> [vocab].
 
@@ -201,7 +221,7 @@ def logit_effects(
     which depends on the token, is left out. ``W_U`` is ``model.W_U`` [d_model, vocab] (HookedSSM: the
     unembedding's transpose; transformers: TransformerLens's ``W_U``).
     """
-    name = resolve_hook_name(sae, hook_name)
+    name = resolve_hook(sae, hook)
     if not name.endswith(_RESIDUAL_SUFFIXES):
         raise ValueError(
             f"logit effects read a decoder row through the unembedding, which needs a residual-stream hook; "
@@ -226,59 +246,14 @@ def logit_effects(
     )
 
 
-def _latent_hook(sae: SparseAutoencoder, latents: list[int], operator: str, scale: float, value: Any,
-                 positions: Sequence[int] | Tensor | None) -> Any:
-    """The forward hook of an :class:`interp.steering.Intervention` of :class:`interp.steering.SAELatents`
-    (it edits whatever hook it is attached to)."""
-    from interp.steering import Intervention, SAELatents
-
-    hook = getattr(sae.cfg, "hook_name", None) or "sae"  # a label only: the hook is not checked against a model
-    iv = Intervention(SAELatents(sae, latents), hook, operator, scale=scale, value=value, positions=positions)
-    return iv.hooks()[0][1]
-
-
-def steering_hook(sae: SparseAutoencoder, latent: int, alpha: float,
-                  positions: Sequence[int] | Tensor | None = None) -> Any:
-    """A forward hook adding ``alpha · W_dec[latent]`` to the hook's value (at ``positions`` only, if given;
-    absolute positions, so it also steers each generated token).
-
-    Shorthand for the hook of ``Intervention(SAELatents(sae, latent), hook, "add", scale=alpha,
-    positions=positions)`` (:mod:`interp.steering`)."""
-    return _latent_hook(sae, [latent], "add", alpha, None, positions)
-
-
-def clamp_latent_hook(sae: SparseAutoencoder, latent: int | Sequence[int], value: float | Sequence[float],
-                      positions: Sequence[int] | Tensor | None = None, with_error: bool = True) -> Any:
-    """A forward hook that sets ``latent`` (one or several) to ``value`` and decodes, keeping the SAE's error term
-    (``with_error``): the hook's value moves by (value - f_latent) · W_dec[latent].
-
-    With the error term this is the hook of ``Intervention(SAELatents(sae, latent), hook, "clamp", value=value,
-    positions=positions)`` (:mod:`interp.steering`); ``with_error=False`` replaces the value by the decoded,
-    clamped latents (:func:`~.splice.splice_hook`)."""
-    lats = [latent] if isinstance(latent, int) else list(latent)
-    vals = [value] * len(lats) if isinstance(value, (int, float)) else list(value)
-    if len(vals) != len(lats):
-        raise ValueError(f"{len(lats)} latents but {len(vals)} values")
-    if with_error:
-        return _latent_hook(sae, lats, "clamp", 1.0, vals, positions)
-
-    def edit(f: Tensor) -> Tensor:
-        for i, v in zip(lats, vals):
-            f[..., i] = v
-        return f
-
-    return splice_hook(sae, with_error=False, edit=edit, positions=positions)
-
-
 @torch.no_grad()
-def latent_trace(model: Any, sae: SparseAutoencoder, tokens: Any, latent: int) -> Tensor:
+def latent_trace(model: HookedModel, tokens: Any, *, sae: SparseAutoencoder, latent: int,
+                 hook: str | None = None) -> Tensor:
     """One latent's activation at each token of one sequence ``tokens`` ([L] or [1, L], any form
-    :func:`interp.hooks.tokens.as_tokens` reads): [L] float32 on the CPU."""
-    from interp.hooks.tokens import as_tokens
-
+    :func:`interp.hooks.tokens.as_tokens` reads; a batch is refused: loop over its rows): [L] float32 on the CPU."""
     tokens = as_tokens(model, tokens, one_sequence=True)
-    for _, lat, _ in latent_activations(model, sae, tokens):
-        return lat[0, :, int(latent)].detach().float().cpu()
+    for batch in latent_activations(model, tokens, sae=sae, hook=hook):
+        return batch.latents[0, :, int(latent)].detach().float().cpu()
     return torch.zeros(tokens.shape[1])
 
 
@@ -295,14 +270,17 @@ class LatentReport:
     effects_error: str | None = None
 
 
-def latent_report(model: Any, sae: SparseAutoencoder, corpus: Tensor, latent: int, k: int = 8) -> LatentReport:
-    """What there is to see of one latent on ``corpus`` [n, L]: density, the ``k`` top examples and the
-    min(10, vocab/2) most promoted and suppressed tokens (top and bottom stay apart)."""
+def latent_report(model: HookedModel, tokens: Any, *, sae: SparseAutoencoder, latent: int, k: int = 8,
+                  hook: str | None = None) -> LatentReport:
+    """What there is to see of one latent on the corpus ``tokens`` [n, L]: density, the ``k`` top examples and
+    the min(10, vocab/2) most promoted and suppressed tokens (top and bottom stay apart)."""
     latent = int(latent)
-    density = activation_density(model, sae, corpus)
-    examples = top_activating_examples(model, sae, corpus, latents=[latent], k=k)[latent]
+    tokens = as_tokens(model, tokens)
+    density = activation_density(model, tokens, sae=sae, hook=hook)
+    examples = top_activating_examples(model, tokens, sae=sae, latents=[latent], k=k, hook=hook)[latent]
     try:
         k_eff = max(1, min(10, int(model.W_U.shape[-1]) // 2))
-        return LatentReport(latent, density, examples, logit_effects(model, sae, latents=[latent], k=k_eff))
+        return LatentReport(latent, density, examples,
+                            logit_effects(model, sae=sae, latents=[latent], k=k_eff, hook=hook))
     except ValueError as e:
         return LatentReport(latent, density, examples, None, str(e))

@@ -226,8 +226,8 @@ def _train_streaming(p: argparse.ArgumentParser, args: argparse.Namespace, overr
     filters = filter_kwargs(args, data_ids)
 
     def batches_for(batch_size: int, n_tokens: int | None, buffer: int, seed: int) -> Any:
-        return stream_activations(model, token_factory(), hook, batch_size, buffer, seed=seed, device=device,
-                                  max_tokens=n_tokens, drop_last=True, **filters)
+        return stream_activations(model, token_factory(), hook=hook, batch_size=batch_size, buffer_tokens=buffer,
+                                  seed=seed, device=device, max_tokens=n_tokens, drop_last=True, **filters)
 
     d_in = next(iter(batches_for(1, 1, 1, 0))).shape[-1]  # one row: the hook's width
     cfg = _config_or_exit(p, args, {**overrides, "hook_name": hook},

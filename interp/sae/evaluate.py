@@ -17,9 +17,9 @@ Neurons get the same procedure over the columns of the activation matrix, each w
 (:func:`best_neuron_precision`: the columns of [x, -x]), since a direction's negative end is as readable as its
 positive one. SAE latents are non-negative, so only their positive side is used (:func:`state_latent_precision`).
 
-    acts, states = labelled_activations(model, tokens, "blocks.2.hook_resid_post", tokfsm_labels(tokens)["state"])
-    sae_report = state_latent_precision(sae, acts, states, n_classes=100)
-    neuron_report = best_neuron_precision(acts, states, n_classes=100)
+    la = labelled_activations(model, tokens, hook="blocks.2.hook_resid_post", labels=tokfsm_labels(tokens)["state"])
+    sae_report = state_latent_precision(sae, la.acts, la.labels, n_classes=100)
+    neuron_report = best_neuron_precision(la.acts, la.labels, n_classes=100)
     sae_report.mean_precision, neuron_report.mean_precision
 
 Tokens whose label is negative (TokFSM: BOS and the trailing half state, whose state cannot be read) are left
@@ -38,12 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.protocol import HookedModel
+
 from . import metrics
 from .model import SparseAutoencoder
 
 __all__ = [
     "LabelPrecision", "best_feature_precision", "best_neuron_precision", "state_latent_precision", "score_selection",
-    "encode_batched", "labelled_activations", "sae_vs_neurons",
+    "encode_batched", "LabelledActivations", "labelled_activations", "SAEvsNeurons", "sae_vs_neurons",
 ]
 
 
@@ -260,20 +262,31 @@ def state_latent_precision(sae: SparseAutoencoder, acts: Tensor, labels: Tensor,
     return best_feature_precision(latents, labels, n_classes, min_recall)
 
 
-@torch.no_grad()
-def labelled_activations(model: Any, tokens: Tensor, hook_name: str, labels: Tensor,
-                         batch_size: int = 64) -> tuple[Tensor, Tensor]:
-    """Activations of ``hook_name`` on the tokens that have a label.
+@dataclass
+class LabelledActivations:
+    """Activations of the labelled tokens: ``acts`` float32 [n, d] on the CPU and their ``labels`` [n] int64,
+    rows in (sequence, position) order."""
 
-    tokens [n_seq, pos], labels [n_seq, pos] int (negative: no label, e.g. BOS) -> (acts float32 [n, d] on the
-    CPU, labels [n] int64), rows in (sequence, position) order. The model stops after the hook's block.
+    acts: Tensor
+    labels: Tensor
+
+
+@torch.no_grad()
+def labelled_activations(model: HookedModel, tokens: Any, *, hook: str, labels: Tensor,
+                         batch_size: int = 64) -> LabelledActivations:
+    """Activations of ``hook`` on the tokens that have a label.
+
+    tokens [n_seq, pos], labels [n_seq, pos] int (negative: no label, e.g. BOS) -> :class:`LabelledActivations`.
+    The model stops after the hook's block.
     """
     from interp.activations.collect import deepest_stop
+    from interp.hooks.tokens import as_tokens
 
+    tokens = as_tokens(model, tokens)
     labels = torch.as_tensor(labels)
     if tuple(labels.shape) != tuple(tokens.shape):
         raise ValueError(f"labels {tuple(labels.shape)} must have the shape of tokens {tuple(tokens.shape)}")
-    stop = deepest_stop([hook_name])
+    stop = deepest_stop([hook])
     n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
     kwargs = {"stop_at_layer": stop} if stop is not None and (n_layers is None or stop < n_layers) else {}
     device = next(model.parameters()).device
@@ -281,22 +294,33 @@ def labelled_activations(model: Any, tokens: Tensor, hook_name: str, labels: Ten
     for i in range(0, tokens.shape[0], batch_size):
         t = tokens[i:i + batch_size]
         keep = labels[i:i + batch_size] >= 0
-        _, cache = model.run_with_cache(t.to(device), names_filter=hook_name, **kwargs)
-        act = cache[hook_name]
+        _, cache = model.run_with_cache(t.to(device), names_filter=hook, **kwargs)
+        act = cache[hook]
         act = act.reshape(act.shape[0], act.shape[1], -1)
         out.append(act[keep.to(act.device)].float().cpu())
         lab.append(labels[i:i + batch_size][keep].long().cpu())
-    return torch.cat(out), torch.cat(lab)
+    return LabelledActivations(torch.cat(out), torch.cat(lab))
+
+
+@dataclass
+class SAEvsNeurons:
+    """An SAE against the neurons it reads, on held-out labelled activations: ``explained_variance`` and ``l0``
+    (over all rows), the best latent (``sae``) and best neuron (``neuron``) per class (:class:`LabelPrecision`),
+    and their mean precisions ``sae_mean_precision`` / ``neuron_mean_precision``."""
+
+    explained_variance: float
+    l0: float
+    sae: LabelPrecision
+    neuron: LabelPrecision
+    sae_mean_precision: float
+    neuron_mean_precision: float
 
 
 @torch.no_grad()
 def sae_vs_neurons(sae: SparseAutoencoder, acts: Tensor, labels: Tensor, n_classes: int | None = None,
-                   min_recall: float = 0.5) -> dict[str, Any]:
-    """Reconstruction and label precision of ``sae`` on held-out ``acts`` [n, d_in] with ``labels`` [n].
-
-    Returns ``explained_variance`` and ``l0`` (over all rows), ``sae`` and ``neuron``
-    (:class:`LabelPrecision`), and ``sae_mean_precision`` / ``neuron_mean_precision``.
-    """
+                   min_recall: float = 0.5) -> SAEvsNeurons:
+    """Reconstruction and label precision of ``sae`` on held-out ``acts`` [n, d_in] with ``labels`` [n]
+    (:class:`SAEvsNeurons`)."""
     acts = acts.reshape(-1, sae.cfg.d_in)
     ev = metrics.ExplainedVariance()
     active, n = 0.0, 0
@@ -310,8 +334,7 @@ def sae_vs_neurons(sae: SparseAutoencoder, acts: Tensor, labels: Tensor, n_class
     latents = torch.cat(lats)
     sae_rep = best_feature_precision(latents, labels, n_classes, min_recall)
     neuron_rep = best_neuron_precision(acts, labels, n_classes, min_recall)
-    return {
-        "explained_variance": ev.compute(), "l0": active / max(n, 1),
-        "sae": sae_rep, "neuron": neuron_rep,
-        "sae_mean_precision": sae_rep.mean_precision, "neuron_mean_precision": neuron_rep.mean_precision,
-    }
+    return SAEvsNeurons(
+        explained_variance=ev.compute(), l0=active / max(n, 1), sae=sae_rep, neuron=neuron_rep,
+        sae_mean_precision=sae_rep.mean_precision, neuron_mean_precision=neuron_rep.mean_precision,
+    )

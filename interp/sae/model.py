@@ -11,6 +11,18 @@
   with the ``threshold`` buffer estimated during training (so one token's latents never depend on the others);
 * ``jumprelu``: z · H(z - θ) with a learned per-latent ``threshold``.
 
+The forward runs through hook points, named as SAE-Lens names them, so an SAE inserted into a model
+(:func:`interp.hooks.insert`, or :func:`interp.sae.spliced` for one block) shows them in the model's
+``hook_dict`` as ``<hook>.sae.hook_sae_*``: cache them, or edit the latents with an ordinary
+:class:`interp.steering.Intervention` at ``<hook>.sae.hook_sae_acts_post``::
+
+    hook_sae_input      x [..., d_in]
+    hook_sae_acts_pre   W_encᵀ (x - b_dec) + b_enc          [..., d_sae]
+    hook_sae_acts_post  f = act(pre), the latents           [..., d_sae]
+    hook_sae_recons     x̂ = f W_dec + b_dec                 [..., d_in]
+    hook_sae_error      ε = x - x̂ (x̂ of the unedited latents)  [..., d_in]
+    hook_sae_output     x̂, or x̂ + ε with ``with_error``    [..., d_in]
+
 Saved as ``sae_weights.safetensors`` + ``cfg.json`` (:meth:`SparseAutoencoder.save` / :meth:`SparseAutoencoder.load`).
 """
 
@@ -19,33 +31,57 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from interp.hooks.hook_points import HookPoint
+from interp.hooks.protocol import HookedModel
 
 from . import functional as F
 from .config import SAEConfig
 
-__all__ = ["SparseAutoencoder", "WEIGHTS_FILE", "CONFIG_FILE"]
+__all__ = ["SparseAutoencoder", "WEIGHTS_FILE", "CONFIG_FILE", "flatten_input"]
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
 
 
-class SparseAutoencoder(nn.Module):
+def flatten_input(act: Tensor, d_in: int, hook: str | None = None) -> Tensor:
+    """An activation as the SAE reads it: [..., d_in] as it is, or [b, pos, ...] whose axes after ``pos`` hold
+    ``d_in`` values flattened to [b, pos, d_in] (an SAE of width H·P reads ``hook_u`` [b, pos, H, P]).
+    ValueError, naming ``hook``, otherwise."""
+    if act.shape[-1] == d_in:
+        return act
+    if act.dim() >= 3 and act.shape[2:].numel() == d_in:
+        return act.flatten(2)
+    raise ValueError(f"hook {hook or '?'!r} has shape {tuple(act.shape)}; the SAE reads d_in={d_in} features per "
+                     "position")
+
+
+class SparseAutoencoder(HookedRootModule):
     """A sparse autoencoder of one of four architectures (``cfg.architecture``).
 
     Parameters: ``W_enc`` [d_in, d_sae], ``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in] (one row per latent),
     ``b_dec`` [d_in]; jumprelu adds the parameter ``threshold`` [d_sae], batchtopk the buffer ``threshold``
     [d_sae] (its inference threshold). Initialisation (seeded by ``cfg.seed``): decoder rows random unit
     vectors, encoder = decoder transpose, biases zero (the trainer sets ``b_dec`` from data).
+
+    Hook points (see the module docstring): ``hook_sae_input``, ``hook_sae_acts_pre``, ``hook_sae_acts_post``,
+    ``hook_sae_recons``, ``hook_sae_error``, ``hook_sae_output``. ``with_error`` (default False; SAE-Lens's
+    ``use_error_term``): :meth:`forward` returns the reconstruction plus the error term (see :meth:`forward`).
+    ``insert_name``: the child name under the model's hook point when inserted (``<hook>.sae.hook_sae_*``).
     """
+
+    insert_name: ClassVar[str] = "sae"
 
     def __init__(self, cfg: SAEConfig, device: str | torch.device | None = None):
         super().__init__()
         self.cfg = cfg
+        self.with_error = False
         dtype = cfg.torch_dtype
         g = torch.Generator().manual_seed(cfg.seed)
         w_dec = F.unit_norm_rows(torch.randn(cfg.d_sae, cfg.d_in, generator=g, dtype=torch.float64))
@@ -57,6 +93,9 @@ class SparseAutoencoder(nn.Module):
             self.threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold, dtype=dtype))
         elif cfg.architecture == "batchtopk":
             self.register_buffer("threshold", torch.zeros(cfg.d_sae, dtype=dtype))
+        self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_acts_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_sae_recons, self.hook_sae_error, self.hook_sae_output = HookPoint(), HookPoint(), HookPoint()
+        self.setup()
         if device is not None:
             self.to(device)
 
@@ -118,8 +157,41 @@ class SparseAutoencoder(nn.Module):
         return latents.to(self.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        """Reconstruction: x [..., d_in] -> x̂ [..., d_in]."""
-        return self.decode(self.encode(x))
+        """x [..., d_in] (or [b, pos, ...] holding d_in values per position, :func:`flatten_input`) -> the same
+        shape: the reconstruction x̂, or with ``with_error`` x̂ + ε, through the hook points.
+
+        The latents are per token (batchtopk: its threshold; batch-level top-k is a training device, see
+        :func:`interp.sae.losses.sae_loss`). ``with_error``: the value is x̂' + ε, where x̂' decodes the latents as
+        the hooks left them and ε = x - x̂ the error of the unedited ones. With no edit that is exactly x (bit for
+        bit: computed as x + (x̂ - sg(x̂)) = x + 0), its gradient wrt x is the identity's (the encoder reads sg(x)),
+        and gradients still reach the latents (attribution); with an edit the model sees only the change the edit
+        makes (an edit at any hook point: input, pre-activations, latents, reconstruction). An edited
+        ``hook_sae_error`` is added to x̂' as it is. Without ``with_error`` the value is x̂' (the
+        error term is still computed, so ``hook_sae_error`` fires either way).
+        """
+        shape = x.shape
+        x0 = flatten_input(x, self.cfg.d_in, getattr(self, "name", "").rpartition(".")[0] or None)
+        x_in = self.hook_sae_input(x0)
+        pre_raw = self.encode_pre(x_in.detach() if self.with_error else x_in)
+        pre = self.hook_sae_acts_pre(pre_raw)
+        acts = self.activation(pre, use_batch_topk=False)
+        post = self.hook_sae_acts_post(acts)
+        decoded = self.decode(post)
+        recons = self.hook_sae_recons(decoded)
+        if x_in is x0 and pre is pre_raw and post is acts:
+            clean = decoded
+        else:  # the input or the latents were edited: the error term is that of the unedited reconstruction
+            with torch.no_grad():
+                clean = self.decode(self.encode(x0, use_batch_topk=False))
+        err = (x0 - clean.detach().to(x0.dtype))
+        error = self.hook_sae_error(err)
+        if not self.with_error:
+            out = recons.to(x0.dtype)
+        elif error is err:
+            out = x0 + (recons - clean.detach()).to(x0.dtype)
+        else:
+            out = recons.to(x0.dtype) + error
+        return self.hook_sae_output(out).reshape(shape)
 
     # --- training-time constraints --------------------------------------------------------------
     @torch.no_grad()
@@ -206,7 +278,7 @@ def find_sae_folders(roots: list[Path] | tuple[Path, ...], limit: int = 200, max
     return find_folders(roots, (CONFIG_FILE, WEIGHTS_FILE), limit, max_depth)
 
 
-def check_fits(sae: "SparseAutoencoder", model: Any) -> None:
+def check_fits(sae: "SparseAutoencoder", model: HookedModel) -> None:
     """ValueError unless ``sae`` can read ``model``: its hook exists in the model, and an SAE on the residual
     stream has ``d_in`` = the model's ``d_model``."""
     hook = sae.cfg.hook_name
@@ -216,7 +288,8 @@ def check_fits(sae: "SparseAutoencoder", model: Any) -> None:
         raise ValueError(f"The SAE's d_in={sae.cfg.d_in} differs from this model's d_model={model.cfg.d_model}.")
 
 
-def open_sae(folder: str | os.PathLike, roots: list[Path] | tuple[Path, ...], model: Any) -> "SparseAutoencoder":
+def open_sae(folder: str | os.PathLike, roots: list[Path] | tuple[Path, ...],
+             model: HookedModel) -> "SparseAutoencoder":
     """The SAE of a folder inside ``roots`` (:func:`interp.loading.inside_roots`), checked against ``model``
     (:func:`check_fits`), in eval mode; every failure a ValueError."""
     from interp.loading import inside_roots

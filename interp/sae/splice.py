@@ -1,15 +1,19 @@
-"""Run a model with an SAE spliced in at its hook, and score the splice (CE loss recovered, KL).
+"""Run a model with an SAE spliced in at its hook, score the splice (CE loss recovered, KL), and edit its latents.
 
-    fn = splice_hook(sae, with_error=False)                  # the hook's value becomes x̂
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(sae.cfg.hook_name, fn)])
-    model.generate(prompt, fwd_hooks=[(sae.cfg.hook_name, fn)])  # every decoding step too
-    splice_metrics(model, sae, tokens)                        # {"ce_recovered_zero": ..., "kl_sae": ...}
+    logits = run_with_sae(model, tokens, sae=sae, with_error=False)     # the hook's value becomes x̂
+    with spliced(model, sae=sae, with_error=True):                       # inserted for the block (generation too)
+        logits, cache = model.run_with_cache(tokens)                     # cache["<hook>.sae.hook_sae_acts_post"]
+    splice_metrics(model, tokens, sae=sae)                               # SpliceMetrics(ce_recovered_zero=..., ...)
+    iv = latent_intervention(sae, 7, "clamp", value=5.0)                 # at <hook>.sae.hook_sae_acts_post
+    with spliced(model, sae=sae, with_error=True), iv.applied(model):
+        model.generate(prompt, max_new_tokens=4)                         # latent 7 held at 5, error term kept
 
-``with_error=True`` keeps the SAE's error term ε = x - x̂, so the value is x̂' + ε where x̂' decodes the (edited)
-latents: with no edit that is exactly x (bit for bit: x + (x̂ - x̂.detach()) = x + 0), its gradient wrt x is the
-identity's, and gradients still reach the latents (attribution); with an edit the model sees only the change the
-edit makes. ``with_error=False`` replaces the
-value by the reconstruction.
+The SAE is inserted with :func:`interp.hooks.insert` (a child of the model's hook point, its hook points in the
+model's ``hook_dict`` as ``<hook>.sae.hook_sae_*``) and taken out afterwards, also when the forward raises.
+``with_error=True`` keeps the SAE's error term ε = x - x̂: with no edit the value is exactly x, with an edit of the
+latents the model sees only the change the edit makes (:meth:`SparseAutoencoder.forward`); ``with_error=False``
+replaces the value by the reconstruction. Steering *along* a latent without a splice (x + α·W_dec[i] at the
+model's hook) is :class:`interp.steering.SAELatents`.
 
 A hook value [b, pos, ..., d] is encoded along its last axis; if that is not ``d_in`` the axes after ``pos`` are
 flattened (so an SAE of width H·P reads ``hook_u`` [b, pos, H, P]).
@@ -17,41 +21,36 @@ flattened (so an SAE of width H·P reads ``hook_u`` [b, pos, H, P]).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from interp.hooks.hook_points import absolute_positions
+from interp.hooks.insert import insert
+from interp.hooks.protocol import HookedModel
+from interp.hooks.positions import PositionsLike
 from interp.hooks.positions import position_mask as _position_mask  # this module's position_mask wraps it
+from interp.hooks.tokens import as_tokens
 
 from . import metrics
-from .model import SparseAutoencoder
+from .model import SparseAutoencoder, flatten_input
 
 __all__ = [
-    "resolve_hook_name", "splice_hook", "ablation_hook", "run_with_sae", "splice_metrics", "position_mask",
-    "LatentEdit",
+    "resolve_hook", "spliced", "ablation_hook", "run_with_sae", "splice_metrics", "SpliceMetrics", "position_mask",
+    "latent_intervention",
 ]
 
-LatentEdit = Callable[[Tensor], Tensor]  # latents [..., d_sae] -> edited latents [..., d_sae]
 
-
-def resolve_hook_name(sae: SparseAutoencoder, hook_name: str | None = None) -> str:
-    """``hook_name`` or the SAE's ``cfg.hook_name``; an error if neither is set."""
-    name = hook_name or sae.cfg.hook_name
+def resolve_hook(sae: SparseAutoencoder, hook: str | None = None) -> str:
+    """``hook`` or the SAE's ``cfg.hook_name``; an error if neither is set."""
+    name = hook or sae.cfg.hook_name
     if not name:
-        raise ValueError("this SAE has no cfg.hook_name: pass hook_name='blocks.{i}.hook_resid_post' (or another hook)")
+        raise ValueError("this SAE has no cfg.hook_name: pass hook='blocks.{i}.hook_resid_post' (or another hook)")
     return name
-
-
-def _flat(act: Tensor, d_in: int, name: str) -> Tensor:
-    """[b, pos, ..., d] -> [b, pos, d_in] view (or [..., d_in] if the last axis already is d_in)."""
-    if act.shape[-1] == d_in:
-        return act
-    if act.dim() >= 3 and act.shape[2:].numel() == d_in:
-        return act.flatten(2)
-    raise ValueError(f"hook {name!r} has shape {tuple(act.shape)}; the SAE reads d_in={d_in} features per position")
 
 
 def position_mask(act: Tensor, hook: Any, positions: Sequence[int] | Tensor | None) -> Tensor | None:
@@ -65,43 +64,20 @@ def position_mask(act: Tensor, hook: Any, positions: Sequence[int] | Tensor | No
     return _position_mask(absolute_positions(hook, act.shape[1], act.device), positions)[None, :, None]
 
 
-def splice_hook(
-    sae: SparseAutoencoder,
-    with_error: bool = True,
-    edit: LatentEdit | None = None,
-    positions: Sequence[int] | Tensor | None = None,
-    cache: dict[str, Tensor] | None = None,
-) -> Callable[[Tensor, Any], Tensor]:
-    """A forward hook that routes the hook's value through ``sae``.
-
-    Args:
-        with_error: keep the error term (value = decode(edited latents) + x - x̂; exactly x without ``edit``),
-            or replace the value by decode(edited latents).
-        edit: a function latents [b, pos, d_sae] -> latents (clamp, ablate, scale a latent, ...).
-        positions: splice / edit only these absolute positions (others keep the clean value).
-        cache: if given, ``cache[hook.name]`` receives the latents [b, pos, d_sae] of each call (detached).
-    """
-
-    def hook_fn(act: Tensor, hook: Any) -> Tensor:
-        x = _flat(act, sae.cfg.d_in, getattr(hook, "name", "?"))
-        exact = with_error and edit is None
-        # the exact splice encodes a detached copy: the value and its gradient wrt x stay those of the identity,
-        # while gradients still reach the latents (and the SAE) through x̂ - x̂.detach() = 0
-        latents = sae.encode(x.detach() if exact else x, use_batch_topk=False)
-        if cache is not None:
-            cache[getattr(hook, "name", "sae")] = latents.detach()
-        x_hat = sae.decode(latents)
-        new = sae.decode(edit(latents.clone())) if edit is not None else x_hat
-        if with_error:
-            out = x + (x_hat - x_hat.detach() if exact else new - x_hat).to(x.dtype)
-        else:
-            out = new.to(x.dtype)
-        mask = position_mask(x, hook, positions)
-        if mask is not None:
-            out = torch.where(mask, out, x)
-        return out.reshape(act.shape)
-
-    return hook_fn
+@contextlib.contextmanager
+def spliced(model: HookedModel, *, sae: SparseAutoencoder, hook: str | None = None,
+            with_error: bool = False) -> Iterator[SparseAutoencoder]:
+    """Context manager: ``sae`` inserted into ``model`` at ``hook`` (default ``sae.cfg.hook_name``) with
+    ``with_error`` for the block (every forward and generation step in it), taken out afterwards (also when the
+    block raises) and its ``with_error`` restored. Gives the SAE."""
+    name = resolve_hook(sae, hook)
+    before = sae.with_error
+    sae.with_error = bool(with_error)
+    try:
+        with insert(model, name, sae):
+            yield sae
+    finally:
+        sae.with_error = before
 
 
 def ablation_hook(kind: str = "zero", mean: Tensor | None = None,
@@ -125,47 +101,74 @@ def ablation_hook(kind: str = "zero", mean: Tensor | None = None,
     return hook_fn
 
 
-def run_with_sae(model: Any, input: Any, sae: SparseAutoencoder, hook_name: str | None = None,
-                 with_error: bool = False, edit: LatentEdit | None = None, **forward_kwargs: Any) -> Any:
-    """``model.run_with_hooks(input, ...)`` with ``sae`` spliced at ``hook_name`` (default ``sae.cfg.hook_name``)."""
-    name = resolve_hook_name(sae, hook_name)
-    return model.run_with_hooks(input, fwd_hooks=[(name, splice_hook(sae, with_error=with_error, edit=edit))],
-                                **forward_kwargs)
+def run_with_sae(model: HookedModel, tokens: Any, *, sae: SparseAutoencoder, hook: str | None = None,
+                 with_error: bool = False, **forward_kwargs: Any) -> Any:
+    """The model's output on ``tokens`` (text, [L] or [b, L]; :func:`interp.hooks.tokens.as_tokens`) with ``sae``
+    spliced at ``hook`` (default ``sae.cfg.hook_name``; :func:`spliced`). ``forward_kwargs`` go to the model."""
+    tokens = as_tokens(model, tokens)
+    with spliced(model, sae=sae, hook=hook, with_error=with_error):
+        return model(tokens, **forward_kwargs)
+
+
+@dataclass
+class SpliceMetrics:
+    """The splice of an SAE scored on some tokens (floats; docs/design.md §5.3).
+
+    ``ce_clean`` / ``ce_sae``: mean next-token cross-entropy of the model / with the reconstruction in place of the
+    hook's value; ``kl_sae``: KL(clean ‖ spliced) of the next-token distributions, mean over tokens; at the hook
+    ``l0`` (active latents per token), ``explained_variance``, ``mse``. For each ablation a that was run
+    (``zero``, ``mean``; None otherwise): ``ce_{a}``, ``kl_{a}`` and ``ce_recovered_{a}`` = (CE_a - CE_sae) /
+    (CE_a - CE_clean).
+    """
+
+    l0: float
+    explained_variance: float
+    mse: float
+    ce_clean: float
+    ce_sae: float
+    kl_sae: float
+    ce_zero: float | None = None
+    kl_zero: float | None = None
+    ce_recovered_zero: float | None = None
+    ce_mean: float | None = None
+    kl_mean: float | None = None
+    ce_recovered_mean: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        """The metrics that were computed, {name: value}."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @torch.no_grad()
 def splice_metrics(
-    model: Any,
+    model: HookedModel,
+    tokens: Any,
+    *,
     sae: SparseAutoencoder,
-    tokens: Tensor,
-    hook_name: str | None = None,
+    hook: str | None = None,
     attention_mask: Tensor | None = None,
     ablations: Iterable[str] = ("zero", "mean"),
     mean_activation: Tensor | None = None,
-) -> dict[str, float]:
-    """Score the splice of ``sae`` into ``model`` on ``tokens`` [b, pos].
-
-    Returns floats: ``ce_clean``, ``ce_sae`` (reconstruction only), for each ablation a (``zero``/``mean``)
-    ``ce_{a}``, ``ce_recovered_{a}`` = (CE_a - CE_sae) / (CE_a - CE_clean) and ``kl_{a}``; ``kl_sae`` (KL of the
-    spliced next-token distribution from the clean one); and at the hook ``l0``, ``explained_variance``, ``mse``.
-    The mean ablation uses ``mean_activation`` or the mean of the hook's value over these tokens.
-    """
-    name = resolve_hook_name(sae, hook_name)
-    tokens = tokens[None] if tokens.dim() == 1 else tokens
+) -> SpliceMetrics:
+    """Score the splice of ``sae`` into ``model`` on ``tokens`` (text, [L] or [b, L]) at ``hook`` (default
+    ``sae.cfg.hook_name``): a :class:`SpliceMetrics`. The mean ablation uses ``mean_activation`` or the mean of
+    the hook's value over these tokens; ``attention_mask`` [b, L] leaves out padding."""
+    name = resolve_hook(sae, hook)
+    tokens = as_tokens(model, tokens)
     fwd = {"attention_mask": attention_mask} if attention_mask is not None else {}
     mask = attention_mask.bool() if attention_mask is not None else None
     clean_logits, cache = model.run_with_cache(tokens, names_filter=name, **fwd)
-    act = _flat(cache[name], sae.cfg.d_in, name)
+    act = flatten_input(cache[name], sae.cfg.d_in, name)
     latents = sae.encode(act, use_batch_topk=False)
     x_hat = sae.decode(latents)
     act_mask = mask.to(act.device) if mask is not None and act.dim() == 3 else None
-    result = {
+    result: dict[str, float] = {
         "l0": metrics.l0(latents, act_mask),
         "explained_variance": metrics.explained_variance(act, x_hat, act_mask),
         "mse": metrics.mse(act, x_hat, act_mask),
         "ce_clean": metrics.cross_entropy(clean_logits, tokens, attention_mask),
     }
-    sae_logits = model.run_with_hooks(tokens, fwd_hooks=[(name, splice_hook(sae, with_error=False))], **fwd)
+    sae_logits = run_with_sae(model, tokens, sae=sae, hook=name, with_error=False, **fwd)
     result["ce_sae"] = metrics.cross_entropy(sae_logits, tokens, attention_mask)
     logit_mask = mask.to(clean_logits.device) if mask is not None else None
     result["kl_sae"] = metrics.kl_divergence(clean_logits, sae_logits, logit_mask)
@@ -179,4 +182,34 @@ def splice_metrics(
         result[f"kl_{kind}"] = metrics.kl_divergence(clean_logits, logits, logit_mask)
         result[f"ce_recovered_{kind}"] = metrics.ce_loss_recovered(
             result["ce_clean"], result["ce_sae"], result[f"ce_{kind}"])
-    return result
+    return SpliceMetrics(**result)
+
+
+def latent_intervention(sae: SparseAutoencoder, latents: int | Sequence[int], operator: str = "clamp", *,
+                        value: float | Sequence[float] | None = None, scale: float = 1.0, hook: str | None = None,
+                        positions: PositionsLike = "all") -> Any:
+    """An :class:`interp.steering.Intervention` on latents of ``sae`` spliced at ``hook`` (default
+    ``sae.cfg.hook_name``): it edits ``<hook>.sae.hook_sae_acts_post`` [..., d_sae], so it acts while the SAE is
+    inserted (:func:`spliced`; with ``with_error=True`` the model sees only the change of the edit).
+
+    ``operator``: "clamp" (each latent set to ``value``: one number, or one per latent), "ablate" (latents set to
+    0) or "add" (``scale`` added to each latent). ``scale`` 0 is a no-op; ``positions`` as for any intervention.
+    The source is a :class:`interp.steering.Direction` of the latents' unit vectors in latent space.
+    """
+    from interp.steering import Direction, Intervention
+
+    lats = [int(latents)] if isinstance(latents, int) else [int(i) for i in latents]
+    if not lats or len(set(lats)) != len(lats) or not all(0 <= i < sae.cfg.d_sae for i in lats):
+        raise ValueError(f"latents must be distinct ids in 0..{sae.cfg.d_sae - 1}, got {lats}")
+    if operator not in ("clamp", "ablate", "add"):
+        raise ValueError(f"operator must be 'clamp', 'ablate' or 'add', got {operator!r}")
+    if operator == "clamp":
+        vals = [float(value)] * len(lats) if isinstance(value, (int, float)) else value
+        if vals is None or len(vals) != len(lats):
+            raise ValueError(f"clamp needs value=: one number or one per latent ({len(lats)}), got {value!r}")
+        value = [float(v) for v in vals]
+    basis = torch.zeros(len(lats), sae.cfg.d_sae)
+    basis[torch.arange(len(lats)), torch.tensor(lats)] = 1.0  # one unit vector per latent
+    return Intervention(Direction(basis, "sae_latents", {"latents": lats}), f"{resolve_hook(sae, hook)}.sae."
+                        "hook_sae_acts_post", operator, scale=scale, value=value if operator == "clamp" else None,
+                        positions=positions)

@@ -9,25 +9,23 @@
     (iv + other).save("runs/steer/x");  Intervention.load("runs/steer/x")
 
 Modules: :mod:`.functional` (the math: mean difference, paired PCA, Gaussian OT, LEACE, operators),
-:mod:`.sources` (Direction, AffineMap, SAELatents; new kinds register with ``register_source``),
-:mod:`.positions` (when an edit fires), :mod:`.intervention` (Intervention, Compose, save/load),
-:mod:`.evaluate` (KL cost, dose-response and its figure). The TokFSM state-steering test built on them is a task:
-:mod:`interp.tasks.tokfsm`.
+:mod:`.sources` (Direction, AffineMap, SAELatents; new kinds register with ``register_source``: codebook codes
+in :mod:`interp.codebook.steering`), :mod:`interp.hooks.positions` (when an edit fires), :mod:`.intervention`
+(Intervention, Compose, save/load), :mod:`.evaluate` (KL cost, dose-response and its figure, one-prompt
+comparison). Functions that run the model take ``(model, tokens, *, intervention=..., ...)``. The TokFSM
+state-steering test built on them is a task: :mod:`interp.tasks.tokfsm`.
 """
 
 from .evaluate import (
-    DoseResponse, SteeringComparison, compare_steering, distribution_figure, dose_response, dose_response_figure,
-    kl_cost, next_token_probs,
+    DoseResponse, KLCost, SteeringComparison, compare_steering, distribution_figure, dose_response,
+    dose_response_figure, kl_cost, next_token_probs,
 )
 from .intervention import Compose, Intervention, load
 from interp.hooks.positions import Positions
-from .sources import (
-    SOURCES, AffineMap, CodebookCodes, Direction, SAELatents, Source, codebook_code, register_source, token_direction,
-)
+from .sources import SOURCES, AffineMap, Direction, SAELatents, Source, register_source, token_direction
 
 __all__ = [
     "Intervention", "Compose", "load", "Positions", "Source", "Direction", "AffineMap", "SAELatents", "SOURCES",
-    "register_source", "codebook_code", "CodebookCodes", "kl_cost", "dose_response", "DoseResponse", "dose_response_figure",
-    "next_token_probs", "SteeringComparison", "compare_steering", "token_direction",
-    "distribution_figure",
+    "register_source", "kl_cost", "KLCost", "dose_response", "DoseResponse", "dose_response_figure",
+    "next_token_probs", "SteeringComparison", "compare_steering", "token_direction", "distribution_figure",
 ]

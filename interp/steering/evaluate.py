@@ -1,20 +1,21 @@
 """Evaluating steering: behaviour against cost over the scale (a dose-response curve), with a baseline row.
 
-    curve = dose_response(model, iv, scales=[1, 2, 4, 8], behaviour=score_fn, neutral=neutral_tokens)
+    curve = dose_response(model, neutral_tokens, intervention=iv, scales=[1, 2, 4, 8], behaviour=score_fn)
     curve.rows        # [{"scale": 0.0, "label": "baseline", "behaviour": .., "kl": 0.0, ..}, {"scale": 1.0, ..}, ..]
     dose_response_figure({"mean difference": curve}).show()
 
 * behaviour: any score of the model under the intervention, ``behaviour(fwd_hooks) -> float`` (e.g. the
   fraction of generated TokFSM transitions valid for a target state, :mod:`interp.tasks.tokfsm`);
-* cost: KL(unsteered ‖ steered) of the next-token distributions on neutral prompts, averaged over the
-  positions the intervention can affect (from the first edited position on; a causal model's earlier
-  predictions cannot change), and at the last position alone (``kl_last``).
+* cost: KL(unsteered ‖ steered) of the next-token distributions on neutral prompts (``tokens``), averaged over
+  the positions the intervention can affect (from the first edited position on; a causal model's earlier
+  predictions cannot change), and at the last position alone (``kl_last``): :func:`kl_cost`, a :class:`KLCost`.
 
 Scale 0 (no intervention) is always the first row, labelled "baseline".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,32 +24,45 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp.hooks import HookedModel
 from interp.hooks.tokens import as_tokens
 from interp.metrics import kl_divergence
 
 from .intervention import Compose, Intervention
 
-__all__ = ["kl_cost", "dose_response", "DoseResponse", "dose_response_figure", "next_token_probs",
+__all__ = ["kl_cost", "KLCost", "dose_response", "DoseResponse", "dose_response_figure", "next_token_probs",
            "SteeringComparison", "compare_steering", "distribution_figure"]
 
 Steering = Intervention | Compose
 
 
-@torch.no_grad()
-def kl_cost(model: Any, intervention: Steering | None, tokens: Tensor, batch_size: int = 64,
-            from_position: int | None = None) -> dict[str, float]:
-    """KL(unsteered ‖ steered) of next-token distributions on ``tokens`` [n, L] (nats; any form
-    :func:`interp.hooks.tokens.as_tokens` reads).
+@dataclass(frozen=True)
+class KLCost:
+    """The cost of an intervention on some prompts [n, L]: KL(unsteered ‖ steered) of the next-token
+    distributions, in nats, averaged over the prompts.
 
-    Returns ``{"kl": mean over positions >= from_position (default: the first position the intervention
-    edits), "kl_last": mean at the last position}``; zeros without an intervention."""
+    Attributes:
+        kl: mean over the positions >= ``from_position`` (default: the first position the intervention edits).
+        kl_last: mean at the last position.
+    """
+
+    kl: float
+    kl_last: float
+
+
+@torch.no_grad()
+def kl_cost(model: HookedModel, tokens: Any, *, intervention: Steering | None, batch_size: int = 64,
+            from_position: int | None = None) -> KLCost:
+    """KL(unsteered ‖ steered) of next-token distributions on ``tokens`` ([L] or [n, L], any form
+    :func:`interp.hooks.tokens.as_tokens` reads), in batches of ``batch_size`` prompts: a :class:`KLCost`;
+    zeros without an intervention (None) or one that edits nothing."""
     tokens = as_tokens(model, tokens)
     n, L = tokens.shape
     if intervention is None:
-        return {"kl": 0.0, "kl_last": 0.0}
+        return KLCost(0.0, 0.0)
     start = intervention.edited_from(L) if from_position is None else from_position
     if start is None:
-        return {"kl": 0.0, "kl_last": 0.0}
+        return KLCost(0.0, 0.0)
     hooks = intervention.hooks(model)
     total, last = 0.0, 0.0
     for i in range(0, n, batch_size):
@@ -58,7 +72,7 @@ def kl_cost(model: Any, intervention: Steering | None, tokens: Tensor, batch_siz
         kl = kl_divergence(clean, steered).clamp(min=0)  # [b, L]; clamp: rounding never gives negative costs
         total += float(kl[:, start:].mean(1).sum())
         last += float(kl[:, -1].sum())
-    return {"kl": total / n, "kl_last": last / n}
+    return KLCost(total / n, last / n)
 
 
 @dataclass
@@ -94,22 +108,23 @@ class DoseResponse:
 
 
 def dose_response(
-    model: Any,
+    model: HookedModel,
+    tokens: Any,
+    *,
     intervention: Steering | Callable[[float], Steering],
     scales: Sequence[float],
     behaviour: Callable[[list], float],
-    neutral: Tensor | None = None,
     name: str = "",
     batch_size: int = 64,
 ) -> DoseResponse:
     """Behaviour and KL cost at each scale, plus the unsteered baseline row.
 
     Args:
+        tokens: the neutral prompts [n, L] the KL cost is measured on (:func:`kl_cost`); None: no cost column.
         intervention: an Intervention / Compose (re-scaled with ``with_scale``), or a function
             ``scale -> intervention``.
         scales: the doses (a 0 in the list is still run as a steered row, normally equal to the baseline).
         behaviour: ``behaviour(fwd_hooks) -> float``, the score with these hooks attached (``[]`` = unsteered).
-        neutral: token ids [n, L] for the KL cost (None: no cost column).
     """
     make = intervention if callable(intervention) and not isinstance(intervention, (Intervention, Compose)) \
         else intervention.with_scale  # type: ignore[union-attr]
@@ -117,8 +132,8 @@ def dose_response(
     for s in scales:
         iv = make(float(s))
         row = {"scale": float(s), "label": name or "steered", "behaviour": float(behaviour(iv.hooks(model)))}
-        if neutral is not None:
-            row.update(kl_cost(model, iv, neutral, batch_size))
+        if tokens is not None:
+            row.update(dataclasses.asdict(kl_cost(model, tokens, intervention=iv, batch_size=batch_size)))
         rows.append(row)
     return DoseResponse(rows, name)
 
@@ -163,7 +178,7 @@ def dose_response_figure(curves: DoseResponse | Mapping[str, DoseResponse], titl
 
 
 @torch.no_grad()
-def next_token_probs(model: Any, tokens: Any, fwd_hooks: Sequence = ()) -> Tensor:
+def next_token_probs(model: HookedModel, tokens: Any, *, fwd_hooks: Sequence = ()) -> Tensor:
     """The next-token distribution after one sequence ``tokens`` ([L] or [1, L]), with ``fwd_hooks`` active:
     [vocab] float32 on the CPU."""
     tokens = as_tokens(model, tokens, one_sequence=True)
@@ -191,7 +206,8 @@ class SteeringComparison:
 
 
 @torch.no_grad()
-def compare_steering(model: Any, tokens: Any, intervention: Steering, max_new_tokens: int = 16) -> SteeringComparison:
+def compare_steering(model: HookedModel, tokens: Any, *, intervention: Steering,
+                     max_new_tokens: int = 16) -> SteeringComparison:
     """Run one prompt ``tokens`` ([L] or [1, L]) without and with ``intervention``: distributions, greedy
     generations (the intervention active at every generated step) and KL costs (:func:`kl_cost`)."""
     tokens = as_tokens(model, tokens, one_sequence=True)
@@ -200,9 +216,10 @@ def compare_steering(model: Any, tokens: Any, intervention: Steering, max_new_to
     kw = dict(max_new_tokens=int(max_new_tokens), do_sample=False, stop_at_eos=False, return_type="tokens")
     g0 = model.generate(tokens, **kw)[0, L:]
     g1 = model.generate(tokens, fwd_hooks=hooks, **kw)[0, L:]
-    cost = kl_cost(model, intervention, tokens)
-    return SteeringComparison(next_token_probs(model, tokens).numpy(), next_token_probs(model, tokens, hooks).numpy(),
-                              g0.tolist(), g1.tolist(), cost["kl_last"], cost["kl"])
+    cost = kl_cost(model, tokens, intervention=intervention)
+    return SteeringComparison(next_token_probs(model, tokens).numpy(),
+                              next_token_probs(model, tokens, fwd_hooks=hooks).numpy(), g0.tolist(), g1.tolist(),
+                              cost.kl_last, cost.kl)
 
 
 def distribution_figure(p_base: Any, p_steer: Any, vocab: Sequence[str], k: int = 12,

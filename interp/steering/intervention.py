@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ class Intervention:
         _, src_cfg = self.source.state()
         return {"type": "intervention", "name": self.name, "hook": list(self.hook), "operator": self.operator,
                 "scale": self.scale, "value": self.value, "positions": self.positions.to_json(),
-                "source": {"kind": self.source.kind, "config": src_cfg}}
+                "source": {"kind": self.source.kind, "module": type(self.source).__module__, "config": src_cfg}}
 
     def save(self, folder: str | Path) -> Path:
         """Write ``intervention.json`` + ``intervention.safetensors`` (and the SAE of an SAE source) to ``folder``."""
@@ -240,14 +241,29 @@ def _save(items: list[Intervention], folder: str | Path, single: bool) -> Path:
     return folder
 
 
-def _from_config(cfg: dict[str, Any], tensors: dict[str, Tensor], prefix: str, folder: Path,
-                 runtime: dict[str, Any]) -> Intervention:
-    kind = cfg["source"]["kind"]
+#: where the sources registered outside this package are defined, for files saved before the source's module was
+#: recorded in them
+_SOURCE_MODULES = {"codebook_codes": "interp.codebook.steering"}
+
+
+def _source_class(kind: str, module: str | None, folder: Path) -> type[Source]:
+    """The registered source class of ``kind``, importing the module that registers it (named in the saved
+    config, only modules of this package) if it was not imported yet."""
+    module = module or _SOURCE_MODULES.get(kind)
+    if kind not in SOURCES and module and (module == "interp" or module.startswith("interp.")):
+        importlib.import_module(module)
     if kind not in SOURCES:
         raise ValueError(f"{folder}: unknown source kind {kind!r}; known: {sorted(SOURCES)} (is the module that "
                          "registers it imported?)")
+    return SOURCES[kind]
+
+
+def _from_config(cfg: dict[str, Any], tensors: dict[str, Tensor], prefix: str, folder: Path,
+                 runtime: dict[str, Any]) -> Intervention:
+    kind = cfg["source"]["kind"]
+    source_cls = _source_class(kind, cfg["source"].get("module"), folder)
     src_tensors = {n[len(prefix) + len("source."):]: t for n, t in tensors.items() if n.startswith(prefix + "source.")}
-    source = SOURCES[kind].from_state(src_tensors, cfg["source"]["config"], folder, prefix=prefix, **runtime)
+    source = source_cls.from_state(src_tensors, cfg["source"]["config"], folder, prefix=prefix, **runtime)
     return Intervention(source=source, hook=cfg["hook"], operator=cfg["operator"], scale=cfg["scale"],
                         value=cfg.get("value"), positions=Positions.from_json(cfg["positions"]),
                         name=cfg.get("name", ""))

@@ -10,16 +10,15 @@ save itself (tensors for safetensors, the rest as JSON).
     AffineMap.gaussian_ot(acts_source, acts_target)           # f(h) = μ_t + A (h - μ_s)
     AffineMap.leace(acts, labels)                             # LEACE concept erasure
 
-    CodebookCodes([code], n_codes)                            # force / disable codebook codes -> replace, ablate
-
 A new kind of source subclasses :class:`Source`, implements ``edit``, ``state`` and ``from_state``, and
-registers with :func:`register_source`; nothing else changes.
+registers with :func:`register_source`; nothing else changes. A saved intervention records the module of its
+source, so :func:`interp.steering.load` imports it first (e.g. codebook codes,
+:class:`interp.codebook.steering.CodebookCodes`, built by :func:`interp.codebook.code_intervention`).
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,8 +28,7 @@ from torch import Tensor
 
 from . import functional as Fn
 
-__all__ = ["Source", "Direction", "AffineMap", "SAELatents", "CodebookCodes", "SOURCES", "register_source",
-           "codebook_code", "token_direction"]
+__all__ = ["Source", "Direction", "AffineMap", "SAELatents", "SOURCES", "register_source", "token_direction"]
 
 SOURCES: dict[str, type["Source"]] = {}
 
@@ -428,87 +426,6 @@ def _load_saved_sae(cls_path: str | None, path: Path) -> Any:
     sae_cls = getattr(importlib.import_module(module), name, None)
     load = getattr(sae_cls, "load", None)
     return load(str(path)) if callable(load) else None
-
-
-# --------------------------------------------------------------------------------------------
-# codebook codes
-# --------------------------------------------------------------------------------------------
-@register_source
-class CodebookCodes(Source):
-    """Force or disable codes of a codebook bottleneck (:mod:`interp.codebook`), edited where the codes are
-    chosen: at the codebook's score hook ``<site>.codebook.hook_scores`` ([..., n_codes] ranking scores, or
-    [..., G, n_codes] for per-head codebooks, seen flattened by the intervention).
-
-    * ``replace`` (force): the codes' scores become +inf, so they take the top slots and push out the weakest
-      selected codes (k = 1: the output *is* the forced code);
-    * ``ablate`` (disable): the codes' scores become -inf, so the next best codes are taken instead.
-
-    The edit is discrete: any ``scale`` != 0 applies it in full. Appending a code (keeping the k selected ones)
-    is an ``add`` of the code vector / k at ``<site>.codebook.hook_out``: :func:`codebook_code` builds either.
-
-    Attributes: ``codes`` (ids), ``n_codes`` (codebook size), ``group`` and ``n_groups`` (per-head codebooks).
-    """
-
-    kind: ClassVar[str] = "codebook_codes"
-    operators: ClassVar[tuple[str, ...]] = ("replace", "ablate")
-
-    def __init__(self, codes: int | list[int], n_codes: int, group: int = 0, n_groups: int = 1, label: str = ""):
-        self.codes = [codes] if isinstance(codes, int) else [int(c) for c in codes]
-        if not self.codes or not all(0 <= c < n_codes for c in self.codes):
-            raise ValueError(f"codes must be ids in 0..{n_codes - 1}, got {self.codes}")
-        if not 0 <= group < n_groups:
-            raise ValueError(f"group must be in 0..{n_groups - 1}, got {group}")
-        self.n_codes, self.group, self.n_groups, self.label = int(n_codes), int(group), int(n_groups), label
-
-    def __repr__(self) -> str:
-        return f"CodebookCodes(codes={self.codes}, n_codes={self.n_codes}, group={self.group})"
-
-    @property
-    def d(self) -> int:
-        return self.n_codes * self.n_groups
-
-    def edit(self, x: Tensor, operator: str, scale: float, value: Any) -> Tensor:
-        self._check_width(x)
-        if operator not in self.operators:
-            raise ValueError(f"a codebook source supports {self.operators}, not {operator!r}")
-        out = x.clone()
-        cols = torch.as_tensor(self.codes, device=x.device) + self.group * self.n_codes
-        out[..., cols] = math.inf if operator == "replace" else -math.inf
-        return out
-
-    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        return {}, {"codes": self.codes, "n_codes": self.n_codes, "group": self.group, "n_groups": self.n_groups,
-                    "label": self.label}
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, Tensor], config: dict[str, Any], folder: Path | None = None,
-                   **runtime: Any) -> "CodebookCodes":
-        return cls(config["codes"], config["n_codes"], config.get("group", 0), config.get("n_groups", 1),
-                   config.get("label", ""))
-
-
-def codebook_code(codebook: Any, codes: int | list[int], mode: str = "force", group: int = 0) -> Source:
-    """A steering source for codes of ``codebook`` (an :class:`interp.codebook.CodebookLayer`, docs/design.md §6).
-
-    ``mode``: "force" / "disable" -> :class:`CodebookCodes` (operators ``replace`` / ``ablate``, at the hook
-    ``<site>.codebook.hook_scores``); "append" -> the code vectors' sum / k as a :class:`Direction` (operator
-    ``add``, at ``<site>.codebook.hook_out``). :func:`interp.codebook.code_intervention` builds the whole
-    :class:`~interp.steering.Intervention` from a model and a site.
-    """
-    codes = [codes] if isinstance(codes, int) else list(codes)
-    C = getattr(codebook, "codes", None)
-    if not isinstance(C, Tensor) or C.dim() != 3:
-        raise TypeError(f"expected a codebook layer with codes [n_groups, n_codes, d] (interp.codebook."
-                        f"CodebookLayer), got {type(codebook).__name__}")
-    G, n = C.shape[:2]
-    if mode in ("force", "disable"):
-        return CodebookCodes(codes, n, group, G, label=mode)
-    if mode == "append":
-        if G != 1:
-            raise ValueError("append on a per-head codebook: add the code vector at that head's slice instead")
-        k = codebook.cfg.k
-        return Direction(C[group, codes].detach().sum(0) / k, "codebook_code", {"codes": codes, "mode": mode})
-    raise ValueError(f"mode must be 'force', 'disable' or 'append', got {mode!r}")
 
 
 def token_direction(model: Any, token_id: int) -> Tensor:

@@ -60,6 +60,7 @@ The TokFSM steering-by-codes test of the codebook-features paper:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +154,7 @@ def tokfsm_state_activations(model: Any, hook: str, n_seq: int = 256, seed: int 
 
     tokens = tokfsm_dataset(n_seq, seed=seed)
     lab = tokfsm_labels(tokens)
-    rows = collect_rows(model, tokens, [hook], keep=lab["state"] >= 0, batch_size=batch_size)
+    rows = collect_rows(model, tokens, hook=hook, keep=lab["state"] >= 0, batch_size=batch_size)
     return StateActivations(hook, rows.acts[hook], rows.gather(lab["state"]), rows.gather(lab["digit_pos"]))
 
 
@@ -275,7 +276,7 @@ def tokfsm_steering_curve(
             iv = steer.with_scale(float(s))
             rows.append({"scale": float(s),
                          "behaviour": tokfsm_transition_success(model, prompts, int(S), iv.hooks(model), fsm),
-                         **kl_cost(model, iv, neutral)})
+                         **dataclasses.asdict(kl_cost(model, neutral, intervention=iv))})
         per_state[int(S)] = rows
     label = f"{'erase + ' if erase else ''}{source}{' (normalized)' if normalize else ''}"
     out = []
@@ -399,8 +400,8 @@ def tokfsm_code_steering(model: Any, state_codes: dict[str, Tensor], target_stat
     L = prompts.shape[1]
 
     def forced(table: dict[str, Tensor], index: tuple, where: PositionsLike) -> list[Intervention]:
-        return [code_intervention(model, s, int(table[s][index]), "force", where) for s in sites
-                if int(table[s][index]) >= 0]
+        return [code_intervention(model, hook=s, code=int(table[s][index]), mode="force", positions=where)
+                for s in sites if int(table[s][index]) >= 0]
 
     units = forced(state_codes, (target_state,), "last" if mode == "last" else [L - 1])
     if mode == "follow":
@@ -467,7 +468,7 @@ def tokfsm_probe_sweep(model: Any, n_seq: int, seq_len: int = 33, seed: int = 0)
 
     tokens = tokfsm_dataset(int(n_seq), seed=seed, seq_len=seq_len)
     lab = tokfsm_labels(tokens)
-    return probe_sweep(model, tokens, lab["state"], seed=seed, control_context=2,
+    return probe_sweep(model, tokens, labels=lab["state"], seed=seed, control_context=2,
                        positions={"tens digit": lab["digit_pos"] == 0, "units digit": lab["digit_pos"] == 1})
 
 
