@@ -25,7 +25,6 @@ Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +39,7 @@ from interp.metrics import next_token_cross_entropy
 from .api import InterpModelMixin
 from .config import SSMConfig
 from .hook_points import HookPoint
+from .positions import Positions, PositionsLike
 from .scan import apply_state_edits, chunked_scan, read_state, scan_with_states, update_state
 from .shapes import hook_shapes_by_meta_forward
 from .tokens import check_token_ids
@@ -193,7 +193,7 @@ class SSMMixer(nn.Module):
         self,
         x: Tensor,
         attention_mask: Tensor | None = None,
-        state_positions: Sequence[int] | None = None,
+        state_positions: PositionsLike = None,
         state: SSMState | None = None,
         layer: int = 0,
     ) -> Tensor:
@@ -232,7 +232,7 @@ class SSMMixer(nn.Module):
 
     def _scan(
         self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
-        state_positions: Sequence[int] | None, offset: int,
+        state_positions: PositionsLike, offset: int,
     ) -> tuple[Tensor, Tensor]:
         """Cheapest scan that fires ``hook_state`` when it has hooks; applies its edits exactly."""
         A, D = self.A, self.D.float()
@@ -242,7 +242,7 @@ class SSMMixer(nn.Module):
         pos = _resolve_positions(state_positions, L, offset)
         if not pos:
             raise ValueError(
-                f"{self.hook_state.name} has a hook but none of state_positions={list(state_positions or [])} "
+                f"{self.hook_state.name} has a hook but none of state_positions={state_positions!r} "
                 f"lies in this forward's positions [{offset}, {offset + L})"
             )
         y, h_final, states = scan_with_states(u, dt, A, B, C, D, h0, pos, self.cfg.chunk_size)
@@ -253,7 +253,7 @@ class SSMMixer(nn.Module):
         return y, h_final
 
     # --- one decoding step ------------------------------------------------------------------
-    def _step(self, x: Tensor, state: SSMState, layer: int, state_positions: Sequence[int] | None) -> Tensor:
+    def _step(self, x: Tensor, state: SSMState, layer: int, state_positions: PositionsLike) -> Tensor:
         """x [b, 1, d_model]: constant-time recurrent update of ``state`` (no attention mask)."""
         x = self.hook_in(x)
         xs, z, bc, dt_raw = self._split_in_proj(self.in_proj(x))
@@ -268,7 +268,7 @@ class SSMMixer(nn.Module):
         u, dt, B, C = self._ssm_params(self.act(conv), dt_raw)
 
         h = update_state(state.ssm[layer], u[:, 0].float(), dt[:, 0], self.A, B[:, 0].float())
-        if self.hook_state._forward_hooks and (state_positions is None or state.offset in state_positions):
+        if self.hook_state._forward_hooks and _resolve_positions(state_positions, 1, state.offset):
             self.hook_state.ctx["positions"] = torch.tensor([state.offset], device=h.device)
             h = self.hook_state(h[:, None])[:, 0]
         y = read_state(h, C[:, 0].float()) + self.D.float()[:, None] * u[:, 0].float()
@@ -286,18 +286,12 @@ def _store(state: SSMState, layer: int, conv_tail: Tensor, h: Tensor) -> None:
         state.ssm.append(h)
 
 
-def _resolve_positions(state_positions: Sequence[int] | None, L: int, offset: int) -> list[int]:
-    """Requested absolute positions -> sorted local indices in [0, L). None means every position.
-    Negative positions count from the end of the sequence (full forward only)."""
-    if state_positions is None:
-        return list(range(L))
-    local = set()
-    for p in state_positions:
-        p = int(p)
-        q = p + L if (p < 0 and offset == 0) else p - offset
-        if 0 <= q < L:
-            local.add(q)
-    return sorted(local)
+def _resolve_positions(state_positions: PositionsLike, L: int, offset: int) -> list[int]:
+    """Local indices in [0, L) of the absolute positions offset..offset+L-1 of this forward that the
+    :class:`~interp.hooks.positions.Positions` spec ``state_positions`` selects (None: all; negative ints count
+    from the end of this forward, as for an intervention)."""
+    absolute = torch.arange(offset, offset + L)
+    return Positions.parse(state_positions).mask(absolute).nonzero()[:, 0].tolist()
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +403,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         return_type: str | None = "logits",
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
-        state_positions: Sequence[int] | None = None,
+        state_positions: PositionsLike = None,
         state: SSMState | None = None,
     ) -> Tensor | tuple[Tensor, Tensor] | None:
         """Run the model.
@@ -420,7 +414,8 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
                 "both" ((logits, loss)) or None.
             attention_mask: [b, L], 1 for real tokens, for a padded token batch.
             stop_at_layer: run blocks 0..stop_at_layer-1 and return the residual stream [b, L, d_model].
-            state_positions: absolute positions at which ``ssm.hook_state`` fires (default: all).
+            state_positions: where ``ssm.hook_state`` fires, a :class:`~interp.hooks.positions.Positions` spec
+                ("all" (default), "last", absolute ints, negative from the end of each forward, a slice).
             state: an :class:`SSMState` to continue from and update (used by generation).
         """
         if isinstance(input, (str, list)):
@@ -513,7 +508,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         return logits[:, -1], state
 
     # --- shapes for the cache estimate ------------------------------------------------------
-    def hook_shapes(self, batch: int, seq_len: int, state_positions: Sequence[int] | None = None,
+    def hook_shapes(self, batch: int, seq_len: int, state_positions: PositionsLike = None,
                     **_: object) -> dict[str, tuple[int, ...]]:
         """Shape of every hook's activation for a [batch, seq_len] forward, found by running this model's forward
         on the meta device (:mod:`interp.hooks.shapes`); ``ssm.hook_state`` has one entry per requested

@@ -82,7 +82,7 @@ def command(a: argparse.Namespace) -> list[str]:
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
            "--global.developmentMode", "false", "--client.toolbarMode", "minimal", "--"]
     for flag, *_ in OPTIONS:
-        if (val := getattr(a, flag[2:].replace("-", "_"))) is not None:
+        if (val := getattr(a, flag[2:].replace("-", "_"), None)) is not None:  # a flag not set: not passed
             cmd += [flag, str(val)]
     return cmd
 

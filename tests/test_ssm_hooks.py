@@ -65,6 +65,17 @@ def test_state_cache_at_chosen_positions_matches_reference(ssm):
     assert torch.allclose(c("hook_state"), states[:, [3, 17, 29]], atol=1e-5)
 
 
+
+def test_state_positions_take_every_positions_spec(ssm):
+    """state_positions is a Positions spec, as an intervention's positions: "last", a slice, a list."""
+    tokens = tokens_for(ssm, L=12)
+    _, full = ssm.run_with_cache(tokens, names_filter="blocks.0.ssm.hook_state")
+    for spec, want in (("last", [11]), (slice(9, None), [9, 10, 11]), ([2, -2], [2, 10]), ("all", list(range(12)))):
+        _, cache = ssm.run_with_cache(tokens, names_filter="blocks.0.ssm.hook_state", state_positions=spec)
+        torch.testing.assert_close(cache["blocks.0.ssm.hook_state"], full["blocks.0.ssm.hook_state"][:, want],
+                                   atol=1e-5, rtol=1e-4, msg=str(spec))
+
+
 @pytest.mark.parametrize("t", [0, 9, 20])
 def test_state_patch_equals_sequential_rescan(ssm, t):
     """Setting h_t equals a full sequential re-scan with the patched state; only positions >= t change."""
