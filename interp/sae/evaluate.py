@@ -277,28 +277,21 @@ def labelled_activations(model: HookedModel, tokens: Any, *, hook: str, labels: 
     """Activations of ``hook`` on the tokens that have a label.
 
     tokens [n_seq, pos], labels [n_seq, pos] int (negative: no label, e.g. BOS) -> :class:`LabelledActivations`.
-    The model stops after the hook's block.
+    Collected with :class:`interp.activations.collect.HookCollector` (the model stops after the hook's block).
     """
-    from interp.activations.collect import deepest_stop
+    from interp.activations.collect import HookCollector, RowFilter
     from interp.hooks.tokens import as_tokens
 
     tokens = as_tokens(model, tokens)
     labels = torch.as_tensor(labels)
     if tuple(labels.shape) != tuple(tokens.shape):
         raise ValueError(f"labels {tuple(labels.shape)} must have the shape of tokens {tuple(tokens.shape)}")
-    stop = deepest_stop([hook])
-    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
-    kwargs = {"stop_at_layer": stop} if stop is not None and (n_layers is None or stop < n_layers) else {}
-    device = next(model.parameters()).device
+    collector = HookCollector(model, hook=hook, dtype=torch.float32, row_filter=RowFilter())
     out, lab = [], []
     for i in range(0, tokens.shape[0], batch_size):
-        t = tokens[i:i + batch_size]
-        keep = labels[i:i + batch_size] >= 0
-        _, cache = model.run_with_cache(t.to(device), names_filter=hook, **kwargs)
-        act = cache[hook]
-        act = act.reshape(act.shape[0], act.shape[1], -1)
-        out.append(act[keep.to(act.device)].float().cpu())
-        lab.append(labels[i:i + batch_size][keep].long().cpu())
+        keep = labels[i:i + batch_size] >= 0  # [b, pos]
+        out.append(collector(tokens[i:i + batch_size], keep)[hook].cpu())  # [n_kept, d]
+        lab.append(labels[i:i + batch_size][keep].long())
     return LabelledActivations(torch.cat(out), torch.cat(lab))
 
 
