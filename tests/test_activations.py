@@ -383,15 +383,3 @@ def test_bad_input_errors(model, model2, tmp_path):
         cache_activations(model, token_stream(seed=1), hook=RESID, out=part, shard_tokens=10, **FILTER)
     m = cache_activations(model, token_stream(), hook=HOOKS, out=out, overwrite=True, **FILTER)
     assert m.complete and list(m.hooks) == HOOKS
-
-
-def test_calling_convention():
-    """(model, batches, *, hook=..., ...): everything after the token batches keyword-only, ``hook`` not
-    ``hooks``."""
-    import inspect
-
-    for fn in (cache_activations, stream_activations):
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["model", "batches"], fn.__name__
-        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
-        assert "hook" in {p.name for p in params} and "hooks" not in {p.name for p in params}, fn.__name__

@@ -373,17 +373,3 @@ def test_exported_html_is_self_contained(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the calling convention (model, tokens, *, ...) of every function here that runs the model on tokens
 # ---------------------------------------------------------------------------------------------
-def test_calling_convention():
-    import inspect
-
-    from interp import lens, lrp
-    from interp.attention import maps, views
-
-    fns = [maps.interaction_map, maps.query_rows, maps.mamba_attr, maps.ssm_parameters, lrp.explain,
-           lrp.interaction_rows, lens.logit_lens, mt.method_rows, mt.layer_maps, pt.perturbation_curve,
-           pt.perturbation_test, views.detail_map, views.attribution_rows, views.rollout_map, views.thumbnail_maps]
-    for fn in fns:
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
-        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[2:]), fn.__name__
-        assert not {p.name for p in params} & {"rows", "hook_name", "hooks", "site", "sites"}, fn.__name__

@@ -502,21 +502,3 @@ def test_codebook_folder_checks_and_code_report(mamba, tmp_path):
                 check_codebook_folder(folder)
     finally:
         detach(mamba)
-
-
-def test_calling_convention():
-    """(model, tokens, *, hook=..., ...) for what runs the model on tokens, (model, *, hook=..., ...) for what
-    builds from a model; ``hook`` everywhere, never ``site`` / ``sites``."""
-    import inspect
-
-    from interp.codebook import code_report, forced_continuations
-    from interp.codebook.train import hook_activations
-
-    for fn, lead in ((collect_codes, ["model", "tokens"]), (forced_continuations, ["model", "tokens"]),
-                     (code_report, ["model", "tokens"]), (code_intervention, ["model"]),
-                     (make_codebooks, ["model"]), (hook_activations, ["model", "batches"])):
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:len(lead)]] == lead, fn.__name__
-        assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params[len(lead):]), fn.__name__
-        names = {p.name for p in params}
-        assert "hook" in names and not {"site", "sites", "hooks"} & names, fn.__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 
 import pytest
 
@@ -22,14 +23,23 @@ RETIRED = {"hook_name": "hook", "hooks": "hook", "site": "hook", "sites": "hook"
            "input": "tokens", "token_batches": "batches", "neutral": "tokens"}
 
 
-def _public_functions():
-    seen = {}
+def _modules():
+    """Every module of the analysis packages (the packages and their submodules; command-line modules aside)."""
     for package in ANALYSES:
         mod = importlib.import_module(package)
-        for name in getattr(mod, "__all__", ()):
-            fn = getattr(mod, name)
-            if inspect.isfunction(fn) and fn not in seen.values():
-                seen[f"{package}.{name}"] = fn
+        yield mod
+        for info in pkgutil.walk_packages(getattr(mod, "__path__", []), prefix=f"{package}."):
+            if not info.name.endswith((".cli", "__main__")):
+                yield importlib.import_module(info.name)
+
+
+def _public_functions():
+    """{qualified name: function} of every public function defined in those modules."""
+    seen = {}
+    for mod in _modules():
+        for name, fn in vars(mod).items():
+            if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == mod.__name__:
+                seen[f"{mod.__name__}.{name}"] = fn
     return seen
 
 
@@ -41,8 +51,10 @@ ON_TOKENS = {k: f for k, f in MODEL_FIRST.items()
 
 def test_the_analysis_packages_export_analyses():
     assert len(ON_TOKENS) >= 20, sorted(ON_TOKENS)
-    for must in ("interp.attention.interaction_map", "interp.lrp.explain", "interp.sae.run_with_sae",
-                 "interp.probes.probe_sweep", "interp.steering.kl_cost", "interp.lens.logit_lens"):
+    for must in ("interp.attention.maps.interaction_map", "interp.lrp.explain", "interp.sae.splice.run_with_sae",
+                 "interp.probes.sweep.probe_sweep", "interp.steering.evaluate.kl_cost", "interp.lens.logit_lens",
+                 "interp.activations.writer.cache_activations", "interp.codebook.steering.forced_continuations",
+                 "interp.attention.perturbation.perturbation_test", "interp.attention.views.map_view"):
         assert must in ON_TOKENS
 
 

@@ -323,15 +323,3 @@ def test_sweep_over_all_layers_of_tokfsm_mamba_under_a_minute():
     print(f"\ntokfsm-mamba sweep: {len(res.rows)} cells (+ control) in {seconds:.1f} s")
     assert len(res.hooks) == model.cfg.n_layers + 1 and len(res.rows) == 2 * len(res.hooks)
     assert seconds < 60
-
-
-def test_calling_convention():
-    """(model, tokens, *, hook=..., positions=..., ...): everything after tokens keyword-only, ``hook`` not
-    ``hooks``."""
-    import inspect
-
-    for fn in (collect_rows, probe_sweep):
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
-        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
-        assert "hook" in {p.name for p in params} and "hooks" not in {p.name for p in params}, fn.__name__

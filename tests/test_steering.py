@@ -489,17 +489,3 @@ def test_compare_steering_at_scale_zero_changes_nothing_and_kl_is_the_metric(mam
     p0, p1 = next_token_probs(mamba2, toks), next_token_probs(mamba2, toks, fwd_hooks=iv.hooks(mamba2))
     torch.testing.assert_close(torch.from_numpy(r.p_steer), p1)
     assert r.kl_last == pytest.approx(float(kl_divergence(p0.log(), p1.log())), abs=1e-5) and r.kl_last > 0
-
-
-def test_calling_convention():
-    """Functions that run the model on tokens: (model, tokens, *, intervention=..., ...), everything after tokens
-    keyword-only; the old argument names are gone."""
-    import inspect
-
-    from interp.steering import compare_steering, next_token_probs
-
-    for fn in (kl_cost, compare_steering, next_token_probs, dose_response):
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["model", "tokens"], fn.__name__
-        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__
-        assert not {"neutral", "hooks", "hook_name", "site", "sites"} & {p.name for p in params}, fn.__name__
