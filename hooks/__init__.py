@@ -17,6 +17,7 @@ from .protocol import HookedModel, HookedModelConfig
 # public name -> submodule that defines it
 _LAZY = {
     "CacheTooLargeError": ".api", "HookNotFiredError": ".api",
+    "InterpActivationCache": ".cache", "NoSSMCounterpartError": ".cache",
     "HookPoint": ".hook_points", "Positions": ".positions", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
     "CheckpointError": ".loading", "ExistingRunError": ".loading", "UnknownModelError": ".loading",
     "HookedSSM": ".mamba", "SSMState": ".mamba",

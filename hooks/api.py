@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens.ActivationCache import ActivationCache
-
+from .cache import InterpActivationCache
 from .hook_points import check_hook_names, layer_of
 
 DEFAULT_CACHE_BUDGET_BYTES = 4 * 2**30
@@ -130,14 +129,19 @@ class InterpModelMixin:
         max_cache_bytes: int | None = DEFAULT_CACHE_BUDGET_BYTES,
         device: str | torch.device | None = None,
         remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
         **kwargs: Any,
-    ) -> tuple[Any, ActivationCache]:
-        """Run the model and cache activations. Returns ``(output, ActivationCache)``.
+    ) -> tuple[Any, InterpActivationCache]:
+        """Run the model and cache activations. Returns ``(output, cache)``, the cache a TransformerLens
+        ``ActivationCache`` whose helpers take the SSM meaning on SSMs
+        (:class:`~interp.hooks.cache.InterpActivationCache`).
 
         Args:
             names_filter: hook name, list of names, or predicate (default: every hook).
             pos_slice: keep only these positions (slice, index or list) along each hook's pos axis.
             max_cache_bytes: refuse before running when the estimate exceeds this (None: no limit).
+            incl_bwd: as TransformerLens: call ``backward()`` on the output (a scalar: pass ``return_type="loss"``)
+                and cache the gradient with respect to each cached activation under ``name + "_grad"``.
             stop_at_layer: (forward kwarg) run blocks ``0..stop_at_layer-1`` only; later hooks are
                 skipped, and the output is the residual stream there.
         """
@@ -155,7 +159,7 @@ class InterpModelMixin:
         if max_cache_bytes is not None:
             batch, seq_len = self._input_shape(model_args, kwargs)
             shape_kwargs = {k: v for k, v in kwargs.items() if k == "state_positions"}
-            need = self.estimate_cache_bytes(batch, seq_len, names, **shape_kwargs)
+            need = self.estimate_cache_bytes(batch, seq_len, names, **shape_kwargs) * (2 if incl_bwd else 1)
             if pos_slice is not None:
                 need = need * _slice_len(pos_slice, seq_len) // max(seq_len, 1)
             if need > max_cache_bytes:
@@ -168,20 +172,63 @@ class InterpModelMixin:
 
         cache: dict[str, Tensor] = {}
 
-        def save(tensor: Tensor, hook: Any) -> None:
+        def save(tensor: Tensor, hook: Any, suffix: str = "") -> None:
             t = tensor.detach()
             if pos_slice is not None and not hook.name.endswith("hook_state"):
                 t = _apply_pos_slice(t, pos_slice, self.pos_dim(hook.name))
             if device is not None:
                 t = t.to(device)
-            cache[hook.name] = t[0] if remove_batch_dim else t
+            cache[hook.name + suffix] = t[0] if remove_batch_dim else t
 
-        out = self.run_with_hooks(*model_args, fwd_hooks=[(n, save) for n in names], **kwargs)
-        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+        if not incl_bwd:
+            out = self.run_with_hooks(*model_args, fwd_hooks=[(n, save) for n in names], **kwargs)
+        else:
+            fwd, fired = self._checked([(n, save) for n in names])
+            bwd = [(n, lambda t, hook: save(t, hook, "_grad")) for n in names]
+            with self.hooks(fwd_hooks=fwd, bwd_hooks=bwd):  # type: ignore[attr-defined]
+                out = self(*model_args, **kwargs)  # type: ignore[operator]
+                if not isinstance(out, Tensor) or out.numel() != 1:
+                    shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                    raise ValueError(
+                        f"run_with_cache(incl_bwd=True) calls backward() on the model's output, which must be a "
+                        f"scalar; got {shape}. Pass return_type='loss'; for another metric, attach bwd_hooks with "
+                        "model.hooks(...) and call backward() on it yourself")
+                out.backward()
+            self._raise_unfired(fired, kwargs)
+        return out, InterpActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
 
     def pos_dim(self, hook_name: str) -> int:
         """Index of the position axis of a hook's activation (1 for every SSM hook)."""
         return 1
+
+    # --- unembedding directions ------------------------------------------------------------
+    def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
+        """The residual-stream direction whose dot product with the final-normalised stream gives a token's logit
+        (TransformerLens's ``tokens_to_residual_directions``): ``w ⊙ W_U[:, t]`` with ``w`` the final norm's weight.
+
+        TransformerLens returns ``W_U[:, t]`` and expects the weight folded into ``W_U`` (``fold_ln=True``); our
+        models keep their weights as trained (an SSM ties ``W_U`` to ``W_E``, so its norm weight cannot be folded),
+        so the weight is folded in here and ``ActivationCache.logit_attrs`` (``x / scale`` · direction) is exact:
+        logit = Σ logit_attrs + b_U (+ the final LayerNorm's bias · W_U[:, t] on a transformer whose LayerNorm
+        has one). A norm without a weight (``LNPre``, a folded model) gives ``W_U[:, t]``, as TransformerLens.
+
+        Returns: [d_model] for one token (str, int, one-element tensor), [..., d_model] for a tensor of ids.
+        """
+        norm = getattr(self, "ln_final", None)
+        w = getattr(norm, "w", None)
+        w = getattr(norm, "weight", None) if w is None else w
+        W_U = self.W_U  # type: ignore[attr-defined]
+        if w is not None:
+            W_U = W_U * w.to(W_U.dtype)[:, None]
+        if isinstance(tokens, Tensor) and tokens.numel() > 1:
+            return W_U[:, tokens.to(W_U.device)].movedim(0, -1)
+        if isinstance(tokens, str):
+            token = self.to_single_token(tokens)  # type: ignore[attr-defined]
+        elif isinstance(tokens, Tensor):
+            token = int(tokens.item())
+        else:
+            token = int(tokens)
+        return W_U[:, token]
 
     # --- generation ------------------------------------------------------------------------
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any):

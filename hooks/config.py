@@ -20,6 +20,7 @@ from typing import Any, Literal
 Family = Literal["mamba1", "mamba2"]
 
 UNBOUNDED_CTX = 2**63 - 1  # SSMConfig.n_ctx: a recurrent model has no context limit (the largest int64)
+MAMBA1_GROUP_SIZE = 16  # channels per component of a Mamba-1 mixer's out-projection (SSMConfig.out_groups)
 
 
 @dataclass
@@ -111,6 +112,28 @@ class SSMConfig:
     def original_architecture(self) -> str:
         """The architecture (TransformerLens's name; here the SSM family, "mamba1" or "mamba2")."""
         return self.family
+
+    @property
+    def normalization_type(self) -> str:
+        """TransformerLens's name for the norm before each block and before the unembedding: "RMS" (RMSNorm with a
+        weight and no bias). ``ActivationCache.apply_ln_to_stack`` divides by the cached ``hook_scale`` = rms."""
+        return "RMS"
+
+    @property
+    def n_key_value_heads(self) -> None:
+        """TransformerLens's grouped-query attention field: an SSM has no keys or values (None)."""
+        return None
+
+    def out_groups(self, group_size: int | None = None) -> list[tuple[int, int]]:
+        """The out-projection's input channels (``ssm.hook_gated``, d_inner of them) split into the mixer's
+        components, as ``(start, stop)`` channel ranges: Mamba-2 one per head (``head_dim`` channels, the default),
+        Mamba-1 groups of ``group_size`` consecutive channels (default :data:`MAMBA1_GROUP_SIZE`; the last group is
+        shorter when d_inner is not a multiple). ``group_size`` overrides either family's width."""
+        d_in = int(self.d_inner)  # type: ignore[arg-type]
+        size = group_size or (self.P if self.family == "mamba2" else MAMBA1_GROUP_SIZE)
+        if size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        return [(s, min(s + size, d_in)) for s in range(0, d_in, size)]
 
     # --- heads view -------------------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan
 
     hook_embed                        [b, pos, d_model]
     blocks.{i}.hook_resid_pre         [b, pos, d_model]
+    blocks.{i}.ln1.hook_scale         [b, pos, 1]         rms(x) = sqrt(mean(x²) + eps)
     blocks.{i}.ln1.hook_normalized    [b, pos, d_model]   x / rms(x), before the weight
     blocks.{i}.ssm.hook_in            [b, pos, d_model]   mixer input (normalised, weighted)
     blocks.{i}.ssm.hook_x / hook_z    [b, pos, d_inner]   in_proj x part (pre-conv) and gate z
@@ -20,6 +21,7 @@ Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan
     blocks.{i}.ssm.hook_out           [b, pos, d_model]   out_proj
     blocks.{i}.hook_mixer_out         [b, pos, d_model]   same value as ssm.hook_out
     blocks.{i}.hook_resid_post        [b, pos, d_model]
+    ln_final.hook_scale               [b, pos, 1]
     ln_final.hook_normalized          [b, pos, d_model]
 """
 
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from interp.metrics import next_token_cross_entropy
+from interp.metrics import next_token_cross_entropy, next_token_nll
 
 from .api import InterpModelMixin
 from .config import SSMConfig
@@ -67,19 +69,21 @@ class SSMState:
 # norms
 # --------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
-    """RMSNorm computed in float32 (as Hugging Face's MambaRMSNorm); ``hook_normalized`` = x / rms."""
+    """RMSNorm computed in float32 (as Hugging Face's MambaRMSNorm), hooked as TransformerLens's RMSNorm:
+    ``hook_scale`` = rms = sqrt(mean(x²) + eps) [.., 1], ``hook_normalized`` = x / rms (before the weight)."""
 
     def __init__(self, d: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
+        self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        x = self.hook_normalized(x)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [.., 1]
+        x = self.hook_normalized(x / scale)
         return self.weight * x.to(dtype)
 
 
@@ -236,7 +240,7 @@ class SSMMixer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Cheapest scan that fires ``hook_state`` when it has hooks; applies its edits exactly."""
         A, D = self.A, self.D.float()
-        if not self.hook_state._forward_hooks:
+        if not (self.hook_state._forward_hooks or self.hook_state._backward_hooks):
             return chunked_scan(u, dt, A, B, C, D, h0, self.cfg.chunk_size)
         L = u.shape[1]
         pos = _resolve_positions(state_positions, L, offset)
@@ -268,7 +272,8 @@ class SSMMixer(nn.Module):
         u, dt, B, C = self._ssm_params(self.act(conv), dt_raw)
 
         h = update_state(state.ssm[layer], u[:, 0].float(), dt[:, 0], self.A, B[:, 0].float())
-        if self.hook_state._forward_hooks and _resolve_positions(state_positions, 1, state.offset):
+        if (self.hook_state._forward_hooks or self.hook_state._backward_hooks) and \
+                _resolve_positions(state_positions, 1, state.offset):
             self.hook_state.ctx["positions"] = torch.tensor([state.offset], device=h.device)
             h = self.hook_state(h[:, None])[:, 0]
         y = read_state(h, C[:, 0].float()) + self.D.float()[:, None] * u[:, 0].float()
@@ -396,6 +401,12 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         """Unembedding [d_model, vocab] (TransformerLens orientation)."""
         return self.unembed.weight.T
 
+    @property
+    def b_U(self) -> Tensor:
+        """Unembedding bias [vocab] (TransformerLens's name): zeros, the unembedding has no bias."""
+        w = self.unembed.weight
+        return torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+
     # --- forward ---------------------------------------------------------------------------
     def forward(
         self,
@@ -405,6 +416,8 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         stop_at_layer: int | None = None,
         state_positions: PositionsLike = None,
         state: SSMState | None = None,
+        loss_per_token: bool = False,
+        prepend_bos: bool | None = None,
     ) -> Tensor | tuple[Tensor, Tensor] | None:
         """Run the model.
 
@@ -412,6 +425,10 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             input: text, list of texts (right-padded, mask built for you) or token ids [b, L].
             return_type: "logits" ([b, L, vocab]), "loss" (mean next-token cross-entropy),
                 "both" ((logits, loss)) or None.
+            loss_per_token: with return_type "loss" / "both", the loss of each prediction [b, L-1] instead of the
+                mean (TransformerLens's flag): ``loss[b, p] = -log p(token p+1)``, 0 where token p or p+1 is
+                padding (attention_mask 0), as TransformerLens.
+            prepend_bos: for text input, whether to put the BOS token first (default ``cfg.default_prepend_bos``).
             attention_mask: [b, L], 1 for real tokens, for a padded token batch.
             stop_at_layer: run blocks 0..stop_at_layer-1 and return the residual stream [b, L, d_model].
             state_positions: where ``ssm.hook_state`` fires, a :class:`~interp.hooks.positions.Positions` spec
@@ -419,7 +436,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             state: an :class:`SSMState` to continue from and update (used by generation).
         """
         if isinstance(input, (str, list)):
-            tokens, mask = self.to_tokens(input, return_mask=True)
+            tokens, mask = self.to_tokens(input, prepend_bos=prepend_bos, return_mask=True)
             attention_mask = mask if attention_mask is None and not bool(mask.all()) else attention_mask
         else:
             tokens = input[None] if input.dim() == 1 else input
@@ -443,8 +460,12 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             return logits
         if return_type is None:
             return None
-        # padded targets (mask 0) are ignored
-        loss = next_token_cross_entropy(logits, tokens, None if attention_mask is None else attention_mask[:, 1:])
+        if loss_per_token:
+            loss = next_token_nll(logits, tokens)  # [b, L-1]
+            if attention_mask is not None:
+                loss = loss.masked_fill(~(attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()), 0.0)
+        else:  # padded targets (mask 0) are ignored
+            loss = next_token_cross_entropy(logits, tokens, None if attention_mask is None else attention_mask[:, 1:])
         return loss if return_type == "loss" else (logits, loss)
 
     # --- tokens ----------------------------------------------------------------------------
@@ -483,19 +504,47 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         tokens = tokens.to(self.device)
         return (tokens, mask.to(self.device)) if return_mask else tokens
 
-    def to_string(self, tokens: Tensor | list[int]) -> str | list[str]:
+    def to_string(self, tokens: Tensor | list[int] | int) -> str | list[str]:
+        """Token ids -> text: [pos] (or one id, a 0-dim tensor) -> str, [b, pos] -> list of str."""
         if isinstance(tokens, Tensor) and tokens.dim() == 2:
             return [self.to_string(row) for row in tokens]  # type: ignore[misc]
-        ids = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+        if isinstance(tokens, Tensor):
+            ids = tokens.reshape(-1).tolist()
+        else:
+            ids = [int(tokens)] if isinstance(tokens, int) else [int(t) for t in tokens]
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer to decode with")
         return self.tokenizer.decode(ids)
 
-    def to_str_tokens(self, input: str | Tensor) -> list[str]:
-        """One string per token (duplicates kept apart by position in callers)."""
-        tokens = self.to_tokens(input) if isinstance(input, str) else input
-        tokens = tokens[0] if tokens.dim() == 2 else tokens
-        return [self.tokenizer.decode([int(t)]) for t in tokens]  # type: ignore[union-attr]
+    def to_str_tokens(
+        self, input: str | list[str] | Tensor | list[int], prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+    ) -> list[str] | list[list[str]]:
+        """One string per token (TransformerLens's ``to_str_tokens``): text (tokenised with ``prepend_bos``,
+        default ``cfg.default_prepend_bos``), token ids [pos] / [1, pos] / a list of ints -> list of str; a list
+        of texts -> one list per text. ``padding_side`` is accepted for TransformerLens's signature (each text is
+        tokenised alone, so there is no padding)."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer to decode with")
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(t, prepend_bos=prepend_bos) for t in input]  # type: ignore[misc]
+        if isinstance(input, str):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos)
+        else:
+            tokens = torch.as_tensor(input)
+        if tokens.dim() == 2:
+            if tokens.shape[0] != 1:
+                raise ValueError(f"to_str_tokens takes one sequence; got a batch of shape {tuple(tokens.shape)}: "
+                                 "call it on each row")
+            tokens = tokens[0]
+        return [self.tokenizer.decode([int(t)]) for t in tokens.reshape(-1)]  # type: ignore[union-attr]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (TransformerLens's ``to_single_token``; no BOS)."""
+        token = self.to_tokens(string, prepend_bos=False).squeeze()
+        if token.shape:
+            raise ValueError(f"{string!r} is not a single token: it tokenises to {token.tolist()}")
+        return int(token.item())
 
     # --- generation primitives --------------------------------------------------------------
     def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, SSMState]:

@@ -52,6 +52,16 @@ class HookedModel(Protocol):
     def W_U(self) -> Tensor:  # [d_model, d_vocab]
         ...
 
+    @property
+    def b_U(self) -> Tensor:  # [d_vocab] unembedding bias (zeros for an SSM)
+        ...
+
+    def tokens_to_residual_directions(self, tokens: Any) -> Tensor:  # [..., d_model], final norm weight folded in
+        ...
+
+    def to_single_token(self, string: str) -> int:
+        ...
+
     # final norm and unembedding: modules mapping the residual stream [..., d_model] -> [..., d_model] -> logits
     ln_final: Callable[..., Tensor]
     unembed: Callable[..., Tensor]

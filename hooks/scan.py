@@ -278,7 +278,7 @@ def apply_state_edits(
     Ch = expand_groups(C.float(), H)  # [b, L, H, N]
     for j, p in enumerate(positions):
         d = delta[:, j].float()  # [b, H, P, N]
-        if not torch.any(d):
+        if not d.requires_grad and not torch.any(d):  # a zero edit that carries a gradient (backward hook) stays
             continue
         # log decay from p to t, t = p..L-1 (zero at t = p), cumulated forward: [b, L-p, H(, N)]
         log_a = _decay_log(dt[:, p + 1:].float(), A)

@@ -38,7 +38,7 @@ from IPython.display import HTML, display
 
 import interp
 from interp import zoo
-from interp.attention import interaction_map, latim, mamba_attr, query_rows, rollout, unified
+from interp.attention import grad_weighted_rollout, interaction_map, latim, mamba_attr, query_rows, rollout, unified
 from interp.attention.benchmarks import copying_benchmark
 from interp.attention.figures import (
     interaction_heatmap, perturbation_figure, thumbnail_grid, token_highlight_html,
@@ -153,14 +153,19 @@ display(HTML(token_highlight_html(str_tokens, row, query=t, title=f"hidden atten
 # ## Rollout across layers and Mamba-Attr
 #
 # `rollout` chains the per-layer maps, ρ = Π_l rownorm(I + A_l) (the identity stands for the residual
-# stream). `mamba_attr` weights each layer's map by its gradient for the predicted logit before rolling
-# out (Ali et al.'s attention × gradient).
+# stream). `grad_weighted_rollout` weights each layer's map by its gradient for the predicted logit before
+# rolling out (attention × gradient). `mamba_attr` is Ali et al.'s Mamba-Attr as their code computes it: per
+# layer the min-max-normalised row of α times the min-max-normalised positive residual gradient, rolled out
+# into one relevance row for the prediction at `t`.
 
 # %%
 layer_maps = [interaction_map(model, tokens, layer=layer) for layer in range(model.cfg.n_layers)]
 rho = rollout(layer_maps)
-attr = mamba_attr(model, tokens, position=t)
-thumbnail_grid(torch.stack([rho[0], attr[0]]), ["rollout of mean |α|", f"Mamba-Attr (logit at {t})"], cols=2).show()
+grad_rho = grad_weighted_rollout(model, tokens, position=t)
+thumbnail_grid(torch.stack([rho[0], grad_rho[0]]), ["rollout of mean |α|", f"attention × gradient (logit at {t})"],
+               cols=2).show()
+attr = mamba_attr(model, tokens, position=t)[0]
+display(HTML(token_highlight_html(str_tokens, attr, query=t, title=f"Mamba-Attr of the prediction at {t}")))
 
 # %% [markdown]
 # ## Unified implicit attention and LaTIM

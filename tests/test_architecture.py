@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, int]] = [
     ("interp.attention.benchmarks", 4),
     # 3 analyses
     ("interp.attention", 3), ("interp.lrp", 3), ("interp.lens", 3), ("interp.probes", 3), ("interp.sae", 3),
-    ("interp.codebook", 3), ("interp.steering", 3), ("interp.activations", 3),
+    ("interp.codebook", 3), ("interp.steering", 3), ("interp.activations", 3), ("interp.patching", 3),
     # 2 kernels
     ("interp.kernels", 2),
     # 1 models: hookable models and loading them (the embedded models' registry included)

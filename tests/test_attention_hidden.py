@@ -9,7 +9,7 @@ import torch
 import interp
 from interp.attention import (
     MapTooLargeError, hidden_attention, hidden_attention_direct, hidden_attention_reduced, hidden_attention_rows,
-    interaction_map, mamba_attr, normalize, query_rows, reconstruct_y, rollout, ssm_parameters,
+    grad_weighted_rollout, interaction_map, mamba_attr, normalize, query_rows, reconstruct_y, rollout, ssm_parameters,
 )
 from interp.attention.hidden import channel_mass
 
@@ -83,8 +83,10 @@ def test_transformer_path_returns_tl_pattern():
     pattern = cache["blocks.1.attn.hook_pattern"]
     assert torch.equal(interaction_map(model, tokens, layer=1, aggregate="none"), pattern)
     assert torch.allclose(interaction_map(model, tokens, layer=1, aggregate="mean"), pattern.mean(1))
-    rho = mamba_attr(model, tokens)
+    rho = grad_weighted_rollout(model, tokens)
     assert rho.shape == (1, 12, 12) and torch.isfinite(rho).all()
+    row = mamba_attr(model, tokens)
+    assert row.shape == (1, 12) and torch.isfinite(row).all()
 
 
 def test_rollout_and_normalize_closed_forms():
@@ -98,9 +100,11 @@ def test_rollout_and_normalize_closed_forms():
 
 def test_mamba_attr_on_ssm(ssm):
     tokens = torch.randint(0, ssm.cfg.vocab_size, (1, 10))
-    rho = mamba_attr(ssm, tokens)
+    rho = grad_weighted_rollout(ssm, tokens)
     assert rho.shape == (1, 10, 10) and torch.isfinite(rho).all()
     assert torch.allclose(rho.sum(-1), torch.ones(1, 10), atol=1e-5)  # rows stay normalised
+    row = mamba_attr(ssm, tokens)  # against the original code: tests/test_mamba_attr.py
+    assert row.shape == (1, 10) and torch.allclose(row.sum(-1), torch.ones(1), atol=1e-5)
 
 
 def test_batches_and_positions_follow_the_calling_convention(ssm):
@@ -112,8 +116,11 @@ def test_batches_and_positions_follow_the_calling_convention(ssm):
     assert torch.allclose(both, one, atol=1e-6)
     rows = query_rows(ssm, tokens, layer=1, positions=[2, -1])
     assert torch.allclose(rows, one[:, [2, 9]], atol=1e-6)
-    rho = mamba_attr(ssm, tokens, position=-2)
-    assert torch.allclose(rho, torch.cat([mamba_attr(ssm, t[None], position=-2) for t in tokens]), atol=1e-5)
+    rho = grad_weighted_rollout(ssm, tokens, position=-2)
+    assert torch.allclose(rho, torch.cat([grad_weighted_rollout(ssm, t[None], position=-2) for t in tokens]),
+                          atol=1e-5)
+    row = mamba_attr(ssm, tokens, position=-2)
+    assert torch.allclose(row, torch.cat([mamba_attr(ssm, t[None], position=-2) for t in tokens]), atol=1e-5)
     with pytest.raises(IndexError, match="positions"):
         query_rows(ssm, tokens, layer=1, positions=[10])
     with pytest.raises(ValueError, match="needs a layer"):

@@ -15,7 +15,7 @@ import pkgutil
 import pytest
 
 ANALYSES = ("interp.attention", "interp.lrp", "interp.lens", "interp.probes", "interp.sae", "interp.codebook",
-            "interp.steering", "interp.activations")
+            "interp.steering", "interp.activations", "interp.patching")
 #: what a token argument may be called (second place)
 TOKENS = ("tokens", "batches")
 #: names the convention replaced; none may come back

@@ -12,7 +12,7 @@ from interp.hooks import (
 from interp.hooks.scan import sequential_scan, step
 
 LAYER_HOOKS = [
-    "hook_resid_pre", "ln1.hook_normalized", "ssm.hook_in", "ssm.hook_x", "ssm.hook_z", "ssm.hook_conv",
+    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "ssm.hook_in", "ssm.hook_x", "ssm.hook_z", "ssm.hook_conv",
     "ssm.hook_u", "ssm.hook_dt", "ssm.hook_B", "ssm.hook_C", "ssm.hook_state", "ssm.hook_y",
     "ssm.hook_gated", "ssm.hook_out", "hook_mixer_out", "hook_resid_post",
 ]
@@ -23,7 +23,7 @@ def tokens_for(model, L=12, b=2, seed=0):
 
 
 def test_every_hook_in_the_vocabulary_fires(ssm):
-    expected = {"hook_embed", "ln_final.hook_normalized"} | {
+    expected = {"hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"} | {
         f"blocks.{i}.{h}" for i in range(ssm.cfg.n_layers) for h in LAYER_HOOKS
     }
     assert set(ssm.hook_dict) == expected

@@ -16,14 +16,17 @@ from .hidden import (
     hidden_attention_rows_reduced, reconstruct_y,
 )
 from .latim import LatimContributions, latim_contributions, latim_layer, latim_scores, reconstruction_errors
-from .maps import MapTooLargeError, SSMParameters, interaction_map, mamba_attr, query_rows, ssm_parameters
+from .maps import (
+    MapTooLargeError, SSMParameters, grad_weighted_rollout, interaction_map, mamba_attr, query_rows, ssm_parameters,
+)
 from .ops import normalize, reduce_channels, rollout
 from .unified import UnifiedAttention, unified_attention, unified_layer
 
 __all__ = [
     "MapTooLargeError", "SSMParameters", "channel_mass", "hidden_attention", "hidden_attention_direct",
     "hidden_attention_reduced", "hidden_attention_rows", "hidden_attention_rows_reduced", "interaction_map",
-    "mamba_attr", "normalize", "query_rows", "reconstruct_y", "reduce_channels", "rollout", "ssm_parameters",
+    "mamba_attr", "grad_weighted_rollout", "normalize", "query_rows", "reconstruct_y", "reduce_channels", "rollout",
+    "ssm_parameters",
     "LatimContributions", "latim_contributions", "latim_layer", "latim_scores", "reconstruction_errors",
     "UnifiedAttention", "unified_attention", "unified_layer",
 ]

@@ -32,7 +32,7 @@ from . import hidden, latim, methods, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = ["DEFAULT_MAP_BUDGET_BYTES", "MapTooLargeError", "SSMParameters", "ssm_parameters", "interaction_map",
-           "query_rows", "mamba_attr"]
+           "query_rows", "mamba_attr", "grad_weighted_rollout"]
 
 DEFAULT_MAP_BUDGET_BYTES = 2 * 2**30
 
@@ -117,7 +117,8 @@ def interaction_map(
 
     tokens: a text, ids [L] or a batch [b, L]. method (:mod:`interp.attention.methods`): "auto" (hidden attention
     for SSMs, softmax attention for transformers), "hidden", "attention", "unified" (unified implicit attention,
-    channel-reduced; bias and skip terms in :mod:`interp.attention.unified`), "latim" (LaTIM scores;
+    channel-reduced; bias and skip terms in :mod:`interp.attention.unified`; ``variant="without_conv"|
+    "without_gate"|"without_act"`` for the original code's ablations), "latim" (LaTIM scores;
     ``score="l1"|"l2"|"alti"``, ``f="silu"|"identity"``), "lrp" or "grad_x_input" (whole-model attributions;
     ``layer`` ignored). A method that does not apply to the model raises
     :class:`~interp.attention.methods.MethodNotApplicable` (a ValueError). Hidden attention runs on the backend
@@ -163,7 +164,8 @@ def interaction_map(
 
 
 def _unified_or_latim(model: Any, tokens: Tensor, layer: int, method: str, aggregate: str | int,
-                      heads: Sequence[int] | None, max_bytes: int | None, score: str = "l2", f: str = "silu") -> Tensor:
+                      heads: Sequence[int] | None, max_bytes: int | None, score: str = "l2", f: str = "silu",
+                      variant: str = "full") -> Tensor:
     hooks = unified.UNIFIED_HOOKS if method == "unified" else latim.LATIM_HOOKS
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=[f"blocks.{layer}.ssm.{h}" for h in hooks],
@@ -174,7 +176,7 @@ def _unified_or_latim(model: Any, tokens: Tensor, layer: int, method: str, aggre
         channels = [aggregate] if isinstance(aggregate, int) else heads
         agg = "mean" if isinstance(aggregate, int) else aggregate
         return unified.unified_layer(model, cache, layer=layer, channels=channels, aggregate=agg,
-                                     max_bytes=budget).map
+                                     max_bytes=budget, variant=variant).map
 
 
 def query_rows(
@@ -203,33 +205,104 @@ def query_rows(
     return normalize(out, normalize_)
 
 
-def mamba_attr(model: HookedModel, tokens: Any, *, target: int | None = None, position: int = -1) -> Tensor:
-    """Mamba-Attr (Ali et al.) / attention×gradient rollout: [b, L, L] for tokens [b, L] (each row explains its
-    own logit: rows of a batch are independent).
+def _minmax(x: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """(x - min) / (max - min) over ``dims`` (per batch element); a constant slice gives zeros, not 0/0."""
+    lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+    return (x - lo) / (hi - lo).clamp_min(torch.finfo(x.dtype).tiny)
 
-    Per layer, E_h[∇α] ⊙ E_h[α] clipped at 0, rolled out with identity and row normalisation.
-    For SSMs ∇α[h, i, j] = Σ_p g_i[h, p] u_j[h, p] with g = ∂logit/∂y (the SSM output, hook_y);
-    for transformers the gradient of the softmax pattern. ``target``: the explained token id (default each
-    row's argmax at ``position``).
-    """
-    tokens = as_tokens(model, tokens)
-    grabbed: dict[str, Tensor] = {}
 
+def _target_backward(model: Any, tokens: Tensor, hooks: list, target: int | None, pos: int) -> None:
+    """Forward with ``hooks`` and backward of the ``target`` logit (default each row's argmax) at ``pos``."""
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    b = tokens.shape[0]
+    tgt = logits[:, pos].argmax(-1) if target is None else torch.full((b,), int(target), device=logits.device)
+    logits[torch.arange(b, device=logits.device), pos, tgt].sum().backward()
+
+
+def _grad_keeper(grabbed: dict[str, Tensor]):
     def keep(x: Tensor, hook: Any) -> Tensor:
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         x.retain_grad()
         grabbed[hook.name] = x
         return x
+    return keep
 
+
+def mamba_attr(model: HookedModel, tokens: Any, *, target: int | None = None, position: int = -1,
+               start_layer: int = 0) -> Tensor:
+    """Mamba-Attr (Ali, Zimerman, Wolf, "The Hidden Attention of Mamba Models"), as the original code
+    (``generate_mamba_attr``, github AmeenAli/HiddenMambaAttn, vim/xai_utils.py) computes it: [b, L], the
+    relevance of each token j for the ``target`` logit (default each row's argmax) at ``position``.
+
+    Per layer l (rows of a batch are independent):
+
+        a_l = mean_c minmax_{c,j}( clamp(α_l[c, position, j], 0) )        α: hidden attention row, every channel
+        s_l = minmax_j( max_d clamp(∂logit/∂resid_pre_l[j, d], 0) )         the gradient of the block's residual
+        v_l = a_l ⊙ s_l                                                      [L]
+
+    then the original's rollout of these vectors, M_l = rownorm(1 v_lᵀ + I) (every row of I + v_l's broadcast,
+    as ``compute_rollout_attention`` does with a vector), ρ = M_{n-1} ⋯ M_{start_layer}, result ρ[position]
+    (clamped at 0). Mamba-2: α is per head, shared by the head's P channels, so the channel mean is the head
+    mean and min/max over channels those over heads. Transformers: α is the softmax pattern (per head).
+    Differences from the original (docs/design.md §3.4): the explained position is a real token and stays in
+    the result (the original drops its CLS token); a constant min-max slice gives 0 (the original divides 0/0);
+    ``start_layer`` defaults to 0 (the original, for a 24-layer ViM, to 15). For the former attention × gradient
+    map see :func:`grad_weighted_rollout`.
+    """
+    tokens = as_tokens(model, tokens)
+    b, L = tokens.shape
+    pos = Positions.parse(position).indices(L, name="position")[0]
+    n = model.cfg.n_layers
+    if not 0 <= start_layer < n:
+        raise ValueError(f"start_layer={start_layer} out of range for a {n}-layer model (0..{n - 1})")
+    ssm = is_ssm(model)
+    grabbed: dict[str, Tensor] = {}
+    keep = _grad_keeper(grabbed)
+
+    def store(x: Tensor, hook: Any) -> Tensor:
+        grabbed[hook.name] = x.detach()
+        return x
+
+    hooks = [(f"blocks.{i}.hook_resid_pre", keep) for i in range(n)]
+    sites = ("ssm.hook_dt", "ssm.hook_B", "ssm.hook_C") if ssm else ("attn.hook_pattern",)
+    hooks += [(f"blocks.{i}.{s}", store) for i in range(start_layer, n) for s in sites]
+    _target_backward(model, tokens, hooks, target, pos)
+
+    rho = torch.zeros(b, L, device=tokens.device)
+    rho[:, pos] = 1.0  # e_pos; applying M_{n-1}, ..., M_start from the left gives row pos of ρ
+    for i in range(n - 1, start_layer - 1, -1):
+        if ssm:
+            g = {h: grabbed[f"blocks.{i}.ssm.hook_{h}"] for h in ("dt", "B", "C")}
+            alpha = hidden.hidden_attention_rows(g["dt"], model.blocks[i].ssm.A.detach(), g["B"], g["C"], [pos])[:, :, 0]
+        else:
+            alpha = grabbed[f"blocks.{i}.attn.hook_pattern"][:, :, pos].float()  # [b, heads, L]
+        a = _minmax(alpha.clamp(min=0), (1, 2)).mean(1)  # [b, L]
+        s = _minmax(grabbed[f"blocks.{i}.hook_resid_pre"].grad.float().clamp(min=0).amax(-1), (1,))  # [b, L]
+        v = (a * s).to(rho)
+        # r M_l = ((Σ_k r_k) v + r) / (Σ_j v_j + 1): the row form of rownorm(1 vᵀ + I)
+        rho = (rho.sum(-1, keepdim=True) * v + rho) / (v.sum(-1, keepdim=True) + 1)
+    return rho.clamp(min=0)
+
+
+def grad_weighted_rollout(model: HookedModel, tokens: Any, *, target: int | None = None,
+                          position: int = -1) -> Tensor:
+    """Attention × gradient rollout (the quantity ``mamba_attr`` computed before it followed the original
+    code): [b, L, L] for tokens [b, L], every layer's map weighted by its gradient for one logit, rolled out.
+
+    Per layer, A_l = (E_h[∇α] ⊙ E_h[α])⁺, then ρ = rollout(A_0..A_{n-1}) (identity, row normalisation).
+    For SSMs ∇α[h, i, j] = Σ_p g_i[h, p] u_j[h, p] with g = ∂logit/∂y (the SSM output, hook_y);
+    for transformers the gradient of the softmax pattern. ``target``: the explained token id (default each
+    row's argmax at ``position``); rows of a batch are independent.
+    """
+    tokens = as_tokens(model, tokens)
+    grabbed: dict[str, Tensor] = {}
+    keep = _grad_keeper(grabbed)
     ssm = is_ssm(model)
     suffixes = ("ssm.hook_y", "ssm.hook_u") if ssm else ("attn.hook_pattern",)
     hooks = [(f"blocks.{i}.{s}", keep) for i in range(model.cfg.n_layers) for s in suffixes]
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    pos = position % tokens.shape[1]
-    b = tokens.shape[0]
-    tgt = logits[:, pos].argmax(-1) if target is None else torch.full((b,), int(target), device=logits.device)
-    logits[torch.arange(b, device=logits.device), pos, tgt].sum().backward()
+    pos = Positions.parse(position).indices(tokens.shape[1], name="position")[0]
+    _target_backward(model, tokens, hooks, target, pos)
 
     layer_maps = []
     for i in range(model.cfg.n_layers):

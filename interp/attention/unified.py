@@ -25,6 +25,15 @@ for every channel c (b batch, L positions, C channels = d_inner)::
 
 ``skip_in_map=True`` folds the D skip into the map (α -> α + D·I, its conv-bias part going to ``bias``).
 
+Ablation variants (``variant=``, the original code's ``ablate_attn_mat`` dictionary in
+github Itamarzimm/UnifiedImplicitAttnRepr, MambaNLP/mamba_ssm/ops/selective_scan_interface.py): each drops one
+factor of α̂ and is a map for comparison, not a decomposition (``bias`` and ``skip`` stay the full variant's)::
+
+    "full"          diag(g) · α · diag(σ(conv)) · M_conv      ("finalMat")
+    "without_conv"  diag(g) · α · diag(σ(conv))               ("withoutConv")
+    "without_gate"          α · diag(σ(conv)) · M_conv        ("withoutGate"; Mamba-2: the whole gated-norm factor)
+    "without_act"   diag(g) · α · M_conv                      ("withoutAct")
+
 Memory: a per-channel map is b·C'·L² floats; it is refused over ``max_bytes`` with a message naming the
 cheaper calls (``channels=`` for a few channels, ``aggregate=`` for a channel-reduced [b, L, L] map).
 Reduced maps are accumulated over channel chunks: O(chunk·L²) memory.
@@ -43,11 +52,13 @@ from torch import Tensor
 from interp.attention.hidden import hidden_attention
 
 __all__ = [
-    "AGGREGATES", "UNIFIED_HOOKS", "MixerParams", "UnifiedAttention", "conv_toeplitz", "gate_factor",
+    "AGGREGATES", "VARIANTS", "UNIFIED_HOOKS", "MixerParams", "UnifiedAttention", "conv_toeplitz", "gate_factor",
     "mixer_params", "unified_attention", "unified_layer",
 ]
 
 AGGREGATES = ("none", "mean", "mean_abs", "max")
+#: the original code's ablations of the unified map (module docstring)
+VARIANTS = ("full", "without_conv", "without_gate", "without_act")
 UNIFIED_HOOKS = ("hook_x", "hook_z", "hook_conv", "hook_u", "hook_dt", "hook_B", "hook_C", "hook_y")
 DEFAULT_MAX_BYTES = 2**30  # 1 GiB for a per-channel map
 CHUNK_BYTES = 2**27  # working set of one channel chunk (128 MiB)
@@ -251,6 +262,8 @@ class UnifiedAttention:
     skip: [b, L, C'] = g ⊙ D u (zeros with skip_in_map).
     x: [b, L, C'] the input x̃ (ssm.hook_x) of the selected channels.
     channels: [C'] channel indices into d_inner, in the order of ``map``'s channel axis.
+    variant: "full" (the exact decomposition) or an ablation of :data:`VARIANTS` (``map`` only; ``bias`` and
+        ``skip`` are the full variant's and do not complete an ablated map to the output).
     """
 
     map: Tensor
@@ -261,11 +274,15 @@ class UnifiedAttention:
     aggregate: str = "none"
     layer: int | None = None
     skip_in_map: bool = False
+    variant: str = "full"
 
     def reconstruct(self) -> Tensor:
         """Σ_j map[c, i, j] x̃_j[c] + bias + skip: [b, L, C'], equal to hook_gated[..., channels]."""
         if self.aggregate != "none":
             raise ValueError("reconstruct() needs the per-channel map: compute it with aggregate='none'")
+        if self.variant != "full":
+            raise ValueError(f"the {self.variant!r} map drops a factor of the layer and reconstructs nothing: "
+                             "compute variant='full' to reconstruct hook_gated")
         return torch.einsum("bcij,bjc->bic", self.map, self.x) + self.bias + self.skip
 
 
@@ -279,6 +296,7 @@ def unified_attention(
     skip_in_map: bool = False,
     chunk: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    variant: str = "full",
 ) -> UnifiedAttention:
     """Unified implicit attention of ``layer`` from a cache of ``model.run_with_cache(tokens)``.
 
@@ -294,12 +312,16 @@ def unified_attention(
         skip_in_map: fold the D skip into the map instead of returning it in ``skip``.
         chunk: channels per chunk (default: sized to a 128 MiB working set).
         max_bytes: refuse a per-channel map larger than this (ValueError naming the cheaper calls).
+        variant: "full", or an ablation "without_conv" | "without_gate" | "without_act" (:data:`VARIANTS`,
+            the module docstring).
 
     Returns:
         :class:`UnifiedAttention`; ``Σ_j map[c,i,j] x̃_j[c] + bias + skip == hook_gated`` (per channel).
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     p = mixer_params(params, layer)
     acts = layer_acts(cache, layer, p)
     b, L, d_in = acts.x.shape
@@ -338,8 +360,11 @@ def unified_attention(
             bias[:, :, k0:k1] = g * torch.einsum("bcil,bcl->bic", alpha, sig * bconv[c][None, :, None])
         if not skip_in_map:
             skip[:, :, k0:k1] = g * D_ch[k0:k1] * acts.u[:, :, c]
-        m = _conv_right(alpha * sig[:, :, None, :], w[c])
-        m *= g.transpose(1, 2)[..., None]
+        m = alpha if variant == "without_act" else alpha * sig[:, :, None, :]
+        if variant != "without_conv":
+            m = _conv_right(m, w[c])
+        if variant != "without_gate":
+            m *= g.transpose(1, 2)[..., None]
         if aggregate == "none":
             out[:, k0:k1] = m
         elif aggregate == "mean":
@@ -351,11 +376,11 @@ def unified_attention(
     if aggregate in ("mean", "mean_abs"):
         out /= n
     return UnifiedAttention(map=out, bias=bias, skip=skip, x=acts.x[:, :, ch], channels=ch, aggregate=aggregate,
-                            layer=layer, skip_in_map=skip_in_map)
+                            layer=layer, skip_in_map=skip_in_map, variant=variant)
 
 
 def unified_layer(model: Any, cache: Mapping[str, Tensor] | Any, *, layer: int, **kwargs: Any) -> UnifiedAttention:
     """``unified_attention(cache, model, layer, **kwargs)`` with the model first (``cache`` of
-    ``model.run_with_cache(tokens)``; ``channels``, ``aggregate``, ``skip_in_map``, ``chunk``, ``max_bytes`` as
-    there)."""
+    ``model.run_with_cache(tokens)``; ``channels``, ``aggregate``, ``skip_in_map``, ``chunk``, ``max_bytes``,
+    ``variant`` as there)."""
     return unified_attention(cache, model, layer, **kwargs)

@@ -43,6 +43,7 @@ __all__ = [
     "tokfsm_labels",
     "tokfsm_batches",
     "tokfsm_dataset",
+    "tokfsm_patching_pairs",
     "DigitTokenizer",
     "BatchEncoding",
 ]
@@ -341,3 +342,42 @@ def tokfsm_dataset(
     """A fixed TokFSM data set: LongTensor [n_seq, seq_len] (the first batch of ``tokfsm_batches``)."""
     fsm = fsm if fsm is not None else TokFSM()
     return torch.from_numpy(_sample_tokens(fsm, n_seq, seq_len, np.random.default_rng(seed)))
+
+
+def tokfsm_patching_pairs(n: int, n_states: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+    """A patching task with a known answer: a TokFSM walk of ``n_states`` states, then the tens digit of the next
+    state; the clean walk's last state has exactly one out-edge with that tens digit (the answer is determined), the
+    corrupted walk swaps the last state for another out-edge of the one before, whose only out-edge with that tens
+    digit has another units digit (the wrong answer).
+
+    Returns ``n`` (clean, corrupted, answer, wrong): prompts LongTensor [n, 2 + 2 n_states] (BOS, n_states whole states,
+    the tens digit of the next one), answers [n] (the clean units digit) and wrong answers [n] (the corrupted one).
+    The prompts differ only in the last whole state (two tokens)."""
+    fsm = TokFSM()
+    rng = np.random.default_rng(seed)
+    edges = fsm.edges
+
+    def only_edge(s: int, tens: int) -> int | None:
+        hits = [int(t) for t in edges[s] if t // 10 == tens]
+        return hits[0] if len(set(hits)) == 1 else None
+
+    clean, corr, ans, wrong = [], [], [], []
+    while len(clean) < n:
+        walk = fsm.sample_states(1, n_states + 1, rng)[0]
+        prev, last, nxt = int(walk[-3]), int(walk[-2]), int(walk[-1])
+        tens = nxt // 10
+        if only_edge(last, tens) != nxt:
+            continue
+        alts = [int(s) for s in rng.permutation(edges[prev]) if int(s) != last]
+        alts = [s for s in alts if (o := only_edge(s, tens)) is not None and o % 10 != nxt % 10]
+        if not alts:
+            continue
+        bad = walk.copy()
+        bad[-2] = alts[0]
+        for w, out in ((walk, clean), (bad, corr)):
+            out.append(np.append(fsm.encode(w[:-1]), tens))
+        ans.append(nxt % 10)
+        wrong.append(only_edge(alts[0], tens) % 10)
+    as_long = lambda x: torch.as_tensor(np.stack(x) if isinstance(x[0], np.ndarray) else np.array(x), dtype=torch.long)
+    return as_long(clean), as_long(corr), as_long(ans), as_long(wrong)

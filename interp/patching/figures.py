@@ -1,0 +1,45 @@
+"""Figures of patching results: a layer × position heat map with token tick labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .activation import PatchSweep
+
+__all__ = ["patch_figure"]
+
+
+def patch_figure(sweep: PatchSweep, *, str_tokens: Sequence[str] | None = None, title: str | None = None) -> Any:
+    """Plotly heat map of a :class:`~interp.patching.activation.PatchSweep`: layers (first layer at the bottom) ×
+    positions, coloured by the normalised metric on a diverging scale centred on 0 (clean = 1, corrupted = 0).
+
+    ``str_tokens``: the L tokens of the (first clean) prompt, e.g. ``model.to_str_tokens(sweep.tokens[0])``; the
+    x ticks are ``"{position}·{token}"`` (positions alone without them). Hover gives the raw metric too."""
+    import plotly.graph_objects as go
+
+    from interp.attention.figures import token_labels
+
+    L = sweep.tokens.shape[1]
+    if str_tokens is not None and len(str_tokens) != L:
+        raise ValueError(f"{len(str_tokens)} str_tokens for a sweep of {L}-token prompts")
+    labels = token_labels(str_tokens, L)
+    x = [labels[p] for p in sweep.positions]
+    y = [f"layer {layer}" for layer in sweep.layers]
+    values = sweep.values.numpy()
+    raw = sweep.raw.numpy()
+    hover = [[f"{sweep.hooks[i]} @ {x[j]}<br>normalised {values[i, j]:.3f}<br>{sweep.metric} {raw[i, j]:.4g}"
+              for j in range(len(x))] for i in range(len(y))]
+    bound = max(1.0, float(abs(sweep.values).max())) if sweep.values.numel() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=values, x=x, y=y, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", zmin=-bound, zmax=bound,
+        zmid=0.0, colorscale="RdBu", colorbar={"title": {"text": "normalised", "side": "right"}},
+    ))
+    action = "clean → corrupted run (denoising)" if sweep.direction == "denoise" else "corrupted → clean run (noising)"
+    fig.update_layout(
+        title=title or f"Activation patching of {sweep.hook}: {sweep.metric}, {action}",
+        height=160 + 36 * len(y), margin={"l": 70, "r": 20, "t": 50, "b": 80},
+        xaxis={"title": {"text": "position·token"}, "type": "category", "tickangle": -60},
+        yaxis={"title": {"text": "layer"}, "type": "category"},
+    )
+    return fig

@@ -1,0 +1,228 @@
+"""interp.patching: metrics (closed forms, normalisation), sweeps against the hand-written loop (SSMs) and
+TransformerLens's own patching (transformer), the recurrent state as a site against a sequential re-scan, figures."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+import interp
+from interp.data import tokfsm_patching_pairs
+from interp.hooks.hook_points import UnknownHookError
+from interp.hooks.scan import step
+from interp.patching import (AnswerProb, KLToClean, LogitDiff, hook_template, patch_figure, patch_sweep,
+                             run_patched)
+
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return tokfsm_patching_pairs(6, seed=3)
+
+
+@pytest.fixture(scope="module", params=["tokfsm-mamba", "tokfsm-mamba2"])
+def ssm(request):
+    return interp.load(request.param)
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return interp.load("tokfsm-transformer")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics
+def test_metrics_closed_forms():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7)  # [b, L, V]
+    clean = torch.randn(3, 5, 7)
+    ans, wrong = torch.tensor([1, 2, 3]), 4
+    ld = LogitDiff(ans, wrong)(logits, clean)
+    assert torch.equal(ld, torch.stack([logits[i, -1, ans[i]] - logits[i, -1, 4] for i in range(3)]))
+    pr = AnswerProb(ans, position=2)(logits, clean)
+    assert torch.allclose(pr, torch.stack([logits[i, 2].softmax(-1)[ans[i]] for i in range(3)]))
+    kl = KLToClean()(logits, clean)
+    p, q = clean[:, -1].softmax(-1), logits[:, -1].softmax(-1)
+    assert torch.allclose(kl, (p * (p.log() - q.log())).sum(-1), atol=1e-6)
+    assert KLToClean()(clean, clean).abs().max() < 1e-6
+    # leading copy axes broadcast: [c, b, L, V] -> [c, b]
+    stacked = torch.stack([logits, clean])
+    assert torch.equal(LogitDiff(ans, wrong)(stacked, clean)[0], ld)
+
+
+def test_normalised_metric_is_one_on_clean_zero_on_corrupted():
+    torch.manual_seed(1)
+    clean, corr = torch.randn(4, 3, 6), torch.randn(4, 3, 6)
+    for metric in (LogitDiff(0, 1), AnswerProb(2), KLToClean()):
+        score = metric.normalised(clean, corr)
+        assert score(clean).item() == pytest.approx(1.0, abs=1e-6)
+        assert score(corr).item() == pytest.approx(0.0, abs=1e-6)
+        mid = 0.5 * (metric(clean, clean).mean() + metric(corr, clean).mean())
+        assert ((mid - score.corrupted) / (score.clean - score.corrupted)).item() == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="cannot be normalised"):
+        LogitDiff(0, 1).normalised(clean, clean)
+    with pytest.raises(ValueError, match="one per prompt"):
+        LogitDiff([0, 1], 1)(clean, clean)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sweeps
+def _hand_loop(model, clean, corrupted, metric, template, positions, direction="denoise", **fwd):
+    """One run_with_hooks per cell (what a TransformerLens user writes): normalised metric per cell."""
+    base, source = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    with torch.no_grad():
+        score = metric.normalised(model(clean), model(corrupted))
+        out = torch.zeros(model.cfg.n_layers, len(positions))
+        for layer in range(model.cfg.n_layers):
+            name = template.format(layer=layer)
+            _, cache = model.run_with_cache(source, names_filter=[name])
+            for j, p in enumerate(positions):
+                def patch(act, hook, p=p, name=name):
+                    act = act.clone()
+                    act[:, p] = cache[name][:, p]
+                    return act
+                out[layer, j] = score(model.run_with_hooks(base, fwd_hooks=[(name, patch)], **fwd)).item()
+    return out
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_ssm_sweep_equals_hand_loop(ssm, pairs, direction):
+    clean, corrupted, answer, wrong = pairs
+    metric = LogitDiff(answer, wrong)
+    positions = [0, 3, 14, 15, 16, 17]
+    sweep = patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, positions=positions, direction=direction)
+    ref = _hand_loop(ssm, clean, corrupted, metric, "blocks.{layer}.hook_resid_pre", positions, direction)
+    assert sweep.values.shape == (ssm.cfg.n_layers, len(positions))
+    assert (sweep.values - ref).abs().max().item() <= 1e-5
+    assert sweep.n_forwards == 3  # two baselines and one forward for all 24 cells
+    # positions before the first changed token: patching changes nothing (denoise 0, noise 1)
+    untouched = 1.0 if direction == "noise" else 0.0
+    assert (sweep.values[:, :2] - untouched).abs().max().item() <= 1e-5
+    # the last position at the last layer's input carries everything: full restoration / destruction
+    assert abs(sweep.values[-1, -1].item() - (1.0 - untouched)) <= 0.5
+
+
+def test_batch_size_does_not_change_the_numbers(ssm, pairs):
+    clean, corrupted, answer, wrong = pairs
+    kw = dict(corrupted=corrupted, metric=KLToClean(), hook="mixer_out", positions=slice(13, None), layers=[0, 2])
+    one = patch_sweep(ssm, clean, batch_size=1, **kw)
+    some = patch_sweep(ssm, clean, batch_size=5, **kw)
+    assert one.n_forwards == 2 + 10 and some.n_forwards == 2 + 2
+    assert (one.values - some.values).abs().max().item() <= 1e-5
+    assert one.hooks == ("blocks.0.hook_mixer_out", "blocks.2.hook_mixer_out") and one.positions == (13, 14, 15, 16, 17)
+
+
+def test_transformer_sweep_equals_transformer_lens_patching(transformer, pairs):
+    """interp.patching equals transformer_lens.patching on the same grid and metric, exactly."""
+    from transformer_lens import patching as tl_patching
+
+    clean, corrupted, answer, wrong = pairs
+    metric = LogitDiff(answer, wrong)
+    clean_logits, clean_cache = transformer.run_with_cache(clean)
+    tl_metric = metric.normalised(clean_logits, transformer(corrupted))
+    for tl_fn, hook in ((tl_patching.get_act_patch_resid_pre, "resid_pre"),
+                        (tl_patching.get_act_patch_resid_mid, "resid_mid"),
+                        (tl_patching.get_act_patch_attn_out, "attn_out"),
+                        (tl_patching.get_act_patch_mlp_out, "mlp_out")):
+        with torch.no_grad():
+            ref = tl_fn(transformer, corrupted, clean_cache, tl_metric).cpu()
+        ours = patch_sweep(transformer, clean, corrupted=corrupted, metric=metric, hook=hook)
+        assert ours.values.shape == ref.shape
+        assert torch.equal(ours.values, ref), (hook, (ours.values - ref).abs().max().item())
+
+
+def test_ssm_sweep_equals_transformer_lens_patching(ssm, pairs):
+    """transformer_lens.patching runs unmodified on our SSMs and gives the same grid (one forward per cell there,
+    stacked cells here: float rounding only)."""
+    from transformer_lens import patching as tl_patching
+
+    clean, corrupted, answer, wrong = pairs
+    metric = LogitDiff(answer, wrong)
+    clean_logits, clean_cache = ssm.run_with_cache(clean)
+    with torch.no_grad():
+        ref = tl_patching.get_act_patch_resid_pre(ssm, corrupted, clean_cache,
+                                                  metric.normalised(clean_logits, ssm(corrupted))).cpu()
+    ours = patch_sweep(ssm, clean, corrupted=corrupted, metric=metric)
+    assert (ours.values - ref).abs().max().item() <= 1e-5
+
+
+def test_state_patch_propagates_exactly(ssm, pairs):
+    """Patching blocks.{l}.ssm.hook_state at p equals a full sequential re-scan of layer l with h_p replaced
+    (<= 1e-5), and the state sweep's cell is that patched run's metric."""
+    clean, corrupted, answer, wrong = pairs
+    layer, p = 1, 15
+    name = f"blocks.{layer}.ssm.hook_state"
+    logits = run_patched(ssm, corrupted, source=clean, hook=name, positions=p)
+
+    with torch.no_grad():
+        _, clean_cache = ssm.run_with_cache(clean, names_filter=[name], state_positions=[p])
+        _, cache = ssm.run_with_cache(corrupted, names_filter=lambda n: n.startswith(f"blocks.{layer}.ssm."))
+        mixer = ssm.blocks[layer].ssm
+        u, dt, B, C = (cache[f"blocks.{layer}.ssm.hook_{h}"] for h in ("u", "dt", "B", "C"))
+        h = torch.zeros_like(clean_cache[name][:, 0])
+        ys = []
+        for s in range(clean.shape[1]):
+            y, h = step(h, u[:, s], dt[:, s], mixer.A, B[:, s], C[:, s], mixer.D.float())
+            if s == p:
+                h = clean_cache[name][:, 0]
+                Ch = C[:, s].repeat_interleave(ssm.cfg.H // ssm.cfg.G, 1)
+                y = torch.einsum("bhpn,bhn->bhp", h, Ch) + mixer.D.float()[:, None] * u[:, s]
+            ys.append(y)
+        y_ref = torch.stack(ys, 1)
+        ref = ssm.run_with_hooks(corrupted, fwd_hooks=[(f"blocks.{layer}.ssm.hook_y", lambda y, hook: y_ref.to(y.dtype))])
+        plain = ssm(corrupted)
+    assert (logits - ref).abs().max().item() <= 1e-5
+    assert (logits - plain)[:, :p].abs().max().item() <= 1e-5  # before p nothing moves
+    assert (logits - plain)[:, -1].abs().max().item() > 1e-3  # the patch reaches the answer
+
+    metric = LogitDiff(answer, wrong)
+    sweep = patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, hook="state", positions=[3, p, 17])
+    assert sweep.hook == "blocks.{layer}.ssm.hook_state"
+    with torch.no_grad():
+        score = metric.normalised(ssm(clean), ssm(corrupted))
+    assert abs(sweep.cell(layer, p) - score(logits).item()) <= 1e-5
+    assert abs(sweep.cell(layer, 3)) <= 1e-5  # tokens 0..3 agree: the state there is the same
+
+
+def test_ssm_only_sites(ssm, pairs):
+    clean, corrupted, answer, wrong = pairs
+    for hook in ("dt", "B", "C", "conv", "x"):
+        sweep = patch_sweep(ssm, clean, corrupted=corrupted, metric=AnswerProb(answer), hook=hook,
+                            positions=[16], layers=[0])
+        assert sweep.hook == f"blocks.{{layer}}.ssm.hook_{hook}" and sweep.values.shape == (1, 1)
+        assert torch.isfinite(sweep.values).all()
+
+
+def test_hook_names_and_errors(ssm, transformer, pairs):
+    clean, corrupted, answer, wrong = pairs
+    assert hook_template(ssm, "resid_pre") == "blocks.{layer}.hook_resid_pre"
+    assert hook_template(ssm, "hook_dt") == "blocks.{layer}.ssm.hook_dt"
+    assert hook_template(ssm, "ssm.hook_state") == "blocks.{layer}.ssm.hook_state"
+    assert hook_template(transformer, "z") == "blocks.{layer}.attn.hook_z"
+    with pytest.raises(UnknownHookError, match="state"):
+        hook_template(transformer, "state")
+    with pytest.raises(UnknownHookError, match="layer 0 has no"):
+        hook_template(ssm, "blocks.{layer}.hook_resid_pree")
+    metric = LogitDiff(answer, wrong)
+    with pytest.raises(ValueError, match="same shape"):
+        patch_sweep(ssm, clean, corrupted=corrupted[:, :-1], metric=metric)
+    with pytest.raises(ValueError, match="direction"):
+        patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, direction="both")
+    with pytest.raises(IndexError, match="layers"):
+        patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, layers=[9])
+    with pytest.raises(IndexError, match="positions"):
+        patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, positions=[40])
+
+
+def test_patch_figure(transformer, pairs):
+    clean, corrupted, answer, wrong = pairs
+    sweep = patch_sweep(transformer, clean, corrupted=corrupted, metric=LogitDiff(answer, wrong),
+                        positions=slice(14, None))
+    fig = patch_figure(sweep, str_tokens=transformer.to_str_tokens(clean[0]))
+    heat = fig.data[0]
+    assert tuple(heat.z.shape) == (transformer.cfg.n_layers, 4)
+    assert list(heat.y) == [f"layer {i}" for i in range(transformer.cfg.n_layers)]
+    assert heat.x[0].startswith("14·") and heat.zmid == 0.0
+    with pytest.raises(ValueError, match="str_tokens"):
+        patch_figure(sweep, str_tokens=["a"])
