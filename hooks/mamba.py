@@ -216,7 +216,13 @@ class SSMMixer(nn.Module):
         xs = self.hook_x(xs)  # [b, L, d_inner]
         z = self.hook_z(z)
         xbc = xs if bc is None else torch.cat([xs, bc], dim=-1)  # [b, L, conv_ch]
-        conv = self.conv1d(xbc.transpose(1, 2))[..., :L].transpose(1, 2)
+        K = cfg.d_conv
+        conv_in = xbc.transpose(1, 2)  # [b, conv_ch, L]
+        continuing = state is not None and len(state.conv) > layer
+        if continuing:  # the stored last K-1 inputs come first: the window does not restart from zeros
+            conv_in = torch.cat([state.conv[layer].to(conv_in.dtype), conv_in], dim=-1)  # [b, conv_ch, K-1+L]
+        start = K - 1 if continuing else 0
+        conv = self.conv1d(conv_in)[..., start:start + L].transpose(1, 2)  # causal: output t sees inputs t-K+1..t
         conv = self.hook_conv(conv)
         act = self.act(conv)
         if mask is not None:
@@ -227,10 +233,9 @@ class SSMMixer(nn.Module):
         y, h_final = self._scan(u, dt, B, C, h0, state_positions, offset=0 if state is None else state.offset)
         y = self.hook_y(y)
         out = self.hook_out(self.out_proj(self.hook_gated(self._gate(y, z))))
-        if state is not None:
-            K = cfg.d_conv
-            conv_in = xbc.transpose(1, 2)  # [b, conv_ch, L]
-            tail = F.pad(conv_in, (max(0, K - 1 - L), 0))[..., -(K - 1):] if K > 1 else conv_in[..., :0]
+        if state is not None:  # the last K-1 conv inputs, stored ones included when L < K-1
+            tail = F.pad(conv_in, (max(0, K - 1 - conv_in.shape[-1]), 0))[..., -(K - 1):] if K > 1 \
+                else conv_in[..., :0]
             _store(state, layer, tail, h_final)
         return out
 

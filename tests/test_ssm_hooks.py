@@ -234,3 +234,20 @@ def test_nnsight_reads_and_sets_hook_outputs(ssm):
     expected = ssm.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: torch.zeros_like(x))])
     assert torch.allclose(logits, expected, atol=1e-6)
     assert not torch.allclose(logits, ssm(tokens), atol=1e-3)
+
+
+@pytest.mark.parametrize("cuts", [[9], [1, 2, 9], [5, 6, 7], [3, 17]])
+def test_continuing_from_a_state_in_chunks_equals_one_forward(ssm, cuts):
+    """A prompt fed in chunks through one SSMState (chunks longer than one token take the scan, one token the
+    recurrent step) gives the logits of one full forward: the conv window carries over between chunks."""
+    from interp.hooks.mamba import SSMState
+
+    tokens = tokens_for(ssm, L=20)
+    with torch.no_grad():
+        full = ssm(tokens)
+        state, outs, prev = SSMState(), [], 0
+        for cut in [*cuts, 20]:
+            outs.append(ssm(tokens[:, prev:cut], state=state))
+            prev = cut
+    assert state.offset == 20
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=5e-5, rtol=1e-4)
