@@ -3,6 +3,7 @@ TransformerLens-style loop (one run_with_hooks per cell), in one run, on the sam
 
     python bench/patching.py                                  # tokfsm-mamba, resid_pre, 27 pairs, 4 x 18 cells
     python bench/patching.py --model tokfsm-mamba2 --repeats 3
+    python bench/patching.py --attribution                    # attribution vs activation patching, 3 models
 
 The task (:func:`interp.data.tokfsm_patching_pairs`): a TokFSM walk of 8 states, then the tens digit of a 9th state; the model must
 give its units digit. The clean walk's 8th state has exactly one out-edge with that tens digit, so the answer is
@@ -23,7 +24,7 @@ import torch
 
 import interp
 from interp.data import tokfsm_patching_pairs
-from interp.patching import LogitDiff, patch_sweep
+from interp.patching import LogitDiff, attribution_sweep, patch_sweep
 
 
 @torch.no_grad()
@@ -44,15 +45,37 @@ def hand_loop(model, clean, corrupted, metric, hook="blocks.{layer}.hook_resid_p
     return out
 
 
+def attribution_table(pairs: int) -> None:
+    """Attribution patching against activation patching on every embedded TokFSM model and two sites: correlation
+    of the normalised grids, largest cell difference, wall time of each."""
+    clean, corrupted, answer, wrong = tokfsm_patching_pairs(pairs)
+    kw = dict(corrupted=corrupted, metric=LogitDiff(answer, wrong))
+    print(f"{'model':20s} {'site':12s} {'corr':>6s} {'max|diff|':>9s} {'act s':>6s} {'attr s':>6s}")
+    for name in ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer"):
+        model = interp.load(name)
+        for hook in ("resid_pre", "mixer_out" if "mamba" in name else "attn_out"):
+            t0 = time.perf_counter()
+            act = patch_sweep(model, clean, hook=hook, **kw).values.flatten()
+            t1 = time.perf_counter()
+            att = attribution_sweep(model, clean, hook=hook, **kw).values.flatten()
+            t2 = time.perf_counter()
+            r = float(torch.corrcoef(torch.stack([act, att]))[0, 1])
+            print(f"{name:20s} {hook:12s} {r:6.3f} {float((act - att).abs().max()):9.3f} {t1 - t0:6.2f} {t2 - t1:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="tokfsm-mamba")
     ap.add_argument("--pairs", type=int, default=27)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--attribution", action="store_true",
+                    help="instead: attribution vs activation patching on the three TokFSM models")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.attribution:
+        return attribution_table(args.pairs)
     model = interp.load(args.model)
     clean, corrupted, answer, wrong = tokfsm_patching_pairs(args.pairs)
     metric = LogitDiff(answer, wrong)

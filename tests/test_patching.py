@@ -226,3 +226,58 @@ def test_patch_figure(transformer, pairs):
     assert heat.x[0].startswith("14·") and heat.zmid == 0.0
     with pytest.raises(ValueError, match="str_tokens"):
         patch_figure(sweep, str_tokens=["a"])
+
+
+def _directional_derivative(model, base, source_act, name, p, metric, clean_logits):
+    """d m_i / dε at ε = 0 of the base run with activation a[:, p] -> a[:, p] + ε (a'[:, p] - a[:, p]) at ``name``:
+    the attribution-patching estimate of cell (name, p) minus m_i(base), by another path (a scalar's gradient)."""
+    eps = torch.zeros((), requires_grad=True)
+    d = model.pos_dim(name)
+
+    def nudge(act, hook):
+        x = act.movedim(d, 1)
+        src = source_act.movedim(d, 1)
+        x = torch.cat([x[:, :p], x[:, p:p + 1] + eps * (src[:, p:p + 1] - x[:, p:p + 1]), x[:, p + 1:]], dim=1)
+        return x.movedim(1, d)
+
+    with torch.enable_grad():
+        m = metric(model.run_with_hooks(base, fwd_hooks=[(name, nudge)]), clean_logits)  # [b]
+        return torch.stack([torch.autograd.grad(m[i], eps, retain_graph=True)[0] for i in range(m.shape[0])])
+
+
+@pytest.mark.parametrize("name", ["tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer"])
+def test_attribution_is_the_first_order_term_of_each_cell(name, pairs):
+    from interp.patching import attribution_sweep
+
+    model = interp.load(name)
+    clean, corr, ans, wrong = pairs
+    metric = LogitDiff(ans, wrong)
+    for direction, base, source in (("denoise", corr, clean), ("noise", clean, corr)):
+        att = attribution_sweep(model, clean, corrupted=corr, metric=metric, hook="resid_pre", direction=direction)
+        assert att.values.shape == (model.cfg.n_layers, clean.shape[1]) and att.direction == direction
+        with torch.no_grad():
+            clean_logits = model(clean)
+            m_base = metric(model(base), clean_logits)
+            _, cache = model.run_with_cache(source)
+        for layer, p in ((0, 3), (2, clean.shape[1] - 1), (model.cfg.n_layers - 1, 10)):
+            hook = f"blocks.{layer}.hook_resid_pre"
+            ref = m_base + _directional_derivative(model, base, cache[hook], hook, p, metric, clean_logits)
+            torch.testing.assert_close(att.per_prompt[layer, p], ref.float(), atol=1e-4, rtol=1e-4)
+    if "mamba" in name:
+        with pytest.raises(NotImplementedError, match="recurrent state"):
+            attribution_sweep(model, clean, corrupted=corr, metric=metric, hook="state")
+
+
+def test_attribution_tracks_activation_patching():
+    """The gradient estimate ranks cells as activation patching does: correlation over the resid_pre grid of the
+    27-pair task (measured 0.80 on tokfsm-mamba; 0.80 to 0.96 across the three models and two site types,
+    docs/benchmarks.md)."""
+    from interp.patching import attribution_sweep
+
+    model = interp.load("tokfsm-mamba")
+    clean, corr, ans, wrong = tokfsm_patching_pairs(27, seed=0)
+    kw = dict(corrupted=corr, metric=LogitDiff(ans, wrong), hook="resid_pre")
+    act, att = patch_sweep(model, clean, **kw), attribution_sweep(model, clean, **kw)
+    assert att.clean == pytest.approx(act.clean) and att.corrupted == pytest.approx(act.corrupted)
+    r = torch.corrcoef(torch.stack([act.values.flatten(), att.values.flatten()]))[0, 1]
+    assert r > 0.7, float(r)
