@@ -33,3 +33,26 @@ def test_a_batch_is_refused(model):
         logit_lens(model, batch)
     with pytest.raises(TypeError):
         logit_lens(model, batch[:1], 0, 4)  # start and length are keyword-only
+
+
+@pytest.mark.parametrize("name", ["tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer"])
+@pytest.mark.parametrize("per_head", [False, True])
+def test_direct_logit_attribution_sums_to_the_logit_difference(name, per_head):
+    """Σ components + biases = logit[answer] - logit[wrong] of the actual run (the final norm's scale frozen)."""
+    from interp.lens import direct_logit_attribution, logit_attribution_figure
+
+    model = interp.load(name)
+    tokens = torch.randint(1, 10, (3, 12), generator=torch.Generator().manual_seed(0))
+    logits = model(tokens).detach()
+    for wrong in (None, [2, 5, 0]):
+        d = direct_logit_attribution(model, tokens, answer=[1, 4, 7], wrong=wrong, per_head=per_head)
+        want = logits[[0, 1, 2], -1, [1, 4, 7]] - (0 if wrong is None else logits[[0, 1, 2], -1, wrong])
+        torch.testing.assert_close(d.target, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(d.values.sum(0) + d.bias, d.target, atol=1e-4, rtol=0)
+        assert d.values.shape == (len(d.labels), 3) and d.labels[0] in ("embed", "L0H0", "L0G0")
+        if "mamba" in name:
+            assert torch.equal(d.bias, torch.zeros(3))  # RMSNorm and unembedding without biases
+    assert per_head == any(label.startswith("L0") for label in d.labels)  # per head / channel group
+    assert len(logit_attribution_figure(d).data[0].y) == len(d.labels)
+    with pytest.raises(ValueError, match="answer must be one token id or one per prompt"):
+        direct_logit_attribution(model, tokens, answer=[1, 2])
