@@ -180,6 +180,36 @@ def _run_cells(model: Any, base: Tensor, cache: dict[str, Tensor], cells: Sequen
     return model.run_with_hooks(base.repeat(c, 1), fwd_hooks=fwd, **kwargs).unflatten(0, (c, b))
 
 
+@dataclass(frozen=True)
+class Grid:
+    """A checked patching grid: the prompt pairs [b, L], the hook template, the rows' layers and hook names, the
+    columns' absolute positions."""
+
+    clean: Tensor
+    corrupted: Tensor
+    hook: str
+    layers: list[int]
+    positions: list[int]
+    names: list[str]
+
+
+def check_grid(model: Any, tokens: Any, *, corrupted: Any, hook: str, layers: Sequence[int] | None,
+         positions: PositionsLike, direction: str) -> Grid:
+    """The arguments every sweep takes, checked: prompt pairs of one shape, a known hook, layers in range, positions
+    inside the prompts, a known direction."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    clean, corr = _pair(model, tokens, corrupted)
+    template = hook_template(model, hook)
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise IndexError(f"layers={layers}: the model has layers 0..{n_layers - 1}")
+    pos = Positions.parse(positions).indices(clean.shape[1])
+    return Grid(clean, corr, template, layers, pos, [template.format(layer=layer) for layer in layers])
+
+
 def _cells_per_forward(batch_size: int | None, b: int, L: int, V: int, n: int, device: Any) -> int:
     if batch_size is not None:
         if int(batch_size) < 1:
@@ -219,18 +249,9 @@ def patch_sweep(
 
     Returns a :class:`PatchSweep` (values normalised: clean 1, corrupted 0).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    clean, corr = _pair(model, tokens, corrupted)
+    g = check_grid(model, tokens, corrupted=corrupted, hook=hook, layers=layers, positions=positions, direction=direction)
+    clean, corr, template, layers, pos, names = g.clean, g.corrupted, g.hook, g.layers, g.positions, g.names
     b, L = clean.shape
-    template = hook_template(model, hook)
-    n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad or not layers:
-        raise IndexError(f"layers={layers}: the model has layers 0..{n_layers - 1}")
-    pos = Positions.parse(positions).indices(L)
-    names = [template.format(layer=layer) for layer in layers]
     state = _is_state(template)
 
     pos_sorted = sorted(set(pos))

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hooks.positions import Positions, PositionsLike
+from interp.hooks.positions import PositionsLike
 
-from .activation import DIRECTIONS, PatchSweep, _is_state, _pair, hook_template
+from .activation import PatchSweep, _is_state, check_grid
 from .metrics import NormalisedMetric, PatchMetric, describe, normalise
 
 __all__ = ["attribution_sweep"]
@@ -51,21 +51,11 @@ def attribution_sweep(
     Arguments as :func:`interp.patching.patch_sweep`. Returns a :class:`PatchSweep` whose ``values`` /  ``raw`` /
     ``per_prompt`` hold the linear estimates (``per_prompt[l, p, i]`` = m_i(base) + (a'_i - a_i) · ∂m_i/∂a_i).
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    clean, corr = _pair(model, tokens, corrupted)
-    b, L = clean.shape
-    template = hook_template(model, hook)
+    g = check_grid(model, tokens, corrupted=corrupted, hook=hook, layers=layers, positions=positions, direction=direction)
+    clean, corr, template, layers, pos, names = g.clean, g.corrupted, g.hook, g.layers, g.positions, g.names
     if _is_state(template):
         raise NotImplementedError("attribution patching of the SSM recurrent state is not available yet: its hook "
                                   "fires only at chosen positions; use patch_sweep(..., hook='state')")
-    n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad or not layers:
-        raise IndexError(f"layers={layers}: the model has layers 0..{n_layers - 1}")
-    pos = Positions.parse(positions).indices(L)
-    names = [template.format(layer=layer) for layer in layers]
     base, source = (corr, clean) if direction == "denoise" else (clean, corr)
 
     with torch.no_grad():
