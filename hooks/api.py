@@ -231,6 +231,18 @@ class InterpModelMixin:
         return W_U[:, token]
 
     # --- generation ------------------------------------------------------------------------
+    def can_generate(self) -> bool:
+        """Refuses, naming what works: transformers asks this of a ``PreTrainedModel`` when a pipeline is built,
+        which ``nnsight.LanguageModel`` / ``TransformersModel`` do. They drive a transformers pipeline (a
+        ``PreTrainedModel`` with a transformers config, ``forward(input_ids=...)`` and a transformers tokenizer);
+        our models are TransformerLens-style modules, so wrap them with ``nnsight.NNsight(model)`` instead."""
+        raise NotImplementedError(
+            f"nnsight.LanguageModel / TransformersModel cannot wrap {type(self).__name__}: they build a transformers "
+            "pipeline, which needs a transformers PreTrainedModel (config, forward(input_ids=...)) and tokenizer. "
+            "Use nnsight.NNsight(model): traces, edits, .save(), .grad and every hook (ssm.hook_state included) "
+            "work there, and generation runs inside a trace with "
+            "`model_nn.trace(tokens, fn=model.generate, max_new_tokens=n)` (steps via `tracer.iter[0:n]`)")
+
     def generate(self, input: Any, max_new_tokens: int = 20, **kwargs: Any):
         """Generate with every attached hook active at every step; see :func:`interp.hooks.generation.generate`."""
         from .generation import generate

@@ -42,7 +42,7 @@ from .api import InterpModelMixin
 from .config import SSMConfig
 from .hook_points import HookPoint
 from .positions import Positions, PositionsLike
-from .scan import apply_state_edits, chunked_scan, read_state, scan_with_states, update_state
+from .scan import apply_state_edits, chunked_scan, expand_groups, read_state, scan_with_states, update_state
 from .shapes import hook_shapes_by_meta_forward
 from .tokens import check_token_ids
 
@@ -63,6 +63,11 @@ class SSMState:
     conv: list[Tensor] = field(default_factory=list)
     ssm: list[Tensor] = field(default_factory=list)
     offset: int = 0
+
+    def copy(self) -> "SSMState":
+        """A snapshot: new lists of the same (not cloned) tensors. A forward given the copy replaces its entries,
+        never writes into them, so the original is left as it was."""
+        return SSMState(conv=list(self.conv), ssm=list(self.ssm), offset=self.offset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +113,13 @@ class GatedRMSNorm(nn.Module):
 # the mixer
 # --------------------------------------------------------------------------------------------
 class SSMMixer(nn.Module):
-    """Selective SSM mixer of either family; parameter names follow Hugging Face's mixers."""
+    """Selective SSM mixer of either family; parameter names follow Hugging Face's mixers.
+
+    ``fire_state_hook``: set True to make ``hook_state`` fire in every forward even with nothing detected on it
+    (TransformerLens hooks and nnsight traces are detected; see :func:`_state_observed`).
+    """
+
+    fire_state_hook: bool = False
 
     def __init__(self, cfg: SSMConfig):
         super().__init__()
@@ -243,9 +254,10 @@ class SSMMixer(nn.Module):
         self, u: Tensor, dt: Tensor, B: Tensor, C: Tensor, h0: Tensor | None,
         state_positions: PositionsLike, offset: int,
     ) -> tuple[Tensor, Tensor]:
-        """Cheapest scan that fires ``hook_state`` when it has hooks; applies its edits exactly."""
+        """Cheapest scan that fires ``hook_state`` when anything observes it (:func:`_state_observed`); applies its
+        edits exactly and, under autograd, makes the state it showed carry dL/dh (:class:`_StateGrad`)."""
         A, D = self.A, self.D.float()
-        if not (self.hook_state._forward_hooks or self.hook_state._backward_hooks):
+        if not _state_observed(self):
             return chunked_scan(u, dt, A, B, C, D, h0, self.cfg.chunk_size)
         L = u.shape[1]
         pos = _resolve_positions(state_positions, L, offset)
@@ -256,9 +268,17 @@ class SSMMixer(nn.Module):
             )
         y, h_final, states = scan_with_states(u, dt, A, B, C, D, h0, pos, self.cfg.chunk_size)
         self.hook_state.ctx["positions"] = torch.tensor([offset + p for p in pos], device=u.device)
-        edited = self.hook_state(states)
-        if edited is not states:
-            y, h_final = apply_state_edits(y, h_final, edited - states, pos, dt, A, C)
+        # a copy: an in-place edit of it (nnsight's `.output[:, p] = v`) is seen, and a gradient read on it is the
+        # state's own, not the net zero that ``states`` gets
+        shown = states.clone()
+        edited = self.hook_state(shown)
+        delta = edited - states
+        if delta.is_meta:  # a forward for shapes only (hooks/shapes.py)
+            return y, h_final
+        if bool(delta.detach().ne(0).any()):  # an edit: carried through the rest of the recurrence
+            y, h_final = apply_state_edits(y, h_final, delta, pos, dt, A, C)
+        elif torch.is_grad_enabled() and delta.requires_grad:  # no edit: a zero path that carries dL/dh back
+            y, h_final = _StateGrad.apply(y, h_final, delta, dt, A, C, pos)
         return y, h_final
 
     # --- one decoding step ------------------------------------------------------------------
@@ -277,8 +297,7 @@ class SSMMixer(nn.Module):
         u, dt, B, C = self._ssm_params(self.act(conv), dt_raw)
 
         h = update_state(state.ssm[layer], u[:, 0].float(), dt[:, 0], self.A, B[:, 0].float())
-        if (self.hook_state._forward_hooks or self.hook_state._backward_hooks) and \
-                _resolve_positions(state_positions, 1, state.offset):
+        if _resolve_positions(state_positions, 1, state.offset) and _state_observed(self):
             self.hook_state.ctx["positions"] = torch.tensor([state.offset], device=h.device)
             h = self.hook_state(h[:, None])[:, 0]
         y = read_state(h, C[:, 0].float()) + self.D.float()[:, None] * u[:, 0].float()
@@ -286,6 +305,78 @@ class SSMMixer(nn.Module):
         out = self.hook_out(self.out_proj(self.hook_gated(self._gate(y, z))))
         _store(state, layer, window[..., 1:], h)
         return out
+
+
+#: the attribute nnsight (0.8) keeps its per-module controller state under (``nnsight.intervention.source.STATE``)
+_NNSIGHT_STATE = "__nnsight__"
+
+
+def _state_observed(mixer: SSMMixer) -> bool:
+    """Whether ``mixer.hook_state`` must fire in this forward (else the scan skips materialising [b, L, H, P, N]).
+
+    True when anything will see it: a TransformerLens forward or backward hook on it; the explicit switch
+    ``mixer.fire_state_hook = True`` (for tools that instrument modules in ways we cannot detect); or a running
+    nnsight trace (0.8: nnsight installs a controller as the module's ``forward`` and registers no torch hooks)
+    in which a worker is parked on, or a ``tracer.cache()`` observes, one of the hook's locations. A trace visit
+    that nobody looks at is counted as nnsight counts it (``interleaver.counts``), so the occurrence numbers of
+    later visits (``tracer.iter`` over generation steps) stay those of a forward that fired every time.
+    """
+    hook = mixer.hook_state
+    if hook._forward_hooks or hook._backward_hooks or mixer.fire_state_hook:
+        return True
+    controller = hook.__dict__.get(_NNSIGHT_STATE)
+    if controller is None:
+        return False
+    try:
+        interleaver, path, locations = controller.active()
+        if interleaver is None:  # no trace running
+            return False
+        parked, observers, counts = interleaver.parked, interleaver.observers, interleaver.counts
+    except (AttributeError, TypeError, ValueError):  # another nnsight version: fire (correct, only slower)
+        return True
+    prefix = f"{path}."
+    if any(p.startswith(prefix) for p in (*parked, *observers) if isinstance(p, str)):
+        return True
+    for location in locations:  # nobody looks: count the visit, as Interleaver.handle's common path does
+        counts[location] = counts.get(location, 0) + 1
+    return False
+
+
+class _StateGrad(torch.autograd.Function):
+    """Identity on (y, h_final) that gives a zero state edit ``delta`` [b, k, H, P, N] at local positions ``pos``
+    its exact gradient, dL/dh_p with the rest of the recurrence carried (the gradient of
+    :func:`~interp.hooks.scan.apply_state_edits` at delta = 0, in one reverse pass instead of one per position):
+
+        g_{L-1} = dL/dh_final + C_{L-1} ⊗ dL/dy_{L-1},   g_t = C_t ⊗ dL/dy_t + exp(Δ_{t+1} A) ⊙ g_{t+1}.
+
+    Only the delta gets a gradient: at delta = 0 the correction does not depend on Δ or C."""
+
+    @staticmethod
+    def forward(ctx, y, h_final, delta, dt, A, C, pos):  # type: ignore[override]
+        ctx.save_for_backward(dt, A, C)
+        ctx.pos, ctx.delta_meta = list(pos), (delta.shape, delta.dtype)
+        return y.clone(), h_final.clone()
+
+    @staticmethod
+    def backward(ctx, gy, gh):  # type: ignore[override]
+        dt, A, C = ctx.saved_tensors
+        shape, dtype = ctx.delta_meta
+        b, k, H, P, N = shape
+        L = dt.shape[1]
+        Ch = expand_groups(C.float(), H)  # [b, L, H, N]
+        log_a = dt.float()[..., None] * A.float() if A.dim() == 2 else dt.float() * A.float()  # [b, L, H(, N)]
+        decay = torch.exp(log_a)
+        decay = decay[:, :, :, None, :] if A.dim() == 2 else decay[:, :, :, None, None]  # [b, L, H, 1, N|1]
+        g = torch.zeros(b, H, P, N, device=dt.device) if gh is None else gh.float().clone()
+        at = {p: j for j, p in enumerate(ctx.pos)}
+        out = torch.zeros(b, k, H, P, N, device=dt.device)
+        for t in range(L - 1, -1, -1):
+            if gy is not None:
+                g = g + gy[:, t].float()[..., None] * Ch[:, t, :, None, :]
+            if t in at:
+                out[:, at[t]] = g
+            g = decay[:, t] * g  # carried to t-1 through h_t = exp(Δ_t A) ⊙ h_{t-1} + ...
+        return gy, gh, out.to(dtype), None, None, None, None
 
 
 def _store(state: SSMState, layer: int, conv_tail: Tensor, h: Tensor) -> None:
@@ -419,6 +510,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         return_type: str | None = "logits",
         attention_mask: Tensor | None = None,
         stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
         state_positions: PositionsLike = None,
         state: SSMState | None = None,
         loss_per_token: bool = False,
@@ -436,27 +528,35 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             prepend_bos: for text input, whether to put the BOS token first (default ``cfg.default_prepend_bos``).
             attention_mask: [b, L], 1 for real tokens, for a padded token batch.
             stop_at_layer: run blocks 0..stop_at_layer-1 and return the residual stream [b, L, d_model].
+            start_at_layer: ``input`` is the residual stream [b, L, d_model] entering block ``start_at_layer``
+                (TransformerLens's flag): run blocks start_at_layer.. only (no embedding). Return type "logits"
+                or None (a loss needs the tokens). With ``state``, the residual holds positions state.offset..
             state_positions: where ``ssm.hook_state`` fires, a :class:`~interp.hooks.positions.Positions` spec
                 ("all" (default), "last", absolute ints, negative from the end of each forward, a slice).
             state: an :class:`SSMState` to continue from and update (used by generation).
         """
-        if isinstance(input, (str, list)):
+        if start_at_layer is not None:
+            resid, tokens = self._check_resid(input, start_at_layer, return_type), None
+        elif isinstance(input, (str, list)):
             tokens, mask = self.to_tokens(input, prepend_bos=prepend_bos, return_mask=True)
             attention_mask = mask if attention_mask is None and not bool(mask.all()) else attention_mask
         else:
             tokens = input[None] if input.dim() == 1 else input
             check_token_ids(tokens, self.cfg.d_vocab, "input")
-        tokens = tokens.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
         offset = 0 if state is None else state.offset
-        self._set_hook_positions(torch.arange(offset, offset + tokens.shape[1], device=self.device))
+        L = input.shape[1] if tokens is None else tokens.shape[1]
+        self._set_hook_positions(torch.arange(offset, offset + L, device=self.device))
 
-        resid = self.hook_embed(self.embed(tokens))  # [b, L, d_model]
-        for i, block in enumerate(self.blocks[:stop_at_layer]):
-            resid = block(resid, layer=i, attention_mask=attention_mask, state_positions=state_positions, state=state)
+        if tokens is not None:
+            tokens = tokens.to(self.device)
+            resid = self.hook_embed(self.embed(tokens))  # [b, L, d_model]
+        for i in range(self.cfg.n_layers)[start_at_layer:stop_at_layer]:  # slice semantics, as TransformerLens
+            resid = self.blocks[i](resid, layer=i, attention_mask=attention_mask, state_positions=state_positions,
+                                   state=state)
         if state is not None:
-            state.offset += tokens.shape[1]
+            state.offset += L
         if stop_at_layer is not None:
             return resid
         resid = self.ln_final(resid.to(self.ln_final.weight.dtype))
@@ -472,6 +572,21 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         else:  # padded targets (mask 0) are ignored
             loss = next_token_cross_entropy(logits, tokens, None if attention_mask is None else attention_mask[:, 1:])
         return loss if return_type == "loss" else (logits, loss)
+
+    def _check_resid(self, resid: Any, start_at_layer: int, return_type: str | None) -> Tensor:
+        """The residual stream a forward with ``start_at_layer`` starts from, checked."""
+        if not 0 <= start_at_layer <= self.cfg.n_layers:
+            raise IndexError(f"start_at_layer={start_at_layer}: the model has layers 0..{self.cfg.n_layers - 1} "
+                             f"(or {self.cfg.n_layers}: only the final norm and unembedding)")
+        if not (isinstance(resid, Tensor) and resid.is_floating_point() and resid.dim() == 3
+                and resid.shape[-1] == self.cfg.d_model):
+            got = tuple(resid.shape) if isinstance(resid, Tensor) else type(resid).__name__
+            raise ValueError(f"with start_at_layer, input is the residual stream [b, L, d_model={self.cfg.d_model}] "
+                             f"entering that block (a float tensor), got {got}")
+        if return_type not in ("logits", None):
+            raise ValueError(f"return_type={return_type!r} needs the tokens: with start_at_layer the forward "
+                             "returns logits (or None)")
+        return resid.to(self.device)
 
     # --- tokens ----------------------------------------------------------------------------
     def to_tokens(

@@ -201,7 +201,7 @@ def default_chunk(L: int, A: Tensor, chunk_size: int) -> int:
     fastest on a CPU at L = 1024, see bench/forward.py), fewer for short inputs."""
     if A.dim() == 1:
         return chunk_size
-    return int(min(64, max(8, 2 ** math.ceil(math.log2(max(L, 1)) / 2))))
+    return int(min(64, max(min(8, L), 2 ** math.ceil(math.log2(max(L, 1)) / 2))))
 
 
 def chunked_scan(

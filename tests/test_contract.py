@@ -52,7 +52,7 @@ ON_TOKENS = {k: f for k, f in MODEL_FIRST.items()
 def test_the_analysis_packages_export_analyses():
     assert len(ON_TOKENS) >= 20, sorted(ON_TOKENS)
     for must in ("interp.attention.maps.interaction_map", "interp.lrp.explain", "interp.sae.splice.run_with_sae",
-                 "interp.probes.sweep.probe_sweep", "interp.steering.evaluate.kl_cost", "interp.lens.logit_lens",
+                 "interp.probes.sweep.probe_sweep", "interp.steering.evaluate.kl_cost", "interp.lens.logit.logit_lens",
                  "interp.activations.writer.cache_activations", "interp.codebook.steering.forced_continuations",
                  "interp.attention.perturbation.perturbation_test", "interp.attention.views.map_view"):
         assert must in ON_TOKENS

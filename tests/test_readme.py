@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
 RUNNER = r"""
-import json, sys, traceback
+import json, linecache, sys, traceback
 blocks = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__main__"}
 for i, (line, code) in enumerate(blocks, 1):
+    name = f"README.md:{line}"
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)  # readable back, as a notebook cell (nnsight)
     try:
-        exec(compile(code, f"README.md:{line}", "exec"), namespace)
+        exec(compile(code, name, "exec"), namespace)
     except BaseException:
         traceback.print_exc()
         print(f"README python block {i} (line {line}) failed", file=sys.stderr)

@@ -41,6 +41,7 @@ from interp.hooks.positions import Positions, PositionsLike
 from interp.hooks.tokens import as_tokens
 
 from .metrics import NormalisedMetric, PatchMetric, describe, normalise
+from .prefix import base_states, cell_groups, prefix_cells, supports_prefix
 
 __all__ = ["PatchSweep", "patch_sweep", "run_patched", "hook_template", "DIRECTIONS", "STATE_HOOK"]
 
@@ -163,10 +164,12 @@ def _patcher(src: Tensor, copies: Tensor, cell_pos: Tensor, b: int, pos_dim: int
 
 
 def _run_cells(model: Any, base: Tensor, cache: dict[str, Tensor], cells: Sequence[tuple[int, str, int]],
-               state: bool, src_pos: dict[int, int] | None) -> Tensor:
+               state: bool, src_pos: dict[int, int] | None, patcher: Any = None) -> Tensor:
     """One forward of c copies of ``base`` [b, L]; ``cells`` are (copy j, hook name, absolute position p): copy j
     patched at that hook and position (a copy may be patched at several). ``cache``: the source activations by hook
-    name. -> logits [c, b, L, V]."""
+    name. ``patcher``: the hook factory, called as :func:`_patcher` is (default :func:`_patcher`); another factory
+    may read the cells' third entry as something else than a position (a component: interp.patching.components).
+    -> logits [c, b, L, V]."""
     b = base.shape[0]
     c = len({j for j, _, _ in cells})
     by_hook: dict[str, tuple[list[int], list[int]]] = {}
@@ -174,7 +177,8 @@ def _run_cells(model: Any, base: Tensor, cache: dict[str, Tensor], cells: Sequen
         js, ps = by_hook.setdefault(name, ([], []))
         js.append(j)
         ps.append(p)
-    fwd = [(name, _patcher(cache[name], torch.tensor(js), torch.tensor(ps), b, model.pos_dim(name), src_pos))
+    patcher = _patcher if patcher is None else patcher
+    fwd = [(name, patcher(cache[name], torch.tensor(js), torch.tensor(ps), b, model.pos_dim(name), src_pos))
            for name, (js, ps) in by_hook.items()]
     kwargs: dict[str, Any] = {"state_positions": sorted({p for _, _, p in cells})} if state else {}
     return model.run_with_hooks(base.repeat(c, 1), fwd_hooks=fwd, **kwargs).unflatten(0, (c, b))
@@ -231,6 +235,7 @@ def patch_sweep(
     positions: PositionsLike = "all",
     direction: str = "denoise",
     batch_size: int | None = None,
+    reuse_prefix: bool | None = None,
 ) -> PatchSweep:
     """Activation patching of ``hook`` over layers × positions, batched over cells.
 
@@ -246,6 +251,10 @@ def patch_sweep(
         batch_size: cells patched per forward (each cell is a copy of the b prompts); default: as many as keep
             one forward's logits under 2^27 values and its rows (cells x b) under 256 on a CPU, 4,096 on a GPU.
             ``batch_size=1`` is one forward per cell.
+        reuse_prefix: run each cell from the base run's decoding state, only the blocks and positions the patch
+            can change (:mod:`interp.patching.prefix`; cells of one position share a partial forward, and
+            ``batch_size`` caps the layers stacked in it). Default: on models with a decoding state (the SSMs);
+            False stacks whole forwards of the cells (the only way on a transformer).
 
     Returns a :class:`PatchSweep` (values normalised: clean 1, corrupted 0).
     """
@@ -254,19 +263,45 @@ def patch_sweep(
     b, L = clean.shape
     state = _is_state(template)
 
+    if reuse_prefix is None:
+        reuse_prefix = supports_prefix(model)
+    elif reuse_prefix and not supports_prefix(model):
+        raise ValueError(f"reuse_prefix=True needs a model that continues from a decoding state (an SSM); "
+                         f"{type(model).__name__} has none: leave reuse_prefix unset")
     pos_sorted = sorted(set(pos))
-    clean_logits, clean_cache = _source(model, clean, sorted(set(names)), state, pos_sorted)
-    corr_logits, corr_cache = _source(model, corr, sorted(set(names)), state, pos_sorted)
+    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in layers] if reuse_prefix else []
+    clean_names = sorted(set(names) | (set(resid_names) if direction == "noise" else set()))
+    corr_names = sorted(set(names) | (set(resid_names) if direction == "denoise" else set()))
+    clean_logits, clean_cache = _source(model, clean, clean_names, state, pos_sorted)
+    corr_logits, corr_cache = _source(model, corr, corr_names, state, pos_sorted)
     n_forwards = 2 * (2 if state else 1)
     score = NormalisedMetric(metric, clean_logits, corr_logits)
-    base, cache = (corr, clean_cache) if direction == "denoise" else (clean, corr_cache)
+    base, cache, base_cache, base_logits = (corr, clean_cache, corr_cache, corr_logits) if direction == "denoise" \
+        else (clean, corr_cache, clean_cache, clean_logits)
     src_pos = {p: i for i, p in enumerate(pos_sorted)} if state else None
 
     cells = [(name, p) for name in names for p in pos]  # row-major over the grid
     c = _cells_per_forward(batch_size, b, L, model.cfg.d_vocab, len(cells), clean.device)
     per_prompt = torch.empty(len(cells), b)
     raw = torch.empty(len(cells))
-    for start in range(0, len(cells), c):
+    if reuse_prefix:
+        states = base_states(model, base, positions=pos_sorted)
+        resid = {layer: base_cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
+        n_forwards += 1
+        for p, group in cell_groups(layers, pos, c):
+            hooks = [(template.format(layer=layer),
+                      _patcher(cache[template.format(layer=layer)], torch.tensor([i]), torch.tensor([p]), b,
+                               model.pos_dim(template.format(layer=layer)), src_pos))
+                     for i, layer in enumerate(group)]
+            logits = prefix_cells(model, resid_pre=resid, base_logits=base_logits, states=states, layers=group,
+                                  position=p, fwd_hooks=hooks, state_site=state)
+            m, r = metric(logits, clean_logits).float().cpu(), score.raw(logits).float().cpu()
+            for i, layer in enumerate(group):
+                for cell in (row * len(pos) + j for row, lay in enumerate(layers) if lay == layer
+                             for j, q in enumerate(pos) if q == p):
+                    per_prompt[cell], raw[cell] = m[i], r[i]
+            n_forwards += 1
+    for start in range(0, len(cells) if not reuse_prefix else 0, c):
         chunk = [(j, *cell) for j, cell in enumerate(cells[start:start + c])]
         logits = _run_cells(model, base, cache, chunk, state, src_pos)
         per_prompt[start:start + len(chunk)] = metric(logits, clean_logits).float().cpu()

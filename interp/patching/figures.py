@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .activation import PatchSweep
+from .components import ComponentSweep
 
-__all__ = ["patch_figure"]
+__all__ = ["patch_figure", "component_figure"]
 
 
 def patch_figure(sweep: PatchSweep, *, str_tokens: Sequence[str] | None = None, title: str | None = None) -> Any:
@@ -40,6 +41,33 @@ def patch_figure(sweep: PatchSweep, *, str_tokens: Sequence[str] | None = None, 
         title=title or f"Activation patching of {sweep.hook}: {sweep.metric}, {action}",
         height=160 + 36 * len(y), margin={"l": 70, "r": 20, "t": 50, "b": 80},
         xaxis={"title": {"text": "position·token"}, "type": "category", "tickangle": -60},
+        yaxis={"title": {"text": "layer"}, "type": "category"},
+    )
+    return fig
+
+
+def component_figure(sweep: ComponentSweep, *, title: str | None = None) -> Any:
+    """Plotly heat map of a :class:`~interp.patching.components.ComponentSweep`: layers (first at the bottom) ×
+    components (heads ``H{h}`` / channel groups ``G{g}``), coloured by the normalised metric on a diverging scale
+    centred on 0 (clean = 1, corrupted = 0). Hover gives the component's label and the raw metric."""
+    import plotly.graph_objects as go
+
+    values = sweep.values.numpy()
+    raw = sweep.raw.numpy()
+    x = [label.split(f"L{sweep.layers[0]}", 1)[1] for label in sweep.labels[0]]
+    y = [f"layer {layer}" for layer in sweep.layers]
+    hover = [[f"{sweep.labels[i][j]}<br>normalised {values[i, j]:.3f}<br>{sweep.metric} {raw[i, j]:.4g}"
+              for j in range(len(x))] for i in range(len(y))]
+    bound = max(1.0, float(abs(sweep.values).max())) if sweep.values.numel() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=values, x=x, y=y, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", zmin=-bound, zmax=bound,
+        zmid=0.0, colorscale="RdBu", colorbar={"title": {"text": "normalised", "side": "right"}},
+    ))
+    action = "clean → corrupted run (denoising)" if sweep.direction == "denoise" else "corrupted → clean run (noising)"
+    fig.update_layout(
+        title=title or f"Per-component patching of {sweep.hook}: {sweep.metric}, {action}",
+        height=160 + 36 * len(y), margin={"l": 70, "r": 20, "t": 50, "b": 60},
+        xaxis={"title": {"text": "component"}, "type": "category"},
         yaxis={"title": {"text": "layer"}, "type": "category"},
     )
     return fig

@@ -1,5 +1,4 @@
-"""Logit lens and direct logit attribution: each layer's residual stream read through the final norm and the
-unembedding, and each component's share of one prediction's logit.
+"""Logit lens: each layer's residual stream read through the final norm and the unembedding.
 
     from interp.lens import logit_lens, logit_lens_figure
     lens = logit_lens(model, tokens)                           # every position of the prompt
@@ -9,8 +8,8 @@ unembedding, and each component's share of one prediction's logit.
     fig = logit_lens_figure(lens, model.to_str_tokens(tokens[0]), vocab, value="true")
     rows = lens.table(position=-1, vocab=vocab)               # one row per layer, in the figure's order
 
-    dla = direct_logit_attribution(model, tokens, answer=7, wrong=3)     # per block; per_head=True: per head / group
-    dla.values.sum(0) + dla.bias == dla.target                          # [b]: exact (the final norm's scale frozen)
+The read-out itself, ``model.unembed(model.ln_final(resid))``, is :func:`resid_logits`, the one place it is
+written (the tuned lens, :mod:`interp.lens.tuned`, reads its translated residuals through it too).
 
 Layer order (``LAYER_ORDER``): row k of every array is the read-out of ``blocks.{k}.hook_resid_post``
 (embedding side first). Figures draw the embedding side at the bottom and the final layer at the top (as
@@ -20,7 +19,7 @@ layer in the first row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +30,7 @@ from interp.hooks import HookedModel
 from interp.hooks.tokens import as_tokens
 
 __all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES",
-           "WINDOW", "MAX_WINDOW", "clamp_window", "LogitAttribution", "direct_logit_attribution",
-           "logit_attribution_figure"]
+           "WINDOW", "MAX_WINDOW", "clamp_window", "resid_logits"]
 
 LAYER_ORDER = "bottom-to-top"  # embedding side at the bottom of a figure, final layer at the top
 VALUES = {"top": "top-1 probability", "true": "p(true next token)"}  # what a figure's colour can show
@@ -40,7 +38,7 @@ VALUES = {"top": "top-1 probability", "true": "p(true next token)"}  # what a fi
 
 @dataclass(frozen=True)
 class LogitLens:
-    """The logit lens of one prompt over a window of positions.
+    """The logit lens (or a tuned lens, :func:`interp.lens.tuned.tuned_lens`) of one prompt over a window of positions.
 
     Attributes:
         hooks: the read-out hooks, one per row (``blocks.{k}.hook_resid_post``), embedding side first.
@@ -115,19 +113,27 @@ def clamp_window(n_tokens: int, start: int = 0, length: int = WINDOW) -> tuple[i
     return start, min(max(int(length), 1), MAX_WINDOW, n_tokens - start)
 
 
-@torch.no_grad()
-def logit_lens(model: HookedModel, tokens: Any, *, start: int = 0, length: int | None = None) -> LogitLens:
-    """The logit lens of one prompt ``tokens`` (a text, ids [L] or [1, L]) over positions
-    ``start .. start + length - 1``.
+def resid_logits(model: HookedModel, resid: torch.Tensor) -> torch.Tensor:
+    """The logits the model reads from a residual stream ``resid`` [..., d_model]: its final norm, then its
+    unembedding, as its forward applies them (``model.unembed(model.ln_final(resid))``; SSMs and transformers
+    alike) -> [..., d_vocab]. Differentiable in ``resid``."""
+    return model.unembed(model.ln_final(resid))
 
-    The whole prompt runs (a position's residual stream depends on its prefix); only the window is read out,
-    one layer at a time, so memory stays at [P, vocab]. Works for every hookable model (SSMs and
-    transformers): ``model.unembed(model.ln_final(resid))``. A batch [b, L] with b > 1 raises ValueError:
-    take one lens per row."""
+
+def _one_prompt(model: HookedModel, tokens: Any, fn: str) -> torch.Tensor:
+    """``tokens`` as [1, L]; ValueError naming ``fn`` for a batch."""
     tokens = as_tokens(model, tokens)
     if tokens.shape[0] != 1:
-        raise ValueError(f"logit_lens() reads one prompt, tokens [L] or [1, L]; got tokens of shape "
+        raise ValueError(f"{fn}() reads one prompt, tokens [L] or [1, L]; got tokens of shape "
                          f"{tuple(tokens.shape)}: take one lens per row")
+    return tokens
+
+
+@torch.no_grad()
+def _read_lens(model: HookedModel, tokens: torch.Tensor, start: int, length: int | None,
+               translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> LogitLens:
+    """The lens of one prompt [1, L]: row k reads ``blocks.{k}.hook_resid_post`` through ``translate(k, resid)``
+    (None: as it is, the logit lens) and :func:`resid_logits`."""
     L = tokens.shape[1]
     lo, hi = lens_window(L, start, length)
     hooks = tuple(f"blocks.{k}.hook_resid_post" for k in range(model.cfg.n_layers))
@@ -135,9 +141,11 @@ def logit_lens(model: HookedModel, tokens: Any, *, start: int = 0, length: int |
     nxt = torch.full((hi - lo,), -1, dtype=torch.long)
     nxt[: max(0, min(hi, L - 1) - lo)] = tokens[0, lo + 1:hi + 1].cpu()
     top_id, top_prob, true_prob = [], [], []
-    for h in hooks:
+    for k, h in enumerate(hooks):
         resid = cache[h][:, lo:hi]  # [1, P, d_model]
-        probs = model.unembed(model.ln_final(resid))[0].float().softmax(-1).cpu()  # [P, vocab]
+        if translate is not None:
+            resid = translate(k, resid)
+        probs = resid_logits(model, resid)[0].float().softmax(-1).cpu()  # [P, vocab]
         top = probs.max(-1)
         top_id.append(top.indices)
         top_prob.append(top.values)
@@ -146,6 +154,18 @@ def logit_lens(model: HookedModel, tokens: Any, *, start: int = 0, length: int |
     return LogitLens(hooks=hooks, positions=np.arange(lo, hi), top_id=torch.stack(top_id).numpy(),
                      top_prob=torch.stack(top_prob).numpy(), next_id=nxt.numpy(),
                      true_prob=torch.stack(true_prob).numpy(), n_tokens=L)
+
+
+@torch.no_grad()
+def logit_lens(model: HookedModel, tokens: Any, *, start: int = 0, length: int | None = None) -> LogitLens:
+    """The logit lens of one prompt ``tokens`` (a text, ids [L] or [1, L]) over positions
+    ``start .. start + length - 1``.
+
+    The whole prompt runs (a position's residual stream depends on its prefix); only the window is read out,
+    one layer at a time, so memory stays at [P, vocab]. Works for every hookable model (SSMs and
+    transformers): :func:`resid_logits`, ``model.unembed(model.ln_final(resid))``. A batch [b, L] with b > 1
+    raises ValueError: take one lens per row."""
+    return _read_lens(model, _one_prompt(model, tokens, "logit_lens"), start, length)
 
 
 def vocabulary(model: HookedModel) -> list[str]:
@@ -189,80 +209,3 @@ def logit_lens_figure(lens: LogitLens, str_tokens: Sequence[str], vocab: Sequenc
     return fig
 
 
-@dataclass(frozen=True)
-class LogitAttribution:
-    """Direct logit attribution of one prediction (:func:`direct_logit_attribution`).
-
-    Attributes:
-        values: float [n_components, b], each component's direct contribution to ``target`` (its residual-stream
-            output through the final norm, with the norm's scale taken from the actual run, times the unembedding
-            direction of answer minus wrong).
-        labels: the components' names ("embed", then per block "{l}_mixer_out" on an SSM, "{l}_attn_out" /
-            "{l}_mlp_out" on a transformer; per head: "L{l}H{h}" and the like, see
-            ``ActivationCache.get_full_resid_decomposition``).
-        bias: float [b], what no component carries: the unembedding bias and the final LayerNorm's bias along the
-            direction (0 on the SSMs, whose RMSNorm has no bias and whose unembedding has none).
-        target: float [b], logit[answer] - logit[wrong] (or logit[answer] without ``wrong``) at ``position``;
-            ``values.sum(0) + bias == target`` up to float rounding.
-    """
-
-    values: torch.Tensor
-    labels: list[str]
-    bias: torch.Tensor
-    target: torch.Tensor
-    position: int
-
-
-def _ids(ids: Any, b: int, name: str) -> torch.Tensor:
-    t = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
-    if t.numel() == 1:
-        return t.expand(b)
-    if t.numel() != b:
-        raise ValueError(f"{name} must be one token id or one per prompt ({b}), got {t.numel()}")
-    return t
-
-
-@torch.no_grad()
-def direct_logit_attribution(model: HookedModel, tokens: Any, *, answer: Any, wrong: Any = None, position: int = -1,
-                             per_head: bool = False) -> LogitAttribution:
-    """Each component's direct share of the logit (difference) at ``position``: the residual stream there is the sum
-    of the embedding and every block's output (per head / channel group with ``per_head``), and the final norm is
-    linear once its scale is frozen at the run's value, so the logit splits exactly into one term per component plus
-    the biases (TransformerLens's ``decompose_resid`` / ``get_full_resid_decomposition`` and ``logit_attrs``, which
-    work on the SSMs too).
-
-    tokens: [b, L]; answer, wrong: one token id or one per prompt (``wrong`` None: the answer's logit alone).
-    """
-    tokens = as_tokens(model, tokens)
-    b = tokens.shape[0]
-    answer = _ids(answer, b, "answer").to(tokens.device)
-    wrong = None if wrong is None else _ids(wrong, b, "wrong").to(tokens.device)
-    logits, cache = model.run_with_cache(tokens)
-    if per_head:
-        stack, labels = cache.get_full_resid_decomposition(pos_slice=position, expand_neurons=False,
-                                                           return_labels=True)
-    else:
-        stack, labels = cache.decompose_resid(pos_slice=position, return_labels=True)
-    values = cache.logit_attrs(stack, answer, incorrect_tokens=wrong, pos_slice=position)  # [n, b]
-    rows = torch.arange(b, device=logits.device)
-    target = logits[rows, position, answer] - (0 if wrong is None else logits[rows, position, wrong])
-    direction = model.W_U[:, answer] - (0 if wrong is None else model.W_U[:, wrong])  # [d_model, b]
-    bias = model.b_U[answer] - (0 if wrong is None else model.b_U[wrong])
-    ln_bias = getattr(model.ln_final, "b", None)  # a transformer's final LayerNorm; the SSMs' RMSNorm has none
-    if ln_bias is not None:
-        bias = bias + ln_bias @ direction
-    return LogitAttribution(values.float().cpu(), list(labels), bias.float().cpu(), target.float().cpu(),
-                            int(position))
-
-
-def logit_attribution_figure(dla: LogitAttribution, title: str | None = None) -> Any:
-    """A bar per component: its contribution averaged over the prompts (plotly)."""
-    import plotly.graph_objects as go
-
-    mean = dla.values.mean(1).tolist()
-    fig = go.Figure(go.Bar(x=dla.labels, y=mean, marker_color=["#c0392b" if v < 0 else "#2471a3" for v in mean]))
-    fig.update_layout(title=title or f"direct logit attribution at position {dla.position} "
-                      f"(bias {float(dla.bias.mean()):.3g}, total {float(dla.target.mean()):.3g})",
-                      xaxis_title="component", yaxis_title="contribution to the logit (difference)",
-                      template="plotly_white", height=360)
-    return fig

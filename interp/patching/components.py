@@ -1,0 +1,288 @@
+"""Per-component activation patching: one Mamba-2 head, Mamba-1 channel group or transformer head per cell.
+
+    from interp.patching import component_sweep, LogitDiff
+    sweep = component_sweep(model, clean, corrupted=corrupted, metric=LogitDiff(answer, wrong))
+    sweep.values            # [n_layers, n_components]: 1 = the clean behaviour restored, 0 = still corrupted
+    sweep.labels[l][k]      # "L2H1" (Mamba-2 / transformer head), "L2G5" (Mamba-1 channel group)
+    run_components_patched(model, corrupted, source=clean, components=["L2H1", "L3H0"])   # one patched run
+
+A component is what :mod:`interp.hooks.cache` splits a block's mixer into (``stack_head_results``): on an SSM a
+range of the out-projection's input channels ``blocks.{l}.ssm.hook_gated`` [b, L, d_inner] (Mamba-2 one head of
+``head_dim`` channels, Mamba-1 a group of ``group_size`` channels, :meth:`SSMConfig.out_groups`); on a transformer
+one head of ``blocks.{l}.attn.hook_z`` [b, L, n_heads, d_head]. A cell (layer l, component k) runs the base prompts
+with that slice replaced by the source prompts' slice at ``positions`` (all of them together, as TransformerLens's
+``get_act_patch_attn_head_out_all_pos``); denoising (default) runs the corrupted prompts with clean slices, noising
+the reverse. Because the out-projection is linear in ``hook_gated``, patching every component of a layer at once is
+patching the whole ``hook_gated`` (tested), and on a transformer the sweep equals TransformerLens's.
+
+Cells are batched as :func:`interp.patching.patch_sweep` batches them (copies of the prompts in one forward, each
+copy patched at its own cell: :func:`interp.patching.activation._run_cells`).
+
+:func:`circuit_ground_truth`: the components whose resample ablation (noising at every position) moves the task
+metric by more than a threshold, measured on every component: the reference that circuit-finding methods
+(:mod:`interp.patching.sae_codes`, a cheap denoising sweep) are scored against (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interp.hooks.config import is_ssm
+from interp.hooks.positions import PositionsLike
+
+from .activation import _cells_per_forward, _pair, _run_cells, _source, check_grid
+from .metrics import NormalisedMetric, PatchMetric, describe, normalise
+
+__all__ = ["ComponentSweep", "CircuitGroundTruth", "component_sweep", "run_components_patched", "component_hook",
+           "component_labels", "circuit_ground_truth", "precision_recall"]
+
+SSM_COMPONENT_HOOK = "blocks.{layer}.ssm.hook_gated"
+ATTN_COMPONENT_HOOK = "blocks.{layer}.attn.hook_z"
+_LABEL = re.compile(r"L(\d+)([HG])(\d+)")
+
+
+@dataclass(frozen=True)
+class ComponentSweep:
+    """Activation patching of each component (head / channel group) of each layer, at ``positions`` together.
+
+    Attributes:
+        values: float [n_layers, n_components], the normalised metric of each cell (clean = 1, corrupted = 0):
+            row i is layer ``layers[i]``, column k component k of that layer.
+        raw: float [n_layers, n_components], the metric averaged over the prompts, not normalised.
+        per_prompt: float [n_layers, n_components, b], the metric of each prompt pair.
+        labels: [n_layers][n_components] names, ``L{l}H{h}`` (Mamba-2 head, transformer head) / ``L{l}G{g}``
+            (Mamba-1 channel group), as :meth:`InterpActivationCache.stack_head_results` names them.
+        hook: the hook template patched (``blocks.{layer}.ssm.hook_gated`` / ``blocks.{layer}.attn.hook_z``).
+        layers, positions: the rows' layers and the absolute positions patched (all at once in every cell).
+        metric, direction ("denoise" | "noise"), clean, corrupted: as :class:`~interp.patching.PatchSweep`.
+        tokens: int [b, L], the clean prompts; n_forwards: forwards the sweep ran (baselines included).
+    """
+
+    values: Tensor
+    raw: Tensor
+    per_prompt: Tensor
+    labels: tuple[tuple[str, ...], ...]
+    hook: str
+    layers: tuple[int, ...]
+    positions: tuple[int, ...]
+    metric: str
+    direction: str
+    clean: float
+    corrupted: float
+    tokens: Tensor
+    n_forwards: int
+
+    @property
+    def effect(self) -> Tensor:
+        """[n_layers, n_components]: how much each cell moves the run towards the other prompt's behaviour, in
+        units of the clean-corrupted gap: ``values`` when denoising, ``1 - values`` when noising."""
+        return self.values if self.direction == "denoise" else 1.0 - self.values
+
+    def cell(self, label: str) -> float:
+        """The normalised value of the component named ``label`` (``"L2H1"``)."""
+        for i, row in enumerate(self.labels):
+            if label in row:
+                return float(self.values[i, row.index(label)])
+        raise KeyError(f"{label!r} is not a component of this sweep; its first row: {self.labels[0]}")
+
+    def top(self, k: int) -> tuple[str, ...]:
+        """The ``k`` components of largest ``|effect|`` (ties: row-major order)."""
+        flat = [label for row in self.labels for label in row]
+        order = sorted(range(len(flat)), key=lambda i: (-abs(float(self.effect.flatten()[i])), i))
+        return tuple(flat[i] for i in order[:k])
+
+
+def component_hook(model: Any) -> str:
+    """The hook template a model's components are slices of: ``blocks.{layer}.ssm.hook_gated`` on an SSM,
+    ``blocks.{layer}.attn.hook_z`` on a transformer."""
+    if is_ssm(model):
+        return SSM_COMPONENT_HOOK
+    if ATTN_COMPONENT_HOOK.format(layer=0) in model.hook_dict:
+        return ATTN_COMPONENT_HOOK
+    raise NotImplementedError(f"{type(model).__name__} has neither ssm.hook_gated nor attn.hook_z: no components")
+
+
+def _parts(model: Any, group_size: int | None) -> tuple[str, list[tuple[Any, ...]]]:
+    """(tag "H" | "G", the index into the hook's trailing axes of each component)."""
+    cfg = model.cfg
+    if is_ssm(model):
+        tag = "H" if cfg.family == "mamba2" and group_size is None else "G"
+        return tag, [(slice(s, e),) for s, e in cfg.out_groups(group_size)]
+    if group_size is not None:
+        raise ValueError("group_size splits an SSM's channels; a transformer's components are its heads")
+    return "H", [(h,) for h in range(cfg.n_heads)]
+
+
+def component_labels(model: Any, *, layers: Sequence[int] | None = None,
+                     group_size: int | None = None) -> tuple[tuple[str, ...], ...]:
+    """[n_layers][n_components] component names (``L{l}H{h}`` / ``L{l}G{g}``) of ``layers`` (default all)."""
+    tag, parts = _parts(model, group_size)
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    return tuple(tuple(f"L{layer}{tag}{k}" for k in range(len(parts))) for layer in layers)
+
+
+def _component_patcher(parts: list[tuple[Any, ...]], positions: Tensor):
+    """A hook factory for :func:`~interp.patching.activation._run_cells` whose cells are (copy j, hook, component
+    k): copy j gets the source's component k at every one of ``positions``."""
+
+    def make(src: Tensor, copies: Tensor, comps: Tensor, b: int, pos_dim: int, src_pos: Any):
+        def hook_fn(act: Tensor, hook: Any) -> Tensor:
+            out = act.movedim(pos_dim, 1).clone().unflatten(0, (-1, b))  # [c, b, L, ...]
+            s = src.movedim(pos_dim, 1).to(device=out.device, dtype=out.dtype)  # [b, L, ...]
+            pos = positions.to(out.device)
+            for j, k in zip(copies.tolist(), comps.tolist()):
+                idx = (slice(None), pos, *parts[k])
+                out[j][idx] = s[idx]
+            return out.flatten(0, 1).movedim(1, pos_dim)
+
+        return hook_fn
+
+    return make
+
+
+@torch.no_grad()
+def component_sweep(
+    model: Any,
+    tokens: Any,
+    *,
+    corrupted: Any,
+    metric: PatchMetric,
+    layers: Sequence[int] | None = None,
+    positions: PositionsLike = "all",
+    direction: str = "denoise",
+    group_size: int | None = None,
+    batch_size: int | None = None,
+) -> ComponentSweep:
+    """Activation patching of every component (head / channel group) of ``layers``, one cell per component.
+
+    Args:
+        tokens: the clean prompts [b, L]; corrupted: the corrupted prompts, same shape (pairs).
+        metric: a :class:`~interp.patching.metrics.PatchMetric`.
+        layers: the rows (default every layer); positions: where a cell patches its component (all together;
+            default every position, TransformerLens's ``..._all_pos``).
+        direction: "denoise" (corrupted run, clean components patched in) or "noise" (the reverse).
+        group_size: Mamba-1 channels per component (default :data:`~interp.hooks.config.MAMBA1_GROUP_SIZE`;
+            on Mamba-2 a width other than a head gives ``L{l}G{g}`` groups); not for transformers.
+        batch_size: cells per forward (default as :func:`~interp.patching.patch_sweep`); 1 is one forward per cell.
+
+    Returns a :class:`ComponentSweep` (values normalised: clean 1, corrupted 0).
+    """
+    template = component_hook(model)
+    g = check_grid(model, tokens, corrupted=corrupted, hook=template, layers=layers, positions=positions,
+                   direction=direction)
+    clean, corr, layers, pos, names = g.clean, g.corrupted, g.layers, g.positions, g.names
+    b, L = clean.shape
+    tag, parts = _parts(model, group_size)
+
+    clean_logits, clean_cache = _source(model, clean, sorted(set(names)), False, [])
+    corr_logits, corr_cache = _source(model, corr, sorted(set(names)), False, [])
+    score = NormalisedMetric(metric, clean_logits, corr_logits)
+    base, cache = (corr, clean_cache) if direction == "denoise" else (clean, corr_cache)
+    patcher = _component_patcher(parts, torch.tensor(sorted(set(pos))))
+
+    cells = [(name, k) for name in names for k in range(len(parts))]  # row-major over the grid
+    c = _cells_per_forward(batch_size, b, L, model.cfg.d_vocab, len(cells), clean.device)
+    per_prompt = torch.empty(len(cells), b)
+    raw = torch.empty(len(cells))
+    n_forwards = 2
+    for start in range(0, len(cells), c):
+        chunk = [(j, *cell) for j, cell in enumerate(cells[start:start + c])]
+        logits = _run_cells(model, base, cache, chunk, False, None, patcher=patcher)
+        per_prompt[start:start + len(chunk)] = metric(logits, clean_logits).float().cpu()
+        raw[start:start + len(chunk)] = score.raw(logits).float().cpu()
+        n_forwards += 1
+    grid = (len(layers), len(parts))
+    values = normalise(raw, score.clean.float().cpu(), score.corrupted.float().cpu())
+    return ComponentSweep(values=values.view(grid), raw=raw.view(grid), per_prompt=per_prompt.view(*grid, b),
+                          labels=tuple(tuple(f"L{layer}{tag}{k}" for k in range(len(parts))) for layer in layers),
+                          hook=template, layers=tuple(layers), positions=tuple(pos), metric=describe(metric),
+                          direction=direction, clean=float(score.clean), corrupted=float(score.corrupted),
+                          tokens=clean.cpu(), n_forwards=n_forwards)
+
+
+def _parse(model: Any, label: str, tag: str, n_parts: int) -> tuple[int, int]:
+    m = _LABEL.fullmatch(label)
+    if m is None or m.group(2) != tag:
+        raise ValueError(f"component {label!r}: this model's components are named 'L{{layer}}{tag}{{index}}'")
+    layer, k = int(m.group(1)), int(m.group(3))
+    if not 0 <= layer < model.cfg.n_layers or not 0 <= k < n_parts:
+        raise IndexError(f"component {label!r}: layers 0..{model.cfg.n_layers - 1}, components 0..{n_parts - 1}")
+    return layer, k
+
+
+@torch.no_grad()
+def run_components_patched(model: Any, tokens: Any, *, source: Any, components: Sequence[str],
+                           positions: PositionsLike = "all", group_size: int | None = None) -> Tensor:
+    """Logits [b, L, V] of ``tokens`` with each of ``components`` (labels such as ``"L2H1"``) replaced at
+    ``positions`` by its activation on ``source`` (same shape), all in one run: a sweep's cell, or a set of
+    components patched together (a circuit)."""
+    base, src = _pair(model, tokens, source)
+    template = component_hook(model)
+    tag, parts = _parts(model, group_size)
+    cells = []
+    for label in components:
+        layer, k = _parse(model, label, tag, len(parts))
+        cells.append((0, template.format(layer=layer), k))
+    if not cells:
+        return model(base)
+    names = sorted({name for _, name, _ in cells})
+    pos = check_grid(model, base, corrupted=src, hook=template, layers=None, positions=positions,
+                     direction="denoise").positions
+    _, cache = model.run_with_cache(src, names_filter=names)
+    patcher = _component_patcher(parts, torch.tensor(sorted(set(pos))))
+    return _run_cells(model, base, {n: cache[n] for n in names}, cells, False, None, patcher=patcher)[0]
+
+
+@dataclass(frozen=True)
+class CircuitGroundTruth:
+    """The components a task needs, by resample ablation.
+
+    Attributes:
+        components: the labels of the circuit, in row-major order.
+        effect: float [n_layers, n_components], ``1 - values`` of the noising sweep: how far resample-ablating
+            the component (its corrupted activation patched into the clean run at every position) moves the
+            metric towards the corrupted run, in units of the clean-corrupted gap.
+        threshold: a component is in the circuit iff ``|effect| > threshold``.
+        sweep: the :class:`ComponentSweep` (noising, every position) it was read from.
+    """
+
+    components: tuple[str, ...]
+    effect: Tensor
+    threshold: float
+    sweep: ComponentSweep
+
+
+def circuit_ground_truth(model: Any, tokens: Any, *, corrupted: Any, metric: PatchMetric, threshold: float = 0.1,
+                         positions: PositionsLike = "all", group_size: int | None = None,
+                         batch_size: int | None = None) -> CircuitGroundTruth:
+    """The ground-truth circuit of a task: every component whose resample ablation changes the task metric by more
+    than ``threshold`` (a fraction of the clean-corrupted gap, default 0.1).
+
+    Definition (docs/design.md): run the clean prompts ``tokens``; replace one component's activation (head /
+    channel group, :func:`component_sweep`) by its activation on the paired corrupted prompt at every one of
+    ``positions``; ``effect = 1 - normalised metric`` (0: nothing changes, 1: the run behaves as the corrupted
+    one). Measured exhaustively: every component of every layer, one noising :func:`component_sweep`. Use many
+    prompt pairs (they are the reference, not the method under test)."""
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    sweep = component_sweep(model, tokens, corrupted=corrupted, metric=metric, positions=positions,
+                            direction="noise", group_size=group_size, batch_size=batch_size)
+    effect = sweep.effect
+    comps = tuple(label for i, row in enumerate(sweep.labels) for k, label in enumerate(row)
+                  if abs(float(effect[i, k])) > threshold)
+    return CircuitGroundTruth(components=comps, effect=effect, threshold=float(threshold), sweep=sweep)
+
+
+def precision_recall(predicted: Sequence[str], truth: Sequence[str]) -> tuple[float, float]:
+    """(precision, recall) of a predicted component set against the true one (each 1.0 for two empty sets)."""
+    p, t = set(predicted), set(truth)
+    hit = len(p & t)
+    precision = hit / len(p) if p else float(not t)
+    recall = hit / len(t) if t else 1.0
+    return precision, recall
