@@ -141,3 +141,15 @@ def test_png_export_works():
 
     files = figure_exports(go.Figure(go.Heatmap(z=[[0, 1], [1, 0]])))
     assert files["png"][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_package_is_installed():
+    """A package folder missing from pyproject.toml's list works in the editable install and is absent from a
+    wheel: every folder with an ``__init__.py`` under the mapped package dirs is listed."""
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, dirs = set(setup["packages"]), setup["package-dir"]
+    found = {name + "".join("." + part for part in init.parent.relative_to(ROOT / folder).parts)
+             for name, folder in dirs.items() for init in (ROOT / folder).rglob("__init__.py")}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
