@@ -17,6 +17,7 @@ PAGES = [
     st.Page("views/probes.py", title="Probes", url_path="probes"),
     st.Page("views/features.py", title="Features", url_path="features"),
     st.Page("views/steering.py", title="Steering", url_path="steering"),
+    st.Page("views/patching.py", title="Patching", url_path="patching"),
     st.Page("views/export.py", title="Export", url_path="export"),
 ]
 nav = st.navigation(PAGES)

@@ -9,6 +9,7 @@ from typing import Any
 
 import streamlit as st
 
+from interp import app_links as L
 from interp.apps import inputs as C
 from interp.attention import MapTooLargeError
 from interp.attention.views import MapView, map_view, thumbnail_maps, warm_up
@@ -18,18 +19,7 @@ from interp.tasks.prompts import default_prompt
 VIEW = "_view"  # session key of the view dict (survives page switches, unlike widget keys)
 LINKED = "_linked"  # session key: view entries read from the URL that their widget has not checked yet
 NOTES = "_link_notes"  # session key: what the URL held that was ignored, shown until dismissed
-STREAMLIT_PARAMS = ("embed", "embed_options")  # query parameters Streamlit itself reads
-# query parameter -> default (the type of the default is the type of the parameter)
-DEFAULTS: dict[str, Any] = {
-    "model": "", "prompt": "", "source": "hidden", "layer": 0, "agg": "mean_abs", "ch": -1, "norm": "raw",
-    "q": -1, "rollout": False, "sort": "mass", "win": 0,
-    "lens_value": "top", "lens_start": 0, "lens_len": 64, "lens_pos": -1,
-    "sae": "", "latent": 0, "corpus": "prompt", "test": "",
-    "steer_src": "token", "steer_hook": "", "steer_tok": 0, "scale": 4.0, "steer_pos": "all", "new": 12,
-    "probe_n": 64, "exp": "interaction map",
-    "cb": "", "cb_site": "", "cb_code": 0, "cb_group": 0, "cb_new": 8,
-}
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+DEFAULTS = L.DEFAULTS  # query parameter -> default (interp.app_links)
 
 
 def config() -> C.AppConfig:
@@ -40,17 +30,7 @@ def view() -> dict[str, Any]:
     """The view dict, initialised once per session from the URL query parameters. A parameter this app does
     not know, or a value of the wrong type, is left out with a note (:func:`show_link_notes`)."""
     if VIEW not in st.session_state:
-        v, linked, notes = dict(DEFAULTS), set(), []
-        for k, raw in st.query_params.to_dict().items():
-            if k not in DEFAULTS:
-                if k not in STREAMLIT_PARAMS:
-                    notes.append(f"{k}={raw!r}: this app has no such setting")
-                continue
-            try:
-                v[k] = _coerce(raw, DEFAULTS[k])
-                linked.add(k)
-            except ValueError as e:
-                notes.append(f"{k}={raw!r}: {e}; using {DEFAULTS[k]!r}")
+        v, linked, notes = L.parse_link(st.query_params.to_dict())
         if not v["model"]:
             try:
                 v["model"], note = C.default_model(config().model)
@@ -61,19 +41,6 @@ def view() -> dict[str, Any]:
         st.session_state[LINKED] = linked
         st.session_state[NOTES] = notes
     return st.session_state[VIEW]
-
-
-def _coerce(raw: Any, default: Any) -> Any:
-    """A query-parameter string as the type of ``default``; ValueError saying what it should be."""
-    text = str(raw)
-    if isinstance(default, bool):
-        if text.lower() not in TRUE + FALSE:
-            raise ValueError("not true or false")
-        return text.lower() in TRUE
-    try:
-        return type(default)(text)
-    except ValueError:
-        raise ValueError("not a whole number" if isinstance(default, int) else "not a number") from None
 
 
 def set_view(**kw: Any) -> None:
@@ -87,8 +54,7 @@ def set_view(**kw: Any) -> None:
 
 def sync_url() -> None:
     """Write the non-default view entries to the URL (defaults are left out to keep links short)."""
-    v = view()
-    want = {k: str(v[k]) for k in DEFAULTS if v.get(k) != DEFAULTS[k]}
+    want = L.link_of(view())
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
 
@@ -104,24 +70,12 @@ def replace(name: str, value: Any, why: str) -> Any:
     return value
 
 
-def _choices(options: list) -> str:
-    """A short description of a widget's options for a note: "0..3", or the first few."""
-    if options and all(isinstance(o, int) for o in options) and options == list(range(options[0], options[-1] + 1)):
-        return f"{options[0]}..{options[-1]}"
-    shown = ", ".join(map(str, options[:8]))
-    return shown + (", …" if len(options) > 8 else "")
-
-
 def _checked(name: str, val: Any, options: list | None, kw: dict[str, Any]) -> Any:
-    """``val`` if the widget accepts it, else the value it falls back to (the first option, or the nearest
-    bound), with a note when ``val`` came from the URL."""
-    lo, hi = kw.get("min_value"), kw.get("max_value")
-    if options is not None and val not in options:
-        return replace(name, options[0], f"not one of {_choices(options)}")
-    if lo is not None and val is not None and val < lo:
-        return replace(name, lo, f"below the minimum {lo}")
-    if hi is not None and val is not None and val > hi:
-        return replace(name, hi, f"above the maximum {hi}")
+    """``val`` if the widget accepts it, else the value it falls back to (:func:`interp.app_links.check_value`),
+    with a note when ``val`` came from the URL."""
+    out, why = L.check_value(val, options, kw.get("min_value"), kw.get("max_value"))
+    if why:
+        return replace(name, out, why)
     st.session_state.get(LINKED, set()).discard(name)
     return val
 
@@ -215,11 +169,14 @@ def current(need_prompt: bool = True) -> tuple[str, Any, Any] | None:
 
 def show(page: Callable[[str, Any, Any], None], title: str | None = None, need_prompt: bool = True) -> None:
     """A page: ``title``, then ``page(spec, model, tokens)`` once the view's model and prompt load (:func:`current`;
-    tokens None without ``need_prompt``), else the message saying why they do not."""
+    tokens None without ``need_prompt``), else the message saying why they do not; a :class:`Stop` ends the page."""
     if title:
         st.title(title)
     if (got := current(need_prompt)) is not None:
-        page(*got)
+        try:
+            page(*got)
+        except Stop:
+            pass
 
 
 def prompt_tokens(model: Any) -> Any:
@@ -244,6 +201,17 @@ def attempt(fn: Callable[..., Any], *args: Any, too_large: str = "This map", **k
     except Exception as e:  # noqa: BLE001 - every failure becomes a message
         show_error(e)
     return None
+
+
+class Stop(Exception):
+    """Ends the page where it is raised (:func:`show` catches it), once the page has said why (:func:`need`)."""
+
+
+def need(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    """:func:`attempt`, ending the page (:class:`Stop`) after showing the failure."""
+    if (out := attempt(fn, *args, **kw)) is None:
+        raise Stop
+    return out
 
 
 def chart(fig: Any, key: str, box: Any = st, **kw: Any) -> None:

@@ -38,7 +38,7 @@ from interp.zoo import model_task  # noqa: E402
 
 MODEL = "tokfsm-mamba2"
 PROMPT = "<bos>" + "08411793056012345678"  # 21 tokens
-PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export"]
+PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export", "patching"]
 TIMEOUT = 300
 
 pytestmark = pytest.mark.skipif(MODEL not in interp.zoo.list_models(), reason=f"embedded {MODEL} not installed")
@@ -965,3 +965,61 @@ def test_error_text_is_plain_and_keeps_its_hint(env, roots):
     assert shown.endswith("save_pretrained(folder, safe_serialization=True)`.")
     assert "Hub ids need the network" not in shown  # a folder is not a hub id
     assert rendered(C.plain_markdown("a_b_ *c* `d`\n# e\n1. f <bos>")) == "a_b_ *c* `d`\n# e\n1. f <bos>"
+
+
+# ------------------------------------------------------------------------------------------------
+# patching
+# ------------------------------------------------------------------------------------------------
+def test_patching_page_is_the_library_sweep(env):
+    """The built-in TokFSM task on tokfsm-mamba: the heat map and its caption hold patch_sweep's numbers; switching
+    to attribution patching shows attribution_sweep's; the per-component view is component_sweep's."""
+    from interp.data import tokfsm_patching_pairs
+    from interp.patching import (LogitDiff, attribution_sweep, component_sweep, patch_figure, patch_sites,
+                                 patch_sweep)
+
+    m = interp.load("tokfsm-mamba")
+    at = app("patching", model="tokfsm-mamba", patch_n=4)
+    ok(at)
+    assert at.selectbox(key="w_patch_site").options == patch_sites(m)
+    clean, corrupted, answer, wrong = tokfsm_patching_pairs(4, seed=0)
+    kw = dict(corrupted=corrupted, metric=LogitDiff(answer, wrong))
+    ref = patch_sweep(m, clean, **kw)
+    heat = figure(at, "patch")["data"][0]
+    np.testing.assert_allclose(arr(heat["z"]), ref.values.numpy(), rtol=1e-5, atol=1e-6)
+    assert heat["x"] == list(patch_figure(ref, str_tokens=C.str_tokens(m, clean[0])).data[0].x)  # token ticks
+    assert f"clean run {ref.clean:.4g}, corrupted run {ref.corrupted:.4g}" in texts(at.caption)
+    at.selectbox(key="w_patch_method").set_value("attribution").run()
+    ok(at)
+    approx = attribution_sweep(m, clean, **kw)
+    np.testing.assert_allclose(arr(figure(at, "patch")["data"][0]["z"]), approx.values.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert "attribution patching" in texts(at.caption) and at.query_params["patch_method"] == "attribution"
+    assert not np.allclose(approx.values.numpy(), ref.values.numpy())  # the page did switch
+    at.checkbox(key="w_patch_comp").check().run()
+    ok(at)
+    comp = component_sweep(m, clean, **kw)
+    np.testing.assert_allclose(arr(figure(at, "patch_components")["data"][0]["z"]), comp.values.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_patching_page_errors_are_messages(env, roots):
+    """Typed prompts of different token lengths, an answer that is not one token, a site the model lacks (from a
+    link) and a site the method does not support: each a message, never a traceback."""
+    at = app("patching", model="tokfsm-mamba", patch_task="typed", patch_clean="<bos>0841",
+             patch_corr="<bos>08471", patch_ans="7", patch_wrong="3")
+    assert not at.exception and not at.get("plotly_chart")
+    assert "same token length" in rendered(texts(at.error))
+    at.text_input(key="w_patch_corr").input("<bos>0847").run()
+    ok(at)
+    assert arr(figure(at, "patch")["data"][0]["z"]).shape == (interp.load("tokfsm-mamba").cfg.n_layers, 5)
+    at.text_input(key="w_patch_ans").input("77").run()
+    assert not at.exception
+    assert "The answer '77' is not a single token" in rendered(texts(at.error))
+    at = app("patching", model=str(roots / "transformer"), patch_site="state", patch_task="tokfsm",
+             patch_clean="<bos>0841", patch_corr="<bos>0847", patch_ans="7", patch_wrong="3")
+    ok(at)  # no recurrent state, no built-in task: both fall back, named in the link note
+    shown = rendered(texts(at.warning))
+    assert "patch_site='state': not one of resid_pre" in shown and "patch_task='tokfsm'" in shown
+    at = app("patching", model="tokfsm-mamba", patch_n=2, patch_site="state", patch_method="attribution")
+    assert not at.exception
+    assert "attribution patching of the SSM recurrent state is not available" in rendered(texts(at.error))

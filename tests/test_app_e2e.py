@@ -35,7 +35,7 @@ CHROMIUM = os.environ.get("INTERP_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "runs" / "test-artifacts" / "app"
 MODEL = "tokfsm-mamba2"
 MAMBA1 = "tokfsm-mamba"  # the embedded Mamba-1: `interp app --model tokfsm-mamba` must serve it
-PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export"]
+PAGES = ["model", "interactions", "lens", "probes", "features", "steering", "export", "patching"]
 LONG_BUDGET_S = 10.0
 
 if not Path(CHROMIUM).is_file():
@@ -201,11 +201,12 @@ PROMPT = "<bos>" + "0841179305601234567823"
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_renders(server, browser, page):
     tab = Tab(browser)
-    extra = {"sae": str((server[1] / "sae").resolve()), "latent": 3} if page == "features" else {}
+    extra = {"sae": str((server[1] / "sae").resolve()), "latent": 3} if page == "features" else \
+        {"patch_n": 2} if page == "patching" else {}  # patching: the built-in task's smallest sweep
     tab.open(url(server, page, prompt=PROMPT, **extra))
     assert tab.page.locator("h1").first.inner_text().strip()
     assert tab.page.get_by_text("Page not found").count() == 0, f"/{page} is not a page URL"  # /model too
-    if page in ("interactions", "lens", "steering", "export", "features"):
+    if page in ("interactions", "lens", "steering", "export", "features", "patching"):
         assert tab.charts(), f"no plotly chart on {page}"
     tab.check(page)
     tab.page.close()

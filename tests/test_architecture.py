@@ -20,7 +20,8 @@ PACKAGES = {"interp": ROOT / "interp", "interp.hooks": ROOT / "hooks", "interp.k
 # (module prefix, layer), most specific first; a module takes the layer of the first prefix it starts with
 LAYERS: list[tuple[str, int]] = [
     # 5 entry points: commands, the app, the demo
-    ("interp.cli", 5), ("interp.__main__", 5), ("interp.app_cli", 5), ("interp.demo", 5), ("interp.apps", 5),
+    ("interp.cli", 5), ("interp.__main__", 5), ("interp.app_cli", 5), ("interp.app_links", 5), ("interp.demo", 5),
+    ("interp.apps", 5),
     ("interp.activations.cli", 5), ("interp.sae.cli", 5), ("interp.attention.cli", 5),
     # 4 tasks: data sets with known ground truth, the embedded models' recipes, benchmarks on them
     ("interp.tasks", 4), ("interp.data", 4), ("interp.zoo.train", 4), ("interp.zoo.evaluate", 4),
@@ -34,7 +35,7 @@ LAYERS: list[tuple[str, int]] = [
     # 1 models: hookable models and loading them (the embedded models' registry included)
     ("interp.hooks", 1), ("interp.loading", 1), ("interp.zoo", 1), ("interp", 1),
     # 0 base: pure helpers every layer may use
-    ("interp.metrics", 0), ("interp.training", 0),
+    ("interp.metrics", 0), ("interp.training", 0), ("interp.io", 0), ("interp.locks", 0),
 ]
 LAYERS.sort(key=lambda p: -len(p[0]))  # longest prefix first
 NAMES = {5: "entry points", 4: "tasks", 3: "analyses", 2: "kernels", 1: "models", 0: "base"}

@@ -42,11 +42,9 @@ def current_lens(model, tokens):
 
 def main(spec: str, model, tokens) -> None:
     what = ui.widget(st.radio, "exp", "Figure", ["interaction map", "logit lens"], horizontal=True)
-    got = ui.attempt(current_map, spec, model, tokens) if what == "interaction map" else \
-        ui.attempt(current_lens, model, tokens)
-    if (files := got and ui.attempt(figure_exports, got[0])) is None:
-        return
-    fig, arrays = got
+    fig, arrays = ui.need(current_map, spec, model, tokens) if what == "interaction map" else \
+        ui.need(current_lens, model, tokens)
+    files = ui.need(figure_exports, fig)
     if tokens.shape[1] <= ui.config().pool_above:
         ui.chart(fig, "export_fig")
     else:

@@ -28,17 +28,15 @@ def report(spec: str, folder: str, mtime: float, toks: tuple, corpus: str, laten
     return latent_report(model, sequences, sae=ui.cached_sae(spec, folder, mtime), latent=latent)
 
 
-def pick_sae(spec: str) -> tuple[str, float, object] | None:
+def pick_sae(spec: str) -> tuple[str, float, object]:
     cfg = ui.config()
     folder = ui.folder_choice("sae", "SAEs found in the run folders", [str(p) for p in find_sae_folders(cfg.roots)],
                               "SAE folders", NONE, "SAE folder (cfg.json + sae_weights.safetensors)")
     if not folder:
         st.info("Choose an SAE folder (inside the run folders) to browse its latents.")
-        return None
-    path = ui.attempt(C.inside, folder, cfg.roots)
-    mtime = path and C.folder_mtime(path)
-    sae = path and ui.attempt(ui.cached_sae, spec, str(path), mtime)
-    return None if sae is None else (str(path), mtime, sae)
+        raise ui.Stop
+    path = ui.need(C.inside, folder, cfg.roots)
+    return str(path), C.folder_mtime(path), ui.need(ui.cached_sae, spec, str(path), C.folder_mtime(path))
 
 
 def main() -> None:
@@ -51,17 +49,14 @@ def main() -> None:
 
 
 def sae_page(spec: str, model, tokens) -> None:
-    if (picked := pick_sae(spec)) is None:
-        return
-    folder, mtime, sae = picked
+    folder, mtime, sae = pick_sae(spec)
     st.caption(f"hook `{sae.cfg.hook_name}` · d_sae {sae.cfg.d_sae} · {sae.cfg.architecture}")
     c1, c2 = st.columns(2)
     latent = ui.widget(c1.number_input, "latent", "Latent", min_value=0, max_value=sae.cfg.d_sae - 1)
     corpora = ["prompt", "tokfsm"] if is_tokfsm_model(spec) else ["prompt"]
     corpus = ui.widget(c2.selectbox, "corpus", "Examples from", corpora,
                        format_func=lambda c: {"prompt": "the prompt", "tokfsm": "64 TokFSM sequences"}[c])
-    if (r := ui.attempt(report, spec, folder, mtime, ui.key_of(tokens), corpus, int(latent))) is None:
-        return
+    r = ui.need(report, spec, folder, mtime, ui.key_of(tokens), corpus, int(latent))
     dens = r.density
     left, right = st.columns(2)
     with left:
@@ -140,11 +135,8 @@ def codebook_page(spec: str, _, tokens) -> None:
     if (picked := pick_codebook()) is None:
         return
     folder, mtime = picked
-    got = ui.attempt(lambda: (codebook_hooks(cached_codebook_model(folder, mtime)),
-                              *codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])))
-    if got is None:
-        return
-    sites, toks, note = got
+    sites, toks, note = ui.need(lambda: (codebook_hooks(cached_codebook_model(folder, mtime)),
+                                         *codebook_tokens(spec, folder, mtime, ui.key_of(tokens), v["prompt"])))
     base = codebook_index(folder).get("base")
     st.caption(f"{len(sites)} codebook(s) on {'`' + base + '`' if base else 'the model saved in the folder'}; "
                f"everything on this tab runs the codebook model (the page's model is `{spec}`).")
@@ -159,8 +151,7 @@ def codebook_page(spec: str, _, tokens) -> None:
                       disabled=info["n_groups"] == 1)
     groups = f" · {info['n_groups']} groups" if info["n_groups"] > 1 else ""
     c4.caption(f"{info['n_codes']} codes · k = {info['k']}{groups}")
-    if (cv := ui.attempt(code_report, folder, mtime, toks, site, int(code), int(group))) is None:
-        return
+    cv = ui.need(code_report, folder, mtime, toks, site, int(code), int(group))
     r, corpus, code = cv.report, cv.corpus_name, int(code)
 
     st.subheader("Codes on the prompt")
@@ -194,9 +185,7 @@ def codebook_page(spec: str, _, tokens) -> None:
 
     st.subheader("Force this code")
     new = ui.widget(st.slider, "cb_new", "Generated tokens", min_value=1, max_value=32)
-    if (got := ui.attempt(forced, folder, mtime, toks, site, code, int(group), int(new))) is None:
-        return
-    base_strs, forced_strs, differs = got
+    base_strs, forced_strs, differs = ui.need(forced, folder, mtime, toks, site, code, int(group), int(new))
     a, b = st.columns(2)
     a.markdown("**Baseline**")
     a.code(" ".join(base_strs) or "(nothing)", language=None)

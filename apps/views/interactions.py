@@ -49,10 +49,8 @@ def main(spec: str, model, tokens) -> None:
     if whole and L > cfg.lrp_full_max:
         st.info(f"{LABELS[source]} needs one backward pass per query row: for a {L}-token prompt "
                 f"(over {cfg.lrp_full_max}) only the selected query and the last 8 rows are computed.")
-    view = ui.attempt(ui.interaction_map, spec, tokens, method=source, layer=int(layer), aggregate=aggregate,
-                      normalize_=norm, query=qi, rollout=roll and not whole)
-    if view is None:
-        return
+    view = ui.need(ui.interaction_map, spec, tokens, method=source, layer=int(layer), aggregate=aggregate,
+                   normalize_=norm, query=qi, rollout=roll and not whole)
     m = view.values
 
     left, right = st.columns([3, 2])

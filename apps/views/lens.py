@@ -32,9 +32,7 @@ def main(spec: str, model, tokens) -> None:
     L = tokens.shape[1]
     value = ui.widget(st.radio, "lens_value", "Colour", list(VALUES), format_func=VALUES.get, horizontal=True)
     start, length = window(L)
-    if (got := ui.attempt(lens_view, spec, ui.key_of(tokens), start, length, value)) is None:
-        return
-    fig, lens = got
+    fig, lens = ui.need(lens_view, spec, ui.key_of(tokens), start, length, value)
     ui.chart(fig, "lens")
     st.caption(f"Each cell shows the layer's top-1 token; colour: {VALUES[value]}"
                + (" (blank at the prompt's last position: nothing follows it)" if value == "true" else "")

@@ -26,9 +26,7 @@ def main(spec: str, model, _) -> None:
                "and scores it on the rest; selectivity = accuracy − control-task accuracy (Hewitt & Liang).")
     if not st.toggle("Run the sweep", key="probe_run"):
         return
-    if (got := ui.attempt(sweep, spec, int(n))) is None:
-        return
-    fig, rows = got
+    fig, rows = ui.need(sweep, spec, int(n))
     ui.chart(fig, "probes", width="content")  # the figure's own layout
     st.dataframe(pd.DataFrame(rows), hide_index=True)
 

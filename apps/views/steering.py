@@ -48,10 +48,8 @@ def main(spec: str, model, tokens) -> None:
     scale = ui.widget(c[3].slider, "scale", "Scale", min_value=-20.0, max_value=20.0, step=0.5)
     pos = ui.widget(c[4].selectbox, "steer_pos", "Positions", ["all", "last"])
     new = ui.widget(st.slider, "new", "Generated tokens", min_value=1, max_value=64)
-    r = ui.attempt(run, spec, ui.key_of(tokens), hook, src, float(scale), pos, int(tok), int(new), v["sae"],
-                   int(v["latent"]))
-    if r is None:
-        return
+    r = ui.need(run, spec, ui.key_of(tokens), hook, src, float(scale), pos, int(tok), int(new), v["sae"],
+                int(v["latent"]))
     m1, m2, m3 = st.columns(3)
     m1.metric("KL(baseline ‖ steered), last position", f"{r.kl_last:.4f} nats")
     m2.metric("KL over edited positions (interp.steering.kl_cost)", f"{r.kl:.4f} nats")

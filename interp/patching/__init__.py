@@ -10,7 +10,8 @@
 :mod:`interp.patching.metrics` (metrics and their clean = 1 / corrupted = 0 normalisation),
 :mod:`interp.patching.figures` (layer × position heat maps),
 :mod:`interp.patching.components` (per-component patching: heads / channel groups; the resample-ablation ground truth),
-:mod:`interp.patching.sae_codes` (circuit identification from discrete SAE codes).
+:mod:`interp.patching.sae_codes` (circuit identification from discrete SAE codes),
+:mod:`interp.patching.sites` (the sites a model offers the sweeps: ``patch_sites``).
 """
 
 from .activation import DIRECTIONS, STATE_HOOK, PatchSweep, hook_template, patch_sweep, run_patched
@@ -21,6 +22,7 @@ from .figures import component_figure, patch_figure
 from .metrics import AnswerProb, KLToClean, LogitDiff, NormalisedMetric, PatchMetric, normalise
 from .path import PathPatch, path_patch
 from .sae_codes import ComponentRanking, SAECodeConfig, sae_code_circuit
+from .sites import patch_sites
 
 __all__ = ["PatchSweep", "patch_sweep", "attribution_sweep", "run_patched", "hook_template", "DIRECTIONS", "STATE_HOOK", "patch_figure",
            "PatchMetric", "LogitDiff", "AnswerProb", "KLToClean", "NormalisedMetric", "normalise",

@@ -1,0 +1,50 @@
+"""The sites a model offers the patching sweeps: every hook of a block, by the short name the sweeps take.
+
+    from interp.patching import patch_sites
+    patch_sites(model)   # tokfsm-mamba: ['resid_pre', 'resid_post', 'mixer_out', 'state', 'B', 'C', 'conv', 'dt', ...]
+
+A site is a hook of block 0 that every layer has and that fires with the model's config (a transformer computes
+``attn.hook_result`` only with ``cfg.use_attn_result``: ``model.hook_enabled``); it is named by the
+short name (``"dt"`` for ``blocks.{layer}.ssm.hook_dt``) when that name resolves to it, else by its path inside the
+block (``"ln1.hook_scale"``). The residual stream comes first, then the block outputs and the recurrent state, then
+the rest in the model's hook order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from interp.hooks.hook_points import UnknownHookError
+
+from .activation import hook_template
+
+__all__ = ["patch_sites"]
+
+#: shown first, in this order, where the model has them
+FIRST = ("resid_pre", "resid_mid", "resid_post", "mixer_out", "attn_out", "mlp_out", "state")
+
+
+def _resolves(model: Any, short: str, name: str) -> bool:
+    try:
+        return hook_template(model, short).format(layer=0) == name
+    except UnknownHookError:
+        return False
+
+
+def patch_sites(model: Any) -> list[str]:
+    """The ``hook`` values :func:`~interp.patching.patch_sweep` takes on ``model``, one per hook of a block (the
+    hooks every layer has), short names where they are unambiguous; :data:`FIRST` leads."""
+    n_layers = model.cfg.n_layers
+    names = model.hook_dict
+    enabled = getattr(model, "hook_enabled", lambda name: True)
+    sites = []
+    for name in names:
+        if not name.startswith("blocks.0."):
+            continue
+        inside = name.removeprefix("blocks.0.")
+        if not all(f"blocks.{layer}.{inside}" in names for layer in range(n_layers)) or not enabled(name):
+            continue
+        short = inside.rpartition(".")[2].removeprefix("hook_")
+        sites.append(short if _resolves(model, short, name) else inside)
+    first = [s for s in FIRST if s in sites]
+    return first + [s for s in sites if s not in first]
