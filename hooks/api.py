@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from .cache import InterpActivationCache
 from .hook_points import check_hook_names, layer_of
+from .positions import check_indices
 
 DEFAULT_CACHE_BUDGET_BYTES = 4 * 2**30
 
@@ -67,7 +68,12 @@ class InterpModelMixin:
 
                 def counting(tensor, hook, _fn=fn, _c=counter):
                     _c[0] += 1
-                    return _fn(tensor, hook=hook)
+                    out = _fn(tensor, hook=hook)
+                    if isinstance(out, Tensor) and isinstance(tensor, Tensor) and tensor.is_floating_point() \
+                            and not (out.is_floating_point() or out.is_complex()):
+                        raise TypeError(f"the hook at {hook.name} returned a {out.dtype} tensor for a {tensor.dtype} "
+                                        "activation: return a float tensor (or None to keep the activation)")
+                    return out
 
                 wrapped.append((name, counting))
             else:
@@ -138,7 +144,8 @@ class InterpModelMixin:
 
         Args:
             names_filter: hook name, list of names, or predicate (default: every hook).
-            pos_slice: keep only these positions (slice, index or list) along each hook's pos axis.
+            pos_slice: keep only these positions (slice, index or list) along each hook's pos axis; an index or
+                list is bounds-checked (0..L-1, or -L..-1 from the end: IndexError otherwise, never wrapped).
             max_cache_bytes: refuse before running when the estimate exceeds this (None: no limit).
             incl_bwd: as TransformerLens: call ``backward()`` on the output (a scalar: pass ``return_type="loss"``)
                 and cache the gradient with respect to each cached activation under ``name + "_grad"``.
@@ -156,6 +163,9 @@ class InterpModelMixin:
         if stop is not None:
             names = [n for n in names if not _beyond_layer(n, stop)]
 
+        if pos_slice is not None and not isinstance(pos_slice, slice):  # never wrapped: 0..L-1 or -L..-1
+            L = self._input_shape(model_args, kwargs)[1]
+            pos_slice = check_indices(pos_slice, L, "pos_slice", of=f"an input of {L} positions")
         if max_cache_bytes is not None:
             batch, seq_len = self._input_shape(model_args, kwargs)
             shape_kwargs = {k: v for k, v in kwargs.items() if k == "state_positions"}
@@ -269,10 +279,8 @@ def _slice_len(pos_slice: slice | int | list[int], seq_len: int) -> int:
 def _apply_pos_slice(t: Tensor, pos_slice: slice | int | list[int], dim: int) -> Tensor:
     if t.dim() <= dim:
         return t
-    if isinstance(pos_slice, int):
-        return t.narrow(dim, pos_slice % t.shape[dim], 1)
     if isinstance(pos_slice, slice):
         idx = torch.arange(t.shape[dim], device=t.device)[pos_slice]
-    else:
-        idx = torch.as_tensor(pos_slice, device=t.device) % t.shape[dim]
+    else:  # indices checked by run_with_cache (non-negative, inside the input)
+        idx = torch.as_tensor([pos_slice] if isinstance(pos_slice, int) else pos_slice, device=t.device)
     return t.index_select(dim, idx)

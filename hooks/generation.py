@@ -13,6 +13,7 @@ every step with a position axis of length 1; ``hook.ctx["positions"]`` holds the
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -38,6 +39,21 @@ def sample_next(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def _check_generation_args(max_new_tokens: Any, temperature: Any, top_k: Any, top_p: Any) -> None:
+    """ValueError / TypeError naming the argument for a value generation would silently misread."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: must be >= 0 (0 returns the prompt)")
+    if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)) or \
+            not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: must be a finite number >= 0 (0: greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r}: must be an int >= 1 (or None: no cut)")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r}: must be in (0, 1] (or None: no cut)")
 
 
 @torch.no_grad()
@@ -69,11 +85,15 @@ def generate(
 
     Returns: prompt plus continuation, as tokens [b, L + new] or string(s).
     """
+    _check_generation_args(max_new_tokens, temperature, top_k, top_p)
     was_str = isinstance(input, str)
     if isinstance(input, (str, list)):
         tokens, attention_mask = model.to_tokens(input, prepend_bos=prepend_bos, padding_side="left", return_mask=True)
     else:
         tokens = input[None] if input.dim() == 1 else input
+    if tokens.shape[-1] == 0:
+        raise ValueError(f"input has no positions (shape {tuple(tokens.shape)}): generation needs a prompt of at "
+                         "least one token")
     tokens = tokens.to(model.device if hasattr(model, "device") else tokens.device)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None

@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from interp.io import (
+    CHECKSUMS_FILE, REPAIR, CorruptFileError, FileError, IntegrityError, read_json, verify_checksums,
+    write_checksums,
+)
+from interp.io import read_safetensors as read_safetensors_file
 
 from .config import SSMConfig
 from .tokenizer import TOKENIZER_FILE, DigitTokenizer
@@ -28,6 +33,22 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 class CheckpointError(OSError):
     """A checkpoint is missing, incomplete, corrupt or in an unsafe format."""
+
+
+class CorruptCheckpointError(CheckpointError, CorruptFileError):
+    """A file of a model folder cannot be read (empty, not JSON, not safetensors): a :class:`CheckpointError`
+    and an :class:`interp.io.CorruptFileError`; the message names the file."""
+
+
+class CheckpointIntegrityError(CheckpointError, IntegrityError):
+    """A file of a model folder fails its sha256 checksum: a :class:`CheckpointError` and an
+    :class:`interp.io.IntegrityError`; the message names the file and what to do."""
+
+
+def _as_checkpoint_error(e: FileError) -> CheckpointError:
+    cls = (CheckpointIntegrityError if isinstance(e, IntegrityError) else
+           CorruptCheckpointError if isinstance(e, CorruptFileError) else CheckpointError)
+    return cls(str(e)) if cls is CheckpointError else cls(str(e), e.path)
 
 
 class UnknownModelError(KeyError, ValueError):
@@ -108,41 +129,81 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         ) from e
 
 
-def read_config(folder: Path) -> dict[str, Any]:
+MODEL_RECORDS = (CHECKSUMS_FILE, "model_card.json", "codebooks.json")  # where a model folder's checksums live
+
+
+def verify_model_folder(folder: Path) -> bool:
+    """Check every file of a model folder against its checksum record(s) (``checksums.json`` written by
+    ``save_pretrained``, an embedded model's ``model_card.json``, a codebook model's ``codebooks.json``) before
+    anything is parsed: :class:`interp.io.IntegrityError` naming a changed file. A folder without a record (a hub
+    download, a folder another library wrote) is read with an :class:`interp.io.UncheckedWarning`."""
+    if not (folder / WEIGHT_FILE).is_file() and not (folder / INDEX_FILE).is_file() and _pickles(folder):
+        _weight_files(folder)  # a pickle-only folder: the safetensors hint comes first
+    try:
+        return verify_checksums(folder, record=MODEL_RECORDS, what="model folder",
+                                remedy="Save the model again (save_pretrained), re-run its training, or restore "
+                                       "the folder from a copy")
+    except FileError as e:
+        raise _as_checkpoint_error(e) from e
+
+
+def read_config(folder: Path, verify: bool = True) -> dict[str, Any]:
+    """The folder's ``config.json``, after :func:`verify_model_folder` (``verify=True``)."""
     f = folder / "config.json"
     if not f.is_file():
         raise CheckpointError(f"missing {f}: a checkpoint folder needs config.json")
+    if verify:
+        verify_model_folder(folder)
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"corrupt {f}: {e}") from e
+        cfg = read_json(f, what="model config")
+    except FileError as e:
+        raise _as_checkpoint_error(e) from e
+    if not isinstance(cfg, dict):
+        raise CorruptCheckpointError(f"{f}: the model config holds no JSON object. {REPAIR}.", f)
+    return cfg
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder; refuses pickle formats, names any corrupt file."""
+    state: dict[str, torch.Tensor] = {}
+    for f in _weight_files(folder):
+        if not f.is_file():
+            raise CheckpointError(f"missing weight shard {f} listed in {folder / INDEX_FILE}")
+        try:
+            state.update(read_safetensors_file(f, what="weight file"))
+        except FileError as e:
+            raise _as_checkpoint_error(e) from e
+    return state
+
+
+def _pickles(folder: Path) -> list[str]:
+    return [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder; a folder with pickles only is refused with a conversion
+    hint (pickles are never loaded)."""
     files: list[Path]
     if (folder / INDEX_FILE).is_file():
-        index = json.loads((folder / INDEX_FILE).read_text())
-        files = sorted({folder / f for f in index["weight_map"].values()})
+        try:
+            index = read_json(folder / INDEX_FILE, what="weight index")
+            files = sorted({folder / f for f in index["weight_map"].values()})
+        except FileError as e:
+            raise _as_checkpoint_error(e) from e
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CorruptCheckpointError(f"{folder / INDEX_FILE}: no weight_map of file names. {REPAIR}.",
+                                         folder / INDEX_FILE) from e
     elif (folder / WEIGHT_FILE).is_file():
         files = [folder / WEIGHT_FILE]
     else:
-        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt*")]
+        pickled = _pickles(folder)
         hint = (
             f" Found {pickled}: pickle files are not loaded (they can run code). Convert once on a trusted "
             "machine: `AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
             if pickled else ""
         )
         raise CheckpointError(f"missing {folder / WEIGHT_FILE}: weights load from safetensors only.{hint}")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        if not f.is_file():
-            raise CheckpointError(f"missing weight shard {f} listed in {folder / INDEX_FILE}")
-        try:
-            state.update(load_file(str(f)))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"corrupt weight file {f}: {e}") from e
-    return state
+    return files
 
 
 def load_tokenizer(folder: Path) -> Any | None:
@@ -244,7 +305,80 @@ def save_ssm(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
             continue
         state[_rename(k, _OURS_TO_HF)] = v.detach().contiguous().cpu()
     save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
-    tok = getattr(model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "save_pretrained"):
-        tok.save_pretrained(str(folder))
+    write_model_checksums(folder, getattr(model, "tokenizer", None))
     return folder
+
+
+def write_model_checksums(folder: Path, tokenizer: Any = None) -> Path:
+    """Save ``tokenizer`` (if any) into a model folder, then write ``checksums.json`` for ``config.json``, the
+    weights and the tokenizer's files (:func:`verify_model_folder` checks them at every load)."""
+    written: list[str] = []
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        written = [str(p) for p in tokenizer.save_pretrained(str(folder)) or ()]
+    files = {"config.json", WEIGHT_FILE} | {Path(p).name for p in written if (folder / Path(p).name).is_file()}
+    return write_checksums(folder, sorted(files))
+
+
+# --------------------------------------------------------------------------------------------
+# memory guard for models built from a config.json
+# --------------------------------------------------------------------------------------------
+#: the most parameter memory a model built from a ``config.json`` may take (float32 bytes) before anything is
+#: allocated; ``INTERP_MAX_MODEL_BYTES`` overrides it. 48 GiB: every embedded model, Mamba-2.8B (11 GB) and a 7B
+#: model (29 GB) pass; a ``hidden_size`` or layer count off by orders of magnitude does not.
+DEFAULT_MODEL_BUDGET_BYTES = 48 * 2**30
+#: the config.json fields that set a model's size, in the names of every family we load
+SIZE_FIELDS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "n_layers", "vocab_size",
+               "d_vocab", "intermediate_size", "n_inner", "d_mlp", "state_size", "expand", "num_heads", "head_dim",
+               "n_groups", "time_step_rank")
+
+
+class ModelTooLargeError(CheckpointError, MemoryError):
+    """A config.json describes a model over the memory budget (refused before any allocation)."""
+
+
+def _first(raw: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    return next((raw[n] for n in names if isinstance(raw.get(n), (int, float)) and not isinstance(raw[n], bool)),
+                default)
+
+
+def estimate_parameters(raw: Mapping[str, Any]) -> int:
+    """Parameters of the model a ``config.json`` dict describes, from its size fields alone (an upper estimate):
+    Mamba-1 / Mamba-2 (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm) or a
+    transformer (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
+    inner = raw.get("hooked_transformer_config")
+    if isinstance(inner, Mapping):
+        raw = {**raw, **inner}
+    d = int(_first(raw, "hidden_size", "n_embd", "d_model", default=0))
+    n = int(_first(raw, "num_hidden_layers", "n_layer", "n_layers", default=0))
+    v = int(_first(raw, "vocab_size", "d_vocab", default=0))
+    if raw.get("model_type") in ("mamba", "mamba2"):
+        di = int(_first(raw, "intermediate_size", default=0) or _first(raw, "expand", default=2) * d)
+        N = int(_first(raw, "state_size", default=16))
+        G = int(_first(raw, "n_groups", default=1))
+        H = int(_first(raw, "num_heads", default=0))
+        r = int(_first(raw, "time_step_rank", default=0) or -(-d // 16))
+        K = int(_first(raw, "conv_kernel", default=4))
+        per = d * (2 * di + 2 * G * N + H) + (di + 2 * G * N) * K + di * (r + 2 * N) + r * di + di * (N + 2) \
+            + di * d + 2 * d  # in_proj, conv, x_proj, dt_proj, A and D, out_proj, norms
+        return v * d * 2 + n * per
+    m = int(_first(raw, "intermediate_size", "n_inner", "d_mlp", default=0) or 4 * d)
+    return 2 * v * d + n * (4 * d * d + 2 * d * m + 4 * d)
+
+
+def check_model_size(raw: Mapping[str, Any], where: str | os.PathLike, *, dtype_bytes: int = 4,
+                     max_bytes: int | None = None) -> int:
+    """Refuse (:class:`ModelTooLargeError`, naming ``where`` and its size fields) a ``config.json`` whose model
+    would take more than ``max_bytes`` (default ``INTERP_MAX_MODEL_BYTES`` or :data:`DEFAULT_MODEL_BUDGET_BYTES`),
+    before anything is allocated. Returns the estimated bytes."""
+    if max_bytes is None:
+        max_bytes = int(os.environ.get("INTERP_MAX_MODEL_BYTES", DEFAULT_MODEL_BUDGET_BYTES))
+    need = estimate_parameters(raw) * dtype_bytes
+    if need > max_bytes:
+        inner = raw.get("hooked_transformer_config")
+        merged = {**raw, **inner} if isinstance(inner, Mapping) else raw
+        fields = ", ".join(f"{k}={merged[k]}" for k in SIZE_FIELDS if k in merged)
+        raise ModelTooLargeError(
+            f"{where}: the model it describes needs about {need / 2**30:.1f} GiB of parameters ({fields}), over the "
+            f"budget of {max_bytes / 2**30:.1f} GiB; check these fields of config.json, or raise the budget with "
+            "INTERP_MAX_MODEL_BYTES=<bytes>")
+    return need

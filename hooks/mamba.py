@@ -460,6 +460,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
 
         folder = loading.resolve_checkpoint(name_or_path)
         raw = loading.read_config(folder)
+        loading.check_model_size(raw, folder / "config.json")  # before anything is allocated
         cfg = SSMConfig.from_hf(_hf_config_from_dict(raw, folder))
         for k, v in raw.get("interp", {}).items():
             setattr(cfg, k, v)
@@ -547,6 +548,11 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             attention_mask = attention_mask.to(self.device)
         offset = 0 if state is None else state.offset
         L = input.shape[1] if tokens is None else tokens.shape[1]
+        if L == 0:
+            raise ValueError(f"input has no positions (shape {tuple(input.shape)}): pass at least one token")
+        if state is None and state_positions is not None:  # one forward: every listed position must lie in it
+            if (spec := Positions.parse(state_positions)).kind == "list":
+                spec.indices(L, name="state_positions")
         self._set_hook_positions(torch.arange(offset, offset + L, device=self.device))
 
         if tokens is not None:
@@ -572,6 +578,32 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         else:  # padded targets (mask 0) are ignored
             loss = next_token_cross_entropy(logits, tokens, None if attention_mask is None else attention_mask[:, 1:])
         return loss if return_type == "loss" else (logits, loss)
+
+    @torch.no_grad()
+    def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, SSMState | None]:
+        """{p: the decoding state after reading ``tokens[:, :p]``} for each p in ``positions`` (None for p = 0),
+        from one forward: each block's conv window (its last d_conv - 1 inputs) and recurrent state h_{p-1}. The
+        state :meth:`forward` with ``state=`` continues from; equal to reading the prompt step by step up to float
+        rounding."""
+        wanted = sorted({int(p) for p in positions})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
+            raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
+        last = [p - 1 for p in wanted if p > 0]
+        out: dict[int, SSMState | None] = {p: None for p in wanted if p == 0}
+        if not last:
+            return out
+        names = [f"blocks.{i}.ssm.hook_{h}" for i in range(self.cfg.n_layers) for h in ("in", "state")]
+        _, cache = self.run_with_cache(tokens, names_filter=names, state_positions=last)
+        K = self.cfg.d_conv
+        windows, states = [], []
+        for i, block in enumerate(self.blocks):
+            xs, _, bc, _ = block.ssm._split_in_proj(block.ssm.in_proj(cache[f"blocks.{i}.ssm.hook_in"]))
+            conv_in = (xs if bc is None else torch.cat([xs, bc], dim=-1)).transpose(1, 2)  # [b, conv_ch, L]
+            windows.append(F.pad(conv_in, (K - 1, 0)))  # zeros before the first token, as the conv pads
+            states.append(cache[f"blocks.{i}.ssm.hook_state"])  # [b, len(last), H, P, N]
+        for j, p in enumerate(p for p in wanted if p > 0):
+            out[p] = SSMState(conv=[w[..., p:p + K - 1] for w in windows], ssm=[h[:, j] for h in states], offset=p)
+        return out
 
     def _check_resid(self, resid: Any, start_at_layer: int, return_type: str | None) -> Tensor:
         """The residual stream a forward with ``start_at_layer`` starts from, checked."""

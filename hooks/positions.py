@@ -14,10 +14,20 @@ position per decoding step of ``model.generate``, SSM recurrent decoding include
 An analysis over a fixed sequence of ``length`` tokens (interaction-map rows, LRP rows) reads the spec with
 :meth:`Positions.indices`, which checks the bounds: ``Positions.parse([3, -1]).indices(10) == [3, 9]``, and
 ``Positions.parse([12]).indices(10)`` raises an ``IndexError`` naming the position and the length.
+
+The index convention of every public function (positions, rows, layers, channels / heads, codes): an index into
+n things is 0..n-1, or -n..-1 counted from the end (-1 the last); anything else raises
+:class:`IndexOutOfRange` (an ``IndexError``) naming the argument, its value and the valid range, never wraps.
+One home for the check: :func:`check_index` / :func:`check_indices` / :func:`check_layer`::
+
+    check_index(-1, 12, "position")        # 11
+    check_indices([0, -2], 12, "rows")     # [0, 10]
+    check_layer(model, -1)                 # model.cfg.n_layers - 1
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -25,10 +35,63 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-__all__ = ["Positions", "PositionsLike", "position_mask"]
+__all__ = ["Positions", "PositionsLike", "position_mask", "IndexOutOfRange", "check_index", "check_indices",
+           "check_layer"]
 
 #: what every ``positions=`` argument accepts
 PositionsLike = Union["Positions", str, int, Sequence[int], slice, Tensor, None]
+
+
+class IndexOutOfRange(IndexError, ValueError):
+    """An index argument outside its valid range. An ``IndexError``; also a ``ValueError`` (a bad argument value),
+    so code that reports bad arguments by catching ``ValueError`` keeps doing so."""
+
+
+def _valid(size: int) -> str:
+    return f"0..{size - 1} or -{size}..-1 from the end" if size > 0 else "none: there is nothing to index"
+
+
+def check_index(value: Any, size: int, name: str, *, of: str = "") -> int:
+    """``value`` as a non-negative index into ``size`` things: 0..size-1 as it is, -size..-1 counted from the end.
+
+    Raises :class:`IndexOutOfRange` naming ``name``, the value and the valid range (``of`` says what is indexed,
+    e.g. "a sequence of 12 tokens"), and ``TypeError`` for a value that is not an integer (a bool included).
+    """
+    try:
+        if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+            raise TypeError
+        value = operator.index(value)  # ints, numpy integers, one-element integer tensors
+    except TypeError:
+        raise TypeError(f"{name} must be an integer index, got {value!r} ({type(value).__name__})") from None
+    if not -size <= value < size:
+        where = f" for {of}" if of else f" for size {size}"
+        raise IndexOutOfRange(f"{name}={value} is out of range{where} (valid: {_valid(size)})")
+    return value + size if value < 0 else value
+
+
+def check_indices(values: Any, size: int, name: str, *, of: str = "") -> list[int]:
+    """Each of ``values`` (an int, a sequence or a 1-d integer tensor) through :func:`check_index`; the whole
+    list is named in the error. An empty list raises ``ValueError``."""
+    if isinstance(values, Tensor):
+        values = values.reshape(-1).tolist()
+    vals = list(values) if isinstance(values, Iterable) and not isinstance(values, str) else [values]
+    if not vals:
+        raise ValueError(f"{name} is empty: give at least one index (valid: {_valid(size)})")
+    out = []
+    for v in vals:
+        try:
+            out.append(check_index(v, size, name, of=of))
+        except IndexOutOfRange:
+            where = f" for {of}" if of else f" for size {size}"
+            bad = [u for u in vals if not -size <= operator.index(u) < size]
+            raise IndexOutOfRange(f"{name}={vals}: {bad} out of range{where} (valid: {_valid(size)})") from None
+    return out
+
+
+def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
+    """``layer`` checked against ``model.cfg.n_layers`` (-1 the last layer): the non-negative layer index."""
+    n = int(model.cfg.n_layers)
+    return check_index(layer, n, name, of=f"a {n}-layer model's layers")
 
 
 def position_mask(positions: Tensor, wanted: Iterable[int] | Tensor) -> Tensor:
@@ -118,12 +181,12 @@ class Positions:
         if self.kind == "list":
             bad = [p for p in self.values if not -length <= p < length]
             if bad:
-                raise IndexError(f"{name}={list(self.values)}: {bad} outside a sequence of {length} tokens "
+                raise IndexOutOfRange(f"{name}={list(self.values)}: {bad} outside a sequence of {length} tokens "
                                  f"(valid: 0..{length - 1}, or -{length}..-1 from the end)")
             return [p % length for p in self.values]
         out = self.mask(torch.arange(length)).nonzero()[:, 0].tolist()
         if not out:
-            raise IndexError(f"{name}={self}: selects no position of a sequence of {length} tokens")
+            raise IndexOutOfRange(f"{name}={self}: selects no position of a sequence of {length} tokens")
         return out
 
     def first(self, length: int) -> int | None:

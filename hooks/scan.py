@@ -131,9 +131,18 @@ def _scan_channelwise(
     x, dt = x.view(b, c, T, H, P), dt.view(b, c, T, H)
     B, C = B.view(b, c, T, G, 1, N), C.view(b, c, T, G, 1, N)  # broadcast over heads (G = 1) or per head
 
+    if c == 1 and b * T * H * P * N <= _SEQUENTIAL_ELEMENTS:  # short: the plain recurrence from h0, one op a step
+        decay = torch.exp(dt[:, 0, :, :, None] * A)[:, :, :, None, :]  # [b, T, H, 1, N]
+        inputs = x[:, 0, :, :, :, None] * B[:, 0]  # Δ u B, [b, T, H, P, N]
+        states = torch.empty_like(inputs)
+        h = h0
+        for t in range(T):
+            h = torch.addcmul(inputs[:, t], decay[:, t], h)  # h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t
+            states[:, t] = h
+        return (states * C[:, 0]).sum(-1)[:, :L], h  # y_t = C_t · h_t, [b, L, H, P]
+    y = u.new_empty(b, c, T, H, P)
     # 1. intra-chunk recurrence from zero, every chunk in parallel
     h = u.new_zeros(b, c, H, P, N)
-    y = u.new_empty(b, c, T, H, P)
     for t in range(T):
         decay = torch.exp(dt[:, :, t, :, None] * A)  # [b, c, H, N]
         h = torch.addcmul(decay[:, :, :, None, :] * h, x[:, :, t, :, :, None], B[:, :, t])
@@ -196,12 +205,22 @@ def _scan_ssd(
     return y.reshape(b, c * T, H, P)[:, :L], final.reshape(b, H, P, N)
 
 
+#: up to this length the channelwise scan is one chunk, i.e. the plain recurrence (L steps instead of about
+#: 2·sqrt(L) + sqrt(L) steps on sqrt(L)-times bigger tensors: on a CPU short scans are bound by per-step overhead)
+SEQUENTIAL_MAX = 24
+#: ... as long as its states [b, L, H, P, N] stay this small (elements); else the chunked loop, which keeps none
+_SEQUENTIAL_ELEMENTS = 2**24
+
+
 def default_chunk(L: int, A: Tensor, chunk_size: int) -> int:
     """Chunk length: the family's configured size for SSD; for the channelwise scan, 64 (measured
-    fastest on a CPU at L = 1024, see bench/forward.py), fewer for short inputs."""
+    fastest on a CPU at L = 1024, see bench/forward.py), fewer for short inputs, and all of a short input
+    (<= :data:`SEQUENTIAL_MAX`)."""
     if A.dim() == 1:
         return chunk_size
-    return int(min(64, max(min(8, L), 2 ** math.ceil(math.log2(max(L, 1)) / 2))))
+    if L <= SEQUENTIAL_MAX:
+        return max(L, 1)
+    return int(min(64, max(8, 2 ** math.ceil(math.log2(max(L, 1)) / 2))))
 
 
 def chunked_scan(

@@ -11,7 +11,6 @@ the data sets that use it (:mod:`interp.data`) re-export it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from interp.io import RECORD_KEY, REPAIR, CorruptFileError, read_json, write_json
 
 __all__ = ["DigitTokenizer", "BatchEncoding", "TOKENIZER_FILE"]
 
@@ -253,14 +254,18 @@ class DigitTokenizer:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         out = path / TOKENIZER_FILE
-        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json(out, self.to_dict(), checksums=())  # atomic, with its own sha256 (checked by from_pretrained)
         return (str(out),)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str]) -> DigitTokenizer:
-        """Load a tokenizer written by ``save_pretrained``."""
-        cfg = json.loads((Path(folder) / TOKENIZER_FILE).read_text())
+        """Load a tokenizer written by ``save_pretrained`` (errors name the file: missing, empty, damaged)."""
+        path = Path(folder) / TOKENIZER_FILE
+        cfg = read_json(path, what="tokenizer file")
+        if not isinstance(cfg, dict):
+            raise CorruptFileError(f"{path}: the tokenizer file holds no JSON object. {REPAIR}.", path)
         cfg.pop("tokenizer_class", None)
+        cfg.pop(RECORD_KEY, None)
         return cls(**cfg)
 
     def __repr__(self) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .positions import IndexOutOfRange
+
 __all__ = ["as_tokens", "check_token_ids", "vocab_size", "model_device", "same_vocabulary", "check_prompt",
            "prompt_tokens", "str_tokens"]
 
@@ -36,7 +38,8 @@ def model_device(model: Any) -> torch.device:
 
 
 def check_token_ids(tokens: Tensor, vocab: int | None, name: str = "tokens") -> None:
-    """Raise ValueError (naming ``name``) unless every id of ``tokens`` [...] is in 0 .. vocab - 1.
+    """Raise :class:`~interp.hooks.positions.IndexOutOfRange` (an IndexError and a ValueError, naming ``name``)
+    unless every id of ``tokens`` [...] is in 0 .. vocab - 1 (a negative id is never read from the end).
 
     A negative id would silently index the embedding from its end (transformers) and an id >= vocab fails deep
     inside the model (or asynchronously on a GPU). Empty tensors and tensors without values (device "meta")
@@ -46,9 +49,10 @@ def check_token_ids(tokens: Tensor, vocab: int | None, name: str = "tokens") -> 
         return
     lo, hi = (int(v) for v in torch.aminmax(tokens.detach().long()))
     if lo < 0:
-        raise ValueError(f"{name} holds a negative token id ({lo}); token ids are 0 .. vocab_size - 1")
+        raise IndexOutOfRange(f"{name} holds a negative token id ({lo}); token ids are 0 .. vocab_size - 1"
+                              + (f" = {vocab - 1}" if vocab is not None else ""))
     if vocab is not None and hi >= vocab:
-        raise ValueError(f"{name} holds token id {hi}, out of range for this model's vocabulary of {vocab} "
+        raise IndexOutOfRange(f"{name} holds token id {hi}, out of range for this model's vocabulary of {vocab} "
                          f"(ids 0 .. {vocab - 1})")
 
 

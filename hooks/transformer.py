@@ -215,6 +215,8 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         if isinstance(input, Tensor) and start_at_layer is None:
             input = input[None] if input.dim() == 1 else input
             check_token_ids(input, self.cfg.d_vocab, "input")  # a negative id would index W_E from its end
+            if input.shape[-1] == 0:
+                raise ValueError(f"input has no positions (shape {tuple(input.shape)}): pass at least one token")
         if past_kv_cache is not None and attention_mask is None and self.tokenizer is None \
                 and start_at_layer is None:
             attention_mask = torch.ones(input.shape[:2], dtype=torch.long, device=input.device)
@@ -356,6 +358,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         where = str(folder / "config.json")
         if mt not in SUPPORTED_MODEL_TYPES:
             raise unsupported_model_error(mt, where)
+        loading.check_model_size(raw, where)  # before anything is allocated
         state = loading.read_safetensors(folder)
         if mt == MODEL_TYPE:
             cfg = cfg_from_json(raw.get("hooked_transformer_config", {}), dtype)
@@ -392,9 +395,15 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     @classmethod
     def _from_tl_name(cls, name: str, device: Any = None, dtype: torch.dtype | None = None,
                       **kw: Any) -> "HookedTransformerModel":
+        official = _official_tl_name(name) or name
+        if official.startswith(PICKLE_ONLY_ORGS):
+            raise CheckpointError(
+                f"{name!r} ({official}) is published as a PyTorch pickle (.pth) only, and interp never unpickles (a "
+                f"pickle can run code). {SAFETENSORS_HINT}")
         opts = dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
                     fold_value_biases=False, refactor_factored_attn_matrices=False)
         opts.update(kw)
+        opts["use_safetensors"] = True  # transformers then never falls back to pytorch_model.bin (a pickle)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -402,6 +411,12 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
                     cls, name, device=device or "cpu", dtype=dtype or torch.float32, **opts
                 )
         except Exception as e:  # noqa: BLE001 - offline, unknown revision, gated repo, ...
+            text = str(e)
+            if "safetensors" in text.lower() or ".bin" in text or "weights_only" in text:
+                raise CheckpointError(
+                    f"could not load {name!r} through TransformerLens: no safetensors weights for {official} "
+                    f"(weights load from safetensors only; a pytorch_model.bin is a pickle and is never loaded). "
+                    f"{SAFETENSORS_HINT}") from None
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
             raise CheckpointError(
                 f"could not load {name!r} through TransformerLens ({type(e).__name__}: {e}). It downloads from "
@@ -483,7 +498,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write ``config.json`` (``model_type: "hooked_transformer"`` and the TransformerLens config),
         ``model.safetensors`` (the TransformerLens state dict) and the tokenizer, if any.
-        :meth:`from_pretrained` and :func:`interp.load` read it back."""
+        :meth:`from_pretrained` and :func:`interp.load` read it back, checking ``checksums.json``."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
@@ -502,10 +517,18 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
             seen[v.data_ptr()] = k
             state[k] = v.detach().contiguous().cpu()
         save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
-        tok = getattr(self, "tokenizer", None)
-        if tok is not None and hasattr(tok, "save_pretrained"):
-            tok.save_pretrained(str(folder))
+        from .loading import write_model_checksums
+
+        write_model_checksums(folder, getattr(self, "tokenizer", None))  # the tokenizer, then checksums.json
         return folder
+
+
+# TransformerLens loads these organisations' models from .pth pickles (torch.load): refused before any download
+PICKLE_ONLY_ORGS = ("NeelNanda/", "ArthurConmy/", "Baidicoot/")
+SAFETENSORS_HINT = (
+    "Convert once on a trusted machine, e.g. `transformers.AutoModelForCausalLM.from_pretrained(src)"
+    ".save_pretrained(folder, safe_serialization=True)` (or HookedTransformerModel.save_pretrained(folder)), then "
+    "pass the folder.")
 
 
 def _official_tl_name(name: str) -> str | None:

@@ -43,6 +43,8 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("interp.hooks.loading", "ExistingRunError"),     # the output folder holds another run
     ("interp.hooks.hook_points", "UnknownHookError"),  # unknown hook name (suggests the close ones)
     ("interp.activations.manifest", "ManifestError"),  # not an activation cache, or another run's
+    ("interp.io", "FileError"),                         # a missing / damaged file, a checksum mismatch
+    ("interp.locks", "FolderLockedError"),              # another job writes the output folder
 )
 
 # the keyword arguments that library messages name -> the flags that set them on the command line

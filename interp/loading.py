@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import torch
 
 from interp import zoo
+from interp.io import read_json
+from interp.locks import warn_if_being_written
 
 SSM_TYPES = ("mamba", "mamba2")
 
@@ -52,14 +53,15 @@ def load(
     if not Path(name).expanduser().is_dir() and "/" not in name:
         return _load_bare_name(name, device, dtype, **kwargs)
     folder = resolve_checkpoint(name)
-    mt = read_config(folder).get("model_type")
+    warn_if_being_written(folder, "model folder")  # `interp train` still writes it: a snapshot
+    mt = read_config(folder, verify=False).get("model_type")  # the loader verifies the folder's checksums
     if mt in SSM_TYPES:
         return HookedSSM.from_pretrained(str(folder), device=device, dtype=dtype)
     return _load_transformer(str(folder), device, dtype, **kwargs)
 
 
 def _model_type(folder: Path) -> str | None:
-    return json.loads((folder / "config.json").read_text()).get("model_type")
+    return read_json(folder / "config.json", what="model config").get("model_type")
 
 
 def _load_bare_name(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:

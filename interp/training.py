@@ -1,6 +1,6 @@
 """What every training loop of the toolkit shares: checkpoints, learning-rate schedules, RNG state.
 
-Base layer: torch, safetensors, numpy and the standard library only (nothing from ``interp``), so the embedded
+Base layer: torch, safetensors, numpy, the standard library and :mod:`interp.io` (file reads and checksums), so the embedded
 models' trainer (:mod:`interp.zoo.train`), the SAE trainer (:mod:`interp.sae.train`) and the codebook trainer
 (:mod:`interp.codebook.train`) all build on it.
 
@@ -18,7 +18,9 @@ A checkpoint is a folder (no pickle is written or read):
 * ``state.json``: ``format_version``, ``step``, ``data_position`` (= step: the index of the next batch of a
   stream that is a function of the step), ``recipe`` (the run's configuration), ``scheduler`` (its state dict),
   ``optimizer`` (param groups and non-tensor per-parameter values), ``python_random`` / ``numpy_random``,
-  ``torch_threads``, and whatever the trainer adds (losses, history, elapsed time, ...).
+  ``torch_threads``, whatever the trainer adds (losses, history, elapsed time, ...) and, last, ``checksums``:
+  the sha256 of the three tensor files and of ``state.json`` itself (:mod:`interp.io`), verified before a resume
+  restores anything (a damaged file raises :class:`interp.io.IntegrityError` naming it).
 
 It is written to ``<folder>.tmp/`` (``state.json`` last: its presence marks a complete checkpoint) and swapped in
 with two renames (the previous one goes to ``<folder>.old/`` in between), so a kill at any moment leaves a
@@ -27,7 +29,6 @@ complete checkpoint that :func:`find_checkpoint` finds.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import shutil
@@ -37,8 +38,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
+
+from interp.io import read_json, read_safetensors, verify_checksums, write_json
 
 __all__ = [
     "CHECKPOINT_DIR", "FORMAT_VERSION", "DECAYS", "warmup_decay", "to_jsonable", "capture_rng_state",
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+RESUME_REMEDY = ("The checkpoint cannot be resumed: start over with resume=False / --no-resume (or --overwrite), "
+                 "or restore the folder from a copy")
 FORMAT_VERSION = 1
 DECAYS = ("constant", "linear", "cosine")
 
@@ -172,7 +178,8 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
         "torch_threads": torch.get_num_threads(),
         **to_jsonable(dict(state)),
     }
-    (tmp / "state.json").write_text(json.dumps(payload))  # written last: its presence marks a complete checkpoint
+    # written last (its presence marks a complete checkpoint), with the sha256 of the three tensor files and its own
+    write_json(tmp / "state.json", payload, indent=None, checksums=CHECKPOINT_FILES)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         folder.rename(old)
@@ -183,12 +190,49 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
 
 def find_checkpoint(out_dir: str | Path) -> Path | None:
     """The latest complete checkpoint under ``out_dir`` (``checkpoint/``, or ``checkpoint.old/`` if a kill
-    came between the two renames of a checkpoint swap), or None."""
+    came between the two renames of a checkpoint swap), or None. A ``checkpoint.tmp/`` left complete by a kill
+    after its ``state.json`` was written but before the swap (:func:`checkpoint_complete`) is returned instead
+    when it is newer (a higher step) than those: the run resumes from it, not from an older step."""
     out_dir = Path(out_dir)
+    found = None
     for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
         if (out_dir / name / "state.json").is_file():
-            return out_dir / name
-    return None
+            found = out_dir / name
+            break
+    return _newer_tmp_checkpoint(out_dir, found) or found
+
+
+def _newer_tmp_checkpoint(out_dir: Path, found: Path | None) -> Path | None:
+    """``out_dir/checkpoint.tmp`` if it is complete and its step is above ``found``'s (or there is no ``found``)."""
+    tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
+    if not checkpoint_complete(tmp):
+        return None
+    if found is not None:
+        try:
+            if int(read_checkpoint_state(found)["step"]) >= int(read_checkpoint_state(tmp)["step"]):
+                return None
+        except Exception:  # noqa: BLE001 - a damaged checkpoint/: load_checkpoint of it reports the damage
+            return None
+    return tmp
+
+
+def checkpoint_complete(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole checkpoint: ``state.json`` readable with its step, the three tensor files
+    present and, when ``state.json`` carries checksums (:mod:`interp.io`), every file matching them."""
+    import warnings
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file() or not all((folder / f).is_file() for f in CHECKPOINT_FILES):
+        return False
+    try:
+        if not isinstance(read_checkpoint_state(folder).get("step"), int):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a checkpoint without checksums: the files' presence decides
+            verify_checksums(folder, CHECKPOINT_FILES, record="state.json", what="checkpoint")
+    except Exception:  # noqa: BLE001 - unreadable, damaged or half-written: not complete
+        return False
+    return True
 
 
 def clear_checkpoints(out_dir: str | Path) -> None:
@@ -199,7 +243,7 @@ def clear_checkpoints(out_dir: str | Path) -> None:
 
 def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
     """A checkpoint's ``state.json`` (step, recipe, whatever the trainer stored)."""
-    return json.loads((Path(folder) / "state.json").read_text())
+    return read_json(Path(folder) / "state.json", what="checkpoint state")
 
 
 def load_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -212,8 +256,10 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
     state = read_checkpoint_state(folder)
     if state.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{folder}: checkpoint format {state.get('format_version')} != {FORMAT_VERSION}")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    # every file against state.json's checksums before anything is restored (IntegrityError naming the file)
+    verify_checksums(folder, CHECKPOINT_FILES, record="state.json", what="checkpoint", remedy=RESUME_REMEDY)
+    model.load_state_dict(read_safetensors(folder / "model.safetensors", what="checkpoint weights"), strict=True)
+    tensors = read_safetensors(folder / "optimizer.safetensors", what="checkpoint optimizer state")
     per_param: dict[int, dict[str, Any]] = {}
     for key, val in list(tensors.items()) + list(state["optimizer"]["scalars"].items()):
         idx, name = key.split(".", 1)
@@ -224,7 +270,7 @@ def load_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": per_param, "param_groups": groups})
     sched.load_state_dict(state["scheduler"])
-    restore_rng_state(load_file(str(folder / "rng.safetensors")), state)
+    restore_rng_state(read_safetensors(folder / "rng.safetensors", what="checkpoint RNG state"), state)
     return state
 
 

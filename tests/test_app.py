@@ -548,9 +548,14 @@ def test_codebook_tab_bad_inputs(env, roots, cb_folder, tmp_path):
     index = json.loads((evil / "codebooks.json").read_text())
     index["sites"]["blocks.0.ssm.hook_out"] = "../../../.."
     (evil / "codebooks.json").write_text(json.dumps(index))
+    with pytest.raises(C.InputError, match="codebooks.json"):  # edited under its checksum record: refused as damaged
+        C.load_codebook(evil, [roots])
+    index.pop("checksums")  # a hostile index need not carry a record: the path check still refuses it
+    (evil / "codebooks.json").write_text(json.dumps(index))
     with pytest.raises(C.InputError, match="points outside its folder"):
         C.load_codebook(evil, [roots])
     index = json.loads((cb_folder / "codebooks.json").read_text())
+    index.pop("checksums")
     index["base"] = str(tmp_path)
     (evil / "codebooks.json").write_text(json.dumps(index))
     with pytest.raises(C.InputError, match="not an embedded model"):

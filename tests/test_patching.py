@@ -4,6 +4,8 @@ TransformerLens's own patching (transformer), the recurrent state as a site agai
 from __future__ import annotations
 
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ import interp
 from interp.data import tokfsm_patching_pairs
 from interp.hooks.hook_points import UnknownHookError
 from interp.hooks.scan import step
+from interp.patching.activation import _PREFIX_SPAN
 from interp.patching import (AnswerProb, KLToClean, LogitDiff, hook_template, patch_figure, patch_sweep,
                              run_patched)
 
@@ -100,7 +103,8 @@ def test_ssm_sweep_equals_hand_loop(ssm, pairs, direction):
     assert (sweep.values - ref).abs().max().item() <= 1e-5
     assert (sweep.per_prompt - stacked.per_prompt).abs().max().item() <= 1e-4
     assert stacked.n_forwards == 3  # two baselines and one forward for all 24 cells
-    assert sweep.n_forwards == 3 + len(positions)  # baselines, the base states, one partial forward per position
+    # baselines, the base states, one partial forward per _PREFIX_SPAN positions
+    assert sweep.n_forwards == 3 + math.ceil(len(positions) / _PREFIX_SPAN)
     # positions before the first changed token: patching changes nothing (denoise 0, noise 1)
     untouched = 1.0 if direction == "noise" else 0.0
     assert (sweep.values[:, :2] - untouched).abs().max().item() <= 1e-5
@@ -119,7 +123,7 @@ def test_batch_size_does_not_change_the_numbers(ssm, pairs):
     # from the base state: batch_size caps the layers stacked in one partial forward
     per_cell = patch_sweep(ssm, clean, batch_size=1, **kw)
     per_position = patch_sweep(ssm, clean, **kw)
-    assert per_cell.n_forwards == 3 + 10 and per_position.n_forwards == 3 + 5
+    assert per_cell.n_forwards == 3 + 10 and per_position.n_forwards == 3 + math.ceil(5 / _PREFIX_SPAN)
     for sweep in (per_cell, per_position):
         assert (sweep.values - one.values).abs().max().item() <= 1e-5
 
@@ -257,6 +261,18 @@ def test_start_at_layer(ssm, pairs):
         ssm(clean[:, :10], state=state, return_type=None)
         later = ssm(ssm(clean, stop_at_layer=0)[:, 10:], start_at_layer=0, state=state)
         assert (later - full[:, 10:]).abs().max().item() <= 1e-4
+    # the decoding states of one forward are those of reading the prompt token by token
+    states = ssm.decoding_states(clean, [0, 1, 10, clean.shape[1]])
+    assert states[0] is None and states[10].offset == 10
+    step_state = SSMState()
+    with torch.no_grad():
+        for t in range(clean.shape[1]):
+            ssm(clean[:, t:t + 1], state=step_state, return_type=None)
+            if t + 1 in (1, 10, clean.shape[1]):
+                for ours, ref in zip(states[t + 1].conv + states[t + 1].ssm, step_state.conv + step_state.ssm):
+                    assert (ours - ref).abs().max().item() <= 1e-5
+    with pytest.raises(IndexError, match="decoding state"):
+        ssm.decoding_states(clean, [clean.shape[1] + 1])
     with pytest.raises(ValueError, match="residual stream"):
         ssm(clean, start_at_layer=1)
     with pytest.raises(IndexError, match="start_at_layer=9"):

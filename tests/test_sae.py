@@ -219,7 +219,8 @@ def test_save_load_round_trip(arch, tmp_path):
             sae.threshold.fill_(0.3)
     sae.eval()
     sae.save(tmp_path / "sae")
-    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["cfg.json", "checksums.json",
+                                                                     "sae_weights.safetensors"]
     back = SparseAutoencoder.load(tmp_path / "sae")
     assert back.cfg == cfg
     x = synth_batch(0)

@@ -171,7 +171,7 @@ def test_cache_memory_estimate_refuses(ssm):
     assert sum(v.numel() * 4 for v in cache.cache_dict.values()) == need
 
 
-@pytest.mark.parametrize("state_positions", [None, [3, 17, -1, 40]])
+@pytest.mark.parametrize("state_positions", [None, [3, 17, -1, 29]])  # [.., 40]: IndexError (test_faults_bounds)
 def test_hook_shapes_equal_a_real_forward(ssm, state_positions):
     """hook_shapes (a forward on the meta device) gives the shape of every cached activation, ssm.hook_state at
     the requested positions inside the sequence included."""

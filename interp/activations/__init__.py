@@ -21,7 +21,7 @@ Modules: :mod:`.manifest` (file format, hashes), :mod:`.collect` (row filters, r
 from typing import TYPE_CHECKING, Any
 
 from .manifest import CorruptShardError, Manifest, ManifestError, ShardEntry, weights_sha256
-from .store import ActivationStore
+from .store import ActivationStore, IncompleteStoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .collect import RowFilter
@@ -52,6 +52,7 @@ __all__ = [
     "RowFilter",
     "ManifestError",
     "CorruptShardError",
+    "IncompleteStoreError",
     "weights_sha256",
     "DEFAULT_SHARD_TOKENS",
 ]

@@ -97,9 +97,9 @@ def _read_token_file(path: Path, seq_len: int) -> torch.Tensor:
     if path.suffix == ".npy":
         arr = torch.from_numpy(np.load(path, allow_pickle=False))
     elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from interp.io import read_safetensors
 
-        tensors = load_file(str(path))
+        tensors = read_safetensors(path, what="token file")
         key = next((k for k in ("tokens", "input_ids") if k in tensors), None)
         if key is None:
             if len(tensors) != 1:

@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from interp.io import RECORD_KEY, FileError, json_bytes, read_json
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_NAME = "interp.activations"
 FORMAT_VERSION = 1
@@ -197,12 +199,14 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         d = dict(d)
         d.pop("n_rows", None)
+        d.pop(RECORD_KEY, None)
         d["shards"] = [ShardEntry(**s) for s in d.get("shards", [])]
         return cls(**d)
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``folder/manifest.json`` atomically."""
-        atomic_write(Path(folder) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=1).encode())
+        """Write ``folder/manifest.json`` atomically, with its own sha256 (:mod:`interp.io`; each shard's is in
+        its entry), so a damaged manifest is refused by :meth:`load`."""
+        atomic_write(Path(folder) / MANIFEST_FILE, json_bytes(self.to_dict(), indent=1, checksums=()))
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "Manifest":
@@ -213,11 +217,11 @@ class Manifest:
                 "interp.activations.cache_activations(model, batches, hook=..., out=...))"
             )
         try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ManifestError(
-                f"{path} is not valid JSON ({e}); rerun cache_activations with overwrite=True to rebuild the cache"
-            ) from e
+            d = read_json(path, what="activation-cache manifest")  # names the file; checks the manifest's sha256
+        except FileError as e:
+            raise ManifestError(f"{e} (cache_activations with overwrite=True rebuilds the cache)") from e
+        if not isinstance(d, dict):
+            raise ManifestError(f"{path} holds no JSON object; rebuild it with cache_activations(..., overwrite=True)")
         if d.get("format") != FORMAT_NAME or d.get("version") != FORMAT_VERSION:
             raise ManifestError(
                 f"{path} is not a version-{FORMAT_VERSION} {FORMAT_NAME} manifest (format={d.get('format')!r}, "

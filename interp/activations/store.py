@@ -21,9 +21,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .manifest import META_KEYS, Manifest, ShardEntry, read_shard
+from interp.locks import lock_holder, warn_if_being_written
+
+from .manifest import META_KEYS, Manifest, ManifestError, ShardEntry, read_shard
 
 DEFAULT_BUFFER_SHARDS = 4  # shards shuffled together by shuffled_batches
+
+
+class IncompleteStoreError(ManifestError):
+    """A training run was given an activation cache whose writing run has not finished (killed, or still going):
+    its manifest is not marked complete. ``folder``, ``n_shards`` (present) and ``expected`` (None if unknown)."""
+
+    def __init__(self, message: str, folder: Path, n_shards: int, expected: int | None):
+        super().__init__(message)
+        self.folder, self.n_shards, self.expected = folder, n_shards, expected
 
 
 class ActivationStore:
@@ -36,6 +47,7 @@ class ActivationStore:
 
     def __init__(self, folder: str | os.PathLike, verify: bool = True):
         self.folder = Path(folder)
+        warn_if_being_written(self.folder, "activation cache")  # readable while it grows, but a snapshot
         self.manifest = Manifest.load(self.folder)
         self.verify = verify
 
@@ -61,6 +73,39 @@ class ActivationStore:
     @property
     def n_shards(self) -> int:
         return len(self.manifest.shards)
+
+    def expected_shards(self) -> tuple[int | None, bool]:
+        """(shards the writing run will have written when it finishes, whether that number is exact): exact for a
+        complete cache or one written with ``max_tokens``; estimated from the rows per token batch of the shards
+        present for one written with ``max_batches`` only; (None, False) when the run had no limit."""
+        m = self.manifest
+        if m.complete:
+            return self.n_shards, True
+        if m.limits.get("max_tokens"):
+            return -(-int(m.limits["max_tokens"]) // m.shard_tokens), True
+        last = m.shards[-1] if m.shards else None
+        if m.limits.get("max_batches") and last is not None and last.batch_end > 0:
+            rows = (last.row_start + last.n_rows) / last.batch_end * int(m.limits["max_batches"])
+            return max(self.n_shards, -(-int(rows) // m.shard_tokens)), False
+        return None, False
+
+    def require_complete(self, *, allow_partial: bool = False) -> None:
+        """Raise :class:`IncompleteStoreError` unless the writing run finished (or ``allow_partial``): training on
+        the shards of a killed or running ``interp cache`` would use a fraction of the data without saying so. The
+        message names the folder, the shards present and expected, and whether a job still writes it."""
+        if self.complete or allow_partial:
+            return
+        expected, exact = self.expected_shards()
+        of = (f"of {expected} expected" if exact else f"of about {expected} expected") if expected is not None \
+            else "of an unknown total (the run had no --n-tokens / --max-batches limit)"
+        holder = lock_holder(self.folder)
+        why = (f"it is still being written by {holder.describe()}: wait for that job to finish"
+               if holder is not None else "the run that wrote it stopped before the end: re-run the same "
+               "`interp cache` command (cache_activations with the same arguments) to finish it")
+        raise IncompleteStoreError(
+            f"the activation cache {self.folder} is incomplete: {self.n_shards} shard(s) ({len(self)} rows) present "
+            f"{of}; {why}, or pass --allow-partial (allow_partial=True) to train on the rows present",
+            self.folder, self.n_shards, expected)
 
     @property
     def dtype(self) -> torch.dtype:

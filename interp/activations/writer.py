@@ -31,6 +31,7 @@ from torch import Tensor
 
 from interp.hooks import HookedModel
 from interp.hooks.loading import ExistingRunError
+from interp.locks import FolderLock
 
 from .collect import HookCollector, PosSlice, TokenStream, collector_for, row_meta
 from .manifest import (
@@ -106,6 +107,7 @@ def cache_activations(
 
     Raises:
         UnknownHookError: a hook name the model does not have (closest names suggested).
+        FolderLockedError: another job writes ``out`` (:mod:`interp.locks`; its PID and host are named).
         CacheMismatchError: ``out`` holds a cache of another run (the differences are listed), or the token
             stream differs from the one the stored shards came from (a :class:`ManifestError`).
         ValueError: empty stream, or no row left after the filters.
@@ -126,11 +128,12 @@ def cache_activations(
         dataset={"description": _json_value(dataset, "dataset")},
     )
 
-    manifest = _prepare_folder(folder, requested, overwrite, verify)
-    if manifest.complete:
-        return manifest
-    manifest.save(folder)
-    return _run(manifest, folder, collector, batches, progress)
+    with FolderLock(folder, job="interp cache"):  # one writer per folder, from the resume check to the end
+        manifest = _prepare_folder(folder, requested, overwrite, verify)
+        if manifest.complete:
+            return manifest
+        manifest.save(folder)
+        return _run(manifest, folder, collector, batches, progress)
 
 
 def _json_value(value: Any, name: str) -> Any:

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from interp.hooks.positions import check_indices
+
 __all__ = [
     "token_labels", "interaction_heatmap", "thumbnail_grid", "sorted_thumbnails_figure", "token_highlight_html",
     "perturbation_figure",
@@ -113,7 +115,7 @@ def interaction_heatmap(
         rows = list(range(L))
         m = _masked(m, causal)
     else:
-        rows = [int(r) % L for r in rows]
+        rows = check_indices(rows, L, "rows", of=f"a map of {L} positions")
         m = m.astype(np.float64, copy=True)
         if causal:
             for k, r in enumerate(rows):

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks.scan import expand_groups, segsum
+from interp.hooks.positions import check_index, check_indices
 
 from . import backends
 
@@ -234,7 +235,8 @@ def hidden_attention_rows_reduced(
                                                                    heads=heads, **kernel_kwargs)
     alpha = hidden_attention_rows(dt, A, B, C, [int(r) for r in torch.as_tensor(rows).flatten().tolist()])
     if heads is not None:  # only the selected heads' rows, keeping each head's group
-        alpha = alpha[:, torch.as_tensor(heads, dtype=torch.long, device=dt.device).flatten() % dt.shape[-1]]
+        H = dt.shape[-1]
+        alpha = alpha[:, torch.tensor(check_indices(heads, H, "heads", of=f"{H} heads"), device=dt.device)]
     return REDUCERS[aggregate](alpha.transpose(0, 1))
 
 
@@ -266,7 +268,7 @@ def hidden_attention_rows(dt: Tensor, A: Tensor, B: Tensor, C: Tensor, rows: Seq
     S = dt.cumsum(1)  # [b, L, H]
     out = dt.new_zeros(b, H, len(rows), L)
     for r, i in enumerate(rows):
-        i = int(i) % L
+        i = check_index(i, L, "rows", of=f"a sequence of {L} tokens")
         # e^{A (S_i - S_j)} for j <= i: [b, j, H, N], exponent <= 0
         decay = torch.exp((S[:, i : i + 1] - S[:, : i + 1])[..., None] * A2)
         out[:, :, r, : i + 1] = torch.einsum("bhn,bjhn,bjhn->bhj", Ch[:, i], decay, Bh[:, : i + 1]) \

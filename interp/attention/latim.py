@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interp.hooks.positions import check_indices, check_layer
 from interp.attention.hidden import hidden_attention_rows, reconstruct_y
 from interp.attention.unified import (
     LayerActs, MixerParams, alpha_channels, gate_factor, layer_acts, mixer_params,
@@ -84,10 +85,8 @@ def _check_f(f: str) -> None:
 def _rows(rows: int | Sequence[int] | Tensor | None, L: int, device: torch.device) -> Tensor:
     if rows is None:
         return torch.arange(L, device=device)
-    r = torch.as_tensor([rows] if isinstance(rows, int) else rows, dtype=torch.long, device=device).reshape(-1)
-    if r.numel() == 0 or bool(((r < -L) | (r >= L)).any()):
-        raise ValueError(f"rows= must be non-empty positions in [-{L}, {L}), got {r.tolist()}")
-    return r % L
+    return torch.tensor(check_indices(rows, L, "rows", of=f"a sequence of {L} tokens"), dtype=torch.long,
+                        device=device)
 
 
 def _sources(p: MixerParams, x: Tensor, f: str) -> Tensor:
@@ -188,7 +187,7 @@ def latim_layer(model: Any, cache: Mapping[str, Tensor] | Any, *, layer: int, f:
                 **kwargs: Any) -> LatimContributions:
     """``latim_contributions(cache, model, layer, f=f, **kwargs)`` with the model first (``cache`` of
     ``model.run_with_cache(tokens)``; ``rows``, ``chunk``, ``max_bytes`` as there)."""
-    return latim_contributions(cache, model, layer, f=f, **kwargs)
+    return latim_contributions(cache, model, check_layer(model, layer), f=f, **kwargs)
 
 
 def latim_scores(contrib: LatimContributions, score: str = "l2") -> Tensor:

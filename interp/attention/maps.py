@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks import HookedModel, is_ssm
-from interp.hooks.positions import Positions, PositionsLike
+from interp.hooks.positions import Positions, PositionsLike, check_index, check_indices, check_layer
 from interp.hooks.tokens import as_tokens
 from interp.lrp import interaction_rows
 
@@ -32,7 +32,7 @@ from . import hidden, latim, methods, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = ["DEFAULT_MAP_BUDGET_BYTES", "MapTooLargeError", "SSMParameters", "ssm_parameters", "interaction_map",
-           "query_rows", "mamba_attr", "grad_weighted_rollout"]
+           "map_memory_bytes", "query_rows", "mamba_attr", "grad_weighted_rollout"]
 
 DEFAULT_MAP_BUDGET_BYTES = 2 * 2**30
 
@@ -70,10 +70,7 @@ def _layer(model: Any, layer: int | None, method: str) -> int:
     """``layer`` checked against the model's depth, negative counted from the end."""
     if layer is None:
         raise ValueError(f"method {method!r} needs a layer: pass layer=<0..{model.cfg.n_layers - 1}>")
-    n_layers = model.cfg.n_layers
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"layer {layer} out of range for a {n_layers}-layer model")
-    return layer % n_layers
+    return check_layer(model, layer)
 
 
 def ssm_parameters(model: HookedModel, tokens: Any, *, layer: int) -> SSMParameters:
@@ -88,6 +85,50 @@ def ssm_parameters(model: HookedModel, tokens: Any, *, layer: int) -> SSMParamet
         _, cache = model.run_with_cache(tokens, names_filter=list(names.values()), stop_at_layer=layer + 1)
     mixer = model.blocks[layer].ssm
     return SSMParameters(A=mixer.A.detach(), D=mixer.D.detach().float(), **{h: cache[n] for h, n in names.items()})
+
+
+def _n_units(model: Any, method: str) -> int:
+    """Channels / heads a per-layer map of ``method`` has on ``model``, from its config (no forward)."""
+    cfg = model.cfg
+    if method == "attention":
+        return int(cfg.n_heads)
+    if method == "unified" or getattr(cfg, "family", "mamba1") == "mamba1":
+        return int(cfg.d_inner)
+    return int(cfg.H)
+
+
+def map_memory_bytes(model: HookedModel, batch: int, length: int, *, method: str, aggregate: str | int = "mean_abs",
+                     heads: Sequence[int] | None = None) -> int:
+    """Bytes that :func:`interaction_map` of one layer by ``method`` holds at its peak for tokens [batch, length]:
+    the one estimate every method and aggregate is checked with, from the config alone, before any forward.
+
+    Per method (float32, n = the selected channels / heads, d = d_model):
+
+    * every method: the map itself, b·L² (b·n·L² for aggregate="none");
+    * "hidden": Mamba-2 builds its per-head maps first (b·n·L² more); Mamba-1 works in blocks of query rows
+      (b·n·64·L, at most 32 MiB);
+    * "unified": one channel's α, its convolved and gated copies in flight (3·b·L² more, a chunk of >= 1 channel);
+    * "latim": the contributions T [b, L, L, d] and one channel's α (b·L² more);
+    * "attention": the cached softmax pattern of every head, b·H·L²;
+    * "lrp" / "grad_x_input": the [b, L, L] rows (their forwards and backwards are per row, O(L)).
+    """
+    b, L = int(batch), int(length)
+    sq = b * L * L
+    n = _n_units(model, method) if heads is None else len(heads)
+    if isinstance(aggregate, int):
+        n = 1
+    out = sq * n if aggregate == "none" else sq
+    extra = 0
+    if method == "hidden":
+        mamba2 = getattr(model.cfg, "family", "mamba1") == "mamba2"
+        extra = sq * n if mamba2 and aggregate != "none" else min(8 * 2**20, b * n * min(L, 64) * L)
+    elif method == "unified":
+        extra = 3 * sq
+    elif method == "latim":
+        out, extra = sq * int(model.cfg.d_model), sq
+    elif method == "attention":
+        extra = sq * int(model.cfg.n_heads)
+    return 4 * (out + extra)
 
 
 def _check_budget(n_floats: int, max_bytes: int | None, what: str) -> None:
@@ -128,11 +169,21 @@ def interaction_map(
     tokens = as_tokens(model, tokens)
     if method == "auto":
         method = methods.default_method(model)
-    if methods.check_applies(method, model).whole_model:
+    whole_model = methods.check_applies(method, model).whole_model
+    if not whole_model:
+        layer = _layer(model, layer, method)
+        n_units = _n_units(model, method)
+        if heads is not None:
+            heads = check_indices(heads, n_units, "heads", of=f"{n_units} channels / heads")
+        if isinstance(aggregate, int):
+            aggregate = check_index(aggregate, n_units, "aggregate", of=f"{n_units} channels / heads")
+    b, L = tokens.shape
+    need = map_memory_bytes(model, b, L, method=method, aggregate=aggregate, heads=heads)
+    _check_budget(need // 4, max_bytes, f"interaction_map(method={method!r}, aggregate={aggregate!r}) on "
+                  f"tokens [{b}, {L}]")
+    if whole_model:
         rows = torch.stack([interaction_rows(model, t[None], method=method, **method_kwargs) for t in tokens])
         return normalize(rows, normalize_)
-    layer = _layer(model, layer, method)
-    b, L = tokens.shape
 
     if method == "attention":
         name = f"blocks.{layer}.attn.hook_pattern"

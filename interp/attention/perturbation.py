@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks.tokens import as_tokens
+from interp.hooks.positions import check_index
 
 __all__ = ["PerturbationResult", "perturbation_ks", "perturbation_curve", "area", "delta_auc", "perturbation_test"]
 
@@ -77,7 +78,7 @@ def perturbation_curve(
     """
     tokens = as_tokens(model, tokens, one_sequence=True)
     L = tokens.shape[1]
-    p = int(position) % L
+    p = check_index(position, L, "position", of=f"a sequence of {L} tokens")
     n = p + 1
     s = torch.as_tensor(_as_np(scores), dtype=torch.float64)
     if s.numel() < n:

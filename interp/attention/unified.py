@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interp.hooks.positions import check_indices, check_layer
 from interp.attention.hidden import hidden_attention
 
 __all__ = [
@@ -136,7 +137,7 @@ def mixer_params(source: Any, layer: int | None = None) -> MixerParams:
     if hasattr(source, "blocks"):
         if layer is None:
             raise ValueError("pass layer= to take the mixer parameters of one layer of a model")
-        mixer = getattr(source.blocks[layer], "ssm", None)
+        mixer = getattr(source.blocks[check_layer(source, layer)], "ssm", None)
         if mixer is None:
             raise TypeError(f"{type(source).__name__} has no SSM mixer (blocks[{layer}].ssm): "
                             "unified attention and LaTIM are defined for Mamba models")
@@ -234,13 +235,8 @@ def _conv_right(a: Tensor, w: Tensor) -> Tensor:
 def _channel_list(channels: int | Sequence[int] | Tensor | None, d_inner: int, device: torch.device) -> Tensor:
     if channels is None:
         return torch.arange(d_inner, device=device)
-    ch = torch.as_tensor([channels] if isinstance(channels, int) else channels, dtype=torch.long, device=device)
-    ch = ch.reshape(-1)
-    if ch.numel() == 0:
-        raise ValueError("channels= is empty: pass at least one channel index")
-    if bool(((ch < -d_inner) | (ch >= d_inner)).any()):
-        raise ValueError(f"channels= must lie in [0, {d_inner}) (d_inner), got {ch.tolist()}")
-    return ch % d_inner
+    return torch.tensor(check_indices(channels, d_inner, "channels", of=f"d_inner = {d_inner} channels"),
+                        dtype=torch.long, device=device)
 
 
 def _chunk_size(b: int, L: int, n: int, chunk: int | None) -> int:
@@ -383,4 +379,4 @@ def unified_layer(model: Any, cache: Mapping[str, Tensor] | Any, *, layer: int, 
     """``unified_attention(cache, model, layer, **kwargs)`` with the model first (``cache`` of
     ``model.run_with_cache(tokens)``; ``channels``, ``aggregate``, ``skip_in_map``, ``chunk``, ``max_bytes``,
     ``variant`` as there)."""
-    return unified_attention(cache, model, layer, **kwargs)
+    return unified_attention(cache, model, check_layer(model, layer), **kwargs)

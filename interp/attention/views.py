@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp.hooks.positions import PositionsLike
+from interp.hooks.positions import PositionsLike, check_index
 
 from .hidden import channel_mass
 from .maps import interaction_map, query_rows, ssm_parameters
@@ -129,7 +129,7 @@ def map_view(model: Any, tokens: Any, *, method: str, layer: int = 0, aggregate:
         title = f"{LABELS[method]}, {normalize_}"
         if L <= all_rows_max:
             return MapView(detail_map(model, tokens, layer=0, method=method, normalize_=normalize_), None, title)
-        rows = sorted({query % L, *range(max(0, L - 8), L)})
+        rows = sorted({check_index(query, L, "query", of=f"a sequence of {L} tokens"), *range(max(0, L - 8), L)})
         return MapView(attribution_rows(model, tokens, positions=rows, method=method, normalize_=normalize_), rows,
                        title)
     title = ", ".join([where, LABELS[method], *([channels] if aggregates_for(method) else []), normalize_])

@@ -22,6 +22,8 @@ from interp.hooks.hook_points import HookPoint
 from . import functional as Fn
 from .config import CodebookConfig
 
+CODES_FILE, CONFIG_FILE = "codebook.safetensors", "codebook.json"
+
 __all__ = ["CodebookLayer"]
 
 
@@ -123,27 +125,34 @@ class CodebookLayer(nn.Module):
 
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
-        """Write ``codebook.safetensors`` (codes) and ``codebook.json`` (config) to ``folder``."""
-        import json
-
+        """Write ``codebook.safetensors`` (codes) and ``codebook.json`` (config, with the sha256 of the codes and
+        of itself: :mod:`interp.io`) to ``folder``."""
         from safetensors.torch import save_file
+
+        from interp.io import write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"codes": self.codes.detach().cpu().contiguous()}, str(folder / "codebook.safetensors"))
-        (folder / "codebook.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        save_file({"codes": self.codes.detach().cpu().contiguous()}, str(folder / CODES_FILE))
+        write_json(folder / CONFIG_FILE, self.cfg.to_dict(), checksums=[CODES_FILE])  # written last
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> "CodebookLayer":
-        import json
-
-        from safetensors.torch import load_file
+    def load(cls, folder: str | Path, verify: bool = True) -> "CodebookLayer":
+        """A codebook written by :meth:`save`. ``verify``: check the codes against ``codebook.json``'s sha256 first
+        (:class:`interp.io.IntegrityError` naming a changed file; a folder without checksums loads with a
+        warning); ``False`` when the caller verified the folder already."""
+        from interp.io import RECORD_KEY, read_json, read_safetensors, verify_checksums
 
         folder = Path(folder)
-        cfg = CodebookConfig.from_dict(json.loads((folder / "codebook.json").read_text()))
+        if verify:
+            verify_checksums(folder, [CODES_FILE], record=CONFIG_FILE, what="codebook")
+        doc = read_json(folder / CONFIG_FILE, what="codebook config")
+        if isinstance(doc, dict):
+            doc.pop(RECORD_KEY, None)
+        cfg = CodebookConfig.from_dict(doc)
         layer = cls(cfg)
-        codes = load_file(str(folder / "codebook.safetensors"))["codes"]
+        codes = read_safetensors(folder / CODES_FILE, what="codebook")["codes"]
         if tuple(codes.shape) != tuple(layer.codes.shape):
             raise ValueError(f"{folder}: codes of shape {tuple(codes.shape)} do not match the config "
                              f"({tuple(layer.codes.shape)})")

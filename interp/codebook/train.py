@@ -19,7 +19,6 @@ resumes from ``out_dir/checkpoint``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -34,6 +33,8 @@ from tqdm.auto import tqdm
 from interp.activations.collect import HookCollector, RowFilter
 from interp.hooks import HookedModel
 from interp.hooks.loading import ExistingRunError
+from interp.io import read_json, verify_checksums, write_json
+from interp.locks import FolderLock, warn_if_being_written
 from interp.metrics import next_token_cross_entropy
 from interp.training import (
     CHECKPOINT_DIR, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state, save_checkpoint,
@@ -43,14 +44,15 @@ from interp.training import (
 from . import functional as Fn
 from .config import CodebookTrainConfig
 from .insert import attach, attached, detach
-from .layer import CodebookLayer
+from .layer import CODES_FILE, CONFIG_FILE, CodebookLayer
 
 __all__ = ["hook_activations", "kmeans_init", "train_codebooks", "fit_post_hoc", "CodebookTrainResult",
-           "save_codebook_model", "load_codebook_model", "INDEX_FILE", "Batches", "check_codebook_folder",
-           "codebook_index", "codebook_base_model", "embedded_codebook_models", "find_codebook_models",
+           "save_codebook_model", "load_codebook_model", "write_codebook_index", "INDEX_FILE", "Batches",
+           "check_codebook_folder", "codebook_index", "codebook_base_model", "embedded_codebook_models", "find_codebook_models",
            "codebook_folder_mtime"]
 
 INDEX_FILE = "codebooks.json"
+RESUME_FREE_FIELDS = ("checkpoint_every",)  # config fields a resumed run may change (not the trajectory)
 Batches = Callable[[int], dict[str, Any]]  # step -> {"tokens": [b, L], "loss_mask": [b, L] (optional)}
 
 
@@ -132,15 +134,24 @@ def train_codebooks(model: Any, batches: Batches, *, books: Mapping[str, Codeboo
     of the bottlenecked model plus ``reconstruction_weight`` × Σ reconstruction losses, updating the codes
     (and the model when ``cfg.train_model``). ``batches``: the data, step -> batch (module docstring; for an
     embedded model :func:`interp.codebook.zoo.model_batches`). Resumes from ``out_dir/checkpoint`` when present
-    (:class:`~interp.hooks.loading.ExistingRunError` if it was written with another config)."""
+    (:class:`~interp.hooks.loading.ExistingRunError`, a ``ValueError``, if it was written with another config, raised
+    before ``books`` or ``model`` are touched; a config differing only in :data:`RESUME_FREE_FIELDS`, the checkpoint
+    cadence, resumes). ``out_dir`` is locked for the whole call (:class:`interp.locks.FolderLockedError` if another
+    job writes it)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out_dir, job="train_codebooks"):  # one writer per folder, from the resume check to the end
+        return _train_codebooks(model, batches, books, cfg, out_dir, resume, progress, log_every)
+
+
+def _train_codebooks(model: Any, batches: Batches, books: Mapping[str, CodebookLayer], cfg: CodebookTrainConfig,
+                     out_dir: Path, resume: bool, progress: bool, log_every: int) -> CodebookTrainResult:
     ckpt = find_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        diff = config_diff(read_checkpoint_state(ckpt)["recipe"], cfg.to_dict())
+    if ckpt is not None:  # checked before anything (k-means, attaching, the caller's codes) is touched
+        diff = [k for k in config_diff(read_checkpoint_state(ckpt)["recipe"], cfg.to_dict())
+                if k not in RESUME_FREE_FIELDS]
         if diff:
-            raise ExistingRunError(f"{ckpt} was written with another CodebookTrainConfig (differs in {diff})",
-                                   restart="resume=False", folder="out_dir")
+            raise ExistingRunError(f"{ckpt} was written with another CodebookTrainConfig (differs in {diff}); "
+                                   "resuming would mix two runs", restart="resume=False", folder="out_dir")
     if cfg.kmeans_init and ckpt is None:
         torch.manual_seed(cfg.seed)
         kmeans_init(model, batches, books=books, n_tokens=cfg.kmeans_tokens, iters=cfg.kmeans_iters, seed=cfg.seed)
@@ -249,8 +260,25 @@ def save_codebook_model(model: Any, folder: str | os.PathLike, card: dict[str, A
         sub = f"codebooks/{i}"
         layer.save(folder / sub)
         index[site] = sub
-    (folder / INDEX_FILE).write_text(json.dumps({"sites": index, "base": base, "card": card or {}}, indent=2) + "\n")
+    write_codebook_index(folder, {"sites": index, "base": base, "card": card or {}})
     return folder
+
+
+def write_codebook_index(folder: str | os.PathLike, index: Mapping[str, Any]) -> Path:
+    """Write ``codebooks.json`` ({sites, base, card}) with the sha256 of every file of the folder (each codebook's
+    files, the model's own files if it holds one) and of itself; :func:`load_codebook_model` verifies them."""
+    folder = Path(folder)
+    files = [p.name for p in folder.iterdir()
+             if p.is_file() and p.name != INDEX_FILE and not p.name.startswith(".") and not p.name.endswith(".tmp")]
+    for sub in index.get("sites", {}).values():
+        files += [f"{sub}/{f}" for f in (CONFIG_FILE, CODES_FILE) if (folder / sub / f).is_file()]
+    return write_json(folder / INDEX_FILE, index, checksums=sorted(files))
+
+
+def _verify_codebook_folder(folder: Path) -> bool:
+    return verify_checksums(folder, record=INDEX_FILE, what="codebook model",
+                            remedy="Save the codebook model again, re-run its training, or restore the folder "
+                                   "from a copy")
 
 
 def load_codebook_model(name_or_folder: str | os.PathLike) -> Any:
@@ -262,19 +290,22 @@ def load_codebook_model(name_or_folder: str | os.PathLike) -> Any:
     if not folder.is_dir() and (WEIGHTS_DIR / str(name_or_folder)).is_dir():
         folder = WEIGHTS_DIR / str(name_or_folder)
     index_path = folder / INDEX_FILE
+    warn_if_being_written(folder.parent if folder.name == "final" else folder, "codebook folder")
     if not index_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {INDEX_FILE}: not a codebook model (save one with "
                                 "save_codebook_model)")
-    index = json.loads(index_path.read_text())
+    verified = _verify_codebook_folder(folder)  # every file against codebooks.json before anything is parsed
+    index = read_json(index_path, what="codebook index")
     model = interp.load(index["base"] if index.get("base") else str(folder))
-    attach(model, {site: CodebookLayer.load(folder / sub) for site, sub in index["sites"].items()})
+    attach(model, {site: CodebookLayer.load(folder / sub, verify=not verified)
+                   for site, sub in index["sites"].items()})
     return model.eval()
 
 
 def codebook_index(folder: str | os.PathLike) -> dict[str, Any]:
     """The ``codebooks.json`` of a codebook-model folder ({sites, base, card}); {} if it is missing or unreadable."""
     try:
-        index = json.loads((Path(folder) / INDEX_FILE).read_text())
+        index = read_json(Path(folder) / INDEX_FILE, what="codebook index")
     except (OSError, ValueError):
         return {}
     return index if isinstance(index, dict) else {}
@@ -297,7 +328,7 @@ def check_codebook_folder(folder: str | os.PathLike) -> dict[str, Any]:
 
     folder = Path(folder).resolve()
     try:
-        index = json.loads((folder / INDEX_FILE).read_text())
+        index = read_json(folder / INDEX_FILE, what="codebook index")
     except (OSError, ValueError) as e:
         raise ValueError(f"Could not read {folder / INDEX_FILE}: {str(e)[:300]}") from e
     sites = index.get("sites") if isinstance(index, dict) else None

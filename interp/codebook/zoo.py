@@ -35,13 +35,17 @@ import torch
 from torch import Tensor
 
 from interp.data.tokfsm import tokfsm_dataset, tokfsm_labels
+from interp.io import read_json
+from interp.locks import FolderLock
 from interp.tasks.tokfsm import tokfsm_code_steering_table, tokfsm_state_codes
 from interp.zoo.recipes import Recipe, batch_at
 
 from .analysis import code_label_precision, collect_codes, usage_stats
 from .config import CodebookTrainConfig
 from .insert import make_codebooks, mixer_output_hooks
-from .train import INDEX_FILE, Batches, load_codebook_model, save_codebook_model, train_codebooks
+from .train import (
+    INDEX_FILE, Batches, load_codebook_model, save_codebook_model, train_codebooks, write_codebook_index,
+)
 
 FIT_SEED = 7  # codes and neurons are chosen on these sequences, scored on others (``seed``)
 MIN_RECALLS = (0.5, 0.25, 0.1)
@@ -145,22 +149,23 @@ def train_recipe(name: str, out_dir: str | Path | None = None, steps: int | None
     recipe = CODEBOOK_RECIPES[name]
     cfg = recipe.train if steps is None else recipe.train.replace(steps=steps)
     out_dir = Path(out_dir or f"runs/codebook/{name}")
-    model = interp.load(recipe.base)
-    books = make_codebooks(model, hook=mixer_output_hooks(model), **recipe.codebook)
-    result = train_codebooks(model, model_batches(model, cfg), books=books, cfg=cfg, out_dir=out_dir, resume=resume,
-                             progress=progress)
-    metrics = evaluate_tokfsm(model, recipe.base)
-    card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
-            "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,
-            "training_time_s": round(result.elapsed_s, 1), "metrics": metrics,
-            "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
-    final = out_dir / "final"
-    save_codebook_model(model, final, card, base=None if cfg.train_model else recipe.base)
-    if install:
-        dst = WEIGHTS_DIR / name
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(final, dst)
-    return card
+    with FolderLock(out_dir, job=f"codebook recipe {name}"):  # training, final/ and the card: one writer
+        model = interp.load(recipe.base)
+        books = make_codebooks(model, hook=mixer_output_hooks(model), **recipe.codebook)
+        result = train_codebooks(model, model_batches(model, cfg), books=books, cfg=cfg, out_dir=out_dir,
+                                 resume=resume, progress=progress)
+        metrics = evaluate_tokfsm(model, recipe.base)
+        card = {"name": name, "base": recipe.base, "description": recipe.description, "codebook": recipe.codebook,
+                "train": cfg.to_dict(), "history": result.history[-1] if result.history else None,
+                "training_time_s": round(result.elapsed_s, 1), "metrics": metrics,
+                "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
+        final = out_dir / "final"
+        save_codebook_model(model, final, card, base=None if cfg.train_model else recipe.base)
+        if install:
+            dst = WEIGHTS_DIR / name
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(final, dst)
+        return card
 
 
 def install_hint(name: str) -> str:
@@ -245,9 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = load_codebook_model(folder)
         card = {"name": a.name, "metrics": evaluate_tokfsm(model, CODEBOOK_RECIPES[a.name].base)}
         if a.write_card:
-            index = json.loads((folder / INDEX_FILE).read_text())
+            index = read_json(folder / INDEX_FILE, what="codebook index")
             index["card"]["metrics"] = card["metrics"]
-            (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+            write_codebook_index(folder, index)  # with fresh checksums
     else:
         card = train_recipe(a.name, a.out, a.steps, progress=not a.no_progress, install=a.install,
                             resume=not a.no_resume)

@@ -36,22 +36,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from interp.hooks import HookedModel
 from interp.hooks.loading import ExistingRunError
 from interp.hooks.tokens import as_tokens
+from interp.io import read_json, read_safetensors, verify_checksums, write_json
+from interp.locks import FolderLock, warn_if_being_written
 from interp.metrics import kl_divergence
 from interp.training import (
     CHECKPOINT_DIR, DECAYS, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
@@ -239,7 +241,8 @@ class TunedLens(torch.nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()},
                   str(folder / LENS_FILE), metadata={"format": FORMAT})
-        (folder / LENS_CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        # written last, with the sha256 of the translators and of itself (load verifies them)
+        write_json(folder / LENS_CONFIG_FILE, self.config(), checksums=[LENS_FILE])
         return folder
 
     @classmethod
@@ -250,14 +253,16 @@ class TunedLens(torch.nn.Module):
         folder = Path(folder)
         if not (folder / LENS_CONFIG_FILE).is_file() or not (folder / LENS_FILE).is_file():
             raise FileNotFoundError(f"no tuned lens in {folder} (expected {LENS_CONFIG_FILE} and {LENS_FILE})")
-        cfg = json.loads((folder / LENS_CONFIG_FILE).read_text())
+        warn_if_being_written(folder, "tuned-lens folder")  # a training job still writes it: a snapshot
+        verify_checksums(folder, [LENS_FILE], record=LENS_CONFIG_FILE, what="tuned lens")
+        cfg = read_json(folder / LENS_CONFIG_FILE, what="tuned-lens config")
         if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder / LENS_CONFIG_FILE} is not a tuned lens of format {FORMAT} "
                              f"v{FORMAT_VERSION} (format {cfg.get('format')!r} v{cfg.get('format_version')!r})")
         lens = cls(cfg["d_model"], cfg["n_layers"], model_name=cfg.get("model_name"),
                    readout_hash=cfg.get("readout_hash"))
         lens.check_fits(model, where=f"the tuned lens in {folder}", strict=strict)
-        lens.load_state_dict(load_file(str(folder / LENS_FILE)), strict=True)
+        lens.load_state_dict(read_safetensors(folder / LENS_FILE, what="tuned-lens weights"), strict=True)
         return lens.to(model.W_U.device)
 
 
@@ -381,6 +386,8 @@ def train_tuned_lens(model: HookedModel, batches: Batches, *, cfg: TunedLensConf
         config, another model, not a tuned-lens run) or ``out_dir`` holds a lens without a checkpoint;
         ``resume=False`` deletes the checkpoint and starts over (the lens files are overwritten at the end).
     progress: a tqdm bar with the mean KL over layers.
+
+    ``out_dir`` is locked for the whole call (:class:`interp.locks.FolderLockedError` if another job writes it).
     """
     if not isinstance(cfg, TunedLensConfig):
         raise TypeError(f"cfg must be a TunedLensConfig, got {type(cfg).__name__}")
@@ -389,61 +396,62 @@ def train_tuned_lens(model: HookedModel, batches: Batches, *, cfg: TunedLensConf
     opt, sched = _optimizer(lens, cfg)
     recipe = _recipe(model, cfg)
     out = None if out_dir is None else Path(out_dir)
-    start, history = 0, []
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            clear_checkpoints(out)
-        ckpt = find_checkpoint(out)
-        if ckpt is None and (out / LENS_CONFIG_FILE).exists() and resume:
-            raise ExistingRunError(f"{out} holds a tuned lens but no checkpoint of the run that made it",
-                                   restart="resume=False", folder="out_dir")
-        if ckpt is not None:
-            saved = read_checkpoint_state(ckpt)
-            theirs = saved.get("recipe", {})
-            if theirs.get("kind") != "tuned_lens":
-                raise ExistingRunError(f"{ckpt} is not a tuned-lens training checkpoint", restart="resume=False",
-                                       folder="out_dir")
-            diff = [d for d in config_diff(theirs, recipe) if d not in RESUME_FREE_FIELDS]
-            if diff:
-                raise ExistingRunError(f"{ckpt} was written by another tuned-lens run (differs in {diff}); "
-                                       "resuming would mix two runs", restart="resume=False", folder="out_dir")
-            warning = thread_count_warning(saved)
-            if warning and progress:
-                tqdm.write(warning)
-            state = load_checkpoint(ckpt, lens, opt, sched)
-            start, history = state["step"], state.get("history", [])
-            if progress:
-                tqdm.write(f"tuned lens: resuming from {ckpt} at step {start}/{cfg.steps}")
-    device = model.W_U.device
-    frozen = {id(p): p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    bar = tqdm(total=cfg.steps, initial=start, desc="tuned lens", disable=not progress, dynamic_ncols=True,
-               mininterval=1.0)
-    try:
-        for step in range(start, cfg.steps):
-            tokens = as_tokens(model, _batch(batches, step, cfg)).to(device)
-            opt.zero_grad(set_to_none=True)
-            kl = _step_loss(model, lens, tokens)
-            if not math.isfinite(kl):
-                raise FloatingPointError(f"tuned lens training: KL is {kl} at step {step}; lower cfg.lr")
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(lens.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            done = step + 1
-            bar.update(1)
-            if done % cfg.log_every == 0 or done == cfg.steps:
-                history.append({"step": done, "kl": kl})
-                bar.set_postfix(kl=f"{kl:.4f}", refresh=False)
-            if out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                                    or done == cfg.steps):
-                save_checkpoint(out / CHECKPOINT_DIR, lens, opt, sched, done, recipe, {"history": history})
-    finally:
-        bar.close()
+    # one writer per out_dir, from the resume check to the saved lens
+    with FolderLock(out, job="train_tuned_lens") if out is not None else nullcontext():
+        start, history = 0, []
+        if out is not None:
+            if not resume:
+                clear_checkpoints(out)
+            ckpt = find_checkpoint(out)
+            if ckpt is None and (out / LENS_CONFIG_FILE).exists() and resume:
+                raise ExistingRunError(f"{out} holds a tuned lens but no checkpoint of the run that made it",
+                                       restart="resume=False", folder="out_dir")
+            if ckpt is not None:
+                saved = read_checkpoint_state(ckpt)
+                theirs = saved.get("recipe", {})
+                if theirs.get("kind") != "tuned_lens":
+                    raise ExistingRunError(f"{ckpt} is not a tuned-lens training checkpoint", restart="resume=False",
+                                           folder="out_dir")
+                diff = [d for d in config_diff(theirs, recipe) if d not in RESUME_FREE_FIELDS]
+                if diff:
+                    raise ExistingRunError(f"{ckpt} was written by another tuned-lens run (differs in {diff}); "
+                                           "resuming would mix two runs", restart="resume=False", folder="out_dir")
+                warning = thread_count_warning(saved)
+                if warning and progress:
+                    tqdm.write(warning)
+                state = load_checkpoint(ckpt, lens, opt, sched)
+                start, history = state["step"], state.get("history", [])
+                if progress:
+                    tqdm.write(f"tuned lens: resuming from {ckpt} at step {start}/{cfg.steps}")
+        device = model.W_U.device
+        frozen = {id(p): p.requires_grad for p in model.parameters()}
         for p in model.parameters():
-            p.requires_grad_(frozen.get(id(p), True))
-    if out is not None:
-        lens.save(out)
-    return lens
+            p.requires_grad_(False)
+        bar = tqdm(total=cfg.steps, initial=start, desc="tuned lens", disable=not progress, dynamic_ncols=True,
+                   mininterval=1.0)
+        try:
+            for step in range(start, cfg.steps):
+                tokens = as_tokens(model, _batch(batches, step, cfg)).to(device)
+                opt.zero_grad(set_to_none=True)
+                kl = _step_loss(model, lens, tokens)
+                if not math.isfinite(kl):
+                    raise FloatingPointError(f"tuned lens training: KL is {kl} at step {step}; lower cfg.lr")
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(lens.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                done = step + 1
+                bar.update(1)
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    history.append({"step": done, "kl": kl})
+                    bar.set_postfix(kl=f"{kl:.4f}", refresh=False)
+                if out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                                        or done == cfg.steps):
+                    save_checkpoint(out / CHECKPOINT_DIR, lens, opt, sched, done, recipe, {"history": history})
+        finally:
+            bar.close()
+            for p in model.parameters():
+                p.requires_grad_(frozen.get(id(p), True))
+        if out is not None:
+            lens.save(out)
+        return lens

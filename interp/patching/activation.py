@@ -56,6 +56,9 @@ _LOGIT_BUDGET = 2**27
 #: compute-bound, and big batches fall out of cache (tokfsm-mamba, 27 pairs: 72 cells per forward 2.5 s, 8 per forward
 #: 1.6 s, one per forward 1.4 s); on a GPU the per-forward overhead dominates and stacking pays.
 _MAX_ROWS = {"cpu": 256, "cuda": 4096}
+#: positions whose cells share one partial forward when a sweep reuses the base run's state (their copies run from
+#: the first one's state): fewer, bigger forwards against a little work on positions a copy does not change yet
+_PREFIX_SPAN = 2
 
 
 @dataclass(frozen=True)
@@ -285,21 +288,24 @@ def patch_sweep(
     per_prompt = torch.empty(len(cells), b)
     raw = torch.empty(len(cells))
     if reuse_prefix:
-        states = base_states(model, base, positions=pos_sorted)
+        states = base_states(model, base, positions=[start for start, _ in cell_groups(layers, pos, c, _PREFIX_SPAN)])
         resid = {layer: base_cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
         n_forwards += 1
-        for p, group in cell_groups(layers, pos, c):
-            hooks = [(template.format(layer=layer),
-                      _patcher(cache[template.format(layer=layer)], torch.tensor([i]), torch.tensor([p]), b,
-                               model.pos_dim(template.format(layer=layer)), src_pos))
-                     for i, layer in enumerate(group)]
-            logits = prefix_cells(model, resid_pre=resid, base_logits=base_logits, states=states, layers=group,
-                                  position=p, fwd_hooks=hooks, state_site=state)
+        index = {(layer, p): [row * len(pos) + j for row, lay in enumerate(layers) if lay == layer
+                              for j, q in enumerate(pos) if q == p] for layer in layers for p in pos}
+        for start, group in cell_groups(layers, pos, c, _PREFIX_SPAN):
+            hooks = []
+            for layer in sorted({lay for lay, _ in group}):
+                name = template.format(layer=layer)
+                mine = [(i, p) for i, (lay, p) in enumerate(group) if lay == layer]
+                hooks.append((name, _patcher(cache[name], torch.tensor([i for i, _ in mine]),
+                                             torch.tensor([p for _, p in mine]), b, model.pos_dim(name), src_pos)))
+            logits = prefix_cells(model, resid_pre=resid, base_logits=base_logits, state=states[start],
+                                  cells=group, start=start, fwd_hooks=hooks, state_site=state)
             m, r = metric(logits, clean_logits).float().cpu(), score.raw(logits).float().cpu()
-            for i, layer in enumerate(group):
-                for cell in (row * len(pos) + j for row, lay in enumerate(layers) if lay == layer
-                             for j, q in enumerate(pos) if q == p):
-                    per_prompt[cell], raw[cell] = m[i], r[i]
+            for i, cell in enumerate(group):
+                for flat in index[cell]:
+                    per_prompt[flat], raw[flat] = m[i], r[i]
             n_forwards += 1
     for start in range(0, len(cells) if not reuse_prefix else 0, c):
         chunk = [(j, *cell) for j, cell in enumerate(cells[start:start + c])]

@@ -32,21 +32,13 @@ __all__ = ["supports_prefix", "base_states", "prefix_cells"]
 
 def supports_prefix(model: Any) -> bool:
     """Whether ``model`` can continue a forward from a decoding state at any block (an SSM)."""
-    return hasattr(model, "blocks") and callable(getattr(model, "_check_resid", None))
+    return hasattr(model, "blocks") and callable(getattr(model, "decoding_states", None))
 
 
-@torch.no_grad()
 def base_states(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> dict[int, SSMState | None]:
-    """{p: the decoding state after reading ``tokens[:, :p]``} for each p in ``positions`` (None for p = 0): one
-    pass of recurrent steps over the prompts, as generation reads a prompt."""
-    wanted = set(positions)
-    out: dict[int, SSMState | None] = {0: None} if 0 in wanted else {}
-    state = SSMState()
-    for t in range(max(wanted, default=0)):
-        model(tokens[:, t:t + 1], state=state, return_type=None)
-        if t + 1 in wanted:
-            out[t + 1] = state.copy()
-    return out
+    """{p: the decoding state after reading ``tokens[:, :p]``} for each p in ``positions`` (None for p = 0), from
+    one forward (:meth:`~interp.hooks.mamba.HookedSSM.decoding_states`)."""
+    return model.decoding_states(tokens, list(positions))
 
 
 def _repeat(snapshot: SSMState | None, layer: int, copies: int, position: int) -> SSMState | None:
@@ -66,43 +58,48 @@ def prefix_cells(
     *,
     resid_pre: dict[int, Tensor],
     base_logits: Tensor,
-    states: dict[int, SSMState | None],
-    layers: Sequence[int],
-    position: int,
+    state: SSMState | None,
+    cells: Sequence[tuple[int, int]],
+    start: int,
     fwd_hooks: list[tuple[str, Any]],
     state_site: bool,
 ) -> Tensor:
-    """Logits [c, b, L, V] of the cells (l, ``position``) for l in ``layers`` (sorted, distinct; copy i is cell
-    (layers[i], position)).
+    """Logits [c, b, L, V] of the cells (layer, position) in ``cells`` (sorted; copy i of the b prompts is cell
+    ``cells[i]``), run on positions ``start``.. (<= every cell's position) from the base run's decoding state there.
 
     ``resid_pre``: {l: the base run's residual stream entering block l, [b, L, d_model]}; ``base_logits``: the base
-    run's logits [b, L, V]; ``states``: :func:`base_states` at ``position``; ``fwd_hooks``: the patching hooks
-    (fwd_hooks as for run_with_hooks), each patching copy i (of the b prompts) at its layer's hook only, where
-    copy i is the i-th joined of those in the batch; ``state_site``: the site is ``ssm.hook_state`` (fire it at
-    ``position``).
+    run's logits [b, L, V]; ``state``: :func:`base_states` at ``start``; ``fwd_hooks``: the patching hooks
+    (as for run_with_hooks), patching copy i at its cell's layer and position only; ``state_site``: the site is
+    ``ssm.hook_state`` (fire it at the cells' positions). A copy's positions before its own are the base run's
+    (nothing is patched there yet), so cells of several positions share one partial forward.
     """
     b, L = base_logits.shape[:2]
-    p = position
-    kwargs: dict[str, Any] = {"state_positions": [p]} if state_site else {}
+    kwargs: dict[str, Any] = {"state_positions": sorted({p for _, p in cells})} if state_site else {}
     resid: Tensor | None = None
     joined = 0
     with model.hooks(fwd_hooks=fwd_hooks):
-        for k in range(layers[0], model.cfg.n_layers):
-            if joined < len(layers) and layers[joined] == k:  # cell (k, p) joins: block k's base input from p on
-                new = resid_pre[k][:, p:]
+        for k in range(cells[0][0], model.cfg.n_layers):
+            m = sum(1 for layer, _ in cells if layer == k)
+            if m:  # the cells of layer k join: block k's base input from ``start`` on, once per cell
+                new = resid_pre[k][:, start:].repeat(m, 1, 1)
                 resid = new if resid is None else torch.cat([resid, new.to(resid.dtype)])
-                joined += 1
-            state = _repeat(states[p], k, joined, p)
-            resid = model(resid, start_at_layer=k, stop_at_layer=k + 1, state=state, **kwargs)
-        logits = model(resid, start_at_layer=model.cfg.n_layers, state=SSMState(offset=p))  # [c·b, L-p, V]
-    c = len(layers)
-    before = base_logits[:, :p].to(logits.dtype)[None].expand(c, b, p, -1)
+                joined += m
+            resid = model(resid, start_at_layer=k, stop_at_layer=k + 1, state=_repeat(state, k, joined, start),
+                          **kwargs)
+        logits = model(resid, start_at_layer=model.cfg.n_layers, state=SSMState(offset=start))  # [c·b, L-start, V]
+    c = len(cells)
+    before = base_logits[:, :start].to(logits.dtype)[None].expand(c, b, start, -1)
     return torch.cat([before, logits.unflatten(0, (c, b))], dim=2)  # [c, b, L, V]
 
 
-def cell_groups(layers: Sequence[int], positions: Sequence[int], copies: int) -> Iterator[tuple[int, list[int]]]:
-    """(position, up to ``copies`` sorted distinct layers) groups covering every (layer, position) cell."""
+def cell_groups(layers: Sequence[int], positions: Sequence[int], copies: int, span: int
+                ) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """(start, sorted cells) groups covering every distinct (layer, position) cell: up to ``span`` consecutive
+    positions of the sorted distinct ones and up to ``copies`` cells a group; start = the group's first position."""
     distinct = sorted(set(layers))
-    for p in sorted(set(positions)):
-        for start in range(0, len(distinct), copies):
-            yield p, distinct[start:start + copies]
+    pos = sorted(set(positions))
+    g = max(1, min(span, copies // len(distinct)))
+    for i in range(0, len(pos), g):
+        cells = sorted((layer, p) for layer in distinct for p in pos[i:i + g])
+        for j in range(0, len(cells), copies):
+            yield min(p for _, p in cells[j:j + copies]), cells[j:j + copies]

@@ -11,7 +11,9 @@
 field (the value is parsed as JSON, else kept as a string). ``d_in``, ``hook_name`` and ``model_name`` may be left
 out: they come from the store (its hook width, hook and model) or from ``--model`` / ``--hook``.
 
-Re-running the same command resumes from ``OUT/checkpoint`` (``--no-resume`` starts over). The run folder ends
+Re-running the same command resumes from ``OUT/checkpoint`` (``--no-resume`` starts over). ``OUT`` is locked while
+the run writes it (:mod:`interp.locks`: a second run on it exits at once naming the first one's PID); ``--store``
+refuses an incomplete cache (a killed or running ``interp cache``) unless ``--allow-partial`` is given. The run folder ends
 with ``sae_weights.safetensors`` + ``cfg.json`` (load with ``SparseAutoencoder.load``) and
 ``training_summary.json``; ``--export-saelens DIR`` also writes the SAE in SAE-Lens's format.
 
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+
+from interp.io import read_json
 
 from .config import SAEConfig
 
@@ -57,10 +61,7 @@ def config_dict(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from e
+        data = read_json(path, what="SAE training config")  # CorruptFileError (a ValueError) naming the file
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object of SAEConfig fields, got a {type(data).__name__}")
     return {**data, **(overrides or {})}
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--shuffle-seed", type=int, default=None, help="--store: shuffling seed (default: cfg.seed)")
     src.add_argument("--buffer-tokens", type=int, default=None,
                      help="--model: rows shuffled together (default 16 batches, at most 262144)")
+    src.add_argument("--allow-partial", action="store_true",
+                     help="--store: train on an incomplete cache (a killed or running `interp cache`); refused "
+                          "otherwise")
     p.add_argument("--no-resume", action="store_true", help="delete OUT/checkpoint and start over")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step (the schedule is unchanged)")
     p.add_argument("--export-saelens", default=None, metavar="DIR", help="also save the SAE in SAE-Lens's format")
@@ -186,6 +190,7 @@ def _train_from_store(p: argparse.ArgumentParser, args: argparse.Namespace, over
     from .train import train_sae
 
     store = ActivationStore(args.store)
+    store.require_complete(allow_partial=args.allow_partial)  # IncompleteStoreError: one line, exit status 2
     raw = _raw_or_exit(p, args, overrides)
     wanted = args.hook or raw.get("hook_name")
     if wanted is not None and wanted not in store.hooks:
@@ -201,7 +206,8 @@ def _train_from_store(p: argparse.ArgumentParser, args: argparse.Namespace, over
     kwargs = dict(hook=hook, epochs=args.epochs, seed=args.shuffle_seed)
     if distributed:
         return train_sae_distributed(cfg, store, args.out, resume=not args.no_resume, progress=not args.no_progress,
-                                     max_steps=args.max_steps, backend=args.backend, **kwargs)
+                                     max_steps=args.max_steps, backend=args.backend,
+                                     allow_partial=args.allow_partial, **kwargs)
     return train_sae(cfg, lambda: rank_batches(store, cfg, **kwargs), args.out, device=args.device,
                      resume=not args.no_resume, progress=not args.no_progress, max_steps=args.max_steps)
 

@@ -4,7 +4,7 @@ Written next to the weights as ``cfg.json`` (:meth:`SAEConfig.to_dict` / :meth:`
 style of SAE-Lens configs::
 
     cfg = SAEConfig(d_in=64, d_sae=512, architecture="topk", k=16, hook_name="blocks.1.hook_resid_post")
-    SAEConfig.from_dict(json.loads(Path("sae/cfg.json").read_text()))
+    SAEConfig.from_dict(interp.io.read_json("sae/cfg.json", what="SAE config"))
 """
 
 from __future__ import annotations
@@ -136,6 +136,10 @@ class SAEConfig:
             errors.append("checkpoint_every must be >= 0 (0: checkpoint only at the end)")
         if self.aux_k is not None and self.aux_k < 1:
             errors.append(f"aux_k must be >= 1 or None, got {self.aux_k}")
+        for name in ("l1_coefficient", "l0_coefficient", "aux_coefficient"):  # a negative penalty rewards density
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                errors.append(f"{name} must be a finite number >= 0, got {v}")
         if errors:
             raise ValueError("invalid SAEConfig: " + "; ".join(errors))
         if self.architecture == "topk":

@@ -298,6 +298,7 @@ def train_sae_distributed(
     progress: bool = True,
     max_steps: int | None = None,
     backend: str | None = None,
+    allow_partial: bool = False,
 ) -> SAETrainResult:
     """Train an SAE on an activation store with every ``torchrun`` process (one process without torchrun).
 
@@ -311,11 +312,14 @@ def train_sae_distributed(
         buffer_shards: shards shuffled together per rank.
         resume, progress, max_steps: as :func:`~interp.sae.train.train_sae`.
         backend: process-group backend (default nccl with CUDA, else gloo).
+        allow_partial: train on an incomplete store (its writing run killed or still going); otherwise
+            :class:`~interp.activations.store.IncompleteStoreError` naming the shards present and expected.
 
     Returns: :class:`~interp.sae.train.SAETrainResult` (the same SAE on every rank; the loss curve is the global
     batch's).
     """
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    store.require_complete(allow_partial=allow_partial)
     if is_torchrun() or dist.is_initialized():
         ctx: TrainContext = init_distributed(backend)
         device = ctx.device  # type: ignore[attr-defined]

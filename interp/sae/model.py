@@ -34,9 +34,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformer_lens.HookedRootModule import HookedRootModule
+
+from interp.io import read_json, read_safetensors, verify_checksums, write_checksums
+from interp.locks import warn_if_being_written
 
 from interp.hooks.hook_points import HookPoint
 from interp.hooks.protocol import HookedModel
@@ -251,6 +254,7 @@ class SparseAutoencoder(HookedRootModule):
         tmp_c.write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         os.replace(tmp_w, folder / WEIGHTS_FILE)
         os.replace(tmp_c, folder / CONFIG_FILE)
+        write_checksums(folder, [CONFIG_FILE, WEIGHTS_FILE])  # checksums.json, verified by load
         return folder
 
     @classmethod
@@ -264,10 +268,19 @@ class SparseAutoencoder(HookedRootModule):
                 f"{folder} is not a saved SAE: expected {CONFIG_FILE} and {WEIGHTS_FILE} "
                 "(written by SparseAutoencoder.save or interp.sae.train_sae)"
             )
-        cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text()))
+        warn_if_being_written(folder, "SAE folder")  # a training job still writes it: a snapshot
+        verify_sae_folder(folder)
+        cfg = SAEConfig.from_dict(read_json(cfg_path, what="SAE config"))
         sae = cls(cfg)
-        sae.load_state_dict(load_file(str(w_path)), strict=True)
+        sae.load_state_dict(read_safetensors(w_path, what="SAE weights"), strict=True)
         return sae.to(device=device, dtype=dtype).eval()
+
+
+def verify_sae_folder(folder: str | os.PathLike) -> bool:
+    """Check ``cfg.json`` and ``sae_weights.safetensors`` against the folder's ``checksums.json``
+    (:func:`interp.io.verify_checksums`: :class:`interp.io.IntegrityError` naming a changed file; a folder without
+    checksums, e.g. one SAE-Lens wrote, is read with a warning that the check is skipped)."""
+    return verify_checksums(folder, [CONFIG_FILE, WEIGHTS_FILE], what="SAE folder")
 
 
 def find_sae_folders(roots: list[Path] | tuple[Path, ...], limit: int = 200, max_depth: int = 5) -> list[Path]:

@@ -60,11 +60,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
+from interp.io import CorruptFileError, read_json, read_safetensors, write_checksums
+
 from .config import ARCHITECTURES, SAEConfig
-from .model import CONFIG_FILE, WEIGHTS_FILE, SparseAutoencoder
+from .model import CONFIG_FILE, WEIGHTS_FILE, SparseAutoencoder, verify_sae_folder
 
 __all__ = [
     "SAEFormatError", "SAELENS_ARCHITECTURE", "SUPPORTED_SAELENS_ARCHITECTURES", "INTERP_CONFIG_KEY",
@@ -201,6 +203,7 @@ def save_saelens(sae: SparseAutoencoder, folder: str | os.PathLike, metadata: di
     tmp_c.write_text(json.dumps(cfg, indent=2) + "\n")
     os.replace(tmp_w, folder / WEIGHTS_FILE)
     os.replace(tmp_c, folder / CONFIG_FILE)
+    write_checksums(folder, [CONFIG_FILE, WEIGHTS_FILE])  # checksums.json (SAE-Lens ignores it)
     return folder
 
 
@@ -396,8 +399,9 @@ def load_saelens(folder: str | os.PathLike, device: str | torch.device | None = 
     if fmt != "sae_lens":
         raise SAEFormatError(f"{folder} holds an SAE in interp's own format, not SAE-Lens's: load it with "
                              "SparseAutoencoder.load(folder) or load_sae(folder)")
-    cfg = json.loads((folder / CONFIG_FILE).read_text())
-    state = load_file(str(folder / WEIGHTS_FILE))
+    verify_sae_folder(folder)
+    cfg = read_json(folder / CONFIG_FILE, what="SAE config")
+    state = read_safetensors(folder / WEIGHTS_FILE, what="SAE weights")
     return _convert(cfg, state, str(folder), relu_first=True, device=device, dtype=dtype)
 
 
@@ -461,9 +465,9 @@ def sae_format(folder: str | os.PathLike) -> Literal["interp", "sae_lens"]:
             "(SAE-Lens)" + ("; " + "; ".join(hints) if hints else "")
         )
     try:
-        cfg = json.loads((folder / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SAEFormatError(f"{folder / CONFIG_FILE} is not valid JSON ({e}); the folder is not a saved SAE") from e
+        cfg = read_json(folder / CONFIG_FILE, what="SAE config")
+    except CorruptFileError as e:
+        raise SAEFormatError(f"{e} The folder is not a saved SAE.") from e
     if not isinstance(cfg, dict):
         raise SAEFormatError(f"{folder / CONFIG_FILE} holds a {type(cfg).__name__}, not an SAE config object")
     ours = {f.name for f in dataclasses.fields(SAEConfig)}
@@ -486,6 +490,7 @@ def sae_format(folder: str | os.PathLike) -> Literal["interp", "sae_lens"]:
 def load_sae(folder: str | os.PathLike, device: str | torch.device | None = None,
              dtype: torch.dtype | None = None) -> SparseAutoencoder:
     """Load an SAE saved in either format (:func:`sae_format`) as our :class:`SparseAutoencoder` (eval mode)."""
+    verify_sae_folder(folder)  # before the format is read from cfg.json
     if sae_format(folder) == "interp":
         return SparseAutoencoder.load(folder, device=device, dtype=dtype)
     return load_saelens(folder, device=device, dtype=dtype)

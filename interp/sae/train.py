@@ -43,19 +43,21 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.hooks.loading import ExistingRunError
+from interp.io import read_safetensors, verify_checksums
+from interp.locks import FolderLock, warn_if_being_written
 from interp.training import (
-    CHECKPOINT_DIR, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
-    save_checkpoint, thread_count_warning, warmup_decay,
+    CHECKPOINT_DIR, CHECKPOINT_FILES, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint,
+    read_checkpoint_state, save_checkpoint, thread_count_warning, warmup_decay,
 )
 
 from . import metrics
@@ -474,39 +476,50 @@ def train_sae(
     Raises:
         NonFiniteTrainingError: a NaN/inf in a batch, the loss, a gradient or a parameter.
         ExistingRunError: ``out`` holds a checkpoint written with another configuration (a ``ValueError``).
+        FolderLockedError: another job writes ``out`` (:mod:`interp.locks`; its PID and host are named).
         ValueError: a stream shorter than the checkpoint.
     """
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    run = _start(cfg, out, device, resume, context if context is not None else TrainContext())
-    total = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
-    stream = _open_stream(batches, run.start)
-    fwd = run.ctx.wrap(run.module)
-    bar = tqdm(total=total, initial=run.start, desc=f"sae {cfg.architecture}",
-               disable=not progress or not run.ctx.is_main, dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-    run.t0 = time.perf_counter()
-    try:
-        for step in range(run.start, total):
-            x, n_global = _next_batch(run, stream, step, total)
-            if x is None:
-                break
-            res, value, lr = _train_step(run, fwd, x, n_global, step)
-            done = step + 1
-            bar.update(1)
-            if done % max(1, cfg.log_every) == 0 or done == total:
-                row = _evaluate(run, done, x, res, value, lr)
-                bar.set_postfix(L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
-                                MSE=f"{row['mse']:.3g}", dead=f"{row['dead_fraction']:.2f}", refresh=False)
-            if run.out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == total):
-                _checkpoint(run, done)
-    finally:
-        bar.close()
-    return _finish(run)
+    ctx = context if context is not None else TrainContext()
+    # one writer per run folder (the main process), from the resume check to the final files
+    with FolderLock(out, job="train_sae") if out is not None and ctx.is_main else nullcontext():
+        run = _start(cfg, out, device, resume, ctx)
+        total = cfg.total_steps if max_steps is None else min(cfg.total_steps, max_steps)
+        stream = _open_stream(batches, run.start)
+        fwd = run.ctx.wrap(run.module)
+        bar = tqdm(total=total, initial=run.start, desc=f"sae {cfg.architecture}",
+                   disable=not progress or not run.ctx.is_main, dynamic_ncols=True, mininterval=1.0,
+                   file=sys.stderr)
+        run.t0 = time.perf_counter()
+        try:
+            for step in range(run.start, total):
+                x, n_global = _next_batch(run, stream, step, total)
+                if x is None:
+                    if step == run.start:  # nothing to train on: never hand back an untrained SAE as a result
+                        raise ValueError(f"batches yielded no batch at step {step} of {total}: the activation "
+                                         "stream is empty (an empty store, or a factory returning an exhausted "
+                                         "iterator)")
+                    break
+                res, value, lr = _train_step(run, fwd, x, n_global, step)
+                done = step + 1
+                bar.update(1)
+                if done % max(1, cfg.log_every) == 0 or done == total:
+                    row = _evaluate(run, done, x, res, value, lr)
+                    bar.set_postfix(L0=f"{row['l0']:.1f}", EV=f"{row['explained_variance']:.3f}",
+                                    MSE=f"{row['mse']:.3g}", dead=f"{row['dead_fraction']:.2f}", refresh=False)
+                if run.out is not None and ((cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+                                            or done == total):
+                    _checkpoint(run, done)
+        finally:
+            bar.close()
+        return _finish(run)
 
 
 def load_checkpoint_sae(folder: str | os.PathLike,
                         device: str | torch.device | None = None) -> tuple[SparseAutoencoder, dict[str, Any]]:
     """The SAE inside a training checkpoint (``out`` or ``out/checkpoint``) and the checkpoint's JSON state."""
     folder = Path(folder)
+    warn_if_being_written(folder.parent if (folder / "state.json").is_file() else folder, "SAE run folder")
     if not (folder / "state.json").is_file():
         found = find_checkpoint(folder)
         if found is None:
@@ -515,7 +528,9 @@ def load_checkpoint_sae(folder: str | os.PathLike,
         folder = found
     state = read_checkpoint_state(folder)
     sae = SparseAutoencoder(SAEConfig.from_dict(state["sae_config"]))
-    weights = {k.removeprefix("sae."): v for k, v in load_file(str(folder / "model.safetensors")).items()
+    verify_checksums(folder, CHECKPOINT_FILES, record="state.json", what="checkpoint")
+    weights = {k.removeprefix("sae."): v for k, v in read_safetensors(folder / "model.safetensors",
+                                                                      what="checkpoint weights").items()
                if k.startswith("sae.")}
     sae.load_state_dict(weights, strict=True)
     return sae.to(device).eval() if device is not None else sae.eval(), state

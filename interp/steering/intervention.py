@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch import Tensor
 from interp.hooks.hook_points import absolute_positions
 
 from interp.hooks.positions import Positions, PositionsLike
+from interp.io import write_json
 from .sources import SOURCES, Source
 
 __all__ = ["Intervention", "Compose", "load", "FORMAT", "CONFIG_FILE", "TENSORS_FILE"]
@@ -237,7 +237,7 @@ def _save(items: list[Intervention], folder: str | Path, single: bool) -> Path:
         configs.append(iv.to_config())
     doc = {"format": FORMAT, **configs[0]} if single else {"format": FORMAT, "type": "compose", "items": configs}
     save_file(tensors, str(folder / TENSORS_FILE), metadata={"format": FORMAT})
-    (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(folder / CONFIG_FILE, doc, checksums=[TENSORS_FILE])  # with the sha256 of the tensors and itself
     return folder
 
 
@@ -272,16 +272,17 @@ def _from_config(cfg: dict[str, Any], tensors: dict[str, Tensor], prefix: str, f
 def load(folder: str | Path, **runtime: Any) -> Intervention | Compose:
     """Load an intervention (or a composition) written by ``save``. ``runtime``: e.g. ``sae=`` (see
     :class:`~.sources.SAELatents`)."""
-    from safetensors.torch import load_file
+    from interp.io import read_json, read_safetensors, verify_checksums
 
     folder = Path(folder)
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a folder written by Intervention.save / Compose.save")
-    doc = json.loads(path.read_text())
+    verify_checksums(folder, [TENSORS_FILE], record=CONFIG_FILE, what="intervention")
+    doc = read_json(path, what="intervention config")
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
-    tensors = load_file(str(folder / TENSORS_FILE))
+    tensors = read_safetensors(folder / TENSORS_FILE, what="intervention tensors")
     if doc["type"] == "intervention":
         return _from_config(doc, tensors, "", folder, runtime)
     if doc["type"] == "compose":

@@ -24,11 +24,13 @@ This module imports nothing heavy: ``interp.load`` consults it for every name.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card", "model_task", "cards_markdown"]
+from interp.io import RECORD_KEY, read_json, verify_checksums, write_checksums
+
+__all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_card", "model_task", "cards_markdown",
+           "write_shipped_checksums", "verify_shipped_checksums"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2")
@@ -67,7 +69,9 @@ def model_card(name: str) -> dict[str, Any]:
             f"{card} is missing: the weights of {name!r} are not installed. "
             f"Train and install them with `python -m interp.zoo.train {name} --install`."
         )
-    return json.loads(card.read_text())
+    doc = read_json(card, what="model card")  # the card carries its own sha256: an edited card is refused
+    doc.pop(RECORD_KEY, None)
+    return doc
 
 
 def model_task(name: str | None) -> str | None:
@@ -101,3 +105,40 @@ def cards_markdown(names: list[str] | None = None) -> str:
                     f"| {c['steps']} | {c['training_time_s']:.0f} | {metric.replace('_', ' ')} "
                     f"**{c['metrics'][metric]:.4f}** | {c['target']} |")
     return "\n".join(rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checksums of the shipped folders
+
+
+def _record_of(folder: Path) -> str:
+    """The JSON document of a shipped folder that holds its checksums: the model card, or a codebook model's
+    ``codebooks.json``."""
+    return CARD_FILE if (folder / CARD_FILE).is_file() else "codebooks.json"
+
+
+def _shipped_folders() -> list[Path]:
+    return sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_dir() and (p / _record_of(p)).is_file())
+
+
+def write_shipped_checksums(folders: list[Path] | None = None) -> list[Path]:
+    """(Re)write the sha256 of every file of each shipped folder (``interp/zoo/weights/*``, or ``folders``) into
+    its model card (``model_card.json``) or, for a codebook model, its ``codebooks.json``; run after retraining
+    or installing a model: ``python -c "import interp.zoo as z; z.write_shipped_checksums()"``.
+    ``interp.load`` verifies them (``tests/test_faults_integrity.py`` checks the shipped ones match)."""
+    out = []
+    for folder in folders or _shipped_folders():
+        record = _record_of(folder)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                       if p.is_file() and p.name != record and not p.name.endswith(".tmp"))
+        out.append(write_checksums(folder, files, into=record))
+    return out
+
+
+def verify_shipped_checksums(folders: list[Path] | None = None) -> None:
+    """Check every shipped folder against its record (:func:`write_shipped_checksums`); a folder without one
+    fails (``interp.io.IntegrityError``)."""
+    for folder in folders or _shipped_folders():
+        verify_checksums(folder, record=_record_of(folder), what="embedded model", required=True,
+                         remedy="Reinstall the package, or regenerate with interp.zoo.write_shipped_checksums() "
+                                "after retraining")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp.io import read_json
 from interp.metrics import next_token_cross_entropy, next_token_nll
 from interp.zoo.recipes import Recipe, get_recipe
 
@@ -128,7 +129,7 @@ def recipe_of(name: str, folder: str | Path | None = None) -> Recipe:
 
     folder = Path(folder) if folder is not None else embedded_path(name)
     if folder is not None and (Path(folder) / CARD_FILE).is_file():
-        card = json.loads((Path(folder) / CARD_FILE).read_text())
+        card = read_json(Path(folder) / CARD_FILE, what="model card")  # an edited card fails its own sha256
         if "recipe" in card:
             return Recipe.from_dict(card["recipe"])
     return get_recipe(name)

@@ -37,10 +37,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from interp.hooks.loading import ExistingRunError
+from interp.io import (
+    CHECKSUMS_FILE, RECORD_KEY, read_json, read_safetensors, safetensors_metadata, write_checksums, write_json,
+)
+from interp.locks import LOCK_FILE, FolderLock
 from interp.metrics import next_token_cross_entropy
 from interp.training import (
     CHECKPOINT_DIR, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
@@ -158,90 +162,89 @@ def train(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = True, progr
           evaluate_at_end: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir`` (resuming from ``out_dir/checkpoint`` if there is one, or raising
     :class:`~interp.hooks.loading.ExistingRunError` if another recipe wrote it), then :func:`finalize`. Returns the
-    model card.
+    model card. ``out_dir`` is locked for the whole call (:class:`interp.locks.FolderLockedError` if another job
+    writes it).
 
     ``device``: where the training steps run (e.g. ``"cuda"``); the weights are initialised on the CPU
     (same seed, same start on every device), and saving and the final evaluation happen on the CPU.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_model(recipe).to(device)
-    opt, sched = make_optimizer(model, recipe)
-    start, losses, elapsed, cpu = 0, [], 0.0, 0.0
-    ckpt = find_checkpoint(out_dir) if resume else None
-    if not resume:
-        clear_checkpoints(out_dir)
-        (out_dir / LOG_FILE).unlink(missing_ok=True)
-    if ckpt is not None:
-        saved = read_checkpoint_state(ckpt)
-        diff = config_diff(Recipe.from_dict(saved["recipe"]).trajectory_dict(), recipe.trajectory_dict())
-        if diff:
-            raise ExistingRunError(
-                f"{ckpt} was written by a different recipe (differs in {diff}); resuming would mix two runs",
-                restart="resume=False", folder="out_dir",
-            )
-        warning = thread_count_warning(saved)
-        if warning:
-            tqdm.write(warning)
-        state = load_checkpoint(ckpt, model, opt, sched)
-        start, losses = state["step"], state.get("losses", [])
-        elapsed, cpu = state.get("elapsed_s", 0.0), state.get("cpu_s", 0.0)
-    _log(out_dir, event="start", from_step=start, steps=recipe.steps, checkpoint=str(ckpt) if ckpt else None,
-         pid=os.getpid())
-    if start:
-        tqdm.write(f"{recipe.name}: resuming from {ckpt} at step {start}/{recipe.steps}")
+    with FolderLock(out_dir, job=f"interp train {recipe.name}"):  # one writer: resume check to model card
+        model = build_model(recipe).to(device)
+        opt, sched = make_optimizer(model, recipe)
+        start, losses, elapsed, cpu = 0, [], 0.0, 0.0
+        ckpt = find_checkpoint(out_dir) if resume else None
+        if not resume:
+            clear_checkpoints(out_dir)
+            (out_dir / LOG_FILE).unlink(missing_ok=True)
+        if ckpt is not None:
+            saved = read_checkpoint_state(ckpt)
+            diff = config_diff(Recipe.from_dict(saved["recipe"]).trajectory_dict(), recipe.trajectory_dict())
+            if diff:
+                raise ExistingRunError(
+                    f"{ckpt} was written by a different recipe (differs in {diff}); resuming would mix two runs",
+                    restart="resume=False", folder="out_dir",
+                )
+            warning = thread_count_warning(saved)
+            if warning:
+                tqdm.write(warning)
+            state = load_checkpoint(ckpt, model, opt, sched)
+            start, losses = state["step"], state.get("losses", [])
+            elapsed, cpu = state.get("elapsed_s", 0.0), state.get("cpu_s", 0.0)
+        _log(out_dir, event="start", from_step=start, steps=recipe.steps, checkpoint=str(ckpt) if ckpt else None,
+             pid=os.getpid())
+        if start:
+            tqdm.write(f"{recipe.name}: resuming from {ckpt} at step {start}/{recipe.steps}")
 
-    model.train()
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    bar = tqdm(total=recipe.steps, initial=start, desc=recipe.name, disable=not progress, dynamic_ncols=True,
-               mininterval=1.0, file=sys.stderr)
-    t_seg, c_seg = time.perf_counter(), time.process_time()
-    ema = losses[-1] if losses else None
-    for step in range(start, recipe.steps):
-        loss = compute_loss(model, batch_at(recipe, step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        sched.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{recipe.name}: loss is {value} at step {step}; lower the lr")
-        losses.append(value)
-        ema = value if ema is None else 0.95 * ema + 0.05 * value
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
-        done = step + 1
-        if recipe.eval_every and done % recipe.eval_every == 0 and done < recipe.steps:
-            from interp.zoo.evaluate import evaluate
+        model.train()
+        ckpt_dir = out_dir / CHECKPOINT_DIR
+        bar = tqdm(total=recipe.steps, initial=start, desc=recipe.name, disable=not progress, dynamic_ncols=True,
+                   mininterval=1.0, file=sys.stderr)
+        t_seg, c_seg = time.perf_counter(), time.process_time()
+        ema = losses[-1] if losses else None
+        for step in range(start, recipe.steps):
+            loss = compute_loss(model, batch_at(recipe, step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            opt.step()
+            sched.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{recipe.name}: loss is {value} at step {step}; lower the lr")
+            losses.append(value)
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
+            done = step + 1
+            if recipe.eval_every and done % recipe.eval_every == 0 and done < recipe.steps:
+                from interp.zoo.evaluate import evaluate
 
-            m = evaluate(model, recipe, loss=False)
-            tqdm.write(f"step {done}: loss {ema:.4f} {m['metric']} {m[m['metric']]:.4f}")
-        if done % recipe.checkpoint_every == 0 or done == recipe.steps:
-            now, cnow = time.perf_counter(), time.process_time()
-            elapsed, cpu = elapsed + now - t_seg, cpu + cnow - c_seg
-            t_seg, c_seg = now, cnow
-            save_checkpoint(ckpt_dir, model, opt, sched, done, recipe.to_dict(),
-                            {"losses": losses, "elapsed_s": elapsed, "cpu_s": cpu})
-            _log(out_dir, event="checkpoint", step=done, loss=value)
-    bar.close()
-    if start < recipe.steps:
-        elapsed, cpu = elapsed + time.perf_counter() - t_seg, cpu + time.process_time() - c_seg
-    _log(out_dir, event="done", step=recipe.steps, elapsed_s=elapsed, cpu_s=cpu)
-    return finalize(model.cpu(), recipe, out_dir, losses, elapsed, evaluate_at_end=evaluate_at_end, cpu_s=cpu,
-                    device=str(device))
+                m = evaluate(model, recipe, loss=False)
+                tqdm.write(f"step {done}: loss {ema:.4f} {m['metric']} {m[m['metric']]:.4f}")
+            if done % recipe.checkpoint_every == 0 or done == recipe.steps:
+                now, cnow = time.perf_counter(), time.process_time()
+                elapsed, cpu = elapsed + now - t_seg, cpu + cnow - c_seg
+                t_seg, c_seg = now, cnow
+                save_checkpoint(ckpt_dir, model, opt, sched, done, recipe.to_dict(),
+                                {"losses": losses, "elapsed_s": elapsed, "cpu_s": cpu})
+                _log(out_dir, event="checkpoint", step=done, loss=value)
+        bar.close()
+        if start < recipe.steps:
+            elapsed, cpu = elapsed + time.perf_counter() - t_seg, cpu + time.process_time() - c_seg
+        _log(out_dir, event="done", step=recipe.steps, elapsed_s=elapsed, cpu_s=cpu)
+        return finalize(model.cpu(), recipe, out_dir, losses, elapsed, evaluate_at_end=evaluate_at_end, cpu_s=cpu,
+                        device=str(device))
 
 
 def _retype_weights(path: Path, dtype: str) -> None:
     """Rewrite a safetensors file with floating tensors stored as ``dtype`` (loaders cast back)."""
     if dtype == "float32":
         return
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    meta, _ = safetensors_metadata(path, what="model weights")
+    tensors = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v)
+               for k, v in read_safetensors(path, what="model weights").items()}
     save_file(tensors, str(path), metadata=meta)
 
 
@@ -259,6 +262,8 @@ def finalize(model: Any, recipe: Recipe, out_dir: Path, losses: list[float], ela
     model.eval()
     model.save_pretrained(str(out_dir))
     _retype_weights(out_dir / "model.safetensors", recipe.storage_dtype)
+    model_files = sorted(read_json(out_dir / CHECKSUMS_FILE, what="checksum record")[RECORD_KEY]["files"])
+    write_checksums(out_dir, model_files)  # the weights were rewritten: the reload below verifies them
     metrics: dict[str, Any] | None = None
     if evaluate_at_end:
         from interp.zoo.evaluate import evaluate
@@ -266,8 +271,9 @@ def finalize(model: Any, recipe: Recipe, out_dir: Path, losses: list[float], ela
         reloaded = interp.load(str(out_dir))
         metrics = evaluate(reloaded, recipe)
     tail = losses[-20:]
-    weight_files = [p for p in out_dir.iterdir() if p.is_file() and p.name not in (LOG_FILE, "model_card.json")]
-    config = json.loads((out_dir / "config.json").read_text())
+    weight_files = [p for p in out_dir.iterdir()
+                    if p.is_file() and p.name not in (LOG_FILE, "model_card.json", LOCK_FILE, CHECKSUMS_FILE)]
+    config = read_json(out_dir / "config.json", what="model config")
     card = {
         "name": recipe.name,
         "description": recipe.description,
@@ -298,7 +304,10 @@ def finalize(model: Any, recipe: Recipe, out_dir: Path, losses: list[float], ela
         "size_bytes": sum(p.stat().st_size for p in weight_files),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    (out_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    # the card carries the sha256 of the model's files and its own (interp.load verifies them); one record per
+    # folder, so checksums.json goes
+    write_json(out_dir / "model_card.json", card, checksums=model_files)
+    (out_dir / CHECKSUMS_FILE).unlink()
     if metrics:
         tqdm.write(f"{recipe.name}: {metrics['metric']} = {metrics[metrics['metric']]:.4f} "
                    f"(target {recipe.target}), final loss {card['final_loss']:.4f}, {elapsed:.0f}s")
@@ -319,7 +328,7 @@ def install(out_dir: str | os.PathLike, name: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in src.iterdir():
-        if f.is_file() and f.name != LOG_FILE:
+        if f.is_file() and f.name not in (LOG_FILE, LOCK_FILE):
             shutil.copy2(f, tmp / f.name)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
