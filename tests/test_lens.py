@@ -25,6 +25,10 @@ def test_window_equals_the_full_lens(model):
     assert (part.next_id == tokens[0, 4:9].numpy()).all()
     with pytest.raises(ValueError, match="window"):
         logit_lens(model, tokens, start=10, length=5)
+    vocab = [str(i) for i in range(model.cfg.d_vocab)]
+    assert part.table(-5, vocab) == part.table(7, vocab)  # -5 of 12 tokens is position 7
+    with pytest.raises(IndexError, match="position=12 is out of range"):  # no wrapping to position 0
+        part.table(12, vocab)
 
 
 def test_a_batch_is_refused(model):

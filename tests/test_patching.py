@@ -241,6 +241,15 @@ def test_hook_names_and_errors(ssm, transformer, pairs):
         patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, layers=[9])
     with pytest.raises(IndexError, match="positions"):
         patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, positions=[40])
+    sweep = patch_sweep(ssm, clean, corrupted=corrupted, metric=metric, layers=[0], positions=[-1])
+    assert sweep.cell(0, -1) == sweep.cell(0, clean.shape[1] - 1)
+    for bad in (clean.shape[1], -clean.shape[1] - 1):  # no wrapping: out of range names the argument
+        with pytest.raises(IndexError, match="position"):
+            sweep.cell(0, bad)
+    with pytest.raises(KeyError, match="not in this sweep"):
+        sweep.cell(1, -1)
+    with pytest.raises(IndexError, match="position=30 is out of range"):
+        LogitDiff(answer, wrong, position=30)(ssm(clean), ssm(clean))
     with pytest.raises(ValueError, match="reuse_prefix=True needs a model that continues from a decoding state"):
         patch_sweep(transformer, clean, corrupted=corrupted, metric=metric, reuse_prefix=True)
 

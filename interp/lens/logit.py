@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from interp.hooks import HookedModel
+from interp.hooks.positions import check_index
 from interp.hooks.tokens import as_tokens
 
 __all__ = ["LogitLens", "logit_lens", "logit_lens_figure", "lens_window", "vocabulary", "LAYER_ORDER", "VALUES",
@@ -72,7 +73,7 @@ class LogitLens:
     def table(self, position: int, vocab: Sequence[str]) -> list[dict[str, Any]]:
         """One row per layer at absolute ``position`` (negative: from the prompt's end), in the figures'
         visual order (final layer first): layer, hook, top token, p(top), true next token, p(true next)."""
-        p = int(position) % self.n_tokens
+        p = check_index(position, self.n_tokens, "position", of=f"a prompt of {self.n_tokens} tokens")
         hits = np.flatnonzero(self.positions == p)
         if not hits.size:
             raise ValueError(f"position {p} is outside the window {self.positions[0]}..{self.positions[-1]}")

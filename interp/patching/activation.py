@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from interp.hooks.hook_points import UnknownHookError, absolute_positions, suggest
-from interp.hooks.positions import Positions, PositionsLike
+from interp.hooks.positions import Positions, PositionsLike, check_index
 from interp.hooks.tokens import as_tokens
 
 from .metrics import NormalisedMetric, PatchMetric, describe, normalise
@@ -94,7 +94,12 @@ class PatchSweep:
 
     def cell(self, layer: int, position: int) -> float:
         """The normalised value of cell (``layer``, ``position``)."""
-        return float(self.values[self.layers.index(layer), self.positions.index(position % self.tokens.shape[1])])
+        L = self.tokens.shape[1]
+        p = check_index(position, L, "position", of=f"prompts of {L} tokens")
+        if layer not in self.layers or p not in self.positions:
+            raise KeyError(f"cell ({layer}, {position}) is not in this sweep: layers {self.layers}, positions "
+                           f"{self.positions}")
+        return float(self.values[self.layers.index(layer), self.positions.index(p)])
 
 
 def hook_template(model: Any, hook: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.positions import check_index
 from interp.metrics import kl_divergence
 
 __all__ = ["PatchMetric", "LogitDiff", "AnswerProb", "KLToClean", "NormalisedMetric", "normalise"]
@@ -48,7 +49,8 @@ def _ids(ids: Ids, b: int, device: torch.device, name: str) -> Tensor:
 
 def _at(logits: Tensor, position: int) -> Tensor:
     """[..., b, L, V] -> [..., b, V] at ``position`` (negative: from the end), in float32."""
-    return logits[..., position, :].float()
+    L = logits.shape[-2]
+    return logits[..., check_index(position, L, "position", of=f"logits of {L} positions"), :].float()
 
 
 def _pick(x: Tensor, ids: Tensor) -> Tensor:
