@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import torch
 
 from interp import zoo
+from interp.hooks.config import SSM_MODEL_TYPES
 from interp.io import read_json
 from interp.locks import warn_if_being_written
 
-SSM_TYPES = ("mamba", "mamba2")
+SSM_TYPES = SSM_MODEL_TYPES  # the Hugging Face model types HookedSSM loads (interp.hooks.config)
 
 
 def load(
@@ -26,10 +28,11 @@ def load(
     ``model`` may be:
 
     * the name of an embedded model shipped with the package (``interp.zoo.list_models()``);
-    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, GPT-2, GPT-NeoX/Pythia, ...);
+    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, FalconMamba, GPT-2, GPT-NeoX/Pythia, ...);
     * a Hugging Face hub id (``"state-spaces/mamba-130m-hf"``, needs network) or a TransformerLens
       model name (``"gpt2"``, ``"pythia-70m"``);
-    * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / transformers causal LM.
+    * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM`` / transformers
+      causal LM.
 
     Returns a :class:`interp.hooks.HookedSSM` for state-space models, otherwise a
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
@@ -104,9 +107,10 @@ def find_folders(roots: list[Path] | tuple[Path, ...], holds: tuple[str, ...], l
             if len(Path(dirpath).relative_to(root).parts) >= max_depth:
                 dirnames[:] = []
             if all(h in filenames for h in holds):
-                p = Path(dirpath).resolve()
-                if any(p == r or r in p.parents for r in resolved):
-                    found.append(p)
+                try:
+                    found.append(inside_roots(dirpath, resolved))
+                except ValueError:
+                    pass
             if len(found) >= limit:
                 return sorted(found)
     return sorted(found)
@@ -115,14 +119,66 @@ def find_folders(roots: list[Path] | tuple[Path, ...], holds: tuple[str, ...], l
 DEFAULT_MODEL = "tokfsm-mamba"
 
 
-def inside_roots(path: str | os.PathLike, roots: list[Path] | tuple[Path, ...]) -> Path:
-    """``path`` resolved (symlinks followed), if it lies inside one of ``roots``; else ValueError."""
-    p = Path(path).expanduser().resolve()
-    if any(p == Path(r).resolve() or Path(r).resolve() in p.parents for r in roots):
-        return p
-    shown = ", ".join(str(r) for r in roots) or "(none configured)"
-    raise ValueError(f"{path} is outside the folders this app may read ({shown}). "
-                     "Start the app with --roots to allow another folder.")
+OUTSIDE = "is outside the folders this app may read"
+#: JSON keys whose entries name files relative to the document's folder: a checksum record's files, a sharded
+#: checkpoint's weight_map, a codebook model's sites
+_PATH_KEYS = (("checksums", "files", "keys"), ("weight_map", None, "values"), ("sites", None, "values"))
+
+
+def inside_roots(path: str | os.PathLike, roots: list[Path] | tuple[Path, ...], *, contents: bool = False,
+                 shown: str | os.PathLike | None = None, max_entries: int = 10_000, max_depth: int = 4) -> Path:
+    """``path`` resolved (``os.path.realpath``: every symlink followed, ``..`` collapsed) if it lies inside one
+    of ``roots`` (resolved too, so a root given through a symlink works); else ValueError naming only ``shown``
+    (default ``path``, what the user typed), worded the same whether or not the path exists.
+
+    ``contents``: for a folder, also every file and folder under it (``max_depth`` levels, symlinks followed) and
+    every path its JSON files name (checksum records, ``weight_map``, codebook ``sites``) must resolve inside
+    the roots: a symlinked weights file, a folder of symlinks or an index naming ``/abs`` or ``../..`` is refused.
+    The app's one path check; the library loaders themselves read any path their caller gives."""
+    shown = path if shown is None else shown
+    real = [Path(os.path.realpath(Path(r).expanduser())) for r in roots]
+
+    def check(q: str | os.PathLike, name: Any) -> Path:
+        q = Path(os.path.realpath(Path(q).expanduser()))
+        if not any(q == r or r in q.parents for r in real):
+            listed = ", ".join(str(r) for r in roots) or "(none configured)"
+            raise ValueError(f"{name} {OUTSIDE} ({listed}). Start the app with --roots to allow another folder.")
+        return q
+
+    p = check(path, shown)
+    if contents and p.is_dir():
+        seen = 0
+        for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
+            rel = Path(dirpath).relative_to(p)
+            seen += len(dirnames) + len(filenames)
+            if seen > max_entries:
+                raise ValueError(f"{shown} holds over {max_entries} files: too many to check; choose its subfolder.")
+            for n in dirnames + filenames:
+                check(Path(dirpath) / n, Path(shown) / rel / n)
+            if len(rel.parts) + 1 >= max_depth:
+                dirnames[:] = []
+            for n in filenames:
+                for named in _named_paths(Path(dirpath) / n):
+                    check(Path(dirpath) / named, f"A path named in {Path(shown) / rel / n}")
+    return p
+
+
+def _named_paths(file: Path, max_bytes: int = 4 * 2**20) -> list[str]:
+    """The relative paths a JSON file names under :data:`_PATH_KEYS` ([] for other files or unreadable JSON: the
+    loader reports damage)."""
+    if file.suffix != ".json" or not file.is_file() or file.stat().st_size > max_bytes:
+        return []
+    try:
+        doc = json.loads(file.read_bytes())
+    except (OSError, ValueError):
+        return []
+    out: list[str] = []
+    for key, sub, part in _PATH_KEYS:
+        entry = doc.get(key) if isinstance(doc, dict) else None
+        entry = entry.get(sub) if sub and isinstance(entry, dict) else entry
+        if isinstance(entry, dict):
+            out += [str(x) for x in (entry.keys() if part == "keys" else entry.values()) if isinstance(x, str)]
+    return out
 
 
 def check_name(text: str, what: str) -> str:
@@ -167,11 +223,12 @@ def resolve_model_spec(spec: str, roots: list[Path] | tuple[Path, ...], cli_mode
     if cli_model and p.exists() and Path(cli_model).expanduser().exists() and \
             p.resolve() == Path(cli_model).expanduser().resolve():
         return str(p.resolve())
-    if p.exists():
-        folder = inside_roots(p, roots)
-        if not folder.is_dir() or not (folder / "config.json").is_file():
-            raise ValueError(f"{spec} is not a model folder (it needs a config.json and weights).")
-        return str(folder)
-    if spec.startswith(("/", ".", "~")) or ".." in Path(spec).parts or spec.count("/") > 1 or "\\" in spec:
+    pathlike = spec.startswith(("/", ".", "~")) or ".." in Path(spec).parts or spec.count("/") > 1 or "\\" in spec
+    if not (p.exists() or pathlike):
+        return spec
+    folder = inside_roots(p, roots, contents=True, shown=spec)  # before any existence check: nothing leaks
+    if not folder.exists():
         raise ValueError(f"The model path {spec!r} does not exist.")
-    return spec
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ValueError(f"{spec} is not a model folder (it needs a config.json and weights).")
+    return str(folder)

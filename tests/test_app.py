@@ -552,7 +552,7 @@ def test_codebook_tab_bad_inputs(env, roots, cb_folder, tmp_path):
         C.load_codebook(evil, [roots])
     index.pop("checksums")  # a hostile index need not carry a record: the path check still refuses it
     (evil / "codebooks.json").write_text(json.dumps(index))
-    with pytest.raises(C.InputError, match="points outside its folder"):
+    with pytest.raises(C.InputError, match="codebooks.json is outside the folders this app may read"):
         C.load_codebook(evil, [roots])
     index = json.loads((cb_folder / "codebooks.json").read_text())
     index.pop("checksums")
@@ -671,8 +671,8 @@ def test_unusual_unicode(env, prompt, message, kind):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("/no/such/model/folder", "does not exist"),
-    ("./missing-model", "does not exist"),
+    ("/no/such/model/folder", "outside the folders this app may read"),  # as for an existing one: nothing leaks
+    ("./missing-model", "outside the folders this app may read"),
     ("/", "outside the folders this app may read"),
 ])
 def test_bad_model_path(env, spec, message):
@@ -681,6 +681,30 @@ def test_bad_model_path(env, spec, message):
     assert not at.exception
     at.text_input(key="w_model").input(MODEL).run()
     ok(at)
+
+
+def test_symlinked_files_outside_the_roots_refused(env, roots, tmp_path):
+    """A model folder whose weights link out of the roots, an SAE folder of links out: refused, the target unnamed."""
+    import shutil
+
+    model_dir, sae_dir = roots / "linked_model", roots / "linked_sae"
+    shutil.copytree(roots / "mamba1", model_dir)
+    shutil.copy(model_dir / "model.safetensors", tmp_path / "w.safetensors")
+    (model_dir / "model.safetensors").unlink()
+    (model_dir / "model.safetensors").symlink_to(tmp_path / "w.safetensors")
+    shutil.copytree(roots / "sae_a", tmp_path / "sae")
+    sae_dir.mkdir()
+    for f in (tmp_path / "sae").iterdir():
+        (sae_dir / f.name).symlink_to(f)
+    try:
+        at = app("model", model=str(model_dir))
+        assert "model.safetensors is outside the folders this app may read" in texts(at.error)
+        at = app("features", sae=str(sae_dir))
+        assert "outside the folders this app may read" in texts(at.error)
+        assert str(tmp_path) not in texts(at.error) and not at.exception
+    finally:
+        shutil.rmtree(model_dir)
+        shutil.rmtree(sae_dir)
 
 
 def test_model_folder_without_weights(env, roots):

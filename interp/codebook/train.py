@@ -324,9 +324,10 @@ def check_codebook_folder(folder: str | os.PathLike) -> dict[str, Any]:
     """The index of a codebook-model folder, checked before anything is loaded: it names at least one codebook,
     every codebook's files lie inside the folder, and its base is an installed embedded model (or the folder
     holds a model, ``config.json``, of its own). ValueError saying what is wrong."""
+    from interp.loading import inside_roots
     from interp.zoo import list_models
 
-    folder = Path(folder).resolve()
+    folder = Path(os.path.realpath(folder))
     try:
         index = read_json(folder / INDEX_FILE, what="codebook index")
     except (OSError, ValueError) as e:
@@ -335,9 +336,10 @@ def check_codebook_folder(folder: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(sites, dict) or not sites or not all(isinstance(v, str) for v in sites.values()):
         raise ValueError(f"{folder / INDEX_FILE} names no codebooks (its 'sites' entry is missing or malformed).")
     for site, sub in sites.items():
-        files = [(folder / sub / f).resolve() for f in ("codebook.json", "codebook.safetensors")]
-        if not all(folder in f.parents for f in files):
-            raise ValueError(f"The codebook of {site} points outside its folder ({sub!r}): refused.")
+        try:  # the app's path check (interp.loading.inside_roots), with the folder as the one root
+            files = [inside_roots(folder / sub / f, [folder]) for f in ("codebook.json", "codebook.safetensors")]
+        except ValueError:
+            raise ValueError(f"The codebook of {site} points outside its folder ({sub!r}): refused.") from None
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise ValueError(f"The codebook of {site} is missing {sub}/{missing[0]}.")

@@ -206,7 +206,7 @@ def open_codebook_model(folder: str | os.PathLike, roots: list[Path] | tuple[Pat
 
     from .train import check_codebook_folder
 
-    folder = inside_roots(folder, [*roots, Path(WEIGHTS_DIR)])
+    folder = inside_roots(folder, [*roots, Path(WEIGHTS_DIR)], contents=True)  # its files, and paths they name
     check_codebook_folder(folder)
     try:
         return load_codebook_model(folder)

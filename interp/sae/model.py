@@ -303,13 +303,13 @@ def check_fits(sae: "SparseAutoencoder", model: HookedModel) -> None:
 
 def open_sae(folder: str | os.PathLike, roots: list[Path] | tuple[Path, ...],
              model: HookedModel) -> "SparseAutoencoder":
-    """The SAE of a folder inside ``roots`` (:func:`interp.loading.inside_roots`), checked against ``model``
+    """The SAE of a folder inside ``roots``, its files included (:func:`interp.loading.inside_roots`), checked against ``model``
     (:func:`check_fits`), in eval mode; every failure a ValueError."""
     from interp.loading import inside_roots
 
     from .saelens import load_sae
 
-    path = inside_roots(folder, roots)
+    path = inside_roots(folder, roots, contents=True)  # its files and the paths they name too
     if not path.exists():
         raise ValueError(f"The SAE folder {folder} does not exist.")
     try:
