@@ -268,6 +268,9 @@ def verify_checksums(folder: str | os.PathLike[str], files: Iterable[str | os.Pa
             continue
         doc = read_json(folder / name, what="checksum record" if name == CHECKSUMS_FILE else "file")
         for rel, digest in doc[RECORD_KEY]["files"].items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:  # a record names files of its own folder only
+                raise CorruptFileError(f"{folder / name}: its checksum record names {rel!r}, outside the folder: "
+                                       f"the file is damaged or hostile. {remedy}.", folder / name)
             listed.setdefault(rel, (digest, folder / name))
     if not listed and not any(has_checksums(folder, n) for n in names):
         if required:

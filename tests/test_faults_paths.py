@@ -159,3 +159,22 @@ def test_symlinked_root_and_folders_inside_still_load(tree, model, tmp_path):
     # `..` after a linked root is taken from where the link resolves: still outside
     with pytest.raises(ValueError, match=OUTSIDE):
         open_sae(link_root / ".." / "secret", [link_root], model)
+
+
+def test_a_checksum_record_naming_files_outside_its_folder_is_refused(tmp_path, monkeypatch):
+    """The library's own integrity check (used outside the app too) never reads a file a record names outside its
+    folder (a ../ path, an absolute path), even when the record is well formed and the digest right."""
+    import interp.io as io
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"abc")
+    (tmp_path / "secret").write_bytes(b"s")
+    io.write_checksums(folder, ["a.bin"])
+    assert io.verify_checksums(folder)
+    for rel in ("../secret", str(tmp_path / "secret")):  # a hostile record: well formed, the outside file's digest
+        monkeypatch.setattr(io, "checksum_record", lambda _folder, _files, rel=rel: {
+            "a.bin": io.sha256_file(folder / "a.bin"), rel: io.sha256_file(tmp_path / "secret")})
+        io.write_checksums(folder, ["a.bin"])
+        with pytest.raises(io.CorruptFileError, match="outside the folder"):
+            io.verify_checksums(folder)
