@@ -19,6 +19,10 @@ from typing import Any, Literal
 
 Family = Literal["mamba1", "mamba2"]
 
+#: the Hugging Face ``model_type`` values :meth:`SSMConfig.from_hf` reads; FalconMamba is a Mamba-1 mixer with
+#: ``bcdt_rms`` on (its family detail lives in the config, not in the code paths)
+SSM_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba")
+
 UNBOUNDED_CTX = 2**63 - 1  # SSMConfig.n_ctx: a recurrent model has no context limit (the largest int64)
 MAMBA1_GROUP_SIZE = 16  # channels per component of a Mamba-1 mixer's out-projection (SSMConfig.out_groups)
 
@@ -47,6 +51,11 @@ class SSMConfig:
     n_groups: int = 1
     chunk_size: int = 256
     dt_limit: tuple[float, float] = (0.0, float("inf"))
+    # FalconMamba (Mamba-1 only): weightless RMSNorms over the low-rank Δ input (dt_rank wide, before dt_proj),
+    # over B and over C (N wide), where the mixer forms Δ, B, C; HF FalconMambaMixer's dt_layernorm /
+    # b_layernorm / c_layernorm, on for model_type "falcon_mamba"; eps is HF ``mixer_rms_eps``
+    bcdt_rms: bool = False
+    mixer_rms_eps: float = 1e-6
     # shared
     activation: Literal["silu", "identity"] = "silu"  # applied after the causal conv
     conv_bias: bool = True
@@ -81,6 +90,9 @@ class SSMConfig:
                 )
             if self.n_heads % self.n_groups:
                 raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_groups ({self.n_groups})")
+        if self.bcdt_rms and self.family != "mamba1":
+            raise ValueError("bcdt_rms (FalconMamba's RMS norms on B, C and the low-rank Δ) needs family "
+                             f"'mamba1', got {self.family!r}")
         self.dt_limit = tuple(float(v) for v in self.dt_limit)  # type: ignore[assignment]
         if self.device is not None:
             self.device = str(self.device)  # a torch.device too, stored as TransformerLens stores it
@@ -123,6 +135,14 @@ class SSMConfig:
     def n_key_value_heads(self) -> None:
         """TransformerLens's grouped-query attention field: an SSM has no keys or values (None)."""
         return None
+
+    @property
+    def hf_model_type(self) -> str:
+        """The Hugging Face ``model_type`` this config saves as: "mamba", "mamba2" or "falcon_mamba"
+        (Mamba-1 with ``bcdt_rms``)."""
+        if self.family == "mamba2":
+            return "mamba2"
+        return "falcon_mamba" if self.bcdt_rms else "mamba"
 
     def out_groups(self, group_size: int | None = None) -> list[tuple[int, int]]:
         """The out-projection's input channels (``ssm.hook_gated``, d_inner of them) split into the mixer's
@@ -174,8 +194,20 @@ class SSMConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "SSMConfig":
-        """Map a Hugging Face ``MambaConfig`` or ``Mamba2Config`` onto an :class:`SSMConfig`."""
+        """Map a Hugging Face ``MambaConfig``, ``Mamba2Config`` or ``FalconMambaConfig`` onto an :class:`SSMConfig`.
+
+        FalconMamba reads the MambaConfig fields plus ``mixer_rms_eps``; its ``use_mambapy`` /
+        ``use_associative_scan`` (training / compile fallbacks of the same scan) and the ``time_step_*`` /
+        ``rescale_prenorm_residual`` initialisation fields do not change the forward and are not read. A quantized
+        checkpoint (``quantization_config``) is refused: its weights are not float tensors."""
         mt = getattr(hf_config, "model_type", None)
+        quant = getattr(hf_config, "quantization_config", None)
+        if quant:
+            method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", quant)
+            raise ValueError(
+                f"quantized {mt} checkpoint (quantization_config: {method}) is not supported: load the "
+                "full-precision checkpoint (e.g. tiiuae/falcon-mamba-7b rather than its -4bit variant)"
+            )
         act = getattr(hf_config, "hidden_act", "silu")
         act = {"silu": "silu", "swish": "silu", "linear": "identity", "identity": "identity"}.get(act)
         if act is None:
@@ -209,6 +241,15 @@ class SSMConfig:
                 dt_rank=int(hf_config.time_step_rank),
                 **common,
             )
+        if mt == "falcon_mamba":
+            return cls(
+                family="mamba1",
+                d_inner=hf_config.intermediate_size,  # FalconMambaConfig sets it to expand * hidden_size
+                dt_rank=int(hf_config.time_step_rank),
+                bcdt_rms=True,
+                mixer_rms_eps=float(hf_config.mixer_rms_eps),
+                **common,
+            )
         if mt == "mamba2":
             return cls(
                 family="mamba2",
@@ -220,7 +261,7 @@ class SSMConfig:
                 dt_limit=tuple(hf_config.time_step_limit),
                 **common,
             )
-        raise ValueError(f"not a Mamba config: model_type={mt!r} (expected 'mamba' or 'mamba2')")
+        raise ValueError(f"not a Mamba config: model_type={mt!r} (expected one of {', '.join(SSM_MODEL_TYPES)})")
 
 
 def is_ssm(model: object) -> bool:

@@ -23,7 +23,7 @@ from interp.io import (
 )
 from interp.io import read_safetensors as read_safetensors_file
 
-from .config import SSMConfig
+from .config import SSM_MODEL_TYPES, SSMConfig
 from .tokenizer import TOKENIZER_FILE, DigitTokenizer
 
 WEIGHT_FILE = "model.safetensors"
@@ -270,9 +270,14 @@ def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], so
     model.load_state_dict({k: v for k, v in ours.items() if k in expected}, strict=True)
 
 
+#: the Hugging Face class that loads each model type this module saves (``config.json`` "architectures")
+HF_ARCHITECTURES = {"mamba": "MambaForCausalLM", "mamba2": "Mamba2ForCausalLM",
+                    "falcon_mamba": "FalconMambaForCausalLM"}
+
+
 def to_hf_config(cfg: SSMConfig) -> Any:
-    """An equivalent ``transformers`` MambaConfig / Mamba2Config."""
-    from transformers import Mamba2Config, MambaConfig
+    """An equivalent ``transformers`` MambaConfig / Mamba2Config / FalconMambaConfig (``cfg.hf_model_type``)."""
+    from transformers import FalconMambaConfig, Mamba2Config, MambaConfig
 
     common = dict(
         vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, state_size=cfg.d_state,
@@ -282,6 +287,8 @@ def to_hf_config(cfg: SSMConfig) -> Any:
         tie_word_embeddings=cfg.tie_embeddings, pad_token_id=cfg.pad_token_id,
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
     )
+    if cfg.hf_model_type == "falcon_mamba":
+        return FalconMambaConfig(time_step_rank=cfg.dt_rank, mixer_rms_eps=cfg.mixer_rms_eps, **common)
     if cfg.family == "mamba1":
         return MambaConfig(time_step_rank=cfg.dt_rank, **common)
     return Mamba2Config(
@@ -296,7 +303,7 @@ def save_ssm(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     hf_cfg = to_hf_config(model.cfg)
     cfg_dict = hf_cfg.to_dict()
-    cfg_dict["architectures"] = ["MambaForCausalLM" if model.cfg.family == "mamba1" else "Mamba2ForCausalLM"]
+    cfg_dict["architectures"] = [HF_ARCHITECTURES[model.cfg.hf_model_type]]
     cfg_dict["interp"] = {k: v for k, v in model.cfg.to_dict().items() if k in ("name", "default_prepend_bos", "extra")}
     (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
     state = {}
@@ -343,7 +350,7 @@ def _first(raw: Mapping[str, Any], *names: str, default: Any = None) -> Any:
 
 def estimate_parameters(raw: Mapping[str, Any]) -> int:
     """Parameters of the model a ``config.json`` dict describes, from its size fields alone (an upper estimate):
-    Mamba-1 / Mamba-2 (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm) or a
+    Mamba-1 / Mamba-2 / FalconMamba (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm) or a
     transformer (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
     inner = raw.get("hooked_transformer_config")
     if isinstance(inner, Mapping):
@@ -351,7 +358,7 @@ def estimate_parameters(raw: Mapping[str, Any]) -> int:
     d = int(_first(raw, "hidden_size", "n_embd", "d_model", default=0))
     n = int(_first(raw, "num_hidden_layers", "n_layer", "n_layers", default=0))
     v = int(_first(raw, "vocab_size", "d_vocab", default=0))
-    if raw.get("model_type") in ("mamba", "mamba2"):
+    if raw.get("model_type") in SSM_MODEL_TYPES:
         di = int(_first(raw, "intermediate_size", default=0) or _first(raw, "expand", default=2) * d)
         N = int(_first(raw, "state_size", default=16))
         G = int(_first(raw, "n_groups", default=1))

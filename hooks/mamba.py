@@ -13,8 +13,8 @@ Hook names (``b`` batch, ``pos`` positions, ``H``/``P``/``G``/``N`` as in ``scan
     blocks.{i}.ssm.hook_x / hook_z    [b, pos, d_inner]   in_proj x part (pre-conv) and gate z
     blocks.{i}.ssm.hook_conv          [b, pos, conv_ch]   causal conv output, pre-activation
     blocks.{i}.ssm.hook_u             [b, pos, H, P]      SSM input act(conv)
-    blocks.{i}.ssm.hook_dt            [b, pos, H]         Δ
-    blocks.{i}.ssm.hook_B / hook_C    [b, pos, G, N]
+    blocks.{i}.ssm.hook_dt            [b, pos, H]         Δ (FalconMamba: from the RMS-normed low-rank Δ)
+    blocks.{i}.ssm.hook_B / hook_C    [b, pos, G, N]      (FalconMamba: RMS-normed, the values the scan uses)
     blocks.{i}.ssm.hook_state         [b, k, H, P, N]     h_t at the requested positions only
     blocks.{i}.ssm.hook_y             [b, pos, H, P]      C·h + D·u
     blocks.{i}.ssm.hook_gated         [b, pos, d_inner]   y·SiLU(z) | RMSNormGated(y, z)
@@ -39,7 +39,7 @@ from transformer_lens.HookedRootModule import HookedRootModule
 from interp.metrics import next_token_cross_entropy, next_token_nll
 
 from .api import InterpModelMixin
-from .config import SSMConfig
+from .config import SSM_MODEL_TYPES, SSMConfig
 from .hook_points import HookPoint
 from .positions import Positions, PositionsLike
 from .scan import apply_state_edits, chunked_scan, expand_groups, read_state, scan_with_states, update_state
@@ -107,6 +107,12 @@ class GatedRMSNorm(nn.Module):
         xg = x.unflatten(-1, (self.n_groups, -1))
         xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xg.flatten(-2).to(dtype)
+
+
+def _weightless_rms(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x²) + eps) over the last axis, in float32 (HF ``FalconMambaWeightlessRMSNorm``)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +193,8 @@ class SSMMixer(nn.Module):
         if cfg.family == "mamba1":
             u = self.hook_u(u_flat.unflatten(-1, (H, P)))
             dt_low, B, C = self.x_proj(u.flatten(-2)).split([cfg.dt_rank, N, N], dim=-1)
+            if cfg.bcdt_rms:  # FalconMamba: weightless RMSNorm of each, before dt_proj and the scan
+                dt_low, B, C = (_weightless_rms(t, cfg.mixer_rms_eps) for t in (dt_low, B, C))
             dt = F.softplus(self.dt_proj(dt_low).float())
         else:
             x, B, C = u_flat.split([cfg.d_inner, G * N, G * N], dim=-1)
@@ -454,8 +462,8 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None) -> "HookedSSM":
-        """Load a Hugging Face ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` checkpoint (hub id or
-        folder written by ``save_pretrained``), safetensors only, with its tokenizer."""
+        """Load a Hugging Face ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM``
+        checkpoint (hub id or folder written by ``save_pretrained``), safetensors only, with its tokenizer."""
         from . import loading
 
         folder = loading.resolve_checkpoint(name_or_path)
@@ -470,7 +478,8 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module, tokenizer: object | None = None) -> "HookedSSM":
-        """Wrap the weights of an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (copied)."""
+        """Wrap the weights of an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` /
+        ``FalconMambaForCausalLM`` (copied)."""
         from . import loading
 
         cfg = SSMConfig.from_hf(hf_model.config)
@@ -736,6 +745,7 @@ def _hf_config_from_dict(raw: dict, folder: object) -> object:
     from .loading import CheckpointError
 
     mt = raw.get("model_type")
-    if mt not in ("mamba", "mamba2"):
-        raise CheckpointError(f"{folder}/config.json: model_type {mt!r} is not a Mamba model (mamba, mamba2)")
+    if mt not in SSM_MODEL_TYPES:
+        raise CheckpointError(f"{folder}/config.json: model_type {mt!r} is not a Mamba model "
+                              f"({', '.join(SSM_MODEL_TYPES)})")
     return AutoConfig.from_pretrained(str(folder))

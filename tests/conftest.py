@@ -19,20 +19,34 @@ SSM_CONFIGS = {
     "mamba2-g2": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, head_dim=16,
                       num_heads=4, n_groups=2, chunk_size=8),
 }
+#: FalconMamba variants for make_hf_ssm (not in the shared ``ssm_kind`` fixture; tests/test_falcon_mamba.py uses
+#: them): the defaults (tied embeddings), and untied embeddings with projection biases, a large mixer eps and
+#: residuals in the model dtype
+FALCON_MAMBA_CONFIGS = {
+    "falcon_mamba": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=2, expand=2, conv_kernel=4),
+    "falcon_mamba-untied": dict(vocab_size=61, hidden_size=32, state_size=8, num_hidden_layers=3, expand=2,
+                                conv_kernel=3, time_step_rank=5, tie_word_embeddings=False, use_bias=True,
+                                mixer_rms_eps=1e-2, residual_in_fp32=False),
+}
 
 
 def make_hf_ssm(kind: str, seed: int = 0):
-    """A random tiny MambaForCausalLM / Mamba2ForCausalLM with non-trivial D, dt bias, norms."""
-    from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
+    """A random tiny MambaForCausalLM / Mamba2ForCausalLM / FalconMambaForCausalLM with non-trivial D, dt bias,
+    norms (``kind``: a key of SSM_CONFIGS or FALCON_MAMBA_CONFIGS)."""
+    from transformers import (
+        FalconMambaConfig, FalconMambaForCausalLM, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM,
+    )
 
     torch.manual_seed(seed)
-    if kind == "mamba1":
+    if kind in FALCON_MAMBA_CONFIGS:
+        model = FalconMambaForCausalLM(FalconMambaConfig(**FALCON_MAMBA_CONFIGS[kind]))
+    elif kind == "mamba1":
         model = MambaForCausalLM(MambaConfig(**SSM_CONFIGS[kind]))
     else:
         model = Mamba2ForCausalLM(Mamba2Config(**SSM_CONFIGS[kind]))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(("mixer.D", "conv1d.bias")):
+            if name.endswith(("mixer.D", "conv1d.bias", "proj.bias")) and not name.endswith("dt_proj.bias"):
                 p.normal_(0, 0.5)
             elif name.endswith("norm.weight"):
                 p.normal_(1, 0.2)
