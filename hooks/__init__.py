@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import SSMConfig, is_ssm
+from .config import HybridConfig, SSMConfig, is_ssm
 from .insert import Insertion, insert, inserted, remove  # eager: the function ``insert`` must shadow the submodule
 from .protocol import HookedModel, HookedModelConfig
 
@@ -21,10 +21,11 @@ _LAZY = {
     "HookPoint": ".hook_points", "Positions": ".positions", "HookShapeError": ".hook_points", "UnknownHookError": ".hook_points",
     "CheckpointError": ".loading", "ExistingRunError": ".loading", "UnknownModelError": ".loading",
     "HookedSSM": ".mamba", "SSMState": ".mamba",
+    "HookedHybrid": ".hybrid", "HybridState": ".hybrid",
     "HookedTransformerModel": ".transformer",
 }
 
-__all__ = sorted([*_LAZY, "HookedModel", "HookedModelConfig", "SSMConfig", "is_ssm", "Insertion", "insert",
+__all__ = sorted([*_LAZY, "HookedModel", "HookedModelConfig", "HybridConfig", "SSMConfig", "is_ssm", "Insertion", "insert",
                   "inserted", "remove"])
 
 

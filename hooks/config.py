@@ -268,3 +268,144 @@ def is_ssm(model: object) -> bool:
     """True for a model whose config is an SSM family (``mamba1``/``mamba2``): our HookedSSM, or anything
     wrapping one that exposes its ``cfg``."""
     return getattr(getattr(model, "cfg", None), "family", None) in ("mamba1", "mamba2")
+
+
+# --------------------------------------------------------------------------------------------
+# hybrids: Mamba mixers interleaved with attention layers
+# --------------------------------------------------------------------------------------------
+#: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
+HYBRID_MODEL_TYPES = ("bamba",)
+
+#: names a :class:`HybridConfig` answers from its SSM layers' mixer config (``cfg.ssm``), so that the analyses
+#: that read ``model.cfg.H`` / ``d_state`` / ``family`` ... of an SSM layer work unchanged on a hybrid
+_SSM_VIEW = frozenset({"family", "H", "P", "G", "d_inner", "d_state", "d_conv", "expand", "head_dim", "n_groups",
+                       "chunk_size", "dt_limit", "activation", "conv_bias", "proj_bias", "conv_channels",
+                       "out_groups", "bcdt_rms", "mixer_rms_eps", "dt_rank"})
+
+
+@dataclass
+class HybridConfig:
+    """A hybrid language model: per layer (``layer_types``) either an SSM mixer ("ssm", configured by ``ssm``,
+    an :class:`SSMConfig`) or softmax attention ("attention": grouped KV heads, rotary embedding on the first
+    ``rotary_dim`` dims of each head), each followed by a gated MLP; RMSNorm before each. Bamba
+    (``BambaConfig``): ``attn_layer_indices`` -> layer_types, ``num_attention_heads`` / ``num_key_value_heads``
+    -> n_heads / n_key_value_heads, ``rope_parameters`` (``rope_theta``, ``partial_rotary_factor`` 0.5) ->
+    rope_theta / rotary_dim, ``intermediate_size`` -> d_mlp, ``attention_bias`` / ``mlp_bias``, the ``mamba_*``
+    fields -> ``ssm``. The SSM fields (``cfg.H``, ``cfg.d_state``, ``cfg.family``, ...) read ``ssm``'s."""
+
+    ssm: SSMConfig
+    layer_types: list[str]
+    d_model: int = 768
+    n_layers: int = 24
+    vocab_size: int = 50280
+    n_heads: int = 8  # attention heads (TransformerLens's name)
+    n_key_value_heads: int = 8
+    d_head: int = 64
+    rotary_dim: int = 32  # leading dims of each head that RoPE rotates (Bamba: d_head // 2)
+    rope_theta: float = 10000.0
+    attn_bias: bool = False
+    d_mlp: int = 2048
+    mlp_bias: bool = False
+    act_fn: Literal["silu"] = "silu"
+    norm_eps: float = 1e-5
+    n_ctx: int = 262144  # HF max_position_embeddings
+    tie_embeddings: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    default_prepend_bos: bool = False
+    name: str = "custom"
+    hf_model_type: str = "bamba"
+    extra: dict[str, Any] = field(default_factory=dict)
+    device: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.layer_types if t not in ("ssm", "attention")]
+        if bad or len(self.layer_types) != self.n_layers:
+            raise ValueError(f"layer_types must list 'ssm' or 'attention' for each of the {self.n_layers} layers, "
+                             f"got {self.layer_types}")
+        if self.n_heads % self.n_key_value_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
+                             f"({self.n_key_value_heads})")
+        if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.d_head:
+            raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head})")
+        if self.device is not None:
+            self.device = str(self.device)
+
+    def __getattr__(self, name: str) -> Any:  # only for names not found on the instance or class
+        ssm = self.__dict__.get("ssm")
+        if name in _SSM_VIEW and ssm is not None:
+            return getattr(ssm, name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def d_vocab(self) -> int:
+        return self.vocab_size
+
+    @property
+    def model_name(self) -> str:
+        return self.name
+
+    @property
+    def original_architecture(self) -> str:
+        return self.hf_model_type
+
+    @property
+    def normalization_type(self) -> str:
+        return "RMS"
+
+    @property
+    def residual_in_fp32(self) -> bool:
+        return False  # Bamba adds the residual in the model dtype
+
+    @property
+    def ssm_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == "ssm"]
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.layer_types) if t == "attention"]
+
+    @classmethod
+    def from_hf(cls, hf_config: Any) -> "HybridConfig":
+        """Map a Hugging Face ``BambaConfig`` onto a :class:`HybridConfig`. Not read (they do not change the
+        forward): ``z_loss_coefficient`` (a training loss term), ``num_logits_to_keep`` (generation),
+        ``attention_dropout``, ``initializer_range``. A rope type other than "default" is refused."""
+        mt = getattr(hf_config, "model_type", None)
+        if mt not in HYBRID_MODEL_TYPES:
+            raise ValueError(f"not a hybrid config: model_type={mt!r} (expected one of {', '.join(HYBRID_MODEL_TYPES)})")
+        if getattr(hf_config, "quantization_config", None):
+            raise ValueError(f"quantized {mt} checkpoint (quantization_config) is not supported: load the "
+                             "full-precision checkpoint")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
+        act = getattr(hf_config, "hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        d = int(hf_config.hidden_size)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // hf_config.num_attention_heads)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        ssm = SSMConfig(
+            family="mamba2", d_model=d, n_layers=int(hf_config.num_hidden_layers), vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.mamba_d_state), d_conv=int(hf_config.mamba_d_conv),
+            expand=int(hf_config.mamba_expand), d_inner=int(hf_config.mamba_expand * d),
+            n_heads=int(hf_config.mamba_n_heads), head_dim=int(hf_config.mamba_d_head),
+            n_groups=int(hf_config.mamba_n_groups), chunk_size=int(hf_config.mamba_chunk_size),
+            dt_limit=tuple(hf_config.time_step_limit or (0.0, float("inf"))), activation="silu",
+            conv_bias=bool(hf_config.mamba_conv_bias), proj_bias=bool(hf_config.mamba_proj_bias),
+            norm_eps=float(hf_config.rms_norm_eps), residual_in_fp32=False, tie_embeddings=tie,
+        )
+        return cls(
+            ssm=ssm,
+            layer_types=["attention" if t == "full_attention" else "ssm" for t in hf_config.layers_block_type],
+            d_model=d, n_layers=int(hf_config.num_hidden_layers), vocab_size=int(hf_config.vocab_size),
+            n_heads=int(hf_config.num_attention_heads), n_key_value_heads=int(hf_config.num_key_value_heads),
+            d_head=d_head, rotary_dim=int(d_head * float(rope.get("partial_rotary_factor", 1.0))),
+            rope_theta=float(rope.get("rope_theta", 10000.0)), attn_bias=bool(hf_config.attention_bias),
+            d_mlp=int(hf_config.intermediate_size), mlp_bias=bool(hf_config.mlp_bias),
+            norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
+            tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
+            eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )

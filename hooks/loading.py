@@ -239,6 +239,20 @@ _OURS_TO_HF = [
 ]
 
 
+#: Hugging Face Bamba -> ours (hooks/hybrid.py): SSM layers' ``mamba`` -> ``ssm``, ``self_attn`` -> ``attn``,
+#: ``feed_forward`` -> ``mlp``, ``input_layernorm`` / ``pre_ff_layernorm`` -> ``ln1`` / ``ln2``
+_HYBRID_HF_TO_OURS = [
+    (r"^model\.embed_tokens\.weight$", "embed.weight"),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"blocks.\1.ln1.weight"),
+    (r"^model\.layers\.(\d+)\.pre_ff_layernorm\.weight$", r"blocks.\1.ln2.weight"),
+    (r"^model\.layers\.(\d+)\.mamba\.(.+)$", r"blocks.\1.ssm.\2"),
+    (r"^model\.layers\.(\d+)\.self_attn\.(.+)$", r"blocks.\1.attn.\2"),
+    (r"^model\.layers\.(\d+)\.feed_forward\.(.+)$", r"blocks.\1.mlp.\2"),
+    (r"^model\.final_layernorm\.weight$", "ln_final.weight"),
+    (r"^lm_head\.weight$", "unembed.weight"),
+]
+
+
 def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
     for pat, rep in rules:
         if re.match(pat, key):
@@ -246,18 +260,25 @@ def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
     return None
 
 
-def hf_to_ours(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def hf_to_ours(state: dict[str, torch.Tensor], rules: list[tuple[str, str]] | None = None) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in state.items():
-        new = _rename(k, _HF_TO_OURS)
+        new = _rename(k, _HF_TO_OURS if rules is None else rules)
         if new is not None:
             out[new] = v
     return out
 
 
-def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy Hugging Face-named tensors into a HookedSSM; complain precisely about mismatches."""
-    ours = hf_to_ours(hf_state)
+def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy Hugging Face Bamba-named tensors into a HookedHybrid (:data:`_HYBRID_HF_TO_OURS`)."""
+    load_ssm_state(model, hf_state, source, rules=_HYBRID_HF_TO_OURS)
+
+
+def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,
+                   rules: list[tuple[str, str]] | None = None) -> None:
+    """Copy Hugging Face-named tensors into a HookedSSM (or, with ``rules``, another of our models); complain
+    precisely about mismatches."""
+    ours = hf_to_ours(hf_state, rules)
     if "unembed.weight" not in ours and model.cfg.tie_embeddings:
         ours["unembed.weight"] = ours.get("embed.weight")
     expected = model.state_dict()

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from interp import zoo
-from interp.hooks.config import SSM_MODEL_TYPES
+from interp.hooks.config import HYBRID_MODEL_TYPES, SSM_MODEL_TYPES
 from interp.io import read_json
 from interp.locks import warn_if_being_written
 
@@ -28,13 +28,14 @@ def load(
     ``model`` may be:
 
     * the name of an embedded model shipped with the package (``interp.zoo.list_models()``);
-    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, FalconMamba, GPT-2, GPT-NeoX/Pythia, ...);
+    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, FalconMamba, Bamba, GPT-2, GPT-NeoX/Pythia, ...);
     * a Hugging Face hub id (``"state-spaces/mamba-130m-hf"``, needs network) or a TransformerLens
       model name (``"gpt2"``, ``"pythia-70m"``);
-    * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM`` / transformers
-      causal LM.
+    * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM`` /
+      ``BambaForCausalLM`` / transformers causal LM.
 
-    Returns a :class:`interp.hooks.HookedSSM` for state-space models, otherwise a
+    Returns a :class:`interp.hooks.HookedSSM` for state-space models, a :class:`interp.hooks.HookedHybrid` for
+    hybrids (Bamba), otherwise a
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
     """
     from interp.hooks import HookedSSM
@@ -43,6 +44,10 @@ def load(
     if isinstance(model, torch.nn.Module):
         if getattr(getattr(model, "config", None), "model_type", None) in SSM_TYPES:
             return HookedSSM.from_hf_model(model, **kwargs).to(device=device, dtype=dtype)
+        if getattr(getattr(model, "config", None), "model_type", None) in HYBRID_MODEL_TYPES:
+            from interp.hooks.hybrid import HookedHybrid
+
+            return HookedHybrid.from_hf_model(model, **kwargs).to(device=device, dtype=dtype)
         from interp.hooks.transformer import HookedTransformerModel
 
         return HookedTransformerModel.from_hf_model(model, device=device, dtype=dtype, **kwargs)
@@ -60,6 +65,10 @@ def load(
     mt = read_config(folder, verify=False).get("model_type")  # the loader verifies the folder's checksums
     if mt in SSM_TYPES:
         return HookedSSM.from_pretrained(str(folder), device=device, dtype=dtype)
+    if mt in HYBRID_MODEL_TYPES:
+        from interp.hooks.hybrid import HookedHybrid
+
+        return HookedHybrid.from_pretrained(str(folder), device=device, dtype=dtype)
     return _load_transformer(str(folder), device, dtype, **kwargs)
 
 

@@ -80,6 +80,9 @@ def ssm_parameters(model: HookedModel, tokens: Any, *, layer: int) -> SSMParamet
     if not is_ssm(model):
         raise methods.MethodNotApplicable("ssm_parameters needs a state-space model (Mamba-1 / Mamba-2)")
     layer = _layer(model, layer, "hidden")
+    if methods.model_kind(model, layer) != "ssm":
+        raise methods.MethodNotApplicable(f"ssm_parameters: layer {layer} of this hybrid is an attention layer "
+                                          f"(cfg.layer_types); its SSM layers are {model.cfg.ssm_layers}")
     names = {h: f"blocks.{layer}.ssm.hook_{h}" for h in ("dt", "B", "C", "u", "y")}
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=list(names.values()), stop_at_layer=layer + 1)
@@ -168,8 +171,8 @@ def interaction_map(
     """
     tokens = as_tokens(model, tokens)
     if method == "auto":
-        method = methods.default_method(model)
-    whole_model = methods.check_applies(method, model).whole_model
+        method = methods.default_method(model, layer)
+    whole_model = methods.check_applies(method, model, layer).whole_model
     if not whole_model:
         layer = _layer(model, layer, method)
         n_units = _n_units(model, method)

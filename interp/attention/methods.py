@@ -113,8 +113,13 @@ class MapMethod:
         return model_kind(model) in self.kinds
 
 
-def model_kind(model: Any) -> str:
-    """"ssm" (Mamba-1 / Mamba-2) or "transformer"."""
+def model_kind(model: Any, layer: int | None = None) -> str:
+    """"ssm" (Mamba-1 / Mamba-2) or "transformer". On a hybrid (a config with ``layer_types``, e.g. Bamba), the
+    kind of ``layer``: its "attention" layers are "transformer" layers, the others "ssm" (the model as a whole,
+    ``layer=None``: "ssm")."""
+    types = getattr(getattr(model, "cfg", None), "layer_types", None)
+    if layer is not None and isinstance(types, list) and -len(types) <= layer < len(types):
+        return "transformer" if types[layer] == "attention" else "ssm"
     return "ssm" if is_ssm(model) else "transformer"
 
 
@@ -208,9 +213,10 @@ ALIASES = {"hidden_last": "hidden@last", "attention_last": "attention@last"}
 _DEFAULT = {"ssm": "hidden", "transformer": "attention"}
 
 
-def default_method(model: Any) -> str:
-    """What ``method="auto"`` means for ``model``: hidden attention for SSMs, softmax attention for transformers."""
-    return _DEFAULT[model_kind(model)]
+def default_method(model: Any, layer: int | None = None) -> str:
+    """What ``method="auto"`` means for ``model`` (for ``layer`` of a hybrid): hidden attention for SSMs (SSM
+    layers), softmax attention for transformers (attention layers)."""
+    return _DEFAULT[model_kind(model, layer)]
 
 
 def methods_for(model_or_kind: Any) -> tuple[str, ...]:
@@ -226,18 +232,18 @@ def get_method(name: str) -> MapMethod:
     return MAP_METHODS[name]
 
 
-def _check_kinds(method: MapMethod, model: Any) -> MapMethod:
-    kind = model_kind(model)
+def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> MapMethod:
+    kind = model_kind(model, None if method.whole_model else layer)
     if kind not in method.kinds:
         wanted = " and ".join(_KIND_NAMES[k] for k in method.kinds)
         raise MethodNotApplicable(f"method={method.name!r} is for {wanted}; {_KIND_NAMES[kind]} use {_DEFAULT[kind]!r}")
     return method
 
 
-def check_applies(name: str, model: Any) -> MapMethod:
-    """The registry entry of the map method ``name`` if it applies to ``model``, else :class:`MethodNotApplicable`
-    naming what it is for and what this model uses instead."""
-    return _check_kinds(get_method(name), model)
+def check_applies(name: str, model: Any, layer: int | None = None) -> MapMethod:
+    """The registry entry of the map method ``name`` if it applies to ``model`` (to ``layer`` of a hybrid), else
+    :class:`MethodNotApplicable` naming what it is for and what this model uses instead."""
+    return _check_kinds(get_method(name), model, layer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,290 @@
+"""Hookable hybrid language models: Mamba-2 mixers interleaved with softmax-attention layers (Bamba).
+
+Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> GatedMLP ->
+HybridBlock (RMSNorm + mixer, RMSNorm + MLP) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
+(their hooks are ``blocks.{i}.ssm.*`` exactly as in :mod:`interp.hooks.mamba`); HookedHybrid reuses HookedSSM's
+forward loop, tokens, generation primitives and hook shapes, with hybrid blocks. ``cfg.layer_types[i]`` says
+which kind block i is ("ssm" / "attention").
+
+Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` query / key positions)::
+
+    hook_embed                          [b, pos, d_model]
+    blocks.{i}.hook_resid_pre           [b, pos, d_model]
+    blocks.{i}.ln1.hook_scale           [b, pos, 1]         rms before the mixer (as in hooks/mamba.py)
+    blocks.{i}.ln1.hook_normalized      [b, pos, d_model]
+    SSM layers:
+    blocks.{i}.ssm.hook_*                                   hooks/mamba.py (Mamba-2 mixer)
+    blocks.{i}.hook_mixer_out           [b, pos, d_model]   same value as ssm.hook_out
+    attention layers:
+    blocks.{i}.attn.hook_q              [b, pos, n_heads, d_head]      before the rotary embedding
+    blocks.{i}.attn.hook_k / hook_v     [b, pos, n_kv_heads, d_head]   (grouped KV heads, not repeated)
+    blocks.{i}.attn.hook_rot_q / hook_rot_k                           after the rotary embedding
+    blocks.{i}.attn.hook_attn_scores    [b, n_heads, q, k]  q·k / sqrt(d_head), masked (causal, padding)
+    blocks.{i}.attn.hook_pattern        [b, n_heads, q, k]  softmax over k
+    blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
+    blocks.{i}.hook_attn_out            [b, pos, d_model]   o_proj(z)
+    every layer:
+    blocks.{i}.hook_resid_mid           [b, pos, d_model]   resid_pre + mixer output
+    blocks.{i}.ln2.hook_scale / hook_normalized             rms before the MLP
+    blocks.{i}.mlp.hook_pre             [b, pos, d_mlp]     gate_proj (before the activation)
+    blocks.{i}.mlp.hook_pre_linear      [b, pos, d_mlp]     up_proj
+    blocks.{i}.mlp.hook_post            [b, pos, d_mlp]     SiLU(pre) · pre_linear
+    blocks.{i}.hook_mlp_out             [b, pos, d_model]   down_proj
+    blocks.{i}.hook_resid_post          [b, pos, d_model]
+    ln_final.hook_scale / hook_normalized
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import HYBRID_MODEL_TYPES, HybridConfig
+from .hook_points import HookPoint
+from .mamba import HookedSSM, RMSNorm, SSMMixer, SSMState
+
+
+# --------------------------------------------------------------------------------------------
+# decoding state: recurrent state for SSM layers, keys and values for attention layers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class HybridState(SSMState):
+    """The mixed decoding cache. ``conv`` / ``ssm`` (as :class:`SSMState`) hold the k-th *SSM* layer's entries at
+    index k; ``keys`` / ``values`` [b, offset, n_kv_heads, d_head] (after the rotary embedding) and ``key_mask``
+    [b, offset] (bool, False at padding) hold the k-th *attention* layer's at index k."""
+
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+    key_mask: list[Tensor] = field(default_factory=list)
+
+    def copy(self) -> "HybridState":
+        """A snapshot: new lists of the same tensors (a forward replaces entries, never writes into them)."""
+        return HybridState(conv=list(self.conv), ssm=list(self.ssm), offset=self.offset, keys=list(self.keys),
+                           values=list(self.values), key_mask=list(self.key_mask))
+
+
+# --------------------------------------------------------------------------------------------
+# attention
+# --------------------------------------------------------------------------------------------
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal softmax attention with grouped KV heads and a rotary embedding on the first ``rotary_dim`` dims of
+    each head (HF ``BambaAttention`` with its eager path; parameter names follow it)."""
+
+    def __init__(self, cfg: HybridConfig):
+        super().__init__()
+        self.cfg = cfg
+        nh, nkv, dh, bias = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.attn_bias
+        self.q_proj = nn.Linear(cfg.d_model, nh * dh, bias=bias)
+        self.k_proj = nn.Linear(cfg.d_model, nkv * dh, bias=bias)
+        self.v_proj = nn.Linear(cfg.d_model, nkv * dh, bias=bias)
+        self.o_proj = nn.Linear(nh * dh, cfg.d_model, bias=bias)
+        rd = cfg.rotary_dim
+        self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, rd, 2).float() / rd),
+                             persistent=False)
+        for name in ("q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def rotary(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x [b, pos, heads, d_head] at absolute ``positions`` [pos]: the first rotary_dim dims rotated."""
+        rd = self.cfg.rotary_dim
+        freqs = positions.float()[:, None] * self.inv_freq.float()  # [pos, rd/2]
+        emb = torch.cat([freqs, freqs], dim=-1)[None, :, None]  # [1, pos, 1, rd]
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        x_rot, x_pass = x[..., :rd], x[..., rd:]
+        return torch.cat([x_rot * cos + _rotate_half(x_rot) * sin, x_pass], dim=-1)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None, state: HybridState | None = None,
+                slot: int = 0) -> Tensor:
+        """x [b, L, d_model] -> [b, L, d_model]. With ``state``, attend to the cached keys too and append this
+        forward's keys / values to attention slot ``slot``."""
+        cfg = self.cfg
+        b, L, _ = x.shape
+        q = self.hook_q(self.q_proj(x).unflatten(-1, (cfg.n_heads, cfg.d_head)))  # [b, L, nh, dh]
+        k = self.hook_k(self.k_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))  # [b, L, nkv, dh]
+        v = self.hook_v(self.v_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))
+        offset = 0 if state is None else state.offset
+        positions = torch.arange(offset, offset + L, device=x.device)
+        q = self.hook_rot_q(self.rotary(q, positions))
+        k = self.hook_rot_k(self.rotary(k, positions))
+        key_mask = torch.ones(b, L, dtype=torch.bool, device=x.device) if attention_mask is None \
+            else attention_mask.to(x.device).bool()
+        if state is not None:
+            if len(state.keys) > slot:  # earlier positions come first
+                k = torch.cat([state.keys[slot], k], dim=1)
+                v = torch.cat([state.values[slot], v], dim=1)
+                key_mask = torch.cat([state.key_mask[slot], key_mask], dim=1)
+                state.keys[slot], state.values[slot], state.key_mask[slot] = k, v, key_mask
+            else:
+                state.keys.append(k)
+                state.values.append(v)
+                state.key_mask.append(key_mask)
+        Lk = k.shape[1]
+        groups = cfg.n_heads // cfg.n_key_value_heads
+        k_rep = k.repeat_interleave(groups, dim=2)  # head h reads KV head h // groups (HF repeat_kv)
+        v_rep = v.repeat_interleave(groups, dim=2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k_rep) * cfg.d_head ** -0.5  # [b, nh, L, Lk]
+        causal = torch.arange(Lk, device=x.device)[None, :] <= (Lk - L + torch.arange(L, device=x.device))[:, None]
+        allowed = causal[None, None] & key_mask[:, None, None, :]
+        # the dtype's lowest value, not -inf: a query with every key masked (left padding) gets a finite,
+        # uniform row instead of NaNs that would reach real positions through 0 · NaN
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
+        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v_rep))  # [b, L, nh, dh]
+        return self.o_proj(z.flatten(-2))
+
+
+class GatedMLP(nn.Module):
+    """down_proj(SiLU(gate_proj(x)) · up_proj(x)) (HF ``BambaMLP``), hooked as TransformerLens's gated MLP."""
+
+    def __init__(self, cfg: HybridConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
+        self.hook_pre = HookPoint()
+        self.hook_pre_linear = HookPoint()
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        pre = self.hook_pre(self.gate_proj(x))
+        pre_linear = self.hook_pre_linear(self.up_proj(x))
+        return self.down_proj(self.hook_post(F.silu(pre) * pre_linear))
+
+
+# --------------------------------------------------------------------------------------------
+# block and model
+# --------------------------------------------------------------------------------------------
+class HybridBlock(nn.Module):
+    """resid_mid = resid_pre + mixer(RMSNorm(resid_pre)); resid_post = resid_mid + MLP(RMSNorm(resid_mid)).
+    The mixer is ``ssm`` (an :class:`SSMMixer`) or ``attn`` (:class:`Attention`), ``kind`` says which; ``slot`` is
+    the block's index among the blocks of its kind (its entry in a :class:`HybridState`)."""
+
+    def __init__(self, cfg: HybridConfig, kind: str, slot: int):
+        super().__init__()
+        self.kind, self.slot = kind, slot
+        self.hook_resid_pre = HookPoint()
+        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        if kind == "ssm":
+            self.ssm = SSMMixer(cfg.ssm)
+            self.hook_mixer_out = HookPoint()
+        else:
+            self.attn = Attention(cfg)
+            self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg)
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor, layer: int, attention_mask: Tensor | None = None,
+                state_positions: Any = None, state: HybridState | None = None) -> Tensor:
+        resid = self.hook_resid_pre(resid)
+        h = self.ln1(resid)
+        if self.kind == "ssm":
+            mixed = self.hook_mixer_out(self.ssm(h, attention_mask=attention_mask, state_positions=state_positions,
+                                                 state=state, layer=self.slot))
+        else:
+            mixed = self.hook_attn_out(self.attn(h, attention_mask=attention_mask, state=state, slot=self.slot))
+        resid = self.hook_resid_mid(resid + mixed)
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+
+
+class HookedHybrid(HookedSSM):
+    """A hybrid (Mamba-2 + attention) language model whose every hidden state is a TransformerLens hook.
+
+    The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
+    ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
+    cache on attention layers). Load with :func:`interp.load` (an in-memory ``BambaForCausalLM`` or a folder it
+    saved) or :meth:`from_pretrained`.
+    """
+
+    def __init__(self, cfg: HybridConfig, tokenizer: object | None = None):
+        super(HookedSSM, self).__init__()  # HookedRootModule's, not HookedSSM's (the blocks differ)
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.hook_embed = HookPoint()
+        slots = [cfg.layer_types[:i].count(kind) for i, kind in enumerate(cfg.layer_types)]
+        self.blocks = nn.ModuleList([HybridBlock(cfg, kind, slot) for kind, slot in zip(cfg.layer_types, slots)])
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.unembed.weight = self.embed.weight
+        self.setup()
+        if cfg.device is not None:
+            self.to(cfg.device)
+        cfg.device = str(self.device)
+
+    # --- loading ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> "HookedHybrid":
+        """Load a Hugging Face ``BambaForCausalLM`` checkpoint (hub id or a folder written by ``save_pretrained``),
+        safetensors only, with its tokenizer."""
+        from transformers import AutoConfig
+
+        from . import loading
+
+        folder = loading.resolve_checkpoint(name_or_path)
+        raw = loading.read_config(folder)
+        if raw.get("model_type") not in HYBRID_MODEL_TYPES:
+            raise loading.CheckpointError(f"{folder}/config.json: model_type {raw.get('model_type')!r} is not a "
+                                          f"hybrid model ({', '.join(HYBRID_MODEL_TYPES)})")
+        loading.check_model_size(raw, folder / "config.json")
+        cfg = HybridConfig.from_hf(AutoConfig.from_pretrained(str(folder)))
+        model = cls(cfg, tokenizer=loading.load_tokenizer(folder))
+        loading.load_hybrid_state(model, loading.read_safetensors(folder), str(folder))
+        return model.to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def from_hf_model(cls, hf_model: nn.Module, tokenizer: object | None = None) -> "HookedHybrid":
+        """Wrap the weights of an in-memory ``BambaForCausalLM`` (copied)."""
+        from . import loading
+
+        model = cls(HybridConfig.from_hf(hf_model.config), tokenizer=tokenizer)
+        loading.load_hybrid_state(model, hf_model.state_dict(), type(hf_model).__name__)
+        p = next(hf_model.parameters())
+        return model.to(device=p.device, dtype=p.dtype).eval()
+
+    def save_pretrained(self, folder: str) -> None:
+        raise NotImplementedError("saving a hybrid model is not supported yet: save the Hugging Face model "
+                                  "(BambaForCausalLM.save_pretrained) instead")
+
+    # --- decoding ---------------------------------------------------------------------------
+    def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, HybridState]:
+        state = HybridState()
+        logits = self(tokens, attention_mask=attention_mask, state=state)
+        return logits[:, -1], state
+
+    @torch.no_grad()
+    def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, HybridState | None]:
+        """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0): one forward with a state per
+        position (an attention layer's cache is its keys and values, so there is no one-forward shortcut)."""
+        wanted = sorted({int(p) for p in positions})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
+            raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
+        out: dict[int, HybridState | None] = {}
+        for p in wanted:
+            state = None if p == 0 else HybridState()
+            if state is not None:
+                self(tokens[:, :p], state=state, return_type=None)
+            out[p] = state
+        return out
+
+    # --- shapes -----------------------------------------------------------------------------
+    def pos_dim(self, hook_name: str) -> int:
+        """Index of the position axis: 2 (the query axis) for ``attn.hook_attn_scores`` / ``hook_pattern``."""
+        return 2 if hook_name.endswith(("attn.hook_attn_scores", "attn.hook_pattern")) else 1
+
+    def _meta_twins(self) -> list["HookedHybrid"]:
+        with torch.device("meta"):
+            return [HookedHybrid(replace(self.cfg, device="meta"))]

@@ -1,0 +1,304 @@
+"""Bamba (Hugging Face ``BambaForCausalLM``): Mamba-2 mixers (our ``SSMMixer``) interleaved with softmax attention
+(grouped KV heads, rotary embedding on half of each head), each followed by a gated MLP (``interp.hooks.hybrid``).
+Parity with the installed Hugging Face forward (in-memory and saved folder, padded batch), every hook fires, the
+attention hooks equal HF's attention weights, the SSM layers' ``hook_y`` re-scans and hidden attention are exact,
+``interaction_map`` dispatches per layer kind, and decoding with the mixed cache equals the full forward.
+Two tiny random variants: [ssm, attention, ssm] with GQA and HF's default attention implementation; and
+[attention, ssm, ssm, attention] with tied embeddings, biases everywhere, n_groups 2, d_conv 3, eager attention."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import interp
+from interp.attention import hidden_attention, interaction_map, reconstruct_y, ssm_parameters
+from interp.attention.methods import MethodNotApplicable
+from interp.hooks import HookedHybrid, HybridConfig
+from interp.hooks.hybrid import HybridState
+from interp.hooks.scan import sequential_scan
+
+CHUNK = 8  # lengths 8 and 24 are multiples of the scan's chunk size, 13 and 21 are not
+TOL = 1e-4
+V = 61
+BAMBA_CONFIGS = {
+    "bamba": dict(vocab_size=V, hidden_size=32, num_hidden_layers=3, attn_layer_indices=[1], num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=48, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                  mamba_chunk_size=CHUNK),
+    "bamba-variant": dict(vocab_size=V, hidden_size=32, num_hidden_layers=4, attn_layer_indices=[0, 3],
+                          num_attention_heads=4, num_key_value_heads=4, intermediate_size=40, mamba_n_heads=8,
+                          mamba_d_head=8, mamba_n_groups=2, mamba_d_state=8, mamba_d_conv=3, mamba_chunk_size=CHUNK,
+                          tie_word_embeddings=True, attention_bias=True, mlp_bias=True, mamba_proj_bias=True,
+                          rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                          attn_implementation="eager"),
+}
+_MODELS: dict[str, tuple] = {}
+
+
+def make_hf_bamba(kind: str, seed: int = 0):
+    """A random tiny BambaForCausalLM with non-trivial D, dt bias, conv bias, norm weights and attention."""
+    from transformers import BambaConfig, BambaForCausalLM
+
+    torch.manual_seed(seed)
+    model = BambaForCausalLM(BambaConfig(**BAMBA_CONFIGS[kind]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("mamba.D", "conv1d.bias", "dt_bias")) or (name.endswith("bias") and p.dim() == 1):
+                p.normal_(0, 0.5)
+            elif "norm" in name and name.endswith("weight"):
+                p.normal_(1, 0.2)
+            elif "self_attn" in name:  # peaked patterns, so that positions (the rotary embedding) matter
+                p.normal_(0, 0.4)
+    return model.eval()
+
+
+@pytest.fixture(params=list(BAMBA_CONFIGS))
+def pair(request, tmp_path_factory):
+    """(HF BambaForCausalLM, ours loaded from its save_pretrained folder)."""
+    if request.param not in _MODELS:
+        hf = make_hf_bamba(request.param)
+        folder = tmp_path_factory.mktemp(request.param)
+        hf.save_pretrained(folder)
+        _MODELS[request.param] = (hf, interp.load(str(folder)))
+    return _MODELS[request.param]
+
+
+def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+
+
+# --- loading and config -------------------------------------------------------------------------
+def test_config_read_from_hf(pair):
+    hf, ours = pair
+    c, h = ours.cfg, hf.config
+    assert isinstance(ours, HookedHybrid) and isinstance(c, HybridConfig)
+    assert c.layer_types == ["attention" if i in h.attn_layer_indices else "ssm" for i in range(h.num_hidden_layers)]
+    assert (c.n_heads, c.n_key_value_heads, c.d_head, c.rotary_dim, c.d_mlp, c.tie_embeddings) == (
+        h.num_attention_heads, h.num_key_value_heads, h.hidden_size // h.num_attention_heads,
+        h.hidden_size // h.num_attention_heads // 2, h.intermediate_size, h.tie_word_embeddings)
+    # the SSM fields the analyses read come from the mixer config
+    assert (c.family, c.H, c.P, c.G, c.d_state, c.d_conv, c.chunk_size) == (
+        "mamba2", h.mamba_n_heads, h.mamba_d_head, h.mamba_n_groups, h.mamba_d_state, h.mamba_d_conv, CHUNK)
+    for i, kind in enumerate(c.layer_types):
+        assert hasattr(ours.blocks[i], "ssm" if kind == "ssm" else "attn")
+        assert not hasattr(ours.blocks[i], "attn" if kind == "ssm" else "ssm")
+
+
+def test_unsupported_rope_type_refused():
+    from transformers import BambaConfig
+
+    cfg = BambaConfig(**{**BAMBA_CONFIGS["bamba"], "rope_parameters": {
+        "rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}})
+    with pytest.raises(ValueError, match="rope_type 'linear' is not supported"):
+        HybridConfig.from_hf(cfg)
+
+
+def test_layer_types_checked():
+    from transformers import BambaConfig
+
+    cfg = HybridConfig.from_hf(BambaConfig(**BAMBA_CONFIGS["bamba"]))
+    with pytest.raises(ValueError, match="layer_types"):
+        HybridConfig(ssm=cfg.ssm, layer_types=["ssm", "mlp", "ssm"], n_layers=3)
+
+
+# --- parity with Hugging Face -------------------------------------------------------------------
+@pytest.mark.parametrize("L", [8, 13, 24])
+def test_logits_match_huggingface(pair, L):
+    hf, ours = pair
+    tokens = _tokens(L, seed=L)
+    with torch.no_grad():
+        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+
+
+def test_in_memory_model_equals_huggingface(pair):
+    hf, _ = pair
+    mem = interp.load(hf)
+    assert isinstance(mem, HookedHybrid)
+    tokens = _tokens(21, seed=3)
+    with torch.no_grad():
+        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+
+
+def test_rotary_embedding_matters(pair):
+    """The parity test can fail: without the rotary embedding the logits are far from HF's."""
+    hf, ours = pair
+    tokens = _tokens(13, seed=2)
+    mem = interp.load(hf)
+    for block in mem.blocks:
+        if hasattr(block, "attn"):
+            block.attn.inv_freq.zero_()  # cos 1, sin 0: no rotation
+    with torch.no_grad():
+        assert (mem(tokens) - hf(tokens).logits).abs().max().item() > 1e-3
+
+
+def test_padded_batch_matches_huggingface(pair):
+    hf, ours = pair
+    tokens = _tokens(13, b=3, seed=1)
+    mask = torch.ones_like(tokens)
+    mask[0, :4] = 0  # left padding
+    mask[1, :1] = 0
+    with torch.no_grad():
+        ref = hf(tokens, attention_mask=mask).logits
+        got = ours(tokens, attention_mask=mask)
+    real = mask.bool()
+    assert torch.isfinite(got).all()
+    assert (got[real] - ref[real]).abs().max().item() <= TOL
+
+
+# --- hooks ---------------------------------------------------------------------------------------
+def test_run_with_cache_returns_every_hook(pair):
+    _, ours = pair
+    tokens = _tokens(13, seed=4)
+    _, cache = ours.run_with_cache(tokens)
+    assert set(cache.keys()) == set(ours.hook_dict)
+    shapes = ours.hook_shapes(2, 13)
+    assert {n: tuple(t.shape) for n, t in cache.items()} == shapes
+    c = ours.cfg
+    for i, kind in enumerate(c.layer_types):
+        if kind == "attention":
+            assert cache[f"blocks.{i}.attn.hook_q"].shape == (2, 13, c.n_heads, c.d_head)
+            assert cache[f"blocks.{i}.attn.hook_k"].shape == (2, 13, c.n_key_value_heads, c.d_head)
+            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
+            assert f"blocks.{i}.ssm.hook_y" not in cache
+        else:
+            assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
+            assert f"blocks.{i}.attn.hook_pattern" not in cache
+        assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, c.d_mlp)
+
+
+def test_residual_stream_adds_up(pair):
+    """resid_mid = resid_pre + mixer out; resid_post = resid_mid + mlp_out; next resid_pre = resid_post."""
+    _, ours = pair
+    _, cache = ours.run_with_cache(_tokens(13, seed=5))
+    for i, kind in enumerate(ours.cfg.layer_types):
+        out = cache[f"blocks.{i}.hook_{'mixer_out' if kind == 'ssm' else 'attn_out'}"]
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_mid"], cache[f"blocks.{i}.hook_resid_pre"] + out)
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"],
+                                   cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"])
+
+
+def test_attention_pattern_equals_huggingface_weights(pair):
+    """hook_pattern equals HF's attention weights (eager path, output_attentions) on every attention layer."""
+    hf, ours = pair
+    tokens = _tokens(13, seed=6)
+    impl = hf.config._attn_implementation
+    hf.config._attn_implementation = "eager"
+    try:
+        with torch.no_grad():
+            ref = hf(tokens, output_attentions=True).attentions
+    finally:
+        hf.config._attn_implementation = impl
+    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    layers = ours.cfg.attention_layers
+    assert len(ref) == len(layers)
+    for i, r in zip(layers, ref):
+        torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], r, atol=1e-6, rtol=1e-5)
+
+
+def test_start_and_stop_at_layer(pair):
+    _, ours = pair
+    tokens = _tokens(13, seed=7)
+    with torch.no_grad():
+        full = ours(tokens)
+        for layer in range(ours.cfg.n_layers):
+            resid = ours(tokens, stop_at_layer=layer)
+            assert (ours(resid, start_at_layer=layer) - full).abs().max().item() <= 1e-5
+
+
+# --- the SSM layers: exact re-scan and hidden attention -------------------------------------------
+@pytest.mark.parametrize("L", [16, 21])
+def test_y_reconstructs_by_sequential_rescan(pair, L):
+    """hook_y == sequential scan of the cached u, Δ, B, C on every SSM layer, also on a padded batch."""
+    _, ours = pair
+    tokens = _tokens(L, b=2, seed=8)
+    mask = torch.ones_like(tokens)
+    mask[1, :3] = 0
+    for attention_mask in (None, mask):
+        with torch.no_grad():
+            _, cache = ours.run_with_cache(tokens, attention_mask=attention_mask, names_filter=lambda n: n.split(
+                ".")[-1] in ("hook_u", "hook_dt", "hook_B", "hook_C", "hook_y"))
+        for i in ours.cfg.ssm_layers:
+            mixer = ours.blocks[i].ssm
+            c = lambda h: cache[f"blocks.{i}.ssm.{h}"]  # noqa: E731
+            y_ref, _ = sequential_scan(c("hook_u"), c("hook_dt"), mixer.A, c("hook_B"), c("hook_C"), mixer.D.detach())
+            assert (c("hook_y") - y_ref).abs().max().item() <= 1e-5, f"layer {i}"
+
+
+@pytest.mark.parametrize("L", [16, 21])
+def test_hidden_attention_reconstructs_hook_y(pair, L):
+    """Σ_j α[i, j] u_j + D u_i == hook_y on every SSM layer; interaction_map's per-head map is that α."""
+    _, ours = pair
+    tokens = _tokens(L, b=2, seed=9)
+    for layer in ours.cfg.ssm_layers:
+        p = ssm_parameters(ours, tokens, layer=layer)
+        alpha = hidden_attention(p.dt, p.A, p.B, p.C)
+        assert (reconstruct_y(alpha, p.u, p.D) - p.y).abs().max().item() <= 1e-5, f"layer {layer}"
+        per = interaction_map(ours, tokens, layer=layer, aggregate="none")
+        torch.testing.assert_close(per, alpha, atol=1e-6, rtol=1e-5)
+
+
+def test_interaction_map_dispatches_on_layer_kind(pair):
+    """method="auto" is hidden attention on SSM layers and the softmax pattern on attention layers; each method
+    is refused on the other kind of layer."""
+    _, ours = pair
+    tokens = _tokens(13, b=1, seed=10)
+    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    for layer, kind in enumerate(ours.cfg.layer_types):
+        auto = interaction_map(ours, tokens, layer=layer, aggregate="mean")
+        if kind == "attention":
+            torch.testing.assert_close(auto, cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
+            with pytest.raises(MethodNotApplicable):
+                interaction_map(ours, tokens, layer=layer, method="hidden")
+            with pytest.raises(MethodNotApplicable, match="attention layer"):
+                ssm_parameters(ours, tokens, layer=layer)
+        else:
+            torch.testing.assert_close(auto, interaction_map(ours, tokens, layer=layer, method="hidden",
+                                                             aggregate="mean"))
+            with pytest.raises(MethodNotApplicable):
+                interaction_map(ours, tokens, layer=layer, method="attention")
+
+
+# --- decoding with the mixed cache ---------------------------------------------------------------
+def test_greedy_generation_equals_full_forward_argmax(pair):
+    _, ours = pair
+    prompt = _tokens(7, b=1, seed=11)
+    out = ours.generate(prompt, max_new_tokens=32, stop_at_eos=False)
+    assert out.shape == (1, 7 + 32)
+    with torch.no_grad():
+        full = ours(out).argmax(-1)
+    assert torch.equal(out[0, 7:], full[0, 6:-1])
+
+
+@pytest.mark.parametrize("cut", [5, 9])
+def test_continuing_from_a_state_equals_one_forward(pair, cut):
+    """A prefix with state=, then one step per token (recurrent SSM steps, KV-cached attention) == one forward;
+    also from decoding_states, and from a copy (the original state is left as it was)."""
+    _, ours = pair
+    tokens = _tokens(14, b=2, seed=12)
+    state = HybridState()
+    with torch.no_grad():
+        full = ours(tokens)
+        parts = [ours(tokens[:, :cut], state=state)]
+        snapshot = state.copy()
+        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
+        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
+        again = ours(tokens[:, cut:], state=snapshot)  # a multi-token continuation from the snapshot
+        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+        from_states = ours.decoding_states(tokens, [cut])[cut]
+        assert (ours(tokens[:, cut:], state=from_states) - full[:, cut:]).abs().max().item() <= 1e-5
+
+
+def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
+    """A left-padded batch decodes (padding kept out of the attention cache by its key mask, zeroed in the SSM
+    layers) the argmax of the full forward over prompt + continuation with the same mask."""
+    _, ours = pair
+    tokens = _tokens(9, b=2, seed=13)
+    mask = torch.ones_like(tokens)
+    mask[0, :3] = 0
+    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
+    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        full = ours(out, attention_mask=full_mask).argmax(-1)
+    assert torch.equal(out[:, 9:], full[:, 8:-1])
