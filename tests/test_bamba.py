@@ -8,7 +8,6 @@ Two tiny random variants: [ssm, attention, ssm] with GQA and HF's default attent
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
