@@ -274,7 +274,15 @@ def is_ssm(model: object) -> bool:
 # hybrids: Mamba mixers interleaved with attention layers
 # --------------------------------------------------------------------------------------------
 #: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
-HYBRID_MODEL_TYPES = ("bamba",)
+HYBRID_MODEL_TYPES = ("bamba", "nemotron_h")
+
+#: the kinds of layer a hybrid has (``HybridConfig.layer_types``): an SSM mixer, softmax attention, or (as its own
+#: layer, ``mlp_sublayer=False``) an MLP
+LAYER_KINDS = ("ssm", "attention", "mlp")
+
+#: Nemotron-H's ``layers_block_type`` entries (``hybrid_override_pattern`` letters M, *, -) -> our layer kinds;
+#: "moe" (letter E) is refused by :meth:`HybridConfig.from_hf`
+_NEMOTRON_H_KINDS = {"linear_attention": "ssm", "full_attention": "attention", "mlp": "mlp"}
 
 #: names a :class:`HybridConfig` answers from its SSM layers' mixer config (``cfg.ssm``), so that the analyses
 #: that read ``model.cfg.H`` / ``d_state`` / ``family`` ... of an SSM layer work unchanged on a hybrid
@@ -285,13 +293,20 @@ _SSM_VIEW = frozenset({"family", "H", "P", "G", "d_inner", "d_state", "d_conv", 
 
 @dataclass
 class HybridConfig:
-    """A hybrid language model: per layer (``layer_types``) either an SSM mixer ("ssm", configured by ``ssm``,
-    an :class:`SSMConfig`) or softmax attention ("attention": grouped KV heads, rotary embedding on the first
-    ``rotary_dim`` dims of each head), each followed by a gated MLP; RMSNorm before each. Bamba
-    (``BambaConfig``): ``attn_layer_indices`` -> layer_types, ``num_attention_heads`` / ``num_key_value_heads``
-    -> n_heads / n_key_value_heads, ``rope_parameters`` (``rope_theta``, ``partial_rotary_factor`` 0.5) ->
-    rope_theta / rotary_dim, ``intermediate_size`` -> d_mlp, ``attention_bias`` / ``mlp_bias``, the ``mamba_*``
-    fields -> ``ssm``. The SSM fields (``cfg.H``, ``cfg.d_state``, ``cfg.family``, ...) read ``ssm``'s."""
+    """A hybrid language model. The block layout is data: ``layer_types[i]`` is layer i's mixer, an SSM mixer
+    ("ssm", configured by ``ssm``, an :class:`SSMConfig`), softmax attention ("attention": grouped KV heads, a
+    rotary embedding on the first ``rotary_dim`` dims of each head, none when 0) or an MLP ("mlp"); every layer is
+    resid + mixer(RMSNorm(resid)), and with ``mlp_sublayer`` each SSM / attention layer is followed by
+    resid + MLP(RMSNorm(resid)) inside the same block. The MLP is ``down(act(gate) · up)`` with ``gated_mlp``,
+    else ``down(act(up))``; ``act_fn`` its activation.
+
+    Bamba (``BambaConfig``): ``attn_layer_indices`` -> layer_types, ``num_attention_heads`` /
+    ``num_key_value_heads`` -> n_heads / n_key_value_heads, ``rope_parameters`` (``rope_theta``,
+    ``partial_rotary_factor`` 0.5) -> rope_theta / rotary_dim, ``intermediate_size`` -> d_mlp, ``attention_bias`` /
+    ``mlp_bias``, the ``mamba_*`` fields -> ``ssm``; an MLP sublayer (gated, SiLU) in every layer.
+    Nemotron-H (``NemotronHConfig``): ``layers_block_type`` (``hybrid_override_pattern``) -> layer_types, single-mixer
+    layers (``mlp_sublayer=False``), no rotary embedding, ``mlp_hidden_act`` "relu2" -> a plain MLP; see
+    :meth:`from_hf`. The SSM fields (``cfg.H``, ``cfg.d_state``, ``cfg.family``, ...) read ``ssm``'s."""
 
     ssm: SSMConfig
     layer_types: list[str]
@@ -306,7 +321,9 @@ class HybridConfig:
     attn_bias: bool = False
     d_mlp: int = 2048
     mlp_bias: bool = False
-    act_fn: Literal["silu"] = "silu"
+    act_fn: Literal["silu", "relu2"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act)
+    gated_mlp: bool = True  # down(act(gate) · up) (Bamba); False: down(act(up)) (Nemotron-H)
+    mlp_sublayer: bool = True  # each SSM / attention layer also has an MLP (Bamba); False: one mixer per layer
     norm_eps: float = 1e-5
     n_ctx: int = 262144  # HF max_position_embeddings
     tie_embeddings: bool = False
@@ -320,10 +337,14 @@ class HybridConfig:
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        bad = [t for t in self.layer_types if t not in ("ssm", "attention")]
+        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention")
+        bad = [t for t in self.layer_types if t not in kinds]
         if bad or len(self.layer_types) != self.n_layers:
-            raise ValueError(f"layer_types must list 'ssm' or 'attention' for each of the {self.n_layers} layers, "
-                             f"got {self.layer_types}")
+            raise ValueError(f"layer_types must list {' or '.join(map(repr, kinds))} for each of the {self.n_layers} "
+                             f"layers{' (mlp layers need mlp_sublayer=False)' if 'mlp' in bad else ''}, got "
+                             f"{self.layer_types}")
+        if self.act_fn not in ("silu", "relu2"):
+            raise ValueError(f"act_fn must be 'silu' or 'relu2', got {self.act_fn!r}")
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
                              f"({self.n_key_value_heads})")
@@ -366,17 +387,26 @@ class HybridConfig:
     def attention_layers(self) -> list[int]:
         return [i for i, t in enumerate(self.layer_types) if t == "attention"]
 
+    @property
+    def mlp_layers(self) -> list[int]:
+        """The layers that are an MLP only (Nemotron-H's "-" layers; none with ``mlp_sublayer``)."""
+        return [i for i, t in enumerate(self.layer_types) if t == "mlp"]
+
     @classmethod
     def from_hf(cls, hf_config: Any) -> "HybridConfig":
-        """Map a Hugging Face ``BambaConfig`` onto a :class:`HybridConfig`. Not read (they do not change the
-        forward): ``z_loss_coefficient`` (a training loss term), ``num_logits_to_keep`` (generation),
-        ``attention_dropout``, ``initializer_range``. A rope type other than "default" is refused."""
+        """Map a Hugging Face ``BambaConfig`` or ``NemotronHConfig`` onto a :class:`HybridConfig`.
+
+        Bamba, not read (they do not change the forward): ``z_loss_coefficient`` (a training loss term),
+        ``num_logits_to_keep`` (generation), ``attention_dropout``, ``initializer_range``. A rope type other than
+        "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`."""
         mt = getattr(hf_config, "model_type", None)
         if mt not in HYBRID_MODEL_TYPES:
             raise ValueError(f"not a hybrid config: model_type={mt!r} (expected one of {', '.join(HYBRID_MODEL_TYPES)})")
         if getattr(hf_config, "quantization_config", None):
             raise ValueError(f"quantized {mt} checkpoint (quantization_config) is not supported: load the "
                              "full-precision checkpoint")
+        if mt == "nemotron_h":
+            return cls._from_nemotron_h(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
@@ -408,4 +438,65 @@ class HybridConfig:
             norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
             tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
             eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_nemotron_h(cls, hf_config: Any) -> "HybridConfig":
+        """``NemotronHConfig`` (HF ``modeling_nemotron_h``): each layer is ONE mixer after an RMSNorm, with a
+        residual (``NemotronHBlock``). Read: ``layers_block_type`` ("linear_attention" / "full_attention" / "mlp",
+        the ``hybrid_override_pattern`` letters M / * / -) -> layer_types; "moe" (E) is refused. Mamba-2 mixer:
+        ``mamba_num_heads`` x ``mamba_head_dim`` (= d_inner; ``expand`` does not set it), ``ssm_state_size``,
+        ``n_groups`` (B/C groups and the gated RMSNorm's groups), ``conv_kernel``, ``chunk_size``,
+        ``time_step_limit``, ``mamba_hidden_act`` (conv activation), ``use_conv_bias``, ``use_bias`` (in_proj /
+        out_proj). Attention: ``num_attention_heads``, ``num_key_value_heads``, ``head_dim``; no rotary embedding
+        and no biases (HF's q/k/v/o_proj are built with bias=False whatever ``attention_bias`` says). MLP:
+        ``intermediate_size``, ``mlp_hidden_act`` ("relu2": relu(x)², or "silu"), ``mlp_bias``; up_proj ->
+        act -> down_proj (no gate). ``layer_norm_epsilon`` is every RMSNorm's eps, the gated one's too.
+        Embeddings are never tied (``NemotronHForCausalLM`` has no tied weights; ``lm_head`` is always loaded).
+        Not read (no effect on HF's forward): ``sliding_window`` (HF builds a full causal mask),
+        ``residual_in_fp32``, ``mamba_ssm_cache_dtype`` (decoding-cache dtype), ``num_nextn_predict_layers`` /
+        ``mtp_layers_block_type`` (multi-token-prediction heads, not in the forward; their ``mtp.*`` weights are
+        skipped), the ``moe_*`` / routing fields when no layer is "moe", ``time_step_min/max/floor``,
+        ``rescale_prenorm_residual``, ``initializer_range``, dropouts."""
+        mt = "nemotron_h"
+        types = list(hf_config.layers_block_type)
+        moe = [i for i, t in enumerate(types) if t == "moe"]
+        if moe:
+            raise ValueError(f"{mt}: layers_block_type has 'moe' layers (hybrid_override_pattern letter 'E') at "
+                             f"{moe}: mixture-of-experts layers are not supported yet; only 'linear_attention' (M), "
+                             "'full_attention' (*) and 'mlp' (-) layers")
+        unknown = sorted({t for t in types if t not in _NEMOTRON_H_KINDS})
+        if unknown:
+            raise ValueError(f"{mt}: layers_block_type entries {unknown} are not supported "
+                             f"({', '.join(_NEMOTRON_H_KINDS)})")
+        mlp_act = str(hf_config.mlp_hidden_act)
+        if mlp_act not in ("relu2", "silu", "swish"):
+            raise ValueError(f"{mt}: mlp_hidden_act {mlp_act!r} is not supported (relu2 or silu)")
+        conv_act = {"silu": "silu", "swish": "silu", "identity": "identity", "linear": "identity"}.get(
+            str(hf_config.mamba_hidden_act))
+        if conv_act is None:
+            raise ValueError(f"{mt}: mamba_hidden_act {hf_config.mamba_hidden_act!r} is not supported (silu or "
+                             "identity)")
+        d, n_layers = int(hf_config.hidden_size), len(types)
+        eps = float(hf_config.layer_norm_epsilon)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // hf_config.num_attention_heads)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        ssm = SSMConfig(
+            family="mamba2", d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.ssm_state_size), d_conv=int(hf_config.conv_kernel), expand=int(hf_config.expand),
+            d_inner=int(hf_config.mamba_num_heads * hf_config.mamba_head_dim), n_heads=int(hf_config.mamba_num_heads),
+            head_dim=int(hf_config.mamba_head_dim), n_groups=int(hf_config.n_groups),
+            chunk_size=int(hf_config.chunk_size), dt_limit=tuple(hf_config.time_step_limit or (0.0, float("inf"))),
+            activation=conv_act, conv_bias=bool(hf_config.use_conv_bias), proj_bias=bool(hf_config.use_bias),
+            norm_eps=eps, residual_in_fp32=False, tie_embeddings=False,
+        )
+        return cls(
+            ssm=ssm, layer_types=[_NEMOTRON_H_KINDS[t] for t in types], d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=int(hf_config.num_attention_heads),
+            n_key_value_heads=int(hf_config.num_key_value_heads or hf_config.num_attention_heads), d_head=d_head,
+            rotary_dim=0, attn_bias=False, d_mlp=int(hf_config.intermediate_size), mlp_bias=bool(hf_config.mlp_bias),
+            act_fn="relu2" if mlp_act == "relu2" else "silu", gated_mlp=False, mlp_sublayer=False, norm_eps=eps,
+            n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=False, pad_token_id=hf_config.pad_token_id,
+            bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )

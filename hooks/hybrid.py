@@ -1,10 +1,13 @@
-"""Hookable hybrid language models: Mamba-2 mixers interleaved with softmax-attention layers (Bamba).
+"""Hookable hybrid language models: Mamba-2 mixers interleaved with softmax-attention (and MLP) layers (Bamba,
+Nemotron-H).
 
-Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> GatedMLP ->
-HybridBlock (RMSNorm + mixer, RMSNorm + MLP) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
+Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> MLP ->
+HybridBlock (RMSNorm + mixer [, RMSNorm + MLP]) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
 (their hooks are ``blocks.{i}.ssm.*`` exactly as in :mod:`interp.hooks.mamba`); HookedHybrid reuses HookedSSM's
 forward loop, tokens, generation primitives and hook shapes, with hybrid blocks. ``cfg.layer_types[i]`` says
-which kind block i is ("ssm" / "attention").
+which kind block i is ("ssm" / "attention" / "mlp"); the layout (an MLP sublayer after every mixer, as Bamba, or
+one mixer per layer, as Nemotron-H; gated or plain MLP; rotary or no positional embedding) is read from the
+:class:`HybridConfig`, never from the family's name.
 
 Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` query / key positions)::
 
@@ -16,20 +19,22 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.ssm.hook_*                                   hooks/mamba.py (Mamba-2 mixer)
     blocks.{i}.hook_mixer_out           [b, pos, d_model]   same value as ssm.hook_out
     attention layers:
-    blocks.{i}.attn.hook_q              [b, pos, n_heads, d_head]      before the rotary embedding
+    blocks.{i}.attn.hook_q              [b, pos, n_heads, d_head]      before the rotary embedding (if any)
     blocks.{i}.attn.hook_k / hook_v     [b, pos, n_kv_heads, d_head]   (grouped KV heads, not repeated)
     blocks.{i}.attn.hook_rot_q / hook_rot_k                           after the rotary embedding
     blocks.{i}.attn.hook_attn_scores    [b, n_heads, q, k]  q·k / sqrt(d_head), masked (causal, padding)
     blocks.{i}.attn.hook_pattern        [b, n_heads, q, k]  softmax over k
     blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
     blocks.{i}.hook_attn_out            [b, pos, d_model]   o_proj(z)
-    every layer:
-    blocks.{i}.hook_resid_mid           [b, pos, d_model]   resid_pre + mixer output
-    blocks.{i}.ln2.hook_scale / hook_normalized             rms before the MLP
-    blocks.{i}.mlp.hook_pre             [b, pos, d_mlp]     gate_proj (before the activation)
-    blocks.{i}.mlp.hook_pre_linear      [b, pos, d_mlp]     up_proj
-    blocks.{i}.mlp.hook_post            [b, pos, d_mlp]     SiLU(pre) · pre_linear
+    MLP layers (cfg.mlp_sublayer False, Nemotron-H), and the MLP sublayer of every layer (cfg.mlp_sublayer, Bamba),
+    which comes after:
+    blocks.{i}.hook_resid_mid           [b, pos, d_model]   resid_pre + mixer output      (mlp_sublayer only)
+    blocks.{i}.ln2.hook_scale / hook_normalized             rms before the MLP            (mlp_sublayer only)
+    blocks.{i}.mlp.hook_pre             [b, pos, d_mlp]     gate_proj (gated) / up_proj (plain), before the act
+    blocks.{i}.mlp.hook_pre_linear      [b, pos, d_mlp]     up_proj                       (gated only)
+    blocks.{i}.mlp.hook_post            [b, pos, d_mlp]     act(pre) · pre_linear (gated) / act(pre) (plain)
     blocks.{i}.hook_mlp_out             [b, pos, d_model]   down_proj
+    every layer:
     blocks.{i}.hook_resid_post          [b, pos, d_model]
     ln_final.hook_scale / hook_normalized
 """
@@ -142,30 +147,49 @@ class Attention(nn.Module):
         return self.o_proj(z.flatten(-2))
 
 
-class GatedMLP(nn.Module):
-    """down_proj(SiLU(gate_proj(x)) · up_proj(x)) (HF ``BambaMLP``), hooked as TransformerLens's gated MLP."""
+def _relu2(x: Tensor) -> Tensor:
+    """relu(x)² (HF ``ReLUSquaredActivation``, Nemotron-H's "relu2")."""
+    return torch.square(F.relu(x))
+
+
+_MLP_ACTIVATIONS = {"silu": F.silu, "relu2": _relu2}
+
+
+class MLP(nn.Module):
+    """With ``cfg.gated_mlp``: down_proj(act(gate_proj(x)) · up_proj(x)) (HF ``BambaMLP``), hooked as
+    TransformerLens's gated MLP; else down_proj(act(up_proj(x))) (HF ``NemotronHMLP``), hooked as its plain MLP.
+    ``act`` is ``cfg.act_fn``."""
 
     def __init__(self, cfg: HybridConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.gated = cfg.gated_mlp
+        self.act = _MLP_ACTIVATIONS[cfg.act_fn]
+        if self.gated:
+            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+            self.hook_pre_linear = HookPoint()
         self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
         self.hook_pre = HookPoint()
-        self.hook_pre_linear = HookPoint()
         self.hook_post = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
+        if not self.gated:
+            return self.down_proj(self.hook_post(self.act(self.hook_pre(self.up_proj(x)))))
         pre = self.hook_pre(self.gate_proj(x))
         pre_linear = self.hook_pre_linear(self.up_proj(x))
-        return self.down_proj(self.hook_post(F.silu(pre) * pre_linear))
+        return self.down_proj(self.hook_post(self.act(pre) * pre_linear))
+
+
+GatedMLP = MLP  # the name Bamba's block used
 
 
 # --------------------------------------------------------------------------------------------
 # block and model
 # --------------------------------------------------------------------------------------------
 class HybridBlock(nn.Module):
-    """resid_mid = resid_pre + mixer(RMSNorm(resid_pre)); resid_post = resid_mid + MLP(RMSNorm(resid_mid)).
-    The mixer is ``ssm`` (an :class:`SSMMixer`) or ``attn`` (:class:`Attention`), ``kind`` says which; ``slot`` is
+    """resid = resid_pre + mixer(RMSNorm(resid_pre)); with ``cfg.mlp_sublayer`` that is ``resid_mid`` and
+    resid_post = resid_mid + MLP(RMSNorm(resid_mid)), else resid_post = resid. The mixer is ``ssm`` (an
+    :class:`SSMMixer`), ``attn`` (:class:`Attention`) or ``mlp`` (:class:`MLP`), ``kind`` says which; ``slot`` is
     the block's index among the blocks of its kind (its entry in a :class:`HybridState`)."""
 
     def __init__(self, cfg: HybridConfig, kind: str, slot: int):
@@ -176,13 +200,16 @@ class HybridBlock(nn.Module):
         if kind == "ssm":
             self.ssm = SSMMixer(cfg.ssm)
             self.hook_mixer_out = HookPoint()
-        else:
+        elif kind == "attention":
             self.attn = Attention(cfg)
             self.hook_attn_out = HookPoint()
-        self.hook_resid_mid = HookPoint()
-        self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = GatedMLP(cfg)
-        self.hook_mlp_out = HookPoint()
+        if kind == "mlp" or cfg.mlp_sublayer:  # HybridConfig refuses "mlp" layers with an MLP sublayer
+            self.mlp = MLP(cfg)
+            self.hook_mlp_out = HookPoint()
+        self.mlp_sublayer = kind != "mlp" and cfg.mlp_sublayer
+        if self.mlp_sublayer:
+            self.hook_resid_mid = HookPoint()
+            self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.hook_resid_post = HookPoint()
 
     def forward(self, resid: Tensor, layer: int, attention_mask: Tensor | None = None,
@@ -192,19 +219,24 @@ class HybridBlock(nn.Module):
         if self.kind == "ssm":
             mixed = self.hook_mixer_out(self.ssm(h, attention_mask=attention_mask, state_positions=state_positions,
                                                  state=state, layer=self.slot))
-        else:
+        elif self.kind == "attention":
             mixed = self.hook_attn_out(self.attn(h, attention_mask=attention_mask, state=state, slot=self.slot))
+        else:
+            mixed = self.hook_mlp_out(self.mlp(h))
+        if not self.mlp_sublayer:
+            return self.hook_resid_post(resid + mixed)
         resid = self.hook_resid_mid(resid + mixed)
         return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
 
 
 class HookedHybrid(HookedSSM):
-    """A hybrid (Mamba-2 + attention) language model whose every hidden state is a TransformerLens hook.
+    """A hybrid (Mamba-2 + attention [+ MLP layers]) language model whose every hidden state is a TransformerLens
+    hook.
 
     The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
     ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
-    cache on attention layers). Load with :func:`interp.load` (an in-memory ``BambaForCausalLM`` or a folder it
-    saved) or :meth:`from_pretrained`.
+    cache on attention layers; MLP layers keep nothing). Load with :func:`interp.load` (an in-memory
+    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` or a folder it saved) or :meth:`from_pretrained`.
     """
 
     def __init__(self, cfg: HybridConfig, tokenizer: object | None = None):
@@ -228,8 +260,8 @@ class HookedHybrid(HookedSSM):
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None) -> "HookedHybrid":
-        """Load a Hugging Face ``BambaForCausalLM`` checkpoint (hub id or a folder written by ``save_pretrained``),
-        safetensors only, with its tokenizer."""
+        """Load a Hugging Face ``BambaForCausalLM`` / ``NemotronHForCausalLM`` checkpoint (hub id or a folder
+        written by ``save_pretrained``), safetensors only, with its tokenizer."""
         from transformers import AutoConfig
 
         from . import loading
@@ -247,7 +279,7 @@ class HookedHybrid(HookedSSM):
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module, tokenizer: object | None = None) -> "HookedHybrid":
-        """Wrap the weights of an in-memory ``BambaForCausalLM`` (copied)."""
+        """Wrap the weights of an in-memory ``BambaForCausalLM`` / ``NemotronHForCausalLM`` (copied)."""
         from . import loading
 
         model = cls(HybridConfig.from_hf(hf_model.config), tokenizer=tokenizer)
@@ -257,7 +289,7 @@ class HookedHybrid(HookedSSM):
 
     def save_pretrained(self, folder: str) -> None:
         raise NotImplementedError("saving a hybrid model is not supported yet: save the Hugging Face model "
-                                  "(BambaForCausalLM.save_pretrained) instead")
+                                  "(BambaForCausalLM / NemotronHForCausalLM.save_pretrained) instead")
 
     # --- decoding ---------------------------------------------------------------------------
     def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, HybridState]:

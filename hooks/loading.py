@@ -269,9 +269,32 @@ def hf_to_ours(state: dict[str, torch.Tensor], rules: list[tuple[str, str]] | No
     return out
 
 
+#: the module each layer kind's mixer is in a HybridBlock (hooks/hybrid.py)
+_HYBRID_MIXER_MODULE = {"ssm": "ssm", "attention": "attn", "mlp": "mlp"}
+
+
+def _nemotron_h_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
+    """Hugging Face Nemotron-H -> ours: ``model.`` (in memory) or ``backbone.`` (the checkpoints, and what
+    ``save_pretrained`` writes) prefix; each layer's one ``norm`` -> ``ln1``, its ``mixer`` -> ``ssm`` / ``attn`` /
+    ``mlp`` by the layer's kind; ``embeddings`` / ``norm_f`` / ``lm_head``. ``mtp.*`` (multi-token prediction)
+    matches nothing and is skipped, as HF skips it."""
+    pre = r"^(?:model|backbone)\."
+    rules = [(pre + r"embeddings\.weight$", "embed.weight"),
+             (pre + r"layers\.(\d+)\.norm\.weight$", r"blocks.\1.ln1.weight")]
+    rules += [(pre + rf"layers\.{i}\.mixer\.(.+)$", rf"blocks.{i}.{_HYBRID_MIXER_MODULE[kind]}.\1")
+              for i, kind in enumerate(layer_types)]
+    return rules + [(pre + r"norm_f\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight")]
+
+
 def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy Hugging Face Bamba-named tensors into a HookedHybrid (:data:`_HYBRID_HF_TO_OURS`)."""
-    load_ssm_state(model, hf_state, source, rules=_HYBRID_HF_TO_OURS)
+    """Copy Hugging Face Bamba- (:data:`_HYBRID_HF_TO_OURS`) or Nemotron-H-named (:func:`_nemotron_h_rules`)
+    tensors into a HookedHybrid, by ``model.cfg.hf_model_type``."""
+    cfg = model.cfg
+    load_ssm_state(model, hf_state, source, rules=_HYBRID_WEIGHT_TABLES[cfg.hf_model_type](cfg.layer_types))
+
+
+#: each hybrid ``model_type`` (hooks/config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
+_HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules}
 
 
 def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,

@@ -80,7 +80,7 @@ def ssm_parameters(model: HookedModel, tokens: Any, *, layer: int) -> SSMParamet
     if not is_ssm(model):
         raise methods.MethodNotApplicable("ssm_parameters needs a state-space model (Mamba-1 / Mamba-2)")
     layer = _layer(model, layer, "hidden")
-    if methods.model_kind(model, layer) != "ssm":
+    if methods.model_kind(model, layer) != "ssm":  # raises for an MLP layer itself
         raise methods.MethodNotApplicable(f"ssm_parameters: layer {layer} of this hybrid is an attention layer "
                                           f"(cfg.layer_types); its SSM layers are {model.cfg.ssm_layers}")
     names = {h: f"blocks.{layer}.ssm.hook_{h}" for h in ("dt", "B", "C", "u", "y")}

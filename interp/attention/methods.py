@@ -115,10 +115,14 @@ class MapMethod:
 
 def model_kind(model: Any, layer: int | None = None) -> str:
     """"ssm" (Mamba-1 / Mamba-2) or "transformer". On a hybrid (a config with ``layer_types``, e.g. Bamba), the
-    kind of ``layer``: its "attention" layers are "transformer" layers, the others "ssm" (the model as a whole,
-    ``layer=None``: "ssm")."""
+    kind of ``layer``: its "attention" layers are "transformer" layers, its "ssm" layers "ssm"; an "mlp" layer
+    raises :class:`MethodNotApplicable` (the model as a whole, ``layer=None``: "ssm")."""
     types = getattr(getattr(model, "cfg", None), "layer_types", None)
     if layer is not None and isinstance(types, list) and -len(types) <= layer < len(types):
+        if types[layer] == "mlp":  # a position-wise layer (Nemotron-H): nothing to map
+            raise MethodNotApplicable(f"layer {layer} of this hybrid is an MLP layer (cfg.layer_types): it mixes no "
+                                      f"positions, so it has no interaction map; its SSM layers are "
+                                      f"{getattr(model.cfg, 'ssm_layers', '?')}")
         return "transformer" if types[layer] == "attention" else "ssm"
     return "ssm" if is_ssm(model) else "transformer"
 
