@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 import interp
 from conftest import FALCON_MAMBA_CONFIGS, make_hf_ssm
-from interp.attention import hidden_attention, interaction_map, reconstruct_y, ssm_parameters
+from family_checks import assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_rescan_exact
+from interp.attention import hidden_attention, reconstruct_y
 from interp.hooks import CheckpointError, HookedSSM, SSMConfig
 from interp.hooks.loading import estimate_parameters
-from interp.hooks.scan import sequential_scan, step
+from interp.hooks.scan import step
 from interp.lrp import conservation_error, explain, lrp_hooks, zero_biases
 
 KINDS = list(FALCON_MAMBA_CONFIGS)
@@ -156,18 +157,7 @@ def test_hooks_show_huggingface_normed_values(pair):
 def test_y_reconstructs_by_sequential_rescan(pair, L):
     """hook_y == sequential scan of the cached u, Δ, B, C on every layer, also on a padded batch."""
     _, ours = pair
-    tokens = _tokens(L, b=2, seed=5)
-    mask = torch.ones_like(tokens)
-    mask[1, :3] = 0
-    for attention_mask in (None, mask):
-        with torch.no_grad():
-            _, cache = ours.run_with_cache(tokens, attention_mask=attention_mask, names_filter=lambda n: n.split(
-                ".")[-1] in ("hook_u", "hook_dt", "hook_B", "hook_C", "hook_y"))
-        for i, block in enumerate(ours.blocks):
-            c = lambda h: cache[f"blocks.{i}.ssm.{h}"]  # noqa: E731
-            y_ref, _ = sequential_scan(c("hook_u"), c("hook_dt"), block.ssm.A, c("hook_B"), c("hook_C"),
-                                       block.ssm.D.detach())
-            assert (c("hook_y") - y_ref).abs().max().item() <= 1e-5, f"layer {i}"
+    assert_rescan_exact(ours, _tokens(L, b=2, seed=5), layers=range(ours.cfg.n_layers))
 
 
 @pytest.mark.parametrize("L", [16, 21])
@@ -176,18 +166,13 @@ def test_hidden_attention_reconstructs_hook_y(pair, L):
     (x_proj of u alone) it does not."""
     _, ours = pair
     tokens = _tokens(L, b=2, seed=6)
-    for layer in range(ours.cfg.n_layers):
-        p = ssm_parameters(ours, tokens, layer=layer)
-        alpha = hidden_attention(p.dt, p.A, p.B, p.C)
-        y = reconstruct_y(alpha, p.u, p.D)
-        assert (y - p.y).abs().max().item() <= 1e-5, f"layer {layer}"
+    params = assert_hidden_attention_exact(ours, tokens, layers=range(ours.cfg.n_layers))
+    for layer, p in enumerate(params):
         mixer, N = ours.blocks[layer].ssm, ours.cfg.d_state
         with torch.no_grad():
             _, B_raw, C_raw = mixer.x_proj(p.u.flatten(-2)).split([ours.cfg.dt_rank, N, N], dim=-1)
         y_raw = reconstruct_y(hidden_attention(p.dt, p.A, B_raw[:, :, None], C_raw[:, :, None]), p.u, p.D)
         assert (y_raw - p.y).abs().max().item() > 1e-3
-        per = interaction_map(ours, tokens, layer=layer, aggregate="none")
-        torch.testing.assert_close(per, alpha, atol=1e-6, rtol=1e-5)
 
 
 def test_lrp_conserves_with_biases_zeroed(pair):
@@ -204,13 +189,7 @@ def test_lrp_conserves_with_biases_zeroed(pair):
 
 # --- decoding, state patching -------------------------------------------------------------------
 def test_greedy_generation_equals_full_forward_argmax(pair):
-    _, ours = pair
-    prompt = _tokens(7, b=1, seed=8)
-    out = ours.generate(prompt, max_new_tokens=32, stop_at_eos=False)
-    assert out.shape == (1, 7 + 32)
-    with torch.no_grad():
-        full = ours(out).argmax(-1)
-    assert torch.equal(out[0, 7:], full[0, 6:-1])
+    assert_greedy_equals_argmax(pair[1], _tokens(7, b=1, seed=8))
 
 
 @pytest.mark.parametrize("cut", [5, 9])

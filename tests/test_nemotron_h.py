@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import interp
-from interp.attention import hidden_attention, reconstruct_y, ssm_parameters
+from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_pattern_equals_hf,
+                           assert_rescan_exact, assert_start_stop_at_layer)
+from interp.attention import ssm_parameters
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
-from interp.hooks.scan import sequential_scan
 
 CHUNK = 8  # lengths 8 and 24 are multiples of the scan's chunk size, 13 and 21 are not
 TOL = 1e-4
@@ -222,29 +223,11 @@ def test_residual_stream_adds_up(pair):
 def test_attention_pattern_equals_huggingface_weights(pair):
     """hook_pattern equals HF's attention weights (eager path, output_attentions) on every attention layer."""
     hf, ours = pair
-    tokens = _tokens(13, seed=6)
-    impl = hf.config._attn_implementation
-    hf.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            ref = hf(tokens, output_attentions=True).attentions
-    finally:
-        hf.config._attn_implementation = impl
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    layers = ours.cfg.attention_layers
-    assert len(ref) == len(layers)
-    for i, r in zip(layers, ref):
-        torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], r, atol=1e-6, rtol=1e-5)
+    assert_pattern_equals_hf(hf, ours, _tokens(13, seed=6), layers=ours.cfg.attention_layers)
 
 
 def test_start_and_stop_at_layer(pair):
-    _, ours = pair
-    tokens = _tokens(13, seed=7)
-    with torch.no_grad():
-        full = ours(tokens)
-        for layer in range(ours.cfg.n_layers):
-            resid = ours(tokens, stop_at_layer=layer)
-            assert (ours(resid, start_at_layer=layer) - full).abs().max().item() <= 1e-5
+    assert_start_stop_at_layer(pair[1], _tokens(13, seed=7))
 
 
 # --- the SSM layers: exact re-scan and hidden attention -------------------------------------------
@@ -252,40 +235,19 @@ def test_start_and_stop_at_layer(pair):
 def test_y_reconstructs_by_sequential_rescan(pair, L):
     """hook_y == sequential scan of the cached u, Δ, B, C on every SSM layer, also on a padded batch."""
     _, ours = pair
-    tokens = _tokens(L, b=2, seed=8)
-    mask = torch.ones_like(tokens)
-    mask[1, :3] = 0
-    for attention_mask in (None, mask):
-        with torch.no_grad():
-            _, cache = ours.run_with_cache(tokens, attention_mask=attention_mask, names_filter=lambda n: n.split(
-                ".")[-1] in ("hook_u", "hook_dt", "hook_B", "hook_C", "hook_y"))
-        for i in ours.cfg.ssm_layers:
-            mixer = ours.blocks[i].ssm
-            c = lambda h: cache[f"blocks.{i}.ssm.{h}"]  # noqa: E731
-            y_ref, _ = sequential_scan(c("hook_u"), c("hook_dt"), mixer.A, c("hook_B"), c("hook_C"), mixer.D.detach())
-            assert (c("hook_y") - y_ref).abs().max().item() <= 1e-5, f"layer {i}"
+    assert_rescan_exact(ours, _tokens(L, b=2, seed=8), layers=ours.cfg.ssm_layers)
 
 
 @pytest.mark.parametrize("L", [16, 21])
 def test_hidden_attention_reconstructs_hook_y(pair, L):
     """Σ_j α[i, j] u_j + D u_i == hook_y on every SSM layer."""
     _, ours = pair
-    tokens = _tokens(L, b=2, seed=9)
-    for layer in ours.cfg.ssm_layers:
-        p = ssm_parameters(ours, tokens, layer=layer)
-        alpha = hidden_attention(p.dt, p.A, p.B, p.C)
-        assert (reconstruct_y(alpha, p.u, p.D) - p.y).abs().max().item() <= 1e-5, f"layer {layer}"
+    assert_hidden_attention_exact(ours, _tokens(L, b=2, seed=9), layers=ours.cfg.ssm_layers)
 
 
 # --- decoding with the mixed cache ---------------------------------------------------------------
 def test_greedy_generation_equals_full_forward_argmax(pair):
-    _, ours = pair
-    prompt = _tokens(7, b=1, seed=11)
-    out = ours.generate(prompt, max_new_tokens=32, stop_at_eos=False)
-    assert out.shape == (1, 7 + 32)
-    with torch.no_grad():
-        full = ours(out).argmax(-1)
-    assert torch.equal(out[0, 7:], full[0, 6:-1])
+    assert_greedy_equals_argmax(pair[1], _tokens(7, b=1, seed=11))
 
 
 @pytest.mark.parametrize("cut", [5, 9])
