@@ -56,6 +56,10 @@ class SSMConfig:
     # b_layernorm / c_layernorm, on for model_type "falcon_mamba"; eps is HF ``mixer_rms_eps``
     bcdt_rms: bool = False
     mixer_rms_eps: float = 1e-6
+    # Jamba (with bcdt_rms): the same three RMS norms carry learned weights (HF JambaMambaMixer's dt_layernorm /
+    # b_layernorm / c_layernorm, eps ``rms_norm_eps``); the mixer gets ``dt_layernorm`` / ``b_layernorm`` /
+    # ``c_layernorm`` weights [dt_rank] / [N] / [N]
+    bcdt_rms_weights: bool = False
     # shared
     activation: Literal["silu", "identity"] = "silu"  # applied after the causal conv
     conv_bias: bool = True
@@ -93,6 +97,8 @@ class SSMConfig:
         if self.bcdt_rms and self.family != "mamba1":
             raise ValueError("bcdt_rms (FalconMamba's RMS norms on B, C and the low-rank Δ) needs family "
                              f"'mamba1', got {self.family!r}")
+        if self.bcdt_rms_weights and not self.bcdt_rms:
+            raise ValueError("bcdt_rms_weights (Jamba's weighted RMS norms on B, C and the low-rank Δ) needs bcdt_rms")
         self.dt_limit = tuple(float(v) for v in self.dt_limit)  # type: ignore[assignment]
         if self.device is not None:
             self.device = str(self.device)  # a torch.device too, stored as TransformerLens stores it
@@ -274,7 +280,7 @@ def is_ssm(model: object) -> bool:
 # hybrids: Mamba mixers interleaved with attention layers
 # --------------------------------------------------------------------------------------------
 #: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
-HYBRID_MODEL_TYPES = ("bamba", "nemotron_h")
+HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba")
 
 #: the kinds of layer a hybrid has (``HybridConfig.layer_types``): an SSM mixer, softmax attention, or (as its own
 #: layer, ``mlp_sublayer=False``) an MLP
@@ -288,7 +294,7 @@ _NEMOTRON_H_KINDS = {"linear_attention": "ssm", "full_attention": "attention", "
 #: that read ``model.cfg.H`` / ``d_state`` / ``family`` ... of an SSM layer work unchanged on a hybrid
 _SSM_VIEW = frozenset({"family", "H", "P", "G", "d_inner", "d_state", "d_conv", "expand", "head_dim", "n_groups",
                        "chunk_size", "dt_limit", "activation", "conv_bias", "proj_bias", "conv_channels",
-                       "out_groups", "bcdt_rms", "mixer_rms_eps", "dt_rank"})
+                       "out_groups", "bcdt_rms", "bcdt_rms_weights", "mixer_rms_eps", "dt_rank"})
 
 
 @dataclass
@@ -324,6 +330,11 @@ class HybridConfig:
     act_fn: Literal["silu", "relu2"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act)
     gated_mlp: bool = True  # down(act(gate) · up) (Bamba); False: down(act(up)) (Nemotron-H)
     mlp_sublayer: bool = True  # each SSM / attention layer also has an MLP (Bamba); False: one mixer per layer
+    # sparse mixture of experts (Jamba): the MLP sublayer of these layers is ``n_experts`` gated MLPs (d_mlp wide,
+    # act_fn) of which a router picks ``n_experts_per_tok`` per token (hooks/hybrid.py ``MoE``)
+    moe_layers: list[int] = field(default_factory=list)
+    n_experts: int = 0
+    n_experts_per_tok: int = 2
     norm_eps: float = 1e-5
     n_ctx: int = 262144  # HF max_position_embeddings
     tie_embeddings: bool = False
@@ -343,6 +354,12 @@ class HybridConfig:
             raise ValueError(f"layer_types must list {' or '.join(map(repr, kinds))} for each of the {self.n_layers} "
                              f"layers{' (mlp layers need mlp_sublayer=False)' if 'mlp' in bad else ''}, got "
                              f"{self.layer_types}")
+        if self.moe_layers:
+            if not self.mlp_sublayer or not all(0 <= i < self.n_layers for i in self.moe_layers):
+                raise ValueError(f"moe_layers {self.moe_layers} must be layer indices and need mlp_sublayer")
+            if not 1 <= self.n_experts_per_tok <= self.n_experts:
+                raise ValueError(f"need 1 <= n_experts_per_tok ({self.n_experts_per_tok}) <= n_experts "
+                                 f"({self.n_experts})")
         if self.act_fn not in ("silu", "relu2"):
             raise ValueError(f"act_fn must be 'silu' or 'relu2', got {self.act_fn!r}")
         if self.n_heads % self.n_key_value_heads:
@@ -394,11 +411,11 @@ class HybridConfig:
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "HybridConfig":
-        """Map a Hugging Face ``BambaConfig`` or ``NemotronHConfig`` onto a :class:`HybridConfig`.
+        """Map a Hugging Face ``BambaConfig``, ``NemotronHConfig`` or ``JambaConfig`` onto a :class:`HybridConfig`.
 
         Bamba, not read (they do not change the forward): ``z_loss_coefficient`` (a training loss term),
         ``num_logits_to_keep`` (generation), ``attention_dropout``, ``initializer_range``. A rope type other than
-        "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`."""
+        "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`; Jamba: :meth:`_from_jamba`."""
         mt = getattr(hf_config, "model_type", None)
         if mt not in HYBRID_MODEL_TYPES:
             raise ValueError(f"not a hybrid config: model_type={mt!r} (expected one of {', '.join(HYBRID_MODEL_TYPES)})")
@@ -407,6 +424,8 @@ class HybridConfig:
                              "full-precision checkpoint")
         if mt == "nemotron_h":
             return cls._from_nemotron_h(hf_config)
+        if mt == "jamba":
+            return cls._from_jamba(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
@@ -438,6 +457,53 @@ class HybridConfig:
             norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
             tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
             eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_jamba(cls, hf_config: Any) -> "HybridConfig":
+        """``JambaConfig`` (HF ``modeling_jamba``): every layer is RMSNorm + mixer, then RMSNorm + MLP or MoE
+        (``JambaAttentionDecoderLayer`` / ``JambaMambaDecoderLayer``). Read: ``layers_block_type`` (from
+        ``attn_layer_period`` / ``attn_layer_offset``: "attention" / "mamba") -> layer_types; ``layers_num_experts``
+        (from ``expert_layer_period`` / ``expert_layer_offset``: ``num_experts`` or 1) -> moe_layers (> 1 expert),
+        ``num_experts`` / ``num_experts_per_tok`` -> n_experts / n_experts_per_tok. Mamba-1 mixer: ``mamba_d_state``,
+        ``mamba_d_conv``, ``mamba_expand`` (d_inner = expand * hidden_size), ``mamba_dt_rank``, ``mamba_conv_bias``,
+        ``mamba_proj_bias``; its Δ/B/C RMS norms carry weights (``bcdt_rms_weights``) with eps ``rms_norm_eps``.
+        Attention: ``num_attention_heads``, ``num_key_value_heads``, d_head = hidden_size // num_attention_heads; no
+        positional embedding and no biases. MLP / experts: gated, ``intermediate_size``; ``hidden_act`` is both the
+        conv activation and the MLP's (silu). Not read (no effect on HF's forward): ``use_mamba_kernels``,
+        ``use_mambapy``, ``use_associative_scan`` (other paths of the same scan), ``output_router_logits`` /
+        ``router_aux_loss_coef`` (a training loss), ``attention_dropout``, ``initializer_range``."""
+        mt = "jamba"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        types = list(hf_config.layers_block_type)
+        unknown = sorted({t for t in types if t not in ("attention", "mamba")})
+        if unknown:
+            raise ValueError(f"{mt}: layers_block_type entries {unknown} are not supported (attention, mamba)")
+        d, n_layers = int(hf_config.hidden_size), len(types)
+        eps = float(hf_config.rms_norm_eps)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        ssm = SSMConfig(
+            family="mamba1", d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.mamba_d_state), d_conv=int(hf_config.mamba_d_conv),
+            expand=int(hf_config.mamba_expand), d_inner=int(hf_config.mamba_expand * d),
+            dt_rank=int(hf_config.mamba_dt_rank), bcdt_rms=True, bcdt_rms_weights=True, mixer_rms_eps=eps,
+            activation="silu", conv_bias=bool(hf_config.mamba_conv_bias), proj_bias=bool(hf_config.mamba_proj_bias),
+            norm_eps=eps, residual_in_fp32=False, tie_embeddings=tie,
+        )
+        n_heads = int(hf_config.num_attention_heads)
+        return cls(
+            ssm=ssm, layer_types=["attention" if t == "attention" else "ssm" for t in types], d_model=d,
+            n_layers=n_layers, vocab_size=int(hf_config.vocab_size), n_heads=n_heads,
+            n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d // n_heads, rotary_dim=0,
+            attn_bias=False, d_mlp=int(hf_config.intermediate_size), mlp_bias=False, act_fn="silu", gated_mlp=True,
+            mlp_sublayer=True, moe_layers=[i for i, n in enumerate(hf_config.layers_num_experts) if n > 1],
+            n_experts=int(hf_config.num_experts), n_experts_per_tok=int(hf_config.num_experts_per_tok),
+            norm_eps=eps, n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=tie,
+            pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )
 
     @classmethod

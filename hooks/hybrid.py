@@ -1,5 +1,5 @@
-"""Hookable hybrid language models: Mamba-2 mixers interleaved with softmax-attention (and MLP) layers (Bamba,
-Nemotron-H).
+"""Hookable hybrid language models: Mamba-2 or Mamba-1 mixers interleaved with softmax-attention (and MLP or
+mixture-of-experts) layers (Bamba, Nemotron-H, Jamba).
 
 Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> MLP ->
 HybridBlock (RMSNorm + mixer [, RMSNorm + MLP]) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
@@ -16,7 +16,7 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.ln1.hook_scale           [b, pos, 1]         rms before the mixer (as in hooks/mamba.py)
     blocks.{i}.ln1.hook_normalized      [b, pos, d_model]
     SSM layers:
-    blocks.{i}.ssm.hook_*                                   hooks/mamba.py (Mamba-2 mixer)
+    blocks.{i}.ssm.hook_*                                   hooks/mamba.py (Mamba-2 / Mamba-1 mixer)
     blocks.{i}.hook_mixer_out           [b, pos, d_model]   same value as ssm.hook_out
     attention layers:
     blocks.{i}.attn.hook_q              [b, pos, n_heads, d_head]      before the rotary embedding (if any)
@@ -33,7 +33,10 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.mlp.hook_pre             [b, pos, d_mlp]     gate_proj (gated) / up_proj (plain), before the act
     blocks.{i}.mlp.hook_pre_linear      [b, pos, d_mlp]     up_proj                       (gated only)
     blocks.{i}.mlp.hook_post            [b, pos, d_mlp]     act(pre) · pre_linear (gated) / act(pre) (plain)
-    blocks.{i}.hook_mlp_out             [b, pos, d_model]   down_proj
+    blocks.{i}.hook_mlp_out             [b, pos, d_model]   down_proj (or the MoE's output)
+    MoE sublayers (layers in cfg.moe_layers, Jamba), instead of blocks.{i}.mlp.*:
+    blocks.{i}.moe.hook_router_logits   [b, pos, n_experts]
+    blocks.{i}.moe.hook_expert_weights  [b, pos, n_experts_per_tok]   top-k of softmax(router logits), unnormalised
     every layer:
     blocks.{i}.hook_resid_post          [b, pos, d_model]
     ln_final.hook_scale / hook_normalized
@@ -183,6 +186,43 @@ class MLP(nn.Module):
 GatedMLP = MLP  # the name Bamba's block used
 
 
+class MoE(nn.Module):
+    """Sparse mixture of gated-MLP experts (HF ``JambaSparseMoeBlock``): router logits = router(x); weights = the
+    top ``n_experts_per_tok`` of softmax(logits) (fp32, left unnormalised, in the model dtype, as HF's
+    ``JambaTopKRouter``); out = Σ_selected weight · down(act(gate(x)) · up(x)) of each selected expert. The experts
+    are stored as HF stores them, ``experts.gate_up_proj`` [E, 2·d_mlp, d_model] (gate rows first) and
+    ``experts.down_proj`` [E, d_model, d_mlp]. Hooks: ``hook_router_logits`` [b, pos, E]; ``hook_expert_weights``
+    [b, pos, k] (an edit of them is used); the chosen experts are ``topk(hook_router_logits, k).indices`` (softmax
+    keeps the order), in the same order as the weights."""
+
+    def __init__(self, cfg: HybridConfig):
+        super().__init__()
+        self.n_experts, self.top_k = cfg.n_experts, cfg.n_experts_per_tok
+        self.act = _MLP_ACTIVATIONS[cfg.act_fn]
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = nn.Module()
+        self.experts.gate_up_proj = nn.Parameter(torch.zeros(cfg.n_experts, 2 * cfg.d_mlp, cfg.d_model))
+        self.experts.down_proj = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_model, cfg.d_mlp))
+        self.hook_router_logits = HookPoint()
+        self.hook_expert_weights = HookPoint()
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.hook_router_logits(self.router(x))  # [b, L, E]
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
+        weights, index = torch.topk(probs, self.top_k, dim=-1)  # [b, L, k]
+        weights = self.hook_expert_weights(weights.to(x.dtype))
+        flat, w, idx = x.reshape(-1, x.shape[-1]), weights.reshape(-1, self.top_k), index.reshape(-1, self.top_k)
+        out = torch.zeros_like(flat)
+        if flat.is_meta:  # a forward for shapes only (hooks/shapes.py)
+            return out.view_as(x)
+        for e in idx.unique().tolist():
+            token, slot = torch.where(idx == e)
+            gate, up = F.linear(flat[token], self.experts.gate_up_proj[e]).chunk(2, dim=-1)
+            h = F.linear(self.act(gate) * up, self.experts.down_proj[e]) * w[token, slot, None]
+            out.index_add_(0, token, h.to(out.dtype))
+        return out.view_as(x)
+
+
 # --------------------------------------------------------------------------------------------
 # block and model
 # --------------------------------------------------------------------------------------------
@@ -192,7 +232,7 @@ class HybridBlock(nn.Module):
     :class:`SSMMixer`), ``attn`` (:class:`Attention`) or ``mlp`` (:class:`MLP`), ``kind`` says which; ``slot`` is
     the block's index among the blocks of its kind (its entry in a :class:`HybridState`)."""
 
-    def __init__(self, cfg: HybridConfig, kind: str, slot: int):
+    def __init__(self, cfg: HybridConfig, kind: str, slot: int, layer: int = -1):
         super().__init__()
         self.kind, self.slot = kind, slot
         self.hook_resid_pre = HookPoint()
@@ -203,7 +243,10 @@ class HybridBlock(nn.Module):
         elif kind == "attention":
             self.attn = Attention(cfg)
             self.hook_attn_out = HookPoint()
-        if kind == "mlp" or cfg.mlp_sublayer:  # HybridConfig refuses "mlp" layers with an MLP sublayer
+        if layer in cfg.moe_layers:  # the MLP sublayer is a mixture of experts (Jamba)
+            self.moe = MoE(cfg)
+            self.hook_mlp_out = HookPoint()
+        elif kind == "mlp" or cfg.mlp_sublayer:  # HybridConfig refuses "mlp" layers with an MLP sublayer
             self.mlp = MLP(cfg)
             self.hook_mlp_out = HookPoint()
         self.mlp_sublayer = kind != "mlp" and cfg.mlp_sublayer
@@ -226,17 +269,19 @@ class HybridBlock(nn.Module):
         if not self.mlp_sublayer:
             return self.hook_resid_post(resid + mixed)
         resid = self.hook_resid_mid(resid + mixed)
-        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(self.ln2(resid))))
+        ffn = self.moe if hasattr(self, "moe") else self.mlp
+        return self.hook_resid_post(resid + self.hook_mlp_out(ffn(self.ln2(resid))))
 
 
 class HookedHybrid(HookedSSM):
-    """A hybrid (Mamba-2 + attention [+ MLP layers]) language model whose every hidden state is a TransformerLens
+    """A hybrid (Mamba-2 or Mamba-1 + attention [+ MLP / MoE]) language model whose every hidden state is a TransformerLens
     hook.
 
     The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
     ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
     cache on attention layers; MLP layers keep nothing). Load with :func:`interp.load` (an in-memory
-    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` or a folder it saved) or :meth:`from_pretrained`.
+    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` or a folder it saved) or
+    :meth:`from_pretrained`.
     """
 
     def __init__(self, cfg: HybridConfig, tokenizer: object | None = None):
@@ -246,7 +291,8 @@ class HookedHybrid(HookedSSM):
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()
         slots = [cfg.layer_types[:i].count(kind) for i, kind in enumerate(cfg.layer_types)]
-        self.blocks = nn.ModuleList([HybridBlock(cfg, kind, slot) for kind, slot in zip(cfg.layer_types, slots)])
+        self.blocks = nn.ModuleList([HybridBlock(cfg, kind, slot, layer)
+                                     for layer, (kind, slot) in enumerate(zip(cfg.layer_types, slots))])
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         if cfg.tie_embeddings:

@@ -287,14 +287,44 @@ def _nemotron_h_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy Hugging Face Bamba- (:data:`_HYBRID_HF_TO_OURS`) or Nemotron-H-named (:func:`_nemotron_h_rules`)
-    tensors into a HookedHybrid, by ``model.cfg.hf_model_type``."""
+    """Copy Hugging Face Bamba- (:data:`_HYBRID_HF_TO_OURS`), Nemotron-H- (:func:`_nemotron_h_rules`) or
+    Jamba-named (:data:`_JAMBA_HF_TO_OURS`) tensors into a HookedHybrid, by ``model.cfg.hf_model_type``."""
     cfg = model.cfg
+    if cfg.hf_model_type == "jamba":
+        hf_state = _stack_jamba_experts(hf_state)
     load_ssm_state(model, hf_state, source, rules=_HYBRID_WEIGHT_TABLES[cfg.hf_model_type](cfg.layer_types))
 
 
+def _stack_jamba_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Jamba checkpoints (and ``save_pretrained``) store each expert as ``feed_forward.experts.{e}.gate_proj`` /
+    ``up_proj`` / ``down_proj.weight``; the in-memory model (and ours) stack them as ``experts.gate_up_proj``
+    [E, 2·d_mlp, d_model] (gate rows first) and ``experts.down_proj`` [E, d_model, d_mlp], as HF's conversion
+    mapping for "jamba" does. Keys already stacked pass through."""
+    per: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.feed_forward\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", k)
+        if m is None:
+            out[k] = v
+        else:
+            per.setdefault(m.group(1), {}).setdefault(int(m.group(2)), {})[m.group(3)] = v
+    for prefix, experts in per.items():
+        order = [experts[e] for e in sorted(experts)]
+        out[f"{prefix}.gate_up_proj"] = torch.stack([torch.cat([x["gate_proj"], x["up_proj"]], 0) for x in order])
+        out[f"{prefix}.down_proj"] = torch.stack([x["down_proj"] for x in order])
+    return out
+
+
+#: Hugging Face Jamba -> ours: Bamba's names (same layer layout); a MoE layer's ``feed_forward.router`` /
+#: ``feed_forward.experts`` -> ``moe.router`` / ``moe.experts`` (the first rule wins, so they come first)
+_JAMBA_HF_TO_OURS = [
+    (r"^model\.layers\.(\d+)\.feed_forward\.((?:router|experts)\..+)$", r"blocks.\1.moe.\2"),
+    *_HYBRID_HF_TO_OURS,
+]
+
 #: each hybrid ``model_type`` (hooks/config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
-_HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules}
+_HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules,
+                         "jamba": lambda layer_types: _JAMBA_HF_TO_OURS}
 
 
 def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,

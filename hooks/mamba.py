@@ -138,6 +138,11 @@ class SSMMixer(nn.Module):
             self.x_proj = nn.Linear(d_in, cfg.dt_rank + 2 * N, bias=False)  # -> dt_low, B, C
             self.dt_proj = nn.Linear(cfg.dt_rank, d_in, bias=True)
             self.A_log = nn.Parameter(torch.zeros(d_in, N))
+            if cfg.bcdt_rms_weights:  # Jamba: the Δ / B / C RMS norms' learned weights (HF parameter names)
+                for name, width in (("dt_layernorm", cfg.dt_rank), ("b_layernorm", N), ("c_layernorm", N)):
+                    norm = nn.Module()
+                    norm.weight = nn.Parameter(torch.ones(width))
+                    setattr(self, name, norm)
         else:
             self.in_proj = nn.Linear(cfg.d_model, d_in + cfg.conv_channels + H, bias=cfg.proj_bias)
             self.dt_bias = nn.Parameter(torch.zeros(H))
@@ -195,6 +200,9 @@ class SSMMixer(nn.Module):
             dt_low, B, C = self.x_proj(u.flatten(-2)).split([cfg.dt_rank, N, N], dim=-1)
             if cfg.bcdt_rms:  # FalconMamba: weightless RMSNorm of each, before dt_proj and the scan
                 dt_low, B, C = (_weightless_rms(t, cfg.mixer_rms_eps) for t in (dt_low, B, C))
+                if cfg.bcdt_rms_weights:  # Jamba: times the norms' learned weights (HF JambaRMSNorm)
+                    dt_low, B, C = (self.dt_layernorm.weight * dt_low, self.b_layernorm.weight * B,
+                                    self.c_layernorm.weight * C)
             dt = F.softplus(self.dt_proj(dt_low).float())
         else:
             x, B, C = u_flat.split([cfg.d_inner, G * N, G * N], dim=-1)

@@ -28,15 +28,15 @@ def load(
     ``model`` may be:
 
     * the name of an embedded model shipped with the package (``interp.zoo.list_models()``);
-    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, FalconMamba, Bamba, Nemotron-H, GPT-2,
+    * a local folder written by ``save_pretrained`` (Mamba, Mamba-2, FalconMamba, Bamba, Nemotron-H, Jamba, GPT-2,
       GPT-NeoX/Pythia, ...);
     * a Hugging Face hub id (``"state-spaces/mamba-130m-hf"``, needs network) or a TransformerLens
       model name (``"gpt2"``, ``"pythia-70m"``);
     * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM`` /
-      ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / transformers causal LM.
+      ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / transformers causal LM.
 
     Returns a :class:`interp.hooks.HookedSSM` for state-space models, a :class:`interp.hooks.HookedHybrid` for
-    hybrids (Bamba, Nemotron-H), otherwise a
+    hybrids (Bamba, Nemotron-H, Jamba), otherwise a
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
     """
     from interp.hooks import HookedSSM
