@@ -246,7 +246,7 @@ def test_bad_inputs_show_messages(server, browser):
     for name, params, text in [
         ("empty", {"prompt": " "}, "The prompt is empty"),
         ("unicode", {"prompt": "héllo ☃"}, "cannot encode the prompt"),
-        ("missing_model", {"model": "/no/such/model"}, "does not exist"),
+        ("missing_model", {"model": "/no/such/model"}, "outside the folders this app may read"),  # not "missing"
     ]:
         tab.open(url(server, "interactions", **params))
         assert text in tab.page.locator('[data-testid="stAlert"]').all_inner_texts().__str__(), name

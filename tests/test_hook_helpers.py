@@ -145,8 +145,10 @@ def test_prompt_and_model_spec_checks_raise_value_errors(tmp_path):
     assert inside_roots(tmp_path / "a", [tmp_path]) == (tmp_path / "a").resolve()
     with pytest.raises(ValueError, match="outside the folders"):
         inside_roots(tmp_path / ".." / "x", [tmp_path])
-    with pytest.raises(ValueError, match="does not exist"):
-        resolve_model_spec("./no-such-model", [tmp_path])
+    with pytest.raises(ValueError, match="does not exist"):  # inside the roots: say it is missing
+        resolve_model_spec(str(tmp_path / "no-such-model"), [tmp_path])
+    with pytest.raises(ValueError, match="is outside the folders this app may read"):  # outside: never whether
+        resolve_model_spec("./no-such-model", [tmp_path])                             # it exists (issue 16)
 
 
 def test_positions_indices_are_absolute_and_bounds_checked():
