@@ -37,6 +37,8 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     MoE sublayers (layers in cfg.moe_layers, Jamba), instead of blocks.{i}.mlp.*:
     blocks.{i}.moe.hook_router_logits   [b, pos, n_experts]
     blocks.{i}.moe.hook_expert_weights  [b, pos, n_experts_per_tok]   top-k of softmax(router logits), unnormalised
+    blocks.{i}.moe.hook_pre / hook_pre_linear / hook_post  [b, pos, n_experts_per_tok, d_mlp]  each chosen expert's
+                                        gate(x), up(x), act(gate) · up (the slots of hook_expert_weights)
     every layer:
     blocks.{i}.hook_resid_post          [b, pos, d_model]
     ln_final.hook_scale / hook_normalized
@@ -139,7 +141,8 @@ class Attention(nn.Module):
         groups = cfg.n_heads // cfg.n_key_value_heads
         k_rep = k.repeat_interleave(groups, dim=2)  # head h reads KV head h // groups (HF repeat_kv)
         v_rep = v.repeat_interleave(groups, dim=2)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k_rep) * cfg.d_head ** -0.5  # [b, nh, L, Lk]
+        scale = cfg.d_head ** -0.5 if cfg.attention_scale is None else cfg.attention_scale
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k_rep) * scale  # [b, nh, L, Lk]
         causal = torch.arange(Lk, device=x.device)[None, :] <= (Lk - L + torch.arange(L, device=x.device))[:, None]
         allowed = causal[None, None] & key_mask[:, None, None, :]
         # the dtype's lowest value, not -inf: a query with every key masked (left padding) gets a finite,
@@ -193,34 +196,71 @@ class MoE(nn.Module):
     are stored as HF stores them, ``experts.gate_up_proj`` [E, 2·d_mlp, d_model] (gate rows first) and
     ``experts.down_proj`` [E, d_model, d_mlp]. Hooks: ``hook_router_logits`` [b, pos, E]; ``hook_expert_weights``
     [b, pos, k] (an edit of them is used); the chosen experts are ``topk(hook_router_logits, k).indices`` (softmax
-    keeps the order), in the same order as the weights."""
+    keeps the order), in the same order as the weights. ``hook_pre`` / ``hook_pre_linear`` / ``hook_post``
+    [b, pos, k, d_mlp]: gate(x), up(x) and act(gate) · up of the expert in each of the k slots (the gated MLP's
+    hooks with a slot axis)."""
 
     def __init__(self, cfg: HybridConfig):
         super().__init__()
-        self.n_experts, self.top_k = cfg.n_experts, cfg.n_experts_per_tok
+        self.n_experts, self.top_k, self.d_mlp = cfg.n_experts, cfg.n_experts_per_tok, cfg.moe_d_mlp or cfg.d_mlp
+        self.normalize_topk = cfg.moe_normalize_topk
         self.act = _MLP_ACTIVATIONS[cfg.act_fn]
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = nn.Module()
-        self.experts.gate_up_proj = nn.Parameter(torch.zeros(cfg.n_experts, 2 * cfg.d_mlp, cfg.d_model))
-        self.experts.down_proj = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_model, cfg.d_mlp))
-        self.hook_router_logits = HookPoint()
-        self.hook_expert_weights = HookPoint()
+        self.experts.gate_up_proj = nn.Parameter(torch.zeros(cfg.n_experts, 2 * self.d_mlp, cfg.d_model))
+        self.experts.down_proj = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_model, self.d_mlp))
+        for name in ("router_logits", "expert_weights", "pre", "pre_linear", "post"):
+            setattr(self, f"hook_{name}", HookPoint())
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.hook_router_logits(self.router(x))  # [b, L, E]
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float)
-        weights, index = torch.topk(probs, self.top_k, dim=-1)  # [b, L, k]
+        if self.normalize_topk:  # softmax over the top-k logits (HF GraniteMoeHybridTopKRouter)
+            top, index = torch.topk(logits.float(), self.top_k, dim=-1)  # [b, L, k]
+            weights = torch.softmax(top, dim=-1)
+        else:  # the top-k of the softmax, unnormalised (HF JambaTopKRouter)
+            weights, index = torch.topk(torch.softmax(logits, dim=-1, dtype=torch.float), self.top_k, dim=-1)
         weights = self.hook_expert_weights(weights.to(x.dtype))
         flat, w, idx = x.reshape(-1, x.shape[-1]), weights.reshape(-1, self.top_k), index.reshape(-1, self.top_k)
+        # each (token, slot)'s expert: [N, k, d_mlp] buffers, so that the hooks see every selected expert's units
+        experts = [] if flat.is_meta else [(e, *torch.where(idx == e)) for e in idx.unique().tolist()]
+        gate = flat.new_zeros(*idx.shape, self.d_mlp)
+        up = flat.new_zeros(*idx.shape, self.d_mlp)
+        for e, token, slot in experts:
+            gate[token, slot], up[token, slot] = F.linear(flat[token], self.experts.gate_up_proj[e]).chunk(2, dim=-1)
+        pre = self.hook_pre(gate.view(*x.shape[:-1], self.top_k, -1))  # [b, L, k, d_mlp]
+        pre_linear = self.hook_pre_linear(up.view_as(pre))
+        post = self.hook_post(self.act(pre) * pre_linear).reshape(-1, self.top_k, self.d_mlp)
         out = torch.zeros_like(flat)
-        if flat.is_meta:  # a forward for shapes only (hooks/shapes.py)
-            return out.view_as(x)
-        for e in idx.unique().tolist():
-            token, slot = torch.where(idx == e)
-            gate, up = F.linear(flat[token], self.experts.gate_up_proj[e]).chunk(2, dim=-1)
-            h = F.linear(self.act(gate) * up, self.experts.down_proj[e]) * w[token, slot, None]
+        for e, token, slot in experts:
+            h = F.linear(post[token, slot], self.experts.down_proj[e]) * w[token, slot, None]
             out.index_add_(0, token, h.to(out.dtype))
         return out.view_as(x)
+
+
+class ScaledEmbedding(nn.Embedding):
+    """An embedding whose output is multiplied by ``scale`` (``cfg.embedding_multiplier``; untouched at 1). The
+    parameter is HF's unscaled ``embed_tokens.weight``; ``HookedHybrid.W_E`` is the scaled matrix."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, scale: float = 1.0):
+        super().__init__(num_embeddings, embedding_dim)
+        self.scale = float(scale)
+
+    def forward(self, input: Tensor) -> Tensor:
+        out = super().forward(input)
+        return out if self.scale == 1.0 else out * self.scale
+
+
+class ScaledLinear(nn.Linear):
+    """A bias-free linear map whose output is multiplied by ``scale`` (the unembedding, ``cfg.logits_scale``;
+    untouched at 1). The parameter is HF's ``lm_head.weight``; ``HookedHybrid.W_U`` is the scaled matrix."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0):
+        super().__init__(in_features, out_features, bias=False)
+        self.scale = float(scale)
+
+    def forward(self, input: Tensor) -> Tensor:
+        out = super().forward(input)
+        return out if self.scale == 1.0 else out * self.scale
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,11 +283,13 @@ class HybridBlock(nn.Module):
         elif kind == "attention":
             self.attn = Attention(cfg)
             self.hook_attn_out = HookPoint()
-        if layer in cfg.moe_layers:  # the MLP sublayer is a mixture of experts (Jamba)
+        self.residual_multiplier = cfg.residual_multiplier
+        moe = layer in cfg.moe_layers
+        if moe:  # the MLP sublayer is a mixture of experts (Jamba), or experts + the dense MLP (moe_shared_mlp)
             self.moe = MoE(cfg)
             self.hook_mlp_out = HookPoint()
-        elif kind == "mlp" or cfg.mlp_sublayer:  # HybridConfig refuses "mlp" layers with an MLP sublayer
-            self.mlp = MLP(cfg)
+        if (not moe or cfg.moe_shared_mlp) and (kind == "mlp" or cfg.mlp_sublayer):  # HybridConfig refuses "mlp"
+            self.mlp = MLP(cfg)                                                       # layers with an MLP sublayer
             self.hook_mlp_out = HookPoint()
         self.mlp_sublayer = kind != "mlp" and cfg.mlp_sublayer
         if self.mlp_sublayer:
@@ -259,18 +301,27 @@ class HybridBlock(nn.Module):
                 state_positions: Any = None, state: HybridState | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
         h = self.ln1(resid)
+        m = self._scaled
         if self.kind == "ssm":
-            mixed = self.hook_mixer_out(self.ssm(h, attention_mask=attention_mask, state_positions=state_positions,
-                                                 state=state, layer=self.slot))
+            mixed = self.hook_mixer_out(m(self.ssm(h, attention_mask=attention_mask, state_positions=state_positions,
+                                                   state=state, layer=self.slot)))
         elif self.kind == "attention":
-            mixed = self.hook_attn_out(self.attn(h, attention_mask=attention_mask, state=state, slot=self.slot))
+            mixed = self.hook_attn_out(m(self.attn(h, attention_mask=attention_mask, state=state, slot=self.slot)))
         else:
-            mixed = self.hook_mlp_out(self.mlp(h))
+            mixed = self.hook_mlp_out(m(self.mlp(h)))
         if not self.mlp_sublayer:
             return self.hook_resid_post(resid + mixed)
         resid = self.hook_resid_mid(resid + mixed)
-        ffn = self.moe if hasattr(self, "moe") else self.mlp
-        return self.hook_resid_post(resid + self.hook_mlp_out(ffn(self.ln2(resid))))
+        h = self.ln2(resid)
+        if not hasattr(self, "moe"):
+            ffn = self.mlp(h)
+        else:  # HF's order: experts + shared MLP
+            ffn = self.moe(h) + self.mlp(h) if hasattr(self, "mlp") else self.moe(h)
+        return self.hook_resid_post(resid + self.hook_mlp_out(m(ffn)))
+
+    def _scaled(self, x: Tensor) -> Tensor:
+        """A sublayer's output times ``cfg.residual_multiplier`` (untouched at 1)."""
+        return x if self.residual_multiplier == 1.0 else x * self.residual_multiplier
 
 
 class HookedHybrid(HookedSSM):
@@ -288,19 +339,33 @@ class HookedHybrid(HookedSSM):
         super(HookedSSM, self).__init__()  # HookedRootModule's, not HookedSSM's (the blocks differ)
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.embed = ScaledEmbedding(cfg.d_vocab, cfg.d_model, scale=cfg.embedding_multiplier)
         self.hook_embed = HookPoint()
         slots = [cfg.layer_types[:i].count(kind) for i, kind in enumerate(cfg.layer_types)]
         self.blocks = nn.ModuleList([HybridBlock(cfg, kind, slot, layer)
                                      for layer, (kind, slot) in enumerate(zip(cfg.layer_types, slots))])
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        self.unembed = ScaledLinear(cfg.d_model, cfg.d_vocab, scale=cfg.logits_scale)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
         self.setup()
         if cfg.device is not None:
             self.to(cfg.device)
         cfg.device = str(self.device)
+
+    @property
+    def W_E(self) -> Tensor:
+        """Embedding [vocab, d_model] as the model uses it, ``hook_embed == W_E[tokens]``: the parameter times
+        ``cfg.embedding_multiplier`` (a new tensor when that is not 1, else the parameter itself)."""
+        w, scale = self.embed.weight, self.cfg.embedding_multiplier
+        return w if scale == 1.0 else w * scale
+
+    @property
+    def W_U(self) -> Tensor:
+        """Unembedding [d_model, vocab] as the model uses it, logits = ``ln_final`` output @ W_U: the parameter's
+        transpose times ``cfg.logits_scale`` (a new tensor when that is not 1)."""
+        w, scale = self.unembed.weight.T, self.cfg.logits_scale
+        return w if scale == 1.0 else w * scale
 
     # --- loading ----------------------------------------------------------------------------
     @classmethod

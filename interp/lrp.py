@@ -19,9 +19,16 @@ SSM (:class:`interp.hooks.HookedSSM`, per layer)
     * ``ssm.hook_gated`` (half rule on the gate): ``g = z·σ(z).detach()`` and
       ``0.5·(y·g.detach()) + 0.5·(y.detach()·g)``; Mamba-2 then applies its grouped RMSNorm with
       ``1/rms`` detached: ``w ⊙ x · rsqrt(mean_group(x²) + eps).detach()``;
-    * ``ln1.hook_normalized`` and ``ln_final.hook_normalized`` (RMSNorm): ``x · rsqrt(mean(x²) +
-      eps).detach()`` from the norm input captured at ``hook_resid_pre`` (the last
-      ``hook_resid_post`` for ``ln_final``).
+    * every RMSNorm's ``hook_scale`` (``ln1``, ``ln2``, ``ln_final``) -> detached: ``x / rms`` is then linear.
+
+Hybrid (:class:`interp.hooks.HookedHybrid`: Bamba, Nemotron-H, Jamba, ...), block by block
+    * SSM layers: the SSM rules above (the mixer's own config: Mamba-1 or Mamba-2);
+    * attention layers: ``attn.hook_pattern`` -> detached (CP-LRP, as for transformers; the rotary embedding
+      only reaches the pattern);
+    * MLPs (``mlp.hook_post``): identity rule on the activation, ``g = pre · (act(pre)/pre).detach()``, and for a
+      gated MLP the half rule on ``g · pre_linear`` (as on the SSM gate);
+    * mixtures of experts: ``moe.hook_expert_weights`` -> detached (the router is a constant), each chosen
+      expert's ``moe.hook_post`` [b, pos, k, d_mlp] gets the gated-MLP rule.
 
 Transformer (:class:`interp.hooks.HookedTransformerModel`, CP-LRP)
     * ``attn.hook_pattern`` -> detached (attention probabilities are constants: the head is linear
@@ -154,23 +161,26 @@ def lrp_hooks(model: HookedModel) -> list[Hook]:
     raise TypeError(f"lrp_hooks: unsupported model {type(model).__name__} (HookedSSM or HookedTransformerModel)")
 
 
+def _identity_ratio(pre: Tensor, post: Tensor, slope0: float) -> Tensor:
+    """post / pre, with the activation's slope at 0 where pre == 0 (the identity rule's factor)."""
+    zero = pre == 0
+    return torch.where(zero, torch.full_like(pre, slope0), post / torch.where(zero, torch.ones_like(pre), pre))
+
+
+def _slope_at_zero(act: Callable[[Tensor], Tensor]) -> float:
+    eps = 1e-6
+    return float(act(torch.tensor([eps], dtype=torch.float64)) / eps)  # act'(0): 0.5 for SiLU / GELU, 0 for relu²
+
+
 def _ssm_hooks(model: Any) -> list[Hook]:
-    cfg = model.cfg
+    """The rules of a HookedSSM or a HookedHybrid, block by block: each block's mixer (SSM, attention or MLP) and
+    MLP / mixture-of-experts sublayer get their rule; every RMSNorm (``*.hook_scale``) is made linear."""
     store: dict[str, Tensor] = {}
 
     def capture(t: Tensor, hook: Any) -> None:
         store[hook.name] = t
 
-    def rms_rule(src: str, eps: float) -> Callable[..., Tensor]:
-        def fn(t: Tensor, hook: Any) -> Tensor:  # t = x / rms(x), [b, pos, d_model]
-            x = store[src]
-            x = x.to(_compute_dtype(x))
-            mod = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps).detach()
-            return _same_value(t, mod)
-
-        return fn
-
-    def silu_rule(src: str) -> Callable[..., Tensor]:
+    def silu_rule(src: str, cfg: Any) -> Callable[..., Tensor]:
         def fn(t: Tensor, hook: Any) -> Tensor:  # t = act(conv) x-part, [b, pos, H, P]
             c = store[src][..., : cfg.d_inner]
             c = c.to(_compute_dtype(c))
@@ -194,29 +204,50 @@ def _ssm_hooks(model: Any) -> list[Hook]:
 
         return fn
 
-    hooks: list[Hook] = []
+    def mlp_rule(pre_name: str, linear_name: str | None, act: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+        slope0 = _slope_at_zero(act)
+
+        def fn(post: Tensor, hook: Any) -> Tensor:  # identity rule on act(pre); half rule on act(pre) · pre_linear
+            pre = store[pre_name]
+            pre = pre.to(_compute_dtype(pre))
+            g = pre * _identity_ratio(pre, act(pre), slope0).detach()
+            if linear_name is None:
+                return _same_value(post, g)
+            lin = store[linear_name].to(g.dtype)
+            return _same_value(post, 0.5 * (g * lin.detach()) + 0.5 * (g.detach() * lin))
+
+        return fn
+
+    def ffn_hooks(prefix: str, module: Any) -> list[Hook]:  # a (gated) MLP or the experts of a MoE
+        gated = hasattr(module, "hook_pre_linear")
+        hooks = [(f"{prefix}.hook_pre", capture)] + ([(f"{prefix}.hook_pre_linear", capture)] if gated else [])
+        return hooks + [(f"{prefix}.hook_post", mlp_rule(f"{prefix}.hook_pre",
+                                                         f"{prefix}.hook_pre_linear" if gated else None, module.act))]
+
+    hooks: list[Hook] = [(n, _detach) for n in model.hook_dict if n.endswith("hook_scale")]  # RMSNorms: linear
     for i, block in enumerate(model.blocks):
         p = f"blocks.{i}"
-        hooks += [
-            (f"{p}.hook_resid_pre", capture),
-            (f"{p}.ln1.hook_normalized", rms_rule(f"{p}.hook_resid_pre", block.ln1.eps)),
-            (f"{p}.ssm.hook_dt", _detach),
-            (f"{p}.ssm.hook_B", _detach),
-            (f"{p}.ssm.hook_C", _detach),
-            (f"{p}.ssm.hook_y", capture),
-            (f"{p}.ssm.hook_z", capture),
-            (f"{p}.ssm.hook_gated", gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z",
-                                             block.ssm.norm if cfg.family == "mamba2" else None)),
-        ]
-        if cfg.activation == "silu":
-            hooks += [(f"{p}.ssm.hook_conv", capture), (f"{p}.ssm.hook_u", silu_rule(f"{p}.ssm.hook_conv"))]
-        elif cfg.activation != "identity":
-            raise NotImplementedError(f"lrp_hooks: no rule for conv activation {cfg.activation!r}")
-    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    hooks += [
-        (last, capture),
-        ("ln_final.hook_normalized", rms_rule(last, model.ln_final.eps)),
-    ]
+        if hasattr(block, "ssm"):
+            cfg = block.ssm.cfg
+            hooks += [
+                (f"{p}.ssm.hook_dt", _detach),
+                (f"{p}.ssm.hook_B", _detach),
+                (f"{p}.ssm.hook_C", _detach),
+                (f"{p}.ssm.hook_y", capture),
+                (f"{p}.ssm.hook_z", capture),
+                (f"{p}.ssm.hook_gated", gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z",
+                                                 block.ssm.norm if cfg.family == "mamba2" else None)),
+            ]
+            if cfg.activation == "silu":
+                hooks += [(f"{p}.ssm.hook_conv", capture), (f"{p}.ssm.hook_u", silu_rule(f"{p}.ssm.hook_conv", cfg))]
+            elif cfg.activation != "identity":
+                raise NotImplementedError(f"lrp_hooks: no rule for conv activation {cfg.activation!r}")
+        if hasattr(block, "attn"):
+            hooks.append((f"{p}.attn.hook_pattern", _detach))
+        if hasattr(block, "mlp"):
+            hooks += ffn_hooks(f"{p}.mlp", block.mlp)
+        if hasattr(block, "moe"):
+            hooks += [(f"{p}.moe.hook_expert_weights", _detach), *ffn_hooks(f"{p}.moe", block.moe)]
     return hooks
 
 
@@ -234,9 +265,7 @@ def _transformer_hooks(model: Any) -> list[Hook]:
     def act_rule(src: str, slope0: float) -> Callable[..., Tensor]:
         def fn(post: Tensor, hook: Any) -> Tensor:  # identity rule: pre · (post/pre).detach()
             pre = store[src]
-            zero = pre == 0
-            ratio = torch.where(zero, torch.full_like(pre, slope0), post / torch.where(zero, torch.ones_like(pre), pre))
-            return _same_value(post, pre * ratio.detach())
+            return _same_value(post, pre * _identity_ratio(pre, post, slope0).detach())
 
         return fn
 
@@ -246,9 +275,7 @@ def _transformer_hooks(model: Any) -> list[Hook]:
         p = f"blocks.{i}"
         hooks.append((f"{p}.attn.hook_pattern", _detach))
         if f"{p}.mlp.hook_post" in names:
-            act = block.mlp.act_fn
-            eps = 1e-6
-            slope0 = float(act(torch.tensor([eps], dtype=torch.float64)) / eps)  # act'(0) (0.5 for GELU)
+            slope0 = _slope_at_zero(block.mlp.act_fn)
             hooks += [(f"{p}.mlp.hook_pre", capture), (f"{p}.mlp.hook_post", act_rule(f"{p}.mlp.hook_pre", slope0))]
     return hooks
 
@@ -256,15 +283,12 @@ def _transformer_hooks(model: Any) -> list[Hook]:
 # --------------------------------------------------------------------------------------------
 # biases
 # --------------------------------------------------------------------------------------------
-_SSM_BIASES = ("conv1d.bias", "in_proj.bias", "out_proj.bias")
-
-
 def _bias_names(model: Any) -> list[str]:
     names = []
     for name, _ in model.named_parameters():
         last = name.rsplit(".", 1)[-1]
-        if is_ssm(model):
-            if name.endswith(_SSM_BIASES):
+        if is_ssm(model):  # HookedSSM / HookedHybrid: every ``.bias`` but Mamba-1's dt bias (inside the detached Δ)
+            if last == "bias" and not name.endswith("dt_proj.bias"):
                 names.append(name)
         elif last == "b" or last.startswith(("b_", "_b_")):
             names.append(name)
@@ -275,8 +299,8 @@ def _bias_names(model: Any) -> list[str]:
 def zero_biases(model: HookedModel) -> Iterator[list[str]]:
     """Zero the model's biases for a conservation check; restore them on exit.
 
-    SSM: ``conv1d.bias``, ``in_proj.bias``, ``out_proj.bias`` (dt biases are inside the detached
-    Δ and stay). Transformer: every ``b_*`` parameter (``b_Q, b_K, b_V, b_O, b_in, b_out, b_U``)
+    SSM / hybrid: every ``*.bias`` (``conv1d``, ``in_proj``, ``out_proj``; attention and MLP projections) but the
+    dt biases, which are inside the detached Δ and stay. Transformer: every ``b_*`` parameter (``b_Q, b_K, b_V, b_O, b_in, b_out, b_U``)
     and LayerNorm ``b``; positional embeddings are inputs, not biases, and stay. Yields the
     names of the zeroed parameters.
     """

@@ -78,3 +78,19 @@ def assert_greedy_equals_argmax(model: Any, prompt: torch.Tensor, new: int = 32)
     with torch.no_grad():
         full = model(out).argmax(-1)
     assert torch.equal(out[0, L:], full[0, L - 1:-1])
+
+
+def assert_lrp_conserves(model: Any, tokens: torch.Tensor, *, positions: Sequence[int] = (-1, 7),
+                         tol: float = 1e-4) -> None:
+    """The LRP forward (``lrp_hooks``) leaves the logits unchanged, and with the biases zeroed the relevance of the
+    input tokens sums to the explained logit (≤ ``tol`` relative) at each of ``positions``; ``tokens`` [1, L]."""
+    from interp.lrp import conservation_error, explain, lrp_hooks, zero_biases
+
+    with torch.no_grad():
+        plain = model(tokens)
+        assert (model.run_with_hooks(tokens, fwd_hooks=lrp_hooks(model)) - plain).abs().max().item() <= 1e-5
+    for position in positions:
+        with zero_biases(model):
+            attr = explain(model, tokens, position=position)
+            err = conservation_error(attr)
+        assert err <= tol, f"position {position}: Σ R = {attr.relevance.sum().item():.6g}, logit {attr.logit:.6g}"

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_pattern_equals_hf,
-                           assert_rescan_exact, assert_start_stop_at_layer)
+from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
+                           assert_pattern_equals_hf, assert_rescan_exact, assert_start_stop_at_layer)
 from interp.attention import interaction_map, ssm_parameters
 from interp.attention.methods import MethodNotApplicable
 from interp.hooks import HookedHybrid, HybridConfig
@@ -261,3 +261,8 @@ def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
     with torch.no_grad():
         full = ours(out, attention_mask=full_mask).argmax(-1)
     assert torch.equal(out[:, 9:], full[:, 8:-1])
+
+
+def test_lrp_conserves_with_biases_zeroed(pair):
+    """MambaLRP on the SSM layers, CP-LRP on the attention layers, the gated rule on MLPs (and experts)."""
+    assert_lrp_conserves(pair[1], _tokens(16, b=1, seed=7))

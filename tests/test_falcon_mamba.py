@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 import interp
 from conftest import FALCON_MAMBA_CONFIGS, make_hf_ssm
-from family_checks import assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_rescan_exact
+from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
+                           assert_rescan_exact)
 from interp.attention import hidden_attention, reconstruct_y
 from interp.hooks import CheckpointError, HookedSSM, SSMConfig
 from interp.hooks.loading import estimate_parameters
 from interp.hooks.scan import step
-from interp.lrp import conservation_error, explain, lrp_hooks, zero_biases
 
 KINDS = list(FALCON_MAMBA_CONFIGS)
 CHUNK = 8  # our scan's chunk size in these tests: lengths 8 and 24 are multiples, 13 and 21 are not
@@ -176,15 +176,7 @@ def test_hidden_attention_reconstructs_hook_y(pair, L):
 
 
 def test_lrp_conserves_with_biases_zeroed(pair):
-    _, ours = pair
-    tokens = _tokens(16, b=1, seed=7)
-    plain = ours(tokens)
-    assert (ours.run_with_hooks(tokens, fwd_hooks=lrp_hooks(ours)) - plain).abs().max().item() <= 1e-5
-    for position in (-1, 7):
-        with zero_biases(ours):
-            attr = explain(ours, tokens, position=position)
-            err = conservation_error(attr)
-        assert err <= 1e-4, f"position {position}: Σ R = {attr.relevance.sum().item():.6g}, logit {attr.logit:.6g}"
+    assert_lrp_conserves(pair[1], _tokens(16, b=1, seed=7))
 
 
 # --- decoding, state patching -------------------------------------------------------------------

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_pattern_equals_hf,
-                           assert_rescan_exact, assert_start_stop_at_layer)
+from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
+                           assert_pattern_equals_hf, assert_rescan_exact, assert_start_stop_at_layer)
 from interp.attention import ssm_parameters
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
@@ -293,3 +293,8 @@ def test_maps_on_an_mlp_layer_are_refused_clearly(pair):
             fn()
     ssm = ours.cfg.layer_types.index("ssm")
     assert interaction_map(ours, tokens, layer=ssm).shape[-2:] == (8, 8)
+
+
+def test_lrp_conserves_with_biases_zeroed(pair):
+    """MambaLRP on the SSM layers, CP-LRP on the attention layers, the gated rule on MLPs (and experts)."""
+    assert_lrp_conserves(pair[1], _tokens(16, b=1, seed=7))
