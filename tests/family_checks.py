@@ -94,3 +94,26 @@ def assert_lrp_conserves(model: Any, tokens: torch.Tensor, *, positions: Sequenc
             attr = explain(model, tokens, position=position)
             err = conservation_error(attr)
         assert err <= tol, f"position {position}: Σ R = {attr.relevance.sum().item():.6g}, logit {attr.logit:.6g}"
+
+
+def assert_rollout_mixes_layers(model: Any, tokens: torch.Tensor) -> None:
+    """Rollout through a hybrid chains each layer's own map: mean |α| of hidden attention (from the cached Δ, B, C)
+    on SSM layers, the head-mean softmax pattern on attention layers, nothing for MLP layers; ``rollout_map`` (the
+    app's view) and ``layer_maps`` + ``combine_layers`` (the benchmarks') both equal that product; ``tokens`` [1, L]."""
+    from interp.attention import rollout
+    from interp.attention.methods import combine_layers, layer_maps
+    from interp.attention.views import rollout_map
+
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    maps = []
+    for layer, kind in enumerate(model.cfg.layer_types):
+        if kind == "ssm":
+            p = ssm_parameters(model, tokens, layer=layer)
+            alpha = hidden_attention(p.dt, p.A, p.B, p.C)  # [1, H or d_inner, L, L]
+            maps.append(alpha.abs().mean(1)[0])
+        elif kind == "attention":
+            maps.append(cache[f"blocks.{layer}.attn.hook_pattern"].mean(1)[0])
+    ref = rollout(maps)
+    torch.testing.assert_close(torch.as_tensor(rollout_map(model, tokens, method="auto")), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(combine_layers(layer_maps(model, tokens, method="hidden"), how="rollout"), ref,
+                               atol=1e-5, rtol=1e-4)

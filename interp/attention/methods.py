@@ -67,7 +67,7 @@ from .ops import normalize, reduce_channels, rollout
 
 __all__ = [
     "MapMethod", "MAP_METHODS", "METHODS", "LABELS", "WHOLE_MODEL", "KINDS", "LAYER_COMBINE", "ALIASES",
-    "MethodNotApplicable", "RowFn", "model_kind", "default_method", "methods_for", "get_method", "check_applies",
+    "MethodNotApplicable", "RowFn", "model_kind", "layer_kinds", "layer_methods", "default_method", "methods_for", "get_method", "check_applies",
     "register_method", "benchmark_methods", "resolve_method", "method_rows", "layer_maps", "combine_layers",
 ]
 
@@ -76,8 +76,9 @@ _KIND_NAMES = {"ssm": "state-space models", "transformer": "transformers"}
 LAYER_COMBINE = ("rollout", "sum", "last")
 #: row functions: ``fn(model, tokens [1, L], *, positions: list[int]) -> [len(positions), L]``
 RowFn = Callable[..., Tensor]
-#: per-layer maps: ``fn(model, tokens [1, L], positions: list[int] | None) -> n_layers x [L or R, L]``
-LayerMapsFn = Callable[[Any, Tensor, "list[int] | None"], "list[Tensor]"]
+#: per-layer maps: ``fn(model, tokens [1, L], positions: list[int] | None, layers: list[int] | None = None) ->
+#: one [L or R, L] map per layer (of ``layers``, default every layer)``
+LayerMapsFn = Callable[..., "list[Tensor]"]
 
 
 class MethodNotApplicable(ValueError):
@@ -127,17 +128,47 @@ def model_kind(model: Any, layer: int | None = None) -> str:
     return "ssm" if is_ssm(model) else "transformer"
 
 
+def layer_kinds(model: Any) -> list[str]:
+    """Each layer's kind: "ssm" or "transformer" (an attention layer), or "mlp" for a layer that mixes no
+    positions (Nemotron-H's MLP layers); the model's kind for every layer of a pure SSM or transformer."""
+    types = getattr(getattr(model, "cfg", None), "layer_types", None)
+    if not isinstance(types, list):
+        return [model_kind(model)] * int(model.cfg.n_layers)
+    return ["mlp" if t == "mlp" else "transformer" if t == "attention" else "ssm" for t in types]
+
+
+def layer_methods(model: Any, method: str) -> list[tuple[int, str]]:
+    """(layer, method) for each layer that mixes positions, for a map through depth (rollout). On a pure model
+    every layer uses ``method`` (:class:`MethodNotApplicable` if it does not apply; "auto" is the model's
+    default). On a hybrid each layer uses ``method`` where it applies to the layer's kind and the kind's default
+    elsewhere (``"unified"``: unified attention on the SSM layers, the softmax pattern on the attention layers);
+    MLP layers are left out (the identity in a rollout)."""
+    kinds = layer_kinds(model)
+    if method != "auto":
+        _check_some_layer(get_method(method), model, kinds)
+    if not isinstance(getattr(model.cfg, "layer_types", None), list):
+        return [(layer, default_method(model) if method == "auto" else method) for layer in range(len(kinds))]
+    return [(layer, method if method != "auto" and kind in MAP_METHODS[method].kinds else _DEFAULT[kind])
+            for layer, kind in enumerate(kinds) if kind != "mlp"]
+
+
 # --------------------------------------------------------------------------------------------
 # per-layer maps of every layer, one forward each (rows only where the method computes them row-wise)
 # --------------------------------------------------------------------------------------------
-def _hidden_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
-    """Channel/head mean |α| of every layer from one cached forward (rows only: O(H·N·L) per row)."""
-    n = int(model.cfg.n_layers)
-    names = [f"blocks.{l}.ssm.hook_{h}" for l in range(n) for h in ("dt", "B", "C")]
+def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    return list(range(int(model.cfg.n_layers))) if layers is None else list(layers)
+
+
+def _hidden_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                 layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Channel/head mean |α| of every layer (or of ``layers``) from one cached forward (rows only: O(H·N·L) per
+    row)."""
+    layers = _layers(model, layers)
+    names = [f"blocks.{l}.ssm.hook_{h}" for l in layers for h in ("dt", "B", "C")]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
         out = []
-        for l in range(n):
+        for l in layers:
             dt, B, C = (cache[f"blocks.{l}.ssm.hook_{h}"] for h in ("dt", "B", "C"))
             A = model.blocks[l].ssm.A.detach()
             if positions is None:
@@ -147,34 +178,37 @@ def _hidden_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> lis
     return out
 
 
-def _attention_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
-    """The softmax pattern of every layer, mean over heads."""
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(int(model.cfg.n_layers))]
+def _attention_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                    layers: Sequence[int] | None = None) -> list[Tensor]:
+    """The softmax pattern of every layer (or of ``layers``), mean over heads."""
+    names = [f"blocks.{l}.attn.hook_pattern" for l in _layers(model, layers)]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
     maps = [reduce_channels(cache[name], "mean")[0] for name in names]
     return maps if positions is None else [m[positions] for m in maps]
 
 
-def _unified_maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
-    n = int(model.cfg.n_layers)
-    names = [f"blocks.{l}.ssm.{h}" for l in range(n) for h in unified.UNIFIED_HOOKS]
+def _unified_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                  layers: Sequence[int] | None = None) -> list[Tensor]:
+    layers = _layers(model, layers)
+    names = [f"blocks.{l}.ssm.{h}" for l in layers for h in unified.UNIFIED_HOOKS]
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names)
-    maps = [unified.unified_layer(model, cache, layer=l, aggregate="mean_abs").map[0] for l in range(n)]
+    maps = [unified.unified_layer(model, cache, layer=l, aggregate="mean_abs").map[0] for l in layers]
     return maps if positions is None else [m[positions] for m in maps]
 
 
 def _latim_maps(score: str) -> LayerMapsFn:
     """LaTIM per-layer score maps (``latim_layer`` + ``latim_scores``, f = SiLU) with the score ``score``."""
 
-    def maps(model: Any, tokens: Tensor, positions: list[int] | None) -> list[Tensor]:
-        L, n = tokens.shape[1], int(model.cfg.n_layers)
-        names = [f"blocks.{l}.ssm.{h}" for l in range(n) for h in latim.LATIM_HOOKS]
+    def maps(model: Any, tokens: Tensor, positions: list[int] | None,
+             layers: Sequence[int] | None = None) -> list[Tensor]:
+        L, layers = tokens.shape[1], _layers(model, layers)
+        names = [f"blocks.{l}.ssm.{h}" for l in layers for h in latim.LATIM_HOOKS]
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens, names_filter=names)
             out = []
-            for layer in range(n):
+            for layer in layers:
                 contrib = latim.latim_layer(model, cache, layer=layer, f="silu", rows=positions)
                 out.append(latim.latim_scores(contrib, score=score)[0].reshape(-1, L).float())
         return out
@@ -241,6 +275,14 @@ def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> Map
     if kind not in method.kinds:
         wanted = " and ".join(_KIND_NAMES[k] for k in method.kinds)
         raise MethodNotApplicable(f"method={method.name!r} is for {wanted}; {_KIND_NAMES[kind]} use {_DEFAULT[kind]!r}")
+    return method
+
+
+def _check_some_layer(method: MapMethod, model: Any, kinds: list[str]) -> MapMethod:
+    """``method`` if it applies to at least one layer kind of ``model`` (every layer of a pure model)."""
+    if len(set(kinds)) == 1 or not set(kinds) & set(method.kinds):
+        return _check_kinds(method, model, None if len(set(kinds)) == 1 else next(
+            i for i, k in enumerate(kinds) if k != "mlp"))
     return method
 
 
@@ -344,10 +386,22 @@ def layer_maps(model: Any, tokens: Any, *, method: str, positions: PositionsLike
     if entry is None or entry.layer_maps is None:
         known = [n for n, m in MAP_METHODS.items() if m.layer_maps is not None]
         raise KeyError(f"{method!r} is not a layer-wise method; known: {', '.join(known)}")
-    _check_kinds(entry, model)
+    kinds = layer_kinds(model)
+    _check_some_layer(entry, model, kinds)
     tokens = _one_sequence(model, tokens)
     ps = None if positions is None else Positions.parse(positions).indices(tokens.shape[1], name="positions")
-    return entry.layer_maps(model, tokens, ps)
+    if len(set(kinds)) == 1:
+        return entry.layer_maps(model, tokens, ps)
+    # a hybrid: the method on the layers of its kinds, each other kind's default elsewhere, identity on MLP layers
+    out: dict[int, Tensor] = {}
+    by_method: dict[str, list[int]] = {}
+    for layer, name in layer_methods(model, method):
+        by_method.setdefault(name, []).append(layer)
+    for name, layers in by_method.items():
+        out.update(zip(layers, MAP_METHODS[name].layer_maps(model, tokens, ps, layers)))
+    L = tokens.shape[1]
+    eye = torch.eye(L, device=tokens.device)
+    return [out[layer] if layer in out else eye if ps is None else eye[ps] for layer in range(len(kinds))]
 
 
 def combine_layers(maps: Sequence[Tensor], *, how: str | int = "rollout") -> Tensor:

@@ -23,7 +23,7 @@ from interp.hooks.positions import PositionsLike, check_index
 
 from .hidden import channel_mass
 from .maps import interaction_map, query_rows, ssm_parameters
-from .methods import LABELS, WHOLE_MODEL, model_kind
+from .methods import LABELS, WHOLE_MODEL, layer_methods, model_kind
 from .ops import normalize, rollout
 
 __all__ = [
@@ -87,9 +87,11 @@ def attribution_rows(model: Any, tokens: Any, *, positions: PositionsLike, metho
 def rollout_map(model: Any, tokens: Any, *, method: str, aggregate: str | int = "mean_abs",
                 normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
     """Rollout [L, L] of the per-layer maps of ``method`` (:func:`rollout`), each taken as |map| (rollout needs
-    non-negative weights), then normalised (:func:`normalize`)."""
-    maps = [interaction_map(model, tokens, layer=layer, method=method, aggregate=aggregate, max_bytes=max_bytes).abs()
-            for layer in range(model.cfg.n_layers)]
+    non-negative weights), then normalised (:func:`normalize`). On a hybrid each layer uses ``method`` where it
+    applies and its kind's default elsewhere, MLP layers left out (:func:`~interp.attention.methods.layer_methods`):
+    ``method="auto"`` chains hidden attention on the SSM layers with the softmax pattern on the attention layers."""
+    maps = [interaction_map(model, tokens, layer=layer, method=name, aggregate=aggregate, max_bytes=max_bytes).abs()
+            for layer, name in layer_methods(model, method)]
     return _np(normalize(rollout(maps), normalize_)[0])
 
 
