@@ -1,11 +1,13 @@
-"""Forward speed: our HookedSSM against Hugging Face's PyTorch path, in one run, on the CPU.
+"""Forward speed: our hooked models against Hugging Face's PyTorch path, in one run, on the CPU.
 
     python bench/forward.py                  # mamba-130m / mamba2-130m shapes, batch 1, L = 1024
     python bench/forward.py --layers 4 --seq-len 256 --repeats 2   # quick look
+    python bench/forward.py --families jamba zamba2 falcon_h1 --layers 4   # hybrids (HookedHybrid)
 
-Random weights with the real shapes (nothing is downloaded). Prints seconds (median of
---repeats interleaved rounds) and ratios: HF / ours with no hooks (target >= 2x for Mamba-1, >= 1x for Mamba-2) and
-the overhead of caching every ``hook_resid_post`` (target <= 10%).
+Random weights (nothing is downloaded): the Mamba families have the real 130m shapes; each hybrid has its family's
+layer layout (which layers are attention, MoE, shared blocks; see HYBRIDS) at d_model 768, with the depth --layers.
+Prints seconds (median of --repeats interleaved rounds) and ratios: HF / ours with no hooks (targets: >= 2x for
+Mamba-1, >= 1x for Mamba-2 and every hybrid) and the overhead of caching every ``hook_resid_post`` (target <= 10%).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 import torch
 from transformers import Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM
 
-from interp.hooks import HookedSSM
+import interp
 
 
 def timed_interleaved(fns: dict, repeats: int) -> dict[str, float]:
@@ -38,16 +40,47 @@ def build(family: str, layers: int) -> torch.nn.Module:
     if family == "mamba1":  # state-spaces/mamba-130m-hf
         cfg = MambaConfig(vocab_size=50280, hidden_size=768, state_size=16, num_hidden_layers=layers, expand=2)
         return MambaForCausalLM(cfg).eval()
-    # state-spaces/mamba2-130m
-    cfg = Mamba2Config(vocab_size=50280, hidden_size=768, state_size=128, num_hidden_layers=layers, expand=2,
-                       head_dim=64, num_heads=24, n_groups=1, chunk_size=256)
-    return Mamba2ForCausalLM(cfg).eval()
+    if family == "mamba2":  # state-spaces/mamba2-130m
+        cfg = Mamba2Config(vocab_size=50280, hidden_size=768, state_size=128, num_hidden_layers=layers, expand=2,
+                           head_dim=64, num_heads=24, n_groups=1, chunk_size=256)
+        return Mamba2ForCausalLM(cfg).eval()
+    import transformers
+
+    config_name, model_name, fields = HYBRIDS[family]
+    cfg = getattr(transformers, config_name)(**fields(layers))
+    return getattr(transformers, model_name)(cfg).eval()
+
+
+def _attn_at(layers: int, every: int) -> list[int]:
+    """Attention layers: the middle one, then every ``every``-th (at least one)."""
+    return sorted({layers // 2, *range(every - 1, layers, every)} & set(range(layers)))
+
+
+_SHARED = dict(vocab_size=50280, hidden_size=768, num_attention_heads=12, num_key_value_heads=4,
+               intermediate_size=2048)
+#: family -> (HF config class, HF model class, fields(n_layers)): each family's layout at d_model 768
+HYBRIDS = {
+    "falcon_mamba": ("FalconMambaConfig", "FalconMambaForCausalLM", lambda n: dict(
+        vocab_size=50280, hidden_size=768, state_size=16, num_hidden_layers=n, expand=2)),
+    "jamba": ("JambaConfig", "JambaForCausalLM", lambda n: dict(  # 1 attention layer in 8, MoE every 2nd layer
+        _SHARED, num_hidden_layers=n, attn_layer_period=min(8, n), attn_layer_offset=min(8, n) // 2,
+        expert_layer_period=2, expert_layer_offset=1, num_experts=16, num_experts_per_tok=2, mamba_d_state=16,
+        mamba_expand=2, use_mamba_kernels=False)),
+    "bamba": ("BambaConfig", "BambaForCausalLM", lambda n: dict(
+        _SHARED, num_hidden_layers=n, attn_layer_indices=_attn_at(n, 8), mamba_n_heads=24, mamba_d_head=64,
+        mamba_d_state=128, mamba_chunk_size=256)),
+    "nemotron_h": ("NemotronHConfig", "NemotronHForCausalLM", lambda n: dict(  # M-M-*-: mixers and MLPs alternate
+        _SHARED, head_dim=64, layers_block_type=[
+            "full_attention" if i in _attn_at(n, 8) and i % 2 == 0 else "mlp" if i % 2 else "linear_attention"
+            for i in range(n)], mamba_num_heads=24, mamba_head_dim=64, ssm_state_size=128, n_groups=1,
+        chunk_size=256, use_mamba_kernels=False)),
+}
 
 
 @torch.no_grad()
 def bench(family: str, layers: int, seq_len: int, repeats: int) -> dict[str, float]:
     hf = build(family, layers)
-    ours = HookedSSM.from_hf_model(hf)
+    ours = interp.load(hf)
     tokens = torch.randint(0, 50280, (1, seq_len), generator=torch.Generator().manual_seed(0))
     err = (hf(tokens).logits - ours(tokens)).abs().max().item()
     resid = lambda n: n.endswith("hook_resid_post")
@@ -64,14 +97,15 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--families", nargs="+", default=["mamba1", "mamba2"])
+    p.add_argument("--families", nargs="+", default=["mamba1", "mamba2"],
+                   choices=["mamba1", "mamba2", *HYBRIDS])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, batch 1, L={a.seq_len}, {a.layers} layers, fp32")
-    print(f"{'model':8} {'HF s':>8} {'ours s':>8} {'cache s':>8} {'HF/ours':>8} {'cache +%':>9} {'max|dlogit|':>12}")
+    print(f"{'model':12} {'HF s':>8} {'ours s':>8} {'cache s':>8} {'HF/ours':>8} {'cache +%':>9} {'max|dlogit|':>12}")
     for fam in a.families:
         r = bench(fam, a.layers, a.seq_len, a.repeats)
-        print(f"{fam:8} {r['hf_s']:8.3f} {r['ours_s']:8.3f} {r['ours_cache_s']:8.3f} {r['speedup']:7.2f}x "
+        print(f"{fam:12} {r['hf_s']:8.3f} {r['ours_s']:8.3f} {r['ours_cache_s']:8.3f} {r['speedup']:7.2f}x "
               f"{100 * r['cache_overhead']:8.1f}% {r['max_abs_err']:12.2e}")
 
 

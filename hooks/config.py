@@ -60,6 +60,15 @@ class SSMConfig:
     # b_layernorm / c_layernorm, eps ``rms_norm_eps``); the mixer gets ``dt_layernorm`` / ``b_layernorm`` /
     # ``c_layernorm`` weights [dt_rank] / [N] / [N]
     bcdt_rms_weights: bool = False
+    # Falcon-H1 (Mamba-2 only): multipliers of the in_proj output's five segments z, x, B, C, dt (HF FalconH1's
+    # ``mup_vector`` from ``ssm_multipliers``), applied where the mixer splits in_proj's output (so hook_z / hook_x
+    # and the B, C, dt that the conv / softplus read carry them); None: no multipliers
+    in_proj_multipliers: tuple[float, ...] | None = None
+    # Mamba-2 only: the gate's norm. "after": grouped RMSNorm of y · SiLU(z) (Mamba-2, Bamba, ...); "before":
+    # grouped RMSNorm(y) · SiLU(z) (HF FalconH1RMSNormGated with mamba_norm_before_gate); "none": y · SiLU(z) and
+    # no norm weight (Falcon-H1 with mamba_rms_norm False)
+    gate_norm: Literal["after", "before", "none"] = "after"
+    out_proj_bias: bool | None = None  # bias of out_proj alone (None: proj_bias; Falcon-H1's projectors_bias)
     # shared
     activation: Literal["silu", "identity"] = "silu"  # applied after the causal conv
     conv_bias: bool = True
@@ -99,6 +108,15 @@ class SSMConfig:
                              f"'mamba1', got {self.family!r}")
         if self.bcdt_rms_weights and not self.bcdt_rms:
             raise ValueError("bcdt_rms_weights (Jamba's weighted RMS norms on B, C and the low-rank Δ) needs bcdt_rms")
+        if self.gate_norm not in ("after", "before", "none"):
+            raise ValueError(f"gate_norm must be 'after', 'before' or 'none', got {self.gate_norm!r}")
+        if self.gate_norm != "after" and self.family != "mamba2":
+            raise ValueError(f"gate_norm {self.gate_norm!r} needs family 'mamba2' (Mamba-1 gates without a norm)")
+        if self.in_proj_multipliers is not None:
+            if self.family != "mamba2" or len(self.in_proj_multipliers) != 5:
+                raise ValueError("in_proj_multipliers (z, x, B, C, dt) needs family 'mamba2' and 5 values, got "
+                                 f"{self.in_proj_multipliers!r} for {self.family!r}")
+            self.in_proj_multipliers = tuple(float(v) for v in self.in_proj_multipliers)
         self.dt_limit = tuple(float(v) for v in self.dt_limit)  # type: ignore[assignment]
         if self.device is not None:
             self.device = str(self.device)  # a torch.device too, stored as TransformerLens stores it
@@ -280,11 +298,19 @@ def is_ssm(model: object) -> bool:
 # hybrids: Mamba mixers interleaved with attention layers
 # --------------------------------------------------------------------------------------------
 #: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
-HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba")
+HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba2", "falcon_h1")
 
 #: the kinds of layer a hybrid has (``HybridConfig.layer_types``): an SSM mixer, softmax attention, or (as its own
-#: layer, ``mlp_sublayer=False``) an MLP
-LAYER_KINDS = ("ssm", "attention", "mlp")
+#: layer, ``mlp_sublayer=False``) an MLP; "shared_attention" (``mlp_sublayer=False``, Zamba2's "hybrid" layers): an
+#: SSM mixer whose input first gets the output of a transformer block shared with other layers
+#: (hooks/shared_block.py; ``n_shared_blocks``, ``shared_adapter_rank``)
+#: "parallel" (Falcon-H1's layers, ``mlp_sublayer=True``): an SSM mixer and softmax attention reading the same normed
+#: input, their outputs (each with its multipliers) summed into the residual
+LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel")
+#: the layer kinds with an SSM mixer (an entry in a decoding state's conv / ssm lists), and those with attention
+#: keys and values (an entry in its keys / values lists)
+SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel")
+KV_LAYER_KINDS = ("attention", "shared_attention", "parallel")
 
 #: Nemotron-H's ``layers_block_type`` entries (``hybrid_override_pattern`` letters M, *, -) -> our layer kinds;
 #: "moe" (letter E) is refused by :meth:`HybridConfig.from_hf`
@@ -327,7 +353,7 @@ class HybridConfig:
     attn_bias: bool = False
     d_mlp: int = 2048
     mlp_bias: bool = False
-    act_fn: Literal["silu", "relu2"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act)
+    act_fn: Literal["silu", "relu2", "gelu"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act); gelu: exact
     gated_mlp: bool = True  # down(act(gate) · up) (Bamba); False: down(act(up)) (Nemotron-H)
     mlp_sublayer: bool = True  # each SSM / attention layer also has an MLP (Bamba); False: one mixer per layer
     # sparse mixture of experts (Jamba): the MLP sublayer of these layers is ``n_experts`` gated MLPs (d_mlp wide,
@@ -335,6 +361,36 @@ class HybridConfig:
     moe_layers: list[int] = field(default_factory=list)
     n_experts: int = 0
     n_experts_per_tok: int = 2
+    # the router's weights: False -> the top-k of softmax(logits), unnormalised (Jamba); True -> softmax over the
+    # top-k logits, i.e. those k probabilities renormalised to sum 1 (Granite-4.0-H)
+    moe_normalize_topk: bool = False
+    # True: a MoE layer keeps its dense MLP (``blocks.{i}.mlp``) too, and the sublayer's output is experts + MLP
+    # (Granite-4.0-H's ``shared_mlp`` beside ``block_sparse_moe``); False: the experts replace the MLP (Jamba)
+    moe_shared_mlp: bool = False
+    moe_d_mlp: int | None = None  # each expert's hidden width (None: d_mlp; Granite: intermediate_size)
+    # scalar multipliers, no-ops at their defaults (Granite-4.0-H's; any family may set them):
+    embedding_multiplier: float = 1.0  # the embedding is multiplied by it (hook_embed sees the product)
+    residual_multiplier: float = 1.0  # each sublayer's output is multiplied by it before the residual add
+    attention_scale: float | None = None  # q·k is multiplied by it (None: d_head ** -0.5)
+    logits_scale: float = 1.0  # the logits are multiplied by it (Granite: 1 / logits_scaling)
+    # µP multipliers (Falcon-H1's; no-ops at 1): the mixer inputs (attention's, the SSM's: hook_in sees the product)
+    # and outputs (before hook_attn_out / hook_mixer_out), the keys (k_proj's output, before hook_k), the gated
+    # MLP's gate (gate_proj's output, before hook_pre) and its output (before hook_mlp_out)
+    attention_in_multiplier: float = 1.0
+    attention_out_multiplier: float = 1.0
+    key_multiplier: float = 1.0
+    ssm_in_multiplier: float = 1.0
+    ssm_out_multiplier: float = 1.0
+    mlp_gate_multiplier: float = 1.0
+    mlp_down_multiplier: float = 1.0
+    # shared transformer blocks ("shared_attention" layers, Zamba2; hooks/shared_block.py): the k-th such layer runs
+    # block k % n_shared_blocks (attention over concat(resid, embed), 2·d_model wide, then the gated MLP);
+    # per-use LoRA adapters of rank shared_adapter_rank on q/k/v (shared_attn_adapter) and gate/up
+    # (shared_mlp_adapter)
+    n_shared_blocks: int = 1
+    shared_adapter_rank: int = 0
+    shared_attn_adapter: bool = False
+    shared_mlp_adapter: bool = False
     norm_eps: float = 1e-5
     n_ctx: int = 262144  # HF max_position_embeddings
     tie_embeddings: bool = False
@@ -348,7 +404,7 @@ class HybridConfig:
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention")
+        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention", "parallel")
         bad = [t for t in self.layer_types if t not in kinds]
         if bad or len(self.layer_types) != self.n_layers:
             raise ValueError(f"layer_types must list {' or '.join(map(repr, kinds))} for each of the {self.n_layers} "
@@ -360,8 +416,12 @@ class HybridConfig:
             if not 1 <= self.n_experts_per_tok <= self.n_experts:
                 raise ValueError(f"need 1 <= n_experts_per_tok ({self.n_experts_per_tok}) <= n_experts "
                                  f"({self.n_experts})")
-        if self.act_fn not in ("silu", "relu2"):
-            raise ValueError(f"act_fn must be 'silu' or 'relu2', got {self.act_fn!r}")
+        if self.moe_shared_mlp and not self.mlp_sublayer:
+            raise ValueError("moe_shared_mlp (a dense MLP beside the experts) needs mlp_sublayer")
+        if self.act_fn not in ("silu", "relu2", "gelu"):
+            raise ValueError(f"act_fn must be 'silu', 'relu2' or 'gelu', got {self.act_fn!r}")
+        if (self.shared_attn_adapter or self.shared_mlp_adapter) and self.shared_adapter_rank < 1:
+            raise ValueError(f"shared adapters need shared_adapter_rank >= 1, got {self.shared_adapter_rank}")
         if self.n_heads % self.n_key_value_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_key_value_heads "
                              f"({self.n_key_value_heads})")
@@ -398,11 +458,19 @@ class HybridConfig:
 
     @property
     def ssm_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "ssm"]
+        """The layers with an SSM mixer: "ssm" and "shared_attention" (Zamba2's, whose mixer input also gets a
+        shared transformer block's output), and "parallel" (Falcon-H1's, beside attention)."""
+        return [i for i, t in enumerate(self.layer_types) if t in SSM_LAYER_KINDS]
+
+    @property
+    def shared_attention_layers(self) -> list[int]:
+        """The layers that run a shared transformer block before their SSM mixer (Zamba2's "hybrid" layers)."""
+        return [i for i, t in enumerate(self.layer_types) if t == "shared_attention"]
 
     @property
     def attention_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "attention"]
+        """The layers with a softmax-attention mixer of their own: "attention" and "parallel" (Falcon-H1's)."""
+        return [i for i, t in enumerate(self.layer_types) if t in ("attention", "parallel")]
 
     @property
     def mlp_layers(self) -> list[int]:
@@ -415,7 +483,8 @@ class HybridConfig:
 
         Bamba, not read (they do not change the forward): ``z_loss_coefficient`` (a training loss term),
         ``num_logits_to_keep`` (generation), ``attention_dropout``, ``initializer_range``. A rope type other than
-        "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`; Jamba: :meth:`_from_jamba`."""
+        "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`; Jamba: :meth:`_from_jamba`; Granite-4.0-H
+        (``GraniteMoeHybridConfig``): :meth:`_from_granitemoehybrid`."""
         mt = getattr(hf_config, "model_type", None)
         if mt not in HYBRID_MODEL_TYPES:
             raise ValueError(f"not a hybrid config: model_type={mt!r} (expected one of {', '.join(HYBRID_MODEL_TYPES)})")
@@ -426,6 +495,12 @@ class HybridConfig:
             return cls._from_nemotron_h(hf_config)
         if mt == "jamba":
             return cls._from_jamba(hf_config)
+        if mt == "granitemoehybrid":
+            return cls._from_granitemoehybrid(hf_config)
+        if mt == "zamba2":
+            return cls._from_zamba2(hf_config)
+        if mt == "falcon_h1":
+            return cls._from_falcon_h1(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
@@ -457,6 +532,87 @@ class HybridConfig:
             norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
             tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
             eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_zamba2(cls, hf_config: Any) -> "HybridConfig":
+        """``Zamba2Config`` (HF ``modeling_zamba2``): every layer is RMSNorm + Mamba-2 mixer with a residual
+        (``Zamba2MambaDecoderLayer``); at the "hybrid" layers (``hybrid_layer_ids``) a shared transformer block runs
+        first on concat(resid, embeddings) and its output, projected by the layer's own ``linear``, is added to the
+        mixer's input (``Zamba2HybridLayer``; hooks/shared_block.py). Read: ``layers_block_type``
+        ("linear_attention" / "mamba" -> "ssm", "hybrid" -> "shared_attention") -> layer_types; ``num_mem_blocks``
+        -> n_shared_blocks (used in turn). Mamba-2 mixer: ``n_mamba_heads`` x ``mamba_headdim`` (= ``mamba_expand``
+        · ``hidden_size``), ``mamba_d_state``, ``mamba_ngroups`` (B/C groups and the gated RMSNorm's groups, whose
+        eps HF fixes at 1e-5), ``mamba_d_conv``, ``chunk_size``, ``time_step_min`` (dt_limit = (time_step_min, inf),
+        HF's ``time_step_limit``), ``add_bias_linear`` (in_proj / out_proj, and the MLP's projections); the conv
+        always has a bias and SiLU (HF builds it so whatever ``use_conv_bias`` says). Shared block: attention over
+        ``attention_hidden_size`` = 2 · hidden_size inputs with ``num_attention_heads`` heads of ``head_dim``
+        (``attention_head_dim`` = 2 · hidden_size / num_attention_heads), ``num_key_value_heads``, scale
+        (head_dim / 2) ** -0.5 (attention_scale), no biases; a rotary embedding on the whole head with
+        ``use_mem_rope`` (``rope_parameters``: "default" rope_theta), none without; gated MLP (``intermediate_size``,
+        ``hidden_act`` gelu or silu) on hidden_size inputs; per-use LoRA adapters of rank ``adapter_rank`` on the
+        gate/up projection (always, as HF 5.25 builds them) and on q/k/v with ``use_shared_attention_adapter``.
+        ``rms_norm_eps`` for every other RMSNorm; ``max_position_embeddings`` (16384 with ``use_long_context``,
+        which changes nothing else in HF's forward) -> n_ctx; ``tie_word_embeddings``. Not read (no effect on HF's
+        forward): ``use_mamba_kernels``, ``use_mem_eff_path`` (fused training path), ``time_step_max`` /
+        ``time_step_floor`` (initialisation), ``use_conv_bias``, ``kv_channels`` / ``num_query_groups``,
+        ``num_logits_to_keep``, ``attention_dropout``, ``initializer_range``. A ``use_shared_mlp_adapter`` field
+        (absent in 5.25) set to False is refused: HF's MLP always has the adapters."""
+        mt = "zamba2"
+        kinds = {"linear_attention": "ssm", "mamba": "ssm", "hybrid": "shared_attention"}
+        types = list(hf_config.layers_block_type)
+        unknown = sorted({t for t in types if t not in kinds})
+        if unknown:
+            raise ValueError(f"{mt}: layers_block_type entries {unknown} are not supported ({', '.join(kinds)})")
+        act = str(hf_config.hidden_act)
+        if act not in ("gelu", "silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (gelu or silu)")
+        if getattr(hf_config, "use_shared_mlp_adapter", True) is False:
+            raise ValueError(f"{mt}: use_shared_mlp_adapter False is not supported (HF's Zamba2MLP always has "
+                             "its gate_up adapters)")
+        d, n_heads = int(hf_config.hidden_size), int(hf_config.num_attention_heads)
+        n_kv = int(hf_config.num_key_value_heads or n_heads)
+        attn_adapter = bool(hf_config.use_shared_attention_adapter)
+        if (2 * d) % n_heads:
+            raise ValueError(f"{mt}: num_attention_heads ({n_heads}) must divide attention_hidden_size ({2 * d})")
+        if attn_adapter and n_kv != n_heads:
+            raise ValueError(f"{mt}: use_shared_attention_adapter with num_key_value_heads ({n_kv}) != "
+                             f"num_attention_heads ({n_heads}) is not supported (HF's k/v adapters are "
+                             "attention_hidden_size wide)")
+        d_head = 2 * d // n_heads
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        use_rope = bool(hf_config.use_mem_rope)
+        if use_rope and rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
+        n_blocks = int(hf_config.num_mem_blocks)
+        if n_blocks < 1:
+            raise ValueError(f"{mt}: num_mem_blocks must be >= 1, got {n_blocks}")
+        n_layers = len(types)
+        eps = float(hf_config.rms_norm_eps)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", True))
+        bias = bool(hf_config.add_bias_linear)
+        d_inner = int(hf_config.mamba_expand * d)
+        n_mamba = int(hf_config.n_mamba_heads)
+        ssm = SSMConfig(
+            family="mamba2", d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.mamba_d_state), d_conv=int(hf_config.mamba_d_conv),
+            expand=int(hf_config.mamba_expand), d_inner=d_inner, n_heads=n_mamba, head_dim=d_inner // n_mamba,
+            n_groups=int(hf_config.mamba_ngroups), chunk_size=int(hf_config.chunk_size),
+            dt_limit=(float(hf_config.time_step_min), float("inf")), activation="silu", conv_bias=True,
+            proj_bias=bias, norm_eps=1e-5, residual_in_fp32=False, tie_embeddings=tie,
+        )
+        return cls(
+            ssm=ssm, layer_types=[kinds[t] for t in types], d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=n_heads, n_key_value_heads=n_kv, d_head=d_head,
+            rotary_dim=d_head if use_rope else 0, rope_theta=float(rope.get("rope_theta", 10000.0)),
+            attn_bias=False, attention_scale=(d_head / 2) ** -0.5, d_mlp=int(hf_config.intermediate_size),
+            mlp_bias=bias, act_fn="gelu" if act == "gelu" else "silu", gated_mlp=True, mlp_sublayer=False,
+            n_shared_blocks=n_blocks, shared_adapter_rank=int(hf_config.adapter_rank),
+            shared_attn_adapter=attn_adapter, shared_mlp_adapter=True, norm_eps=eps,
+            n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=tie, pad_token_id=hf_config.pad_token_id,
+            bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )
 
     @classmethod
@@ -501,6 +657,83 @@ class HybridConfig:
             attn_bias=False, d_mlp=int(hf_config.intermediate_size), mlp_bias=False, act_fn="silu", gated_mlp=True,
             mlp_sublayer=True, moe_layers=[i for i, n in enumerate(hf_config.layers_num_experts) if n > 1],
             n_experts=int(hf_config.num_experts), n_experts_per_tok=int(hf_config.num_experts_per_tok),
+            norm_eps=eps, n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=tie,
+            pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_granitemoehybrid(cls, hf_config: Any) -> "HybridConfig":
+        """``GraniteMoeHybridConfig`` (Granite-4.0-H; HF ``modeling_granitemoehybrid``): every layer is
+        resid + m·mixer(RMSNorm(resid)), then resid + m·(MoE + shared MLP)(RMSNorm(resid)) (m = residual multiplier;
+        ``GraniteMoeHybridDecoderLayer``). Read: ``layer_types`` / ``layers_block_type`` ("linear_attention" /
+        "full_attention", or the checkpoints' legacy "mamba" / "attention") -> layer_types; the Mamba-2 mixer (Bamba's):
+        ``mamba_n_heads``, ``mamba_d_head``, ``mamba_n_groups``, ``mamba_d_state``, ``mamba_d_conv``,
+        ``mamba_expand`` (d_inner = expand * hidden_size), ``mamba_chunk_size``, ``mamba_conv_bias``,
+        ``mamba_proj_bias``, ``time_step_limit``; attention: ``num_attention_heads``, ``num_key_value_heads``,
+        ``head_dim`` (if set, else hidden_size // num_attention_heads), ``attention_bias``;
+        ``position_embedding_type`` "rope" -> a rotary embedding on the whole head (``rope_parameters``'
+        ``rope_theta``; HF's default rope ignores ``partial_rotary_factor``), None / "nope" -> none; the shared MLP
+        (``shared_mlp``: input_linear -> gate, up halves -> act(gate)·up -> output_linear, no biases):
+        ``shared_intermediate_size`` -> d_mlp; the experts (``block_sparse_moe``, on every layer when
+        ``num_local_experts`` > 0, added to the shared MLP): ``num_local_experts``, ``num_experts_per_tok``,
+        ``intermediate_size`` -> moe_d_mlp, weights = softmax of the top-k router logits (``moe_normalize_topk``);
+        ``hidden_act`` is the conv's and the MLPs' activation (silu only); ``rms_norm_eps`` every RMSNorm's eps (the
+        gated one's too); the multipliers ``embedding_multiplier``, ``residual_multiplier``,
+        ``attention_multiplier`` (-> attention_scale: it replaces d_head ** -0.5), ``logits_scaling``
+        (-> logits_scale = 1 / logits_scaling); ``tie_word_embeddings``, ``max_position_embeddings``, token ids.
+        Refused, naming the field: ``hidden_act`` other than silu, ``position_embedding_type`` other than rope /
+        None / "nope", a ``rope_parameters`` ``rope_type`` other than "default" (with rope), other layer types.
+        Not read (no effect on HF's forward): ``output_router_logits`` / ``router_aux_loss_coef`` (a training
+        loss), ``attention_dropout``, ``initializer_range``, ``use_cache``."""
+        mt = "granitemoehybrid"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        pos = getattr(hf_config, "position_embedding_type", None)
+        if pos not in (None, "nope", "rope"):
+            raise ValueError(f"{mt}: position_embedding_type {pos!r} is not supported ('rope', None or 'nope')")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        if pos == "rope" and rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_parameters rope_type {rope.get('rope_type')!r} is not supported "
+                             "(only 'default')")
+        kinds = {"linear_attention": "ssm", "mamba": "ssm", "full_attention": "attention", "attention": "attention"}
+        types = list(getattr(hf_config, "layers_block_type", None) or hf_config.layer_types)
+        unknown = sorted({t for t in types if t not in kinds})
+        if unknown:
+            raise ValueError(f"{mt}: layer_types entries {unknown} are not supported (linear_attention / mamba, "
+                             "full_attention / attention)")
+        d, n_layers = int(hf_config.hidden_size), len(types)
+        eps = float(hf_config.rms_norm_eps)
+        n_heads = int(hf_config.num_attention_heads)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // n_heads)
+        n_experts = int(hf_config.num_local_experts or 0)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        ssm = SSMConfig(
+            family="mamba2", d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.mamba_d_state), d_conv=int(hf_config.mamba_d_conv),
+            expand=int(hf_config.mamba_expand), d_inner=int(hf_config.mamba_expand * d),
+            n_heads=int(hf_config.mamba_n_heads), head_dim=int(hf_config.mamba_d_head),
+            n_groups=int(hf_config.mamba_n_groups), chunk_size=int(hf_config.mamba_chunk_size),
+            dt_limit=tuple(hf_config.time_step_limit or (0.0, float("inf"))), activation="silu",
+            conv_bias=bool(hf_config.mamba_conv_bias), proj_bias=bool(hf_config.mamba_proj_bias),
+            norm_eps=eps, residual_in_fp32=False, tie_embeddings=tie,
+        )
+        return cls(
+            ssm=ssm, layer_types=[kinds[t] for t in types], d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=n_heads,
+            n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d_head,
+            rotary_dim=d_head if pos == "rope" else 0, rope_theta=float(rope.get("rope_theta", 10000.0)),
+            attn_bias=bool(hf_config.attention_bias), d_mlp=int(hf_config.shared_intermediate_size), mlp_bias=False,
+            act_fn="silu", gated_mlp=True, mlp_sublayer=True,
+            moe_layers=list(range(n_layers)) if n_experts > 0 else [], n_experts=n_experts,
+            n_experts_per_tok=int(hf_config.num_experts_per_tok or 1), moe_normalize_topk=True,
+            moe_shared_mlp=True, moe_d_mlp=int(hf_config.intermediate_size),
+            embedding_multiplier=float(hf_config.embedding_multiplier),
+            residual_multiplier=float(hf_config.residual_multiplier),
+            attention_scale=float(hf_config.attention_multiplier),
+            logits_scale=1.0 / float(hf_config.logits_scaling),
             norm_eps=eps, n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=tie,
             pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
             name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
@@ -565,4 +798,79 @@ class HybridConfig:
             n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=False, pad_token_id=hf_config.pad_token_id,
             bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
             name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_falcon_h1(cls, hf_config: Any) -> "HybridConfig":
+        """``FalconH1Config`` (HF ``modeling_falcon_h1``): every layer is "parallel" (``FalconH1DecoderLayer``):
+        h = RMSNorm(resid); resid += ssm_out_multiplier · mamba(ssm_in_multiplier · h) + attention_out_multiplier ·
+        attn(attention_in_multiplier · h); then resid += MLP(RMSNorm(resid)). Read: ``num_hidden_layers`` (HF's
+        ``layers_block_type`` is "hybrid" for every layer). Mamba-2 mixer: d_inner = ``mamba_d_ssm`` (else
+        ``mamba_expand`` · hidden_size), ``mamba_n_heads``, ``mamba_d_head``, ``mamba_n_groups``, ``mamba_d_state``,
+        ``mamba_d_conv``, ``mamba_chunk_size``, ``mamba_conv_bias``, ``mamba_proj_bias`` (in_proj's bias),
+        ``projectors_bias`` (out_proj's bias: SSMConfig.out_proj_bias), ``time_step_limit``; ``ssm_multipliers`` (the
+        ``mup_vector`` on in_proj's z, x, B, C, dt segments: SSMConfig.in_proj_multipliers); the gate:
+        ``mamba_rms_norm`` False -> y · SiLU(z) (gate_norm "none"), True -> a grouped RMSNorm (``rms_norm_eps``)
+        after the gate, or before it with ``mamba_norm_before_gate`` (gate_norm "after" / "before"). Attention:
+        ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` (if set, else hidden_size //
+        num_attention_heads), ``attention_bias``, a rotary embedding on the whole head (``rope_parameters``'
+        ``rope_theta``; HF's default rope ignores ``partial_rotary_factor``), scale d_head ** -0.5; ``key_multiplier``
+        on k_proj's output. MLP: gated, ``intermediate_size``, ``mlp_bias``, ``mlp_multipliers`` (gate, down).
+        ``hidden_act``: the conv's and the MLP's activation (silu only); ``rms_norm_eps``: every RMSNorm's eps. The
+        multipliers ``embedding_multiplier``, ``lm_head_multiplier`` (-> logits_scale), ``attention_in_multiplier``,
+        ``attention_out_multiplier``, ``ssm_in_multiplier``, ``ssm_out_multiplier``; ``tie_word_embeddings``,
+        ``max_position_embeddings``, token ids. Refused, naming the field: ``hidden_act`` other than silu, a
+        ``rope_parameters`` ``rope_type`` other than "default", ``ssm_multipliers`` not 5 values,
+        ``mlp_multipliers`` not 2. Not read (no effect on HF's forward): ``num_logits_to_keep`` (generation),
+        ``use_cache``, ``attention_dropout``, ``initializer_range``, ``mamba_expand`` when ``mamba_d_ssm`` is set."""
+        mt = "falcon_h1"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_parameters rope_type {rope.get('rope_type')!r} is not supported "
+                             "(only 'default')")
+        ssm_mult = [float(v) for v in hf_config.ssm_multipliers]
+        if len(ssm_mult) != 5:
+            raise ValueError(f"{mt}: ssm_multipliers must hold 5 values (z, x, B, C, dt), got {ssm_mult}")
+        mlp_mult = [float(v) for v in hf_config.mlp_multipliers]
+        if len(mlp_mult) != 2:
+            raise ValueError(f"{mt}: mlp_multipliers must hold 2 values (gate, down), got {mlp_mult}")
+        d, n_layers = int(hf_config.hidden_size), int(hf_config.num_hidden_layers)
+        eps = float(hf_config.rms_norm_eps)
+        n_heads = int(hf_config.num_attention_heads)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // n_heads)
+        d_inner = int(hf_config.mamba_d_ssm if hf_config.mamba_d_ssm is not None else hf_config.mamba_expand * d)
+        gate_norm = "none" if not hf_config.mamba_rms_norm else "before" if hf_config.mamba_norm_before_gate \
+            else "after"
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        ssm = SSMConfig(
+            family="mamba2", d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            d_state=int(hf_config.mamba_d_state), d_conv=int(hf_config.mamba_d_conv),
+            expand=int(hf_config.mamba_expand), d_inner=d_inner, n_heads=int(hf_config.mamba_n_heads),
+            head_dim=int(hf_config.mamba_d_head), n_groups=int(hf_config.mamba_n_groups),
+            chunk_size=int(hf_config.mamba_chunk_size),
+            dt_limit=tuple(hf_config.time_step_limit or (0.0, float("inf"))), activation="silu",
+            conv_bias=bool(hf_config.mamba_conv_bias), proj_bias=bool(hf_config.mamba_proj_bias),
+            out_proj_bias=bool(hf_config.projectors_bias),
+            in_proj_multipliers=None if all(v == 1.0 for v in ssm_mult) else tuple(ssm_mult), gate_norm=gate_norm,
+            norm_eps=eps, residual_in_fp32=False, tie_embeddings=tie,
+        )
+        return cls(
+            ssm=ssm, layer_types=["parallel"] * n_layers, d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=n_heads,
+            n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d_head, rotary_dim=d_head,
+            rope_theta=float(rope.get("rope_theta", 10000.0)), attn_bias=bool(hf_config.attention_bias),
+            d_mlp=int(hf_config.intermediate_size), mlp_bias=bool(hf_config.mlp_bias), act_fn="silu", gated_mlp=True,
+            mlp_sublayer=True, embedding_multiplier=float(hf_config.embedding_multiplier),
+            logits_scale=float(hf_config.lm_head_multiplier),
+            attention_in_multiplier=float(hf_config.attention_in_multiplier),
+            attention_out_multiplier=float(hf_config.attention_out_multiplier),
+            key_multiplier=float(hf_config.key_multiplier), ssm_in_multiplier=float(hf_config.ssm_in_multiplier),
+            ssm_out_multiplier=float(hf_config.ssm_out_multiplier), mlp_gate_multiplier=mlp_mult[0],
+            mlp_down_multiplier=mlp_mult[1], norm_eps=eps, n_ctx=int(hf_config.max_position_embeddings),
+            tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
+            eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )

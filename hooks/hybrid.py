@@ -1,13 +1,15 @@
 """Hookable hybrid language models: Mamba-2 or Mamba-1 mixers interleaved with softmax-attention (and MLP or
-mixture-of-experts) layers (Bamba, Nemotron-H, Jamba).
+mixture-of-experts) layers (Bamba, Nemotron-H, Jamba, Granite-4.0-H).
 
 Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> MLP ->
 HybridBlock (RMSNorm + mixer [, RMSNorm + MLP]) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
 (their hooks are ``blocks.{i}.ssm.*`` exactly as in :mod:`interp.hooks.mamba`); HookedHybrid reuses HookedSSM's
 forward loop, tokens, generation primitives and hook shapes, with hybrid blocks. ``cfg.layer_types[i]`` says
-which kind block i is ("ssm" / "attention" / "mlp"); the layout (an MLP sublayer after every mixer, as Bamba, or
-one mixer per layer, as Nemotron-H; gated or plain MLP; rotary or no positional embedding) is read from the
-:class:`HybridConfig`, never from the family's name.
+which kind block i is ("ssm" / "attention" / "mlp" / "shared_attention"); the layout (an MLP sublayer after every
+mixer, as Bamba, or one mixer per layer, as Nemotron-H; gated or plain MLP; rotary or no positional embedding) is
+read from the :class:`HybridConfig`, never from the family's name; so are the scalar multipliers
+(``embedding_multiplier`` in ``embed``, ``residual_multiplier`` on every sublayer's output, ``attention_scale``,
+``logits_scale`` in ``unembed``; Granite-4.0-H's), no-ops at their defaults.
 
 Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` query / key positions)::
 
@@ -17,15 +19,15 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.ln1.hook_normalized      [b, pos, d_model]
     SSM layers:
     blocks.{i}.ssm.hook_*                                   hooks/mamba.py (Mamba-2 / Mamba-1 mixer)
-    blocks.{i}.hook_mixer_out           [b, pos, d_model]   same value as ssm.hook_out
+    blocks.{i}.hook_mixer_out           [b, pos, d_model]   residual_multiplier · ssm.hook_out (the summand)
     attention layers:
     blocks.{i}.attn.hook_q              [b, pos, n_heads, d_head]      before the rotary embedding (if any)
     blocks.{i}.attn.hook_k / hook_v     [b, pos, n_kv_heads, d_head]   (grouped KV heads, not repeated)
     blocks.{i}.attn.hook_rot_q / hook_rot_k                           after the rotary embedding
-    blocks.{i}.attn.hook_attn_scores    [b, n_heads, q, k]  q·k / sqrt(d_head), masked (causal, padding)
+    blocks.{i}.attn.hook_attn_scores    [b, n_heads, q, k]  q·k · attention_scale (default 1/sqrt(d_head)), masked
     blocks.{i}.attn.hook_pattern        [b, n_heads, q, k]  softmax over k
     blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
-    blocks.{i}.hook_attn_out            [b, pos, d_model]   o_proj(z)
+    blocks.{i}.hook_attn_out            [b, pos, d_model]   residual_multiplier · o_proj(z)
     MLP layers (cfg.mlp_sublayer False, Nemotron-H), and the MLP sublayer of every layer (cfg.mlp_sublayer, Bamba),
     which comes after:
     blocks.{i}.hook_resid_mid           [b, pos, d_model]   resid_pre + mixer output      (mlp_sublayer only)
@@ -33,12 +35,25 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.mlp.hook_pre             [b, pos, d_mlp]     gate_proj (gated) / up_proj (plain), before the act
     blocks.{i}.mlp.hook_pre_linear      [b, pos, d_mlp]     up_proj                       (gated only)
     blocks.{i}.mlp.hook_post            [b, pos, d_mlp]     act(pre) · pre_linear (gated) / act(pre) (plain)
-    blocks.{i}.hook_mlp_out             [b, pos, d_model]   down_proj (or the MoE's output)
-    MoE sublayers (layers in cfg.moe_layers, Jamba), instead of blocks.{i}.mlp.*:
+    blocks.{i}.hook_mlp_out             [b, pos, d_model]   residual_multiplier · down_proj (or the MoE's output,
+                                        + the MLP's with cfg.moe_shared_mlp, Granite)
+    MoE sublayers (layers in cfg.moe_layers, Jamba), instead of blocks.{i}.mlp.* (beside them with
+    cfg.moe_shared_mlp, Granite-4.0-H):
     blocks.{i}.moe.hook_router_logits   [b, pos, n_experts]
     blocks.{i}.moe.hook_expert_weights  [b, pos, n_experts_per_tok]   top-k of softmax(router logits), unnormalised
+                                        (cfg.moe_normalize_topk: softmax of the top-k logits, Granite)
     blocks.{i}.moe.hook_pre / hook_pre_linear / hook_post  [b, pos, n_experts_per_tok, d_mlp]  each chosen expert's
                                         gate(x), up(x), act(gate) · up (the slots of hook_expert_weights)
+    shared-attention layers (cfg.layer_types "shared_attention", Zamba2; hooks/shared_block.py), before the SSM
+    mixer, one use of a shared transformer block with this layer's own hooks:
+    blocks.{i}.hook_shared_in           [b, pos, 2·d_model] concat(resid_pre, hook_embed)
+    blocks.{i}.ln_attn.hook_scale / hook_normalized         rms before the attention (2·d_model wide)
+    blocks.{i}.attn.hook_*                                  as above (q / k / v read 2·d_model)
+    blocks.{i}.hook_attn_out            [b, pos, d_model]   o_proj(z)
+    blocks.{i}.ln_mlp.hook_scale / hook_normalized          rms before the MLP
+    blocks.{i}.mlp.hook_*, blocks.{i}.hook_mlp_out          as above (no residual inside the shared block)
+    blocks.{i}.hook_shared_out          [b, pos, d_model]   shared_proj(mlp_out), added to the mixer's input only:
+                                        ln1 reads resid_pre + hook_shared_out; resid_post = resid_pre + mixer_out
     every layer:
     blocks.{i}.hook_resid_post          [b, pos, d_model]
     ln_final.hook_scale / hook_normalized
@@ -53,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import HYBRID_MODEL_TYPES, HybridConfig
+from .config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, HybridConfig
 from .hook_points import HookPoint
 from .mamba import HookedSSM, RMSNorm, SSMMixer, SSMState
 
@@ -87,15 +102,17 @@ def _rotate_half(x: Tensor) -> Tensor:
 
 class Attention(nn.Module):
     """Causal softmax attention with grouped KV heads and a rotary embedding on the first ``rotary_dim`` dims of
-    each head (HF ``BambaAttention`` with its eager path; parameter names follow it)."""
+    each head (HF ``BambaAttention`` with its eager path; parameter names follow it). ``d_in``: the width q/k/v
+    read (default d_model; Zamba2's shared block reads 2·d_model); the output is d_model wide."""
 
-    def __init__(self, cfg: HybridConfig):
+    def __init__(self, cfg: HybridConfig, d_in: int | None = None):
         super().__init__()
         self.cfg = cfg
         nh, nkv, dh, bias = cfg.n_heads, cfg.n_key_value_heads, cfg.d_head, cfg.attn_bias
-        self.q_proj = nn.Linear(cfg.d_model, nh * dh, bias=bias)
-        self.k_proj = nn.Linear(cfg.d_model, nkv * dh, bias=bias)
-        self.v_proj = nn.Linear(cfg.d_model, nkv * dh, bias=bias)
+        d_in = cfg.d_model if d_in is None else d_in
+        self.q_proj = nn.Linear(d_in, nh * dh, bias=bias)
+        self.k_proj = nn.Linear(d_in, nkv * dh, bias=bias)
+        self.v_proj = nn.Linear(d_in, nkv * dh, bias=bias)
         self.o_proj = nn.Linear(nh * dh, cfg.d_model, bias=bias)
         rd = cfg.rotary_dim
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, rd, 2).float() / rd),
@@ -119,7 +136,8 @@ class Attention(nn.Module):
         cfg = self.cfg
         b, L, _ = x.shape
         q = self.hook_q(self.q_proj(x).unflatten(-1, (cfg.n_heads, cfg.d_head)))  # [b, L, nh, dh]
-        k = self.hook_k(self.k_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))  # [b, L, nkv, dh]
+        k = self.k_proj(x) if cfg.key_multiplier == 1.0 else self.k_proj(x) * cfg.key_multiplier  # Falcon-H1
+        k = self.hook_k(k.unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))  # [b, L, nkv, dh]
         v = self.hook_v(self.v_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))
         offset = 0 if state is None else state.offset
         positions = torch.arange(offset, offset + L, device=x.device)
@@ -158,7 +176,7 @@ def _relu2(x: Tensor) -> Tensor:
     return torch.square(F.relu(x))
 
 
-_MLP_ACTIVATIONS = {"silu": F.silu, "relu2": _relu2}
+_MLP_ACTIVATIONS = {"silu": F.silu, "relu2": _relu2, "gelu": F.gelu}  # gelu: exact (HF ACT2FN["gelu"], Zamba2)
 
 
 class MLP(nn.Module):
@@ -169,6 +187,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: HybridConfig):
         super().__init__()
         self.gated = cfg.gated_mlp
+        self.gate_multiplier, self.down_multiplier = cfg.mlp_gate_multiplier, cfg.mlp_down_multiplier  # Falcon-H1
         self.act = _MLP_ACTIVATIONS[cfg.act_fn]
         if self.gated:
             self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
@@ -181,9 +200,11 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.gated:
             return self.down_proj(self.hook_post(self.act(self.hook_pre(self.up_proj(x)))))
-        pre = self.hook_pre(self.gate_proj(x))
+        gate = self.gate_proj(x)
+        pre = self.hook_pre(gate if self.gate_multiplier == 1.0 else gate * self.gate_multiplier)
         pre_linear = self.hook_pre_linear(self.up_proj(x))
-        return self.down_proj(self.hook_post(self.act(pre) * pre_linear))
+        out = self.down_proj(self.hook_post(self.act(pre) * pre_linear))
+        return out if self.down_multiplier == 1.0 else out * self.down_multiplier
 
 
 GatedMLP = MLP  # the name Bamba's block used
@@ -192,7 +213,9 @@ GatedMLP = MLP  # the name Bamba's block used
 class MoE(nn.Module):
     """Sparse mixture of gated-MLP experts (HF ``JambaSparseMoeBlock``): router logits = router(x); weights = the
     top ``n_experts_per_tok`` of softmax(logits) (fp32, left unnormalised, in the model dtype, as HF's
-    ``JambaTopKRouter``); out = Σ_selected weight · down(act(gate(x)) · up(x)) of each selected expert. The experts
+    ``JambaTopKRouter``), or with ``cfg.moe_normalize_topk`` softmax over the top-k logits (those probabilities
+    renormalised to sum 1, HF ``GraniteMoeHybridTopKRouter``); out = Σ_selected weight · down(act(gate(x)) · up(x))
+    of each selected expert, d_mlp = ``cfg.moe_d_mlp`` (default ``cfg.d_mlp``) wide. The experts
     are stored as HF stores them, ``experts.gate_up_proj`` [E, 2·d_mlp, d_model] (gate rows first) and
     ``experts.down_proj`` [E, d_model, d_mlp]. Hooks: ``hook_router_logits`` [b, pos, E]; ``hook_expert_weights``
     [b, pos, k] (an edit of them is used); the chosen experts are ``topk(hook_router_logits, k).indices`` (softmax
@@ -266,24 +289,38 @@ class ScaledLinear(nn.Linear):
 # --------------------------------------------------------------------------------------------
 # block and model
 # --------------------------------------------------------------------------------------------
+def _times(x: Tensor, scale: float) -> Tensor:
+    """x · scale (x itself at 1)."""
+    return x if scale == 1.0 else x * scale
+
+
 class HybridBlock(nn.Module):
     """resid = resid_pre + mixer(RMSNorm(resid_pre)); with ``cfg.mlp_sublayer`` that is ``resid_mid`` and
     resid_post = resid_mid + MLP(RMSNorm(resid_mid)), else resid_post = resid. The mixer is ``ssm`` (an
     :class:`SSMMixer`), ``attn`` (:class:`Attention`) or ``mlp`` (:class:`MLP`), ``kind`` says which; ``slot`` is
-    the block's index among the blocks of its kind (its entry in a :class:`HybridState`)."""
+    the block's index among the blocks of its kind (its entry in a :class:`HybridState`). On a layer of
+    ``cfg.moe_layers`` the MLP sublayer is ``moe`` (:class:`MoE`), or ``moe`` + ``mlp`` with ``cfg.moe_shared_mlp``.
+    Each sublayer's output is multiplied by ``cfg.residual_multiplier`` before it is added (and before its
+    ``hook_*_out``, which so holds exactly what the residual stream adds). A "parallel" block (Falcon-H1) has both
+    ``ssm`` and ``attn``, reading the same normed input: resid_mid = resid_pre + hook_mixer_out + hook_attn_out;
+    ``slot`` is its SSM slot and ``kv_slot`` its attention slot. The mixers' input / output multipliers
+    (``cfg.ssm_in_multiplier`` ... ``attention_out_multiplier``) apply on every SSM / attention mixer."""
 
     def __init__(self, cfg: HybridConfig, kind: str, slot: int, layer: int = -1):
         super().__init__()
         self.kind, self.slot = kind, slot
         self.hook_resid_pre = HookPoint()
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        if kind == "ssm":
+        if kind in ("ssm", "parallel"):
             self.ssm = SSMMixer(cfg.ssm)
             self.hook_mixer_out = HookPoint()
-        elif kind == "attention":
+        if kind in ("attention", "parallel"):
             self.attn = Attention(cfg)
             self.hook_attn_out = HookPoint()
+        self.kv_slot = slot if kind != "parallel" else sum(t in KV_LAYER_KINDS for t in cfg.layer_types[:layer])
         self.residual_multiplier = cfg.residual_multiplier
+        self.mults = (cfg.ssm_in_multiplier, cfg.ssm_out_multiplier, cfg.attention_in_multiplier,
+                      cfg.attention_out_multiplier)
         moe = layer in cfg.moe_layers
         if moe:  # the MLP sublayer is a mixture of experts (Jamba), or experts + the dense MLP (moe_shared_mlp)
             self.moe = MoE(cfg)
@@ -301,13 +338,16 @@ class HybridBlock(nn.Module):
                 state_positions: Any = None, state: HybridState | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
         h = self.ln1(resid)
-        m = self._scaled
-        if self.kind == "ssm":
-            mixed = self.hook_mixer_out(m(self.ssm(h, attention_mask=attention_mask, state_positions=state_positions,
-                                                   state=state, layer=self.slot)))
-        elif self.kind == "attention":
-            mixed = self.hook_attn_out(m(self.attn(h, attention_mask=attention_mask, state=state, slot=self.slot)))
-        else:
+        m, (s_in, s_out, a_in, a_out) = self._scaled, self.mults
+        if self.kind in ("ssm", "parallel"):
+            mixed = self.ssm(_times(h, s_in), attention_mask=attention_mask, state_positions=state_positions,
+                             state=state, layer=self.slot)
+            mixed = self.hook_mixer_out(m(_times(mixed, s_out)))
+        if self.kind in ("attention", "parallel"):
+            attn = self.attn(_times(h, a_in), attention_mask=attention_mask, state=state, slot=self.kv_slot)
+            attn = self.hook_attn_out(m(_times(attn, a_out)))
+            mixed = attn if self.kind == "attention" else mixed + attn
+        if self.kind == "mlp":
             mixed = self.hook_mlp_out(m(self.mlp(h)))
         if not self.mlp_sublayer:
             return self.hook_resid_post(resid + mixed)
@@ -331,7 +371,8 @@ class HookedHybrid(HookedSSM):
     The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
     ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
     cache on attention layers; MLP layers keep nothing). Load with :func:`interp.load` (an in-memory
-    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` or a folder it saved) or
+    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / ``GraniteMoeHybridForCausalLM`` or a
+    folder it saved) or
     :meth:`from_pretrained`.
     """
 
@@ -341,9 +382,13 @@ class HookedHybrid(HookedSSM):
         self.tokenizer = tokenizer
         self.embed = ScaledEmbedding(cfg.d_vocab, cfg.d_model, scale=cfg.embedding_multiplier)
         self.hook_embed = HookPoint()
-        slots = [cfg.layer_types[:i].count(kind) for i, kind in enumerate(cfg.layer_types)]
-        self.blocks = nn.ModuleList([HybridBlock(cfg, kind, slot, layer)
-                                     for layer, (kind, slot) in enumerate(zip(cfg.layer_types, slots))])
+        from .shared_block import SharedInput, build_blocks  # it builds on this module's blocks
+
+        # the token embeddings shared-attention layers read (Zamba2), captured from block 0's input
+        self._shared_input = SharedInput() if "shared_attention" in cfg.layer_types else None
+        self.blocks = build_blocks(cfg, HybridBlock, self._shared_input)
+        if self._shared_input is not None:
+            self.blocks[0].register_forward_pre_hook(self._shared_input.capture_hook, with_kwargs=True)
         self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.unembed = ScaledLinear(cfg.d_model, cfg.d_vocab, scale=cfg.logits_scale)
         if cfg.tie_embeddings:
@@ -384,6 +429,9 @@ class HookedHybrid(HookedSSM):
                                           f"hybrid model ({', '.join(HYBRID_MODEL_TYPES)})")
         loading.check_model_size(raw, folder / "config.json")
         cfg = HybridConfig.from_hf(AutoConfig.from_pretrained(str(folder)))
+        for k, v in raw.get("interp", {}).items():  # our own fields, written by save_pretrained
+            if k in ("name", "default_prepend_bos", "extra"):
+                setattr(cfg, k, v)
         model = cls(cfg, tokenizer=loading.load_tokenizer(folder))
         loading.load_hybrid_state(model, loading.read_safetensors(folder), str(folder))
         return model.to(device=device, dtype=dtype).eval()
@@ -399,8 +447,26 @@ class HookedHybrid(HookedSSM):
         return model.to(device=p.device, dtype=p.dtype).eval()
 
     def save_pretrained(self, folder: str) -> None:
-        raise NotImplementedError("saving a hybrid model is not supported yet: save the Hugging Face model "
-                                  "(BambaForCausalLM / NemotronHForCausalLM.save_pretrained) instead")
+        """Write a Hugging Face Bamba checkpoint (safetensors) that this class and ``BambaForCausalLM`` load;
+        Bamba-layout models only (ValueError naming what else a Bamba checkpoint cannot hold)."""
+        from .loading import save_hybrid
+
+        save_hybrid(self, folder)
+
+    # --- forward ----------------------------------------------------------------------------
+    def forward(self, input: Any, *args: Any, embeddings: Tensor | None = None, **kwargs: Any) -> Any:
+        """HookedSSM's forward. ``embeddings`` [b, pos, d_model]: the token embeddings that shared-attention layers
+        read (``cfg.layer_types`` "shared_attention", Zamba2), needed with ``start_at_layer`` > 0 before such a
+        layer (pass the forward's ``hook_embed`` value); by default this forward's ``hook_embed`` value."""
+        if self._shared_input is None:
+            if embeddings is not None:
+                raise ValueError("embeddings= is for models with shared-attention layers (cfg.layer_types "
+                                 "'shared_attention'); this model has none")
+            return super().forward(input, *args, **kwargs)
+        from .shared_block import start_layer_of
+
+        with self._shared_input.bind(embeddings, start_layer_of(self, input, args, kwargs)):
+            return super().forward(input, *args, **kwargs)
 
     # --- decoding ---------------------------------------------------------------------------
     def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, HybridState]:

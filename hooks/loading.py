@@ -292,6 +292,10 @@ def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor],
     cfg = model.cfg
     if cfg.hf_model_type == "jamba":
         hf_state = _stack_jamba_experts(hf_state)
+    if cfg.hf_model_type == "granitemoehybrid":
+        hf_state = _split_granite_shared_mlp(hf_state)
+    if cfg.hf_model_type == "zamba2":
+        hf_state = _spread_zamba2_shared(hf_state, cfg, source)
     load_ssm_state(model, hf_state, source, rules=_HYBRID_WEIGHT_TABLES[cfg.hf_model_type](cfg.layer_types))
 
 
@@ -322,9 +326,122 @@ _JAMBA_HF_TO_OURS = [
     *_HYBRID_HF_TO_OURS,
 ]
 
+
+def _split_granite_shared_mlp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Granite-4.0-H's shared MLP stores gate and up as one ``shared_mlp.input_linear.weight`` [2·d_mlp, d_model]
+    (HF chunks its output in two: gate first, then up): split it into ``shared_mlp.gate_proj.weight`` and
+    ``shared_mlp.up_proj.weight`` (our gated MLP's); ``output_linear`` is renamed by :data:`_GRANITE_HF_TO_OURS`."""
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.shared_mlp)\.input_linear\.weight$", k)
+        if m is None:
+            out[k] = v
+        else:
+            out[f"{m.group(1)}.gate_proj.weight"], out[f"{m.group(1)}.up_proj.weight"] = v.chunk(2, dim=0)
+    return out
+
+
+#: Hugging Face Granite-4.0-H (GraniteMoeHybrid) -> ours: ``mamba`` -> ``ssm``, ``self_attn`` -> ``attn``,
+#: ``input_layernorm`` / ``post_attention_layernorm`` -> ``ln1`` / ``ln2``, ``model.norm`` -> ``ln_final``; the shared
+#: MLP (split by :func:`_split_granite_shared_mlp`) -> ``mlp`` (``output_linear`` -> ``down_proj``); the experts
+#: ``block_sparse_moe`` -> ``moe``, under the in-memory names (``router.weight``, ``experts.gate_up_proj`` /
+#: ``experts.down_proj``) or the checkpoints' (``router.layer.weight``, ``input_linear.weight`` /
+#: ``output_linear.weight``, the same layouts: HF's conversion mapping only renames them)
+_GRANITE_HF_TO_OURS = [
+    (r"^model\.embed_tokens\.weight$", "embed.weight"),
+    (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"blocks.\1.ln1.weight"),
+    (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"blocks.\1.ln2.weight"),
+    (r"^model\.layers\.(\d+)\.mamba\.(.+)$", r"blocks.\1.ssm.\2"),
+    (r"^model\.layers\.(\d+)\.self_attn\.(.+)$", r"blocks.\1.attn.\2"),
+    (r"^model\.layers\.(\d+)\.shared_mlp\.(gate_proj|up_proj)\.weight$", r"blocks.\1.mlp.\2.weight"),
+    (r"^model\.layers\.(\d+)\.shared_mlp\.output_linear\.weight$", r"blocks.\1.mlp.down_proj.weight"),
+    (r"^model\.layers\.(\d+)\.block_sparse_moe\.router(?:\.layer)?\.weight$", r"blocks.\1.moe.router.weight"),
+    (r"^model\.layers\.(\d+)\.block_sparse_moe\.(?:experts\.gate_up_proj|input_linear\.weight)$",
+     r"blocks.\1.moe.experts.gate_up_proj"),
+    (r"^model\.layers\.(\d+)\.block_sparse_moe\.(?:experts\.down_proj|output_linear\.weight)$",
+     r"blocks.\1.moe.experts.down_proj"),
+    (r"^model\.norm\.weight$", "ln_final.weight"),
+    (r"^lm_head\.weight$", "unembed.weight"),
+]
+
+#: Hugging Face Zamba2 -> ours (the shared transformer's tensors are renamed by :func:`_spread_zamba2_shared` first
+#: and pass through): a plain layer's ``mamba`` / ``input_layernorm``, a hybrid layer's ``mamba_decoder.mamba`` /
+#: ``mamba_decoder.input_layernorm`` -> ``ssm`` / ``ln1``; its ``linear`` (the projection back) -> ``shared_proj``
+_ZAMBA2_HF_TO_OURS = [
+    (r"^(blocks\.\d+\..+)$", r"\1"),
+    (r"^model\.embed_tokens\.weight$", "embed.weight"),
+    (r"^model\.layers\.(\d+)\.(?:mamba_decoder\.)?mamba\.(.+)$", r"blocks.\1.ssm.\2"),
+    (r"^model\.layers\.(\d+)\.(?:mamba_decoder\.)?input_layernorm\.weight$", r"blocks.\1.ln1.weight"),
+    (r"^model\.layers\.(\d+)\.linear\.weight$", r"blocks.\1.shared_proj.weight"),
+    (r"^model\.final_layernorm\.weight$", "ln_final.weight"),
+    (r"^lm_head\.weight$", "unembed.weight"),
+]
+
+#: a Zamba2 shared transformer's parameters (after ``model.layers.{i}.shared_transformer.``) -> ours in each use
+_ZAMBA2_SHARED = [(r"^self_attn\.([qkvo]_proj\.(?:weight|bias))$", r"attn.\1"),
+                  (r"^feed_forward\.(down_proj\.(?:weight|bias))$", r"mlp.\1"),
+                  (r"^input_layernorm\.weight$", "ln_attn.weight"), (r"^pre_ff_layernorm\.weight$", "ln_mlp.weight")]
+
+
+def _spread_zamba2_shared(state: dict[str, torch.Tensor], cfg: Any, source: str) -> dict[str, torch.Tensor]:
+    """HF Zamba2 keeps each shared transformer under the hybrid layers that use it (``model.layers.{i}.
+    shared_transformer.*``; ``save_pretrained`` writes only the first use of each, the rest being tied) and its
+    per-use adapters in lists indexed by use (``linear_q_adapter_list.{u}.0`` / ``.1``, ``gate_up_proj_adapter_list.
+    {u}``). Ours: every use's module holds the shared tensors (the model ties them) and its own adapters
+    (``attn.q_proj.lora_A`` / ``lora_B``, ...). The fused ``gate_up_proj`` [2·d_mlp, ...] (gate rows first) and its
+    adapter's up half are split into ``mlp.gate_proj`` / ``mlp.up_proj``, whose adapters share ``lora_A``. Two uses
+    of one shared block holding different tensors (HF leaves them untied when ``tie_word_embeddings`` is False) are
+    refused (:class:`CheckpointError`): ours shares them."""
+    uses = cfg.shared_attention_layers
+    out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+
+    def put(key: str, value: torch.Tensor, hf_key: str) -> None:
+        if key in origin and not torch.equal(out[key], value):
+            raise CheckpointError(f"{source}: {hf_key} differs from {origin[key]}, but both layers use shared block "
+                                  f"{uses.index(int(hf_key.split('.')[2])) % cfg.n_shared_blocks} "
+                                  f"(num_mem_blocks={cfg.n_shared_blocks}), whose weights are one tensor here (HF "
+                                  "Zamba2 leaves them untied when tie_word_embeddings is False)")
+        out[key], origin[key] = value, hf_key
+
+    for k, v in state.items():
+        m = re.match(r"^model\.layers\.(\d+)\.shared_transformer\.(.+)$", k)
+        if m is None or int(m.group(1)) not in uses:
+            out[k] = v
+            continue
+        rest = m.group(2)
+        if a := re.match(r"^self_attn\.linear_([qkv])_adapter_list\.(\d+)\.([01])\.weight$", rest):
+            layer = uses[int(a.group(2))]
+            out[f"blocks.{layer}.attn.{a.group(1)}_proj.lora_{'AB'[int(a.group(3))]}.weight"] = v
+            continue
+        if a := re.match(r"^feed_forward\.gate_up_proj_adapter_list\.(\d+)\.([01])\.weight$", rest):
+            pre = f"blocks.{uses[int(a.group(1))]}.mlp"
+            if a.group(2) == "0":
+                out[f"{pre}.gate_proj.lora_A.weight"] = out[f"{pre}.up_proj.lora_A.weight"] = v
+            else:
+                out[f"{pre}.gate_proj.lora_B.weight"], out[f"{pre}.up_proj.lora_B.weight"] = v.chunk(2, dim=0)
+            continue
+        block = uses.index(int(m.group(1))) % cfg.n_shared_blocks
+        for u, layer in enumerate(uses):
+            if u % cfg.n_shared_blocks != block:
+                continue
+            if g := re.match(r"^feed_forward\.gate_up_proj\.(weight|bias)$", rest):
+                gate, up = v.chunk(2, dim=0)
+                put(f"blocks.{layer}.mlp.gate_proj.{g.group(1)}", gate, k)
+                put(f"blocks.{layer}.mlp.up_proj.{g.group(1)}", up, k)
+            elif (new := _rename(rest, _ZAMBA2_SHARED)) is not None:
+                put(f"blocks.{layer}.{new}", v, k)
+            else:
+                out[k] = v  # unknown: matches no rule, so it is reported missing / skipped as any other
+    return out
+
+
 #: each hybrid ``model_type`` (hooks/config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
 _HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules,
-                         "jamba": lambda layer_types: _JAMBA_HF_TO_OURS}
+                         "jamba": lambda layer_types: _JAMBA_HF_TO_OURS,
+                         "granitemoehybrid": lambda layer_types: _GRANITE_HF_TO_OURS,
+                         "zamba2": lambda layer_types: _ZAMBA2_HF_TO_OURS,
+                         "falcon_h1": lambda layer_types: _HYBRID_HF_TO_OURS}  # Falcon-H1 names as Bamba's
 
 
 def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,
@@ -353,6 +470,10 @@ def to_hf_config(cfg: SSMConfig) -> Any:
     """An equivalent ``transformers`` MambaConfig / Mamba2Config / FalconMambaConfig (``cfg.hf_model_type``)."""
     from transformers import FalconMambaConfig, Mamba2Config, MambaConfig
 
+    if cfg.in_proj_multipliers is not None or cfg.gate_norm != "after" or cfg.out_proj_bias not in (None,
+                                                                                               cfg.proj_bias):
+        raise ValueError("cannot save this mixer as a Mamba checkpoint: in_proj_multipliers, gate_norm other than "
+                         "'after' or out_proj_bias != proj_bias (Falcon-H1's knobs) have no Mamba config field")
     common = dict(
         vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, state_size=cfg.d_state,
         num_hidden_layers=cfg.n_layers, layer_norm_epsilon=cfg.norm_eps, expand=cfg.expand,
@@ -385,6 +506,76 @@ def save_ssm(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
         if k == "unembed.weight" and model.cfg.tie_embeddings:
             continue
         state[_rename(k, _OURS_TO_HF)] = v.detach().contiguous().cpu()
+    save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
+    write_model_checksums(folder, getattr(model, "tokenizer", None))
+    return folder
+
+
+#: ours -> Hugging Face Bamba names (the inverse of :data:`_HYBRID_HF_TO_OURS`), for :func:`save_hybrid`
+_OURS_TO_BAMBA = [
+    (r"^embed\.weight$", "model.embed_tokens.weight"),
+    (r"^blocks\.(\d+)\.ln1\.weight$", r"model.layers.\1.input_layernorm.weight"),
+    (r"^blocks\.(\d+)\.ln2\.weight$", r"model.layers.\1.pre_ff_layernorm.weight"),
+    (r"^blocks\.(\d+)\.ssm\.(.+)$", r"model.layers.\1.mamba.\2"),
+    (r"^blocks\.(\d+)\.attn\.(.+)$", r"model.layers.\1.self_attn.\2"),
+    (r"^blocks\.(\d+)\.mlp\.(.+)$", r"model.layers.\1.feed_forward.\2"),
+    (r"^ln_final\.weight$", "model.final_layernorm.weight"),
+    (r"^unembed\.weight$", "lm_head.weight"),
+]
+
+
+def to_hf_bamba_config(cfg: Any) -> Any:
+    """The ``BambaConfig`` of a Bamba-layout :class:`HybridConfig` (Mamba-2 and attention layers, each followed by a
+    gated SiLU MLP, rotary embedding on half of each head); ValueError naming what a Bamba checkpoint cannot hold."""
+    from transformers import BambaConfig
+
+    s = cfg.ssm
+    problems = [msg for bad, msg in (
+        (cfg.hf_model_type != "bamba", f"model_type {cfg.hf_model_type!r} (only Bamba-layout hybrids are saved)"),
+        (s.family != "mamba2" or "mlp" in cfg.layer_types or "parallel" in cfg.layer_types or not cfg.mlp_sublayer
+         or not cfg.gated_mlp or cfg.moe_layers,
+         "a layout other than Mamba-2 / attention layers with a gated MLP sublayer"),
+        (cfg.act_fn != "silu" or s.activation != "silu", "an activation other than SiLU"),
+        (cfg.d_head * cfg.n_heads != cfg.d_model, "d_head * n_heads != d_model"),
+        (cfg.rotary_dim != cfg.d_head // 2, "rotary_dim != d_head // 2 (Bamba rotates half of each head)"),
+        (s.d_inner != s.expand * cfg.d_model, "d_inner != expand * d_model"),
+        (any(getattr(cfg, f, d) != d for f, d in (("embedding_multiplier", 1.0), ("residual_multiplier", 1.0),
+                                                   ("attention_scale", None), ("logits_scale", 1.0),
+                                                   ("attention_in_multiplier", 1.0), ("attention_out_multiplier", 1.0),
+                                                   ("key_multiplier", 1.0), ("ssm_in_multiplier", 1.0),
+                                                   ("ssm_out_multiplier", 1.0), ("mlp_gate_multiplier", 1.0),
+                                                   ("mlp_down_multiplier", 1.0))),
+         "scalar multipliers"),
+        (s.in_proj_multipliers is not None or s.gate_norm != "after" or s.out_proj_bias not in (None, s.proj_bias),
+         "Falcon-H1's mixer knobs (in_proj_multipliers, gate_norm, out_proj_bias)"),
+    ) if bad]
+    if problems:
+        raise ValueError(f"cannot save this hybrid as a Bamba checkpoint: {'; '.join(problems)}")
+    return BambaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+        attn_layer_indices=cfg.attention_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads, intermediate_size=cfg.d_mlp, hidden_act="silu",
+        rms_norm_eps=cfg.norm_eps, max_position_embeddings=cfg.n_ctx, tie_word_embeddings=cfg.tie_embeddings,
+        pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        mamba_n_heads=s.H, mamba_d_head=s.P, mamba_n_groups=s.G, mamba_d_state=s.d_state, mamba_d_conv=s.d_conv,
+        mamba_expand=s.expand, mamba_chunk_size=s.chunk_size, mamba_conv_bias=s.conv_bias,
+        mamba_proj_bias=s.proj_bias, time_step_limit=tuple(s.dt_limit), attention_bias=cfg.attn_bias,
+        mlp_bias=cfg.mlp_bias, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+    )
+
+
+def save_hybrid(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
+    """Write a Bamba-layout HookedHybrid as a Hugging Face Bamba checkpoint (config.json, model.safetensors,
+    tokenizer, checksums) that both :func:`interp.load` and ``BambaForCausalLM.from_pretrained`` read."""
+    folder = Path(folder)
+    cfg_dict = to_hf_bamba_config(model.cfg).to_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_dict["architectures"] = ["BambaForCausalLM"]
+    cfg_dict["interp"] = {"name": model.cfg.name, "default_prepend_bos": model.cfg.default_prepend_bos,
+                          "extra": model.cfg.extra}
+    (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
+    state = {_rename(k, _OURS_TO_BAMBA): v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not (k == "unembed.weight" and model.cfg.tie_embeddings)}
     save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
     write_model_checksums(folder, getattr(model, "tokenizer", None))
     return folder

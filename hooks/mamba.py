@@ -93,19 +93,23 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(nn.Module):
-    """Mamba-2's grouped RMSNorm of y · SiLU(z) (norm after gate, one RMS per group)."""
+    """Mamba-2's grouped RMSNorm of y · SiLU(z) (norm after gate, one RMS per group); with ``before_gate``
+    RMSNorm(y) · SiLU(z) (HF ``FalconH1RMSNormGated`` with ``norm_before_gate``)."""
 
-    def __init__(self, d: int, n_groups: int, eps: float):
+    def __init__(self, d: int, n_groups: int, eps: float, before_gate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.n_groups = n_groups
         self.eps = eps
+        self.before_gate = before_gate
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         dtype = y.dtype
-        x = y.float() * F.silu(z.float())
+        x = y.float() if self.before_gate else y.float() * F.silu(z.float())
         xg = x.unflatten(-1, (self.n_groups, -1))
         xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.before_gate:
+            return (self.weight * xg.flatten(-2) * F.silu(z.float())).to(dtype)
         return self.weight * xg.flatten(-2).to(dtype)
 
 
@@ -147,12 +151,14 @@ class SSMMixer(nn.Module):
             self.in_proj = nn.Linear(cfg.d_model, d_in + cfg.conv_channels + H, bias=cfg.proj_bias)
             self.dt_bias = nn.Parameter(torch.zeros(H))
             self.A_log = nn.Parameter(torch.zeros(H))
-            self.norm = GatedRMSNorm(d_in, cfg.n_groups, cfg.norm_eps)
+            if cfg.gate_norm != "none":  # "none": y · SiLU(z), no norm (Falcon-H1 without mamba_rms_norm)
+                self.norm = GatedRMSNorm(d_in, cfg.n_groups, cfg.norm_eps, before_gate=cfg.gate_norm == "before")
         self.conv1d = nn.Conv1d(
             cfg.conv_channels, cfg.conv_channels, K, groups=cfg.conv_channels, padding=K - 1, bias=cfg.conv_bias
         )
         self.D = nn.Parameter(torch.ones(H))
-        self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.proj_bias)
+        self.out_proj = nn.Linear(d_in, cfg.d_model, bias=cfg.proj_bias if cfg.out_proj_bias is None
+                                  else cfg.out_proj_bias)
 
         for name in ("in", "x", "z", "conv", "u", "dt", "B", "C", "state", "y", "gated", "out"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -182,13 +188,18 @@ class SSMMixer(nn.Module):
 
     # --- pieces ----------------------------------------------------------------------------
     def _split_in_proj(self, proj: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-        """in_proj output -> (x [.., d_inner], z, extra conv channels (B,C pre-conv) | None, dt_raw | None)."""
+        """in_proj output -> (x [.., d_inner], z, extra conv channels (B,C pre-conv) | None, dt_raw | None), each
+        Mamba-2 segment times its ``cfg.in_proj_multipliers`` entry (z, x, B, C, dt) when set."""
         cfg = self.cfg
         if cfg.family == "mamba1":
             x, z = proj.chunk(2, dim=-1)
             return x, z, None, None
         d_in, GN = cfg.d_inner, cfg.n_groups * cfg.d_state
         z, x, bc, dt_raw = proj.split([d_in, d_in, 2 * GN, cfg.H], dim=-1)
+        if cfg.in_proj_multipliers is not None:  # Falcon-H1's mup vector
+            mz, mx, mb, mc, mdt = cfg.in_proj_multipliers
+            B, C = bc.split([GN, GN], dim=-1)
+            z, x, bc, dt_raw = z * mz, x * mx, torch.cat([B * mb, C * mc], dim=-1), dt_raw * mdt
         return x, z, bc, dt_raw
 
     def _ssm_params(self, u_flat: Tensor, dt_raw: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -215,7 +226,7 @@ class SSMMixer(nn.Module):
 
     def _gate(self, y: Tensor, z: Tensor) -> Tensor:
         y = y.flatten(-2).to(z.dtype)  # [b, pos, d_inner]
-        if self.cfg.family == "mamba1":
+        if self.cfg.family == "mamba1" or self.cfg.gate_norm == "none":
             return y * F.silu(z)
         return self.norm(y, z)
 

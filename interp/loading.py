@@ -11,7 +11,6 @@ import torch
 
 from interp import zoo
 from interp.hooks.config import HYBRID_MODEL_TYPES, SSM_MODEL_TYPES
-from interp.io import read_json
 from interp.locks import warn_if_being_written
 
 SSM_TYPES = SSM_MODEL_TYPES  # the Hugging Face model types HookedSSM loads (interp.hooks.config)
@@ -33,10 +32,11 @@ def load(
     * a Hugging Face hub id (``"state-spaces/mamba-130m-hf"``, needs network) or a TransformerLens
       model name (``"gpt2"``, ``"pythia-70m"``);
     * an in-memory ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` / ``FalconMambaForCausalLM`` /
-      ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / transformers causal LM.
+      ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / ``GraniteMoeHybridForCausalLM`` /
+      transformers causal LM.
 
     Returns a :class:`interp.hooks.HookedSSM` for state-space models, a :class:`interp.hooks.HookedHybrid` for
-    hybrids (Bamba, Nemotron-H, Jamba), otherwise a
+    hybrids (Bamba, Nemotron-H, Jamba, Granite-4.0-H), otherwise a
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
     """
     from interp.hooks import HookedSSM
@@ -55,14 +55,11 @@ def load(
 
     name = str(model)
     embedded = zoo.embedded_path(name)
-    if embedded is not None:
-        return HookedSSM.from_pretrained(str(embedded), device=device, dtype=dtype) \
-            if _model_type(embedded) in SSM_TYPES else _load_transformer(str(embedded), device, dtype, **kwargs)
-
-    if not Path(name).expanduser().is_dir() and "/" not in name:
+    if embedded is None and not Path(name).expanduser().is_dir() and "/" not in name:
         return _load_bare_name(name, device, dtype, **kwargs)
-    folder = resolve_checkpoint(name)
-    warn_if_being_written(folder, "model folder")  # `interp train` still writes it: a snapshot
+    folder = embedded or resolve_checkpoint(name)
+    if embedded is None:
+        warn_if_being_written(folder, "model folder")  # `interp train` still writes it: a snapshot
     mt = read_config(folder, verify=False).get("model_type")  # the loader verifies the folder's checksums
     if mt in SSM_TYPES:
         return HookedSSM.from_pretrained(str(folder), device=device, dtype=dtype)
@@ -71,10 +68,6 @@ def load(
 
         return HookedHybrid.from_pretrained(str(folder), device=device, dtype=dtype)
     return _load_transformer(str(folder), device, dtype, **kwargs)
-
-
-def _model_type(folder: Path) -> str | None:
-    return read_json(folder / "config.json", what="model config").get("model_type")
 
 
 def _load_bare_name(name: str, device: Any, dtype: Any, **kwargs: Any) -> Any:

@@ -195,8 +195,13 @@ def _ssm_hooks(model: Any) -> list[Hook]:
             z = z.to(_compute_dtype(z))
             y = store[y_name].flatten(-2).to(z.dtype)
             g = z * torch.sigmoid(z).detach()
+            before = norm is not None and getattr(norm, "before_gate", False)
+            if before:  # RMSNorm(y) · SiLU(z) (Falcon-H1): the norm, 1/rms detached, then the gate's rule
+                yg = y.unflatten(-1, (norm.n_groups, -1))
+                yg = yg * torch.rsqrt(yg.pow(2).mean(-1, keepdim=True) + norm.eps).detach()
+                y = norm.weight.to(y.dtype) * yg.flatten(-2)
             x = 0.5 * (y * g.detach()) + 0.5 * (y.detach() * g)  # half rule: each factor gets half
-            if norm is not None:  # Mamba-2: grouped RMSNorm with 1/rms detached
+            if norm is not None and not before:  # Mamba-2: grouped RMSNorm with 1/rms detached
                 xg = x.unflatten(-1, (norm.n_groups, -1))
                 xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + norm.eps).detach()
                 x = norm.weight.to(x.dtype) * xg.flatten(-2)
@@ -236,7 +241,7 @@ def _ssm_hooks(model: Any) -> list[Hook]:
                 (f"{p}.ssm.hook_y", capture),
                 (f"{p}.ssm.hook_z", capture),
                 (f"{p}.ssm.hook_gated", gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z",
-                                                 block.ssm.norm if cfg.family == "mamba2" else None)),
+                                                 getattr(block.ssm, "norm", None))),  # none: y · SiLU(z)
             ]
             if cfg.activation == "silu":
                 hooks += [(f"{p}.ssm.hook_conv", capture), (f"{p}.ssm.hook_u", silu_rule(f"{p}.ssm.hook_conv", cfg))]

@@ -61,13 +61,15 @@ def assert_pattern_equals_hf(hf: Any, model: Any, tokens: torch.Tensor, *, layer
         torch.testing.assert_close(cache[f"blocks.{i}.attn.hook_pattern"], r, atol=1e-6, rtol=1e-5)
 
 
-def assert_start_stop_at_layer(model: Any, tokens: torch.Tensor, tol: float = 1e-5) -> None:
-    """Running blocks 0..l-1 (stop_at_layer) then l.. (start_at_layer) gives the full forward's logits, every l."""
+def assert_start_stop_at_layer(model: Any, tokens: torch.Tensor, tol: float = 1e-5, **start_kwargs: Any) -> None:
+    """Running blocks 0..l-1 (stop_at_layer) then l.. (start_at_layer, with ``start_kwargs``, e.g. Zamba2's
+    ``embeddings``) gives the full forward's logits, every l."""
     with torch.no_grad():
         full = model(tokens)
         for layer in range(model.cfg.n_layers):
             resid = model(tokens, stop_at_layer=layer)
-            assert (model(resid, start_at_layer=layer) - full).abs().max().item() <= tol, f"layer {layer}"
+            got = model(resid, start_at_layer=layer, **start_kwargs)
+            assert (got - full).abs().max().item() <= tol, f"layer {layer}"
 
 
 def assert_greedy_equals_argmax(model: Any, prompt: torch.Tensor, new: int = 32) -> None:
@@ -107,7 +109,7 @@ def assert_rollout_mixes_layers(model: Any, tokens: torch.Tensor) -> None:
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
     maps = []
     for layer, kind in enumerate(model.cfg.layer_types):
-        if kind == "ssm":
+        if kind in ("ssm", "parallel"):  # a parallel layer's map is its SSM's (hidden attention, the default)
             p = ssm_parameters(model, tokens, layer=layer)
             alpha = hidden_attention(p.dt, p.A, p.B, p.C)  # [1, H or d_inner, L, L]
             maps.append(alpha.abs().mean(1)[0])

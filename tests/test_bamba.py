@@ -271,3 +271,20 @@ def test_lrp_conserves_with_biases_zeroed(pair):
 
 def test_rollout_chains_ssm_and_attention_layers(pair):
     assert_rollout_mixes_layers(pair[1], _tokens(12, b=1, seed=9))
+
+
+def test_save_pretrained_round_trips_through_huggingface(pair, tmp_path):
+    """A HookedHybrid saves as a Bamba checkpoint: interp.load and BambaForCausalLM.from_pretrained both read it
+    back to the same logits (the zoo's hybrid models are saved this way)."""
+    from transformers import BambaForCausalLM
+
+    hf, ours = pair
+    ours.save_pretrained(str(tmp_path))
+    tokens = _tokens(13, seed=4)
+    again = interp.load(str(tmp_path))
+    reread = BambaForCausalLM.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        want = ours(tokens)
+        assert torch.equal(again(tokens), want)
+        assert (reread(tokens).logits - want).abs().max().item() <= TOL
+    assert again.cfg.layer_types == ours.cfg.layer_types and again.cfg.tie_embeddings == ours.cfg.tie_embeddings

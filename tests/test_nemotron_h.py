@@ -303,3 +303,9 @@ def test_lrp_conserves_with_biases_zeroed(pair):
 
 def test_rollout_chains_ssm_and_attention_layers(pair):
     assert_rollout_mixes_layers(pair[1], _tokens(12, b=1, seed=9))
+
+
+def test_save_pretrained_refuses_a_non_bamba_layout(pair, tmp_path):
+    with pytest.raises(ValueError, match="cannot save this hybrid as a Bamba checkpoint: model_type 'nemotron_h'"):
+        pair[1].save_pretrained(str(tmp_path))
+    assert not (tmp_path / "model.safetensors").exists()

@@ -29,6 +29,8 @@ TINY = {
     "mamba1": dict(d_model=32, n_layers=1, d_state=8),
     "mamba2": dict(d_model=32, n_layers=1, d_state=8, head_dim=16, chunk_size=16),
     "transformer": dict(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, rotary_dim=16),
+    "hybrid": dict(d_model=32, layer_types=["ssm", "attention"], n_heads=2, d_mlp=64,
+                   ssm=dict(d_state=8, head_dim=16, chunk_size=16)),
 }
 
 

@@ -270,9 +270,18 @@ def get_method(name: str) -> MapMethod:
     return MAP_METHODS[name]
 
 
+def _is_parallel(model: Any, layer: int | None) -> bool:
+    """Whether ``layer`` of a hybrid is "parallel" (Falcon-H1: an SSM mixer beside softmax attention): kind "ssm"
+    (hidden attention by default), and its softmax pattern is a map too (the transformer methods apply)."""
+    types = getattr(getattr(model, "cfg", None), "layer_types", None)
+    return layer is not None and isinstance(types, list) and -len(types) <= layer < len(types) \
+        and types[layer] == "parallel"
+
+
 def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> MapMethod:
     kind = model_kind(model, None if method.whole_model else layer)
-    if kind not in method.kinds:
+    if kind not in method.kinds and not (not method.whole_model and "transformer" in method.kinds
+                                         and _is_parallel(model, layer)):
         wanted = " and ".join(_KIND_NAMES[k] for k in method.kinds)
         raise MethodNotApplicable(f"method={method.name!r} is for {wanted}; {_KIND_NAMES[kind]} use {_DEFAULT[kind]!r}")
     return method

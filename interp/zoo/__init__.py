@@ -16,6 +16,7 @@ name                          arch        task     metric (see ``interp.zoo.eval
 ``tokfsm-transformer``        4L d128     TokFSM   transition accuracy (paper: 96.77%)
 ``copy-mamba``                Mamba-1     copy     copy token accuracy, lengths 16..32
 ``copy-mamba2``               Mamba-2     copy     copy token accuracy, lengths 16..32
+``copy-hybrid``               hybrid      copy     copy token accuracy (Mamba-2, attention, Mamba-2)
 ============================  ==========  =======  ===========================================
 
 Retrain one with ``python -m interp.zoo.train NAME --install`` (recipes in :mod:`interp.zoo.recipes`).
@@ -33,7 +34,7 @@ __all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_
            "write_shipped_checksums", "verify_shipped_checksums"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2")
+MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2", "copy-hybrid")
 CARD_FILE = "model_card.json"
 
 
@@ -90,7 +91,8 @@ def describe(card: dict[str, Any]) -> str:
     cfg = card["config"].get("hooked_transformer_config", card["config"])
     width = cfg.get("d_model") or cfg.get("hidden_size")
     layers = cfg.get("n_layers") or cfg.get("num_hidden_layers")
-    arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer"}[card["arch"]]
+    arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer",
+            "hybrid": "hybrid (Mamba-2 + attention)"}[card["arch"]]
     return f"{arch}, {layers} layers, d_model {width}"
 
 

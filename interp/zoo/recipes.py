@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "batch_at", "tokenizer_for", "MODEL_NAMES"]
 
-Arch = Literal["mamba1", "mamba2", "transformer"]
+Arch = Literal["mamba1", "mamba2", "transformer", "hybrid"]
 Task = Literal["tokfsm", "copy"]
 
 # fields that may change between a run and its resumption (they do not change the trajectory)
@@ -38,11 +38,13 @@ class Recipe:
 
     Attributes:
         name: registry name (folder name under ``interp/zoo/weights``).
-        arch: ``"mamba1"``, ``"mamba2"`` (:class:`interp.hooks.HookedSSM`) or ``"transformer"``
-            (:class:`interp.hooks.transformer.HookedTransformerModel`).
+        arch: ``"mamba1"``, ``"mamba2"`` (:class:`interp.hooks.HookedSSM`), ``"transformer"``
+            (:class:`interp.hooks.transformer.HookedTransformerModel`) or ``"hybrid"``
+            (:class:`interp.hooks.HookedHybrid`, Bamba layout: Mamba-2 and attention layers, each with a gated MLP).
         task: ``"tokfsm"`` (next-token loss on every position) or ``"copy"`` (loss only where the
             next token is a copied one: the batch's ``loss_mask``).
-        model: architecture keyword arguments (SSMConfig or HookedTransformerConfig fields); vocab
+        model: architecture keyword arguments (SSMConfig or HookedTransformerConfig fields; for a hybrid,
+            HybridConfig fields with ``layer_types`` and the Mamba-2 mixer's SSMConfig fields under ``ssm``); vocab
             size and special token ids are filled in from the task.
         seq_len: TokFSM sequence length (BOS included).
         copy_n_range: copy lengths drawn during training (inclusive).
@@ -106,8 +108,8 @@ class Recipe:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.arch not in ("mamba1", "mamba2", "transformer"):
-            raise ValueError(f"arch must be mamba1, mamba2 or transformer, got {self.arch!r}")
+        if self.arch not in ("mamba1", "mamba2", "transformer", "hybrid"):
+            raise ValueError(f"arch must be mamba1, mamba2, transformer or hybrid, got {self.arch!r}")
         if self.task not in ("tokfsm", "copy"):
             raise ValueError(f"task must be tokfsm or copy, got {self.task!r}")
         for name in ("batch_size", "steps", "checkpoint_every"):
@@ -155,12 +157,31 @@ class Recipe:
         """The :class:`interp.hooks.SSMConfig` of an SSM recipe."""
         from interp.hooks import SSMConfig
 
-        if self.arch == "transformer":
-            raise ValueError(f"{self.name} is a transformer recipe")
+        if self.arch in ("transformer", "hybrid"):
+            raise ValueError(f"{self.name} is a {self.arch} recipe")
         kw = dict(self.model)
         kw.update(family=self.arch, vocab_size=self.vocab_size, name=self.name, default_prepend_bos=True,
                   **self.special_ids())
         return SSMConfig(**kw)
+
+    def hybrid_config(self) -> Any:
+        """The :class:`interp.hooks.HybridConfig` of a hybrid recipe (Bamba layout: every layer an SSM or attention
+        mixer followed by a gated SiLU MLP; d_head = d_model // n_heads, rotary embedding on half of each head)."""
+        from interp.hooks import HybridConfig, SSMConfig
+
+        if self.arch != "hybrid":
+            raise ValueError(f"{self.name} is not a hybrid recipe")
+        kw = dict(self.model)
+        ssm_kw, layer_types = dict(kw.pop("ssm", {})), list(kw.pop("layer_types"))
+        n, d = len(layer_types), int(kw["d_model"])
+        ids = self.special_ids()
+        ssm = SSMConfig(family="mamba2", d_model=d, n_layers=n, vocab_size=self.vocab_size, residual_in_fp32=False,
+                        **ssm_kw)
+        d_head = d // int(kw["n_heads"])
+        kw.setdefault("n_key_value_heads", kw["n_heads"])
+        return HybridConfig(ssm=ssm, layer_types=layer_types, n_layers=n, vocab_size=self.vocab_size, d_head=d_head,
+                            rotary_dim=d_head // 2, n_ctx=self.context_length, name=self.name,
+                            default_prepend_bos=True, hf_model_type="bamba", **ids, **kw)
 
     def transformer_config(self) -> Any:
         """The TransformerLens ``HookedTransformerConfig`` of a transformer recipe."""
@@ -221,6 +242,11 @@ _TRANSFORMER = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, ac
 _COPY_MAMBA1 = dict(d_model=128, n_layers=2, d_state=16, expand=2, d_conv=4)
 _COPY_MAMBA2 = dict(d_model=64, n_layers=2, d_state=64, expand=2, d_conv=4, head_dim=32, n_groups=1, chunk_size=64)
 
+# a hybrid in Bamba's layout: Mamba-2, attention, Mamba-2 (each with a gated MLP), for comparing the SSM layers'
+# hidden attention with the attention layer's softmax pattern on one model (notebook 06)
+_COPY_HYBRID = dict(d_model=64, layer_types=["ssm", "attention", "ssm"], n_heads=4, d_mlp=128,
+                    ssm=dict(d_state=32, expand=2, d_conv=4, head_dim=32, n_groups=1, chunk_size=64))
+
 _TOKFSM = dict(task="tokfsm", corrupt_prob=0.05, batch_size=32, warmup_steps=50, eval_every=500)
 # copy lengths 1..32 in training act as a curriculum: trained on 16..32 alone, Mamba-1 stays at chance (0.11
 # after 1000 steps); evaluation is on held-out lengths 16..32
@@ -241,6 +267,9 @@ RECIPES: dict[str, Recipe] = {
                description="Mamba-1 trained to copy a_1..a_n SEP -> a_1..a_n (LaTIM copying task)"),
         Recipe(name="copy-mamba2", arch="mamba2", model=_COPY_MAMBA2, steps=2500, lr=3e-3, **_COPY,
                description="Mamba-2 trained to copy a_1..a_n SEP -> a_1..a_n (LaTIM copying task)"),
+        Recipe(name="copy-hybrid", arch="hybrid", model=_COPY_HYBRID, steps=1500, lr=3e-3, **_COPY,
+               description="hybrid (Mamba-2, attention, Mamba-2; Bamba layout) trained to copy a_1..a_n SEP -> "
+                           "a_1..a_n"),
     )
 }
 MODEL_NAMES = tuple(RECIPES)

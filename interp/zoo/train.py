@@ -50,7 +50,7 @@ from interp.training import (
     CHECKPOINT_DIR, clear_checkpoints, config_diff, find_checkpoint, load_checkpoint, read_checkpoint_state,
     save_checkpoint, thread_count_warning, warmup_decay,
 )
-from interp.zoo.recipes import Recipe, batch_at, get_recipe, tokenizer_for
+from interp.zoo.recipes import RECIPES, Recipe, batch_at, get_recipe, tokenizer_for
 
 __all__ = ["build_model", "init_ssm_weights", "lr_factor", "compute_loss", "train", "finalize", "install", "main"]
 
@@ -70,6 +70,8 @@ def init_ssm_weights(model: Any, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_
     with torch.no_grad():
         torch.nn.init.normal_(model.embed.weight, std=0.02)
         for block in model.blocks:
+            if not hasattr(block, "ssm"):  # a hybrid's attention layer: PyTorch's default initialisation
+                continue
             m = block.ssm
             H = cfg.H
             if cfg.family == "mamba1":
@@ -95,6 +97,11 @@ def build_model(recipe: Recipe) -> Any:
         from interp.hooks.transformer import HookedTransformerModel
 
         model = HookedTransformerModel(recipe.transformer_config(), tokenizer=tokenizer)
+    elif recipe.arch == "hybrid":
+        from interp.hooks import HookedHybrid
+
+        model = HookedHybrid(recipe.hybrid_config(), tokenizer=tokenizer)
+        init_ssm_weights(model)
     else:
         from interp.hooks import HookedSSM
 
@@ -348,7 +355,7 @@ def _parse_value(text: str) -> Any:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="interp train", description=__doc__.split("\n\n")[0])
-    p.add_argument("name", help="recipe name: tokfsm-mamba, tokfsm-mamba2, tokfsm-transformer, copy-mamba, copy-mamba2")
+    p.add_argument("name", help=f"recipe name: {', '.join(RECIPES)}")
     p.add_argument("--steps", type=int, default=None, help="number of optimizer steps (default: the recipe's)")
     p.add_argument("--out", default=None, help="run folder (default runs/zoo/NAME)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
