@@ -99,22 +99,29 @@ def assert_lrp_conserves(model: Any, tokens: torch.Tensor, *, positions: Sequenc
 
 
 def assert_rollout_mixes_layers(model: Any, tokens: torch.Tensor) -> None:
-    """Rollout through a hybrid chains each layer's own map: mean |α| of hidden attention (from the cached Δ, B, C)
-    on SSM layers, the head-mean softmax pattern on attention layers, nothing for MLP layers; ``rollout_map`` (the
-    app's view) and ``layer_maps`` + ``combine_layers`` (the benchmarks') both equal that product; ``tokens`` [1, L]."""
+    """Rollout through a hybrid chains each layer's own maps: mean |α| of hidden attention (from the cached Δ, B, C)
+    on SSM layers, the head-mean softmax pattern on attention layers, nothing for MLP layers, the two summed on a
+    "parallel" layer (Falcon-H1), the pattern then |α| on a "shared_attention" layer (Zamba2); ``rollout_map`` (the
+    app's view) and ``layer_maps`` + ``combine_layers`` (the benchmarks') both equal that product; ``tokens``
+    [1, L]."""
     from interp.attention import rollout
     from interp.attention.methods import combine_layers, layer_maps
     from interp.attention.views import rollout_map
 
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+
+    def hidden(layer: int) -> torch.Tensor:
+        p = ssm_parameters(model, tokens, layer=layer)
+        return hidden_attention(p.dt, p.A, p.B, p.C).abs().mean(1)[0]  # [L, L]
+
+    def pattern(layer: int) -> torch.Tensor:
+        return cache[f"blocks.{layer}.attn.hook_pattern"].mean(1)[0]
+
     maps = []
     for layer, kind in enumerate(model.cfg.layer_types):
-        if kind in ("ssm", "parallel"):  # a parallel layer's map is its SSM's (hidden attention, the default)
-            p = ssm_parameters(model, tokens, layer=layer)
-            alpha = hidden_attention(p.dt, p.A, p.B, p.C)  # [1, H or d_inner, L, L]
-            maps.append(alpha.abs().mean(1)[0])
-        elif kind == "attention":
-            maps.append(cache[f"blocks.{layer}.attn.hook_pattern"].mean(1)[0])
+        maps += {"ssm": lambda: [hidden(layer)], "attention": lambda: [pattern(layer)], "mlp": lambda: [],
+                 "parallel": lambda: [pattern(layer) + hidden(layer)],
+                 "shared_attention": lambda: [pattern(layer), hidden(layer)]}[kind]()
     ref = rollout(maps)
     torch.testing.assert_close(torch.as_tensor(rollout_map(model, tokens, method="auto")), ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(combine_layers(layer_maps(model, tokens, method="hidden"), how="rollout"), ref,

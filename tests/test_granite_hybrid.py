@@ -16,7 +16,8 @@ import torch
 
 import interp
 from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_start_stop_at_layer)
+                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
+                           assert_start_stop_at_layer)
 from interp.attention import interaction_map
 from interp.attention.methods import MethodNotApplicable
 from interp.hooks import HookedHybrid, HybridConfig
@@ -429,3 +430,7 @@ def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
 def test_lrp_conserves_with_biases_zeroed(pair):
     """MambaLRP on the SSM layers, CP-LRP on the attention layers, the gated rule on the shared MLP and experts."""
     assert_lrp_conserves(pair[1], _tokens(16, b=1, seed=7))
+
+
+def test_rollout_chains_ssm_and_attention_layers(pair):
+    assert_rollout_mixes_layers(pair[1], _tokens(12, b=1, seed=9))

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_pattern_equals_hf,
-                           assert_rescan_exact, assert_start_stop_at_layer)
+from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
+                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
+                           assert_start_stop_at_layer)
 from interp.attention import interaction_map
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
@@ -320,6 +321,24 @@ def test_interaction_map_is_hidden_attention_on_every_layer(pair):
     for layer in range(ours.cfg.n_layers):
         torch.testing.assert_close(interaction_map(ours, tokens, layer=layer, aggregate="mean"),
                                    interaction_map(ours, tokens, layer=layer, method="hidden", aggregate="mean"))
+    # the shared block's softmax pattern is the map of method "attention" on shared-attention layers only
+    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
+    for layer in ours.cfg.shared_attention_layers:
+        torch.testing.assert_close(interaction_map(ours, tokens, layer=layer, method="attention", aggregate="mean"),
+                                   cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
+    plain = [i for i, t in enumerate(ours.cfg.layer_types) if t == "ssm"]
+    with pytest.raises(ValueError, match="method='attention'"):
+        interaction_map(ours, tokens, layer=plain[0], method="attention")
+
+
+def test_rollout_chains_shared_attention_then_ssm(pair):
+    assert_rollout_mixes_layers(pair[1], _tokens(12, b=1, seed=9))
+
+
+def test_lrp_conserves_with_biases_zeroed(pair):
+    """MambaLRP on the SSM mixers, CP-LRP on the shared blocks' attention (LoRA adapters and the concatenated
+    embeddings are linear), the gated rule on their MLPs; relevance reaches the embeddings by both paths."""
+    assert_lrp_conserves(pair[1], _tokens(16, b=1, seed=7))
 
 
 # --- decoding with the mixed cache ---------------------------------------------------------------

@@ -137,19 +137,33 @@ def layer_kinds(model: Any) -> list[str]:
     return ["mlp" if t == "mlp" else "transformer" if t == "attention" else "ssm" for t in types]
 
 
-def layer_methods(model: Any, method: str) -> list[tuple[int, str]]:
-    """(layer, method) for each layer that mixes positions, for a map through depth (rollout). On a pure model
-    every layer uses ``method`` (:class:`MethodNotApplicable` if it does not apply; "auto" is the model's
-    default). On a hybrid each layer uses ``method`` where it applies to the layer's kind and the kind's default
-    elsewhere (``"unified"``: unified attention on the SSM layers, the softmax pattern on the attention layers);
-    MLP layers are left out (the identity in a rollout)."""
+#: hybrid layer kinds (``cfg.layer_types``) -> the map kinds of their token-mixing steps, in order; the kinds in
+#: one step are summed (Falcon-H1's "parallel" layer: attention and SSM read the same input, their outputs add);
+#: consecutive steps are chained (Zamba2's "shared_attention" layer: the shared block's attention feeds the SSM)
+_MIXING_STEPS = {"ssm": [["ssm"]], "attention": [["transformer"]], "mlp": [],
+                 "parallel": [["transformer", "ssm"]], "shared_attention": [["transformer"], ["ssm"]]}
+
+
+def layer_methods(model: Any, method: str) -> list[tuple[int, list[str]]]:
+    """The token-mixing steps of a map through depth (rollout), in order: ``(layer, methods)`` whose maps are summed
+    in that step. On a pure model one step per layer with ``method`` (:class:`MethodNotApplicable` if it does not
+    apply; "auto" is the model's default). On a hybrid each step uses ``method`` where it applies to the step's kind
+    and the kind's default elsewhere (``"unified"``: unified attention on the SSM layers, the softmax pattern on
+    the attention layers); MLP-only layers have no step (the identity in a rollout), a Falcon-H1 "parallel" layer
+    one step with its attention and SSM maps summed, a Zamba2 "shared_attention" layer two steps (the shared
+    block's attention, then the SSM mixer)."""
     kinds = layer_kinds(model)
     if method != "auto":
         _check_some_layer(get_method(method), model, kinds)
-    if not isinstance(getattr(model.cfg, "layer_types", None), list):
-        return [(layer, default_method(model) if method == "auto" else method) for layer in range(len(kinds))]
-    return [(layer, method if method != "auto" and kind in MAP_METHODS[method].kinds else _DEFAULT[kind])
-            for layer, kind in enumerate(kinds) if kind != "mlp"]
+    types = getattr(model.cfg, "layer_types", None)
+    if not isinstance(types, list):
+        return [(layer, [default_method(model) if method == "auto" else method]) for layer in range(len(kinds))]
+
+    def resolved(kind: str) -> str:
+        return method if method != "auto" and kind in MAP_METHODS[method].kinds else _DEFAULT[kind]
+
+    return [(layer, [resolved(kind) for kind in step]) for layer, t in enumerate(types)
+            for step in _MIXING_STEPS.get(t, [["ssm"]])]
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,11 +285,12 @@ def get_method(name: str) -> MapMethod:
 
 
 def _is_parallel(model: Any, layer: int | None) -> bool:
-    """Whether ``layer`` of a hybrid is "parallel" (Falcon-H1: an SSM mixer beside softmax attention): kind "ssm"
-    (hidden attention by default), and its softmax pattern is a map too (the transformer methods apply)."""
+    """Whether ``layer`` of a hybrid has softmax attention beside its SSM mixer ("parallel", Falcon-H1, or
+    "shared_attention", Zamba2): kind "ssm" (hidden attention by default), and its softmax pattern is a map too
+    (the transformer methods apply)."""
     types = getattr(getattr(model, "cfg", None), "layer_types", None)
     return layer is not None and isinstance(types, list) and -len(types) <= layer < len(types) \
-        and types[layer] == "parallel"
+        and types[layer] in ("parallel", "shared_attention")
 
 
 def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> MapMethod:
@@ -289,6 +304,9 @@ def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> Map
 
 def _check_some_layer(method: MapMethod, model: Any, kinds: list[str]) -> MapMethod:
     """``method`` if it applies to at least one layer kind of ``model`` (every layer of a pure model)."""
+    types = getattr(model.cfg, "layer_types", None)
+    if isinstance(types, list):  # the kinds of every token-mixing step, e.g. the attention of a parallel layer
+        kinds = [k for t in types for step in _MIXING_STEPS.get(t, [["ssm"]]) for k in step] or kinds
     if len(set(kinds)) == 1 or not set(kinds) & set(method.kinds):
         return _check_kinds(method, model, None if len(set(kinds)) == 1 else next(
             i for i, k in enumerate(kinds) if k != "mlp"))
@@ -388,29 +406,32 @@ def method_rows(model: Any, tokens: Any, *, positions: PositionsLike, method: st
 
 def layer_maps(model: Any, tokens: Any, *, method: str, positions: PositionsLike | None = None) -> list[Tensor]:
     """The per-layer maps [L, L] of the layer-wise ``method`` for one sequence ``tokens`` ([L] or [1, L]), or only
-    the query rows ``positions`` of each ([len(positions), L], computed row-wise where the method allows).
+    the query rows ``positions`` of each ([len(positions), L], computed row-wise where the method allows). On a
+    hybrid, one map per token-mixing step of :func:`layer_methods` (MLP-only layers have none, a Zamba2
+    shared-attention layer two), so ``@k`` picks step k.
 
     Raises KeyError for a method that is not layer-wise, :class:`MethodNotApplicable` for one that does not apply."""
     entry = MAP_METHODS.get(method)
     if entry is None or entry.layer_maps is None:
         known = [n for n, m in MAP_METHODS.items() if m.layer_maps is not None]
         raise KeyError(f"{method!r} is not a layer-wise method; known: {', '.join(known)}")
-    kinds = layer_kinds(model)
-    _check_some_layer(entry, model, kinds)
+    _check_some_layer(entry, model, layer_kinds(model))
     tokens = _one_sequence(model, tokens)
     ps = None if positions is None else Positions.parse(positions).indices(tokens.shape[1], name="positions")
-    if len(set(kinds)) == 1:
+    if not isinstance(getattr(model.cfg, "layer_types", None), list):
         return entry.layer_maps(model, tokens, ps)
-    # a hybrid: the method on the layers of its kinds, each other kind's default elsewhere, identity on MLP layers
-    out: dict[int, Tensor] = {}
+    # a hybrid: one map per token-mixing step (layer_methods), each the sum of its methods' maps
+    steps = layer_methods(model, method)
     by_method: dict[str, list[int]] = {}
-    for layer, name in layer_methods(model, method):
-        by_method.setdefault(name, []).append(layer)
+    for layer, names in steps:
+        for name in names:
+            by_method.setdefault(name, []).append(layer)
+    maps = {}
     for name, layers in by_method.items():
-        out.update(zip(layers, MAP_METHODS[name].layer_maps(model, tokens, ps, layers)))
-    L = tokens.shape[1]
-    eye = torch.eye(L, device=tokens.device)
-    return [out[layer] if layer in out else eye if ps is None else eye[ps] for layer in range(len(kinds))]
+        unique = sorted(set(layers))
+        maps.update({(name, layer): m for layer, m in zip(unique, MAP_METHODS[name].layer_maps(model, tokens, ps,
+                                                                                               unique))})
+    return [sum(maps[name, layer] for name in names) for layer, names in steps]
 
 
 def combine_layers(maps: Sequence[Tensor], *, how: str | int = "rollout") -> Tensor:

@@ -88,10 +88,13 @@ def rollout_map(model: Any, tokens: Any, *, method: str, aggregate: str | int = 
                 normalize_: str = "raw", max_bytes: int | None = None) -> np.ndarray:
     """Rollout [L, L] of the per-layer maps of ``method`` (:func:`rollout`), each taken as |map| (rollout needs
     non-negative weights), then normalised (:func:`normalize`). On a hybrid each layer uses ``method`` where it
-    applies and its kind's default elsewhere, MLP layers left out (:func:`~interp.attention.methods.layer_methods`):
-    ``method="auto"`` chains hidden attention on the SSM layers with the softmax pattern on the attention layers."""
-    maps = [interaction_map(model, tokens, layer=layer, method=name, aggregate=aggregate, max_bytes=max_bytes).abs()
-            for layer, name in layer_methods(model, method)]
+    applies and its kind's default elsewhere, one factor per token-mixing step
+    (:func:`~interp.attention.methods.layer_methods`: none for MLP layers, attention + SSM maps summed on a parallel
+    layer, attention then SSM on a shared-attention layer): ``method="auto"`` chains hidden attention on the SSM
+    layers with the softmax pattern on the attention layers."""
+    maps = [sum(interaction_map(model, tokens, layer=layer, method=name, aggregate=aggregate,
+                                max_bytes=max_bytes).abs() for name in names)
+            for layer, names in layer_methods(model, method)]
     return _np(normalize(rollout(maps), normalize_)[0])
 
 
