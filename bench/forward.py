@@ -74,6 +74,20 @@ HYBRIDS = {
             "full_attention" if i in _attn_at(n, 8) and i % 2 == 0 else "mlp" if i % 2 else "linear_attention"
             for i in range(n)], mamba_num_heads=24, mamba_head_dim=64, ssm_state_size=128, n_groups=1,
         chunk_size=256, use_mamba_kernels=False)),
+    "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", lambda n: dict(  # 4.0-H-tiny-like
+        _SHARED, num_hidden_layers=n, layer_types=[
+            "full_attention" if i in _attn_at(n, 8) else "linear_attention" for i in range(n)],
+        num_local_experts=16, num_experts_per_tok=4, intermediate_size=512, shared_intermediate_size=1024,
+        position_embedding_type="nope", mamba_n_heads=24, mamba_d_head=64, mamba_d_state=128, mamba_chunk_size=256,
+        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125, logits_scaling=6.0)),
+    "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", lambda n: dict(  # attention beside Mamba-2 in every layer
+        _SHARED, num_hidden_layers=n, head_dim=64, mamba_d_ssm=1536, mamba_n_heads=24, mamba_d_head=64,
+        mamba_d_state=128, mamba_chunk_size=256, mamba_rms_norm=True, use_mamba_kernels=False)),
+    "zamba2": ("Zamba2Config", "Zamba2ForCausalLM", lambda n: dict(  # a shared block every 6th layer, as Zamba2
+        vocab_size=50280, hidden_size=768, num_hidden_layers=n, num_attention_heads=12, intermediate_size=2048,
+        layers_block_type=["hybrid" if i % 6 == 5 or i == n // 2 else "linear_attention" for i in range(n)],
+        num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=64, use_mem_rope=True,
+        n_mamba_heads=24, mamba_d_state=64, chunk_size=256, tie_word_embeddings=True, use_mamba_kernels=False)),
 }
 
 
@@ -102,10 +116,10 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, batch 1, L={a.seq_len}, {a.layers} layers, fp32")
-    print(f"{'model':12} {'HF s':>8} {'ours s':>8} {'cache s':>8} {'HF/ours':>8} {'cache +%':>9} {'max|dlogit|':>12}")
+    print(f"{'model':16} {'HF s':>8} {'ours s':>8} {'cache s':>8} {'HF/ours':>8} {'cache +%':>9} {'max|dlogit|':>12}")
     for fam in a.families:
         r = bench(fam, a.layers, a.seq_len, a.repeats)
-        print(f"{fam:12} {r['hf_s']:8.3f} {r['ours_s']:8.3f} {r['ours_cache_s']:8.3f} {r['speedup']:7.2f}x "
+        print(f"{fam:16} {r['hf_s']:8.3f} {r['ours_s']:8.3f} {r['ours_cache_s']:8.3f} {r['speedup']:7.2f}x "
               f"{100 * r['cache_overhead']:8.1f}% {r['max_abs_err']:12.2e}")
 
 

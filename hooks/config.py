@@ -484,7 +484,8 @@ class HybridConfig:
         Bamba, not read (they do not change the forward): ``z_loss_coefficient`` (a training loss term),
         ``num_logits_to_keep`` (generation), ``attention_dropout``, ``initializer_range``. A rope type other than
         "default" is refused. Nemotron-H: see :meth:`_from_nemotron_h`; Jamba: :meth:`_from_jamba`; Granite-4.0-H
-        (``GraniteMoeHybridConfig``): :meth:`_from_granitemoehybrid`."""
+        (``GraniteMoeHybridConfig``): :meth:`_from_granitemoehybrid`; Falcon-H1 (``FalconH1Config``):
+        :meth:`_from_falcon_h1`."""
         mt = getattr(hf_config, "model_type", None)
         if mt not in HYBRID_MODEL_TYPES:
             raise ValueError(f"not a hybrid config: model_type={mt!r} (expected one of {', '.join(HYBRID_MODEL_TYPES)})")

@@ -1,5 +1,5 @@
 """Hookable hybrid language models: Mamba-2 or Mamba-1 mixers interleaved with softmax-attention (and MLP or
-mixture-of-experts) layers (Bamba, Nemotron-H, Jamba, Granite-4.0-H).
+mixture-of-experts) layers (Bamba, Nemotron-H, Jamba, Granite-4.0-H), or beside attention in one layer (Falcon-H1).
 
 Read top to bottom: HybridState (the mixed decoding cache) -> rotary embedding -> Attention -> MLP ->
 HybridBlock (RMSNorm + mixer [, RMSNorm + MLP]) -> HookedHybrid. The SSM layers reuse :class:`SSMMixer` unchanged
@@ -28,6 +28,9 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.attn.hook_pattern        [b, n_heads, q, k]  softmax over k
     blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
     blocks.{i}.hook_attn_out            [b, pos, d_model]   residual_multiplier · o_proj(z)
+    "parallel" layers (Falcon-H1): both of the above, on the same ln1 output (times ssm_in_multiplier /
+    attention_in_multiplier; the outputs times ssm_out_multiplier / attention_out_multiplier);
+    resid_mid = resid_pre + hook_mixer_out + hook_attn_out
     MLP layers (cfg.mlp_sublayer False, Nemotron-H), and the MLP sublayer of every layer (cfg.mlp_sublayer, Bamba),
     which comes after:
     blocks.{i}.hook_resid_mid           [b, pos, d_model]   resid_pre + mixer output      (mlp_sublayer only)
@@ -371,7 +374,8 @@ class HookedHybrid(HookedSSM):
     The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
     ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
     cache on attention layers; MLP layers keep nothing). Load with :func:`interp.load` (an in-memory
-    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / ``GraniteMoeHybridForCausalLM`` or a
+    ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / ``GraniteMoeHybridForCausalLM`` /
+    ``FalconH1ForCausalLM`` or a
     folder it saved) or
     :meth:`from_pretrained`.
     """

@@ -23,7 +23,7 @@ from interp.io import (
 )
 from interp.io import read_safetensors as read_safetensors_file
 
-from .config import SSM_MODEL_TYPES, SSMConfig
+from .config import HYBRID_MODEL_TYPES, SSM_MODEL_TYPES, SSMConfig
 from .tokenizer import TOKENIZER_FILE, DigitTokenizer
 
 WEIGHT_FILE = "model.safetensors"
@@ -615,8 +615,9 @@ def _first(raw: Mapping[str, Any], *names: str, default: Any = None) -> Any:
 
 def estimate_parameters(raw: Mapping[str, Any]) -> int:
     """Parameters of the model a ``config.json`` dict describes, from its size fields alone (an upper estimate):
-    Mamba-1 / Mamba-2 / FalconMamba (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm) or a
-    transformer (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
+    Mamba-1 / Mamba-2 / FalconMamba (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm), a
+    hybrid (every layer counted with a Mamba mixer, attention and a gated MLP or all its experts) or a transformer
+    (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
     inner = raw.get("hooked_transformer_config")
     if isinstance(inner, Mapping):
         raw = {**raw, **inner}
@@ -634,7 +635,41 @@ def estimate_parameters(raw: Mapping[str, Any]) -> int:
             + di * d + 2 * d  # in_proj, conv, x_proj, dt_proj, A and D, out_proj, norms
         return v * d * 2 + n * per
     m = int(_first(raw, "intermediate_size", "n_inner", "d_mlp", default=0) or 4 * d)
+    if raw.get("model_type") in HYBRID_MODEL_TYPES:
+        return _estimate_hybrid(raw, d, n, v, m)
     return 2 * v * d + n * (4 * d * d + 2 * d * m + 4 * d)
+
+
+#: hybrid config layer-list entries -> what the layer holds (s: SSM mixer, a: attention, f: MLP / experts)
+_HYBRID_LAYER_PARTS = {"mamba": "s", "linear_attention": "s", "m": "s", "attention": "a", "full_attention": "a",
+                       "*": "a", "hybrid": "sa", "mlp": "f", "-": "f", "moe": "f", "e": "f"}
+
+
+def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> int:
+    """:func:`estimate_parameters` of a hybrid, layer by layer from its layer list (``layers_block_type`` /
+    ``layer_types`` / ``hybrid_override_pattern``; without one every layer holds both mixers, as Falcon-H1's);
+    every expert counted (an upper estimate)."""
+    listed = next((raw[k] for k in ("layers_block_type", "layer_types", "hybrid_override_pattern")
+                   if isinstance(raw.get(k), (list, str)) and raw.get(k)), None)
+    layers = [_HYBRID_LAYER_PARTS.get(str(t).lower(), "sa") for t in listed] if listed else ["sa"] * n
+    if raw.get("model_type") != "nemotron_h":  # every other family has an MLP sublayer in every layer
+        layers = [parts + "f" for parts in layers]
+    di = int(_first(raw, "mamba_d_ssm", default=0) or _first(raw, "mamba_expand", "expand", default=2) * d)
+    N = int(_first(raw, "mamba_d_state", "ssm_state_size", default=128))
+    G = int(_first(raw, "mamba_n_groups", "mamba_ngroups", "n_groups", default=1))
+    H = int(_first(raw, "mamba_n_heads", "n_mamba_heads", "mamba_num_heads", default=0))
+    di = max(di, H * int(_first(raw, "mamba_head_dim", default=0)))
+    K = int(_first(raw, "mamba_d_conv", "conv_kernel", default=4))
+    r = int(_first(raw, "mamba_dt_rank", default=0) or -(-d // 16))
+    ssm = d * (2 * di + 2 * G * N + H) + (di + 2 * G * N) * K + di * (r + 2 * N) + r * di + di * d
+    d_attn = max(d, int(_first(raw, "num_attention_heads", default=0)) * int(_first(raw, "head_dim",
+                                                                                    "attention_head_dim", default=0)))
+    attn = 8 * d * d_attn  # 4 projections, counted at 2·d wide (Zamba2's shared blocks read concat(resid, embed))
+    experts = int(_first(raw, "num_experts", "num_local_experts", "n_routed_experts", default=0))
+    shared = int(_first(raw, "shared_intermediate_size", default=0))
+    ffn = 3 * d * (m * max(experts, 1) + shared) + d * experts  # gated MLP or every expert, shared MLP, router
+    per = {"s": ssm, "a": attn, "f": ffn}
+    return 2 * v * d + sum(sum(per[c] for c in parts) + 4 * d for parts in layers)
 
 
 def check_model_size(raw: Mapping[str, Any], where: str | os.PathLike, *, dtype_bytes: int = 4,

@@ -36,7 +36,7 @@ def load(
       transformers causal LM.
 
     Returns a :class:`interp.hooks.HookedSSM` for state-space models, a :class:`interp.hooks.HookedHybrid` for
-    hybrids (Bamba, Nemotron-H, Jamba, Granite-4.0-H), otherwise a
+    hybrids (Bamba, Nemotron-H, Jamba, Granite-4.0-H, Falcon-H1), otherwise a
     TransformerLens-based :class:`interp.hooks.HookedTransformerModel`. Both share the same API.
     """
     from interp.hooks import HookedSSM
