@@ -364,20 +364,18 @@ class HybridBlock(nn.Module):
 
     def _scaled(self, x: Tensor) -> Tensor:
         """A sublayer's output times ``cfg.residual_multiplier`` (untouched at 1)."""
-        return x if self.residual_multiplier == 1.0 else x * self.residual_multiplier
+        return _times(x, self.residual_multiplier)
 
 
 class HookedHybrid(HookedSSM):
-    """A hybrid (Mamba-2 or Mamba-1 + attention [+ MLP / MoE]) language model whose every hidden state is a TransformerLens
-    hook.
+    """A hybrid (Mamba-2 or Mamba-1 + attention [+ MLP / MoE]) language model whose every hidden state is a
+    TransformerLens hook.
 
     The forward, ``run_with_cache`` / ``run_with_hooks``, ``stop_at_layer`` / ``start_at_layer``, tokens and
     ``generate`` are HookedSSM's; generation carries a :class:`HybridState` (recurrent state on SSM layers, a KV
     cache on attention layers; MLP layers keep nothing). Load with :func:`interp.load` (an in-memory
     ``BambaForCausalLM`` / ``NemotronHForCausalLM`` / ``JambaForCausalLM`` / ``GraniteMoeHybridForCausalLM`` /
-    ``FalconH1ForCausalLM`` or a
-    folder it saved) or
-    :meth:`from_pretrained`.
+    ``Zamba2ForCausalLM`` / ``FalconH1ForCausalLM``, or a folder it saved) or :meth:`from_pretrained`.
     """
 
     def __init__(self, cfg: HybridConfig, tokenizer: object | None = None):
@@ -420,8 +418,8 @@ class HookedHybrid(HookedSSM):
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None) -> "HookedHybrid":
-        """Load a Hugging Face ``BambaForCausalLM`` / ``NemotronHForCausalLM`` checkpoint (hub id or a folder
-        written by ``save_pretrained``), safetensors only, with its tokenizer."""
+        """Load a Hugging Face hybrid checkpoint (``config.json`` model_type in ``HYBRID_MODEL_TYPES``; hub id or a
+        folder written by ``save_pretrained``), safetensors only, with its tokenizer."""
         from transformers import AutoConfig
 
         from . import loading
@@ -442,7 +440,8 @@ class HookedHybrid(HookedSSM):
 
     @classmethod
     def from_hf_model(cls, hf_model: nn.Module, tokenizer: object | None = None) -> "HookedHybrid":
-        """Wrap the weights of an in-memory ``BambaForCausalLM`` / ``NemotronHForCausalLM`` (copied)."""
+        """Wrap the weights of an in-memory Hugging Face hybrid (``BambaForCausalLM``, ``JambaForCausalLM``, ...;
+        copied)."""
         from . import loading
 
         model = cls(HybridConfig.from_hf(hf_model.config), tokenizer=tokenizer)

@@ -154,7 +154,9 @@ def layer_methods(model: Any, method: str) -> list[tuple[int, list[str]]]:
     block's attention, then the SSM mixer)."""
     kinds = layer_kinds(model)
     if method != "auto":
-        _check_some_layer(get_method(method), model, kinds)
+        if method not in MAP_METHODS:
+            get_method(method)  # the ValueError naming the map methods
+        _check_some_layer(MAP_METHODS[method], model, kinds)
     types = getattr(model.cfg, "layer_types", None)
     if not isinstance(types, list):
         return [(layer, [default_method(model) if method == "auto" else method]) for layer in range(len(kinds))]
