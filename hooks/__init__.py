@@ -22,6 +22,7 @@ _LAZY = {
     "CheckpointError": ".loading", "ExistingRunError": ".loading", "UnknownModelError": ".loading",
     "HookedSSM": ".mamba", "SSMState": ".mamba",
     "HookedHybrid": ".hybrid", "HybridState": ".hybrid",
+    "HookedRWKV": ".rwkv", "RWKVState": ".rwkv",
     "HookedTransformerModel": ".transformer",
 }
 

@@ -154,8 +154,9 @@ class InterpActivationCache(ActivationCache):
             parts.append(self["hook_embed"])
             labels.append("embed")
         for l in range(layer):
-            parts.append(self[f"blocks.{l}.hook_mixer_out"])
-            labels.append(f"{l}_mixer_out")
+            for name in self._summands(l):
+                parts.append(self[f"blocks.{l}.hook_{name}"])
+                labels.append(f"{l}_{name}")
         if not parts:
             raise ValueError(f"decompose_resid(layer={layer}, incl_embeds={incl_embeds}): nothing to stack")
         stack = torch.stack([ps.apply(p, dim=-2) for p in parts], dim=0)
@@ -254,10 +255,25 @@ class InterpActivationCache(ActivationCache):
         name = f"blocks.{n - 1}.hook_resid_post" if layer == n else f"blocks.{layer}.hook_resid_pre"
         return ps.apply(self[name], dim=-2)
 
+    def _summands(self, l: int) -> tuple[str, ...]:
+        """What block ``l`` adds to the residual stream, as ``hook_{name}`` names: ``mixer_out`` on an SSM; on a
+        hybrid by ``cfg.layer_types[l]`` (a shared-attention layer adds its SSM mixer's output only, the shared
+        block feeding the mixer's input), and ``mlp_out`` where the block has an MLP sublayer (``hook_resid_mid``)."""
+        types = getattr(self.model.cfg, "layer_types", None)
+        if not isinstance(types, list):
+            return ("mixer_out",)
+        names = _SUMMANDS[types[l]]
+        return names + ("mlp_out",) if f"blocks.{l}.hook_resid_mid" in self.model.hook_dict else names
+
     def _components(self, layer: int, ps: Slice, per_channel: bool, group_size: int | None,
                     project: Tensor | None) -> tuple[Tensor, list[str]]:
         """Mixer components of blocks 0..layer-1: [n, *batch_and_pos, d_model | k] and their labels."""
         cfg = self.model.cfg
+        if isinstance(getattr(cfg, "layer_types", None), list):
+            raise NotImplementedError(
+                "a per-head / per-channel decomposition of a hybrid model (cfg.layer_types) is not available: its "
+                "attention, MLP and MoE sublayers have no components here yet; decompose_resid() splits the "
+                "residual stream per sublayer output (direct_logit_attribution(per_head=False))")
         embed = ps.apply(self["hook_embed"], dim=-2)
         dtype = torch.promote_types(embed.dtype, torch.float32)
         rows: list[Tensor] = []
@@ -279,6 +295,11 @@ class InterpActivationCache(ActivationCache):
             k = cfg.d_model if project is None else project.shape[-1]
             return embed.new_zeros((0, *embed.shape[:-1], k), dtype=dtype), labels
         return torch.cat(rows, dim=0), labels
+
+
+#: a hybrid layer kind (``cfg.layer_types``) -> the hook_{name} outputs its mixer step adds to the residual stream
+_SUMMANDS = {"ssm": ("mixer_out",), "attention": ("attn_out",), "mlp": ("mlp_out",),
+             "parallel": ("mixer_out", "attn_out"), "shared_attention": ("mixer_out",)}
 
 
 def _slice(pos_slice: Any) -> Slice:

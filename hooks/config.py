@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from .deltanet import DeltaNetConfig
 
 Family = Literal["mamba1", "mamba2"]
 
 #: the Hugging Face ``model_type`` values :meth:`SSMConfig.from_hf` reads; FalconMamba is a Mamba-1 mixer with
 #: ``bcdt_rms`` on (its family detail lives in the config, not in the code paths)
 SSM_MODEL_TYPES = ("mamba", "mamba2", "falcon_mamba")
+#: the Hugging Face ``model_type`` values :class:`interp.hooks.rwkv.HookedRWKV` loads (RWKV-4, ``RWKVConfig``)
+RWKV_MODEL_TYPES = ("rwkv",)
 
 UNBOUNDED_CTX = 2**63 - 1  # SSMConfig.n_ctx: a recurrent model has no context limit (the largest int64)
 MAMBA1_GROUP_SIZE = 16  # channels per component of a Mamba-1 mixer's out-projection (SSMConfig.out_groups)
@@ -298,7 +303,7 @@ def is_ssm(model: object) -> bool:
 # hybrids: Mamba mixers interleaved with attention layers
 # --------------------------------------------------------------------------------------------
 #: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
-HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba2", "falcon_h1")
+HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba2", "falcon_h1", "olmo_hybrid")
 
 #: the kinds of layer a hybrid has (``HybridConfig.layer_types``): an SSM mixer, softmax attention, or (as its own
 #: layer, ``mlp_sublayer=False``) an MLP; "shared_attention" (``mlp_sublayer=False``, Zamba2's "hybrid" layers): an
@@ -306,10 +311,12 @@ HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba
 #: (hooks/shared_block.py; ``n_shared_blocks``, ``shared_adapter_rank``)
 #: "parallel" (Falcon-H1's layers, ``mlp_sublayer=True``): an SSM mixer and softmax attention reading the same normed
 #: input, their outputs (each with its multipliers) summed into the residual
-LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel")
+#: "gated_deltanet" (OLMo-Hybrid's "linear_attention" layers): a Gated DeltaNet mixer (hooks/deltanet.py, configured
+#: by ``HybridConfig.delta``), its recurrent state in the decoding state's SSM slots
+LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel", "gated_deltanet")
 #: the layer kinds with an SSM mixer (an entry in a decoding state's conv / ssm lists), and those with attention
 #: keys and values (an entry in its keys / values lists)
-SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel")
+SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel", "gated_deltanet")
 KV_LAYER_KINDS = ("attention", "shared_attention", "parallel")
 
 #: Nemotron-H's ``layers_block_type`` entries (``hybrid_override_pattern`` letters M, *, -) -> our layer kinds;
@@ -340,7 +347,7 @@ class HybridConfig:
     layers (``mlp_sublayer=False``), no rotary embedding, ``mlp_hidden_act`` "relu2" -> a plain MLP; see
     :meth:`from_hf`. The SSM fields (``cfg.H``, ``cfg.d_state``, ``cfg.family``, ...) read ``ssm``'s."""
 
-    ssm: SSMConfig
+    ssm: SSMConfig | None  # None for a hybrid without Mamba layers (OLMo-Hybrid)
     layer_types: list[str]
     d_model: int = 768
     n_layers: int = 24
@@ -391,6 +398,16 @@ class HybridConfig:
     shared_adapter_rank: int = 0
     shared_attn_adapter: bool = False
     shared_mlp_adapter: bool = False
+    # Gated DeltaNet layers ("gated_deltanet", OLMo-Hybrid): their mixer's config (hooks/deltanet.py DeltaNetConfig)
+    delta: "DeltaNetConfig | None" = None
+    # RMSNorm of the attention's q_proj / k_proj outputs before the heads split and the rotary embedding: "none", or
+    # "projection" (one RMS over the whole projection, weights [n_heads·d_head] / [n_kv_heads·d_head]: OLMo-2's and
+    # OLMo-Hybrid's q_norm / k_norm); hook_q / hook_k read the normed values
+    qk_norm: str = "none"
+    # post-norm layers (OLMo-2's layout, OLMo-Hybrid's attention layers): no norm before the sublayers; ln1 normalises
+    # the mixer's output and ln2 the MLP's, before each is added (resid_mid = resid_pre + ln1(mixer(resid_pre)),
+    # resid_post = resid_mid + ln2(mlp(resid_mid))); ln1 / ln2.hook_scale then read the sublayer outputs
+    post_norm_layers: list[int] = field(default_factory=list)
     norm_eps: float = 1e-5
     n_ctx: int = 262144  # HF max_position_embeddings
     tie_embeddings: bool = False
@@ -404,7 +421,7 @@ class HybridConfig:
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention", "parallel")
+        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention", "parallel", "gated_deltanet")
         bad = [t for t in self.layer_types if t not in kinds]
         if bad or len(self.layer_types) != self.n_layers:
             raise ValueError(f"layer_types must list {' or '.join(map(repr, kinds))} for each of the {self.n_layers} "
@@ -427,6 +444,13 @@ class HybridConfig:
                              f"({self.n_key_value_heads})")
         if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.d_head:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head})")
+        if "gated_deltanet" in self.layer_types and self.delta is None:
+            raise ValueError("gated_deltanet layers need delta (a DeltaNetConfig)")
+        if self.qk_norm not in ("none", "projection"):
+            raise ValueError(f"qk_norm must be 'none' or 'projection', got {self.qk_norm!r}")
+        if not all(0 <= i < self.n_layers for i in self.post_norm_layers) or (self.post_norm_layers
+                                                                               and not self.mlp_sublayer):
+            raise ValueError(f"post_norm_layers {self.post_norm_layers} must be layer indices and need mlp_sublayer")
         if self.device is not None:
             self.device = str(self.device)
 
@@ -502,6 +526,8 @@ class HybridConfig:
             return cls._from_zamba2(hf_config)
         if mt == "falcon_h1":
             return cls._from_falcon_h1(hf_config)
+        if mt == "olmo_hybrid":
+            return cls._from_olmo_hybrid(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
@@ -872,6 +898,67 @@ class HybridConfig:
             key_multiplier=float(hf_config.key_multiplier), ssm_in_multiplier=float(hf_config.ssm_in_multiplier),
             ssm_out_multiplier=float(hf_config.ssm_out_multiplier), mlp_gate_multiplier=mlp_mult[0],
             mlp_down_multiplier=mlp_mult[1], norm_eps=eps, n_ctx=int(hf_config.max_position_embeddings),
+            tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
+            eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_olmo_hybrid(cls, hf_config: Any) -> "HybridConfig":
+        """``OlmoHybridConfig`` (HF ``modeling_olmo_hybrid``). ``layer_types`` "linear_attention" -> "gated_deltanet"
+        (``OlmoHybridLinearAttentionDecoderLayer``, pre-norm: resid += GDN(input_layernorm(resid)); resid +=
+        MLP(post_attention_layernorm(resid))), "full_attention" -> "attention" (``OlmoHybridAttentionDecoderLayer``,
+        post-norm as OLMo-2: resid += post_attention_layernorm(attn(resid)); resid +=
+        post_feedforward_layernorm(MLP(resid)); so those layers are ``post_norm_layers``). Read: ``hidden_size``,
+        ``num_hidden_layers``, ``vocab_size``, ``rms_norm_eps`` (every RMSNorm and the attention's q_norm / k_norm;
+        not the GDN's gated norm, whose eps HF fixes at 1e-5), ``hidden_act`` (the GDN conv's activation and the
+        gated MLP's; silu only), ``intermediate_size`` (MLP, no biases). Attention: ``num_attention_heads``,
+        ``num_key_value_heads``, ``head_dim`` (else hidden_size // num_attention_heads), ``attention_bias``, q_norm /
+        k_norm over the whole projections (qk_norm "projection"), scale d_head ** -0.5, ``rope_parameters``: a
+        default rotary embedding on the whole head with its ``rope_theta``, none (NoPE, rotary_dim 0) when
+        ``rope_parameters`` is None or has no ``rope_theta``, as HF builds no rotary embedding then. Gated DeltaNet:
+        ``linear_num_key_heads``, ``linear_num_value_heads``, ``linear_key_head_dim``, ``linear_value_head_dim``,
+        ``linear_conv_kernel_dim``, ``linear_allow_neg_eigval`` (β · 2). ``tie_word_embeddings``,
+        ``max_position_embeddings``, token ids. Refused: ``hidden_act`` other than silu, a ``rope_type`` other than
+        "default", ``layer_types`` entries other than the two. Not read (no effect on the forward):
+        ``linear_a_log_min/max``, ``linear_dt_min/max/init_floor`` (initialisation), ``initializer_range``,
+        ``attention_dropout``, ``use_cache``."""
+        from .deltanet import DeltaNetConfig
+
+        mt = "olmo_hybrid"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        use_rope = rope.get("rope_theta") is not None
+        if use_rope and rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_parameters rope_type {rope.get('rope_type')!r} is not supported "
+                             "(only 'default')")
+        kinds = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
+        types = list(hf_config.layer_types)
+        unknown = sorted({t for t in types if t not in kinds})
+        if unknown:
+            raise ValueError(f"{mt}: layer_types entries {unknown} are not supported (linear_attention, "
+                             "full_attention)")
+        d, n_layers = int(hf_config.hidden_size), int(hf_config.num_hidden_layers)
+        n_heads = int(hf_config.num_attention_heads)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // n_heads)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        delta = DeltaNetConfig(
+            d_model=d, n_k_heads=int(hf_config.linear_num_key_heads), n_v_heads=int(hf_config.linear_num_value_heads),
+            d_k=int(hf_config.linear_key_head_dim), d_v=int(hf_config.linear_value_head_dim),
+            d_conv=int(hf_config.linear_conv_kernel_dim), activation="silu", conv_bias=False,
+            beta_scale=2.0 if hf_config.linear_allow_neg_eigval else 1.0, qk_l2norm=True, gate_norm_eps=1e-5,
+        )
+        layer_types = [kinds[t] for t in types]
+        return cls(
+            ssm=None, layer_types=layer_types, d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            n_heads=n_heads, n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d_head,
+            rotary_dim=d_head if use_rope else 0, rope_theta=float(rope.get("rope_theta") or 10000.0),
+            attn_bias=bool(hf_config.attention_bias), d_mlp=int(hf_config.intermediate_size), mlp_bias=False,
+            act_fn="silu", gated_mlp=True, mlp_sublayer=True, delta=delta, qk_norm="projection",
+            post_norm_layers=[i for i, t in enumerate(layer_types) if t == "attention"],
+            norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
             tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
             eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )

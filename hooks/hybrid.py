@@ -117,6 +117,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d_in, nkv * dh, bias=bias)
         self.v_proj = nn.Linear(d_in, nkv * dh, bias=bias)
         self.o_proj = nn.Linear(nh * dh, cfg.d_model, bias=bias)
+        if cfg.qk_norm == "projection":  # OLMo-2 / OLMo-Hybrid: RMSNorm over the whole q / k projection
+            self.q_norm, self.k_norm = RMSNorm(nh * dh, cfg.norm_eps), RMSNorm(nkv * dh, cfg.norm_eps)
         rd = cfg.rotary_dim
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, rd, 2).float() / rd),
                              persistent=False)
@@ -138,8 +140,10 @@ class Attention(nn.Module):
         forward's keys / values to attention slot ``slot``."""
         cfg = self.cfg
         b, L, _ = x.shape
-        q = self.hook_q(self.q_proj(x).unflatten(-1, (cfg.n_heads, cfg.d_head)))  # [b, L, nh, dh]
+        q = self.q_proj(x) if not hasattr(self, "q_norm") else self.q_norm(self.q_proj(x))
+        q = self.hook_q(q.unflatten(-1, (cfg.n_heads, cfg.d_head)))  # [b, L, nh, dh]
         k = self.k_proj(x) if cfg.key_multiplier == 1.0 else self.k_proj(x) * cfg.key_multiplier  # Falcon-H1
+        k = k if not hasattr(self, "k_norm") else self.k_norm(k)
         k = self.hook_k(k.unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))  # [b, L, nkv, dh]
         v = self.hook_v(self.v_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))
         offset = 0 if state is None else state.offset
@@ -154,10 +158,13 @@ class Attention(nn.Module):
                 v = torch.cat([state.values[slot], v], dim=1)
                 key_mask = torch.cat([state.key_mask[slot], key_mask], dim=1)
                 state.keys[slot], state.values[slot], state.key_mask[slot] = k, v, key_mask
-            else:
+            elif len(state.keys) == slot:  # the first forward fills the slots in layer order
                 state.keys.append(k)
                 state.values.append(v)
                 state.key_mask.append(key_mask)
+            else:
+                raise ValueError(f"attention slot {slot}: the decoding state holds keys for {len(state.keys)} "
+                                 "attention layers only (a state is filled by one forward through every layer)")
         Lk = k.shape[1]
         groups = cfg.n_heads // cfg.n_key_value_heads
         k_rep = k.repeat_interleave(groups, dim=2)  # head h reads KV head h // groups (HF repeat_kv)
@@ -314,8 +321,13 @@ class HybridBlock(nn.Module):
         self.kind, self.slot = kind, slot
         self.hook_resid_pre = HookPoint()
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        if kind in ("ssm", "parallel"):
-            self.ssm = SSMMixer(cfg.ssm)
+        if kind in ("ssm", "parallel", "gated_deltanet"):
+            if kind == "gated_deltanet":  # OLMo-Hybrid's linear-attention layers (hooks/deltanet.py)
+                from .deltanet import GatedDeltaNetMixer
+
+                self.ssm = GatedDeltaNetMixer(cfg.delta)
+            else:
+                self.ssm = SSMMixer(cfg.ssm)
             self.hook_mixer_out = HookPoint()
         if kind in ("attention", "parallel"):
             self.attn = Attention(cfg)
@@ -335,32 +347,34 @@ class HybridBlock(nn.Module):
         if self.mlp_sublayer:
             self.hook_resid_mid = HookPoint()
             self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.post_norm = layer in cfg.post_norm_layers  # OLMo-2's layout: ln1 / ln2 normalise the sublayer outputs
         self.hook_resid_post = HookPoint()
 
     def forward(self, resid: Tensor, layer: int, attention_mask: Tensor | None = None,
                 state_positions: Any = None, state: HybridState | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        h = self.ln1(resid)
+        post = self.post_norm
+        h = resid if post else self.ln1(resid)
         m, (s_in, s_out, a_in, a_out) = self._scaled, self.mults
-        if self.kind in ("ssm", "parallel"):
+        if self.kind in ("ssm", "parallel", "gated_deltanet"):
             mixed = self.ssm(_times(h, s_in), attention_mask=attention_mask, state_positions=state_positions,
                              state=state, layer=self.slot)
-            mixed = self.hook_mixer_out(m(_times(mixed, s_out)))
+            mixed = self.hook_mixer_out(m(_times(self.ln1(mixed) if post else mixed, s_out)))
         if self.kind in ("attention", "parallel"):
             attn = self.attn(_times(h, a_in), attention_mask=attention_mask, state=state, slot=self.kv_slot)
-            attn = self.hook_attn_out(m(_times(attn, a_out)))
+            attn = self.hook_attn_out(m(_times(self.ln1(attn) if post else attn, a_out)))
             mixed = attn if self.kind == "attention" else mixed + attn
         if self.kind == "mlp":
             mixed = self.hook_mlp_out(m(self.mlp(h)))
         if not self.mlp_sublayer:
             return self.hook_resid_post(resid + mixed)
         resid = self.hook_resid_mid(resid + mixed)
-        h = self.ln2(resid)
+        h = resid if post else self.ln2(resid)
         if not hasattr(self, "moe"):
             ffn = self.mlp(h)
         else:  # HF's order: experts + shared MLP
             ffn = self.moe(h) + self.mlp(h) if hasattr(self, "mlp") else self.moe(h)
-        return self.hook_resid_post(resid + self.hook_mlp_out(m(ffn)))
+        return self.hook_resid_post(resid + self.hook_mlp_out(m(self.ln2(ffn) if post else ffn)))
 
     def _scaled(self, x: Tensor) -> Tensor:
         """A sublayer's output times ``cfg.residual_multiplier`` (untouched at 1)."""

@@ -296,6 +296,8 @@ def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor],
         hf_state = _split_granite_shared_mlp(hf_state)
     if cfg.hf_model_type == "zamba2":
         hf_state = _spread_zamba2_shared(hf_state, cfg, source)
+    if cfg.hf_model_type == "olmo_hybrid":
+        hf_state = _join_olmo_hybrid_conv(hf_state)
     load_ssm_state(model, hf_state, source, rules=_HYBRID_WEIGHT_TABLES[cfg.hf_model_type](cfg.layer_types))
 
 
@@ -436,12 +438,52 @@ def _spread_zamba2_shared(state: dict[str, torch.Tensor], cfg: Any, source: str)
     return out
 
 
+def _join_olmo_hybrid_conv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OLMo-Hybrid checkpoints store each Gated DeltaNet's conv as ``q_conv1d`` / ``k_conv1d`` / ``v_conv1d``
+    weights; the in-memory model (and ours) has one ``conv1d`` over concat(q, k, v) (HF's conversion mapping
+    concatenates them on dim 0). Keys already joined pass through."""
+    out, parts = {}, {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.linear_attn)\.([qkv])_conv1d\.weight$", k)
+        if m is None:
+            out[k] = v
+        else:
+            parts.setdefault(m.group(1), {})[m.group(2)] = v
+    for prefix, p in parts.items():
+        if set(p) == {"q", "k", "v"}:
+            out[f"{prefix}.conv1d.weight"] = torch.cat([p["q"], p["k"], p["v"]], dim=0)
+    return out
+
+
+def _olmo_hybrid_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
+    """Hugging Face OLMo-Hybrid -> ours: ``linear_attn`` (the Gated DeltaNet, hooks/deltanet.py; its parameter
+    names are HF's) -> ``ssm``, ``self_attn`` -> ``attn`` (``q_norm`` / ``k_norm`` included), ``mlp`` -> ``mlp``.
+    The norms by the layer's kind: a "gated_deltanet" layer's ``input_layernorm`` / ``post_attention_layernorm``
+    (pre-norms of the mixer / the MLP) -> ``ln1`` / ``ln2``; a post-norm "attention" layer's
+    ``post_attention_layernorm`` / ``post_feedforward_layernorm`` (norms of the attention's / the MLP's output) ->
+    ``ln1`` / ``ln2``. The checkpoints name ``input_layernorm`` / ``post_attention_layernorm``
+    ``attention_layer_norm`` / ``feedforward_layer_norm`` (HF's conversion mapping renames them); both are read.
+    ``model.norm`` -> ``ln_final``; ``mtp.*`` matches nothing and is skipped, as HF skips it."""
+    rules = [(r"^model\.embed_tokens\.weight$", "embed.weight"),
+             (r"^model\.layers\.(\d+)\.linear_attn\.(.+)$", r"blocks.\1.ssm.\2"),
+             (r"^model\.layers\.(\d+)\.self_attn\.(.+)$", r"blocks.\1.attn.\2"),
+             (r"^model\.layers\.(\d+)\.mlp\.(.+)$", r"blocks.\1.mlp.\2"),
+             (r"^model\.norm\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight")]
+    for i, t in enumerate(layer_types):
+        names = ("(?:post_attention_layernorm|feedforward_layer_norm)", "post_feedforward_layernorm") \
+            if t == "attention" else ("(?:input_layernorm|attention_layer_norm)",
+                                      "(?:post_attention_layernorm|feedforward_layer_norm)")
+        rules += [(rf"^model\.layers\.{i}\.{n}\.weight$", f"blocks.{i}.ln{j + 1}.weight") for j, n in enumerate(names)]
+    return rules
+
+
 #: each hybrid ``model_type`` (hooks/config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
 _HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules,
                          "jamba": lambda layer_types: _JAMBA_HF_TO_OURS,
                          "granitemoehybrid": lambda layer_types: _GRANITE_HF_TO_OURS,
                          "zamba2": lambda layer_types: _ZAMBA2_HF_TO_OURS,
-                         "falcon_h1": lambda layer_types: _HYBRID_HF_TO_OURS}  # Falcon-H1 names as Bamba's
+                         "falcon_h1": lambda layer_types: _HYBRID_HF_TO_OURS,  # Falcon-H1 names as Bamba's
+                         "olmo_hybrid": _olmo_hybrid_rules}
 
 
 def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from interp import zoo
-from interp.hooks.config import HYBRID_MODEL_TYPES, SSM_MODEL_TYPES
+from interp.hooks.config import HYBRID_MODEL_TYPES, RWKV_MODEL_TYPES, SSM_MODEL_TYPES
 from interp.locks import warn_if_being_written
 
 SSM_TYPES = SSM_MODEL_TYPES  # the Hugging Face model types HookedSSM loads (interp.hooks.config)
@@ -49,6 +49,10 @@ def load(
             from interp.hooks.hybrid import HookedHybrid
 
             return HookedHybrid.from_hf_model(model, **kwargs).to(device=device, dtype=dtype)
+        if getattr(getattr(model, "config", None), "model_type", None) in RWKV_MODEL_TYPES:
+            from interp.hooks.rwkv import HookedRWKV
+
+            return HookedRWKV.from_hf_model(model, **kwargs).to(device=device, dtype=dtype)
         from interp.hooks.transformer import HookedTransformerModel
 
         return HookedTransformerModel.from_hf_model(model, device=device, dtype=dtype, **kwargs)
@@ -67,6 +71,10 @@ def load(
         from interp.hooks.hybrid import HookedHybrid
 
         return HookedHybrid.from_pretrained(str(folder), device=device, dtype=dtype)
+    if mt in RWKV_MODEL_TYPES:
+        from interp.hooks.rwkv import HookedRWKV
+
+        return HookedRWKV.from_pretrained(str(folder), device=device, dtype=dtype)
     return _load_transformer(str(folder), device, dtype, **kwargs)
 
 

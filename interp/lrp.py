@@ -154,11 +154,18 @@ def lrp_hooks(model: HookedModel) -> list[Hook]:
     gradient × input on it gives LRP relevance. See the module docstring for the rules. The hooks
     share a small capture dict, so use one list for one forward at a time.
     """
-    if is_ssm(model):
+    if _is_rwkv(model):
+        return _rwkv_hooks(model)
+    if is_ssm(model) or _is_hybrid(model):
         return _ssm_hooks(model)
     if hasattr(model, "blocks") and any(n.endswith("attn.hook_pattern") for n in model.hook_dict):
         return _transformer_hooks(model)
     raise TypeError(f"lrp_hooks: unsupported model {type(model).__name__} (HookedSSM or HookedTransformerModel)")
+
+
+def _is_hybrid(model: Any) -> bool:
+    """A HookedHybrid (its config lists ``layer_types``), also one without Mamba layers (OLMo-Hybrid)."""
+    return isinstance(getattr(getattr(model, "cfg", None), "layer_types", None), list) and hasattr(model, "blocks")
 
 
 def _identity_ratio(pre: Tensor, post: Tensor, slope0: float) -> Tensor:
@@ -229,10 +236,38 @@ def _ssm_hooks(model: Any) -> list[Hook]:
         return hooks + [(f"{prefix}.hook_post", mlp_rule(f"{prefix}.hook_pre",
                                                          f"{prefix}.hook_pre_linear" if gated else None, module.act))]
 
+    def delta_v_rule(src: str, cfg: Any) -> Callable[..., Tensor]:
+        def fn(t: Tensor, hook: Any) -> Tensor:  # t = SiLU(conv) v-part [b, pos, H_v, d_v]: identity rule
+            c = store[src][..., 2 * cfg.key_dim:]
+            c = c.to(_compute_dtype(c))
+            return _same_value(t, (c * torch.sigmoid(c).detach()).unflatten(-1, (cfg.n_v_heads, cfg.d_v)))
+
+        return fn
+
+    def delta_gate_rule(y_name: str, z_name: str, mixer: Any) -> Callable[..., Tensor]:
+        def fn(t: Tensor, hook: Any) -> Tensor:  # t = RMSNorm(y) · w · SiLU(z) [b, pos, H_v·d_v]
+            z = store[z_name]
+            z = z.to(_compute_dtype(z)).unflatten(-1, (mixer.cfg.n_v_heads, -1))
+            y = store[y_name].to(z.dtype)
+            yn = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + mixer.cfg.gate_norm_eps).detach()
+            yn = mixer.o_norm.weight.to(y.dtype) * yn  # the norm, 1/rms detached, then the half rule
+            g = z * torch.sigmoid(z).detach()
+            return _same_value(t, (0.5 * (yn * g.detach()) + 0.5 * (yn.detach() * g)).flatten(-2))
+
+        return fn
+
     hooks: list[Hook] = [(n, _detach) for n in model.hook_dict if n.endswith("hook_scale")]  # RMSNorms: linear
     for i, block in enumerate(model.blocks):
         p = f"blocks.{i}"
-        if hasattr(block, "ssm"):
+        if hasattr(block, "ssm") and hasattr(block.ssm, "hook_beta"):  # Gated DeltaNet (hooks/deltanet.py):
+            # β, the decay g and the q / k that set the transition are detached (the map A fixed: linear in v);
+            # identity rule on v's SiLU; the gated RMSNorm with 1/rms detached and the half rule on the gate
+            hooks += [(f"{p}.ssm.hook_{h}", _detach) for h in ("q", "k", "beta", "decay")]
+            hooks += [(f"{p}.ssm.hook_conv", capture), (f"{p}.ssm.hook_v", delta_v_rule(f"{p}.ssm.hook_conv",
+                                                                                        block.ssm.cfg)),
+                      (f"{p}.ssm.hook_y", capture), (f"{p}.ssm.hook_z", capture),
+                      (f"{p}.ssm.hook_gated", delta_gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z", block.ssm))]
+        elif hasattr(block, "ssm"):
             cfg = block.ssm.cfg
             hooks += [
                 (f"{p}.ssm.hook_dt", _detach),
@@ -253,6 +288,54 @@ def _ssm_hooks(model: Any) -> list[Hook]:
             hooks += ffn_hooks(f"{p}.mlp", block.mlp)
         if hasattr(block, "moe"):
             hooks += [(f"{p}.moe.hook_expert_weights", _detach), *ffn_hooks(f"{p}.moe", block.moe)]
+    return hooks
+
+
+def _is_rwkv(model: Any) -> bool:
+    """An RWKV-4 model (:class:`interp.hooks.rwkv.HookedRWKV`)."""
+    return getattr(getattr(model, "cfg", None), "family", None) == "rwkv"
+
+
+def _rwkv_hooks(model: Any) -> list[Hook]:
+    """The rules of a HookedRWKV, block by block: ``ssm.hook_k`` detached (the WKV weights α depend on k, w, u
+    alone, so the layer is then linear in v, as MambaLRP detaches Δ, B, C); the receptance gates sigmoid(r) · wkv
+    (``ssm.hook_gated``) and sigmoid(r) · value (``mlp.hook_gated``) with the gate detached (signal-take-all: the
+    sigmoid is not zero-preserving, so no rule conserves relevance routed into r; the half rule with the identity
+    rule on the sigmoid, r · (σ(r)/r).detach(), blows up near r = 0: Σ|R| up to 7·10⁴ × the logit and conservation
+    errors of 5·10⁻⁴ on tiny random models, against Σ|R| ≈ the logit and < 2·10⁻⁷ detached); relu²
+    (``mlp.hook_post``) by the identity rule; every LayerNorm's ``hook_scale`` detached."""
+    store: dict[str, Tensor] = {}
+
+    def capture(t: Tensor, hook: Any) -> None:
+        store[hook.name] = t
+
+    def gate_rule(r_name: str, y_name: str) -> Callable[..., Tensor]:
+        def fn(t: Tensor, hook: Any) -> Tensor:  # t = sigmoid(r) · y: the gate a constant
+            r = store[r_name]
+            r = r.to(_compute_dtype(r))
+            return _same_value(t, store[y_name].to(r.dtype) * torch.sigmoid(r).detach())
+
+        return fn
+
+    def relu2_rule(pre_name: str) -> Callable[..., Tensor]:
+        def fn(post: Tensor, hook: Any) -> Tensor:
+            pre = store[pre_name]
+            pre = pre.to(_compute_dtype(pre))
+            return _same_value(post, pre * _identity_ratio(pre, torch.relu(pre).square(), 0.0).detach())
+
+        return fn
+
+    hooks: list[Hook] = [(n, _detach) for n in model.hook_dict if n.endswith("hook_scale")]  # LayerNorms: linear
+    for i in range(len(model.blocks)):
+        p = f"blocks.{i}"
+        hooks += [
+            (f"{p}.ssm.hook_k", _detach),
+            (f"{p}.ssm.hook_r", capture), (f"{p}.ssm.hook_y", capture),
+            (f"{p}.ssm.hook_gated", gate_rule(f"{p}.ssm.hook_r", f"{p}.ssm.hook_y")),
+            (f"{p}.mlp.hook_pre", capture), (f"{p}.mlp.hook_post", relu2_rule(f"{p}.mlp.hook_pre")),
+            (f"{p}.mlp.hook_value", capture), (f"{p}.mlp.hook_r", capture),
+            (f"{p}.mlp.hook_gated", gate_rule(f"{p}.mlp.hook_r", f"{p}.mlp.hook_value")),
+        ]
     return hooks
 
 
@@ -292,7 +375,7 @@ def _bias_names(model: Any) -> list[str]:
     names = []
     for name, _ in model.named_parameters():
         last = name.rsplit(".", 1)[-1]
-        if is_ssm(model):  # HookedSSM / HookedHybrid: every ``.bias`` but Mamba-1's dt bias (inside the detached Δ)
+        if is_ssm(model) or _is_hybrid(model) or _is_rwkv(model):  # HookedSSM / HookedHybrid / HookedRWKV: every ``.bias`` but Mamba-1's dt bias (inside the detached Δ)
             if last == "bias" and not name.endswith("dt_proj.bias"):
                 names.append(name)
         elif last == "b" or last.startswith(("b_", "_b_")):

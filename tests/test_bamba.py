@@ -8,16 +8,19 @@ Two tiny random variants: [ssm, attention, ssm] with GQA and HF's default attent
 
 from __future__ import annotations
 
+from functools import partial
 
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
-from interp.attention import interaction_map, ssm_parameters
-from interp.attention.methods import MethodNotApplicable
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
+                           assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
+                           assert_residual_stream_adds_up, assert_rollout_mixes_layers, assert_start_stop_at_layer,
+                           name_has, norm_weight, perturb_parameters, random_tokens, saved_pair, ssm_param_or_bias)
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
 
@@ -44,30 +47,18 @@ def make_hf_bamba(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = BambaForCausalLM(BambaConfig(**BAMBA_CONFIGS[kind]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mamba.D", "conv1d.bias", "dt_bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.2)
-            elif "self_attn" in name:  # peaked patterns, so that positions (the rotary embedding) matter
-                p.normal_(0, 0.4)
-    return model.eval()
+    return perturb_parameters(model, [(ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.2),
+                                      # peaked patterns, so that positions (the rotary embedding) matter
+                                      (name_has("self_attn"), 0, 0.4)])
 
 
 @pytest.fixture(params=list(BAMBA_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF BambaForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = make_hf_bamba(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        _MODELS[request.param] = (hf, interp.load(str(folder)))
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, make_hf_bamba, tmp_path_factory)
 
 
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -108,18 +99,11 @@ def test_layer_types_checked():
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    tokens = _tokens(21, seed=3)
-    with torch.no_grad():
-        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(21, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 def test_rotary_embedding_matters(pair):
@@ -136,48 +120,20 @@ def test_rotary_embedding_matters(pair):
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert torch.isfinite(got).all()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    shapes = ours.hook_shapes(2, 13)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == shapes
-    c = ours.cfg
-    for i, kind in enumerate(c.layer_types):
-        if kind == "attention":
-            assert cache[f"blocks.{i}.attn.hook_q"].shape == (2, 13, c.n_heads, c.d_head)
-            assert cache[f"blocks.{i}.attn.hook_k"].shape == (2, 13, c.n_key_value_heads, c.d_head)
-            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
-            assert f"blocks.{i}.ssm.hook_y" not in cache
-        else:
-            assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
-            assert f"blocks.{i}.attn.hook_pattern" not in cache
-        assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, c.d_mlp)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
+    for i in range(ours.cfg.n_layers):
+        assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, ours.cfg.d_mlp)
 
 
 def test_residual_stream_adds_up(pair):
     """resid_mid = resid_pre + mixer out; resid_post = resid_mid + mlp_out; next resid_pre = resid_post."""
-    _, ours = pair
-    _, cache = ours.run_with_cache(_tokens(13, seed=5))
-    for i, kind in enumerate(ours.cfg.layer_types):
-        out = cache[f"blocks.{i}.hook_{'mixer_out' if kind == 'ssm' else 'attn_out'}"]
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_mid"], cache[f"blocks.{i}.hook_resid_pre"] + out)
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"],
-                                   cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"])
+    assert_residual_stream_adds_up(pair[1], _tokens(13, seed=5))
 
 
 def test_attention_pattern_equals_huggingface_weights(pair):
@@ -208,22 +164,7 @@ def test_hidden_attention_reconstructs_hook_y(pair, L):
 def test_interaction_map_dispatches_on_layer_kind(pair):
     """method="auto" is hidden attention on SSM layers and the softmax pattern on attention layers; each method
     is refused on the other kind of layer."""
-    _, ours = pair
-    tokens = _tokens(13, b=1, seed=10)
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer, kind in enumerate(ours.cfg.layer_types):
-        auto = interaction_map(ours, tokens, layer=layer, aggregate="mean")
-        if kind == "attention":
-            torch.testing.assert_close(auto, cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
-            with pytest.raises(MethodNotApplicable):
-                interaction_map(ours, tokens, layer=layer, method="hidden")
-            with pytest.raises(MethodNotApplicable, match="attention layer"):
-                ssm_parameters(ours, tokens, layer=layer)
-        else:
-            torch.testing.assert_close(auto, interaction_map(ours, tokens, layer=layer, method="hidden",
-                                                             aggregate="mean"))
-            with pytest.raises(MethodNotApplicable):
-                interaction_map(ours, tokens, layer=layer, method="attention")
+    assert_interaction_map_per_layer_kind(pair[1], _tokens(13, b=1, seed=10))
 
 
 # --- decoding with the mixed cache ---------------------------------------------------------------
@@ -235,33 +176,13 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
     """A prefix with state=, then one step per token (recurrent SSM steps, KV-cached attention) == one forward;
     also from decoding_states, and from a copy (the original state is left as it was)."""
-    _, ours = pair
-    tokens = _tokens(14, b=2, seed=12)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)  # a multi-token continuation from the snapshot
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
-        from_states = ours.decoding_states(tokens, [cut])[cut]
-        assert (ours(tokens[:, cut:], state=from_states) - full[:, cut:]).abs().max().item() <= 1e-5
+    assert_continuation_equals_one_forward(pair[1], _tokens(14, b=2, seed=12), cut=cut, state=HybridState())
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
     """A left-padded batch decodes (padding kept out of the attention cache by its key mask, zeroed in the SSM
     layers) the argmax of the full forward over prompt + continuation with the same mask."""
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=13)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=13), pad=3, new=12)
 
 
 def test_lrp_conserves_with_biases_zeroed(pair):

@@ -13,14 +13,20 @@ HF's default multipliers but the mup vector. A third (mamba_rms_norm False: no n
 
 from __future__ import annotations
 
+import functools
+from functools import partial
+
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
-from interp.attention import interaction_map
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
+                           assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
+                           assert_rollout_mixes_layers, assert_start_stop_at_layer, max_logit_error, name_has,
+                           norm_weight, perturb_parameters, random_tokens, saved_pair, ssm_param_or_bias)
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
 
@@ -44,7 +50,6 @@ FALCON_H1_CONFIGS = {
                       ssm_multipliers=[1.3, 0.7, 2.0, 0.5, 1.4], attn_implementation="eager"),
 }
 _MODELS: dict[str, tuple] = {}
-_HF: dict[str, object] = {}
 
 
 def _hf_config(kind: str, **changes):
@@ -60,51 +65,21 @@ def make_hf_falcon_h1(kind: str, seed: int = 0, **changes):
 
     torch.manual_seed(seed)
     model = FalconH1ForCausalLM(_hf_config(kind, **changes))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mamba.D", "conv1d.bias", "dt_bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.2)
-            elif "self_attn" in name:  # peaked patterns, so that positions (the rotary embedding) matter
-                p.normal_(0, 0.25)
-            elif "mamba.in_proj" in name:  # y of O(10): fp32 keeps the exactness checks' 1e-5
-                p.normal_(0, 0.1)
-            elif "feed_forward" in name or "mamba" in name:
-                p.normal_(0, 0.2)
-            elif "embed_tokens" in name or "lm_head" in name:
-                p.normal_(0, 1.0)
-    return model.eval()
+    return perturb_parameters(model, [
+        (ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.2),
+        (name_has("self_attn"), 0, 0.25),  # peaked patterns, so that positions (the rotary embedding) matter
+        (name_has("mamba.in_proj"), 0, 0.1),  # y of O(10): fp32 keeps the exactness checks' 1e-5
+        (name_has("feed_forward", "mamba"), 0, 0.2), (name_has("embed_tokens", "lm_head"), 0, 1.0)])
 
 
 @pytest.fixture(params=list(FALCON_H1_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF FalconH1ForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = _hf(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        _MODELS[request.param] = (hf, interp.load(str(folder)))
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, _hf, tmp_path_factory)
 
 
-def _hf(kind: str):
-    """The HF model of variant ``kind``, built once."""
-    if kind not in _HF:
-        _HF[kind] = make_hf_falcon_h1(kind)
-    return _HF[kind]
-
-
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
-
-
-def _err(model, hf, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> float:
-    with torch.no_grad():
-        got, ref = model(tokens, attention_mask=attention_mask), hf(tokens, attention_mask=attention_mask).logits
-    real = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    assert torch.isfinite(got).all()
-    return (got[real] - ref[real]).abs().max().item()
+_hf = functools.cache(make_hf_falcon_h1)  # the HF model of variant ``kind``, built once
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -184,18 +159,12 @@ def test_mixer_knobs_checked_and_default_off():
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        ref = hf(tokens).logits
-    assert ref.abs().max().item() > 0.5  # the comparison is not between near-zero logits
-    assert _err(ours, hf, tokens) <= TOL
+    # min_scale: the comparison is not between near-zero logits
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL, min_scale=0.5)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    assert _err(mem, hf, _tokens(21, seed=3)) <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(21, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 @pytest.mark.parametrize("L", [8, 13])
@@ -206,17 +175,13 @@ def test_no_gate_norm_variant_matches_huggingface(tmp_path, L):
     hf.save_pretrained(tmp_path)
     ours = interp.load(str(tmp_path))
     assert ours.cfg.ssm.gate_norm == "none" and not hasattr(ours.blocks[0].ssm, "norm")
-    assert _err(ours, hf, _tokens(L, seed=L)) <= TOL
+    assert max_logit_error(ours, hf, _tokens(L, seed=L)) <= TOL
     assert_lrp_conserves(ours, _tokens(16, b=1, seed=7))
 
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    assert _err(ours, hf, tokens, mask) <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 def test_each_multiplier_matters():
@@ -262,13 +227,13 @@ def test_each_multiplier_matters():
         for block in m.blocks:
             block.ssm.norm.before_gate = False
 
-    assert _err(interp.load(hf), hf, tokens) <= TOL
+    assert max_logit_error(interp.load(hf), hf, tokens) <= TOL
     changes = [drop_embedding, drop_logits, drop_key, norm_after_gate, *map(block_mult, range(4)),
                *map(mup, range(5)), mlp("gate_multiplier"), mlp("down_multiplier")]
     for change in changes:
         mem = interp.load(hf)
         change(mem)
-        assert _err(mem, hf, tokens) > 10 * TOL, change.__name__
+        assert max_logit_error(mem, hf, tokens) > 10 * TOL, change.__name__
 
 
 def test_rotary_embedding_matters():
@@ -276,24 +241,18 @@ def test_rotary_embedding_matters():
     mem = interp.load(hf)
     for block in mem.blocks:
         block.attn.inv_freq.zero_()
-    assert _err(mem, hf, _tokens(13, seed=2)) > 1e-3
+    assert max_logit_error(mem, hf, _tokens(13, seed=2)) > 1e-3
 
 
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == ours.hook_shapes(2, 13)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
     c = ours.cfg
     ssm_names = {n.split(".ssm.")[1] for n in ours.hook_dict if n.startswith("blocks.0.ssm.")}
     assert ssm_names == {f"hook_{h}" for h in ("in", "x", "z", "conv", "u", "dt", "B", "C", "state", "y", "gated",
                                                "out")}  # exactly a pure SSM's mixer hooks
     for i in range(c.n_layers):
-        assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
-        assert cache[f"blocks.{i}.attn.hook_k"].shape == (2, 13, c.n_key_value_heads, c.d_head)
-        assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
         assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, c.d_mlp)
         for name in ("hook_mixer_out", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
             assert cache[f"blocks.{i}.{name}"].shape == (2, 13, c.d_model)
@@ -372,14 +331,8 @@ def test_interaction_map_on_a_parallel_layer(pair):
     """A parallel layer has both maps: method="auto" is hidden attention (its SSM's), method="attention" the
     head-mean softmax pattern of its attention."""
     _, ours = pair
-    tokens = _tokens(13, b=1, seed=16)
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer in range(ours.cfg.n_layers):
-        auto = interaction_map(ours, tokens, layer=layer, aggregate="mean")
-        torch.testing.assert_close(auto, interaction_map(ours, tokens, layer=layer, method="hidden", aggregate="mean"))
-        pattern = interaction_map(ours, tokens, layer=layer, method="attention", aggregate="mean")
-        torch.testing.assert_close(pattern, cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
-        assert (pattern - auto).abs().max().item() > 1e-3  # two different maps
+    assert ours.cfg.layer_types == ["parallel"] * ours.cfg.n_layers  # the check's parallel case: maps that differ
+    assert_interaction_map_per_layer_kind(ours, _tokens(13, b=1, seed=16))
 
 
 def test_rollout_sums_both_maps_of_a_parallel_layer(pair):
@@ -401,26 +354,9 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 @pytest.mark.parametrize("cut", [5, 9])
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
     _, ours = pair
-    tokens = _tokens(14, b=2, seed=14)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        assert len(state.ssm) == len(state.keys) == ours.cfg.n_layers  # each parallel layer has both caches
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+    state = assert_continuation_equals_one_forward(ours, _tokens(14, b=2, seed=14), cut=cut, state=HybridState())
+    assert len(state.ssm) == len(state.keys) == ours.cfg.n_layers  # each parallel layer has both caches
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=15)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=15), pad=3, new=12)

@@ -8,6 +8,7 @@ the model dtype (residual_in_fp32=False)."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ import torch.nn.functional as F
 
 import interp
 from conftest import FALCON_MAMBA_CONFIGS, make_hf_ssm
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_rescan_exact)
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_rescan_exact, random_tokens, saved_pair)
 from interp.attention import hidden_attention, reconstruct_y
 from interp.hooks import CheckpointError, HookedSSM, SSMConfig
 from interp.hooks.loading import estimate_parameters
@@ -31,19 +33,15 @@ _MODELS: dict[str, tuple] = {}
 
 @pytest.fixture(params=KINDS)
 def pair(request, tmp_path_factory):
-    """(HF FalconMambaForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = make_hf_ssm(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        ours = interp.load(str(folder))
-        ours.cfg.chunk_size = CHUNK
-        _MODELS[request.param] = (hf, ours)
-    return _MODELS[request.param]
+    """(HF FalconMambaForCausalLM, ours loaded from its save_pretrained folder, scan chunk size CHUNK)."""
+    return saved_pair(_MODELS, request.param, make_hf_ssm, tmp_path_factory, prepare=_set_chunk_size)
 
 
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+def _set_chunk_size(ours) -> None:
+    ours.cfg.chunk_size = CHUNK
+
+
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -88,9 +86,7 @@ def test_size_estimate_covers_the_model(pair, tmp_path):
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL)
 
 
 def test_norms_matter():
@@ -106,24 +102,14 @@ def test_norms_matter():
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 def test_in_memory_model_equals_folder(pair):
     hf, ours = pair
     mem = interp.load(hf)
     assert mem.cfg.bcdt_rms and mem.cfg.mixer_rms_eps == hf.config.mixer_rms_eps
-    tokens = _tokens(21)
-    with torch.no_grad():
-        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_logits_match_hf(hf, mem, _tokens(21), tol=TOL)
 
 
 def test_hooks_show_huggingface_normed_values(pair):
@@ -189,14 +175,7 @@ def test_continuing_from_a_state_equals_one_forward(pair, cut):
     """Prefix with state=, then one recurrent step per token (the norms in ``_step`` too) == the full forward."""
     from interp.hooks.mamba import SSMState
 
-    _, ours = pair
-    tokens = _tokens(14, b=2, seed=9)
-    state = SSMState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-    assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
+    assert_continuation_equals_one_forward(pair[1], _tokens(14, b=2, seed=9), cut=cut, state=SSMState())
 
 
 def test_state_patch_equals_sequential_rescan(pair):

@@ -11,15 +11,21 @@ eager attention, HF's default multipliers (attention_multiplier 1, not d_head **
 
 from __future__ import annotations
 
+import functools
+from functools import partial
+
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
-from interp.attention import interaction_map
-from interp.attention.methods import MethodNotApplicable
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
+                           assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
+                           assert_residual_stream_adds_up, assert_rollout_mixes_layers, assert_start_stop_at_layer,
+                           max_logit_error, name_has, norm_weight, perturb_parameters, random_tokens, saved_pair,
+                           ssm_param_or_bias)
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
 
@@ -43,7 +49,6 @@ GRANITE_CONFIGS = {
                           rms_norm_eps=1e-5, attn_implementation="eager"),
 }
 _MODELS: dict[str, tuple] = {}
-_HF: dict[str, object] = {}
 
 
 def _hf_config(kind: str, **changes):
@@ -60,48 +65,23 @@ def make_hf_granite(kind: str, seed: int = 0):
     torch.manual_seed(seed)
     model = GraniteMoeHybridForCausalLM(_hf_config(kind))
     scale = model.config.attention_multiplier
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mamba.D", "conv1d.bias", "dt_bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.2)
-            elif "self_attn" in name:  # peaked patterns, so that positions (the rotary embedding) matter; the
-                p.normal_(0, 0.4 if scale < 1 else 0.2)  # dense variant's q·k is scaled by 1, not d_head ** -0.5
-            elif "router" in name:  # routing that differs from token to token
-                p.normal_(0, 1.0)
-            elif "experts" in name or "shared_mlp" in name:
-                p.normal_(0, 0.2)
-            elif "embed_tokens" in name or "lm_head" in name:
-                p.normal_(0, 1.0)
-    return model.eval()
+    return perturb_parameters(model, [
+        (ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.2),
+        # peaked patterns, so that positions (the rotary embedding) matter; the dense variant's q·k is scaled by 1,
+        # not d_head ** -0.5
+        (name_has("self_attn"), 0, 0.4 if scale < 1 else 0.2),
+        (name_has("router"), 0, 1.0),  # routing that differs from token to token
+        (name_has("experts", "shared_mlp"), 0, 0.2), (name_has("embed_tokens", "lm_head"), 0, 1.0)])
 
 
 @pytest.fixture(params=list(GRANITE_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF GraniteMoeHybridForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = _hf(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        _MODELS[request.param] = (hf, interp.load(str(folder)))
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, _hf, tmp_path_factory)
 
 
-def _hf(kind: str):
-    """The HF model of variant ``kind``, built once."""
-    if kind not in _HF:
-        _HF[kind] = make_hf_granite(kind)
-    return _HF[kind]
-
-
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
-
-
-def _err(model, hf, tokens: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(tokens) - hf(tokens).logits).abs().max().item()
+_hf = functools.cache(make_hf_granite)  # the HF model of variant ``kind``, built once
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -182,18 +162,12 @@ def test_multipliers_default_to_no_ops():
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        ref = hf(tokens).logits
-    assert ref.abs().max().item() > 0.5  # the comparison is not between near-zero logits
-    assert _err(ours, hf, tokens) <= TOL
+    # min_scale: the comparison is not between near-zero logits
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL, min_scale=0.5)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    assert _err(mem, hf, _tokens(21, seed=3)) <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(21, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 def test_each_multiplier_matters():
@@ -224,12 +198,12 @@ def test_each_multiplier_matters():
         for block in m.blocks:
             del block.mlp
 
-    assert _err(interp.load(hf), hf, tokens) <= TOL
+    assert max_logit_error(interp.load(hf), hf, tokens) <= TOL
     for change in (drop_embedding, drop_residual, drop_attention_scale, drop_logits_scale, unnormalised_routing,
                    no_shared_mlp):
         mem = interp.load(hf)
         change(mem)
-        assert _err(mem, hf, tokens) > 10 * TOL, change.__name__
+        assert max_logit_error(mem, hf, tokens) > 10 * TOL, change.__name__
 
 
 def test_rotary_embedding_matters():
@@ -238,37 +212,20 @@ def test_rotary_embedding_matters():
     for block in mem.blocks:
         if block.kind == "attention":
             block.attn.inv_freq.zero_()
-    assert _err(mem, hf, _tokens(13, seed=2)) > 1e-3
+    assert max_logit_error(mem, hf, _tokens(13, seed=2)) > 1e-3
 
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert torch.isfinite(got).all()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == ours.hook_shapes(2, 13)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
     c = ours.cfg
-    for i, kind in enumerate(c.layer_types):
-        if kind == "attention":
-            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
-            assert f"blocks.{i}.ssm.hook_y" not in cache
-        else:
-            assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
+    for i in range(c.n_layers):
         assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, c.d_mlp)
         if i in c.moe_layers:
             assert cache[f"blocks.{i}.moe.hook_router_logits"].shape == (2, 13, c.n_experts)
@@ -290,14 +247,10 @@ def test_residual_stream_adds_up(pair):
     """hook_mixer_out / hook_attn_out / hook_mlp_out are what the residual stream adds (residual multiplier
     included), so resid_mid and resid_post are exact sums of them."""
     _, ours = pair
-    _, cache = ours.run_with_cache(_tokens(13, seed=5))
-    for i, kind in enumerate(ours.cfg.layer_types):
-        out = cache[f"blocks.{i}.hook_{'mixer_out' if kind == 'ssm' else 'attn_out'}"]
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_mid"], cache[f"blocks.{i}.hook_resid_pre"] + out)
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"],
-                                   cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"])
-        if kind == "ssm":
-            torch.testing.assert_close(out, ours.cfg.residual_multiplier * cache[f"blocks.{i}.ssm.hook_out"])
+    cache = assert_residual_stream_adds_up(ours, _tokens(13, seed=5))
+    for i in ours.cfg.ssm_layers:
+        torch.testing.assert_close(cache[f"blocks.{i}.hook_mixer_out"],
+                                   ours.cfg.residual_multiplier * cache[f"blocks.{i}.ssm.hook_out"])
 
 
 def test_shared_mlp_router_and_experts_equal_huggingface(pair):
@@ -381,18 +334,7 @@ def test_hidden_attention_reconstructs_hook_y(pair, L):
 
 def test_interaction_map_dispatches_on_layer_kind(pair):
     """method="auto" is hidden attention on the SSM layers and the softmax pattern on attention layers."""
-    _, ours = pair
-    tokens = _tokens(13, b=1, seed=16)
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer, kind in enumerate(ours.cfg.layer_types):
-        auto = interaction_map(ours, tokens, layer=layer, aggregate="mean")
-        if kind == "attention":
-            torch.testing.assert_close(auto, cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
-            with pytest.raises(MethodNotApplicable):
-                interaction_map(ours, tokens, layer=layer, method="hidden")
-        else:
-            torch.testing.assert_close(auto, interaction_map(ours, tokens, layer=layer, method="hidden",
-                                                             aggregate="mean"))
+    assert_interaction_map_per_layer_kind(pair[1], _tokens(13, b=1, seed=16))
 
 
 # --- decoding with the mixed cache ---------------------------------------------------------------
@@ -402,29 +344,11 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 
 @pytest.mark.parametrize("cut", [5, 9])
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
-    _, ours = pair
-    tokens = _tokens(14, b=2, seed=14)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+    assert_continuation_equals_one_forward(pair[1], _tokens(14, b=2, seed=14), cut=cut, state=HybridState())
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=15)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=15), pad=3, new=12)
 
 
 def test_lrp_conserves_with_biases_zeroed(pair):

@@ -9,15 +9,19 @@ d_conv 3, top-1 routing of 3 experts, eager attention."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
-from interp.attention import interaction_map
-from interp.attention.methods import MethodNotApplicable
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
+                           assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
+                           assert_residual_stream_adds_up, assert_rollout_mixes_layers, assert_start_stop_at_layer,
+                           name_has, norm_weight, perturb_parameters, random_tokens, saved_pair, ssm_param_or_bias)
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
 
@@ -45,36 +49,23 @@ def make_hf_jamba(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = JambaForCausalLM(JambaConfig(**JAMBA_CONFIGS[kind]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mamba.D", "conv1d.bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.3)
-            elif "self_attn" in name:  # peaked patterns
-                p.normal_(0, 0.4)
-            elif "router" in name:  # routing that differs from token to token
-                p.normal_(0, 1.0)
-            elif "experts" in name:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return perturb_parameters(model, [(ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.3),
+                                      (name_has("self_attn"), 0, 0.4),  # peaked patterns
+                                      (name_has("router"), 0, 1.0),  # routing that differs from token to token
+                                      (name_has("experts"), 0, 0.2)])
 
 
 @pytest.fixture(params=list(JAMBA_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF JambaForCausalLM, ours loaded from its save_pretrained folder, scan chunk size CHUNK)."""
-    if request.param not in _MODELS:
-        hf = make_hf_jamba(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        ours = interp.load(str(folder))
-        ours.cfg.ssm.chunk_size = CHUNK  # the mixers share the config object
-        _MODELS[request.param] = (hf, ours)
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, make_hf_jamba, tmp_path_factory, prepare=_set_chunk_size)
 
 
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+def _set_chunk_size(ours) -> None:
+    ours.cfg.ssm.chunk_size = CHUNK  # the mixers share the config object
+
+
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -120,18 +111,11 @@ def test_moe_config_checked():
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    tokens = _tokens(21, seed=3)
-    with torch.no_grad():
-        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(21, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 def test_weighted_bcdt_norms_matter(pair):
@@ -150,32 +134,15 @@ def test_weighted_bcdt_norms_matter(pair):
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert torch.isfinite(got).all()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == ours.hook_shapes(2, 13)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
     c = ours.cfg
-    for i, kind in enumerate(c.layer_types):
-        if kind == "attention":
-            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
-            assert f"blocks.{i}.ssm.hook_y" not in cache
-        else:
-            assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
+    for i in range(c.n_layers):
         if i in c.moe_layers:
             assert cache[f"blocks.{i}.moe.hook_router_logits"].shape == (2, 13, c.n_experts)
             assert cache[f"blocks.{i}.moe.hook_expert_weights"].shape == (2, 13, c.n_experts_per_tok)
@@ -185,13 +152,7 @@ def test_run_with_cache_returns_every_hook(pair):
 
 
 def test_residual_stream_adds_up(pair):
-    _, ours = pair
-    _, cache = ours.run_with_cache(_tokens(13, seed=5))
-    for i, kind in enumerate(ours.cfg.layer_types):
-        out = cache[f"blocks.{i}.hook_{'mixer_out' if kind == 'ssm' else 'attn_out'}"]
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_mid"], cache[f"blocks.{i}.hook_resid_pre"] + out)
-        torch.testing.assert_close(cache[f"blocks.{i}.hook_resid_post"],
-                                   cache[f"blocks.{i}.hook_resid_mid"] + cache[f"blocks.{i}.hook_mlp_out"])
+    assert_residual_stream_adds_up(pair[1], _tokens(13, seed=5))
 
 
 def test_router_and_moe_output_equal_huggingface(pair):
@@ -294,18 +255,7 @@ def test_hidden_attention_reconstructs_hook_y(pair, L):
 
 def test_interaction_map_dispatches_on_layer_kind(pair):
     """method="auto" is hidden attention on the (Mamba-1) SSM layers and the softmax pattern on attention layers."""
-    _, ours = pair
-    tokens = _tokens(13, b=1, seed=16)
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer, kind in enumerate(ours.cfg.layer_types):
-        auto = interaction_map(ours, tokens, layer=layer, aggregate="mean")
-        if kind == "attention":
-            torch.testing.assert_close(auto, cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
-            with pytest.raises(MethodNotApplicable):
-                interaction_map(ours, tokens, layer=layer, method="hidden")
-        else:
-            torch.testing.assert_close(auto, interaction_map(ours, tokens, layer=layer, method="hidden",
-                                                             aggregate="mean"))
+    assert_interaction_map_per_layer_kind(pair[1], _tokens(13, b=1, seed=16))
 
 
 # --- decoding with the mixed cache ---------------------------------------------------------------
@@ -315,29 +265,11 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 
 @pytest.mark.parametrize("cut", [5, 9])
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
-    _, ours = pair
-    tokens = _tokens(14, b=2, seed=14)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+    assert_continuation_equals_one_forward(pair[1], _tokens(14, b=2, seed=14), cut=cut, state=HybridState())
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=15)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=15), pad=3, new=12)
 
 
 def test_lrp_conserves_with_biases_zeroed(pair):

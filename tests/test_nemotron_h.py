@@ -9,13 +9,19 @@ and MLP, n_groups 1, d_conv 3, eager attention, silu MLP)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_left_padded_generation_matches,
+                           assert_logits_match_hf, assert_lrp_conserves, assert_padded_batch_matches_hf,
                            assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
+                           assert_start_stop_at_layer, name_ends, norm_weight, perturb_parameters, random_tokens,
+                           saved_pair, ssm_param_or_bias)
 from interp.attention import ssm_parameters
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
@@ -42,32 +48,19 @@ def make_hf_nemotron_h(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = NemotronHForCausalLM(NemotronHConfig(**NEMOTRON_CONFIGS[kind]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mixer.D", "conv1d.bias", "dt_bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.2)
-            elif name.endswith(("q_proj.weight", "k_proj.weight")):  # peaked patterns
-                p.normal_(0, 0.4)
-            elif name.endswith(("embeddings.weight", "lm_head.weight")):  # logits of order 1
-                p.normal_(0, 0.3)
-    return model.eval()
+    return perturb_parameters(model, [(ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.2),
+                                      (name_ends("q_proj.weight", "k_proj.weight"), 0, 0.4),  # peaked patterns
+                                      # logits of order 1
+                                      (name_ends("embeddings.weight", "lm_head.weight"), 0, 0.3)])
 
 
 @pytest.fixture(params=list(NEMOTRON_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF NemotronHForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = make_hf_nemotron_h(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        _MODELS[request.param] = (hf, interp.load(str(folder)))
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, make_hf_nemotron_h, tmp_path_factory)
 
 
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+_tokens = partial(random_tokens, V)
 
 
 _KINDS = {"linear_attention": "ssm", "full_attention": "attention", "mlp": "mlp"}
@@ -130,20 +123,12 @@ def test_checkpoint_weight_names_load(pair):
 @pytest.mark.parametrize("L", [8, 13, 24])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        ref = hf(tokens).logits
-        assert ref.abs().max().item() > 0.3  # logits large enough for the tolerance to mean something
-        assert (ours(tokens) - ref).abs().max().item() <= TOL
+    # logits large enough (> 0.3) for the tolerance to mean something
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL, min_scale=0.3)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    tokens = _tokens(21, seed=3)
-    with torch.no_grad():
-        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(21, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 def test_parity_detects_a_wrong_activation_and_norm_grouping(pair):
@@ -166,37 +151,21 @@ def test_parity_detects_a_wrong_activation_and_norm_grouping(pair):
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert torch.isfinite(got).all()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == ours.hook_shapes(2, 13)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
     c = ours.cfg
     for i, kind in enumerate(c.layer_types):
         names = {n for n in cache if n.startswith(f"blocks.{i}.")}
         assert {f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_resid_post", f"blocks.{i}.ln1.hook_scale"} <= names
         assert f"blocks.{i}.hook_resid_mid" not in names
         if kind == "ssm":
-            assert cache[f"blocks.{i}.ssm.hook_y"].shape == (2, 13, c.H, c.P)
             assert not any(".attn." in n or ".mlp." in n for n in names)
         elif kind == "attention":
-            assert cache[f"blocks.{i}.attn.hook_q"].shape == (2, 13, c.n_heads, c.d_head)
-            assert cache[f"blocks.{i}.attn.hook_k"].shape == (2, 13, c.n_key_value_heads, c.d_head)
-            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
             # no positional embedding: the "rotated" queries and keys are the projections
             assert torch.equal(cache[f"blocks.{i}.attn.hook_rot_q"], cache[f"blocks.{i}.attn.hook_q"])
             assert not any(".ssm." in n or ".mlp." in n for n in names)
@@ -255,29 +224,11 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
     """A prefix with state=, then one step per token (recurrent SSM steps, KV-cached attention, position-wise MLP
     layers) == one forward; also from a copy of the state."""
-    _, ours = pair
-    tokens = _tokens(14, b=2, seed=12)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+    assert_continuation_equals_one_forward(pair[1], _tokens(14, b=2, seed=12), cut=cut, state=HybridState())
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=13)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=13), pad=3, new=12)
 
 
 def test_maps_on_an_mlp_layer_are_refused_clearly(pair):

@@ -10,13 +10,19 @@ rotary, eager attention. HF leaves the shared blocks untied with tie_word_embedd
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 import interp
-from family_checks import (assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_lrp_conserves,
-                           assert_pattern_equals_hf, assert_rescan_exact, assert_rollout_mixes_layers,
-                           assert_start_stop_at_layer)
+from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
+                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+                           assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
+                           assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
+                           assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
+                           assert_rollout_mixes_layers, assert_start_stop_at_layer, name_has, norm_weight,
+                           perturb_parameters, random_tokens, saved_pair, ssm_param_or_bias)
 from interp.attention import interaction_map
 from interp.hooks import HookedHybrid, HybridConfig
 from interp.hooks.hybrid import HybridState
@@ -48,32 +54,19 @@ def make_hf_zamba2(kind: str, seed: int = 0):
 
     torch.manual_seed(seed)
     model = Zamba2ForCausalLM(Zamba2Config(**ZAMBA2_CONFIGS[kind]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("mamba.D", "conv1d.bias")) or (name.endswith("bias") and p.dim() == 1):
-                p.normal_(0, 0.5)
-            elif "norm" in name and name.endswith("weight"):
-                p.normal_(1, 0.3)
-            elif "self_attn" in name:  # patterns far from uniform, adapters that matter
-                p.normal_(0, 0.15)
-            elif "shared_transformer" in name or name.endswith("linear.weight"):
-                p.normal_(0, 0.2)
-    return model.eval()
+    return perturb_parameters(model, [(ssm_param_or_bias, 0, 0.5), (norm_weight, 1, 0.3),
+                                      (name_has("self_attn"), 0, 0.15),  # patterns far from uniform, adapters
+                                      (lambda name, p: "shared_transformer" in name or name.endswith("linear.weight"),
+                                       0, 0.2)])
 
 
 @pytest.fixture(params=list(ZAMBA2_CONFIGS))
 def pair(request, tmp_path_factory):
     """(HF Zamba2ForCausalLM, ours loaded from its save_pretrained folder)."""
-    if request.param not in _MODELS:
-        hf = make_hf_zamba2(request.param)
-        folder = tmp_path_factory.mktemp(request.param)
-        hf.save_pretrained(folder)
-        _MODELS[request.param] = (hf, interp.load(str(folder)))
-    return _MODELS[request.param]
+    return saved_pair(_MODELS, request.param, make_hf_zamba2, tmp_path_factory)
 
 
-def _tokens(L: int, b: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, V, (b, L), generator=torch.Generator().manual_seed(seed))
+_tokens = partial(random_tokens, V)
 
 
 # --- loading and config -------------------------------------------------------------------------
@@ -146,32 +139,16 @@ def test_untied_shared_blocks_refused():
 @pytest.mark.parametrize("L", [8, 13, 16, 21])
 def test_logits_match_huggingface(pair, L):
     hf, ours = pair
-    tokens = _tokens(L, seed=L)
-    with torch.no_grad():
-        assert (ours(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_logits_match_hf(hf, ours, _tokens(L, seed=L), tol=TOL)
 
 
 def test_in_memory_model_equals_huggingface(pair):
-    hf, _ = pair
-    mem = interp.load(hf)
-    assert isinstance(mem, HookedHybrid)
-    tokens = _tokens(13, seed=3)
-    with torch.no_grad():
-        assert (mem(tokens) - hf(tokens).logits).abs().max().item() <= TOL
+    assert_in_memory_model_matches_hf(pair[0], _tokens(13, seed=3), kind=HookedHybrid, tol=TOL)
 
 
 def test_padded_batch_matches_huggingface(pair):
     hf, ours = pair
-    tokens = _tokens(13, b=3, seed=1)
-    mask = torch.ones_like(tokens)
-    mask[0, :4] = 0  # left padding
-    mask[1, :1] = 0
-    with torch.no_grad():
-        ref = hf(tokens, attention_mask=mask).logits
-        got = ours(tokens, attention_mask=mask)
-    real = mask.bool()
-    assert torch.isfinite(got).all()
-    assert (got[real] - ref[real]).abs().max().item() <= TOL
+    assert_padded_batch_matches_hf(hf, ours, _tokens(13, b=3, seed=1), tol=TOL)
 
 
 def test_adapters_and_shared_projection_matter(pair):
@@ -237,10 +214,7 @@ def test_shared_weights_are_one_tensor(pair):
 # --- hooks ---------------------------------------------------------------------------------------
 def test_run_with_cache_returns_every_hook(pair):
     _, ours = pair
-    tokens = _tokens(13, seed=4)
-    _, cache = ours.run_with_cache(tokens)
-    assert set(cache.keys()) == set(ours.hook_dict)
-    assert {n: tuple(t.shape) for n, t in cache.items()} == ours.hook_shapes(2, 13)
+    cache = assert_hooks_fire_with_shapes(ours, _tokens(13, seed=4))
     c = ours.cfg
     d = c.d_model
     for i, kind in enumerate(c.layer_types):
@@ -248,8 +222,6 @@ def test_run_with_cache_returns_every_hook(pair):
         if kind == "shared_attention":
             assert cache[f"blocks.{i}.hook_shared_in"].shape == (2, 13, 2 * d)
             assert cache[f"blocks.{i}.ln_attn.hook_normalized"].shape == (2, 13, 2 * d)
-            assert cache[f"blocks.{i}.attn.hook_q"].shape == (2, 13, c.n_heads, c.d_head)
-            assert cache[f"blocks.{i}.attn.hook_pattern"].shape == (2, c.n_heads, 13, 13)
             for name in ("hook_attn_out", "hook_mlp_out", "hook_shared_out"):
                 assert cache[f"blocks.{i}.{name}"].shape == (2, 13, d)
             assert cache[f"blocks.{i}.mlp.hook_post"].shape == (2, 13, c.d_mlp)
@@ -318,14 +290,9 @@ def test_interaction_map_is_hidden_attention_on_every_layer(pair):
     """Every Zamba2 layer's mixer is an SSM: method "auto" is its hidden attention, shared-attention layers too."""
     _, ours = pair
     tokens = _tokens(13, b=1, seed=16)
-    for layer in range(ours.cfg.n_layers):
-        torch.testing.assert_close(interaction_map(ours, tokens, layer=layer, aggregate="mean"),
-                                   interaction_map(ours, tokens, layer=layer, method="hidden", aggregate="mean"))
-    # the shared block's softmax pattern is the map of method "attention" on shared-attention layers only
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("attn.hook_pattern"))
-    for layer in ours.cfg.shared_attention_layers:
-        torch.testing.assert_close(interaction_map(ours, tokens, layer=layer, method="attention", aggregate="mean"),
-                                   cache[f"blocks.{layer}.attn.hook_pattern"].mean(1))
+    # on shared-attention layers too; the shared block's softmax pattern is the map of method "attention" on
+    # shared-attention layers only
+    assert_interaction_map_per_layer_kind(ours, tokens)
     plain = [i for i, t in enumerate(ours.cfg.layer_types) if t == "ssm"]
     with pytest.raises(ValueError, match="method='attention'"):
         interaction_map(ours, tokens, layer=plain[0], method="attention")
@@ -349,27 +316,10 @@ def test_greedy_generation_equals_full_forward_argmax(pair):
 @pytest.mark.parametrize("cut", [5, 9])
 def test_continuing_from_a_state_equals_one_forward(pair, cut):
     _, ours = pair
-    tokens = _tokens(14, b=2, seed=14)
-    state = HybridState()
-    with torch.no_grad():
-        full = ours(tokens)
-        parts = [ours(tokens[:, :cut], state=state)]
-        snapshot = state.copy()
-        parts += [ours(tokens[:, t:t + 1], state=state) for t in range(cut, 14)]
-        assert (torch.cat(parts, 1) - full).abs().max().item() <= 1e-5
-        again = ours(tokens[:, cut:], state=snapshot)
-        assert (again - full[:, cut:]).abs().max().item() <= 1e-5
+    state = assert_continuation_equals_one_forward(ours, _tokens(14, b=2, seed=14), cut=cut, state=HybridState())
     assert len(state.keys) == len(ours.cfg.shared_attention_layers)  # one KV cache per use
     assert len(state.ssm) == ours.cfg.n_layers
 
 
 def test_left_padded_generation_equals_masked_full_forward_argmax(pair):
-    _, ours = pair
-    tokens = _tokens(9, b=2, seed=15)
-    mask = torch.ones_like(tokens)
-    mask[0, :3] = 0
-    out = ours.generate(tokens, attention_mask=mask, max_new_tokens=12, stop_at_eos=False)
-    full_mask = torch.cat([mask, torch.ones(2, 12, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        full = ours(out, attention_mask=full_mask).argmax(-1)
-    assert torch.equal(out[:, 9:], full[:, 8:-1])
+    assert_left_padded_generation_matches(pair[1], _tokens(9, b=2, seed=15), pad=3, new=12)

@@ -9,7 +9,7 @@ from interp.apps import ui
 from interp.attention.figures import (
     interaction_heatmap, pooled_heatmap, sorted_thumbnails_figure, token_highlight_html, token_labels,
 )
-from interp.attention.methods import LABELS, WHOLE_MODEL, methods_for
+from interp.attention.methods import LABELS, WHOLE_MODEL, layers_for, methods_for
 from interp.attention.ops import NORMALIZATIONS
 from interp.attention.views import (
     METRIC_DEFINITIONS, METRICS, aggregates_for, causal_masked, n_channels, pool_map,
@@ -32,7 +32,7 @@ def main(spec: str, model, tokens) -> None:
     c = st.columns(COLUMNS)
     source = ui.widget(c[0].selectbox, "source", "Source", sources, format_func=lambda s: LABELS[s])
     whole = source in WHOLE_MODEL
-    layer = ui.widget(c[1].selectbox, "layer", "Layer", list(range(model.cfg.n_layers)), disabled=whole)
+    layer = ui.widget(c[1].selectbox, "layer", "Layer", layers_for(model, source), disabled=whole)
     aggs = aggregates_for(source)
     agg = ui.widget(c[2].selectbox, "agg", "Aggregate channels", aggs or ["mean_abs"], disabled=not aggs,
                     help="LaTIM and the whole-model attributions have no channel axis" if not aggs else None)

@@ -28,7 +28,7 @@ from interp.hooks.positions import Positions, PositionsLike, check_index, check_
 from interp.hooks.tokens import as_tokens
 from interp.lrp import interaction_rows
 
-from . import hidden, latim, methods, unified
+from . import deltanet, hidden, latim, methods, rwkv, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = ["DEFAULT_MAP_BUDGET_BYTES", "MapTooLargeError", "SSMParameters", "ssm_parameters", "interaction_map",
@@ -95,6 +95,10 @@ def _n_units(model: Any, method: str) -> int:
     cfg = model.cfg
     if method == "attention":
         return int(cfg.n_heads)
+    if method == "delta":  # Gated DeltaNet: one map per value head
+        return int(cfg.delta.n_v_heads)
+    if method == "rwkv":  # RWKV-4: one map per time-mix channel
+        return int(cfg.d_att)
     if method == "unified" or getattr(cfg, "family", "mamba1") == "mamba1":
         return int(cfg.d_inner)
     return int(cfg.H)
@@ -131,6 +135,10 @@ def map_memory_bytes(model: HookedModel, batch: int, length: int, *, method: str
         out, extra = sq * int(model.cfg.d_model), sq
     elif method == "attention":
         extra = sq * int(model.cfg.n_heads)
+    elif method == "delta":  # every selected head's A [b, L, L], the identity values and one head in flight
+        extra = sq * (n + 2)
+    elif method == "rwkv":  # a chunk of channels' α (about 2^24 floats, at least one channel) and the running sum
+        extra = max(sq, min(sq * n, 2**24)) + sq
     return 4 * (out + extra)
 
 
@@ -195,6 +203,15 @@ def interaction_map(
         per_head = cache[name]
         per_head = per_head if heads is None else per_head[:, list(heads)]
         return normalize(reduce_channels(per_head, aggregate, k), normalize_)
+
+    if method == "delta":  # Gated DeltaNet: the exact implicit attention A per value head
+        p = deltanet.deltanet_parameters(model, tokens, layer=layer)
+        per_head = deltanet.delta_attention(p.q, p.k, p.g, p.beta, heads=heads,
+                                            chunk_size=model.blocks[layer].ssm.cfg.chunk_size)
+        return normalize(reduce_channels(per_head, aggregate, k), normalize_)
+
+    if method == "rwkv":  # RWKV-4: the exact time-decay softmax weights per channel (interp.attention.rwkv)
+        return normalize(rwkv.rwkv_map(model, tokens, layer=layer, aggregate=aggregate, heads=heads, k=k), normalize_)
 
     if method in ("unified", "latim"):
         return normalize(_unified_or_latim(model, tokens, layer, method, aggregate, heads, max_bytes, **method_kwargs),

@@ -27,6 +27,7 @@ name               per-layer map (rows = query i, columns = source j)           
 ``attention``      transformers: softmax pattern, mean over heads                               rollout
 ``attention_last`` = ``attention@last``                                                         last
 ``unified``        unified implicit attention (Zimerman et al.), channel mean of |α̂|            rollout
+``rwkv``           RWKV-4 time-decay softmax weights α (attention/rwkv.py), channel mean         rollout
 ``latim_l1``       LaTIM ‖T_i(x_j)‖₁, f = SiLU                                                  sum
 ``latim_l2``       LaTIM ‖T_i(x_j)‖₂                                                            sum
 ``latim_alti``     LaTIM ALTI score (row-normalised)                                            sum
@@ -62,17 +63,21 @@ from interp.hooks.positions import Positions, PositionsLike
 from interp.hooks.tokens import as_tokens
 from interp.lrp import interaction_rows
 
-from . import hidden, latim, unified
+from . import deltanet, hidden, latim, rwkv, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = [
     "MapMethod", "MAP_METHODS", "METHODS", "LABELS", "WHOLE_MODEL", "KINDS", "LAYER_COMBINE", "ALIASES",
-    "MethodNotApplicable", "RowFn", "model_kind", "layer_kinds", "layer_methods", "default_method", "methods_for", "get_method", "check_applies",
+    "MethodNotApplicable", "RowFn", "model_kind", "layer_kinds", "mixing_kinds", "layer_methods", "default_method",
+    "methods_for", "layers_for", "get_method", "check_applies",
     "register_method", "benchmark_methods", "resolve_method", "method_rows", "layer_maps", "combine_layers",
 ]
 
-KINDS = ("ssm", "transformer")
-_KIND_NAMES = {"ssm": "state-space models", "transformer": "transformers"}
+KINDS = ("ssm", "transformer", "delta", "rwkv")
+_KIND_NAMES = {"ssm": "state-space models", "transformer": "transformers",
+               "delta": "Gated DeltaNet layers", "rwkv": "RWKV models"}
+#: hybrid layer kinds (``cfg.layer_types``) whose map kind is not "ssm"
+_LAYER_MAP_KIND = {"attention": "transformer", "gated_deltanet": "delta"}
 LAYER_COMBINE = ("rollout", "sum", "last")
 #: row functions: ``fn(model, tokens [1, L], *, positions: list[int]) -> [len(positions), L]``
 RowFn = Callable[..., Tensor]
@@ -124,7 +129,9 @@ def model_kind(model: Any, layer: int | None = None) -> str:
             raise MethodNotApplicable(f"layer {layer} of this hybrid is an MLP layer (cfg.layer_types): it mixes no "
                                       f"positions, so it has no interaction map; its SSM layers are "
                                       f"{getattr(model.cfg, 'ssm_layers', '?')}")
-        return "transformer" if types[layer] == "attention" else "ssm"
+        return _LAYER_MAP_KIND.get(types[layer], "ssm")
+    if getattr(getattr(model, "cfg", None), "family", None) == "rwkv":  # RWKV-4 (interp.hooks.rwkv)
+        return "rwkv"
     return "ssm" if is_ssm(model) else "transformer"
 
 
@@ -134,14 +141,15 @@ def layer_kinds(model: Any) -> list[str]:
     types = getattr(getattr(model, "cfg", None), "layer_types", None)
     if not isinstance(types, list):
         return [model_kind(model)] * int(model.cfg.n_layers)
-    return ["mlp" if t == "mlp" else "transformer" if t == "attention" else "ssm" for t in types]
+    return ["mlp" if t == "mlp" else _LAYER_MAP_KIND.get(t, "ssm") for t in types]
 
 
 #: hybrid layer kinds (``cfg.layer_types``) -> the map kinds of their token-mixing steps, in order; the kinds in
 #: one step are summed (Falcon-H1's "parallel" layer: attention and SSM read the same input, their outputs add);
 #: consecutive steps are chained (Zamba2's "shared_attention" layer: the shared block's attention feeds the SSM)
 _MIXING_STEPS = {"ssm": [["ssm"]], "attention": [["transformer"]], "mlp": [],
-                 "parallel": [["transformer", "ssm"]], "shared_attention": [["transformer"], ["ssm"]]}
+                 "parallel": [["transformer", "ssm"]], "shared_attention": [["transformer"], ["ssm"]],
+                 "gated_deltanet": [["delta"]]}
 
 
 def layer_methods(model: Any, method: str) -> list[tuple[int, list[str]]]:
@@ -156,7 +164,7 @@ def layer_methods(model: Any, method: str) -> list[tuple[int, list[str]]]:
     if method != "auto":
         if method not in MAP_METHODS:
             get_method(method)  # the ValueError naming the map methods
-        _check_some_layer(MAP_METHODS[method], model, kinds)
+        _check_some_layer(MAP_METHODS[method], model)
     types = getattr(model.cfg, "layer_types", None)
     if not isinstance(types, list):
         return [(layer, [default_method(model) if method == "auto" else method]) for layer in range(len(kinds))]
@@ -214,6 +222,13 @@ def _unified_maps(model: Any, tokens: Tensor, positions: list[int] | None,
     return maps if positions is None else [m[positions] for m in maps]
 
 
+def _delta_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Head mean of |A| of each Gated DeltaNet layer (:mod:`interp.attention.deltanet`, exact implicit attention)."""
+    return deltanet.delta_layer_maps(model, tokens, positions=positions, layers=None if layers is None else
+                                     list(layers))
+
+
 def _latim_maps(score: str) -> LayerMapsFn:
     """LaTIM per-layer score maps (``latim_layer`` + ``latim_scores``, f = SiLU) with the score ``score``."""
 
@@ -230,6 +245,12 @@ def _latim_maps(score: str) -> LayerMapsFn:
         return out
 
     return maps
+
+
+def _rwkv_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+               layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Channel-mean α of every RWKV layer (or of ``layers``): :func:`interp.attention.rwkv.rwkv_layer_maps`."""
+    return rwkv.rwkv_layer_maps(model, tokens, positions=positions, layers=layers)
 
 
 def _whole_model(method: str, absolute: bool = False) -> RowFn:
@@ -249,7 +270,9 @@ MAP_METHODS: dict[str, MapMethod] = {m.name: m for m in (
     MapMethod("attention", "attention (softmax, transformers)", ("transformer",), layer_maps=_attention_maps),
     MapMethod("hidden", "hidden attention (SSM)", ("ssm",), layer_maps=_hidden_maps),
     MapMethod("unified", "unified implicit attention (SSM)", ("ssm",), layer_maps=_unified_maps),
+    MapMethod("delta", "implicit attention (Gated DeltaNet)", ("delta",), layer_maps=_delta_maps),
     MapMethod("latim", "LaTIM (SSM)", ("ssm",)),
+    MapMethod("rwkv", "RWKV time-decay attention", ("rwkv",), layer_maps=_rwkv_maps),
     MapMethod("lrp", "LRP (whole model)", KINDS, whole_model=True, rows=_whole_model("lrp")),
     MapMethod("grad_x_input", "gradient × input (whole model)", KINDS, whole_model=True,
               rows=_whole_model("grad_x_input")),
@@ -264,7 +287,7 @@ METHODS: tuple[str, ...] = tuple(name for name, m in MAP_METHODS.items() if not 
 LABELS: dict[str, str] = {name: MAP_METHODS[name].label for name in METHODS}
 WHOLE_MODEL: tuple[str, ...] = tuple(name for name in METHODS if MAP_METHODS[name].whole_model)
 ALIASES = {"hidden_last": "hidden@last", "attention_last": "attention@last"}
-_DEFAULT = {"ssm": "hidden", "transformer": "attention"}
+_DEFAULT = {"ssm": "hidden", "transformer": "attention", "delta": "delta", "rwkv": "rwkv"}
 
 
 def default_method(model: Any, layer: int | None = None) -> str:
@@ -274,9 +297,23 @@ def default_method(model: Any, layer: int | None = None) -> str:
 
 
 def methods_for(model_or_kind: Any) -> tuple[str, ...]:
-    """The map methods that apply to a model (or a kind of :data:`KINDS`), in registry order."""
-    kind = model_or_kind if isinstance(model_or_kind, str) else model_kind(model_or_kind)
-    return tuple(name for name in METHODS if kind in MAP_METHODS[name].kinds)
+    """The map methods that apply to a model (or a kind of :data:`KINDS`), in registry order; on a hybrid those
+    that apply to some layer (softmax attention and hidden attention on a Mamba + attention hybrid)."""
+    kinds = {model_or_kind} if isinstance(model_or_kind, str) else set(mixing_kinds(model_or_kind))
+    return tuple(name for name in METHODS if kinds & set(MAP_METHODS[name].kinds))
+
+
+def layers_for(model: Any, method: str) -> list[int]:
+    """The layers whose map ``method`` gives (every layer for a whole-model method or a pure model it applies to;
+    on a hybrid the layers of the kinds it applies to, e.g. the attention layers for "attention")."""
+    out = []
+    for layer in range(int(model.cfg.n_layers)):
+        try:
+            check_applies(method, model, layer)
+        except MethodNotApplicable:
+            continue
+        out.append(layer)
+    return out
 
 
 def get_method(name: str) -> MapMethod:
@@ -304,15 +341,27 @@ def _check_kinds(method: MapMethod, model: Any, layer: int | None = None) -> Map
     return method
 
 
-def _check_some_layer(method: MapMethod, model: Any, kinds: list[str]) -> MapMethod:
-    """``method`` if it applies to at least one layer kind of ``model`` (every layer of a pure model)."""
+def mixing_kinds(model: Any) -> list[str]:
+    """The map kinds of the model's token-mixing steps (:func:`layer_methods`): every layer's kind on a pure model;
+    on a hybrid each layer's steps (both kinds of a parallel or shared-attention layer, none of an MLP layer)."""
     types = getattr(model.cfg, "layer_types", None)
-    if isinstance(types, list):  # the kinds of every token-mixing step, e.g. the attention of a parallel layer
-        kinds = [k for t in types for step in _MIXING_STEPS.get(t, [["ssm"]]) for k in step] or kinds
-    if len(set(kinds)) == 1 or not set(kinds) & set(method.kinds):
-        return _check_kinds(method, model, None if len(set(kinds)) == 1 else next(
-            i for i, k in enumerate(kinds) if k != "mlp"))
-    return method
+    if not isinstance(types, list):
+        return layer_kinds(model)
+    return [k for t in types for step in _MIXING_STEPS.get(t, [["ssm"]]) for k in step]
+
+
+def _check_some_layer(method: MapMethod, model: Any) -> MapMethod:
+    """``method`` if it applies to at least one token-mixing step of ``model`` (every layer of a pure model), else
+    :class:`MethodNotApplicable` naming what it is for."""
+    kinds = sorted(set(mixing_kinds(model)))
+    if not isinstance(getattr(model.cfg, "layer_types", None), list):
+        return _check_kinds(method, model)
+    if set(kinds) & set(method.kinds):
+        return method
+    wanted = " and ".join(_KIND_NAMES[k] for k in method.kinds)
+    raise MethodNotApplicable(f"method={method.name!r} is for {wanted}; this hybrid's layers are "
+                              f"{', '.join(_KIND_NAMES[k] for k in kinds)} (cfg.layer_types): use "
+                              f"{' or '.join(repr(_DEFAULT[k]) for k in kinds)}")
 
 
 def check_applies(name: str, model: Any, layer: int | None = None) -> MapMethod:
@@ -417,7 +466,7 @@ def layer_maps(model: Any, tokens: Any, *, method: str, positions: PositionsLike
     if entry is None or entry.layer_maps is None:
         known = [n for n, m in MAP_METHODS.items() if m.layer_maps is not None]
         raise KeyError(f"{method!r} is not a layer-wise method; known: {', '.join(known)}")
-    _check_some_layer(entry, model, layer_kinds(model))
+    _check_some_layer(entry, model)
     tokens = _one_sequence(model, tokens)
     ps = None if positions is None else Positions.parse(positions).indices(tokens.shape[1], name="positions")
     if not isinstance(getattr(model.cfg, "layer_types", None), list):

@@ -23,7 +23,8 @@ from interp.hooks.positions import PositionsLike, check_index
 
 from .hidden import channel_mass
 from .maps import interaction_map, query_rows, ssm_parameters
-from .methods import LABELS, WHOLE_MODEL, layer_methods, model_kind
+from .methods import (LABELS, WHOLE_MODEL, MethodNotApplicable, check_applies, default_method, layer_kinds,
+                      layer_methods, model_kind)
 from .ops import normalize, rollout
 
 __all__ = [
@@ -178,9 +179,21 @@ def thumbnail_maps(model: Any, tokens: Any, *, method: str, per_layer: int = 8,
     """Layer × channel/head maps of one sequence for a thumbnail grid.
 
     hidden: per head (Mamba-2) or the ``per_layer`` channels with the most mass (Mamba-1, :func:`channel_mass`);
-    attention: per head; unified / LaTIM: one channel-reduced map per layer (channel None)."""
+    attention: per head; unified / LaTIM: one channel-reduced map per layer (channel None). On a hybrid each layer
+    uses ``method`` where it applies to the layer's kind and the kind's default elsewhere (as a rollout does,
+    :func:`~interp.attention.methods.layer_methods`); MLP-only layers have no thumbnail."""
     maps, keys = [], []
+    wanted, kinds = method, layer_kinds(model)
+    hybrid = isinstance(getattr(model.cfg, "layer_types", None), list)
     for layer in range(model.cfg.n_layers):
+        method = wanted
+        if hybrid:
+            if kinds[layer] == "mlp":
+                continue  # a position-wise layer: no map
+            try:
+                check_applies(wanted, model, layer)
+            except MethodNotApplicable:
+                method = default_method(model, layer)
         if method == "hidden" and model.cfg.family == "mamba1":
             p = ssm_parameters(model, tokens, layer=layer)
             heads = channel_mass(p.dt, p.A, p.B, p.C).topk(min(per_layer, p.dt.shape[-1])).indices.tolist()

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from interp.hooks.config import is_ssm
 from interp.hooks.hook_points import check_hook_names
 from interp.hooks.insert import insert, inserted, remove
 
@@ -61,10 +60,13 @@ def detach(model: Any, hook: str | Iterable[str] | None = None) -> dict[str, Cod
 
 
 def mixer_output_hooks(model: Any) -> list[str]:
-    """The sequence-mixer output of every layer: ``blocks.L.ssm.hook_out`` (SSMs) or ``blocks.L.hook_attn_out``
-    (transformers), where the codebook-features paper puts its attention codebooks."""
-    n = model.cfg.n_layers
-    return [f"blocks.{i}.ssm.hook_out" if is_ssm(model) else f"blocks.{i}.hook_attn_out" for i in range(n)]
+    """The sequence-mixer output of every layer: ``blocks.L.ssm.hook_out`` (SSM layers) and / or
+    ``blocks.L.hook_attn_out`` (attention layers), where the codebook-features paper puts its attention codebooks.
+    Read from the model's hooks layer by layer: a hybrid gives each layer its own mixer's output (both on a layer
+    with an SSM mixer beside attention, none on an MLP-only layer)."""
+    names = model.hook_dict
+    return [name for i in range(model.cfg.n_layers)
+            for name in (f"blocks.{i}.ssm.hook_out", f"blocks.{i}.hook_attn_out") if name in names]
 
 
 def _site_shape(model: Any, site: str) -> tuple[int, ...]:

@@ -110,18 +110,24 @@ def hook_template(model: Any, hook: str) -> str:
     if not isinstance(hook, str):
         raise TypeError(f"hook must be a hook name or a template with {{layer}}, got {type(hook).__name__}")
     names = model.hook_dict
+    n_layers = model.cfg.n_layers
+
+    def somewhere(template: str) -> bool:  # a hybrid's SSM / attention hooks exist on some layers only
+        return any(template.format(layer=layer) in names for layer in range(n_layers))
+
     if "{layer}" in hook:
-        if hook.format(layer=0) not in names:
+        if not somewhere(hook):
             close = suggest(hook.format(layer=0), names)
-            raise UnknownHookError(f"hook template {hook!r}: layer 0 has no {hook.format(layer=0)!r}"
+            raise UnknownHookError(f"hook template {hook!r}: layer 0 has no {hook.format(layer=0)!r}, nor has any "
+                                   "other layer"
                                    + (f". Closest valid names: {close}" if close else ""))
         return hook
     short = hook.removeprefix("hook_")
     for place in _PLACES:
         template = place.format(h=short if "hook_" in place else hook)
-        if template.format(layer=0) in names:
+        if somewhere(template):
             return template
-    block0 = [n.removeprefix("blocks.0.") for n in names if n.startswith("blocks.0.")]
+    block0 = sorted({n.partition(".")[2].partition(".")[2] for n in names if n.startswith("blocks.")})
     close = suggest(hook, block0)
     raise UnknownHookError(f"hook {hook!r} is not a hook of a block of this model (give a short name such as "
                            f"'resid_pre' or a template 'blocks.{{layer}}.hook_resid_pre')"
@@ -214,10 +220,17 @@ def check_grid(model: Any, tokens: Any, *, corrupted: Any, hook: str, layers: Se
     clean, corr = _pair(model, tokens, corrupted)
     template = hook_template(model, hook)
     n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    having = [layer for layer in range(n_layers) if template.format(layer=layer) in model.hook_dict]
+    layers = having if layers is None else [int(layer) for layer in layers]
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad or not layers:
         raise IndexError(f"layers={layers}: the model has layers 0..{n_layers - 1}")
+    lacking = [layer for layer in layers if layer not in having]
+    if lacking:  # a hybrid: the hook is on some kinds of layer only
+        types = getattr(model.cfg, "layer_types", None)
+        kind = f" (a {types[lacking[0]]!r} layer, cfg.layer_types)" if types is not None else ""
+        raise ValueError(f"hook {template!r}: layer {lacking[0]}{kind} has no such hook; the layers that have it: "
+                         f"{having} (leave layers unset for all of them)")
     pos = Positions.parse(positions).indices(clean.shape[1])
     return Grid(clean, corr, template, layers, pos, [template.format(layer=layer) for layer in layers])
 
@@ -254,15 +267,17 @@ def patch_sweep(
         hook: a short name (``"resid_pre"``, ``"resid_post"``, ``"mixer_out"``, ``"attn_out"``, ``"state"``,
             ``"dt"``, ...) or a template ``"blocks.{layer}.hook_resid_pre"``; a hook with a position axis, or the
             SSM's recurrent state.
-        layers: the rows (default: every layer); positions: the columns (a Positions spec, default "all").
+        layers: the rows (default: every layer that has ``hook``; a hybrid's ``"state"`` is on its SSM layers,
+            ``"attn_out"`` on its attention layers); positions: the columns (a Positions spec, default "all").
         direction: "denoise" (run the corrupted prompts, patch clean activations in) or "noise" (the reverse).
         batch_size: cells patched per forward (each cell is a copy of the b prompts); default: as many as keep
             one forward's logits under 2^27 values and its rows (cells x b) under 256 on a CPU, 4,096 on a GPU.
             ``batch_size=1`` is one forward per cell.
         reuse_prefix: run each cell from the base run's decoding state, only the blocks and positions the patch
             can change (:mod:`interp.patching.prefix`; cells of one position share a partial forward, and
-            ``batch_size`` caps the layers stacked in it). Default: on models with a decoding state (the SSMs);
-            False stacks whole forwards of the cells (the only way on a transformer).
+            ``batch_size`` caps the layers stacked in it). Default: on the SSMs; False stacks whole forwards of the
+            cells (the only way on a transformer, and the default on a hybrid, whose decoding states hold its
+            attention layers' keys and values: slower than whole forwards).
 
     Returns a :class:`PatchSweep` (values normalised: clean 1, corrupted 0).
     """
@@ -272,7 +287,7 @@ def patch_sweep(
     state = _is_state(template)
 
     if reuse_prefix is None:
-        reuse_prefix = supports_prefix(model)
+        reuse_prefix = supports_prefix(model, default=True)
     elif reuse_prefix and not supports_prefix(model):
         raise ValueError(f"reuse_prefix=True needs a model that continues from a decoding state (an SSM); "
                          f"{type(model).__name__} has none: leave reuse_prefix unset")

@@ -33,8 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.hooks.config import is_ssm
-from interp.hooks.positions import PositionsLike
+from interp.hooks.positions import Positions, PositionsLike
 
 from .activation import _cells_per_forward, _pair, _run_cells, _source, check_grid
 from .metrics import NormalisedMetric, PatchMetric, describe, normalise
@@ -98,20 +97,59 @@ class ComponentSweep:
         return tuple(flat[i] for i in order[:k])
 
 
-def component_hook(model: Any) -> str:
-    """The hook template a model's components are slices of: ``blocks.{layer}.ssm.hook_gated`` on an SSM,
-    ``blocks.{layer}.attn.hook_z`` on a transformer."""
-    if is_ssm(model):
-        return SSM_COMPONENT_HOOK
-    if ATTN_COMPONENT_HOOK.format(layer=0) in model.hook_dict:
-        return ATTN_COMPONENT_HOOK
-    raise NotImplementedError(f"{type(model).__name__} has neither ssm.hook_gated nor attn.hook_z: no components")
+#: the component kinds, by the hook template their components are slices of, and their names in messages
+_KINDS = {SSM_COMPONENT_HOOK: "SSM heads / channel groups (ssm.hook_gated)",
+          ATTN_COMPONENT_HOOK: "attention heads (attn.hook_z)"}
 
 
-def _parts(model: Any, group_size: int | None) -> tuple[str, list[tuple[Any, ...]]]:
-    """(tag "H" | "G", the index into the hook's trailing axes of each component)."""
+def _kinds_by_layer(model: Any) -> list[tuple[str, ...]]:
+    """For each layer, the component templates it has (a hybrid's SSM layers ``ssm.hook_gated``, its attention
+    layers ``attn.hook_z``, a "parallel" layer both, an MLP-only layer none), read from the model's hooks."""
+    names = model.hook_dict
+    return [tuple(t for t in _KINDS if t.format(layer=layer) in names) for layer in range(model.cfg.n_layers)]
+
+
+def component_hook(model: Any, *, layers: Sequence[int] | None = None, hook: str | None = None) -> str:
+    """The hook template the components of ``layers`` (default every layer) are slices of: ``blocks.{layer}.ssm.
+    hook_gated`` on SSM layers, ``blocks.{layer}.attn.hook_z`` on attention layers. One kind per sweep: on a hybrid
+    pass ``layers`` of one kind, or ``hook`` (``"ssm.hook_gated"`` / ``"attn.hook_z"`` or the template) to pick
+    one where a layer has both (Falcon-H1's parallel layers). Raises ValueError naming each layer's kind
+    otherwise."""
+    kinds = _kinds_by_layer(model)
+    n_layers = len(kinds)
+    layers = list(range(n_layers)) if layers is None else [int(layer) for layer in layers]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise IndexError(f"layers={layers}: the model has layers 0..{n_layers - 1}")
+    if not any(kinds):
+        raise NotImplementedError(f"{type(model).__name__} has neither ssm.hook_gated nor attn.hook_z: no components")
+    if hook is not None:
+        template = hook if "{layer}" in hook else "blocks.{layer}." + hook.removeprefix("blocks.{layer}.")
+        if template not in _KINDS:
+            raise ValueError(f"hook={hook!r}: components are slices of 'ssm.hook_gated' or 'attn.hook_z'")
+        candidates = [template]
+    else:
+        candidates = [t for t in _KINDS if all(t in kinds[layer] for layer in layers)]
+    if candidates and all(candidates[0] in kinds[layer] for layer in layers):
+        return candidates[0]
+    types = getattr(model.cfg, "layer_types", None)
+    where = "; ".join(f"{what}: layers {[i for i, k in enumerate(kinds) if t in k]}" for t, what in _KINDS.items()
+                      if any(t in k for k in kinds))
+    lacking = [layer for layer in layers if not kinds[layer] or (hook is not None and candidates[0] not in
+                                                                  kinds[layer])]
+    detail = "" if not lacking or types is None else \
+        f"; layer {lacking[0]} is a {types[lacking[0]]!r} layer (cfg.layer_types) without such components"
+    raise ValueError(f"component_sweep patches one kind of component per sweep, and layers {layers} do not all have "
+                     f"{'it' if hook is not None else 'one kind'}{detail}. This model's {where}: pass layers= of one "
+                     "kind")
+
+
+def _parts(model: Any, group_size: int | None, template: str | None = None) -> tuple[str, list[tuple[Any, ...]]]:
+    """(tag "H" | "G", the index into the hook's trailing axes of each component) of the components sliced from
+    ``template`` (default :func:`component_hook`)."""
     cfg = model.cfg
-    if is_ssm(model):
+    template = component_hook(model) if template is None else template
+    if template == SSM_COMPONENT_HOOK:
         tag = "H" if cfg.family == "mamba2" and group_size is None else "G"
         return tag, [(slice(s, e),) for s, e in cfg.out_groups(group_size)]
     if group_size is not None:
@@ -121,8 +159,9 @@ def _parts(model: Any, group_size: int | None) -> tuple[str, list[tuple[Any, ...
 
 def component_labels(model: Any, *, layers: Sequence[int] | None = None,
                      group_size: int | None = None) -> tuple[tuple[str, ...], ...]:
-    """[n_layers][n_components] component names (``L{l}H{h}`` / ``L{l}G{g}``) of ``layers`` (default all)."""
-    tag, parts = _parts(model, group_size)
+    """[n_layers][n_components] component names (``L{l}H{h}`` / ``L{l}G{g}``) of ``layers`` (default all; on a
+    hybrid, layers of one kind: :func:`component_hook`)."""
+    tag, parts = _parts(model, group_size, component_hook(model, layers=layers))
     layers = range(model.cfg.n_layers) if layers is None else layers
     return tuple(tuple(f"L{layer}{tag}{k}" for k in range(len(parts))) for layer in layers)
 
@@ -158,6 +197,7 @@ def component_sweep(
     direction: str = "denoise",
     group_size: int | None = None,
     batch_size: int | None = None,
+    hook: str | None = None,
 ) -> ComponentSweep:
     """Activation patching of every component (head / channel group) of ``layers``, one cell per component.
 
@@ -170,15 +210,19 @@ def component_sweep(
         group_size: Mamba-1 channels per component (default :data:`~interp.hooks.config.MAMBA1_GROUP_SIZE`;
             on Mamba-2 a width other than a head gives ``L{l}G{g}`` groups); not for transformers.
         batch_size: cells per forward (default as :func:`~interp.patching.patch_sweep`); 1 is one forward per cell.
+        hook: the component kind, ``"ssm.hook_gated"`` or ``"attn.hook_z"`` (default: the one every layer of
+            ``layers`` has). A hybrid's sweep covers layers of one kind (:func:`component_hook` raises a
+            ValueError naming each layer's kind otherwise): SSM heads on its SSM layers, attention heads on its
+            attention layers.
 
     Returns a :class:`ComponentSweep` (values normalised: clean 1, corrupted 0).
     """
-    template = component_hook(model)
+    template = component_hook(model, layers=layers, hook=hook)
     g = check_grid(model, tokens, corrupted=corrupted, hook=template, layers=layers, positions=positions,
                    direction=direction)
     clean, corr, layers, pos, names = g.clean, g.corrupted, g.layers, g.positions, g.names
     b, L = clean.shape
-    tag, parts = _parts(model, group_size)
+    tag, parts = _parts(model, group_size, template)
 
     clean_logits, clean_cache = _source(model, clean, sorted(set(names)), False, [])
     corr_logits, corr_cache = _source(model, corr, sorted(set(names)), False, [])
@@ -223,20 +267,28 @@ def run_components_patched(model: Any, tokens: Any, *, source: Any, components: 
     ``positions`` by its activation on ``source`` (same shape), all in one run: a sweep's cell, or a set of
     components patched together (a circuit)."""
     base, src = _pair(model, tokens, source)
-    template = component_hook(model)
-    tag, parts = _parts(model, group_size)
-    cells = []
-    for label in components:
+    by_template: dict[str, list[tuple[int, str, int]]] = {}
+    for label in components:  # each label's kind is its layer's (a hybrid mixes SSM and attention heads)
+        m = _LABEL.fullmatch(label)
+        layer = int(m.group(1)) if m is not None and int(m.group(1)) < model.cfg.n_layers else 0
+        template = component_hook(model, layers=[layer])
+        tag, parts = _parts(model, group_size, template)
         layer, k = _parse(model, label, tag, len(parts))
-        cells.append((0, template.format(layer=layer), k))
-    if not cells:
+        by_template.setdefault(template, []).append((0, template.format(layer=layer), k))
+    if not by_template:
         return model(base)
-    names = sorted({name for _, name, _ in cells})
-    pos = check_grid(model, base, corrupted=src, hook=template, layers=None, positions=positions,
-                     direction="denoise").positions
+    pos = Positions.parse(positions).indices(base.shape[1])
+    names = sorted({name for cells in by_template.values() for _, name, _ in cells})
     _, cache = model.run_with_cache(src, names_filter=names)
-    patcher = _component_patcher(parts, torch.tensor(sorted(set(pos))))
-    return _run_cells(model, base, {n: cache[n] for n in names}, cells, False, None, patcher=patcher)[0]
+    cache = {n: cache[n] for n in names}
+    fwd = []  # one hook per patched name, as _run_cells builds them, for every kind at once
+    for template, cells in by_template.items():
+        patcher = _component_patcher(_parts(model, group_size, template)[1], torch.tensor(sorted(set(pos))))
+        for name in sorted({n for _, n, _ in cells}):
+            comps = torch.tensor([k for _, n, k in cells if n == name])
+            fwd.append((name, patcher(cache[name], torch.zeros_like(comps), comps, base.shape[0],
+                                      model.pos_dim(name), None)))
+    return model.run_with_hooks(base, fwd_hooks=fwd)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ step (as in generation), the full forward's from the chunked scan (≤ 1e-6 apar
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import fields, replace
 from typing import Any
 
 import torch
@@ -30,9 +31,13 @@ from interp.hooks.mamba import SSMState
 __all__ = ["supports_prefix", "base_states", "prefix_cells"]
 
 
-def supports_prefix(model: Any) -> bool:
-    """Whether ``model`` can continue a forward from a decoding state at any block (an SSM)."""
-    return hasattr(model, "blocks") and callable(getattr(model, "decoding_states", None))
+def supports_prefix(model: Any, *, default: bool = False) -> bool:
+    """Whether ``model`` can continue a forward from a decoding state at any block (an SSM, a hybrid). With
+    ``default``: whether that is the cheaper way, so the sweeps' default: not on a model with attention layers (a
+    hybrid), whose decoding state after p tokens holds every key and value so far and takes a forward per position
+    (measured slower than whole forwards on ``copy-hybrid``)."""
+    able = hasattr(model, "blocks") and callable(getattr(model, "decoding_states", None))
+    return able and not (default and any(hasattr(block, "attn") for block in model.blocks))
 
 
 def base_states(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> dict[int, SSMState | None]:
@@ -41,15 +46,18 @@ def base_states(model: Any, tokens: Tensor, *, positions: Sequence[int]) -> dict
     return model.decoding_states(tokens, list(positions))
 
 
-def _repeat(snapshot: SSMState | None, layer: int, copies: int, position: int) -> SSMState | None:
-    """The base state of block ``layer`` for ``copies`` stacked copies of the prompts (other layers' entries are
-    not read by that block)."""
+def _repeat(snapshot: SSMState | None, copies: int, position: int, memo: dict[int, dict[str, list]]
+            ) -> SSMState | None:
+    """The base state for ``copies`` stacked copies of the prompts: a new state of the snapshot's class (an
+    :class:`SSMState`, or a hybrid's with its attention layers' keys and values too) whose every per-layer tensor
+    is repeated along the batch axis; a forward given it replaces its entries, the snapshot is left as it was.
+    ``memo``: {copies: the repeated lists}, so that the blocks of one partial forward share the copies."""
     if snapshot is None:
         return None
-    conv, ssm = list(snapshot.conv), list(snapshot.ssm)
-    conv[layer] = conv[layer].repeat(copies, *(1,) * (conv[layer].dim() - 1))
-    ssm[layer] = ssm[layer].repeat(copies, *(1,) * (ssm[layer].dim() - 1))
-    return SSMState(conv=conv, ssm=ssm, offset=position)
+    if copies not in memo:
+        memo[copies] = {f.name: [t.repeat(copies, *(1,) * (t.dim() - 1)) for t in getattr(snapshot, f.name)]
+                        for f in fields(snapshot) if isinstance(getattr(snapshot, f.name), list)}
+    return replace(snapshot, **{name: list(ts) for name, ts in memo[copies].items()}, offset=position)
 
 
 @torch.no_grad()
@@ -77,6 +85,7 @@ def prefix_cells(
     kwargs: dict[str, Any] = {"state_positions": sorted({p for _, p in cells})} if state_site else {}
     resid: Tensor | None = None
     joined = 0
+    memo: dict[int, dict[str, list]] = {}
     with model.hooks(fwd_hooks=fwd_hooks):
         for k in range(cells[0][0], model.cfg.n_layers):
             m = sum(1 for layer, _ in cells if layer == k)
@@ -84,7 +93,7 @@ def prefix_cells(
                 new = resid_pre[k][:, start:].repeat(m, 1, 1)
                 resid = new if resid is None else torch.cat([resid, new.to(resid.dtype)])
                 joined += m
-            resid = model(resid, start_at_layer=k, stop_at_layer=k + 1, state=_repeat(state, k, joined, start),
+            resid = model(resid, start_at_layer=k, stop_at_layer=k + 1, state=_repeat(state, joined, start, memo),
                           **kwargs)
         logits = model(resid, start_at_layer=model.cfg.n_layers, state=SSMState(offset=start))  # [c·b, L-start, V]
     c = len(cells)

@@ -105,8 +105,8 @@ class PatchingView:
         sweep: the layer × position :class:`~interp.patching.PatchSweep`; figure: its heat map (``patch_figure``,
             token ticks); caption: its metric on the unpatched runs, the method and its cost, in words.
         components, component_figure: the per-component activation-patching sweep and its heat map, or None.
-        dla, dla_figure: direct logit attribution of the clean prompts (per head / channel group) and its bars,
-            or None.
+        dla, dla_figure: direct logit attribution of the clean prompts (per head / channel group; per sublayer
+            output on a hybrid) and its bars, or None.
     """
 
     sweep: PatchSweep
@@ -145,6 +145,7 @@ def patching_view(model: Any, pairs: PatchingPairs, *, hook: str, metric: str, d
     if dla:
         if pairs.answer is None:
             raise ValueError("Direct logit attribution needs an answer token (and a wrong one for a difference).")
-        d = direct_logit_attribution(model, pairs.clean, answer=pairs.answer, wrong=pairs.wrong, per_head=True)
+        per_head = not isinstance(getattr(model.cfg, "layer_types", None), list)  # a hybrid: per sublayer
+        d = direct_logit_attribution(model, pairs.clean, answer=pairs.answer, wrong=pairs.wrong, per_head=per_head)
         out.update(dla=d, dla_figure=logit_attribution_figure(d))
     return PatchingView(**out)
