@@ -65,7 +65,7 @@ HYBRIDS = {
     "jamba": ("JambaConfig", "JambaForCausalLM", lambda n: dict(  # 1 attention layer in 8, MoE every 2nd layer
         _SHARED, num_hidden_layers=n, attn_layer_period=min(8, n), attn_layer_offset=min(8, n) // 2,
         expert_layer_period=2, expert_layer_offset=1, num_experts=16, num_experts_per_tok=2, mamba_d_state=16,
-        mamba_expand=2, use_mamba_kernels=False)),
+        mamba_expand=2)),
     "bamba": ("BambaConfig", "BambaForCausalLM", lambda n: dict(
         _SHARED, num_hidden_layers=n, attn_layer_indices=_attn_at(n, 8), mamba_n_heads=24, mamba_d_head=64,
         mamba_d_state=128, mamba_chunk_size=256)),
@@ -73,7 +73,7 @@ HYBRIDS = {
         _SHARED, head_dim=64, layers_block_type=[
             "full_attention" if i in _attn_at(n, 8) and i % 2 == 0 else "mlp" if i % 2 else "linear_attention"
             for i in range(n)], mamba_num_heads=24, mamba_head_dim=64, ssm_state_size=128, n_groups=1,
-        chunk_size=256, use_mamba_kernels=False)),
+        chunk_size=256)),
     "granitemoehybrid": ("GraniteMoeHybridConfig", "GraniteMoeHybridForCausalLM", lambda n: dict(  # 4.0-H-tiny-like
         _SHARED, num_hidden_layers=n, layer_types=[
             "full_attention" if i in _attn_at(n, 8) else "linear_attention" for i in range(n)],
@@ -82,12 +82,12 @@ HYBRIDS = {
         embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0078125, logits_scaling=6.0)),
     "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM", lambda n: dict(  # attention beside Mamba-2 in every layer
         _SHARED, num_hidden_layers=n, head_dim=64, mamba_d_ssm=1536, mamba_n_heads=24, mamba_d_head=64,
-        mamba_d_state=128, mamba_chunk_size=256, mamba_rms_norm=True, use_mamba_kernels=False)),
+        mamba_d_state=128, mamba_chunk_size=256, mamba_rms_norm=True)),
     "zamba2": ("Zamba2Config", "Zamba2ForCausalLM", lambda n: dict(  # a shared block every 6th layer, as Zamba2
         vocab_size=50280, hidden_size=768, num_hidden_layers=n, num_attention_heads=12, intermediate_size=2048,
         layers_block_type=["hybrid" if i % 6 == 5 or i == n // 2 else "linear_attention" for i in range(n)],
         num_mem_blocks=2, use_shared_attention_adapter=True, adapter_rank=64, use_mem_rope=True,
-        n_mamba_heads=24, mamba_d_state=64, chunk_size=256, tie_word_embeddings=True, use_mamba_kernels=False)),
+        n_mamba_heads=24, mamba_d_state=64, chunk_size=256, tie_word_embeddings=True)),
 }
 
 

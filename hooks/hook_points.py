@@ -108,3 +108,38 @@ def check_hook_names(names: Iterable[str | Callable], valid: dict) -> None:
             raise UnknownHookError(
                 f"unknown hook name {name!r}.{hint} List them all with `model.hook_dict.keys()`."
             )
+
+
+#: the attribute nnsight (0.8) keeps its per-module controller state under (``nnsight.intervention.source.STATE``)
+_NNSIGHT_STATE = "__nnsight__"
+
+
+def hook_observed(hook: HookPoint, force: bool = False) -> bool:
+    """Whether anything will see ``hook`` in this forward, so that a forward may skip materialising an activation
+    nobody looks at (the SSM state [b, L, H, P, N], an attention pattern [b, heads, L, L]).
+
+    True when: a TransformerLens forward or backward hook is on it; ``force`` (a module's switch for tools that
+    instrument modules in ways we cannot detect, e.g. ``SSMMixer.fire_state_hook``); or a running
+    nnsight trace (0.8: nnsight installs a controller as the module's ``forward`` and registers no torch hooks)
+    in which a worker is parked on, or a ``tracer.cache()`` observes, one of the hook's locations. A trace visit
+    that nobody looks at is counted as nnsight counts it (``interleaver.counts``), so the occurrence numbers of
+    later visits (``tracer.iter`` over generation steps) stay those of a forward that fired every time.
+    """
+    if hook._forward_hooks or hook._backward_hooks or force:
+        return True
+    controller = hook.__dict__.get(_NNSIGHT_STATE)
+    if controller is None:
+        return False
+    try:
+        interleaver, path, locations = controller.active()
+        if interleaver is None:  # no trace running
+            return False
+        parked, observers, counts = interleaver.parked, interleaver.observers, interleaver.counts
+    except (AttributeError, TypeError, ValueError):  # another nnsight version: fire (correct, only slower)
+        return True
+    prefix = f"{path}."
+    if any(p.startswith(prefix) for p in (*parked, *observers) if isinstance(p, str)):
+        return True
+    for location in locations:  # nobody looks: count the visit, as Interleaver.handle's common path does
+        counts[location] = counts.get(location, 0) + 1
+    return False

@@ -26,6 +26,9 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
     blocks.{i}.attn.hook_rot_q / hook_rot_k                           after the rotary embedding
     blocks.{i}.attn.hook_attn_scores    [b, n_heads, q, k]  q·k · attention_scale (default 1/sqrt(d_head)), masked
     blocks.{i}.attn.hook_pattern        [b, n_heads, q, k]  softmax over k
+                                        (from FUSED_ATTENTION_MIN query positions on, the two fire only when
+                                        observed: a hook, a cache or an nnsight trace on one; else PyTorch's
+                                        fused attention runs and skips the [q, k] maps)
     blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
     blocks.{i}.hook_attn_out            [b, pos, d_model]   residual_multiplier · o_proj(z)
     "parallel" layers (Falcon-H1): both of the above, on the same ln1 output (times ssm_in_multiplier /
@@ -72,7 +75,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, HybridConfig
-from .hook_points import HookPoint
+from .hook_points import HookPoint, hook_observed
 from .mamba import HookedSSM, RMSNorm, SSMMixer, SSMState
 
 
@@ -98,6 +101,12 @@ class HybridState(SSMState):
 # --------------------------------------------------------------------------------------------
 # attention
 # --------------------------------------------------------------------------------------------
+#: forwards of at least this many query positions use PyTorch's fused attention when nobody observes
+#: ``hook_attn_scores`` / ``hook_pattern`` (shorter ones, decoding steps included, compute the pattern: it costs
+#: little there, and every length keeps one rounding)
+FUSED_ATTENTION_MIN = 64
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
@@ -170,15 +179,24 @@ class Attention(nn.Module):
         k_rep = k.repeat_interleave(groups, dim=2)  # head h reads KV head h // groups (HF repeat_kv)
         v_rep = v.repeat_interleave(groups, dim=2)
         scale = cfg.d_head ** -0.5 if cfg.attention_scale is None else cfg.attention_scale
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k_rep) * scale  # [b, nh, L, Lk]
         causal = torch.arange(Lk, device=x.device)[None, :] <= (Lk - L + torch.arange(L, device=x.device))[:, None]
-        allowed = causal[None, None] & key_mask[:, None, None, :]
+        allowed = causal[None, None] & key_mask[:, None, None, :]  # [b, 1, L, Lk]
         # the dtype's lowest value, not -inf: a query with every key masked (left padding) gets a finite,
         # uniform row instead of NaNs that would reach real positions through 0 · NaN
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
-        pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v_rep))  # [b, L, nh, dh]
-        return self.o_proj(z.flatten(-2))
+        lowest = torch.finfo(q.dtype).min
+        if L < FUSED_ATTENTION_MIN or x.is_meta or hook_observed(self.hook_attn_scores) \
+                or hook_observed(self.hook_pattern):
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k_rep) * scale  # [b, nh, L, Lk]
+            scores = self.hook_attn_scores(scores.masked_fill(~allowed, lowest))
+            pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v_rep)  # [b, L, nh, dh]
+        else:  # nobody looks at the scores or the pattern: PyTorch's fused kernel, the same values to rounding
+            plain_causal = Lk == L and bool(key_mask.all())
+            mask = None if plain_causal else torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(
+                ~allowed, lowest)
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k_rep.transpose(1, 2), v_rep.transpose(1, 2),
+                                               attn_mask=mask, is_causal=plain_causal, scale=scale).transpose(1, 2)
+        return self.o_proj(self.hook_z(z).flatten(-2))
 
 
 def _relu2(x: Tensor) -> Tensor:

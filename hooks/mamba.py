@@ -40,7 +40,7 @@ from interp.metrics import next_token_cross_entropy, next_token_nll
 
 from .api import InterpModelMixin
 from .config import SSM_MODEL_TYPES, SSMConfig
-from .hook_points import HookPoint
+from .hook_points import HookPoint, hook_observed
 from .positions import Positions, PositionsLike
 from .scan import apply_state_edits, chunked_scan, expand_groups, read_state, scan_with_states, update_state
 from .shapes import hook_shapes_by_meta_forward
@@ -334,39 +334,10 @@ class SSMMixer(nn.Module):
         return out
 
 
-#: the attribute nnsight (0.8) keeps its per-module controller state under (``nnsight.intervention.source.STATE``)
-_NNSIGHT_STATE = "__nnsight__"
-
-
 def _state_observed(mixer: SSMMixer) -> bool:
-    """Whether ``mixer.hook_state`` must fire in this forward (else the scan skips materialising [b, L, H, P, N]).
-
-    True when anything will see it: a TransformerLens forward or backward hook on it; the explicit switch
-    ``mixer.fire_state_hook = True`` (for tools that instrument modules in ways we cannot detect); or a running
-    nnsight trace (0.8: nnsight installs a controller as the module's ``forward`` and registers no torch hooks)
-    in which a worker is parked on, or a ``tracer.cache()`` observes, one of the hook's locations. A trace visit
-    that nobody looks at is counted as nnsight counts it (``interleaver.counts``), so the occurrence numbers of
-    later visits (``tracer.iter`` over generation steps) stay those of a forward that fired every time.
-    """
-    hook = mixer.hook_state
-    if hook._forward_hooks or hook._backward_hooks or mixer.fire_state_hook:
-        return True
-    controller = hook.__dict__.get(_NNSIGHT_STATE)
-    if controller is None:
-        return False
-    try:
-        interleaver, path, locations = controller.active()
-        if interleaver is None:  # no trace running
-            return False
-        parked, observers, counts = interleaver.parked, interleaver.observers, interleaver.counts
-    except (AttributeError, TypeError, ValueError):  # another nnsight version: fire (correct, only slower)
-        return True
-    prefix = f"{path}."
-    if any(p.startswith(prefix) for p in (*parked, *observers) if isinstance(p, str)):
-        return True
-    for location in locations:  # nobody looks: count the visit, as Interleaver.handle's common path does
-        counts[location] = counts.get(location, 0) + 1
-    return False
+    """Whether ``mixer.hook_state`` must fire in this forward (else the scan skips materialising [b, L, H, P, N]):
+    :func:`~interp.hooks.hook_points.hook_observed`, or the switch ``mixer.fire_state_hook``."""
+    return hook_observed(mixer.hook_state, force=mixer.fire_state_hook)
 
 
 class _StateGrad(torch.autograd.Function):

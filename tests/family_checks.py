@@ -343,3 +343,25 @@ def assert_rollout_mixes_layers(model: Any, tokens: torch.Tensor) -> None:
     torch.testing.assert_close(torch.as_tensor(rollout_map(model, tokens, method="auto")), ref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(combine_layers(layer_maps(model, tokens, method="hidden"), how="rollout"), ref,
                                atol=1e-5, rtol=1e-4)
+
+
+def assert_fused_attention_matches(model: Any, tokens: torch.Tensor, *, pad: int = 5, tol: float = 1e-5) -> None:
+    """Forwards of at least ``FUSED_ATTENTION_MIN`` positions with nobody observing the attention pattern run
+    PyTorch's fused attention: the logits equal those of the same forward with the pattern computed (a no-op hook
+    on every ``attn.hook_pattern``) to ``tol`` relative to the logits' scale, on ``tokens`` as they are (causal)
+    and with row 0 left-padded by ``pad`` (a mask; every real position compared, every position finite)."""
+    from interp.hooks.hybrid import FUSED_ATTENTION_MIN
+
+    assert tokens.shape[1] >= FUSED_ATTENTION_MIN
+    observed = [(n, lambda t, hook: None) for n in model.hook_dict if n.endswith("attn.hook_pattern")]
+    assert observed, "the model has no attention layer"
+    mask = torch.ones_like(tokens)
+    mask[0, :pad] = 0
+    for attention_mask in (None, mask):
+        with torch.no_grad():
+            fused = model(tokens, attention_mask=attention_mask)
+            eager = model.run_with_hooks(tokens, attention_mask=attention_mask, fwd_hooks=observed)
+        real = torch.ones_like(tokens, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        assert torch.isfinite(fused).all()
+        scale = max(1.0, eager[real].abs().max().item())
+        assert (fused[real] - eager[real]).abs().max().item() <= tol * scale, f"mask {attention_mask is not None}"

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import interp
-from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
-                           assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
+from family_checks import (assert_continuation_equals_one_forward, assert_fused_attention_matches,
+                           assert_greedy_equals_argmax, assert_hidden_attention_exact, assert_hooks_fire_with_shapes,
                            assert_in_memory_model_matches_hf, assert_interaction_map_per_layer_kind,
                            assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
                            assert_padded_batch_matches_hf, assert_pattern_equals_hf, assert_rescan_exact,
@@ -279,3 +279,8 @@ def test_lrp_conserves_with_biases_zeroed(pair):
 
 def test_rollout_chains_ssm_and_attention_layers(pair):
     assert_rollout_mixes_layers(pair[1], _tokens(12, b=1, seed=9))
+
+
+def test_fused_attention_equals_the_pattern_path(pair):
+    """Long forwards nobody observes the pattern of run PyTorch's fused attention: same logits (padding too)."""
+    assert_fused_attention_matches(pair[1], _tokens(70, b=2, seed=21))
