@@ -102,9 +102,12 @@ def test_ssm_sweep_equals_hand_loop(ssm, pairs, direction):
     assert (stacked.values - ref).abs().max().item() <= 1e-5
     assert (sweep.values - ref).abs().max().item() <= 1e-5
     assert (sweep.per_prompt - stacked.per_prompt).abs().max().item() <= 1e-4
-    assert stacked.n_forwards == 3  # two baselines and one forward for all 24 cells
-    # baselines, the base states, one partial forward per _PREFIX_SPAN positions
-    assert sweep.n_forwards == 3 + math.ceil(len(positions) / _PREFIX_SPAN)
+    # the prompts first differ at position 15: the cells at 0, 3 and 14 patch nothing and take the base run's value
+    changed = [p for p in positions if not torch.equal(clean[:, :p + 1], corrupted[:, :p + 1])]
+    assert changed == [15, 16, 17]
+    assert stacked.n_forwards == 3  # two baselines and one forward for the 12 changed cells
+    # baselines, the base states, one partial forward per _PREFIX_SPAN changed positions
+    assert sweep.n_forwards == 3 + math.ceil(len(changed) / _PREFIX_SPAN)
     # positions before the first changed token: patching changes nothing (denoise 0, noise 1)
     untouched = 1.0 if direction == "noise" else 0.0
     assert (sweep.values[:, :2] - untouched).abs().max().item() <= 1e-5
@@ -117,13 +120,13 @@ def test_batch_size_does_not_change_the_numbers(ssm, pairs):
     kw = dict(corrupted=corrupted, metric=KLToClean(), hook="mixer_out", positions=slice(13, None), layers=[0, 2])
     one = patch_sweep(ssm, clean, batch_size=1, reuse_prefix=False, **kw)
     some = patch_sweep(ssm, clean, batch_size=5, reuse_prefix=False, **kw)
-    assert one.n_forwards == 2 + 10 and some.n_forwards == 2 + 2
+    assert one.n_forwards == 2 + 6 and some.n_forwards == 2 + 2  # 13, 14 are before the first difference: no forward
     assert (one.values - some.values).abs().max().item() <= 1e-5
     assert one.hooks == ("blocks.0.hook_mixer_out", "blocks.2.hook_mixer_out") and one.positions == (13, 14, 15, 16, 17)
     # from the base state: batch_size caps the layers stacked in one partial forward
     per_cell = patch_sweep(ssm, clean, batch_size=1, **kw)
     per_position = patch_sweep(ssm, clean, **kw)
-    assert per_cell.n_forwards == 3 + 10 and per_position.n_forwards == 3 + math.ceil(5 / _PREFIX_SPAN)
+    assert per_cell.n_forwards == 3 + 6 and per_position.n_forwards == 3 + math.ceil(3 / _PREFIX_SPAN)
     for sweep in (per_cell, per_position):
         assert (sweep.values - one.values).abs().max().item() <= 1e-5
 
@@ -389,3 +392,23 @@ def test_integrated_gradients_completeness(name, pairs):
         assert r[8] > r[1] and r[8] > 0.9, (direction, r)
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
         attribution_sweep(model, clean, steps=0, **kw)
+
+
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_cells_that_patch_nothing_are_not_run(ssm, pairs, reuse_prefix):
+    """A cell whose clean and corrupted activations are equal (every position before the first differing token)
+    takes the base run's value without a forward; when the prompts differ from position 1 on, the cells run."""
+    clean, corrupted, answer, wrong = pairs
+    kw = dict(metric=LogitDiff(answer, wrong), positions=[1, 2, 3], reuse_prefix=reuse_prefix)
+    early = corrupted.clone()
+    early[:, 1] = (clean[:, 1] + 1) % ssm.cfg.d_vocab  # now the prompts differ at position 1
+    all_run = patch_sweep(ssm, clean, corrupted=early, batch_size=1, **kw)
+    none_run = patch_sweep(ssm, clean, corrupted=corrupted, batch_size=1, **kw)  # they differ at 15 only
+    # every cell runs but layer 0's at 2 and 3: its resid_pre is the token embedding, and those tokens are equal
+    n_cells = ssm.cfg.n_layers * 3 - 2
+    assert all_run.n_forwards == (3 if reuse_prefix else 2) + n_cells
+    assert none_run.n_forwards == (3 if reuse_prefix else 2)
+    assert torch.equal(none_run.values, torch.zeros_like(none_run.values))  # normalised: corrupted = 0
+    ref = _hand_loop(ssm, clean, early, LogitDiff(answer, wrong), "blocks.{layer}.hook_resid_pre", [1, 2, 3],
+                     "denoise")
+    assert (all_run.values - ref).abs().max().item() <= 1e-5

@@ -156,6 +156,14 @@ def _source(model: Any, tokens: Tensor, names: list[str], state: bool, positions
     return model(tokens), {n: cache[n] for n in names}  # the plain forward defines the baseline
 
 
+def _same_at(src: Tensor, base: Tensor, p: int, slot: int | None, pos_dim: int) -> bool:
+    """Whether the source and base activations are equal (bit for bit, every prompt) at position ``p`` (for the
+    state hook, at its cached ``slot``)."""
+    if slot is not None:
+        return torch.equal(src[:, slot], base[:, slot])
+    return torch.equal(src.select(pos_dim, p), base.select(pos_dim, p))
+
+
 def _patcher(src: Tensor, copies: Tensor, cell_pos: Tensor, b: int, pos_dim: int, src_pos: dict[int, int] | None):
     """Hook that sets copy ``copies[i]`` of the b prompts at absolute position ``cell_pos[i]`` to the source
     activation there.
@@ -279,6 +287,10 @@ def patch_sweep(
             cells (the only way on a transformer, and the default on a hybrid, whose decoding states hold its
             attention layers' keys and values: slower than whole forwards).
 
+    A cell where the source activation equals the base run's (bit for bit, every prompt: on a causal model every
+    position before the first token where the clean and corrupted prompts differ) patches nothing; it takes the base
+    run's value without a forward.
+
     Returns a :class:`PatchSweep` (values normalised: clean 1, corrupted 0).
     """
     g = check_grid(model, tokens, corrupted=corrupted, hook=hook, layers=layers, positions=positions, direction=direction)
@@ -307,13 +319,24 @@ def patch_sweep(
     c = _cells_per_forward(batch_size, b, L, model.cfg.d_vocab, len(cells), clean.device)
     per_prompt = torch.empty(len(cells), b)
     raw = torch.empty(len(cells))
+    # a cell whose source activation equals the base run's there (every position before the first token where the
+    # prompts differ, on a causal model) patches nothing: it takes the base run's value, without a forward
+    unchanged = [i for i, (name, p) in enumerate(cells)
+                 if _same_at(cache[name], base_cache[name], p, src_pos[p] if state else None, model.pos_dim(name))]
+    if unchanged:
+        per_prompt[unchanged] = metric(base_logits[None], clean_logits).float().cpu()
+        raw[unchanged] = score.raw(base_logits[None]).float().cpu()
+    skip = {cells[i] for i in unchanged}
+    layer_of = dict(zip(layers, names))
     if reuse_prefix:
-        states = base_states(model, base, positions=[start for start, _ in cell_groups(layers, pos, c, _PREFIX_SPAN)])
+        groups = [(min(p for _, p in kept), kept) for _, group in cell_groups(layers, pos, c, _PREFIX_SPAN)
+                  if (kept := [(lay, p) for lay, p in group if (layer_of[lay], p) not in skip])]
+        states = base_states(model, base, positions=[start for start, _ in groups]) if groups else {}
         resid = {layer: base_cache[f"blocks.{layer}.hook_resid_pre"] for layer in layers}
         n_forwards += 1
         index = {(layer, p): [row * len(pos) + j for row, lay in enumerate(layers) if lay == layer
                               for j, q in enumerate(pos) if q == p] for layer in layers for p in pos}
-        for start, group in cell_groups(layers, pos, c, _PREFIX_SPAN):
+        for start, group in groups:
             hooks = []
             for layer in sorted({lay for lay, _ in group}):
                 name = template.format(layer=layer)
@@ -327,11 +350,12 @@ def patch_sweep(
                 for flat in index[cell]:
                     per_prompt[flat], raw[flat] = m[i], r[i]
             n_forwards += 1
-    for start in range(0, len(cells) if not reuse_prefix else 0, c):
-        chunk = [(j, *cell) for j, cell in enumerate(cells[start:start + c])]
-        logits = _run_cells(model, base, cache, chunk, state, src_pos)
-        per_prompt[start:start + len(chunk)] = metric(logits, clean_logits).float().cpu()
-        raw[start:start + len(chunk)] = score.raw(logits).float().cpu()  # the same ops as score(one cell's logits)
+    todo = [] if reuse_prefix else [i for i, cell in enumerate(cells) if cell not in skip]
+    for start in range(0, len(todo), c):
+        flat = todo[start:start + c]
+        logits = _run_cells(model, base, cache, [(j, *cells[i]) for j, i in enumerate(flat)], state, src_pos)
+        per_prompt[flat] = metric(logits, clean_logits).float().cpu()
+        raw[flat] = score.raw(logits).float().cpu()  # the same ops as score(one cell's logits)
         n_forwards += 1
     grid = (len(layers), len(pos))
     values = normalise(raw, score.clean.float().cpu(), score.corrupted.float().cpu())
