@@ -509,20 +509,10 @@ class HookedHybrid(HookedSSM):
         logits = self(tokens, attention_mask=attention_mask, state=state)
         return logits[:, -1], state
 
-    @torch.no_grad()
     def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, HybridState | None]:
         """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0): one forward with a state per
         position (an attention layer's cache is its keys and values, so there is no one-forward shortcut)."""
-        wanted = sorted({int(p) for p in positions})
-        if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
-            raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
-        out: dict[int, HybridState | None] = {}
-        for p in wanted:
-            state = None if p == 0 else HybridState()
-            if state is not None:
-                self(tokens[:, :p], state=state, return_type=None)
-            out[p] = state
-        return out
+        return self._states_by_forwards(tokens, positions, HybridState)
 
     # --- shapes -----------------------------------------------------------------------------
     def pos_dim(self, hook_name: str) -> int:

@@ -604,6 +604,21 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
             out[p] = SSMState(conv=[w[..., p:p + K - 1] for w in windows], ssm=[h[:, j] for h in states], offset=p)
         return out
 
+    @torch.no_grad()
+    def _states_by_forwards(self, tokens: Tensor, positions: list[int], new_state: Any) -> dict[int, Any]:
+        """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0) by one forward of the prefix with
+        a fresh ``new_state()`` per position: for models whose state has no one-forward shortcut (a hybrid's KV
+        cache, RWKV's)."""
+        wanted = sorted({int(p) for p in positions})
+        if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
+            raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
+        out: dict[int, Any] = {}
+        for p in wanted:
+            out[p] = None if p == 0 else new_state()
+            if p:
+                self(tokens[:, :p], state=out[p], return_type=None)
+        return out
+
     def _check_resid(self, resid: Any, start_at_layer: int, return_type: str | None) -> Tensor:
         """The residual stream a forward with ``start_at_layer`` starts from, checked."""
         if not 0 <= start_at_layer <= self.cfg.n_layers:

@@ -585,19 +585,9 @@ class HookedRWKV(HookedSSM):
         logits = self(tokens, attention_mask=attention_mask, state=state)
         return logits[:, -1], state
 
-    @torch.no_grad()
     def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, RWKVState | None]:
         """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0), one forward per position."""
-        wanted = sorted({int(p) for p in positions})
-        if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
-            raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
-        out: dict[int, RWKVState | None] = {}
-        for p in wanted:
-            state = None if p == 0 else RWKVState()
-            if state is not None:
-                self(tokens[:, :p], state=state, return_type=None)
-            out[p] = state
-        return out
+        return self._states_by_forwards(tokens, positions, RWKVState)
 
     def _meta_twins(self) -> list["HookedRWKV"]:
         with torch.device("meta"):
