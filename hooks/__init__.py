@@ -10,7 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import HybridConfig, SSMConfig, is_ssm
+from .config import SSMConfig, is_ssm
+from .hybrid_config import HybridConfig
 from .insert import Insertion, insert, inserted, remove  # eager: the function ``insert`` must shadow the submodule
 from .protocol import HookedModel, HookedModelConfig
 

@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, HybridConfig
+from .hybrid_config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, HybridConfig
 from .hook_points import HookPoint, hook_observed
 from .mamba import HookedSSM, RMSNorm, SSMMixer, SSMState
 

@@ -23,7 +23,8 @@ from interp.io import (
 )
 from interp.io import read_safetensors as read_safetensors_file
 
-from .config import HYBRID_MODEL_TYPES, SSM_MODEL_TYPES, SSMConfig
+from .config import SSM_MODEL_TYPES, SSMConfig
+from .hybrid_config import HYBRID_MODEL_TYPES
 from .tokenizer import TOKENIZER_FILE, DigitTokenizer
 
 WEIGHT_FILE = "model.safetensors"
@@ -477,7 +478,7 @@ def _olmo_hybrid_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
     return rules
 
 
-#: each hybrid ``model_type`` (hooks/config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
+#: each hybrid ``model_type`` (hooks/hybrid_config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
 _HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules,
                          "jamba": lambda layer_types: _JAMBA_HF_TO_OURS,
                          "granitemoehybrid": lambda layer_types: _GRANITE_HF_TO_OURS,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import KV_LAYER_KINDS, SSM_LAYER_KINDS, HybridConfig
+from .hybrid_config import KV_LAYER_KINDS, SSM_LAYER_KINDS, HybridConfig
 from .hook_points import HookPoint
 from .hybrid import Attention, HybridBlock, HybridState, MLP
 from .mamba import HookedSSM, RMSNorm

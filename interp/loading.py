@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from interp import zoo
-from interp.hooks.config import HYBRID_MODEL_TYPES, RWKV_MODEL_TYPES, SSM_MODEL_TYPES
+from interp.hooks.config import RWKV_MODEL_TYPES, SSM_MODEL_TYPES
+from interp.hooks.hybrid_config import HYBRID_MODEL_TYPES
 from interp.locks import warn_if_being_written
 
 SSM_TYPES = SSM_MODEL_TYPES  # the Hugging Face model types HookedSSM loads (interp.hooks.config)
