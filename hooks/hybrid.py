@@ -482,8 +482,9 @@ class HookedHybrid(HookedSSM):
         return model.to(device=p.device, dtype=p.dtype).eval()
 
     def save_pretrained(self, folder: str) -> None:
-        """Write a Hugging Face Bamba checkpoint (safetensors) that this class and ``BambaForCausalLM`` load;
-        Bamba-layout models only (ValueError naming what else a Bamba checkpoint cannot hold)."""
+        """Write a Hugging Face Bamba or OLMo-Hybrid checkpoint (safetensors, by ``cfg.hf_model_type``) that this
+        class and ``BambaForCausalLM`` / ``OlmoHybridForCausalLM`` load; Bamba- and OLMo-Hybrid-layout models only
+        (ValueError naming what else the checkpoint cannot hold)."""
         from .loading import save_hybrid
 
         save_hybrid(self, folder)

@@ -607,18 +607,113 @@ def to_hf_bamba_config(cfg: Any) -> Any:
     )
 
 
+def _ours_to_olmo_hybrid(layer_types: Sequence[str]) -> list[tuple[str, str]]:
+    """Ours -> Hugging Face OLMo-Hybrid names (the inverse of :func:`_olmo_hybrid_rules`, in the names HF's
+    ``save_pretrained`` writes: a GDN layer's ``attention_layer_norm`` / ``feedforward_layer_norm``, an attention
+    layer's ``feedforward_layer_norm`` / ``post_feedforward_layernorm``); the GDN's ``conv1d`` is split into
+    ``q_conv1d`` / ``k_conv1d`` / ``v_conv1d`` by :func:`save_hybrid`."""
+    rules = [(r"^embed\.weight$", "model.embed_tokens.weight"),
+             (r"^blocks\.(\d+)\.ssm\.(.+)$", r"model.layers.\1.linear_attn.\2"),
+             (r"^blocks\.(\d+)\.attn\.(.+)$", r"model.layers.\1.self_attn.\2"),
+             (r"^blocks\.(\d+)\.mlp\.(.+)$", r"model.layers.\1.mlp.\2"),
+             (r"^ln_final\.weight$", "model.norm.weight"), (r"^unembed\.weight$", "lm_head.weight")]
+    for i, t in enumerate(layer_types):
+        names = ("feedforward_layer_norm", "post_feedforward_layernorm") if t == "attention" \
+            else ("attention_layer_norm", "feedforward_layer_norm")
+        rules += [(rf"^blocks\.{i}\.ln{j + 1}\.weight$", f"model.layers.{i}.{n}.weight") for j, n in enumerate(names)]
+    return rules
+
+
+def to_hf_olmo_hybrid_config(cfg: Any) -> Any:
+    """The ``OlmoHybridConfig`` of an OLMo-Hybrid-layout :class:`HybridConfig` (the inverse of
+    ``HybridConfig._from_olmo_hybrid``: Gated DeltaNet layers (pre-norm) and post-norm attention layers with q/k
+    projection norms and a rotary embedding on the whole head, each followed by a gated SiLU MLP); ValueError naming
+    what an OLMo-Hybrid checkpoint cannot hold. transformers' ``OlmoHybridConfig`` needs at least one layer of each
+    kind, and fills a missing ``rope_parameters`` with a default rotary embedding, so NoPE attention is refused."""
+    from transformers import OlmoHybridConfig
+
+    d = cfg.delta
+    kinds = set(cfg.layer_types)
+    problems = [msg for bad, msg in (
+        (cfg.hf_model_type != "olmo_hybrid", f"model_type {cfg.hf_model_type!r}"),
+        (cfg.ssm is not None or d is None or not kinds <= {"gated_deltanet", "attention"},
+         "layers other than 'gated_deltanet' and 'attention'"),
+        (kinds != {"gated_deltanet", "attention"},
+         "no 'attention' or no 'gated_deltanet' layer (OlmoHybridConfig needs at least one of each)"),
+        (not cfg.mlp_sublayer or not cfg.gated_mlp or cfg.moe_layers or cfg.mlp_bias,
+         "a layout other than one gated MLP sublayer (no bias) per layer"),
+        (cfg.act_fn != "silu" or (d is not None and d.activation not in ("silu", "swish")),
+         "an activation other than SiLU"),
+        (sorted(cfg.post_norm_layers) != cfg.attention_layers, "post_norm_layers other than the attention layers"),
+        (cfg.qk_norm != "projection", "qk_norm other than 'projection'"),
+        (cfg.rotary_dim != cfg.d_head, "rotary_dim != d_head (OLMo-Hybrid rotates the whole head; NoPE is refused)"),
+        (d is not None and (d.conv_bias or not d.qk_l2norm or d.gate_norm_eps != 1e-5 or d.l2norm_eps != 1e-6
+                            or d.beta_scale not in (1.0, 2.0) or d.d_model != cfg.d_model),
+         "Gated DeltaNet knobs HF fixes (conv_bias False, qk_l2norm, gate_norm_eps 1e-5, l2norm_eps 1e-6, "
+         "beta_scale 1 or 2, d_model)"),
+        (any(getattr(cfg, f, v) != v for f, v in (("embedding_multiplier", 1.0), ("residual_multiplier", 1.0),
+                                                  ("attention_scale", None), ("logits_scale", 1.0),
+                                                  ("attention_in_multiplier", 1.0), ("attention_out_multiplier", 1.0),
+                                                  ("key_multiplier", 1.0), ("ssm_in_multiplier", 1.0),
+                                                  ("ssm_out_multiplier", 1.0), ("mlp_gate_multiplier", 1.0),
+                                                  ("mlp_down_multiplier", 1.0))),
+         "scalar multipliers"),
+    ) if bad]
+    if problems:
+        raise ValueError(f"cannot save this hybrid as an OLMo-Hybrid checkpoint: {'; '.join(problems)}")
+    kinds_hf = {"gated_deltanet": "linear_attention", "attention": "full_attention"}
+    extra = {} if cfg.d_head * cfg.n_heads == cfg.d_model else {"head_dim": cfg.d_head}
+    return OlmoHybridConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_key_value_heads,
+        hidden_act="silu", max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.norm_eps,
+        pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+        tie_word_embeddings=cfg.tie_embeddings, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        attention_bias=cfg.attn_bias, layer_types=[kinds_hf[t] for t in cfg.layer_types],
+        linear_num_key_heads=d.n_k_heads, linear_num_value_heads=d.n_v_heads, linear_key_head_dim=d.d_k,
+        linear_value_head_dim=d.d_v, linear_conv_kernel_dim=d.d_conv, linear_allow_neg_eigval=d.beta_scale == 2.0,
+        **extra,
+    )
+
+
+def _split_olmo_hybrid_conv(state: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`_join_olmo_hybrid_conv`: each ``linear_attn.conv1d.weight`` as the checkpoints'
+    ``q_conv1d`` / ``k_conv1d`` / ``v_conv1d`` weights (key_dim, key_dim, value_dim rows)."""
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.linear_attn)\.conv1d\.weight$", k)
+        if m is None:
+            out[k] = v
+            continue
+        q, kk, vv = torch.split(v, [cfg.delta.key_dim, cfg.delta.key_dim, cfg.delta.value_dim], dim=0)
+        out.update({f"{m.group(1)}.q_conv1d.weight": q.contiguous(), f"{m.group(1)}.k_conv1d.weight": kk.contiguous(),
+                    f"{m.group(1)}.v_conv1d.weight": vv.contiguous()})
+    return out
+
+
+#: the hybrid model types :func:`save_hybrid` writes: (config builder, HF class, ours -> HF weight-name rules)
+_HYBRID_SAVERS = {"bamba": (to_hf_bamba_config, "BambaForCausalLM", lambda layer_types: _OURS_TO_BAMBA),
+                  "olmo_hybrid": (to_hf_olmo_hybrid_config, "OlmoHybridForCausalLM", _ours_to_olmo_hybrid)}
+
+
 def save_hybrid(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
-    """Write a Bamba-layout HookedHybrid as a Hugging Face Bamba checkpoint (config.json, model.safetensors,
-    tokenizer, checksums) that both :func:`interp.load` and ``BambaForCausalLM.from_pretrained`` read."""
+    """Write a Bamba- or OLMo-Hybrid-layout HookedHybrid (by ``cfg.hf_model_type``; other types go to
+    :func:`to_hf_bamba_config`, which names what a Bamba checkpoint cannot hold) as a Hugging Face checkpoint
+    (config.json, model.safetensors, tokenizer, checksums) that both :func:`interp.load` and
+    ``BambaForCausalLM`` / ``OlmoHybridForCausalLM.from_pretrained`` read."""
     folder = Path(folder)
-    cfg_dict = to_hf_bamba_config(model.cfg).to_dict()
+    to_config, arch, rules = _HYBRID_SAVERS.get(model.cfg.hf_model_type, _HYBRID_SAVERS["bamba"])
+    cfg_dict = to_config(model.cfg).to_dict()
     folder.mkdir(parents=True, exist_ok=True)
-    cfg_dict["architectures"] = ["BambaForCausalLM"]
+    cfg_dict["architectures"] = [arch]
     cfg_dict["interp"] = {"name": model.cfg.name, "default_prepend_bos": model.cfg.default_prepend_bos,
                           "extra": model.cfg.extra}
     (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
-    state = {_rename(k, _OURS_TO_BAMBA): v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    table = rules(model.cfg.layer_types)
+    state = {_rename(k, table): v.detach().contiguous().cpu() for k, v in model.state_dict().items()
              if not (k == "unembed.weight" and model.cfg.tie_embeddings)}
+    if model.cfg.hf_model_type == "olmo_hybrid":
+        state = _split_olmo_hybrid_conv(state, model.cfg)
     save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
     write_model_checksums(folder, getattr(model, "tokenizer", None))
     return folder

@@ -31,6 +31,9 @@ TINY = {
     "transformer": dict(n_layers=1, d_model=32, n_heads=2, d_head=16, d_mlp=64, rotary_dim=16),
     "hybrid": dict(d_model=32, layer_types=["ssm", "attention"], n_heads=2, d_mlp=64,
                    ssm=dict(d_state=8, head_dim=16, chunk_size=16)),
+    # by name where one arch has several layouts (the OLMo-Hybrid-layout Gated DeltaNet hybrid)
+    "copy-deltanet": dict(d_model=32, layer_types=["attention", "gated_deltanet"], n_heads=2, d_mlp=64,
+                          delta=dict(n_k_heads=2, n_v_heads=2, d_k=8, d_v=8, chunk_size=16)),
 }
 
 
@@ -42,7 +45,7 @@ def tiny(recipe: Recipe, **kw) -> Recipe:
         task = dict(copy_n_range=(2, 6), eval_copy_n_range=(2, 6), steps=80, batch_size=16)
     lr = 3e-3 if recipe.arch == "transformer" else 1e-2
     settings = dict(lr=lr, warmup_steps=5, checkpoint_every=10_000, eval_n_samples=8, eval_gen_len=32, **task)
-    return recipe.replace(**{**settings, **TINY[recipe.arch], **kw})
+    return recipe.replace(**{**settings, **TINY.get(recipe.name, TINY[recipe.arch]), **kw})
 
 
 def test_registry_names_match_recipes():

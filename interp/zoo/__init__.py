@@ -17,6 +17,7 @@ name                          arch        task     metric (see ``interp.zoo.eval
 ``copy-mamba``                Mamba-1     copy     copy token accuracy, lengths 16..32
 ``copy-mamba2``               Mamba-2     copy     copy token accuracy, lengths 16..32
 ``copy-hybrid``               hybrid      copy     copy token accuracy (Mamba-2, attention, Mamba-2)
+``copy-deltanet``             hybrid      copy     copy token accuracy (attention, Gated DeltaNet ×2)
 ============================  ==========  =======  ===========================================
 
 Retrain one with ``python -m interp.zoo.train NAME --install`` (recipes in :mod:`interp.zoo.recipes`).
@@ -34,7 +35,8 @@ __all__ = ["MODEL_NAMES", "WEIGHTS_DIR", "list_models", "embedded_path", "model_
            "write_shipped_checksums", "verify_shipped_checksums"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2", "copy-hybrid")
+MODEL_NAMES = ("tokfsm-mamba", "tokfsm-mamba2", "tokfsm-transformer", "copy-mamba", "copy-mamba2", "copy-hybrid",
+               "copy-deltanet")
 CARD_FILE = "model_card.json"
 
 
@@ -93,6 +95,8 @@ def describe(card: dict[str, Any]) -> str:
     layers = cfg.get("n_layers") or cfg.get("num_hidden_layers")
     arch = {"mamba1": "Mamba-1", "mamba2": "Mamba-2", "transformer": "transformer",
             "hybrid": "hybrid (Mamba-2 + attention)"}[card["arch"]]
+    if cfg.get("model_type") == "olmo_hybrid":
+        arch = "hybrid (Gated DeltaNet + attention)"
     return f"{arch}, {layers} layers, d_model {width}"
 
 

@@ -40,11 +40,13 @@ class Recipe:
         name: registry name (folder name under ``interp/zoo/weights``).
         arch: ``"mamba1"``, ``"mamba2"`` (:class:`interp.hooks.HookedSSM`), ``"transformer"``
             (:class:`interp.hooks.transformer.HookedTransformerModel`) or ``"hybrid"``
-            (:class:`interp.hooks.HookedHybrid`, Bamba layout: Mamba-2 and attention layers, each with a gated MLP).
+            (:class:`interp.hooks.HookedHybrid`, Bamba layout: Mamba-2 and attention layers, each with a gated MLP;
+            or, with ``delta`` in ``model``, OLMo-Hybrid layout: Gated DeltaNet and attention layers).
         task: ``"tokfsm"`` (next-token loss on every position) or ``"copy"`` (loss only where the
             next token is a copied one: the batch's ``loss_mask``).
         model: architecture keyword arguments (SSMConfig or HookedTransformerConfig fields; for a hybrid,
-            HybridConfig fields with ``layer_types`` and the Mamba-2 mixer's SSMConfig fields under ``ssm``); vocab
+            HybridConfig fields with ``layer_types`` and the Mamba-2 mixer's SSMConfig fields under ``ssm``, or the
+            Gated DeltaNet mixer's DeltaNetConfig fields under ``delta``); vocab
             size and special token ids are filled in from the task.
         seq_len: TokFSM sequence length (BOS included).
         copy_n_range: copy lengths drawn during training (inclusive).
@@ -175,6 +177,8 @@ class Recipe:
         ssm_kw, layer_types = dict(kw.pop("ssm", {})), list(kw.pop("layer_types"))
         n, d = len(layer_types), int(kw["d_model"])
         ids = self.special_ids()
+        if "delta" in kw:  # OLMo-Hybrid layout: Gated DeltaNet layers (DeltaNetConfig fields under ``delta``)
+            return self._olmo_hybrid_config(kw, layer_types, ids)
         ssm = SSMConfig(family="mamba2", d_model=d, n_layers=n, vocab_size=self.vocab_size, residual_in_fp32=False,
                         **ssm_kw)
         d_head = d // int(kw["n_heads"])
@@ -182,6 +186,24 @@ class Recipe:
         return HybridConfig(ssm=ssm, layer_types=layer_types, n_layers=n, vocab_size=self.vocab_size, d_head=d_head,
                             rotary_dim=d_head // 2, n_ctx=self.context_length, name=self.name,
                             default_prepend_bos=True, hf_model_type="bamba", **ids, **kw)
+
+    def _olmo_hybrid_config(self, kw: dict[str, Any], layer_types: list[str], ids: dict[str, int]) -> Any:
+        """OLMo-Hybrid layout (``HybridConfig._from_olmo_hybrid``'s): "gated_deltanet" layers (pre-norm) and post-norm
+        "attention" layers (q/k projection norms, a rotary embedding on the whole head), each with a gated SiLU MLP;
+        d_head = d_model // n_heads."""
+        from interp.hooks import HybridConfig
+        from interp.hooks.deltanet import DeltaNetConfig
+
+        d = int(kw["d_model"])
+        delta = DeltaNetConfig(d_model=d, **kw.pop("delta"))
+        d_head = d // int(kw["n_heads"])
+        kw.setdefault("n_key_value_heads", kw["n_heads"])
+        kw.setdefault("norm_eps", 1e-6)
+        return HybridConfig(ssm=None, layer_types=layer_types, n_layers=len(layer_types), vocab_size=self.vocab_size,
+                            d_head=d_head, rotary_dim=d_head, n_ctx=self.context_length, name=self.name, delta=delta,
+                            qk_norm="projection", post_norm_layers=[i for i, t in enumerate(layer_types)
+                                                                    if t == "attention"],
+                            default_prepend_bos=True, hf_model_type="olmo_hybrid", **ids, **kw)
 
     def transformer_config(self) -> Any:
         """The TransformerLens ``HookedTransformerConfig`` of a transformer recipe."""
@@ -226,7 +248,7 @@ class Recipe:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the five embedded models
+# the embedded models
 
 # TokFSM: 4 layers, as the codebook-features paper's transformer; 2 layers stay below 0.95 transition accuracy
 # (Mamba-2 2L d128 1500 steps: 0.77; 4L d64 without corruption: 0.91, with: 0.98, see docs/benchmarks.md)
@@ -246,6 +268,12 @@ _COPY_MAMBA2 = dict(d_model=64, n_layers=2, d_state=64, expand=2, d_conv=4, head
 # hidden attention with the attention layer's softmax pattern on one model (notebook 06)
 _COPY_HYBRID = dict(d_model=64, layer_types=["ssm", "attention", "ssm"], n_heads=4, d_mlp=128,
                     ssm=dict(d_state=32, expand=2, d_conv=4, head_dim=32, n_groups=1, chunk_size=64))
+
+# OLMo-Hybrid's layout: one attention layer first (transformers' OlmoHybridConfig needs one), then two Gated DeltaNet
+# layers. A first-layer attention reads only token embeddings (its values carry no position), so it cannot copy: the
+# copy has to go through the delta rule, whose map the copying benchmark measures
+_COPY_DELTANET = dict(d_model=64, layer_types=["attention", "gated_deltanet", "gated_deltanet"], n_heads=4, d_mlp=128,
+                      delta=dict(n_k_heads=2, n_v_heads=2, d_k=32, d_v=32, d_conv=4, beta_scale=2.0))
 
 _TOKFSM = dict(task="tokfsm", corrupt_prob=0.05, batch_size=32, warmup_steps=50, eval_every=500)
 # copy lengths 1..32 in training act as a curriculum: trained on 16..32 alone, Mamba-1 stays at chance (0.11
@@ -270,6 +298,9 @@ RECIPES: dict[str, Recipe] = {
         Recipe(name="copy-hybrid", arch="hybrid", model=_COPY_HYBRID, steps=1500, lr=3e-3, **_COPY,
                description="hybrid (Mamba-2, attention, Mamba-2; Bamba layout) trained to copy a_1..a_n SEP -> "
                            "a_1..a_n"),
+        Recipe(name="copy-deltanet", arch="hybrid", model=_COPY_DELTANET, steps=1500, lr=3e-3, **_COPY,
+               description="Gated DeltaNet hybrid (attention, Gated DeltaNet, Gated DeltaNet; OLMo-Hybrid layout) "
+                           "trained to copy a_1..a_n SEP -> a_1..a_n"),
     )
 }
 MODEL_NAMES = tuple(RECIPES)

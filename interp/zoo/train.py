@@ -52,7 +52,8 @@ from interp.training import (
 )
 from interp.zoo.recipes import RECIPES, Recipe, batch_at, get_recipe, tokenizer_for
 
-__all__ = ["build_model", "init_ssm_weights", "lr_factor", "compute_loss", "train", "finalize", "install", "main"]
+__all__ = ["build_model", "init_ssm_weights", "init_deltanet_weights", "lr_factor", "compute_loss", "train", "finalize",
+           "install", "main"]
 
 LOG_FILE = "train_log.jsonl"
 DEFAULT_OUT = Path("runs") / "zoo"
@@ -72,6 +73,8 @@ def init_ssm_weights(model: Any, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_
         for block in model.blocks:
             if not hasattr(block, "ssm"):  # a hybrid's attention layer: PyTorch's default initialisation
                 continue
+            if type(block.ssm).__name__ == "GatedDeltaNetMixer":  # init_deltanet_weights
+                continue
             m = block.ssm
             H = cfg.H
             if cfg.family == "mamba1":
@@ -89,6 +92,22 @@ def init_ssm_weights(model: Any, dt_min: float = 1e-3, dt_max: float = 1e-1, dt_
             m.out_proj.weight.div_(math.sqrt(cfg.n_layers))
 
 
+def init_deltanet_weights(model: Any, a_log_min: float = 0.0, a_log_max: float = 16.0, dt_min: float = 1e-3,
+                          dt_max: float = 1e-1, dt_floor: float = 1e-4) -> None:
+    """HF OLMo-Hybrid's ``_init_weights`` for each Gated DeltaNet mixer (``OlmoHybridConfig``'s ``linear_a_log_*``
+    and ``linear_dt_*`` defaults): A_log = log U(a_log_min, a_log_max), dt_bias = softplus⁻¹(dt) with dt
+    log-uniform in [dt_min, dt_max] clamped at dt_floor; the other weights keep PyTorch's initialisation."""
+    from interp.hooks.deltanet import GatedDeltaNetMixer
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, GatedDeltaNetMixer):
+                m.A_log.copy_(torch.empty_like(m.A_log).uniform_(a_log_min, a_log_max).log())
+                dt = torch.exp(torch.rand_like(m.dt_bias) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+                dt = dt.clamp(min=dt_floor)
+                m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+
 def build_model(recipe: Recipe) -> Any:
     """A freshly initialised model for ``recipe`` (seeded by ``recipe.seed``), with its tokenizer."""
     torch.manual_seed(recipe.seed)
@@ -102,6 +121,7 @@ def build_model(recipe: Recipe) -> Any:
 
         model = HookedHybrid(recipe.hybrid_config(), tokenizer=tokenizer)
         init_ssm_weights(model)
+        init_deltanet_weights(model)
     else:
         from interp.hooks import HookedSSM
 
