@@ -537,19 +537,25 @@ def to_hf_config(cfg: SSMConfig) -> Any:
 
 def save_ssm(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     """Write a Hugging Face-compatible checkpoint (config.json, model.safetensors, tokenizer)."""
+    return write_checkpoint(model, folder, to_hf_config(model.cfg).to_dict(),
+                            HF_ARCHITECTURES[model.cfg.hf_model_type], _OURS_TO_HF)
+
+
+def write_checkpoint(model: torch.nn.Module, folder: str | os.PathLike, hf_config: dict[str, Any], architecture: str,
+                     rules: list[tuple[str, str]], transform: Any = None) -> Path:
+    """Write ``model`` as a Hugging Face checkpoint into ``folder``: ``hf_config`` (the HF config dict; our own
+    fields name / default_prepend_bos / extra under "interp") as config.json, the weights renamed by ``rules``
+    (ours -> HF; a tied unembedding left out; ``transform(state)`` for layout changes) as model.safetensors, the
+    tokenizer, and the checksums every load verifies."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    hf_cfg = to_hf_config(model.cfg)
-    cfg_dict = hf_cfg.to_dict()
-    cfg_dict["architectures"] = [HF_ARCHITECTURES[model.cfg.hf_model_type]]
-    cfg_dict["interp"] = {k: v for k, v in model.cfg.to_dict().items() if k in ("name", "default_prepend_bos", "extra")}
-    (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
-    state = {}
-    for k, v in model.state_dict().items():
-        if k == "unembed.weight" and model.cfg.tie_embeddings:
-            continue
-        state[_rename(k, _OURS_TO_HF)] = v.detach().contiguous().cpu()
-    save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
+    cfg = model.cfg
+    hf_config = {**hf_config, "architectures": [architecture],
+                 "interp": {"name": cfg.name, "default_prepend_bos": cfg.default_prepend_bos, "extra": cfg.extra}}
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2, default=str))
+    state = {_rename(k, rules): v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not (k == "unembed.weight" and cfg.tie_embeddings)}
+    save_file(transform(state) if transform else state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
     write_model_checksums(folder, getattr(model, "tokenizer", None))
     return folder
 
@@ -701,22 +707,11 @@ def save_hybrid(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     :func:`to_hf_bamba_config`, which names what a Bamba checkpoint cannot hold) as a Hugging Face checkpoint
     (config.json, model.safetensors, tokenizer, checksums) that both :func:`interp.load` and
     ``BambaForCausalLM`` / ``OlmoHybridForCausalLM.from_pretrained`` read."""
-    folder = Path(folder)
     to_config, arch, rules = _HYBRID_SAVERS.get(model.cfg.hf_model_type, _HYBRID_SAVERS["bamba"])
-    cfg_dict = to_config(model.cfg).to_dict()
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg_dict["architectures"] = [arch]
-    cfg_dict["interp"] = {"name": model.cfg.name, "default_prepend_bos": model.cfg.default_prepend_bos,
-                          "extra": model.cfg.extra}
-    (folder / "config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
-    table = rules(model.cfg.layer_types)
-    state = {_rename(k, table): v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-             if not (k == "unembed.weight" and model.cfg.tie_embeddings)}
-    if model.cfg.hf_model_type == "olmo_hybrid":
-        state = _split_olmo_hybrid_conv(state, model.cfg)
-    save_file(state, str(folder / WEIGHT_FILE), metadata={"format": "pt"})
-    write_model_checksums(folder, getattr(model, "tokenizer", None))
-    return folder
+    hf_config = to_config(model.cfg).to_dict()  # raises, naming what the format cannot hold, before any write
+    split = (lambda state: _split_olmo_hybrid_conv(state, model.cfg)) if model.cfg.hf_model_type == "olmo_hybrid" \
+        else None
+    return write_checkpoint(model, folder, hf_config, arch, rules(model.cfg.layer_types), transform=split)
 
 
 def write_model_checksums(folder: Path, tokenizer: Any = None) -> Path:
