@@ -410,6 +410,8 @@ class HookedHybrid(HookedSSM):
     ``Zamba2ForCausalLM`` / ``FalconH1ForCausalLM``, or a folder it saved) or :meth:`from_pretrained`.
     """
 
+    state_class = HybridState
+
     def __init__(self, cfg: HybridConfig, tokenizer: object | None = None):
         super(HookedSSM, self).__init__()  # HookedRootModule's, not HookedSSM's (the blocks differ)
         self.cfg = cfg
@@ -505,15 +507,10 @@ class HookedHybrid(HookedSSM):
             return super().forward(input, *args, **kwargs)
 
     # --- decoding ---------------------------------------------------------------------------
-    def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, HybridState]:
-        state = HybridState()
-        logits = self(tokens, attention_mask=attention_mask, state=state)
-        return logits[:, -1], state
-
     def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, HybridState | None]:
         """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0): one forward with a state per
         position (an attention layer's cache is its keys and values, so there is no one-forward shortcut)."""
-        return self._states_by_forwards(tokens, positions, HybridState)
+        return self._states_by_forwards(tokens, positions)
 
     # --- shapes -----------------------------------------------------------------------------
     def pos_dim(self, hook_name: str) -> int:

@@ -425,6 +425,9 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
     token) and fires hooks at every step. Load with :func:`interp.load` or :meth:`from_pretrained`.
     """
 
+    #: the decoding state a forward with ``state=`` fills (a subclass with other blocks sets its own)
+    state_class: type = SSMState
+
     def __init__(self, cfg: SSMConfig, tokenizer: object | None = None):
         super().__init__()
         self.cfg = cfg
@@ -605,16 +608,16 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
         return out
 
     @torch.no_grad()
-    def _states_by_forwards(self, tokens: Tensor, positions: list[int], new_state: Any) -> dict[int, Any]:
+    def _states_by_forwards(self, tokens: Tensor, positions: list[int]) -> dict[int, Any]:
         """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0) by one forward of the prefix with
-        a fresh ``new_state()`` per position: for models whose state has no one-forward shortcut (a hybrid's KV
+        a fresh :attr:`state_class` per position: for models whose state has no one-forward shortcut (a hybrid's KV
         cache, RWKV's)."""
         wanted = sorted({int(p) for p in positions})
         if wanted and not 0 <= wanted[0] <= wanted[-1] <= tokens.shape[1]:
             raise IndexError(f"positions {wanted}: a decoding state exists after 0..{tokens.shape[1]} tokens")
         out: dict[int, Any] = {}
         for p in wanted:
-            out[p] = None if p == 0 else new_state()
+            out[p] = None if p == 0 else self.state_class()
             if p:
                 self(tokens[:, :p], state=out[p], return_type=None)
         return out
@@ -714,7 +717,7 @@ class HookedSSM(InterpModelMixin, HookedRootModule):
 
     # --- generation primitives --------------------------------------------------------------
     def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, SSMState]:
-        state = SSMState()
+        state = self.state_class()
         logits = self(tokens, attention_mask=attention_mask, state=state)
         return logits[:, -1], state
 

@@ -506,6 +506,8 @@ class HookedRWKV(HookedSSM):
     ``RwkvForCausalLM`` or a folder it saved) or :meth:`from_pretrained`.
     """
 
+    state_class = RWKVState
+
     def __init__(self, cfg: RWKVConfig, tokenizer: object | None = None):
         super(HookedSSM, self).__init__()  # HookedRootModule's, not HookedSSM's (the blocks differ)
         self.cfg = cfg
@@ -580,14 +582,9 @@ class HookedRWKV(HookedSSM):
         return self.embed.weight
 
     # --- decoding ---------------------------------------------------------------------------
-    def _prefill(self, tokens: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, RWKVState]:
-        state = RWKVState()
-        logits = self(tokens, attention_mask=attention_mask, state=state)
-        return logits[:, -1], state
-
     def decoding_states(self, tokens: Tensor, positions: list[int]) -> dict[int, RWKVState | None]:
         """{p: the decoding state after reading ``tokens[:, :p]``} (None for p = 0), one forward per position."""
-        return self._states_by_forwards(tokens, positions, RWKVState)
+        return self._states_by_forwards(tokens, positions)
 
     def _meta_twins(self) -> list["HookedRWKV"]:
         with torch.device("meta"):
