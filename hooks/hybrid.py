@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hybrid_config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, HybridConfig
+from .hybrid_config import HYBRID_MODEL_TYPES, KV_LAYER_KINDS, RECURRENT_MIXER_KINDS, HybridConfig
 from .hook_points import HookPoint, hook_observed
 from .mamba import HookedSSM, RMSNorm, SSMMixer, SSMState
 
@@ -322,6 +322,18 @@ def _times(x: Tensor, scale: float) -> Tensor:
     return x if scale == 1.0 else x * scale
 
 
+def _gated_deltanet(cfg: HybridConfig) -> nn.Module:
+    from .deltanet import GatedDeltaNetMixer  # OLMo-Hybrid's linear-attention layers
+
+    return GatedDeltaNetMixer(cfg.delta)
+
+
+#: layer kind -> its recurrent mixer (``HybridBlock.ssm``), built from the model's config; each takes (x [b, L,
+#: d_model], attention_mask, state_positions, state, layer=slot) and returns [b, L, d_model]
+RECURRENT_MIXERS: dict[str, Any] = {"ssm": lambda cfg: SSMMixer(cfg.ssm), "parallel": lambda cfg: SSMMixer(cfg.ssm),
+                                    "gated_deltanet": _gated_deltanet}
+
+
 class HybridBlock(nn.Module):
     """resid = resid_pre + mixer(RMSNorm(resid_pre)); with ``cfg.mlp_sublayer`` that is ``resid_mid`` and
     resid_post = resid_mid + MLP(RMSNorm(resid_mid)), else resid_post = resid. The mixer is ``ssm`` (an
@@ -339,13 +351,8 @@ class HybridBlock(nn.Module):
         self.kind, self.slot = kind, slot
         self.hook_resid_pre = HookPoint()
         self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        if kind in ("ssm", "parallel", "gated_deltanet"):
-            if kind == "gated_deltanet":  # OLMo-Hybrid's linear-attention layers (hooks/deltanet.py)
-                from .deltanet import GatedDeltaNetMixer
-
-                self.ssm = GatedDeltaNetMixer(cfg.delta)
-            else:
-                self.ssm = SSMMixer(cfg.ssm)
+        if kind in RECURRENT_MIXER_KINDS:
+            self.ssm = RECURRENT_MIXERS[kind](cfg)
             self.hook_mixer_out = HookPoint()
         if kind in ("attention", "parallel"):
             self.attn = Attention(cfg)
@@ -374,7 +381,7 @@ class HybridBlock(nn.Module):
         post = self.post_norm
         h = resid if post else self.ln1(resid)
         m, (s_in, s_out, a_in, a_out) = self._scaled, self.mults
-        if self.kind in ("ssm", "parallel", "gated_deltanet"):
+        if self.kind in RECURRENT_MIXER_KINDS:
             mixed = self.ssm(_times(h, s_in), attention_mask=attention_mask, state_positions=state_positions,
                              state=state, layer=self.slot)
             mixed = self.hook_mixer_out(m(_times(self.ln1(mixed) if post else mixed, s_out)))

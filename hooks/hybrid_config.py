@@ -33,6 +33,10 @@ LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel", "gated
 #: keys and values (an entry in its keys / values lists)
 SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel", "gated_deltanet")
 KV_LAYER_KINDS = ("attention", "shared_attention", "parallel")
+#: the layer kinds whose :class:`~interp.hooks.hybrid.HybridBlock` holds a recurrent mixer ``ssm`` (built by
+#: ``hooks.hybrid.RECURRENT_MIXERS``); a family adding a recurrent layer kind adds it here, to ``LAYER_KINDS`` and
+#: to ``SSM_LAYER_KINDS``
+RECURRENT_MIXER_KINDS = ("ssm", "parallel", "gated_deltanet")
 
 #: Nemotron-H's ``layers_block_type`` entries (``hybrid_override_pattern`` letters M, *, -) -> our layer kinds;
 #: "moe" (letter E) is refused by :meth:`HybridConfig.from_hf`
@@ -136,7 +140,7 @@ class HybridConfig:
     device: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        kinds = LAYER_KINDS if not self.mlp_sublayer else ("ssm", "attention", "parallel", "gated_deltanet")
+        kinds = LAYER_KINDS if not self.mlp_sublayer else ("attention",) + RECURRENT_MIXER_KINDS
         bad = [t for t in self.layer_types if t not in kinds]
         if bad or len(self.layer_types) != self.n_layers:
             raise ValueError(f"layer_types must list {' or '.join(map(repr, kinds))} for each of the {self.n_layers} "

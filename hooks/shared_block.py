@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .hybrid_config import KV_LAYER_KINDS, SSM_LAYER_KINDS, HybridConfig
+from .hybrid_config import KV_LAYER_KINDS, RECURRENT_MIXER_KINDS, SSM_LAYER_KINDS, HybridConfig
 from .hook_points import HookPoint
 from .hybrid import Attention, HybridBlock, HybridState, MLP
 from .mamba import HookedSSM, RMSNorm
@@ -167,7 +167,7 @@ def build_blocks(cfg: HybridConfig, block_cls: type[HybridBlock], shared_input: 
             blocks.append(SharedAttentionBlock(cfg, ssm_slot, layer, kv_slot, use, shared_input))
             use += 1
         else:
-            slot = ssm_slot if kind in ("ssm", "parallel", "gated_deltanet") else kv_slot if kind == "attention" \
+            slot = ssm_slot if kind in RECURRENT_MIXER_KINDS else kv_slot if kind == "attention" \
                 else before.count(kind)  # a "parallel" block finds its KV slot itself
             blocks.append(block_cls(cfg, kind, slot, layer))
     out = nn.ModuleList(blocks)
