@@ -226,7 +226,7 @@ class InterpModelMixin:
         """
         norm = getattr(self, "ln_final", None)
         w = getattr(norm, "w", None)
-        w = getattr(norm, "weight", None) if w is None else w
+        w = getattr(norm, "gain", getattr(norm, "weight", None)) if w is None else w
         W_U = self.W_U  # type: ignore[attr-defined]
         if w is not None:
             W_U = W_U * w.to(W_U.dtype)[:, None]

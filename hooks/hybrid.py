@@ -303,15 +303,19 @@ class ScaledEmbedding(nn.Embedding):
 
 class ScaledLinear(nn.Linear):
     """A bias-free linear map whose output is multiplied by ``scale`` (the unembedding, ``cfg.logits_scale``;
-    untouched at 1). The parameter is HF's ``lm_head.weight``; ``HookedHybrid.W_U`` is the scaled matrix."""
+    untouched at 1), then soft-capped as ``soft_cap · tanh(out / soft_cap)`` when ``soft_cap`` is set
+    (``cfg.logits_soft_cap``). The parameter is HF's ``lm_head.weight``; ``HookedHybrid.W_U`` is the scaled matrix
+    (the logits before the cap)."""
 
-    def __init__(self, in_features: int, out_features: int, scale: float = 1.0):
+    def __init__(self, in_features: int, out_features: int, scale: float = 1.0, soft_cap: float | None = None):
         super().__init__(in_features, out_features, bias=False)
         self.scale = float(scale)
+        self.soft_cap = None if soft_cap is None else float(soft_cap)
 
     def forward(self, input: Tensor) -> Tensor:
         out = super().forward(input)
-        return out if self.scale == 1.0 else out * self.scale
+        out = out if self.scale == 1.0 else out * self.scale
+        return out if self.soft_cap is None else self.soft_cap * torch.tanh(out / self.soft_cap)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,7 +354,7 @@ class HybridBlock(nn.Module):
         super().__init__()
         self.kind, self.slot = kind, slot
         self.hook_resid_pre = HookPoint()
-        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ln1 = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_offset)
         if kind in RECURRENT_MIXER_KINDS:
             self.ssm = RECURRENT_MIXERS[kind](cfg)
             self.hook_mixer_out = HookPoint()
@@ -371,7 +375,7 @@ class HybridBlock(nn.Module):
         self.mlp_sublayer = kind != "mlp" and cfg.mlp_sublayer
         if self.mlp_sublayer:
             self.hook_resid_mid = HookPoint()
-            self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps)
+            self.ln2 = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_offset)
         self.post_norm = layer in cfg.post_norm_layers  # OLMo-2's layout: ln1 / ln2 normalise the sublayer outputs
         self.hook_resid_post = HookPoint()
 
@@ -432,8 +436,9 @@ class HookedHybrid(HookedSSM):
         self.blocks = build_blocks(cfg, HybridBlock, self._shared_input)
         if self._shared_input is not None:
             self.blocks[0].register_forward_pre_hook(self._shared_input.capture_hook, with_kwargs=True)
-        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.unembed = ScaledLinear(cfg.d_model, cfg.d_vocab, scale=cfg.logits_scale)
+        self.ln_final = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm_offset)
+        self.unembed = ScaledLinear(cfg.d_model, cfg.d_vocab, scale=cfg.logits_scale,
+                                    soft_cap=cfg.logits_soft_cap)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
         self.setup()

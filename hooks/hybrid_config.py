@@ -128,6 +128,12 @@ class HybridConfig:
     # resid_post = resid_mid + ln2(mlp(resid_mid))); ln1 / ln2.hook_scale then read the sublayer outputs
     post_norm_layers: list[int] = field(default_factory=list)
     norm_eps: float = 1e-5
+    # the residual norms' gain is norm_offset + weight (1.0: the zero-centred RMSNorm of RecurrentGemma and Qwen3-Next,
+    # whose checkpoints store weight = gain − 1; 0.0: the weight itself)
+    norm_offset: float = 0.0
+    # logits = logits_soft_cap · tanh(logits / logits_soft_cap) after ``logits_scale`` (RecurrentGemma's
+    # logits_soft_cap, xLSTM's output_logit_soft_cap); None: no cap
+    logits_soft_cap: float | None = None
     n_ctx: int = 262144  # HF max_position_embeddings
     tie_embeddings: bool = False
     pad_token_id: int | None = None

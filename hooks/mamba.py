@@ -75,21 +75,28 @@ class SSMState:
 # --------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 (as Hugging Face's MambaRMSNorm), hooked as TransformerLens's RMSNorm:
-    ``hook_scale`` = rms = sqrt(mean(x²) + eps) [.., 1], ``hook_normalized`` = x / rms (before the weight)."""
+    ``hook_scale`` = rms = sqrt(mean(x²) + eps) [.., 1], ``hook_normalized`` = x / rms (before the weight).
+    With ``offset`` 1 the gain is ``1 + weight`` (the zero-centred norms of Gemma / RecurrentGemma and Qwen3-Next,
+    whose weights start at 0); :attr:`gain` is the factor the normalised stream is multiplied by."""
 
-    def __init__(self, d: int, eps: float):
+    def __init__(self, d: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d) if offset == 0.0 else torch.zeros(d))
+        self.eps, self.offset = eps, float(offset)
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
+
+    @property
+    def gain(self) -> Tensor:
+        """[d]: ``offset + weight``."""
+        return self.weight if self.offset == 0.0 else self.weight + self.offset
 
     def forward(self, x: Tensor) -> Tensor:
         dtype = x.dtype
         x = x.float()
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())  # [.., 1]
         x = self.hook_normalized(x / scale)
-        return self.weight * x.to(dtype)
+        return self.gain * x.to(dtype)
 
 
 class GatedRMSNorm(nn.Module):

@@ -202,7 +202,7 @@ def top_activating_examples(
 
 def _final_norm_weight(model: HookedModel) -> Tensor | None:
     ln = getattr(model, "ln_final", None)
-    for attr in ("weight", "w"):
+    for attr in ("gain", "weight", "w"):  # gain: offset + weight (RMSNorm with a zero-centred weight)
         w = getattr(ln, attr, None)
         if isinstance(w, Tensor):
             return w
