@@ -242,11 +242,40 @@ def chunked_scan(
     h0 = u.new_zeros(b, H, P, N) if initial_state is None else initial_state.float()
     if L == 0:
         return u.new_zeros(b, 0, H, P).to(dtype), h0
-    chunk = default_chunk(L, A, chunk_size)
-    fn = _scan_ssd if A.dim() == 1 else _scan_channelwise
-    y, h = fn(u, dt, A, B, C, h0, chunk)
+    if _use_fused_cpu_scan(u, dt, A, B, C, h0):
+        y, h = _fused_cpu_scan()(u[..., 0], dt, A, B[:, :, 0], C[:, :, 0], h0[..., 0, :])
+        y, h = y[..., None], h[:, :, None, :]
+    else:
+        chunk = default_chunk(L, A, chunk_size)
+        fn = _scan_ssd if A.dim() == 1 else _scan_channelwise
+        y, h = fn(u, dt, A, B, C, h0, chunk)
     y = y + D[:, None] * u
     return y.to(dtype), h
+
+
+#: whether :func:`chunked_scan` may run the Mamba-1 scan with the fused numba kernel
+#: (``interp.hooks.scan_cpu``) when it applies; False: always the PyTorch path
+FUSED_CPU_SCAN = True
+_FUSED: list = []
+
+
+def _fused_cpu_scan():
+    """The numba kernel, or None without numba (imported on first use: importing numba takes ~0.5 s)."""
+    if not _FUSED:
+        from .scan_cpu import HAS_NUMBA, selective_scan_numba
+
+        _FUSED.append(selective_scan_numba if HAS_NUMBA else None)
+    return _FUSED[0]
+
+
+def _use_fused_cpu_scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> bool:
+    """The fused kernel applies: the Mamba-1 layout (A [H, N], one channel per head, one B/C group) on the CPU, with
+    no gradient to carry (the kernel is forward-only)."""
+    if not FUSED_CPU_SCAN or A.dim() != 2 or u.shape[-1] != 1 or B.shape[2] != 1 or u.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C, h0)):
+        return False
+    return _fused_cpu_scan() is not None
 
 
 def read_state(h: Tensor, C: Tensor) -> Tensor:

@@ -1,0 +1,113 @@
+"""Fused CPU kernel (numba) for the Mamba-1 selective scan, the model forward's hot loop. It lives with the model,
+not in ``interp.kernels``: layers point one way (models ← kernels), and the forward itself calls it.
+
+Same conventions and result as :func:`interp.hooks.scan.sequential_scan` (the reference) for the Mamba-1 layout,
+without the skip term D·u (the caller adds it), one channel c per d_inner unit and one B/C group:
+
+    u, dt [b, L, d]   A [d, N]   B, C [b, L, N]   h0 [b, d, N]
+
+    h_t[c] = exp(Δ_t[c] A[c]) ⊙ h_{t-1}[c] + Δ_t[c] u_t[c] B_t        y_t[c] = C_t · h_t[c]
+
+One pass over the positions, each state read and written once, nothing of size [b, L, d, N] ever materialised (the
+PyTorch paths write the decays or the states and read them back; on a CPU that memory traffic, not the
+b·L·d·N multiply-adds, is what bounds them). Per position and channel the N states are one SIMD vector: their
+decays come from an inlined exp (Cody–Waite range reduction and a degree-6 polynomial, relative error ≤ 1.2e-7 on
+[-87, 88]; an argument below -87 counts as -87: a decay below 1.6e-38 is given as 1.6e-38, an absolute error that
+float32 states cannot show; above 88, where float32 overflows, as exp(88)), so the loop over the state vectorises,
+which numba's ``math.exp`` (a scalar libm call) would prevent. Threads split the channels (each owns its states:
+no races); denormals are flushed to zero inside the kernel (``hooks/_numba.py``, shared with the CPU kernels).
+
+Forward only (inputs are detached): the model uses it when no gradient is needed (``interp.hooks.scan``), and the
+PyTorch path otherwise. numba is optional: without it ``HAS_NUMBA`` is False and the model keeps its PyTorch scan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._numba import HAS_NUMBA, Pool, ftz_enter, ftz_leave, jit
+
+__all__ = ["HAS_NUMBA", "selective_scan_numba"]
+
+if HAS_NUMBA:
+    import math
+
+    f32 = np.float32
+
+    @jit(inline="always")
+    def _exp_parts(v):
+        """exp(v) for v clamped to [-87, 88] as (mantissa p ∈ [0.7, 1.5), exponent -126 ≤ k ≤ 127): p · 2^k."""
+        v = min(max(v, f32(-87.0)), f32(88.0))
+        k = math.floor(v * f32(1.4426950408889634) + f32(0.5))
+        r = v - k * f32(0.693359375) + k * f32(2.12194440e-4)  # v − k·ln 2 in two parts (Cody–Waite)
+        p = f32(1.9875691500e-4)
+        p = p * r + f32(1.3981999507e-3)
+        p = p * r + f32(8.3334519073e-3)
+        p = p * r + f32(4.1665795894e-2)
+        p = p * r + f32(1.6666665459e-1)
+        p = p * r + f32(5.0000001201e-1)
+        return p * r * r + r + f32(1.0), k
+
+    @jit()
+    def _scan_channels(u, dt, A, B, C, h, y, start, step):
+        """Thread ``start`` of ``step``: a contiguous slice of the channels (whole 16-channel blocks) of every
+        sequence, positions in order; h [b, d, N] holds h0 on entry and the last state on exit."""
+        csr = ftz_enter()
+        b, L, d = u.shape
+        N = A.shape[1]
+        blocks = (d + 15) // 16
+        c0, c1 = min(d, 16 * (blocks * start // step)), min(d, 16 * (blocks * (start + 1) // step))
+        e = np.empty(N, np.float32)
+        e_bits = e.view(np.int32)  # e · 2^k: add k to the exponent field of the mantissa's bits
+        for s in range(b):
+            us, dts, Bs, Cs, hs, ys = u[s], dt[s], B[s], C[s], h[s], y[s]
+            for t in range(L):
+                Bt, Ct, ut, dtt, yt = Bs[t], Cs[t], us[t], dts[t], ys[t]
+                for c in range(c0, c1):
+                    dv = dtt[c]
+                    x = dv * ut[c]
+                    a, hc = A[c], hs[c]
+                    for n in range(N):
+                        v = dv * a[n]
+                        p, k = _exp_parts(v)
+                        e[n] = p
+                        e_bits[n] += np.int32(k) << 23
+                    acc = f32(0.0)
+                    for n in range(N):
+                        hv = e[n] * hc[n] + x * Bt[n]
+                        hc[n] = hv
+                        acc += hv * Ct[n]
+                    yt[c] = acc
+        ftz_leave(csr)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().float().contiguous().numpy()
+
+
+def selective_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                         h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mamba-1 selective scan without D: u, dt [b, L, d], A [d, N], B, C [b, L, N], h0 [b, d, N] or None (zeros)
+    -> (y [b, L, d], last state [b, d, N]), float32 CPU tensors. Threads: ``torch.get_num_threads()``. Not
+    differentiable (inputs are detached)."""
+    if not HAS_NUMBA:
+        raise RuntimeError("numba is not installed (pip install 'interp[cpu-kernels]'); "
+                           "interp.hooks.scan.chunked_scan falls back to PyTorch")
+    b, L, d = u.shape
+    N = A.shape[-1]
+    if dt.shape != u.shape or A.shape != (d, N) or B.shape != (b, L, N) or C.shape != B.shape:
+        raise ValueError(f"shapes do not match the Mamba-1 layout: u {tuple(u.shape)}, dt {tuple(dt.shape)}, "
+                         f"A {tuple(A.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if any(x.device.type != "cpu" for x in (u, dt, A, B, C)):
+        raise ValueError("the numba kernel takes CPU tensors")
+    h = np.zeros((b, d, N), np.float32) if h0 is None else _np(h0).copy()
+    if h.shape != (b, d, N):
+        raise ValueError(f"h0 must be [b, d, N] = {(b, d, N)}, got {tuple(h0.shape)}")
+    y = np.empty((b, L, d), np.float32)
+    if L and d and b:
+        args = (_np(u), _np(dt), _np(A), _np(B), _np(C), h, y)
+        with Pool() as pool:
+            pool.run(_scan_channels, *args)
+    return torch.from_numpy(y), torch.from_numpy(h)

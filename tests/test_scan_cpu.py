@@ -1,0 +1,136 @@
+"""The fused numba selective scan (``interp.hooks.scan_cpu``) against its reference
+(:func:`interp.hooks.scan.sequential_scan`), and the Mamba-1 forward that uses it: logits equal to the PyTorch path
+and to Hugging Face, hooks (``hook_state`` edits included) unchanged, autograd on the PyTorch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp.hooks.scan_cpu as ks
+from interp.hooks import scan
+from interp.hooks.scan import chunked_scan, sequential_scan
+
+needs_numba = pytest.mark.skipif(not ks.HAS_NUMBA, reason="numba not installed (pip install 'interp[cpu-kernels]')")
+
+
+def mamba1_inputs(b: int, L: int, d: int, N: int, seed: int = 0, dt_max: float = 0.5, a_max: float = 8.0):
+    """The chunked_scan layout of Mamba-1: u [b, L, d, 1], dt [b, L, d], A [d, N] < 0, B, C [b, L, 1, N], D [d],
+    h0 [b, d, 1, N]."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(b, L, d, 1, generator=g)
+    dt = torch.rand(b, L, d, generator=g) * dt_max
+    A = -torch.rand(d, N, generator=g) * a_max
+    B, C = torch.randn(b, L, 1, N, generator=g), torch.randn(b, L, 1, N, generator=g)
+    return u, dt, A, B, C, torch.randn(d, generator=g), torch.randn(b, d, 1, N, generator=g)
+
+
+@needs_numba
+@pytest.mark.parametrize("b, L, d, N", [(2, 37, 24, 16), (1, 5, 7, 3), (3, 64, 40, 16), (1, 1, 17, 5)])
+def test_kernel_equals_sequential_scan(b, L, d, N):
+    u, dt, A, B, C, D, h0 = mamba1_inputs(b, L, d, N)
+    y, h = ks.selective_scan_numba(u[..., 0], dt, A, B[:, :, 0], C[:, :, 0], h0[:, :, 0])
+    y_ref, states = sequential_scan(u, dt, A, B, C, torch.zeros(d), h0)
+    scale = y_ref.abs().max()
+    assert (y - y_ref[..., 0]).abs().max() <= 1e-5 * scale
+    assert (h - states[:, -1, :, 0]).abs().max() <= 1e-5 * states[:, -1].abs().max()
+
+
+@needs_numba
+def test_kernel_decays_match_exp_over_the_whole_range():
+    """One step from h0 with u = 0: y = C · (exp(Δ A) ⊙ h0), so each decay exp(Δ A) is read back; Δ A spans
+    [-87, 0] (relative error ≤ 2e-7) and beyond -87 (underflow: ≤ 1.7e-38 absolute)."""
+    N = 1
+    v = -torch.cat([torch.linspace(0, 87, 4001), torch.tensor([88.0, 100.0, 1e4])])  # Δ A
+    d = v.numel()
+    u = torch.zeros(1, 1, d)
+    dt = torch.ones(1, 1, d)
+    A = v[:, None]
+    B, C = torch.zeros(1, 1, N), torch.ones(1, 1, N)
+    h0 = torch.ones(1, d, N)
+    y, h = ks.selective_scan_numba(u, dt, A, B, C, h0)
+    expected = torch.exp(v.double())
+    normal = v >= -87
+    rel = ((y[0, 0].double() - expected) / expected)[normal].abs().max()
+    assert rel <= 2e-7, rel
+    assert (y[0, 0].double() - expected)[~normal].abs().max() <= 1.7e-38
+    assert torch.equal(h[0, :, 0], y[0, 0])
+
+
+@needs_numba
+def test_chunked_scan_takes_the_kernel_only_where_it_applies(monkeypatch):
+    u, dt, A, B, C, D, h0 = mamba1_inputs(2, 30, 16, 8)
+    calls = []
+    kernel = ks.selective_scan_numba
+    monkeypatch.setattr(scan, "_FUSED", [lambda *a: calls.append(1) or kernel(*a)])
+    y, h = chunked_scan(u, dt, A, B, C, D, h0)
+    assert calls == [1]
+    y_ref, states = sequential_scan(u, dt, A, B, C, D, h0)
+    assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(h, states[:, -1], atol=1e-5)
+    # a gradient to carry, Mamba-2's layout (A [H]), or the switch off: the PyTorch path
+    chunked_scan(u.requires_grad_(), dt, A, B, C, D, h0)
+    chunked_scan(u.detach(), dt, A[:, 0].contiguous(), B, C, D, h0)
+    monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
+    chunked_scan(u.detach(), dt, A, B, C, D, h0)
+    assert calls == [1]
+
+
+@pytest.fixture(scope="module")
+def mamba1_pair():
+    """A Mamba-1 HF model whose decays reach the clamp (Δ A < -87 at some positions) and ours."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    import interp
+
+    torch.manual_seed(0)
+    hf = MambaForCausalLM(MambaConfig(vocab_size=61, hidden_size=32, state_size=16, num_hidden_layers=2, expand=2,
+                                      conv_kernel=4, time_step_max=8.0, time_step_min=1.0)).eval()
+    return hf, interp.load(hf)
+
+
+@needs_numba
+def test_mamba1_forward_with_the_kernel_equals_pytorch_path_and_hf(mamba1_pair, monkeypatch):
+    hf, model = mamba1_pair
+    tokens = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused, ref = model(tokens), hf(tokens).logits
+        monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
+        plain = model(tokens)
+    assert (fused - plain).abs().max() <= 1e-5
+    assert (fused - ref).abs().max() <= 1e-4
+
+
+@needs_numba
+def test_state_hooks_and_edits_unchanged_by_the_kernel(mamba1_pair, monkeypatch):
+    """``hook_state`` at chosen positions (the scan split into segments, each fused) and an edit of it give the same
+    states and logits on both paths."""
+    _, model = mamba1_pair
+    tokens = torch.randint(0, 61, (1, 40), generator=torch.Generator().manual_seed(2))
+
+    def run():
+        seen = {}
+
+        def edit(h, hook):
+            seen["h"] = h.clone()
+            return h * 0.5
+
+        with torch.no_grad():
+            logits = model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.ssm.hook_state", edit)],
+                                          state_positions=[7, 23])
+        return logits, seen["h"]
+
+    fused = run()
+    monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
+    plain = run()
+    assert (fused[1] - plain[1]).abs().max() <= 1e-5
+    assert (fused[0] - plain[0]).abs().max() <= 1e-5
+
+
+def test_gradients_flow_through_the_pytorch_path(mamba1_pair):
+    """Under autograd the forward keeps the differentiable PyTorch scan (the kernel is forward-only)."""
+    _, model = mamba1_pair
+    tokens = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(3))
+    embed = model.embed(tokens).detach().requires_grad_()
+    logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, hook: embed)])
+    logits[0, -1].max().backward()
+    assert embed.grad is not None and embed.grad.abs().sum() > 0
