@@ -54,7 +54,9 @@ class DeltaNetConfig:
     n_k_heads), conv width ``d_conv`` [linear_conv_kernel_dim], conv activation ``activation`` [hidden_act],
     ``beta_scale`` (2.0 with [linear_allow_neg_eigval], else 1.0), ``qk_l2norm`` (HF's use_qk_l2norm_in_kernel,
     always on in OLMo-Hybrid), ``gate_norm_eps`` (the gated RMSNorm's eps: 1e-5, fixed in HF), ``chunk_size`` of
-    the chunked form (64, HF's default; it changes only float rounding)."""
+    the chunked form (64, HF's default; it changes only float rounding). Qwen3-Next's ``Qwen3NextGatedDeltaNet``
+    is the same mixer with beta_scale 1, no conv bias and gate_norm_eps = its [rms_norm_eps]; its fused
+    in_proj_qkvz / in_proj_ba are split into these projections at load (hooks/loading.py)."""
 
     d_model: int = 768
     n_k_heads: int = 8

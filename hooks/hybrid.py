@@ -30,6 +30,10 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
                                         observed: a hook, a cache or an nnsight trace on one; else PyTorch's
                                         fused attention runs and skips the [q, k] maps)
     blocks.{i}.attn.hook_z              [b, pos, n_heads, d_head]      pattern · v
+    blocks.{i}.attn.hook_gate           [b, pos, n_heads, d_head]      gate_proj(x), before the sigmoid; o_proj
+                                        reads z · sigmoid(gate)        (cfg.attention_output_gate, Qwen3-Next)
+    blocks.{i}.attn.q_norm / k_norm.hook_scale / hook_normalized      the q / k RMSNorms (cfg.qk_norm; "head":
+                                        [b, pos, heads, 1 / d_head], Qwen3-Next)
     blocks.{i}.hook_attn_out            [b, pos, d_model]   residual_multiplier · o_proj(z)
     "parallel" layers (Falcon-H1): both of the above, on the same ln1 output (times ssm_in_multiplier /
     attention_in_multiplier; the outputs times ssm_out_multiplier / attention_out_multiplier);
@@ -50,6 +54,8 @@ Hook names besides the SSM mixer's (``b`` batch, ``pos`` positions, ``q``/``k`` 
                                         (cfg.moe_normalize_topk: softmax of the top-k logits, Granite)
     blocks.{i}.moe.hook_pre / hook_pre_linear / hook_post  [b, pos, n_experts_per_tok, d_mlp]  each chosen expert's
                                         gate(x), up(x), act(gate) · up (the slots of hook_expert_weights)
+    blocks.{i}.mlp.hook_gate            [b, pos, 1]         the shared expert's gate logit shared_expert_gate(x); the
+                                        MLP's output is sigmoid(gate) · down_proj  (cfg.moe_shared_gate, Qwen3-Next)
     shared-attention layers (cfg.layer_types "shared_attention", Zamba2; hooks/shared_block.py), before the SSM
     mixer, one use of a shared transformer block with this layer's own hooks:
     blocks.{i}.hook_shared_in           [b, pos, 2·d_model] concat(resid_pre, hook_embed)
@@ -125,9 +131,14 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(d_in, nh * dh, bias=bias)
         self.k_proj = nn.Linear(d_in, nkv * dh, bias=bias)
         self.v_proj = nn.Linear(d_in, nkv * dh, bias=bias)
-        self.o_proj = nn.Linear(nh * dh, cfg.d_model, bias=bias)
+        self.o_proj = nn.Linear(nh * dh, cfg.d_model, bias=bias if cfg.attn_out_bias is None else cfg.attn_out_bias)
         if cfg.qk_norm == "projection":  # OLMo-2 / OLMo-Hybrid: RMSNorm over the whole q / k projection
             self.q_norm, self.k_norm = RMSNorm(nh * dh, cfg.norm_eps), RMSNorm(nkv * dh, cfg.norm_eps)
+        elif cfg.qk_norm == "head":  # Qwen3-Next: one RMS per head over d_head, gain norm_offset + w
+            self.q_norm, self.k_norm = (RMSNorm(dh, cfg.norm_eps, cfg.norm_offset) for _ in range(2))
+        if cfg.attention_output_gate:  # Qwen3-Next: o_proj reads z · sigmoid(gate_proj(x)) (HF's q_proj gate rows)
+            self.gate_proj = nn.Linear(d_in, nh * dh, bias=bias)
+            self.hook_gate = HookPoint()
         rd = cfg.rotary_dim
         self.register_buffer("inv_freq", 1.0 / cfg.rope_theta ** (torch.arange(0, rd, 2).float() / rd),
                              persistent=False)
@@ -149,11 +160,13 @@ class Attention(nn.Module):
         forward's keys / values to attention slot ``slot``."""
         cfg = self.cfg
         b, L, _ = x.shape
-        q = self.q_proj(x) if not hasattr(self, "q_norm") else self.q_norm(self.q_proj(x))
-        q = self.hook_q(q.unflatten(-1, (cfg.n_heads, cfg.d_head)))  # [b, L, nh, dh]
+        by_proj, by_head = cfg.qk_norm == "projection", cfg.qk_norm == "head"
+        q = self.q_norm(self.q_proj(x)) if by_proj else self.q_proj(x)
+        q = q.unflatten(-1, (cfg.n_heads, cfg.d_head))  # [b, L, nh, dh]
+        q = self.hook_q(self.q_norm(q) if by_head else q)
         k = self.k_proj(x) if cfg.key_multiplier == 1.0 else self.k_proj(x) * cfg.key_multiplier  # Falcon-H1
-        k = k if not hasattr(self, "k_norm") else self.k_norm(k)
-        k = self.hook_k(k.unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))  # [b, L, nkv, dh]
+        k = (self.k_norm(k) if by_proj else k).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head))  # [b, L, nkv, dh]
+        k = self.hook_k(self.k_norm(k) if by_head else k)
         v = self.hook_v(self.v_proj(x).unflatten(-1, (cfg.n_key_value_heads, cfg.d_head)))
         offset = 0 if state is None else state.offset
         positions = torch.arange(offset, offset + L, device=x.device)
@@ -174,12 +187,19 @@ class Attention(nn.Module):
             else:
                 raise ValueError(f"attention slot {slot}: the decoding state holds keys for {len(state.keys)} "
                                  "attention layers only (a state is filled by one forward through every layer)")
+            if cfg.attention_window is not None:  # local attention: later queries read the last window − 1 keys
+                keep = min(cfg.attention_window - 1, k.shape[1])
+                state.keys[slot], state.values[slot], state.key_mask[slot] = (
+                    t[:, t.shape[1] - keep:] for t in (k, v, key_mask))
         Lk = k.shape[1]
         groups = cfg.n_heads // cfg.n_key_value_heads
         k_rep = k.repeat_interleave(groups, dim=2)  # head h reads KV head h // groups (HF repeat_kv)
         v_rep = v.repeat_interleave(groups, dim=2)
         scale = cfg.d_head ** -0.5 if cfg.attention_scale is None else cfg.attention_scale
         causal = torch.arange(Lk, device=x.device)[None, :] <= (Lk - L + torch.arange(L, device=x.device))[:, None]
+        if cfg.attention_window is not None:  # keys k with q − k < window (HF's sliding-window mask)
+            causal = causal & (torch.arange(Lk, device=x.device)[None, :]
+                               > (Lk - L + torch.arange(L, device=x.device))[:, None] - cfg.attention_window)
         allowed = causal[None, None] & key_mask[:, None, None, :]  # [b, 1, L, Lk]
         # the dtype's lowest value, not -inf: a query with every key masked (left padding) gets a finite,
         # uniform row instead of NaNs that would reach real positions through 0 · NaN
@@ -191,12 +211,15 @@ class Attention(nn.Module):
             pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(q.dtype))
             z = torch.einsum("bhqk,bkhd->bqhd", pattern, v_rep)  # [b, L, nh, dh]
         else:  # nobody looks at the scores or the pattern: PyTorch's fused kernel, the same values to rounding
-            plain_causal = Lk == L and bool(key_mask.all())
+            plain_causal = Lk == L and bool(key_mask.all()) and (cfg.attention_window or L) >= L
             mask = None if plain_causal else torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(
                 ~allowed, lowest)
             z = F.scaled_dot_product_attention(q.transpose(1, 2), k_rep.transpose(1, 2), v_rep.transpose(1, 2),
                                                attn_mask=mask, is_causal=plain_causal, scale=scale).transpose(1, 2)
-        return self.o_proj(self.hook_z(z).flatten(-2))
+        z = self.hook_z(z)
+        if cfg.attention_output_gate:  # Qwen3-Next: each head's output times sigmoid of its gate
+            z = z * torch.sigmoid(self.hook_gate(self.gate_proj(x).unflatten(-1, (cfg.n_heads, cfg.d_head))))
+        return self.o_proj(z.flatten(-2))
 
 
 def _relu2(x: Tensor) -> Tensor:
@@ -204,24 +227,38 @@ def _relu2(x: Tensor) -> Tensor:
     return torch.square(F.relu(x))
 
 
-_MLP_ACTIVATIONS = {"silu": F.silu, "relu2": _relu2, "gelu": F.gelu}  # gelu: exact (HF ACT2FN["gelu"], Zamba2)
+def _gelu_tanh(x: Tensor) -> Tensor:
+    """GeLU's tanh approximation (HF ``gelu_pytorch_tanh``, RecurrentGemma's hidden_activation)."""
+    return F.gelu(x, approximate="tanh")
+
+
+_MLP_ACTIVATIONS = {"silu": F.silu, "relu2": _relu2, "gelu": F.gelu,  # gelu: exact (HF ACT2FN["gelu"], Zamba2)
+                    "gelu_tanh": _gelu_tanh}
 
 
 class MLP(nn.Module):
     """With ``cfg.gated_mlp``: down_proj(act(gate_proj(x)) · up_proj(x)) (HF ``BambaMLP``), hooked as
     TransformerLens's gated MLP; else down_proj(act(up_proj(x))) (HF ``NemotronHMLP``), hooked as its plain MLP.
-    ``act`` is ``cfg.act_fn``."""
+    ``act`` is ``cfg.act_fn``; ``d_mlp`` the hidden width (default ``cfg.d_mlp``). With ``output_gate`` (Qwen3-Next's
+    shared expert, gated MLPs only) the output is multiplied by sigmoid(shared_expert_gate(x)), the gate's logit
+    hooked at ``hook_gate`` [b, pos, 1]."""
 
-    def __init__(self, cfg: HybridConfig):
+    def __init__(self, cfg: HybridConfig, d_mlp: int | None = None, output_gate: bool = False):
         super().__init__()
         self.gated = cfg.gated_mlp
+        d_mlp = cfg.d_mlp if d_mlp is None else d_mlp
         self.gate_multiplier, self.down_multiplier = cfg.mlp_gate_multiplier, cfg.mlp_down_multiplier  # Falcon-H1
         self.act = _MLP_ACTIVATIONS[cfg.act_fn]
         if self.gated:
-            self.gate_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+            self.gate_proj = nn.Linear(cfg.d_model, d_mlp, bias=cfg.mlp_bias)
             self.hook_pre_linear = HookPoint()
-        self.up_proj = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
-        self.down_proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.d_model, d_mlp, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(d_mlp, cfg.d_model, bias=cfg.mlp_bias)
+        if output_gate:
+            if not self.gated:
+                raise ValueError("output_gate (a shared expert's sigmoid gate) needs a gated MLP (cfg.gated_mlp)")
+            self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False)
+            self.hook_gate = HookPoint()
         self.hook_pre = HookPoint()
         self.hook_post = HookPoint()
 
@@ -232,10 +269,31 @@ class MLP(nn.Module):
         pre = self.hook_pre(gate if self.gate_multiplier == 1.0 else gate * self.gate_multiplier)
         pre_linear = self.hook_pre_linear(self.up_proj(x))
         out = self.down_proj(self.hook_post(self.act(pre) * pre_linear))
-        return out if self.down_multiplier == 1.0 else out * self.down_multiplier
+        out = out if self.down_multiplier == 1.0 else out * self.down_multiplier
+        if hasattr(self, "shared_expert_gate"):  # Qwen3-Next's shared expert: [b, pos, 1] gate per position
+            out = torch.sigmoid(self.hook_gate(self.shared_expert_gate(x))) * out
+        return out
 
 
 GatedMLP = MLP  # the name Bamba's block used
+
+
+def sigmoid_topk(logits: Tensor, bias: Tensor, k: int, n_group: int = 1, topk_group: int = 1,
+                 normalize: bool = True, scaling: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(weights, experts) [.., k] of the sigmoid router (HF ``KimiLinearTopkRouter``, DeepSeek-V3's): scores =
+    σ(logits) (float32); the experts are the top k of scores + ``bias`` (e_score_correction_bias, selection only)
+    among the ``topk_group`` of ``n_group`` groups whose two best biased scores sum highest; weights = their scores,
+    divided by their sum (+ 1e-20) with ``normalize``, times ``scaling``."""
+    scores = logits.float().sigmoid()  # [.., E]
+    choice = scores + bias.float()
+    grouped = choice.unflatten(-1, (n_group, -1))  # [.., G, E/G]
+    best = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1).topk(topk_group, dim=-1).indices
+    keep = torch.zeros_like(grouped[..., 0], dtype=torch.bool).scatter(-1, best, True)  # [.., G]
+    index = choice.masked_fill(~keep[..., None].expand_as(grouped).flatten(-2), float("-inf")).topk(k, dim=-1).indices
+    weights = scores.gather(-1, index)
+    if normalize:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    return weights * scaling, index
 
 
 class MoE(nn.Module):
@@ -249,7 +307,8 @@ class MoE(nn.Module):
     [b, pos, k] (an edit of them is used); the chosen experts are ``topk(hook_router_logits, k).indices`` (softmax
     keeps the order), in the same order as the weights. ``hook_pre`` / ``hook_pre_linear`` / ``hook_post``
     [b, pos, k, d_mlp]: gate(x), up(x) and act(gate) · up of the expert in each of the k slots (the gated MLP's
-    hooks with a slot axis)."""
+    hooks with a slot axis). With ``cfg.moe_router`` "sigmoid" (Kimi-Linear) the weights and experts are
+    :func:`sigmoid_topk`'s (chosen with the ``e_score_correction_bias`` buffer, so not the top-k of the logits)."""
 
     def __init__(self, cfg: HybridConfig):
         super().__init__()
@@ -257,6 +316,10 @@ class MoE(nn.Module):
         self.normalize_topk = cfg.moe_normalize_topk
         self.act = _MLP_ACTIVATIONS[cfg.act_fn]
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.router_kind = cfg.moe_router
+        if self.router_kind == "sigmoid":  # Kimi-Linear: :func:`sigmoid_topk`, the selection bias a buffer as HF's
+            self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_experts))
+            self.groups, self.routed_scaling = (cfg.moe_n_group, cfg.moe_topk_group), cfg.moe_routed_scaling
         self.experts = nn.Module()
         self.experts.gate_up_proj = nn.Parameter(torch.zeros(cfg.n_experts, 2 * self.d_mlp, cfg.d_model))
         self.experts.down_proj = nn.Parameter(torch.zeros(cfg.n_experts, cfg.d_model, self.d_mlp))
@@ -265,7 +328,10 @@ class MoE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.hook_router_logits(self.router(x))  # [b, L, E]
-        if self.normalize_topk:  # softmax over the top-k logits (HF GraniteMoeHybridTopKRouter)
+        if self.router_kind == "sigmoid":  # σ scores, biased grouped selection (HF KimiLinearTopkRouter)
+            weights, index = sigmoid_topk(logits, self.e_score_correction_bias, self.top_k, *self.groups,
+                                          normalize=self.normalize_topk, scaling=self.routed_scaling)
+        elif self.normalize_topk:  # softmax over the top-k logits (HF GraniteMoeHybridTopKRouter)
             top, index = torch.topk(logits.float(), self.top_k, dim=-1)  # [b, L, k]
             weights = torch.softmax(top, dim=-1)
         else:  # the top-k of the softmax, unnormalised (HF JambaTopKRouter)
@@ -305,17 +371,23 @@ class ScaledLinear(nn.Linear):
     """A bias-free linear map whose output is multiplied by ``scale`` (the unembedding, ``cfg.logits_scale``;
     untouched at 1), then soft-capped as ``soft_cap · tanh(out / soft_cap)`` when ``soft_cap`` is set
     (``cfg.logits_soft_cap``). The parameter is HF's ``lm_head.weight``; ``HookedHybrid.W_U`` is the scaled matrix
-    (the logits before the cap)."""
+    (the logits before the cap). With a cap, ``unembed.hook_pre_cap`` [b, pos, vocab] holds the logits before it
+    and ``unembed.hook_post_cap`` the capped logits (the model's output; LRP's rule for the cap reads both)."""
 
     def __init__(self, in_features: int, out_features: int, scale: float = 1.0, soft_cap: float | None = None):
         super().__init__(in_features, out_features, bias=False)
         self.scale = float(scale)
         self.soft_cap = None if soft_cap is None else float(soft_cap)
+        if self.soft_cap is not None:
+            self.hook_pre_cap, self.hook_post_cap = HookPoint(), HookPoint()
 
     def forward(self, input: Tensor) -> Tensor:
         out = super().forward(input)
         out = out if self.scale == 1.0 else out * self.scale
-        return out if self.soft_cap is None else self.soft_cap * torch.tanh(out / self.soft_cap)
+        if self.soft_cap is None:
+            return out
+        out = self.hook_pre_cap(out)
+        return self.hook_post_cap(self.soft_cap * torch.tanh(out / self.soft_cap))
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +396,30 @@ class ScaledLinear(nn.Linear):
 def _times(x: Tensor, scale: float) -> Tensor:
     """x · scale (x itself at 1)."""
     return x if scale == 1.0 else x * scale
+
+
+def _mlstm(cfg: HybridConfig) -> nn.Module:
+    from .mlstm import MLSTMMixer  # xLSTM's mLSTM layers
+
+    return MLSTMMixer(cfg.mlstm)
+
+
+def _rglru(cfg: HybridConfig) -> nn.Module:
+    from .rglru import RGLRUMixer  # RecurrentGemma's recurrent layers
+
+    return RGLRUMixer(cfg.rglru)
+
+
+def _mla(cfg: HybridConfig) -> nn.Module:
+    from .mla import MultiHeadLatentAttention  # Kimi-Linear's attention layers
+
+    return MultiHeadLatentAttention(cfg.mla)
+
+
+def _kda(cfg: HybridConfig) -> nn.Module:
+    from .kda import KimiDeltaAttentionMixer  # Kimi-Linear's linear-attention layers
+
+    return KimiDeltaAttentionMixer(cfg.kda)
 
 
 def _gated_deltanet(cfg: HybridConfig) -> nn.Module:
@@ -335,7 +431,8 @@ def _gated_deltanet(cfg: HybridConfig) -> nn.Module:
 #: layer kind -> its recurrent mixer (``HybridBlock.ssm``), built from the model's config; each takes (x [b, L,
 #: d_model], attention_mask, state_positions, state, layer=slot) and returns [b, L, d_model]
 RECURRENT_MIXERS: dict[str, Any] = {"ssm": lambda cfg: SSMMixer(cfg.ssm), "parallel": lambda cfg: SSMMixer(cfg.ssm),
-                                    "gated_deltanet": _gated_deltanet}
+                                    "gated_deltanet": _gated_deltanet, "rglru": _rglru, "kda": _kda,
+                                    "mlstm": _mlstm}
 
 
 class HybridBlock(nn.Module):
@@ -359,7 +456,7 @@ class HybridBlock(nn.Module):
             self.ssm = RECURRENT_MIXERS[kind](cfg)
             self.hook_mixer_out = HookPoint()
         if kind in ("attention", "parallel"):
-            self.attn = Attention(cfg)
+            self.attn = Attention(cfg) if cfg.mla is None else _mla(cfg)
             self.hook_attn_out = HookPoint()
         self.kv_slot = slot if kind != "parallel" else sum(t in KV_LAYER_KINDS for t in cfg.layer_types[:layer])
         self.residual_multiplier = cfg.residual_multiplier
@@ -370,7 +467,8 @@ class HybridBlock(nn.Module):
             self.moe = MoE(cfg)
             self.hook_mlp_out = HookPoint()
         if (not moe or cfg.moe_shared_mlp) and (kind == "mlp" or cfg.mlp_sublayer):  # HybridConfig refuses "mlp"
-            self.mlp = MLP(cfg)                                                       # layers with an MLP sublayer
+            self.mlp = MLP(cfg, d_mlp=cfg.moe_shared_d_mlp if moe else None,         # layers with an MLP sublayer
+                           output_gate=moe and cfg.moe_shared_gate)                    # (Qwen3-Next's shared expert)
             self.hook_mlp_out = HookPoint()
         self.mlp_sublayer = kind != "mlp" and cfg.mlp_sublayer
         if self.mlp_sublayer:

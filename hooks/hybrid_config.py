@@ -13,12 +13,17 @@ from .config import SSMConfig
 
 if TYPE_CHECKING:
     from .deltanet import DeltaNetConfig
+    from .kda import KDAConfig
+    from .mla import MLAConfig
+    from .mlstm import MLSTMConfig
+    from .rglru import RGLRUConfig
 
 # --------------------------------------------------------------------------------------------
 # hybrids: Mamba mixers interleaved with attention layers
 # --------------------------------------------------------------------------------------------
 #: the Hugging Face ``model_type`` values :meth:`HybridConfig.from_hf` reads (``interp.hooks.hybrid.HookedHybrid``)
-HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba2", "falcon_h1", "olmo_hybrid")
+HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba2", "falcon_h1", "olmo_hybrid",
+                      "qwen3_next", "recurrent_gemma", "kimi_linear", "xlstm")
 
 #: the kinds of layer a hybrid has (``HybridConfig.layer_types``): an SSM mixer, softmax attention, or (as its own
 #: layer, ``mlp_sublayer=False``) an MLP; "shared_attention" (``mlp_sublayer=False``, Zamba2's "hybrid" layers): an
@@ -28,15 +33,18 @@ HYBRID_MODEL_TYPES = ("bamba", "nemotron_h", "jamba", "granitemoehybrid", "zamba
 #: input, their outputs (each with its multipliers) summed into the residual
 #: "gated_deltanet" (OLMo-Hybrid's "linear_attention" layers): a Gated DeltaNet mixer (hooks/deltanet.py, configured
 #: by ``HybridConfig.delta``), its recurrent state in the decoding state's SSM slots
-LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel", "gated_deltanet")
+#: "rglru" (RecurrentGemma's recurrent layers): an RG-LRU block (hooks/rglru.py, configured by ``HybridConfig.rglru``)
+#: "kda" (Kimi-Linear's "linear_attention" layers): a Kimi Delta Attention mixer (hooks/kda.py, ``HybridConfig.kda``)
+#: "mlstm" (xLSTM's blocks): an mLSTM mixer (hooks/mlstm.py, ``HybridConfig.mlstm``)
+LAYER_KINDS = ("ssm", "attention", "mlp", "shared_attention", "parallel", "gated_deltanet", "rglru", "kda", "mlstm")
 #: the layer kinds with an SSM mixer (an entry in a decoding state's conv / ssm lists), and those with attention
 #: keys and values (an entry in its keys / values lists)
-SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel", "gated_deltanet")
+SSM_LAYER_KINDS = ("ssm", "shared_attention", "parallel", "gated_deltanet", "rglru", "kda", "mlstm")
 KV_LAYER_KINDS = ("attention", "shared_attention", "parallel")
 #: the layer kinds whose :class:`~interp.hooks.hybrid.HybridBlock` holds a recurrent mixer ``ssm`` (built by
 #: ``hooks.hybrid.RECURRENT_MIXERS``); a family adding a recurrent layer kind adds it here, to ``LAYER_KINDS`` and
 #: to ``SSM_LAYER_KINDS``
-RECURRENT_MIXER_KINDS = ("ssm", "parallel", "gated_deltanet")
+RECURRENT_MIXER_KINDS = ("ssm", "parallel", "gated_deltanet", "rglru", "kda", "mlstm")
 
 #: Nemotron-H's ``layers_block_type`` entries (``hybrid_override_pattern`` letters M, *, -) -> our layer kinds;
 #: "moe" (letter E) is refused by :meth:`HybridConfig.from_hf`
@@ -79,7 +87,8 @@ class HybridConfig:
     attn_bias: bool = False
     d_mlp: int = 2048
     mlp_bias: bool = False
-    act_fn: Literal["silu", "relu2", "gelu"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act); gelu: exact
+    act_fn: Literal["silu", "relu2", "gelu", "gelu_tanh"] = "silu"  # relu2: relu(x)² (Nemotron-H's mlp_hidden_act);
+    # gelu: exact; gelu_tanh: the tanh approximation (HF gelu_pytorch_tanh, RecurrentGemma)
     gated_mlp: bool = True  # down(act(gate) · up) (Bamba); False: down(act(up)) (Nemotron-H)
     mlp_sublayer: bool = True  # each SSM / attention layer also has an MLP (Bamba); False: one mixer per layer
     # sparse mixture of experts (Jamba): the MLP sublayer of these layers is ``n_experts`` gated MLPs (d_mlp wide,
@@ -94,6 +103,22 @@ class HybridConfig:
     # (Granite-4.0-H's ``shared_mlp`` beside ``block_sparse_moe``); False: the experts replace the MLP (Jamba)
     moe_shared_mlp: bool = False
     moe_d_mlp: int | None = None  # each expert's hidden width (None: d_mlp; Granite: intermediate_size)
+    # the dense MLP beside the experts (moe_shared_mlp), Qwen3-Next's shared expert: its hidden width (None: d_mlp),
+    # and whether its output is scaled by sigmoid(shared_expert_gate(x)), one scalar per position (mlp.hook_gate)
+    moe_shared_d_mlp: int | None = None
+    moe_shared_gate: bool = False
+    # the router: "softmax" (above) or "sigmoid" (Kimi-Linear, DeepSeek-V3's router): scores σ(logits); the experts
+    # are the top-k of σ + e_score_correction_bias among the moe_topk_group best of moe_n_group expert groups (a
+    # group scored by its two best), weighted by their σ (renormalised to sum 1 with moe_normalize_topk) times
+    # moe_routed_scaling
+    moe_router: str = "softmax"
+    moe_n_group: int = 1
+    moe_topk_group: int = 1
+    moe_routed_scaling: float = 1.0
+    # Kimi Delta Attention layers ("kda", Kimi-Linear): their mixer's config (hooks/kda.py KDAConfig); with ``mla``
+    # (hooks/mla.py MLAConfig) every attention layer is multi-head latent attention instead of :class:`Attention`
+    kda: "KDAConfig | None" = None
+    mla: "MLAConfig | None" = None
     # scalar multipliers, no-ops at their defaults (Granite-4.0-H's; any family may set them):
     embedding_multiplier: float = 1.0  # the embedding is multiplied by it (hook_embed sees the product)
     residual_multiplier: float = 1.0  # each sublayer's output is multiplied by it before the residual add
@@ -119,10 +144,22 @@ class HybridConfig:
     shared_mlp_adapter: bool = False
     # Gated DeltaNet layers ("gated_deltanet", OLMo-Hybrid): their mixer's config (hooks/deltanet.py DeltaNetConfig)
     delta: "DeltaNetConfig | None" = None
+    # RG-LRU layers ("rglru", RecurrentGemma): their mixer's config (hooks/rglru.py RGLRUConfig)
+    rglru: "RGLRUConfig | None" = None
+    # mLSTM layers ("mlstm", xLSTM): their mixer's config (hooks/mlstm.py MLSTMConfig)
+    mlstm: "MLSTMConfig | None" = None
+    # local (sliding-window) attention: query p attends to keys p − attention_window < k ≤ p (HF sliding_window:
+    # kv_idx > q_idx − window); the decoding cache keeps the last attention_window − 1 keys. None: full causal
+    attention_window: int | None = None
+    # o_proj's bias when it differs from attn_bias (RecurrentGemma: o_proj always has one); None: attn_bias
+    attn_out_bias: bool | None = None
     # RMSNorm of the attention's q_proj / k_proj outputs before the heads split and the rotary embedding: "none", or
     # "projection" (one RMS over the whole projection, weights [n_heads·d_head] / [n_kv_heads·d_head]: OLMo-2's and
     # OLMo-Hybrid's q_norm / k_norm); hook_q / hook_k read the normed values
     qk_norm: str = "none"
+    # "head" (Qwen3-Next): one RMS per head over d_head, weights [d_head] shared by the heads, gain norm_offset + w
+    # gated attention (Qwen3-Next): o_proj reads z · sigmoid(gate_proj(x)), one gate per head and dim (attn.hook_gate)
+    attention_output_gate: bool = False
     # post-norm layers (OLMo-2's layout, OLMo-Hybrid's attention layers): no norm before the sublayers; ln1 normalises
     # the mixer's output and ln2 the MLP's, before each is added (resid_mid = resid_pre + ln1(mixer(resid_pre)),
     # resid_post = resid_mid + ln2(mlp(resid_mid))); ln1 / ln2.hook_scale then read the sublayer outputs
@@ -160,8 +197,11 @@ class HybridConfig:
                                  f"({self.n_experts})")
         if self.moe_shared_mlp and not self.mlp_sublayer:
             raise ValueError("moe_shared_mlp (a dense MLP beside the experts) needs mlp_sublayer")
-        if self.act_fn not in ("silu", "relu2", "gelu"):
-            raise ValueError(f"act_fn must be 'silu', 'relu2' or 'gelu', got {self.act_fn!r}")
+        if (self.moe_shared_gate or self.moe_shared_d_mlp is not None) and not self.moe_shared_mlp:
+            raise ValueError("moe_shared_gate / moe_shared_d_mlp (the shared expert's gate / width) need "
+                             "moe_shared_mlp")
+        if self.act_fn not in ("silu", "relu2", "gelu", "gelu_tanh"):
+            raise ValueError(f"act_fn must be 'silu', 'relu2', 'gelu' or 'gelu_tanh', got {self.act_fn!r}")
         if (self.shared_attn_adapter or self.shared_mlp_adapter) and self.shared_adapter_rank < 1:
             raise ValueError(f"shared adapters need shared_adapter_rank >= 1, got {self.shared_adapter_rank}")
         if self.n_heads % self.n_key_value_heads:
@@ -171,8 +211,21 @@ class HybridConfig:
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and at most d_head ({self.d_head})")
         if "gated_deltanet" in self.layer_types and self.delta is None:
             raise ValueError("gated_deltanet layers need delta (a DeltaNetConfig)")
-        if self.qk_norm not in ("none", "projection"):
-            raise ValueError(f"qk_norm must be 'none' or 'projection', got {self.qk_norm!r}")
+        if "rglru" in self.layer_types and self.rglru is None:
+            raise ValueError("rglru layers need rglru (an RGLRUConfig)")
+        if self.attention_window is not None and self.attention_window < 1:
+            raise ValueError(f"attention_window must be >= 1 or None, got {self.attention_window}")
+        if "mlstm" in self.layer_types and self.mlstm is None:
+            raise ValueError("mlstm layers need mlstm (an MLSTMConfig)")
+        if "kda" in self.layer_types and self.kda is None:
+            raise ValueError("kda layers need kda (a KDAConfig)")
+        if self.moe_router not in ("softmax", "sigmoid") or self.n_experts % max(self.moe_n_group, 1) \
+                or not 1 <= self.moe_topk_group <= self.moe_n_group:
+            raise ValueError(f"moe_router must be 'softmax' or 'sigmoid' (got {self.moe_router!r}), moe_n_group "
+                             f"({self.moe_n_group}) must divide n_experts ({self.n_experts}) and 1 <= "
+                             f"moe_topk_group ({self.moe_topk_group}) <= moe_n_group")
+        if self.qk_norm not in ("none", "projection", "head"):
+            raise ValueError(f"qk_norm must be 'none', 'projection' or 'head', got {self.qk_norm!r}")
         if not all(0 <= i < self.n_layers for i in self.post_norm_layers) or (self.post_norm_layers
                                                                                and not self.mlp_sublayer):
             raise ValueError(f"post_norm_layers {self.post_norm_layers} must be layer indices and need mlp_sublayer")
@@ -253,6 +306,14 @@ class HybridConfig:
             return cls._from_falcon_h1(hf_config)
         if mt == "olmo_hybrid":
             return cls._from_olmo_hybrid(hf_config)
+        if mt == "kimi_linear":
+            return cls._from_kimi_linear(hf_config)
+        if mt == "qwen3_next":
+            return cls._from_qwen3_next(hf_config)
+        if mt == "recurrent_gemma":
+            return cls._from_recurrent_gemma(hf_config)
+        if mt == "xlstm":
+            return cls._from_xlstm(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")
@@ -686,4 +747,251 @@ class HybridConfig:
             norm_eps=float(hf_config.rms_norm_eps), n_ctx=int(hf_config.max_position_embeddings),
             tie_embeddings=tie, pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id,
             eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_qwen3_next(cls, hf_config: Any) -> "HybridConfig":
+        """``Qwen3NextConfig`` (HF ``modeling_qwen3_next``). Every layer is pre-norm (``Qwen3NextDecoderLayer``):
+        resid += mixer(input_layernorm(resid)); resid += FFN(post_attention_layernorm(resid)), every RMSNorm
+        zero-centred (``Qwen3NextRMSNorm``: gain 1 + w, norm_offset 1.0). ``layer_types`` "linear_attention" ->
+        "gated_deltanet" (``Qwen3NextGatedDeltaNet``; its fused ``in_proj_qkvz`` / ``in_proj_ba`` are split into
+        q/k/v/g/b/a_proj by hooks/loading.py), "full_attention" -> "attention" (``Qwen3NextAttention``). Read:
+        ``hidden_size``, ``num_hidden_layers``, ``vocab_size``, ``rms_norm_eps`` (every RMSNorm, the per-head q_norm /
+        k_norm and the GDN's gated norm), ``hidden_act`` (the GDN conv's, the MLPs' and the experts' activation;
+        silu only), ``intermediate_size`` (the dense gated MLP). Attention: ``num_attention_heads``,
+        ``num_key_value_heads``, ``head_dim``, ``attention_bias``; q_proj's output is query and gate per head
+        (attention_output_gate: o_proj reads z · sigmoid(gate)); q_norm / k_norm per head over head_dim (qk_norm
+        "head", gain 1 + w); scale head_dim ** -0.5; ``rope_parameters``: ``rope_theta`` and
+        ``partial_rotary_factor`` (0.25 by default) -> rotary_dim = int(head_dim · factor), "default" rope only.
+        Gated DeltaNet: ``linear_num_key_heads``, ``linear_num_value_heads``, ``linear_key_head_dim``,
+        ``linear_value_head_dim``, ``linear_conv_kernel_dim``; β = σ(b) (beta_scale 1), no conv bias, the gated
+        norm's weight used as is (``Qwen3NextRMSNormGated``: w, not 1 + w). Mixture of experts
+        (``Qwen3NextSparseMoeBlock``) on layer i when i is not in ``mlp_only_layers``, ``num_experts`` > 0 and
+        (i + 1) % ``decoder_sparse_step`` == 0 (the other layers: the dense MLP): ``num_experts``,
+        ``num_experts_per_tok``, ``moe_intermediate_size``, ``norm_topk_prob`` (the top-k softmax probabilities
+        renormalised: moe_normalize_topk; else left as they are), plus the shared expert, a gated MLP
+        ``shared_expert_intermediate_size`` wide scaled by sigmoid(``shared_expert_gate``(x)) (moe_shared_mlp,
+        moe_shared_d_mlp, moe_shared_gate). ``tie_word_embeddings``, ``max_position_embeddings``, token ids.
+        Refused, naming the field: ``hidden_act`` other than silu, a ``rope_type`` other than "default",
+        ``layer_types`` entries other than the two. Not read (no effect on the forward): ``output_router_logits``,
+        ``router_aux_loss_coef`` (training loss), ``initializer_range``, ``attention_dropout``, ``use_cache``."""
+        from .deltanet import DeltaNetConfig
+
+        mt = "qwen3_next"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_parameters rope_type {rope.get('rope_type')!r} is not supported "
+                             "(only 'default')")
+        kinds = {"linear_attention": "gated_deltanet", "full_attention": "attention"}
+        types = list(hf_config.layer_types)
+        unknown = sorted({t for t in types if t not in kinds})
+        if unknown:
+            raise ValueError(f"{mt}: layer_types entries {unknown} are not supported (linear_attention, "
+                             "full_attention)")
+        d, n_layers = int(hf_config.hidden_size), int(hf_config.num_hidden_layers)
+        n_heads = int(hf_config.num_attention_heads)
+        d_head = int(getattr(hf_config, "head_dim", None) or d // n_heads)
+        eps = float(hf_config.rms_norm_eps)
+        n_experts = int(hf_config.num_experts or 0)
+        mlp_only = set(hf_config.mlp_only_layers or [])
+        moe_layers = [i for i in range(n_layers) if i not in mlp_only and n_experts > 0
+                      and (i + 1) % int(hf_config.decoder_sparse_step) == 0]
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        tie = bool(getattr(hf_config, "tie_word_embeddings", False))
+        delta = DeltaNetConfig(
+            d_model=d, n_k_heads=int(hf_config.linear_num_key_heads), n_v_heads=int(hf_config.linear_num_value_heads),
+            d_k=int(hf_config.linear_key_head_dim), d_v=int(hf_config.linear_value_head_dim),
+            d_conv=int(hf_config.linear_conv_kernel_dim), activation="silu", conv_bias=False, beta_scale=1.0,
+            qk_l2norm=True, gate_norm_eps=eps,
+        )
+        return cls(
+            ssm=None, layer_types=[kinds[t] for t in types], d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=n_heads,
+            n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d_head,
+            rotary_dim=int(d_head * float(rope.get("partial_rotary_factor", 1.0))),
+            rope_theta=float(rope.get("rope_theta", 10000.0)), attn_bias=bool(hf_config.attention_bias),
+            d_mlp=int(hf_config.intermediate_size), mlp_bias=False, act_fn="silu", gated_mlp=True, mlp_sublayer=True,
+            moe_layers=moe_layers, n_experts=n_experts, n_experts_per_tok=int(hf_config.num_experts_per_tok),
+            moe_normalize_topk=bool(hf_config.norm_topk_prob), moe_shared_mlp=bool(moe_layers),
+            moe_d_mlp=int(hf_config.moe_intermediate_size),
+            moe_shared_d_mlp=int(hf_config.shared_expert_intermediate_size) if moe_layers else None,
+            moe_shared_gate=bool(moe_layers), delta=delta, qk_norm="head", attention_output_gate=True,
+            norm_eps=eps, norm_offset=1.0, n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=tie,
+            pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_recurrent_gemma(cls, hf_config: Any) -> "HybridConfig":
+        """``RecurrentGemmaConfig`` (HF ``modeling_recurrent_gemma``). Every layer is pre-norm
+        (``RecurrentGemmaDecoderLayer``): resid += temporal_block(temporal_pre_norm(resid)); resid +=
+        mlp_block(channel_pre_norm(resid)); every RMSNorm zero-centred (``RecurrentGemmaRMSNorm``: gain 1 + w,
+        norm_offset 1.0). ``block_types`` (repeated to ``num_hidden_layers``, HF ``layers_block_type``) "recurrent"
+        -> "rglru" (``RecurrentGemmaRecurrentBlock``, hooks/rglru.py), "attention" -> "attention"
+        (``RecurrentGemmaAttention``: local attention over ``attention_window_size`` keys, HF ``sliding_window``).
+        Read: ``hidden_size``, ``num_hidden_layers``, ``vocab_size``, ``rms_norm_eps``, ``hidden_activation`` (the
+        MLP's and the RG-LRU gate branch's activation: ``gelu_pytorch_tanh`` -> "gelu_tanh", or exact "gelu"),
+        ``intermediate_size`` (the gated MLP is intermediate_size // 2 wide, biases on), ``logits_soft_cap``. The
+        embedding is multiplied by √hidden_size rounded to bfloat16 (HF's ``normalizer`` buffer), then cast to the
+        model dtype. Attention: ``num_attention_heads``, ``num_key_value_heads``, head_dim = hidden_size //
+        num_attention_heads, ``attention_bias`` (q/k/v; o_proj always has a bias: attn_out_bias), scale head_dim **
+        -0.5, ``rope_parameters``' ``rope_theta`` and ``partial_rotary_factor`` (0.5) -> rotary_dim. RG-LRU:
+        ``lru_width``, ``num_attention_heads`` (the gates' blocks), ``conv1d_width``. ``tie_word_embeddings``
+        (default True), token ids. Refused, naming the field: ``hidden_activation`` other than the two, a
+        ``rope_type`` other than "default", ``block_types`` entries other than the two. Not read (no effect on the
+        forward): ``w_init_variance_scale`` / ``final_w_init_variance_scale`` (initialisation),
+        ``attention_dropout``, ``use_cache``; RecurrentGemma has no ``max_position_embeddings`` (n_ctx stays at its
+        default)."""
+        from .rglru import RGLRUConfig
+
+        mt = "recurrent_gemma"
+        act = str(hf_config.hidden_activation)
+        acts = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+        if act not in acts:
+            raise ValueError(f"{mt}: hidden_activation {act!r} is not supported (gelu_pytorch_tanh or gelu)")
+        rope = dict(getattr(hf_config, "rope_parameters", None) or {})
+        if rope.get("rope_type", "default") != "default":
+            raise ValueError(f"{mt}: rope_parameters rope_type {rope.get('rope_type')!r} is not supported "
+                             "(only 'default')")
+        kinds = {"recurrent": "rglru", "attention": "attention"}
+        unknown = sorted({t for t in hf_config.block_types if t not in kinds})
+        if unknown:
+            raise ValueError(f"{mt}: block_types entries {unknown} are not supported (recurrent, attention)")
+        d, n_layers = int(hf_config.hidden_size), int(hf_config.num_hidden_layers)
+        n_heads = int(hf_config.num_attention_heads)
+        d_head = d // n_heads
+        types = [kinds[t] for t in (list(hf_config.block_types) * n_layers)[:n_layers]]
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        import torch
+
+        normalizer = float(torch.tensor(d ** 0.5, dtype=torch.bfloat16))  # HF's bfloat16 buffer
+        rglru = RGLRUConfig(d_model=d, d_lru=int(hf_config.lru_width or d), n_heads=n_heads,
+                            d_conv=int(hf_config.conv1d_width), gate_act=acts[act])
+        return cls(
+            ssm=None, layer_types=types, d_model=d, n_layers=n_layers, vocab_size=int(hf_config.vocab_size),
+            n_heads=n_heads, n_key_value_heads=int(hf_config.num_key_value_heads or n_heads), d_head=d_head,
+            rotary_dim=int(d_head * float(rope.get("partial_rotary_factor", 0.5))),
+            rope_theta=float(rope.get("rope_theta", 10000.0)), attn_bias=bool(hf_config.attention_bias),
+            attn_out_bias=True, attention_window=int(hf_config.attention_window_size),
+            d_mlp=int(hf_config.intermediate_size) // 2, mlp_bias=True, act_fn=acts[act], gated_mlp=True,
+            mlp_sublayer=True, rglru=rglru, embedding_multiplier=normalizer,
+            logits_soft_cap=float(hf_config.logits_soft_cap), norm_eps=float(hf_config.rms_norm_eps),
+            norm_offset=1.0, tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", True)),
+            pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_kimi_linear(cls, hf_config: Any) -> "HybridConfig":
+        """``KimiLinearConfig`` (HF ``modeling_kimi_linear``). Every layer is pre-norm: resid += mixer(
+        input_layernorm(resid)); resid += ffn(post_attention_layernorm(resid)). ``layer_types`` "linear_attention"
+        -> "kda" (``KimiLinearDeltaAttention``, hooks/kda.py: ``linear_num_heads``, ``linear_head_dim``,
+        ``linear_conv_kernel_dim``; its gated norm's eps ``rms_norm_eps``), "full_attention" -> "attention", built as
+        multi-head latent attention (``KimiLinearAttention``, hooks/mla.py; ``mla``: ``num_attention_heads``,
+        ``q_lora_rank``, ``kv_lora_rank``, ``qk_nope_head_dim``, ``qk_rope_head_dim``, ``v_head_dim``,
+        ``attention_bias``; no rotary embedding: HF applies none). ``mlp_layer_types`` "dense" -> a gated MLP of
+        ``intermediate_size``; "sparse" -> ``moe_layers`` (``KimiLinearMoE``): ``num_local_experts`` experts of
+        ``moe_intermediate_size``, ``num_experts_per_tok`` of them chosen by the sigmoid router (moe_router "sigmoid":
+        ``n_group``, ``topk_group``, ``norm_topk_prob``, ``routed_scaling_factor``, the checkpoint's
+        ``e_score_correction_bias``), plus the shared experts as the dense MLP beside them (moe_shared_mlp, width
+        ``moe_intermediate_size`` · ``n_shared_experts``). Also read: ``hidden_size``, ``num_hidden_layers``,
+        ``vocab_size``, ``rms_norm_eps`` (the residual norms'), ``hidden_act`` (the KDA conv's and the MLPs'; silu
+        only), ``max_position_embeddings``, token ids. Never tied: ``KimiLinearForCausalLM`` declares no tied weights,
+        so ``lm_head`` is its own matrix whatever ``tie_word_embeddings`` says. Refused: ``hidden_act`` other than
+        silu, ``num_key_value_heads`` != ``num_attention_heads`` (HF's MLA expands keys for every head and then
+        repeats them again, which only runs at one group), ``layer_types`` / ``mlp_layer_types`` entries other than
+        the two each. Not read (no effect on the forward): ``rope_parameters`` (no rotary embedding is built),
+        ``initializer_range``, ``attention_dropout``, ``use_cache``, ``output_router_logits``, ``pretraining_tp``."""
+        from .kda import KDAConfig
+        from .mla import MLAConfig
+
+        mt = "kimi_linear"
+        act = str(hf_config.hidden_act)
+        if act not in ("silu", "swish"):
+            raise ValueError(f"{mt}: hidden_act {act!r} is not supported (silu only)")
+        n_heads = int(hf_config.num_attention_heads)
+        if int(hf_config.num_key_value_heads or n_heads) != n_heads:
+            raise ValueError(f"{mt}: num_key_value_heads ({hf_config.num_key_value_heads}) must equal "
+                             f"num_attention_heads ({n_heads}): latent attention has one key / value per head")
+        kinds = {"linear_attention": "kda", "full_attention": "attention"}
+        types, ffn = list(hf_config.layer_types), list(hf_config.mlp_layer_types)
+        bad = sorted({t for t in types if t not in kinds}) + sorted({t for t in ffn if t not in ("dense", "sparse")})
+        if bad:
+            raise ValueError(f"{mt}: layer_types / mlp_layer_types entries {bad} are not supported "
+                             "(linear_attention, full_attention / dense, sparse)")
+        d, n_layers = int(hf_config.hidden_size), int(hf_config.num_hidden_layers)
+        eps = float(hf_config.rms_norm_eps)
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        kda = KDAConfig(d_model=d, n_heads=int(hf_config.linear_num_heads), d_head=int(hf_config.linear_head_dim),
+                        d_conv=int(hf_config.linear_conv_kernel_dim), activation="silu", gate_norm_eps=eps)
+        q_rank = hf_config.q_lora_rank
+        mla = MLAConfig(d_model=d, n_heads=n_heads, q_lora_rank=None if q_rank is None else int(q_rank),
+                        kv_lora_rank=int(hf_config.kv_lora_rank), d_nope=int(hf_config.qk_nope_head_dim),
+                        d_rope=int(hf_config.qk_rope_head_dim), d_v=int(hf_config.v_head_dim),
+                        bias=bool(hf_config.attention_bias))
+        moe_layers = [i for i, t in enumerate(ffn) if t == "sparse"]
+        moe_d = int(hf_config.moe_intermediate_size)
+        return cls(
+            ssm=None, layer_types=[kinds[t] for t in types], d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=n_heads, n_key_value_heads=n_heads, d_head=mla.d_qk,
+            rotary_dim=0, attn_bias=bool(hf_config.attention_bias), d_mlp=int(hf_config.intermediate_size),
+            mlp_bias=False, act_fn="silu", gated_mlp=True, mlp_sublayer=True, moe_layers=moe_layers,
+            n_experts=int(hf_config.num_local_experts), n_experts_per_tok=int(hf_config.num_experts_per_tok),
+            moe_normalize_topk=bool(hf_config.norm_topk_prob), moe_shared_mlp=bool(moe_layers),
+            moe_d_mlp=moe_d, moe_shared_d_mlp=moe_d * int(hf_config.n_shared_experts) if moe_layers else None,
+            moe_router="sigmoid", moe_n_group=int(hf_config.n_group), moe_topk_group=int(hf_config.topk_group),
+            moe_routed_scaling=float(hf_config.routed_scaling_factor), kda=kda, mla=mla, norm_eps=eps,
+            n_ctx=int(hf_config.max_position_embeddings), tie_embeddings=False, pad_token_id=hf_config.pad_token_id,
+            bos_token_id=hf_config.bos_token_id, eos_token_id=eos, name=getattr(hf_config, "_name_or_path", "") or mt,
+            hf_model_type=mt,
+        )
+
+    @classmethod
+    def _from_xlstm(cls, hf_config: Any) -> "HybridConfig":
+        """``xLSTMConfig`` (HF ``modeling_xlstm``, its native PyTorch backend): every block is "mlstm"
+        (``xLSTMBlock``: resid += mLSTM(norm_mlstm(resid)); resid += FFN(norm_ffn(resid)), RMSNorms with eps
+        ``norm_eps``), then ``out_norm`` and ``lm_head``, whose logits are soft-capped at ``output_logit_soft_cap``
+        (logits_soft_cap). Read: ``hidden_size`` (= ``embedding_dim``), ``num_hidden_layers`` (= ``num_blocks``),
+        ``vocab_size``; the mLSTM (hooks/mlstm.py ``MLSTMConfig``): ``num_heads``, ``qk_dim_factor`` /
+        ``v_dim_factor`` (widths int(hidden_size · factor), as ``xLSTMLayer`` builds them), ``gate_soft_cap``, ``eps``
+        (the normaliser's), ``norm_eps`` (the multi-head LayerNorm's too), ``chunk_size``; the FFN: SwiGLU
+        (proj_down(SiLU(proj_up_gate(x)) · proj_up(x)): a gated MLP) of width round_up(hidden_size ·
+        ``ffn_proj_factor``, ``ffn_round_up_to_multiple_of``); ``weight_mode`` ("fused" checkpoints are split on
+        loading, hooks/loading.py); token ids. Embeddings are never tied: ``xLSTMForCausalLM`` declares no tied
+        weights, so its ``lm_head`` stays its own whatever ``tie_word_embeddings`` says. Refused: ``use_bias`` True
+        (the block RMSNorms would carry biases). Not read (no effect on the values of HF's native forward): ``mode`` /
+        ``chunkwise_kernel`` / ``sequence_kernel`` / ``step_kernel`` / ``max_inference_chunksize`` /
+        ``return_last_states`` (other schedules of the same recurrence: chunkwise, then recurrent steps for the
+        rest), ``autocast_kernel_dtype`` (unused by the native kernels), ``inference_state_dtype`` (the state is
+        float32 here), ``norm_reduction_force_float32`` (norms reduce in float32 here), ``add_out_norm`` (HF's native
+        model always applies ``out_norm``), ``use_cache``."""
+        from .mlstm import MLSTMConfig
+
+        mt = "xlstm"
+        if hf_config.use_bias:
+            raise ValueError(f"{mt}: use_bias True is not supported (the block RMSNorms would carry biases)")
+        d = int(hf_config.hidden_size or hf_config.embedding_dim)
+        n_layers = int(hf_config.num_hidden_layers or hf_config.num_blocks)
+        mult = int(hf_config.ffn_round_up_to_multiple_of)
+        d_mlp = int(((d * hf_config.ffn_proj_factor + mult - 1) // mult) * mult)  # HF round_up_to_next_multiple_of
+        cap = hf_config.gate_soft_cap
+        mlstm = MLSTMConfig(
+            d_model=d, n_heads=int(hf_config.num_heads), qk_dim=int(d * hf_config.qk_dim_factor),
+            v_dim=int(d * hf_config.v_dim_factor), gate_soft_cap=None if cap is None else float(cap),
+            eps=float(hf_config.eps), norm_eps=float(hf_config.norm_eps), bias=False,
+            chunk_size=int(hf_config.chunk_size),
+        )
+        eos = hf_config.eos_token_id[0] if isinstance(hf_config.eos_token_id, list) else hf_config.eos_token_id
+        logit_cap = hf_config.output_logit_soft_cap
+        return cls(
+            ssm=None, layer_types=["mlstm"] * n_layers, d_model=d, n_layers=n_layers,
+            vocab_size=int(hf_config.vocab_size), n_heads=int(hf_config.num_heads),
+            n_key_value_heads=int(hf_config.num_heads), rotary_dim=0, d_mlp=d_mlp, mlp_bias=False, act_fn="silu",
+            gated_mlp=True, mlp_sublayer=True, mlstm=mlstm, norm_eps=float(hf_config.norm_eps),
+            logits_soft_cap=None if logit_cap is None else float(logit_cap), tie_embeddings=False,
+            pad_token_id=hf_config.pad_token_id, bos_token_id=hf_config.bos_token_id, eos_token_id=eos,
+            name=getattr(hf_config, "_name_or_path", "") or mt, hf_model_type=mt,
         )

@@ -299,18 +299,24 @@ def load_hybrid_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor],
         hf_state = _spread_zamba2_shared(hf_state, cfg, source)
     if cfg.hf_model_type == "olmo_hybrid":
         hf_state = _join_olmo_hybrid_conv(hf_state)
+    if cfg.hf_model_type == "qwen3_next":
+        hf_state = _split_qwen3_next_fused(_stack_jamba_experts(hf_state), cfg)
+    if cfg.hf_model_type == "xlstm":
+        hf_state = _split_xlstm_fused(hf_state, cfg)
+    if cfg.hf_model_type == "kimi_linear":
+        hf_state = _kimi_linear_in_memory_names(hf_state)
     load_ssm_state(model, hf_state, source, rules=_HYBRID_WEIGHT_TABLES[cfg.hf_model_type](cfg.layer_types))
 
 
 def _stack_jamba_experts(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Jamba checkpoints (and ``save_pretrained``) store each expert as ``feed_forward.experts.{e}.gate_proj`` /
-    ``up_proj`` / ``down_proj.weight``; the in-memory model (and ours) stack them as ``experts.gate_up_proj``
-    [E, 2·d_mlp, d_model] (gate rows first) and ``experts.down_proj`` [E, d_model, d_mlp], as HF's conversion
-    mapping for "jamba" does. Keys already stacked pass through."""
+    ``up_proj`` / ``down_proj.weight`` (Qwen3-Next's as ``mlp.experts.{e}.*``); the in-memory model (and ours)
+    stack them as ``experts.gate_up_proj`` [E, 2·d_mlp, d_model] (gate rows first) and ``experts.down_proj``
+    [E, d_model, d_mlp], as HF's conversion mapping for "jamba" does. Keys already stacked pass through."""
     per: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     out = {}
     for k, v in state.items():
-        m = re.match(r"^(.*\.feed_forward\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", k)
+        m = re.match(r"^(.*\.(?:feed_forward|mlp)\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", k)
         if m is None:
             out[k] = v
         else:
@@ -442,10 +448,10 @@ def _spread_zamba2_shared(state: dict[str, torch.Tensor], cfg: Any, source: str)
 def _join_olmo_hybrid_conv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """OLMo-Hybrid checkpoints store each Gated DeltaNet's conv as ``q_conv1d`` / ``k_conv1d`` / ``v_conv1d``
     weights; the in-memory model (and ours) has one ``conv1d`` over concat(q, k, v) (HF's conversion mapping
-    concatenates them on dim 0). Keys already joined pass through."""
+    concatenates them on dim 0). Keys already joined pass through. Kimi-Linear's (``self_attn``) too."""
     out, parts = {}, {}
     for k, v in state.items():
-        m = re.match(r"^(.*\.linear_attn)\.([qkv])_conv1d\.weight$", k)
+        m = re.match(r"^(.*\.(?:linear_attn|self_attn))\.([qkv])_conv1d\.weight$", k)
         if m is None:
             out[k] = v
         else:
@@ -478,13 +484,156 @@ def _olmo_hybrid_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
     return rules
 
 
+def _split_qwen3_next_fused(state: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """Qwen3-Next fuses projections that ours keeps apart; split them (HF ``fix_query_key_value_ordering`` and
+    ``Qwen3NextAttention.forward``). A GDN's ``in_proj_qkvz`` [H_k·(2·d_k + 2·r·d_v), d] (r = H_v / H_k) is grouped
+    by key head, each group q (d_k rows), k (d_k), v (r·d_v), z (r·d_v): -> ``q_proj`` / ``k_proj`` / ``v_proj`` /
+    ``g_proj`` (z, the output gate), each the groups' parts in group order; ``in_proj_ba`` [H_k·2r, d], each group
+    b (r rows), a (r): -> ``b_proj`` / ``a_proj``. An attention ``q_proj`` [n_heads·2·d_head, d] (and its bias) is
+    per head query (d_head rows) then gate (d_head): -> ``q_proj`` / ``gate_proj``. Other keys pass through."""
+    dc, nh, dh = cfg.delta, cfg.n_heads, cfg.d_head
+    out = {}
+    for k, v in state.items():
+        if m := re.match(r"^(.*\.linear_attn)\.in_proj_qkvz\.weight$", k):
+            r = dc.n_v_heads // dc.n_k_heads
+            parts = v.view(dc.n_k_heads, 2 * dc.d_k + 2 * r * dc.d_v, -1).split(
+                [dc.d_k, dc.d_k, r * dc.d_v, r * dc.d_v], dim=1)  # each [H_k, rows, d]
+            for name, w in zip(("q_proj", "k_proj", "v_proj", "g_proj"), parts):
+                out[f"{m.group(1)}.{name}.weight"] = w.reshape(-1, v.shape[-1])
+        elif m := re.match(r"^(.*\.linear_attn)\.in_proj_ba\.weight$", k):
+            b, a = v.view(dc.n_k_heads, 2, -1, v.shape[-1]).unbind(1)  # each [H_k, r, d]
+            out[f"{m.group(1)}.b_proj.weight"], out[f"{m.group(1)}.a_proj.weight"] = (
+                b.reshape(-1, v.shape[-1]), a.reshape(-1, v.shape[-1]))
+        elif m := re.match(r"^(.*\.self_attn)\.q_proj\.(weight|bias)$", k):
+            query, gate = v.view(nh, 2, dh, *v.shape[1:]).unbind(1)  # each [n_heads, d_head, (d)]
+            out[f"{m.group(1)}.q_proj.{m.group(2)}"] = query.reshape(nh * dh, *v.shape[1:])
+            out[f"{m.group(1)}.gate_proj.{m.group(2)}"] = gate.reshape(nh * dh, *v.shape[1:])
+        else:
+            out[k] = v
+    return out
+
+
+def _qwen3_next_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
+    """Hugging Face Qwen3-Next -> ours (after :func:`_split_qwen3_next_fused` and the experts' stacking):
+    ``linear_attn`` -> ``ssm`` (``norm`` -> ``o_norm``, ``out_proj`` -> ``o_proj``), ``self_attn`` -> ``attn``;
+    ``input_layernorm`` / ``post_attention_layernorm`` -> ``ln1`` / ``ln2`` (pre-norms on every layer); a MoE
+    layer's ``mlp.gate`` (the router) -> ``moe.router``, ``mlp.experts`` -> ``moe.experts``, ``mlp.shared_expert``
+    -> ``mlp`` and ``mlp.shared_expert_gate`` -> ``mlp.shared_expert_gate``; a dense layer's ``mlp`` -> ``mlp``.
+    ``mtp.*`` (multi-token prediction) matches nothing and is skipped, as HF skips it."""
+    pre = r"^model\.layers\.(\d+)\."
+    return [(r"^model\.embed_tokens\.weight$", "embed.weight"),
+            (pre + r"linear_attn\.norm\.weight$", r"blocks.\1.ssm.o_norm.weight"),
+            (pre + r"linear_attn\.out_proj\.weight$", r"blocks.\1.ssm.o_proj.weight"),
+            (pre + r"linear_attn\.(.+)$", r"blocks.\1.ssm.\2"),
+            (pre + r"self_attn\.(.+)$", r"blocks.\1.attn.\2"),
+            (pre + r"mlp\.gate\.weight$", r"blocks.\1.moe.router.weight"),
+            (pre + r"mlp\.experts\.(.+)$", r"blocks.\1.moe.experts.\2"),
+            (pre + r"mlp\.shared_expert\.(.+)$", r"blocks.\1.mlp.\2"),
+            (pre + r"mlp\.(.+)$", r"blocks.\1.mlp.\2"),
+            (pre + r"input_layernorm\.weight$", r"blocks.\1.ln1.weight"),
+            (pre + r"post_attention_layernorm\.weight$", r"blocks.\1.ln2.weight"),
+            (r"^model\.norm\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight")]
+
+
+#: Hugging Face RecurrentGemma -> ours: each layer's ``temporal_block`` is an RG-LRU block (hooks/rglru.py, HF's
+#: parameter names; its ``conv_1d``, ``linear_x`` ... as they are) -> ``ssm``, or local attention (``q/k/v/o_proj``)
+#: -> ``attn`` (the first rule that matches wins: the attention names first); ``temporal_pre_norm`` /
+#: ``channel_pre_norm`` -> ``ln1`` / ``ln2``, ``mlp_block`` -> ``mlp``, ``final_norm`` -> ``ln_final``; the tied
+#: ``lm_head`` may be absent (the embedding is used)
+_RECURRENT_GEMMA_HF_TO_OURS = [
+    (r"^model\.embed_tokens\.weight$", "embed.weight"),
+    (r"^model\.layers\.(\d+)\.temporal_block\.([qkvo]_proj\..+)$", r"blocks.\1.attn.\2"),
+    (r"^model\.layers\.(\d+)\.temporal_block\.(.+)$", r"blocks.\1.ssm.\2"),
+    (r"^model\.layers\.(\d+)\.temporal_pre_norm\.weight$", r"blocks.\1.ln1.weight"),
+    (r"^model\.layers\.(\d+)\.channel_pre_norm\.weight$", r"blocks.\1.ln2.weight"),
+    (r"^model\.layers\.(\d+)\.mlp_block\.(.+)$", r"blocks.\1.mlp.\2"),
+    (r"^model\.final_norm\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight"),
+]
+
+
+#: Kimi-Linear checkpoint names -> the in-memory ones (HF's conversion mapping "kimi_linear", which
+#: ``save_pretrained`` reverses): the MoE / MLP under ``block_sparse_moe``, the forget gate's tensors on
+#: ``self_attn``, each expert's w1 / w3 / w2 (gate / up / down)
+_KIMI_LINEAR_RENAMES = [(r"\.block_sparse_moe\.", ".mlp."),
+                        (r"\.self_attn\.(f_a_proj|f_b_proj|dt_bias|A_log)\b", r".self_attn.forget_gate.\1"),
+                        (r"(\.experts\.\d+)\.w1\.", r"\1.gate_proj."), (r"(\.experts\.\d+)\.w3\.", r"\1.up_proj."),
+                        (r"(\.experts\.\d+)\.w2\.", r"\1.down_proj.")]
+
+
+def _kimi_linear_in_memory_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Kimi-Linear state (a checkpoint's names or the in-memory model's) under the in-memory names: renamed by
+    :data:`_KIMI_LINEAR_RENAMES`, experts stacked (:func:`_stack_jamba_experts`), the q / k / v convs joined
+    (:func:`_join_olmo_hybrid_conv`)."""
+    renamed = {}
+    for k, v in state.items():
+        for pat, rep in _KIMI_LINEAR_RENAMES:
+            k = re.sub(pat, rep, k)
+        renamed[k] = v
+    return _join_olmo_hybrid_conv(_stack_jamba_experts(renamed))
+
+
+def _kimi_linear_rules(layer_types: Sequence[str]) -> list[tuple[str, str]]:
+    """Hugging Face Kimi-Linear (in-memory names) -> ours: ``self_attn`` -> ``ssm`` on "kda" layers (hooks/kda.py,
+    HF's parameter names) and ``attn`` on attention layers (hooks/mla.py, HF's names); a MoE layer's ``mlp.gate``
+    (router weight and ``e_score_correction_bias``) and ``mlp.experts`` -> ``moe``, its ``mlp.shared_experts`` ->
+    ``mlp``; a dense layer's ``mlp`` -> ``mlp``; ``input_layernorm`` / ``post_attention_layernorm`` -> ``ln1`` /
+    ``ln2``."""
+    rules = [(r"^model\.embed_tokens\.weight$", "embed.weight"),
+             (r"^model\.layers\.(\d+)\.mlp\.gate\.weight$", r"blocks.\1.moe.router.weight"),
+             (r"^model\.layers\.(\d+)\.mlp\.gate\.e_score_correction_bias$", r"blocks.\1.moe.e_score_correction_bias"),
+             (r"^model\.layers\.(\d+)\.mlp\.experts\.(.+)$", r"blocks.\1.moe.experts.\2"),
+             (r"^model\.layers\.(\d+)\.mlp\.(?:shared_experts\.)?(.+)$", r"blocks.\1.mlp.\2"),
+             (r"^model\.layers\.(\d+)\.input_layernorm\.weight$", r"blocks.\1.ln1.weight"),
+             (r"^model\.layers\.(\d+)\.post_attention_layernorm\.weight$", r"blocks.\1.ln2.weight"),
+             (r"^model\.norm\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight")]
+    return rules + [(rf"^model\.layers\.{i}\.self_attn\.(.+)$", rf"blocks.{i}.{'ssm' if t == 'kda' else 'attn'}.\1")
+                    for i, t in enumerate(layer_types)]
+
+
 #: each hybrid ``model_type`` (hooks/hybrid_config.py ``HYBRID_MODEL_TYPES``) -> its weight-name rules, given the layer kinds
 _HYBRID_WEIGHT_TABLES = {"bamba": lambda layer_types: _HYBRID_HF_TO_OURS, "nemotron_h": _nemotron_h_rules,
                          "jamba": lambda layer_types: _JAMBA_HF_TO_OURS,
                          "granitemoehybrid": lambda layer_types: _GRANITE_HF_TO_OURS,
                          "zamba2": lambda layer_types: _ZAMBA2_HF_TO_OURS,
                          "falcon_h1": lambda layer_types: _HYBRID_HF_TO_OURS,  # Falcon-H1 names as Bamba's
-                         "olmo_hybrid": _olmo_hybrid_rules}
+                         "olmo_hybrid": _olmo_hybrid_rules, "qwen3_next": _qwen3_next_rules,
+                         "kimi_linear": _kimi_linear_rules,
+                         "recurrent_gemma": lambda layer_types: _RECURRENT_GEMMA_HF_TO_OURS,
+                         "xlstm": lambda layer_types: _XLSTM_HF_TO_OURS}
+
+
+def _split_xlstm_fused(state: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
+    """xLSTM with ``weight_mode`` "fused" stores ``mlstm_layer.qkv_opreact`` (rows q, k, v, o),
+    ``mlstm_layer.ifgate_preact`` (rows i, f) and ``ffn.proj_up_gate_z`` (rows gate, up); ours (HF's "single"
+    layout) holds them apart. Keys already apart pass through."""
+    c = cfg.mlstm
+    splits = {"mlstm_layer.qkv_opreact": (["q", "k", "v", "ogate_preact"], [c.qk_dim, c.qk_dim, c.v_dim, c.v_dim]),
+              "mlstm_layer.ifgate_preact": (["igate_preact", "fgate_preact"], [c.n_heads, c.n_heads]),
+              "ffn.proj_up_gate_z": (["proj_up_gate", "proj_up"], [cfg.d_mlp, cfg.d_mlp])}
+    out = {}
+    for k, v in state.items():
+        m = re.match(r"^(.*\.blocks\.\d+\.)(mlstm_layer\.\w+|ffn\.\w+)\.(weight|bias)$", k)
+        if m is None or m.group(2) not in splits:
+            out[k] = v
+            continue
+        names, sizes = splits[m.group(2)]
+        owner = m.group(2).split(".")[0]
+        for name, part in zip(names, torch.split(v, sizes, dim=0)):
+            out[f"{m.group(1)}{owner}.{name}.{m.group(3)}"] = part
+    return out
+
+
+#: Hugging Face xLSTM (``xLSTMForCausalLM``, "single" weight layout) -> ours: ``mlstm_layer`` (hooks/mlstm.py keeps
+#: its names) -> ``ssm``, ``norm_mlstm`` / ``norm_ffn`` -> ``ln1`` / ``ln2``, the FFN's ``proj_up_gate`` /
+#: ``proj_up`` / ``proj_down`` -> the gated MLP's ``gate_proj`` / ``up_proj`` / ``down_proj``
+_XLSTM_HF_TO_OURS = [(r"^backbone\.embeddings\.weight$", "embed.weight"),
+                     (r"^backbone\.blocks\.(\d+)\.norm_mlstm\.weight$", r"blocks.\1.ln1.weight"),
+                     (r"^backbone\.blocks\.(\d+)\.mlstm_layer\.(.+)$", r"blocks.\1.ssm.\2"),
+                     (r"^backbone\.blocks\.(\d+)\.norm_ffn\.weight$", r"blocks.\1.ln2.weight"),
+                     (r"^backbone\.blocks\.(\d+)\.ffn\.proj_up_gate\.(\w+)$", r"blocks.\1.mlp.gate_proj.\2"),
+                     (r"^backbone\.blocks\.(\d+)\.ffn\.proj_up\.(\w+)$", r"blocks.\1.mlp.up_proj.\2"),
+                     (r"^backbone\.blocks\.(\d+)\.ffn\.proj_down\.(\w+)$", r"blocks.\1.mlp.down_proj.\2"),
+                     (r"^backbone\.out_norm\.weight$", "ln_final.weight"), (r"^lm_head\.weight$", "unembed.weight")]
 
 
 def load_ssm_state(model: torch.nn.Module, hf_state: dict[str, torch.Tensor], source: str,
@@ -707,6 +856,9 @@ def save_hybrid(model: torch.nn.Module, folder: str | os.PathLike) -> Path:
     :func:`to_hf_bamba_config`, which names what a Bamba checkpoint cannot hold) as a Hugging Face checkpoint
     (config.json, model.safetensors, tokenizer, checksums) that both :func:`interp.load` and
     ``BambaForCausalLM`` / ``OlmoHybridForCausalLM.from_pretrained`` read."""
+    if model.cfg.hf_model_type == "qwen3_next":  # its fused projections are split at load and not re-fused here
+        raise ValueError("cannot save a Qwen3-Next model (hf_model_type 'qwen3_next'): save_pretrained writes Bamba "
+                         "and OLMo-Hybrid checkpoints only; keep the original Qwen3-Next checkpoint instead")
     to_config, arch, rules = _HYBRID_SAVERS.get(model.cfg.hf_model_type, _HYBRID_SAVERS["bamba"])
     hf_config = to_config(model.cfg).to_dict()  # raises, naming what the format cannot hold, before any write
     split = (lambda state: _split_olmo_hybrid_conv(state, model.cfg)) if model.cfg.hf_model_type == "olmo_hybrid" \
@@ -775,7 +927,7 @@ def estimate_parameters(raw: Mapping[str, Any]) -> int:
 
 #: hybrid config layer-list entries -> what the layer holds (s: SSM mixer, a: attention, f: MLP / experts)
 _HYBRID_LAYER_PARTS = {"mamba": "s", "linear_attention": "s", "m": "s", "attention": "a", "full_attention": "a",
-                       "*": "a", "hybrid": "sa", "mlp": "f", "-": "f", "moe": "f", "e": "f"}
+                       "*": "a", "hybrid": "sa", "mlp": "f", "-": "f", "moe": "f", "e": "f", "recurrent": "s"}
 
 
 def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> int:
@@ -784,6 +936,8 @@ def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> 
     every expert counted (an upper estimate)."""
     listed = next((raw[k] for k in ("layers_block_type", "layer_types", "hybrid_override_pattern")
                    if isinstance(raw.get(k), (list, str)) and raw.get(k)), None)
+    if listed is None and isinstance(raw.get("block_types"), list) and raw["block_types"]:  # RecurrentGemma: the
+        listed = (list(raw["block_types"]) * n)[:n]                                           # pattern repeats
     layers = [_HYBRID_LAYER_PARTS.get(str(t).lower(), "sa") for t in listed] if listed else ["sa"] * n
     if raw.get("model_type") != "nemotron_h":  # every other family has an MLP sublayer in every layer
         layers = [parts + "f" for parts in layers]
@@ -799,8 +953,9 @@ def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> 
                                                                                     "attention_head_dim", default=0)))
     attn = 8 * d * d_attn  # 4 projections, counted at 2·d wide (Zamba2's shared blocks read concat(resid, embed))
     experts = int(_first(raw, "num_experts", "num_local_experts", "n_routed_experts", default=0))
-    shared = int(_first(raw, "shared_intermediate_size", default=0))
-    ffn = 3 * d * (m * max(experts, 1) + shared) + d * experts  # gated MLP or every expert, shared MLP, router
+    shared = int(_first(raw, "shared_intermediate_size", "shared_expert_intermediate_size", default=0))  # Qwen3-Next
+    me = int(_first(raw, "moe_intermediate_size", default=0) or m)  # each expert's width (Kimi-Linear: < m)
+    ffn = 3 * d * (max(m, me * experts) + shared) + d * experts  # gated MLP or every expert, shared MLP, router
     per = {"s": ssm, "a": attn, "f": ffn}
     return 2 * v * d + sum(sum(per[c] for c in parts) + 4 * d for parts in layers)
 

@@ -73,6 +73,21 @@ class SSMState:
 # --------------------------------------------------------------------------------------------
 # norms
 # --------------------------------------------------------------------------------------------
+def causal_conv(window: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """Depthwise causal conv (``nn.Conv1d(groups=channels, padding=K-1)`` cut to the causal outputs) in the
+    positions-first layout: window [b, K-1+L, ch] (the K-1 inputs before the sequence, zeros at its start, then its
+    L inputs), weight [ch, K] (tap K-1 multiplies the current input), bias [ch] | None -> [b, L, ch]:
+    out_t = bias + Σ_k weight[:, k] · window[t + k]. K shifted multiply-adds: no transposed copies (the
+    layout Conv1d needs), which on a CPU cost more than the conv."""
+    K = weight.shape[1]
+    L = window.shape[1] - (K - 1)
+    w = weight.to(window.dtype)
+    out = window[:, :L] * w[:, 0] if bias is None else torch.addcmul(bias.to(window.dtype), window[:, :L], w[:, 0])
+    for k in range(1, K):
+        out = torch.addcmul(out, window[:, k:k + L], w[:, k])
+    return out
+
+
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 (as Hugging Face's MambaRMSNorm), hooked as TransformerLens's RMSNorm:
     ``hook_scale`` = rms = sqrt(mean(x²) + eps) [.., 1], ``hook_normalized`` = x / rms (before the weight).
@@ -262,13 +277,11 @@ class SSMMixer(nn.Module):
         z = self.hook_z(z)
         xbc = xs if bc is None else torch.cat([xs, bc], dim=-1)  # [b, L, conv_ch]
         K = cfg.d_conv
-        conv_in = xbc.transpose(1, 2)  # [b, conv_ch, L]
         continuing = state is not None and len(state.conv) > layer
-        if continuing:  # the stored last K-1 inputs come first: the window does not restart from zeros
-            conv_in = torch.cat([state.conv[layer].to(conv_in.dtype), conv_in], dim=-1)  # [b, conv_ch, K-1+L]
-        start = K - 1 if continuing else 0
-        conv = self.conv1d(conv_in)[..., start:start + L].transpose(1, 2)  # causal: output t sees inputs t-K+1..t
-        conv = self.hook_conv(conv)
+        # the stored last K-1 inputs come first when continuing (the window does not restart), zeros otherwise
+        window = torch.cat([state.conv[layer].transpose(1, 2).to(xbc.dtype) if continuing
+                            else xbc.new_zeros(b, K - 1, xbc.shape[-1]), xbc], dim=1)  # [b, K-1+L, conv_ch]
+        conv = self.hook_conv(causal_conv(window, self.conv_weight, self.conv1d.bias))  # [b, L, conv_ch]
         act = self.act(conv)
         if mask is not None:
             act = act * mask
@@ -278,10 +291,8 @@ class SSMMixer(nn.Module):
         y, h_final = self._scan(u, dt, B, C, h0, state_positions, offset=0 if state is None else state.offset)
         y = self.hook_y(y)
         out = self.hook_out(self.out_proj(self.hook_gated(self._gate(y, z))))
-        if state is not None:  # the last K-1 conv inputs, stored ones included when L < K-1
-            tail = F.pad(conv_in, (max(0, K - 1 - conv_in.shape[-1]), 0))[..., -(K - 1):] if K > 1 \
-                else conv_in[..., :0]
-            _store(state, layer, tail, h_final)
+        if state is not None:  # the last K-1 conv inputs [b, conv_ch, K-1], stored ones included when L < K-1
+            _store(state, layer, window[:, window.shape[1] - (K - 1):].transpose(1, 2), h_final)
         return out
 
     def _scan(

@@ -24,11 +24,21 @@ SSM (:class:`interp.hooks.HookedSSM`, per layer)
 Hybrid (:class:`interp.hooks.HookedHybrid`: Bamba, Nemotron-H, Jamba, ...), block by block
     * SSM layers: the SSM rules above (the mixer's own config: Mamba-1 or Mamba-2);
     * attention layers: ``attn.hook_pattern`` -> detached (CP-LRP, as for transformers; the rotary embedding
-      only reaches the pattern);
+      only reaches the pattern); gated attention's ``attn.hook_gate`` (Qwen3-Next) -> detached (sigmoid(gate) a
+      constant, signal-take-all);
     * MLPs (``mlp.hook_post``): identity rule on the activation, ``g = pre · (act(pre)/pre).detach()``, and for a
       gated MLP the half rule on ``g · pre_linear`` (as on the SSM gate);
     * mixtures of experts: ``moe.hook_expert_weights`` -> detached (the router is a constant), each chosen
-      expert's ``moe.hook_post`` [b, pos, k, d_mlp] gets the gated-MLP rule.
+      expert's ``moe.hook_post`` [b, pos, k, d_mlp] gets the gated-MLP rule; a shared expert's sigmoid gate
+      ``mlp.hook_gate`` (Qwen3-Next) -> detached.
+    * RG-LRU layers (RecurrentGemma, hooks/rglru.py): ``ssm.hook_input_gate`` and ``ssm.hook_decay`` -> detached
+      (the input gate, a and √(1 − a²) constants: the recurrence is linear in the conv output); ``ssm.hook_gated``
+      = y · GeLU(z): identity rule on the GeLU and the half rule, as on Mamba's gate;
+    * mLSTM layers (xLSTM, hooks/mlstm.py): ``ssm.hook_q`` / ``hook_k`` / ``hook_input_gate`` / ``hook_decay`` /
+      ``hook_normalizer`` -> detached (the implicit attention A a constant: h linear in v); ``ssm.hook_gated`` =
+      σ(z) · MultiHeadLayerNorm(h): 1/std detached and the gate σ(z) detached (signal-take-all);
+    * a logit soft cap (``unembed.hook_post_cap``, RecurrentGemma, xLSTM): the ratio cap·tanh(x/cap) / x detached, so
+      the capped logit is linear in the uncapped one and relevance is conserved.
 
 Transformer (:class:`interp.hooks.HookedTransformerModel`, CP-LRP)
     * ``attn.hook_pattern`` -> detached (attention probabilities are constants: the head is linear
@@ -244,6 +254,36 @@ def _ssm_hooks(model: Any) -> list[Hook]:
 
         return fn
 
+    def rglru_gate_rule(y_name: str, z_name: str, act: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+        slope0 = _slope_at_zero(act)
+
+        def fn(t: Tensor, hook: Any) -> Tensor:  # t = y · act(z) [b, pos, d]: identity rule on act, half rule
+            z = store[z_name]
+            z = z.to(_compute_dtype(z))
+            g = z * _identity_ratio(z, act(z), slope0).detach()
+            y = store[y_name].to(z.dtype)
+            return _same_value(t, 0.5 * (y * g.detach()) + 0.5 * (y.detach() * g))
+
+        return fn
+
+    def mlstm_gate_rule(y_name: str, z_name: str, mixer: Any) -> Callable[..., Tensor]:
+        def fn(t: Tensor, hook: Any) -> Tensor:  # t = σ(z) · MultiHeadLayerNorm(y) [b, pos, H·d_v]
+            z = store[z_name]
+            z = z.to(_compute_dtype(z))
+            y = store[y_name].to(z.dtype)  # [b, pos, H, d_v]
+            yc = y - y.mean(-1, keepdim=True)  # centring is linear; 1/std detached
+            yn = (yc * torch.rsqrt(y.var(-1, keepdim=True, unbiased=False) + mixer.cfg.norm_eps).detach()).flatten(-2)
+            norm = mixer.multihead_norm
+            yn = yn * norm.weight.to(yn.dtype) + (0 if norm.bias is None else norm.bias.to(yn.dtype))
+            return _same_value(t, yn * torch.sigmoid(z).detach())  # the output gate a constant
+
+        return fn
+
+    def soft_cap_rule(t: Tensor, hook: Any) -> Tensor:  # t = cap · tanh(x / cap): the ratio t / x a constant
+        x = store["unembed.hook_pre_cap"]
+        x = x.to(_compute_dtype(x))
+        return _same_value(t, x * _identity_ratio(x, t.to(x.dtype), 1.0).detach())
+
     def delta_gate_rule(y_name: str, z_name: str, mixer: Any) -> Callable[..., Tensor]:
         def fn(t: Tensor, hook: Any) -> Tensor:  # t = RMSNorm(y) · w · SiLU(z) [b, pos, H_v·d_v]
             z = store[z_name]
@@ -251,6 +291,8 @@ def _ssm_hooks(model: Any) -> list[Hook]:
             y = store[y_name].to(z.dtype)
             yn = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + mixer.cfg.gate_norm_eps).detach()
             yn = mixer.o_norm.weight.to(y.dtype) * yn  # the norm, 1/rms detached, then the half rule
+            if getattr(mixer.cfg, "gate_activation", "silu") == "sigmoid":  # KDA (hooks/kda.py): σ(z) a constant
+                return _same_value(t, (yn * torch.sigmoid(z).detach()).flatten(-2))
             g = z * torch.sigmoid(z).detach()
             return _same_value(t, (0.5 * (yn * g.detach()) + 0.5 * (yn.detach() * g)).flatten(-2))
 
@@ -259,7 +301,7 @@ def _ssm_hooks(model: Any) -> list[Hook]:
     hooks: list[Hook] = [(n, _detach) for n in model.hook_dict if n.endswith("hook_scale")]  # RMSNorms: linear
     for i, block in enumerate(model.blocks):
         p = f"blocks.{i}"
-        if hasattr(block, "ssm") and hasattr(block.ssm, "hook_beta"):  # Gated DeltaNet (hooks/deltanet.py):
+        if hasattr(block, "ssm") and hasattr(block.ssm, "hook_beta"):  # Gated DeltaNet (hooks/deltanet.py), KDA:
             # β, the decay g and the q / k that set the transition are detached (the map A fixed: linear in v);
             # identity rule on v's SiLU; the gated RMSNorm with 1/rms detached and the half rule on the gate
             hooks += [(f"{p}.ssm.hook_{h}", _detach) for h in ("q", "k", "beta", "decay")]
@@ -267,6 +309,18 @@ def _ssm_hooks(model: Any) -> list[Hook]:
                                                                                         block.ssm.cfg)),
                       (f"{p}.ssm.hook_y", capture), (f"{p}.ssm.hook_z", capture),
                       (f"{p}.ssm.hook_gated", delta_gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z", block.ssm))]
+        elif hasattr(block, "ssm") and hasattr(block.ssm, "hook_normalizer"):  # mLSTM (hooks/mlstm.py): q, k, the
+            # gates and the normaliser detached (A fixed: h linear in v); the multi-head LayerNorm with 1/std detached
+            # and the output gate σ(z) a constant (signal-take-all, as RWKV's receptance)
+            hooks += [(f"{p}.ssm.hook_{h}", _detach) for h in ("q", "k", "input_gate", "decay", "normalizer")]
+            hooks += [(f"{p}.ssm.hook_y", capture), (f"{p}.ssm.hook_z", capture),
+                      (f"{p}.ssm.hook_gated", mlstm_gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z", block.ssm))]
+        elif hasattr(block, "ssm") and hasattr(block.ssm, "hook_input_gate"):  # RG-LRU (hooks/rglru.py): the
+            # input gate and log a (hence √(1 − a²)) detached, so u and the scan are linear in the conv output;
+            # identity rule on the GeLU branch and the half rule on y · GeLU(z), as on Mamba's gate
+            hooks += [(f"{p}.ssm.hook_{h}", _detach) for h in ("input_gate", "decay")]
+            hooks += [(f"{p}.ssm.hook_y", capture), (f"{p}.ssm.hook_z", capture),
+                      (f"{p}.ssm.hook_gated", rglru_gate_rule(f"{p}.ssm.hook_y", f"{p}.ssm.hook_z", block.ssm.act))]
         elif hasattr(block, "ssm"):
             cfg = block.ssm.cfg
             hooks += [
@@ -284,10 +338,16 @@ def _ssm_hooks(model: Any) -> list[Hook]:
                 raise NotImplementedError(f"lrp_hooks: no rule for conv activation {cfg.activation!r}")
         if hasattr(block, "attn"):
             hooks.append((f"{p}.attn.hook_pattern", _detach))
+            if hasattr(block.attn, "hook_gate"):  # gated attention (Qwen3-Next): sigmoid(gate) a constant
+                hooks.append((f"{p}.attn.hook_gate", _detach))
         if hasattr(block, "mlp"):
             hooks += ffn_hooks(f"{p}.mlp", block.mlp)
+            if hasattr(block.mlp, "hook_gate"):  # a shared expert's sigmoid gate (Qwen3-Next): a constant
+                hooks.append((f"{p}.mlp.hook_gate", _detach))
         if hasattr(block, "moe"):
             hooks += [(f"{p}.moe.hook_expert_weights", _detach), *ffn_hooks(f"{p}.moe", block.moe)]
+    if "unembed.hook_post_cap" in model.hook_dict:  # logit soft cap (RecurrentGemma): cap·tanh(x/cap) / x a constant
+        hooks += [("unembed.hook_pre_cap", capture), ("unembed.hook_post_cap", soft_cap_rule)]
     return hooks
 
 

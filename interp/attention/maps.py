@@ -28,7 +28,7 @@ from interp.hooks.positions import Positions, PositionsLike, check_index, check_
 from interp.hooks.tokens import as_tokens
 from interp.lrp import interaction_rows
 
-from . import deltanet, hidden, latim, methods, rwkv, unified
+from . import deltanet, hidden, kda, latim, methods, mlstm, rglru, rwkv, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = ["DEFAULT_MAP_BUDGET_BYTES", "MapTooLargeError", "SSMParameters", "ssm_parameters", "interaction_map",
@@ -93,10 +93,18 @@ def ssm_parameters(model: HookedModel, tokens: Any, *, layer: int) -> SSMParamet
 def _n_units(model: Any, method: str) -> int:
     """Channels / heads a per-layer map of ``method`` has on ``model``, from its config (no forward)."""
     cfg = model.cfg
+    if getattr(methods.MAP_METHODS.get(method), "whole_model", False):  # one [L, L] map per prompt, no channels
+        return 1
     if method == "attention":
         return int(cfg.n_heads)
     if method == "delta":  # Gated DeltaNet: one map per value head
         return int(cfg.delta.n_v_heads)
+    if method == "mlstm":  # mLSTM: one map per head
+        return int(cfg.mlstm.n_heads)
+    if method == "kda":  # Kimi Delta Attention: one map per head
+        return int(cfg.kda.n_heads)
+    if method == "rglru":  # RG-LRU: one map per recurrence channel
+        return int(cfg.rglru.d_lru)
     if method == "rwkv":  # RWKV-4: one map per time-mix channel
         return int(cfg.d_att)
     if method == "unified" or getattr(cfg, "family", "mamba1") == "mamba1":
@@ -137,7 +145,11 @@ def map_memory_bytes(model: HookedModel, batch: int, length: int, *, method: str
         extra = sq * int(model.cfg.n_heads)
     elif method == "delta":  # every selected head's A [b, L, L], the identity values and one head in flight
         extra = sq * (n + 2)
-    elif method == "rwkv":  # a chunk of channels' α (about 2^24 floats, at least one channel) and the running sum
+    elif method == "mlstm":  # every selected head's log-weights, weights and A [b, L, L]
+        extra = 3 * sq * n
+    elif method == "kda":  # as "delta", plus one chunk's per-channel decays [b, L / C, C, C, d_k] of one head
+        extra = sq * (n + 2) + b * L * model.cfg.kda.chunk_size * model.cfg.kda.d_head
+    elif method in ("rwkv", "rglru"):  # a chunk of channels' α (about 2^24 floats, >= 1 channel), the running sum
         extra = max(sq, min(sq * n, 2**24)) + sq
     return 4 * (out + extra)
 
@@ -209,6 +221,20 @@ def interaction_map(
         per_head = deltanet.delta_attention(p.q, p.k, p.g, p.beta, heads=heads,
                                             chunk_size=model.blocks[layer].ssm.cfg.chunk_size)
         return normalize(reduce_channels(per_head, aggregate, k), normalize_)
+
+    if method == "kda":  # Kimi Delta Attention: the exact implicit attention A per head
+        p = kda.kda_parameters(model, tokens, layer=layer)
+        per_head = kda.kda_attention(p.q, p.k, p.g, p.beta, heads=heads,
+                                     chunk_size=model.blocks[layer].ssm.cfg.chunk_size)
+        return normalize(reduce_channels(per_head, aggregate, k), normalize_)
+
+    if method == "rglru":  # RG-LRU: the exact implicit attention per channel (interp.attention.rglru)
+        return normalize(rglru.rglru_map(model, tokens, layer=layer, aggregate=aggregate, heads=heads, k=k),
+                         normalize_)
+
+    if method == "mlstm":  # mLSTM: the exact implicit attention A per head (interp.attention.mlstm)
+        return normalize(mlstm.mlstm_map(model, tokens, layer=layer, aggregate=aggregate, heads=heads, k=k),
+                         normalize_)
 
     if method == "rwkv":  # RWKV-4: the exact time-decay softmax weights per channel (interp.attention.rwkv)
         return normalize(rwkv.rwkv_map(model, tokens, layer=layer, aggregate=aggregate, heads=heads, k=k), normalize_)

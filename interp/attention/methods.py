@@ -28,6 +28,9 @@ name               per-layer map (rows = query i, columns = source j)           
 ``attention_last`` = ``attention@last``                                                         last
 ``unified``        unified implicit attention (Zimerman et al.), channel mean of |α̂|            rollout
 ``rwkv``           RWKV-4 time-decay softmax weights α (attention/rwkv.py), channel mean         rollout
+``mlstm``          mLSTM exact implicit attention A (attention/mlstm.py), head mean of |A|        rollout
+``rglru``          RG-LRU implicit attention α (attention/rglru.py), channel mean                 rollout
+``kda``            Kimi Delta Attention exact implicit attention A (attention/kda.py), head mean  rollout
 ``latim_l1``       LaTIM ‖T_i(x_j)‖₁, f = SiLU                                                  sum
 ``latim_l2``       LaTIM ‖T_i(x_j)‖₂                                                            sum
 ``latim_alti``     LaTIM ALTI score (row-normalised)                                            sum
@@ -63,7 +66,7 @@ from interp.hooks.positions import Positions, PositionsLike
 from interp.hooks.tokens import as_tokens
 from interp.lrp import interaction_rows
 
-from . import deltanet, hidden, latim, rwkv, unified
+from . import deltanet, hidden, kda, latim, mlstm, rglru, rwkv, unified
 from .ops import normalize, reduce_channels, rollout
 
 __all__ = [
@@ -73,11 +76,13 @@ __all__ = [
     "register_method", "benchmark_methods", "resolve_method", "method_rows", "layer_maps", "combine_layers",
 ]
 
-KINDS = ("ssm", "transformer", "delta", "rwkv")
+KINDS = ("ssm", "transformer", "delta", "rwkv", "rglru", "kda", "mlstm")
 _KIND_NAMES = {"ssm": "state-space models", "transformer": "transformers",
-               "delta": "Gated DeltaNet layers", "rwkv": "RWKV models"}
+               "delta": "Gated DeltaNet layers", "rwkv": "RWKV models", "rglru": "RG-LRU layers",
+               "kda": "Kimi Delta Attention layers", "mlstm": "mLSTM layers"}
 #: hybrid layer kinds (``cfg.layer_types``) whose map kind is not "ssm"
-_LAYER_MAP_KIND = {"attention": "transformer", "gated_deltanet": "delta"}
+_LAYER_MAP_KIND = {"attention": "transformer", "gated_deltanet": "delta", "rglru": "rglru", "kda": "kda",
+                   "mlstm": "mlstm"}
 LAYER_COMBINE = ("rollout", "sum", "last")
 #: row functions: ``fn(model, tokens [1, L], *, positions: list[int]) -> [len(positions), L]``
 RowFn = Callable[..., Tensor]
@@ -149,7 +154,7 @@ def layer_kinds(model: Any) -> list[str]:
 #: consecutive steps are chained (Zamba2's "shared_attention" layer: the shared block's attention feeds the SSM)
 _MIXING_STEPS = {"ssm": [["ssm"]], "attention": [["transformer"]], "mlp": [],
                  "parallel": [["transformer", "ssm"]], "shared_attention": [["transformer"], ["ssm"]],
-                 "gated_deltanet": [["delta"]]}
+                 "gated_deltanet": [["delta"]], "mlstm": [["mlstm"]], "rglru": [["rglru"]], "kda": [["kda"]]}
 
 
 def layer_methods(model: Any, method: str) -> list[tuple[int, list[str]]]:
@@ -229,6 +234,12 @@ def _delta_maps(model: Any, tokens: Tensor, positions: list[int] | None,
                                      list(layers))
 
 
+def _kda_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+              layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Head mean of |A| of each KDA layer (:mod:`interp.attention.kda`, exact implicit attention)."""
+    return kda.kda_layer_maps(model, tokens, positions=positions, layers=None if layers is None else list(layers))
+
+
 def _latim_maps(score: str) -> LayerMapsFn:
     """LaTIM per-layer score maps (``latim_layer`` + ``latim_scores``, f = SiLU) with the score ``score``."""
 
@@ -245,6 +256,19 @@ def _latim_maps(score: str) -> LayerMapsFn:
         return out
 
     return maps
+
+
+def _rglru_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Channel-mean α of each RG-LRU layer (:func:`interp.attention.rglru.rglru_layer_maps`, exact implicit
+    attention)."""
+    return rglru.rglru_layer_maps(model, tokens, positions=positions, layers=layers)
+
+
+def _mlstm_maps(model: Any, tokens: Tensor, positions: list[int] | None,
+                layers: Sequence[int] | None = None) -> list[Tensor]:
+    """Head mean of |A| of each mLSTM layer (:mod:`interp.attention.mlstm`, exact implicit attention)."""
+    return mlstm.mlstm_layer_maps(model, tokens, positions=positions, layers=None if layers is None else list(layers))
 
 
 def _rwkv_maps(model: Any, tokens: Tensor, positions: list[int] | None,
@@ -271,8 +295,11 @@ MAP_METHODS: dict[str, MapMethod] = {m.name: m for m in (
     MapMethod("hidden", "hidden attention (SSM)", ("ssm",), layer_maps=_hidden_maps),
     MapMethod("unified", "unified implicit attention (SSM)", ("ssm",), layer_maps=_unified_maps),
     MapMethod("delta", "implicit attention (Gated DeltaNet)", ("delta",), layer_maps=_delta_maps),
+    MapMethod("kda", "implicit attention (Kimi Delta Attention)", ("kda",), layer_maps=_kda_maps),
     MapMethod("latim", "LaTIM (SSM)", ("ssm",)),
+    MapMethod("mlstm", "implicit attention (mLSTM)", ("mlstm",), layer_maps=_mlstm_maps),
     MapMethod("rwkv", "RWKV time-decay attention", ("rwkv",), layer_maps=_rwkv_maps),
+    MapMethod("rglru", "implicit attention (RG-LRU)", ("rglru",), layer_maps=_rglru_maps),
     MapMethod("lrp", "LRP (whole model)", KINDS, whole_model=True, rows=_whole_model("lrp")),
     MapMethod("grad_x_input", "gradient × input (whole model)", KINDS, whole_model=True,
               rows=_whole_model("grad_x_input")),
@@ -287,7 +314,8 @@ METHODS: tuple[str, ...] = tuple(name for name, m in MAP_METHODS.items() if not 
 LABELS: dict[str, str] = {name: MAP_METHODS[name].label for name in METHODS}
 WHOLE_MODEL: tuple[str, ...] = tuple(name for name in METHODS if MAP_METHODS[name].whole_model)
 ALIASES = {"hidden_last": "hidden@last", "attention_last": "attention@last"}
-_DEFAULT = {"ssm": "hidden", "transformer": "attention", "delta": "delta", "rwkv": "rwkv"}
+_DEFAULT = {"ssm": "hidden", "transformer": "attention", "delta": "delta", "rwkv": "rwkv", "rglru": "rglru",
+            "kda": "kda", "mlstm": "mlstm"}
 
 
 def default_method(model: Any, layer: int | None = None) -> str:
