@@ -383,3 +383,101 @@ def test_bad_input_errors(model, model2, tmp_path):
         cache_activations(model, token_stream(seed=1), hook=RESID, out=part, shard_tokens=10, **FILTER)
     m = cache_activations(model, token_stream(), hook=HOOKS, out=out, overwrite=True, **FILTER)
     assert m.complete and list(m.hooks) == HOOKS
+
+
+# --------------------------------------------------------------------------------------------
+# narrow storage: the cast's error in the manifest
+# --------------------------------------------------------------------------------------------
+def _direct_cast_error(model, hooks, dtype, batches) -> dict:
+    """max |x - cast(x)| and sqrt(Σ(x - cast(x))² / Σx²) over the kept rows, from run_with_cache (float64)."""
+    out = {}
+    for hook in hooks:
+        xs = []
+        for t in batches:
+            _, cache = model.run_with_cache(t, names_filter=[hook])
+            x = cache[hook]
+            xs.append(x[(t != BOS) & (t != PAD)].reshape(int(((t != BOS) & (t != PAD)).sum()), -1))
+        x = torch.cat(xs).double()
+        diff = x - x.float().to(dtype).double()
+        out[hook] = (diff.abs().max().item(), (diff.square().sum() / x.square().sum()).sqrt().item(), len(x))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cast_error_recorded_and_kept_on_resume(model, tmp_path, dtype):
+    want = _direct_cast_error(model, HOOKS, dtype, list(token_stream()))
+    with pytest.raises(KeyboardInterrupt):  # a run stopped half way, then resumed: the figures cover every row
+        cache_activations(model, interrupted(3), hook=HOOKS, out=tmp_path, shard_tokens=20, dtype=dtype, **FILTER)
+    assert ActivationStore(tmp_path).cast_error[RESID]["n_rows"] < want[RESID][2]
+    manifest = cache_activations(model, token_stream(), hook=HOOKS, out=tmp_path, shard_tokens=20, dtype=dtype,
+                                 **FILTER)
+    store = ActivationStore(tmp_path)
+    on_disk = json.loads((tmp_path / MANIFEST_FILE).read_text())["cast_error"]
+    assert store.cast_error == manifest.cast_error() == on_disk
+    for hook, (max_abs, rel_rms, n) in want.items():
+        got = store.cast_error[hook]
+        assert got["n_rows"] == n == len(store)
+        assert got["max_abs_error"] == pytest.approx(max_abs, rel=1e-6) and max_abs > 0
+        assert got["rel_rms_error"] == pytest.approx(rel_rms, rel=1e-6) and 0 < rel_rms < 1e-2
+
+
+def test_cast_error_absent_for_lossless_dtype_and_old_manifests(model, tmp_path):
+    from interp.io import json_bytes
+
+    m = cache_activations(model, token_stream(n_batches=2), hook=RESID, out=tmp_path / "f32", **FILTER)
+    assert m.cast_error() is None and ActivationStore(tmp_path / "f32").cast_error is None
+    assert json.loads((tmp_path / "f32" / MANIFEST_FILE).read_text())["cast_error"] is None
+
+    old = tmp_path / "old"  # a float16 cache whose manifest predates the field: loads, no figures, resumes as is
+    cache_activations(model, token_stream(n_batches=2), hook=RESID, out=old, dtype=torch.float16, **FILTER)
+    doc = json.loads((old / MANIFEST_FILE).read_text())
+    doc.pop("cast_error"), doc.pop("world_size")
+    for s in doc["shards"]:
+        s.pop("cast_error"), s.pop("rank")
+    (old / MANIFEST_FILE).write_bytes(json_bytes(doc, indent=1, checksums=()))
+    store = ActivationStore(old)
+    assert store.complete and store.cast_error is None and len(store) == m.n_rows
+    again = cache_activations(model, token_stream(n_batches=2), hook=RESID, out=old, dtype=torch.float16, **FILTER)
+    assert again.complete and again.n_rows == m.n_rows
+
+
+# --------------------------------------------------------------------------------------------
+# background writing
+# --------------------------------------------------------------------------------------------
+def test_shards_written_on_a_background_thread_and_errors_named(model, tmp_path, monkeypatch):
+    import threading
+
+    from interp.activations import writer
+    from interp.activations.writer import ShardWriteError
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    cache_activations(model, token_stream(), hook=HOOKS, out=ref, shard_tokens=20, dtype=torch.float16, **FILTER)
+    real, threads = writer.atomic_write, []
+
+    def failing(path, data):
+        threads.append(threading.current_thread())
+        if path.name == "shard_00003.safetensors":
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(writer, "atomic_write", failing)
+    with pytest.raises(ShardWriteError, match=r"shard_00003\.safetensors.*No space left on device.*resume"):
+        cache_activations(model, token_stream(), hook=HOOKS, out=out, shard_tokens=20, dtype=torch.float16, **FILTER)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    partial = ActivationStore(out)  # the manifest lists the shards before the failed one, all intact
+    assert [e.index for e in partial.manifest.shards] == [0, 1, 2] and not partial.complete
+    assert not (out / "shard_00003.safetensors").exists()
+    monkeypatch.setattr(writer, "atomic_write", real)
+    resumed = cache_activations(model, token_stream(), hook=HOOKS, out=out, shard_tokens=20, dtype=torch.float16,
+                                **FILTER)
+    assert resumed.complete and resumed.cast_error() == ActivationStore(ref).cast_error
+    assert_same_cache(ref, out)
+
+
+def test_rank_arguments_checked(model, tmp_path):
+    with pytest.raises(ValueError, match="process group"):
+        cache_activations(model, token_stream(), hook=RESID, out=tmp_path, rank=0, world_size=2, **FILTER)
+    with pytest.raises(ValueError, match="both rank= and world_size="):
+        cache_activations(model, token_stream(), hook=RESID, out=tmp_path, rank=0, **FILTER)
+    m = cache_activations(model, token_stream(n_batches=2), hook=RESID, out=tmp_path, rank=0, world_size=1, **FILTER)
+    assert m.complete and m.world_size == 1 and m.shards[0].file == "shard_00000.safetensors"

@@ -14,7 +14,8 @@ back as shuffled training batches, or stream them from the model without disk.
         ...
 
 Modules: :mod:`.manifest` (file format, hashes), :mod:`.collect` (row filters, running the hooks),
-:mod:`.writer` (``cache_activations``, resumable), :mod:`.store` (``ActivationStore``),
+:mod:`.writer` (``cache_activations``: resumable, background shard writes, the cast error of float16 /
+bfloat16 storage, torchrun), :mod:`.store` (``ActivationStore``),
 :mod:`.stream` (``stream_activations``).
 """
 
@@ -26,12 +27,12 @@ from .store import ActivationStore, IncompleteStoreError
 if TYPE_CHECKING:  # pragma: no cover
     from .collect import RowFilter
     from .stream import stream_activations
-    from .writer import DEFAULT_SHARD_TOKENS, cache_activations
+    from .writer import DEFAULT_SHARD_TOKENS, ShardWriteError, cache_activations
 
 # The modules that run models (collect, writer, stream) import the hook machinery (TransformerLens); they load on
 # first use, so reading a store (e.g. in every torchrun worker of interp.sae.distributed) stays light.
 _LAZY = {"RowFilter": ".collect", "stream_activations": ".stream", "cache_activations": ".writer",
-         "DEFAULT_SHARD_TOKENS": ".writer"}
+         "DEFAULT_SHARD_TOKENS": ".writer", "ShardWriteError": ".writer"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,4 +56,5 @@ __all__ = [
     "IncompleteStoreError",
     "weights_sha256",
     "DEFAULT_SHARD_TOKENS",
+    "ShardWriteError",
 ]

@@ -6,6 +6,13 @@
         --batch 16 --out runs/cache/x
     interp train-sae --config sae.json --store runs/cache/tokfsm-l1 --out runs/sae/l1
 
+Under ``torchrun`` every process caches a disjoint share of the token stream (token batch i goes to rank
+i % world size) into its own shards, and rank 0 writes the one manifest at the end (:mod:`interp.activations.writer`);
+relaunching the same command after a kill of any rank resumes, with the same number of processes:
+
+    torchrun --nproc_per_node 4 $(which interp) cache --model ./ckpt --hook blocks.1.hook_resid_post \
+        --dataset tokfsm --n-tokens 100000000 --out runs/cache/x --dtype bfloat16
+
 Re-running the same command resumes an interrupted cache (no token lost or duplicated) and returns at once for a
 finished one; ``--overwrite`` starts over. Data sets (``--dataset``): ``tokfsm`` (seeded TokFSM paths: ``--seed``,
 ``--batch`` sequences of ``--seq-len`` tokens), ``copy`` (seeded copying task, copy length ``--copy-len lo,hi``)
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,14 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _torchrun_world() -> int:
+    """The number of processes ``torchrun`` started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Run ``interp cache``; prints a JSON summary and returns the finished manifest."""
+    """Run ``interp cache``; prints a JSON summary (rank 0) and returns the finished manifest. Under ``torchrun``
+    it joins the process group (gloo: it only carries the ranks' hand-shakes) unless one exists, and leaves it."""
     p = build_parser()
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import interp
-    from interp.activations import DEFAULT_SHARD_TOKENS, cache_activations
 
     try:
         dtype = parse_dtype(args.dtype)
@@ -204,7 +216,30 @@ def main(argv: list[str] | None = None) -> Any:
         p.error(str(e))
     if desc["name"] in DATASETS and args.n_tokens is None and args.max_batches is None:
         p.error(f"the {desc['name']} data set is endless: pass --n-tokens N (or --max-batches N)")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if _torchrun_world() == 1:
+        return _cache(args, dtype, batches, desc, data_ids, args.device)
+
+    import torch.distributed as dist
+
+    ours = not dist.is_initialized()
+    if ours:
+        dist.init_process_group(backend="gloo")
+    try:
+        local = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per rank
+        device = local if args.device == "cuda" or (args.device is None and torch.cuda.is_available()) \
+            else args.device or "cpu"
+        return _cache(args, dtype, batches, desc, data_ids, device, quiet=dist.get_rank() != 0)
+    finally:
+        if ours and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _cache(args: argparse.Namespace, dtype: torch.dtype | None, batches: Callable[[], Iterator[torch.Tensor]],
+           desc: dict[str, Any], data_ids: dict[str, int], device: str | None, quiet: bool = False) -> Any:
+    import interp
+    from interp.activations import DEFAULT_SHARD_TOKENS, cache_activations
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = interp.load(args.model, device=device)
     manifest = cache_activations(
         model, batches(), hook=split_hooks(args.hook), out=args.out,
@@ -212,9 +247,10 @@ def main(argv: list[str] | None = None) -> Any:
         max_batches=args.max_batches, dataset=desc, model_name=str(args.model), overwrite=args.overwrite,
         progress=not args.no_progress, **filter_kwargs(args, data_ids),
     )
-    print(json.dumps({"out": str(args.out), "rows": manifest.n_rows, "shards": len(manifest.shards),
-                      "hooks": list(manifest.hook_names), "dtype": manifest.dtype, "complete": manifest.complete},
-                     indent=2))
+    if not quiet:
+        print(json.dumps({"out": str(args.out), "rows": manifest.n_rows, "shards": len(manifest.shards),
+                          "hooks": list(manifest.hook_names), "dtype": manifest.dtype, "complete": manifest.complete,
+                          "world_size": manifest.world_size, "cast_error": manifest.cast_error()}, indent=2))
     return manifest
 
 

@@ -5,8 +5,9 @@ A *row* is one (sequence, position) of one batch. :class:`RowFilter` decides whi
 (BOS and pad tokens dropped, an optional position slice) from the tokens alone, so a resumed run can
 count rows without running the model. :class:`HookCollector` runs the forward with one hook per
 requested name; each hook selects the kept rows, flattens everything after the position axis and
-casts to the cache dtype inside the hook, so only ``n_kept x d`` values in the cache dtype are held.
-The forward stops after the deepest requested block (``stop_at_layer``).
+casts to the cache dtype inside the hook, so only ``n_kept x d`` values in the cache dtype are held
+(:meth:`HookCollector.collect` also measures what a narrowing cast loses, per row). The forward stops after the
+deepest requested block (``stop_at_layer``).
 """
 
 from __future__ import annotations
@@ -199,6 +200,24 @@ def model_dtype(model: torch.nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
+def is_lossless_cast(src: torch.dtype, dst: torch.dtype) -> bool:
+    """Whether every ``src`` value is exactly representable in ``dst`` (same dtype, or a float type with more bits,
+    a finer epsilon and a wider range: float16/bfloat16 -> float32 -> float64). float32 -> float16/bfloat16 and
+    float16 <-> bfloat16 are lossy; non-float sources count as lossless."""
+    if src == dst or not src.is_floating_point or not dst.is_floating_point:
+        return True
+    a, b = torch.finfo(src), torch.finfo(dst)
+    return b.bits > a.bits and b.eps <= a.eps and b.max >= a.max and b.tiny <= a.tiny
+
+
+def cast_error_rows(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per row of x [n, d], what casting to ``dtype`` loses, in float64: [n, 3] = (max_j |x - cast(x)|,
+    Σ_j (x - cast(x))², Σ_j x²). Summed (max-ed) over rows they give the relative RMS error of the cast."""
+    x64 = x.double()
+    diff = x64 - x.to(dtype).double()  # [n, d]
+    return torch.stack([diff.abs().amax(dim=1), diff.square().sum(dim=1), x64.square().sum(dim=1)], dim=1)
+
+
 class HookCollector:
     """Runs ``model`` on token batches and returns the kept rows of each hook, already cast.
 
@@ -226,8 +245,16 @@ class HookCollector:
     def __call__(self, tokens: Tensor, keep: Tensor) -> dict[str, Tensor]:
         """tokens [batch, pos], keep bool [batch, pos] -> {hook: [n_kept, d_hook] in ``dtype``} on the
         model's device, rows in row-major (sequence, position) order."""
+        return self.collect(tokens, keep, cast_error=False)[0]
+
+    def collect(self, tokens: Tensor, keep: Tensor, *, cast_error: bool = True
+                ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """As :meth:`__call__`, and with ``cast_error`` the error of the cast to ``dtype`` for every hook whose
+        activations it narrows (:func:`is_lossless_cast`): {hook: float64 [n_kept, 3]} (:func:`cast_error_rows`,
+        aligned with the rows; hooks cast losslessly are absent)."""
         keep_dev = keep.to(self.device)
         out: dict[str, Tensor] = {}
+        errors: dict[str, Tensor] = {}
 
         def grab(act: Tensor, hook: Any) -> None:
             x = act.detach().movedim(self.model.pos_dim(hook.name), 1)  # [batch, pos, ...]
@@ -238,14 +265,17 @@ class HookCollector:
                     "value per token (e.g. hook_resid_post, ssm.hook_y)"
                 )
             rows = x[keep_dev]  # [n_kept, ...]
-            out[hook.name] = rows.reshape(rows.shape[0], -1).to(self.dtype)
+            rows = rows.reshape(rows.shape[0], -1)  # [n_kept, d_hook]
+            out[hook.name] = rows.to(self.dtype)
+            if cast_error and not is_lossless_cast(rows.dtype, self.dtype):
+                errors[hook.name] = cast_error_rows(rows, self.dtype)  # [n_kept, 3]
             self._check_shape(hook.name, list(x.shape[2:]))
 
         kwargs = {} if self.stop_at_layer is None else {"stop_at_layer": self.stop_at_layer}
         with torch.inference_mode():
             self.model.run_with_hooks(tokens.to(self.device), fwd_hooks=[(n, grab) for n in self.hooks],
                                       return_type=None, **kwargs)
-        return out
+        return out, errors
 
     def _check_shape(self, name: str, shape: list[int]) -> None:
         known = self.shapes.setdefault(name, shape)

@@ -19,10 +19,27 @@ Each shard is a safetensors file with one tensor per hook and three index tensor
      "hooks": {"blocks.1.hook_resid_post": {"d": 32, "shape": [32]}},
      "dtype": "float16", "stop_at_layer": 2, "shard_tokens": 65536,
      "filters": {"drop_bos": true, "bos_id": 10, "drop_pad": true, "pad_id": 10, "pos_slice": null},
-     "limits": {"max_tokens": null, "max_batches": 100},
+     "limits": {"max_tokens": null, "max_batches": 100}, "world_size": 1,
      "dataset": {"description": ..., "sha256": ..., "n_batches": ..., "n_sequences": ...},
      "shards": [{"index": 0, "file": "shard_00000.safetensors", "n_rows": 65536, "row_start": 0,
-                 "n_bytes": ..., "sha256": ..., "batch_end": 17, "stream_sha256": ...}, ...]}
+                 "n_bytes": ..., "sha256": ..., "batch_end": 17, "stream_sha256": ..., "rank": 0,
+                 "cast_error": {"blocks.1.hook_resid_post": [max_abs, sq_err, sq]}}, ...],
+     "n_rows": ..., "cast_error": {"blocks.1.hook_resid_post": {"max_abs_error": ..., "rel_rms_error": ...,
+                                                                "n_rows": ...}}}
+
+``cast_error`` (per shard entry, and summed over the shards at the top level): when the storage dtype is narrower
+than the hook's activations (float16 / bfloat16 from float32), per hook ``[max |x - cast(x)|, Σ (x - cast(x))², Σ
+x²]`` over the shard's rows (float64), and at the top level ``{hook: {"max_abs_error", "rel_rms_error", "n_rows"}}``
+with ``rel_rms_error = sqrt(Σ (x - cast(x))² / Σ x²)`` over every stored row (a resumed run keeps the entries of the
+shards it kept, so the figures always cover the whole cache); ``None`` for a lossless dtype. Manifests written
+before the field existed load with ``None``.
+
+Under ``torchrun`` (``world_size`` > 1, :mod:`.writer`) rank ``r`` writes shards ``shard_r{r:02d}_{i:05d}.safetensors``
+(its ``i``-th block of ``shard_tokens`` rows of its own row stream) and lists them in its own
+``manifest_r{r:02d}.json``; rank 0 merges those into ``manifest.json`` at the end (entries sorted by index, then
+rank, each with its ``rank``) and deletes them. :func:`load_cache_manifest` (what readers use) adds the shards of
+the rank manifests present to an unfinished ``manifest.json``, so a partial multi-rank cache reads like a partial
+single-process one.
 
 ``dataset.sha256`` (the fingerprint of the token stream: sha256 over every consumed batch's shape
 and int64 token bytes) is filled in when the run completes; every shard also records the running
@@ -34,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +65,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_NAME = "interp.activations"
 FORMAT_VERSION = 1
 SHARD_PREFIX = "shard_"
+RANK_MANIFEST_PREFIX = "manifest_r"  # per-rank manifests of a multi-process run (merged into manifest.json)
 SHARD_SUFFIX = ".safetensors"
 TMP_SUFFIX = ".tmp"
 META_KEYS = ("tokens", "seq_idx", "pos")  # index tensors stored in every shard beside the hooks
@@ -96,8 +115,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def shard_name(index: int) -> str:
-    return f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}"
+def shard_name(index: int, rank: int = 0, world_size: int = 1) -> str:
+    """``shard_00007.safetensors`` (one process), ``shard_r01_00007.safetensors`` (rank 1 of several)."""
+    if world_size == 1:
+        return f"{SHARD_PREFIX}{index:05d}{SHARD_SUFFIX}"
+    return f"{SHARD_PREFIX}r{rank:02d}_{index:05d}{SHARD_SUFFIX}"
+
+
+def rank_manifest_name(rank: int) -> str:
+    """The manifest rank ``rank`` of a multi-process run keeps while it runs: ``manifest_r01.json``."""
+    return f"{RANK_MANIFEST_PREFIX}{rank:02d}.json"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -126,6 +153,8 @@ class ShardEntry:
     sha256: str
     batch_end: int  # token batches consumed when its last row was produced
     stream_sha256: str  # stream hash after those batch_end batches
+    rank: int = 0  # the process that wrote it (row_start counts that rank's rows; 0 for a one-process cache)
+    cast_error: dict[str, list[float]] | None = None  # hook -> [max |x - cast(x)|, Σ(x - cast(x))², Σx²] or None
 
 
 @dataclass
@@ -142,6 +171,7 @@ class Manifest:
     dataset: dict[str, Any]
     shards: list[ShardEntry] = field(default_factory=list)
     complete: bool = False
+    world_size: int = 1  # processes that wrote it (torchrun); each keeps its batches i % world_size == rank
     format: str = FORMAT_NAME
     version: int = FORMAT_VERSION
 
@@ -159,19 +189,35 @@ class Manifest:
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
-    def entry(self, index: int) -> ShardEntry | None:
-        return next((s for s in self.shards if s.index == index), None)
+    def entry(self, index: int, rank: int = 0) -> ShardEntry | None:
+        return next((s for s in self.shards if s.index == index and s.rank == rank), None)
 
     def add(self, entry: ShardEntry) -> None:
-        """Add (or replace) a shard entry, keeping the list sorted by index."""
-        self.shards = sorted([s for s in self.shards if s.index != entry.index] + [entry], key=lambda s: s.index)
+        """Add (or replace) a shard entry, keeping the list sorted by (index, rank)."""
+        self.shards = sorted([s for s in self.shards if (s.index, s.rank) != (entry.index, entry.rank)] + [entry],
+                             key=lambda s: (s.index, s.rank))
+
+    def cast_error(self) -> dict[str, dict[str, Any]] | None:
+        """The storage cast's error over every listed shard, per hook: ``{"max_abs_error": max |x - cast(x)|,
+        "rel_rms_error": sqrt(Σ(x - cast(x))² / Σx²), "n_rows": rows measured}``; None when no shard records one
+        (a lossless dtype, or a manifest older than the field). Hooks whose activations were not narrowed are
+        absent."""
+        sums: dict[str, list[float]] = {}
+        for s in self.shards:
+            for hook, (max_abs, sq_err, sq) in (s.cast_error or {}).items():
+                acc = sums.setdefault(hook, [0.0, 0.0, 0.0, 0])
+                acc[0], acc[1], acc[2], acc[3] = max(acc[0], max_abs), acc[1] + sq_err, acc[2] + sq, acc[3] + s.n_rows
+        if not sums:
+            return None
+        return {h: {"max_abs_error": m, "rel_rms_error": math.sqrt(e / q) if q > 0 else (0.0 if e == 0 else None),
+                    "n_rows": n} for h, (m, e, q, n) in sums.items()}
 
     # --- the run's identity ------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """The fields two runs must share to write into the same folder."""
         return json.loads(json.dumps({
             "model": self.model, "hooks": list(self.hooks), "dtype": self.dtype, "shard_tokens": self.shard_tokens,
-            "filters": self.filters, "limits": self.limits,
+            "filters": self.filters, "limits": self.limits, "world_size": self.world_size,
             "dataset description": self.dataset.get("description"),
         }))
 
@@ -193,24 +239,26 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["n_rows"] = self.n_rows
+        d["cast_error"] = self.cast_error()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
         d = dict(d)
         d.pop("n_rows", None)
+        d.pop("cast_error", None)  # derived from the shard entries
         d.pop(RECORD_KEY, None)
         d["shards"] = [ShardEntry(**s) for s in d.get("shards", [])]
         return cls(**d)
 
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write ``folder/manifest.json`` atomically, with its own sha256 (:mod:`interp.io`; each shard's is in
-        its entry), so a damaged manifest is refused by :meth:`load`."""
-        atomic_write(Path(folder) / MANIFEST_FILE, json_bytes(self.to_dict(), indent=1, checksums=()))
+    def save(self, folder: str | os.PathLike, name: str = MANIFEST_FILE) -> None:
+        """Write ``folder/manifest.json`` (or ``name``) atomically, with its own sha256 (:mod:`interp.io`; each
+        shard's is in its entry), so a damaged manifest is refused by :meth:`load`."""
+        atomic_write(Path(folder) / name, json_bytes(self.to_dict(), indent=1, checksums=()))
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Manifest":
-        path = Path(folder) / MANIFEST_FILE
+    def load(cls, folder: str | os.PathLike, name: str = MANIFEST_FILE) -> "Manifest":
+        path = Path(folder) / name
         if not path.is_file():
             raise ManifestError(
                 f"{folder} has no {MANIFEST_FILE}: it is not an activation cache (write one with "
@@ -231,6 +279,26 @@ class Manifest:
             return cls.from_dict(d)
         except TypeError as e:
             raise ManifestError(f"{path} has unexpected fields ({e}); rebuild it with overwrite=True") from e
+
+
+def load_cache_manifest(folder: str | os.PathLike) -> Manifest:
+    """``manifest.json`` of a cache folder, with, while a multi-process run has not finished, the shards its ranks
+    have listed so far in their own manifests (see the module docstring): what a reader of the folder sees."""
+    manifest = Manifest.load(folder)
+    if manifest.complete or manifest.world_size == 1:
+        return manifest
+    for rank in range(manifest.world_size):
+        if not (Path(folder) / rank_manifest_name(rank)).is_file():
+            continue
+        try:
+            part = Manifest.load(folder, rank_manifest_name(rank))
+        except ManifestError:
+            continue  # replaced between the look and the read: the next read sees it
+        for entry in part.shards:
+            manifest.add(entry)
+        if manifest.hooks and next(iter(manifest.hooks.values())).get("d") is None:
+            manifest.hooks = part.hooks if next(iter(part.hooks.values())).get("d") is not None else manifest.hooks
+    return manifest
 
 
 # --------------------------------------------------------------------------------------------

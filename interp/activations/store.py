@@ -23,7 +23,7 @@ from torch import Tensor
 
 from interp.locks import lock_holder, warn_if_being_written
 
-from .manifest import META_KEYS, Manifest, ManifestError, ShardEntry, read_shard
+from .manifest import META_KEYS, ManifestError, ShardEntry, load_cache_manifest, read_shard
 
 DEFAULT_BUFFER_SHARDS = 4  # shards shuffled together by shuffled_batches
 
@@ -48,7 +48,7 @@ class ActivationStore:
     def __init__(self, folder: str | os.PathLike, verify: bool = True):
         self.folder = Path(folder)
         warn_if_being_written(self.folder, "activation cache")  # readable while it grows, but a snapshot
-        self.manifest = Manifest.load(self.folder)
+        self.manifest = load_cache_manifest(self.folder)  # + the rank manifests of an unfinished torchrun cache
         self.verify = verify
 
     # --- what is stored ----------------------------------------------------------------------
@@ -81,6 +81,8 @@ class ActivationStore:
         m = self.manifest
         if m.complete:
             return self.n_shards, True
+        if m.limits.get("max_tokens") and m.world_size > 1:  # each rank ends on its own partial shard
+            return -(-int(m.limits["max_tokens"]) // m.shard_tokens), False
         if m.limits.get("max_tokens"):
             return -(-int(m.limits["max_tokens"]) // m.shard_tokens), True
         last = m.shards[-1] if m.shards else None
@@ -106,6 +108,13 @@ class ActivationStore:
             f"the activation cache {self.folder} is incomplete: {self.n_shards} shard(s) ({len(self)} rows) present "
             f"{of}; {why}, or pass --allow-partial (allow_partial=True) to train on the rows present",
             self.folder, self.n_shards, expected)
+
+    @property
+    def cast_error(self) -> dict[str, dict] | None:
+        """What the storage dtype lost, per narrowed hook over every stored row: ``{"max_abs_error": max |x -
+        cast(x)|, "rel_rms_error": sqrt(Σ(x - cast(x))² / Σx²), "n_rows"}``; None for a lossless dtype (or a cache
+        written before the figures were recorded). See :meth:`~.manifest.Manifest.cast_error`."""
+        return self.manifest.cast_error()
 
     @property
     def dtype(self) -> torch.dtype:
