@@ -242,40 +242,81 @@ def chunked_scan(
     h0 = u.new_zeros(b, H, P, N) if initial_state is None else initial_state.float()
     if L == 0:
         return u.new_zeros(b, 0, H, P).to(dtype), h0
-    if _use_fused_cpu_scan(u, dt, A, B, C, h0):
-        y, h = _fused_cpu_scan()(u[..., 0], dt, A, B[:, :, 0], C[:, :, 0], h0[..., 0, :])
-        y, h = y[..., None], h[:, :, None, :]
+    inputs = (u, dt, A, B, C, h0)
+    if not _use_fused_cpu_scan(*inputs):
+        y, h = _torch_scan(*inputs, chunk_size)
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+        y, h = _FusedScan.apply(*inputs, chunk_size)
     else:
-        chunk = default_chunk(L, A, chunk_size)
-        fn = _scan_ssd if A.dim() == 1 else _scan_channelwise
-        y, h = fn(u, dt, A, B, C, h0, chunk)
+        y, h = _fused_scan(*inputs)
     y = y + D[:, None] * u
     return y.to(dtype), h
 
 
-#: whether :func:`chunked_scan` may run the Mamba-1 scan with the fused numba kernel
-#: (``interp.hooks.scan_cpu``) when it applies; False: always the PyTorch path
+def _torch_scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor,
+                chunk_size: int) -> tuple[Tensor, Tensor]:
+    """The PyTorch paths without D (float32 inputs): Mamba-2's chunked SSD or Mamba-1's two-level chunked scan."""
+    chunk = default_chunk(u.shape[1], A, chunk_size)
+    return (_scan_ssd if A.dim() == 1 else _scan_channelwise)(u, dt, A, B, C, h0, chunk)
+
+
+def _fused_scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """The numba kernel without D (float32 CPU inputs, detached)."""
+    mamba1, mamba2 = _fused_cpu_scans()
+    if A.dim() == 1:
+        return mamba2(u, dt, A, B, C, h0)
+    y, h = mamba1(u[..., 0], dt, A, B[:, :, 0], C[:, :, 0], h0[..., 0, :])
+    return y[..., None], h[:, :, None, :]
+
+
+class _FusedScan(torch.autograd.Function):
+    """The fused kernel forward, the PyTorch path's gradient: the backward recomputes the scan with
+    :func:`_torch_scan` and differentiates that, so a forward under autograd gives the same values as one without
+    (the kernel's) and exact gradients of the same function."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C, h0, chunk_size):  # type: ignore[override]
+        ctx.save_for_backward(u, dt, A, B, C, h0)
+        ctx.chunk_size = chunk_size
+        return _fused_scan(u.detach(), dt.detach(), A.detach(), B.detach(), C.detach(), h0.detach())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_h):  # type: ignore[override]
+        inputs = [t.detach().requires_grad_(need) for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+        with torch.enable_grad():
+            y, h = _torch_scan(*inputs, ctx.chunk_size)
+        outputs, grads = zip(*[(o, g) for o, g in ((y, grad_y), (h, grad_h)) if g is not None])
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, allow_unused=True))
+        return (*[next(found) if t.requires_grad else None for t in inputs], None)
+
+
+#: whether :func:`chunked_scan` may run the scan with the fused numba kernels (``interp.hooks.scan_cpu``) where they
+#: apply; False: always the PyTorch paths
 FUSED_CPU_SCAN = True
 _FUSED: list = []
 
 
-def _fused_cpu_scan():
-    """The numba kernel, or None without numba (imported on first use: importing numba takes ~0.5 s)."""
+def _fused_cpu_scans():
+    """(Mamba-1 kernel, Mamba-2 kernel), or None without numba (imported on first use: importing numba takes
+    ~0.5 s)."""
     if not _FUSED:
-        from .scan_cpu import HAS_NUMBA, selective_scan_numba
+        from .scan_cpu import HAS_NUMBA, selective_scan_numba, ssd_scan_numba
 
-        _FUSED.append(selective_scan_numba if HAS_NUMBA else None)
+        _FUSED.append((selective_scan_numba, ssd_scan_numba) if HAS_NUMBA else None)
     return _FUSED[0]
 
 
 def _use_fused_cpu_scan(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h0: Tensor) -> bool:
-    """The fused kernel applies: the Mamba-1 layout (A [H, N], one channel per head, one B/C group) on the CPU, with
-    no gradient to carry (the kernel is forward-only)."""
-    if not FUSED_CPU_SCAN or A.dim() != 2 or u.shape[-1] != 1 or B.shape[2] != 1 or u.device.type != "cpu":
+    """A fused kernel applies: on the CPU, in Mamba-2's layout (A [H]) or in Mamba-1's (A [H, N], one channel per
+    head, one B/C group), with numba installed. Under autograd the forward is the kernel's and the backward the
+    PyTorch path's (:class:`_FusedScan`)."""
+    if not FUSED_CPU_SCAN or u.device.type != "cpu":
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, dt, A, B, C, h0)):
+    if A.dim() == 2 and (u.shape[-1] != 1 or B.shape[2] != 1):
         return False
-    return _fused_cpu_scan() is not None
+    return _fused_cpu_scans() is not None
 
 
 def read_state(h: Tensor, C: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
-"""Fused CPU kernel (numba) for the Mamba-1 selective scan, the model forward's hot loop. It lives with the model,
-not in ``interp.kernels``: layers point one way (models ← kernels), and the forward itself calls it.
+"""Fused CPU kernels (numba) for the selective scan, the model forward's hot loop: Mamba-1's
+(:func:`selective_scan_numba`) and Mamba-2's (:func:`ssd_scan_numba`, at the end). They live with the model, not in
+``interp.kernels``: layers point one way (models ← kernels), and the forward itself calls them.
 
 Same conventions and result as :func:`interp.hooks.scan.sequential_scan` (the reference) for the Mamba-1 layout,
 without the skip term D·u (the caller adds it), one channel c per d_inner unit and one B/C group:
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from ._numba import HAS_NUMBA, Pool, ftz_enter, ftz_leave, jit
 
-__all__ = ["HAS_NUMBA", "selective_scan_numba"]
+__all__ = ["HAS_NUMBA", "selective_scan_numba", "ssd_scan_numba"]
 
 if HAS_NUMBA:
     import math
@@ -83,6 +84,33 @@ if HAS_NUMBA:
         ftz_leave(csr)
 
 
+    @jit()
+    def _scan_heads(x, dt, A, B, C, h, y, start, step):
+        """Thread ``start`` of ``step``: every ``step``-th (sequence, head) pair, positions in order; a head's state
+        [P, N] stays in cache for the whole sequence. h [b, H, P, N] holds h0 on entry and the last state on exit."""
+        csr = ftz_enter()
+        b, L, H, P = x.shape
+        N = B.shape[3]
+        R = H // B.shape[2]
+        for pair in range(start, b * H, step):
+            s, hd = pair // H, pair % H
+            g, hs, a_h = hd // R, h[s, hd], A[hd]
+            for t in range(L):
+                dv = dt[s, t, hd]
+                decay = math.exp(dv * a_h)  # one scalar decay per head and step
+                Bt, Ct, xt, yt = B[s, t, g], C[s, t, g], x[s, t, hd], y[s, t, hd]
+                for p in range(P):
+                    xp = dv * xt[p]
+                    row = hs[p]
+                    acc = f32(0.0)
+                    for n in range(N):
+                        v = decay * row[n] + xp * Bt[n]
+                        row[n] = v
+                        acc += v * Ct[n]
+                    yt[p] = acc
+        ftz_leave(csr)
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().float().contiguous().numpy()
 
@@ -110,4 +138,32 @@ def selective_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
         args = (_np(u), _np(dt), _np(A), _np(B), _np(C), h, y)
         with Pool() as pool:
             pool.run(_scan_channels, *args)
+    return torch.from_numpy(y), torch.from_numpy(h)
+
+
+def ssd_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mamba-2 scan without D, as the plain recurrence per head (one scalar decay exp(Δ_t A_h) per head and step):
+    u [b, L, H, P], dt [b, L, H], A [H], B, C [b, L, G, N] (head h reads group h // (H / G)), h0 [b, H, P, N] or None
+    -> (y [b, L, H, P], last state [b, H, P, N]), float32 CPU tensors. The chunked SSD form
+    (``interp.hooks.scan._scan_ssd``) turns the scan into matrix products, which pays on a GPU; on a CPU the
+    recurrence, whose [P, N] state stays in cache, does the same b·L·H·P·N multiply-adds with far less memory
+    traffic. Threads: ``torch.get_num_threads()`` over the (sequence, head) pairs. Not differentiable."""
+    if not HAS_NUMBA:
+        raise RuntimeError("numba is not installed (pip install 'interp[cpu-kernels]'); "
+                           "interp.hooks.scan.chunked_scan falls back to PyTorch")
+    b, L, H, P = u.shape
+    G, N = B.shape[2], B.shape[3]
+    if dt.shape != (b, L, H) or A.shape != (H,) or B.shape[:2] != (b, L) or C.shape != B.shape or H % G:
+        raise ValueError(f"shapes do not match the Mamba-2 layout: u {tuple(u.shape)}, dt {tuple(dt.shape)}, "
+                         f"A {tuple(A.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if any(x.device.type != "cpu" for x in (u, dt, A, B, C)):
+        raise ValueError("the numba kernel takes CPU tensors")
+    h = np.zeros((b, H, P, N), np.float32) if h0 is None else _np(h0).copy()
+    if h.shape != (b, H, P, N):
+        raise ValueError(f"h0 must be [b, H, P, N] = {(b, H, P, N)}, got {tuple(h0.shape)}")
+    y = np.empty((b, L, H, P), np.float32)
+    if L and b and H:
+        with Pool() as pool:
+            pool.run(_scan_heads, _np(u), _np(dt), _np(A), _np(B), _np(C), h, y)
     return torch.from_numpy(y), torch.from_numpy(h)

@@ -1,6 +1,6 @@
-"""The fused numba selective scan (``interp.hooks.scan_cpu``) against its reference
-(:func:`interp.hooks.scan.sequential_scan`), and the Mamba-1 forward that uses it: logits equal to the PyTorch path
-and to Hugging Face, hooks (``hook_state`` edits included) unchanged, autograd on the PyTorch path."""
+"""The fused numba selective scans (``interp.hooks.scan_cpu``: Mamba-1's and Mamba-2's) against their reference
+(:func:`interp.hooks.scan.sequential_scan`), and the forwards that use them: logits equal to the PyTorch path and to
+Hugging Face, hooks (``hook_state`` edits included) unchanged, gradients those of the PyTorch path."""
 
 from __future__ import annotations
 
@@ -57,22 +57,70 @@ def test_kernel_decays_match_exp_over_the_whole_range():
     assert torch.equal(h[0, :, 0], y[0, 0])
 
 
+def mamba2_inputs(b: int, L: int, H: int, P: int, G: int, N: int, seed: int = 0):
+    """The chunked_scan layout of Mamba-2: u [b, L, H, P], dt [b, L, H], A [H] < 0, B, C [b, L, G, N], D [H],
+    h0 [b, H, P, N]."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, L, H, P, generator=g), torch.rand(b, L, H, generator=g) * 0.5,
+            -torch.rand(H, generator=g) * 4, torch.randn(b, L, G, N, generator=g), torch.randn(b, L, G, N, generator=g),
+            torch.randn(H, generator=g), torch.randn(b, H, P, N, generator=g))
+
+
 @needs_numba
-def test_chunked_scan_takes_the_kernel_only_where_it_applies(monkeypatch):
-    u, dt, A, B, C, D, h0 = mamba1_inputs(2, 30, 16, 8)
+@pytest.mark.parametrize("b, L, H, P, G, N", [(2, 37, 4, 8, 2, 16), (1, 1, 3, 5, 1, 7), (3, 70, 6, 4, 3, 8)])
+def test_mamba2_kernel_equals_sequential_scan(b, L, H, P, G, N):
+    u, dt, A, B, C, D, h0 = mamba2_inputs(b, L, H, P, G, N)
+    y, h = ks.ssd_scan_numba(u, dt, A, B, C, h0)
+    y_ref, states = sequential_scan(u, dt, A, B, C, torch.zeros(H), h0)
+    assert (y - y_ref).abs().max() <= 1e-5 * y_ref.abs().max()
+    assert (h - states[:, -1]).abs().max() <= 1e-5 * states[:, -1].abs().max()
+
+
+@needs_numba
+def test_chunked_scan_takes_the_kernels_only_where_they_apply(monkeypatch):
     calls = []
-    kernel = ks.selective_scan_numba
-    monkeypatch.setattr(scan, "_FUSED", [lambda *a: calls.append(1) or kernel(*a)])
+    m1, m2 = ks.selective_scan_numba, ks.ssd_scan_numba
+    monkeypatch.setattr(scan, "_FUSED", [(lambda *a: calls.append(1) or m1(*a), lambda *a: calls.append(2) or m2(*a))])
+    u, dt, A, B, C, D, h0 = mamba1_inputs(2, 30, 16, 8)
     y, h = chunked_scan(u, dt, A, B, C, D, h0)
-    assert calls == [1]
     y_ref, states = sequential_scan(u, dt, A, B, C, D, h0)
     assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(h, states[:, -1], atol=1e-5)
-    # a gradient to carry, Mamba-2's layout (A [H]), or the switch off: the PyTorch path
-    chunked_scan(u.requires_grad_(), dt, A, B, C, D, h0)
-    chunked_scan(u.detach(), dt, A[:, 0].contiguous(), B, C, D, h0)
+    u2, dt2, A2, B2, C2, D2, h02 = mamba2_inputs(2, 30, 4, 8, 2, 16)
+    y, h = chunked_scan(u2, dt2, A2, B2, C2, D2, h02, chunk_size=8)
+    y_ref, states = sequential_scan(u2, dt2, A2, B2, C2, D2, h02)
+    assert torch.allclose(y, y_ref, atol=1e-4) and torch.allclose(h, states[:, -1], atol=1e-4)
+    assert calls == [1, 2]
+    # several channels per head with Mamba-1's A [H, N], or the switch off: the PyTorch paths
+    chunked_scan(u.expand(-1, -1, -1, 2), dt, A, B, C, D, h0.expand(-1, -1, 2, -1))
     monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
-    chunked_scan(u.detach(), dt, A, B, C, D, h0)
-    assert calls == [1]
+    chunked_scan(u, dt, A, B, C, D, h0)
+    assert calls == [1, 2]
+
+
+@needs_numba
+@pytest.mark.parametrize("family", ["mamba1", "mamba2"])
+def test_gradients_through_the_kernel_equal_the_pytorch_paths(family, monkeypatch):
+    """Under autograd the forward is the kernel's, the backward the PyTorch path's (recomputed): the values equal
+    the kernel's without autograd, the gradients of every input equal those of the PyTorch path."""
+    inputs = mamba1_inputs(2, 30, 16, 8) if family == "mamba1" else mamba2_inputs(2, 30, 4, 8, 2, 16)
+    g = torch.Generator().manual_seed(5)
+
+    def run():
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        y, h = chunked_scan(*leaves, chunk_size=8)
+        loss = (y * torch.randn(y.shape, generator=g.manual_seed(5))).sum() + h.square().sum()
+        loss.backward()
+        return y.detach(), [t.grad for t in leaves]
+
+    with torch.no_grad():
+        y_plain, _ = chunked_scan(*inputs, chunk_size=8)
+    y_fused, grads_fused = run()
+    monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
+    y_torch, grads_torch = run()
+    assert torch.equal(y_fused, y_plain)
+    assert (y_fused - y_torch).abs().max() <= 1e-4
+    for a, b in zip(grads_fused, grads_torch):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +139,23 @@ def mamba1_pair():
 @needs_numba
 def test_mamba1_forward_with_the_kernel_equals_pytorch_path_and_hf(mamba1_pair, monkeypatch):
     hf, model = mamba1_pair
+    tokens = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused, ref = model(tokens), hf(tokens).logits
+        monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
+        plain = model(tokens)
+    assert (fused - plain).abs().max() <= 1e-5
+    assert (fused - ref).abs().max() <= 1e-4
+
+
+@needs_numba
+@pytest.mark.parametrize("kind", ["mamba2-g1", "mamba2-g2"])
+def test_mamba2_forward_with_the_kernel_equals_pytorch_path_and_hf(kind, monkeypatch):
+    import interp
+    from conftest import make_hf_ssm
+
+    hf = make_hf_ssm(kind)
+    model = interp.load(hf)
     tokens = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fused, ref = model(tokens), hf(tokens).logits
@@ -126,8 +191,8 @@ def test_state_hooks_and_edits_unchanged_by_the_kernel(mamba1_pair, monkeypatch)
     assert (fused[0] - plain[0]).abs().max() <= 1e-5
 
 
-def test_gradients_flow_through_the_pytorch_path(mamba1_pair):
-    """Under autograd the forward keeps the differentiable PyTorch scan (the kernel is forward-only)."""
+def test_gradients_flow_through_the_model(mamba1_pair):
+    """A backward through the whole model (the scan's gradient by the PyTorch path's recompute)."""
     _, model = mamba1_pair
     tokens = torch.randint(0, 61, (1, 12), generator=torch.Generator().manual_seed(3))
     embed = model.embed(tokens).detach().requires_grad_()
