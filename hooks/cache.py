@@ -45,6 +45,7 @@ from transformer_lens.utilities import Slice, get_act_name
 
 from .config import is_ssm
 from .hook_points import suggest
+from .hybrid_config import RECURRENT_MIXER_KINDS
 
 __all__ = ["InterpActivationCache", "NoSSMCounterpartError", "MIXER_HOOKS"]
 
@@ -72,7 +73,11 @@ class InterpActivationCache(ActivationCache):
 
     @property
     def is_ssm(self) -> bool:
-        return is_ssm(self.model)
+        """A recurrent model: a Mamba SSM, or any :class:`~interp.hooks.mamba.HookedSSM` (the hybrids, also those
+        without Mamba layers, and RWKV), whose blocks add their mixer's (and MLP's) output to the stream."""
+        from .mamba import HookedSSM  # here: hooks.mamba imports hooks.api, which imports this module
+
+        return is_ssm(self.model) or isinstance(self.model, HookedSSM)
 
     # --- lookup ---------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> Tensor:
@@ -137,8 +142,10 @@ class InterpActivationCache(ActivationCache):
                         return_labels: bool = False) -> Any:
         """TransformerLens's ``decompose_resid``. On an SSM: ``[embed, 0_mixer_out, ..., {layer-1}_mixer_out]``
         [n, *batch_and_pos, d_model], which sums to ``blocks.{layer}.hook_resid_pre`` (layer = n_layers / None /
-        -1: the final residual stream, ``blocks.{n_layers-1}.hook_resid_post``). ``mode`` "attn" / "mlp" and
-        ``mlp_input=True`` raise :class:`NoSSMCounterpartError`."""
+        -1: the final residual stream, ``blocks.{n_layers-1}.hook_resid_post``); on a hybrid / RWKV each block's
+        sublayer outputs (``{l}_attn_out``, ``{l}_mlp_out``, ...), on RWKV with ``rescale_every`` each halved as
+        often as the stream is after it. ``mode`` "attn" / "mlp" and ``mlp_input=True`` raise
+        :class:`NoSSMCounterpartError`."""
         if not self.is_ssm:
             return super().decompose_resid(layer, mlp_input=mlp_input, mode=mode, apply_ln=apply_ln,
                                            pos_slice=pos_slice, incl_embeds=incl_embeds, return_labels=return_labels)
@@ -151,11 +158,11 @@ class InterpActivationCache(ActivationCache):
         parts: list[Tensor] = []
         labels: list[str] = []
         if incl_embeds and self.has_embed:
-            parts.append(self["hook_embed"])
+            parts.append(self["hook_embed"] * self._carried(0, layer))
             labels.append("embed")
         for l in range(layer):
             for name in self._summands(l):
-                parts.append(self[f"blocks.{l}.hook_{name}"])
+                parts.append(self[f"blocks.{l}.hook_{name}"] * self._carried(l, layer))
                 labels.append(f"{l}_{name}")
         if not parts:
             raise ValueError(f"decompose_resid(layer={layer}, incl_embeds={incl_embeds}): nothing to stack")
@@ -255,14 +262,19 @@ class InterpActivationCache(ActivationCache):
         name = f"blocks.{n - 1}.hook_resid_post" if layer == n else f"blocks.{layer}.hook_resid_pre"
         return ps.apply(self[name], dim=-2)
 
+    def _carried(self, l: int, layer: int) -> float:
+        """The factor a summand added in block ``l`` (or the embedding, l = 0) carries into the residual stream
+        before block ``layer``: 1, but on RWKV with ``rescale_every`` 1/2 per block in l..layer-1 that halves the
+        stream after it (:meth:`~interp.hooks.rwkv.RWKVConfig.halves_after`)."""
+        halves = getattr(self.model.cfg, "halves_after", None)
+        return 0.5 ** sum(bool(halves(j)) for j in range(l, layer)) if callable(halves) else 1.0
+
     def _summands(self, l: int) -> tuple[str, ...]:
         """What block ``l`` adds to the residual stream, as ``hook_{name}`` names: ``mixer_out`` on an SSM; on a
         hybrid by ``cfg.layer_types[l]`` (a shared-attention layer adds its SSM mixer's output only, the shared
         block feeding the mixer's input), and ``mlp_out`` where the block has an MLP sublayer (``hook_resid_mid``)."""
         types = getattr(self.model.cfg, "layer_types", None)
-        if not isinstance(types, list):
-            return ("mixer_out",)
-        names = _SUMMANDS[types[l]]
+        names = _SUMMANDS[types[l]] if isinstance(types, list) else ("mixer_out",)  # RWKV: mixer, then its MLP
         return names + ("mlp_out",) if f"blocks.{l}.hook_resid_mid" in self.model.hook_dict else names
 
     def _components(self, layer: int, ps: Slice, per_channel: bool, group_size: int | None,
@@ -274,6 +286,11 @@ class InterpActivationCache(ActivationCache):
                 "a per-head / per-channel decomposition of a hybrid model (cfg.layer_types) is not available: its "
                 "attention, MLP and MoE sublayers have no components here yet; decompose_resid() splits the "
                 "residual stream per sublayer output (direct_logit_attribution(per_head=False))")
+        if not is_ssm(self.model):  # RWKV: its time mix is channel-wise, no heads to split it into
+            raise NotImplementedError(
+                f"a per-head / per-channel decomposition of {type(self.model).__name__} is not available: "
+                "decompose_resid() splits the residual stream per sublayer output "
+                "(direct_logit_attribution(per_head=False))")
         embed = ps.apply(self["hook_embed"], dim=-2)
         dtype = torch.promote_types(embed.dtype, torch.float32)
         rows: list[Tensor] = []
@@ -299,7 +316,8 @@ class InterpActivationCache(ActivationCache):
 
 #: a hybrid layer kind (``cfg.layer_types``) -> the hook_{name} outputs its mixer step adds to the residual stream
 _SUMMANDS = {"ssm": ("mixer_out",), "attention": ("attn_out",), "mlp": ("mlp_out",),
-             "parallel": ("mixer_out", "attn_out"), "shared_attention": ("mixer_out",)}
+             "parallel": ("mixer_out", "attn_out"), "shared_attention": ("mixer_out",),
+             **{kind: ("mixer_out",) for kind in RECURRENT_MIXER_KINDS if kind != "parallel"}}
 
 
 def _slice(pos_slice: Any) -> Slice:

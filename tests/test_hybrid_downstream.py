@@ -76,6 +76,37 @@ def hand_cell(model, base, source, name, position, metric, clean_logits, **fwd):
     return metric(logits, clean_logits).mean().detach()
 
 
+def attribution_by_hand(model, clean, corrupted, metric, name):
+    """Attribution patching of hook ``name`` by hand: m(corrupted) + (clean - corrupted) activation · the metric's
+    gradient there, [L, b]."""
+    _, src = model.run_with_cache(clean, names_filter=[name])
+    seen = {}
+
+    def leaf(a, hook):
+        seen["a"] = a.detach().requires_grad_(True)
+        return seen["a"]
+
+    base = metric(model.run_with_hooks(corrupted, fwd_hooks=[(name, leaf)]), None)
+    base.sum().backward()
+    return base.detach()[None] + ((src[name] - seen["a"].detach()) * seen["a"].grad).sum(-1).T  # [L, b]
+
+
+def train_topk_sae(acts, hook, *, d_sae=128, batch=128, steps=80):
+    """A top-8 SAE trained on rows of ``acts`` [n, d] for ``steps`` batches (seeded)."""
+    from interp.sae import SAEConfig, train_sae
+
+    cfg = SAEConfig(d_in=acts.shape[1], d_sae=d_sae, architecture="topk", k=8, batch_size=batch,
+                    total_training_tokens=batch * steps, lr=3e-3, checkpoint_every=0, log_every=1000,
+                    dead_window_tokens=batch * steps * 5 // 8, seed=0, hook_name=hook)
+    g = torch.Generator().manual_seed(0)
+
+    def stream():
+        for _ in range(steps):
+            yield acts[torch.randint(0, len(acts), (batch,), generator=g)]
+
+    return train_sae(cfg, stream, progress=False, device="cpu").sae
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # interp.patching
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,17 +172,7 @@ def test_attribution_sweep(hybrid):
     act = patch_sweep(hybrid, clean, hook="attn_out", **kw)
     att = attribution_sweep(hybrid, clean, hook="attn_out", **kw)
     assert att.layers == act.layers == (1,) and att.values.shape == act.values.shape
-    name = "blocks.1.hook_attn_out"
-    _, src = hybrid.run_with_cache(clean, names_filter=[name])
-    seen = {}
-
-    def leaf(a, hook):
-        seen["a"] = a.detach().requires_grad_(True)
-        return seen["a"]
-
-    base = metric(hybrid.run_with_hooks(corrupted, fwd_hooks=[(name, leaf)]), None)
-    base.sum().backward()
-    want = base.detach()[None] + ((src[name] - seen["a"].detach()) * seen["a"].grad).sum(-1).T  # [L, b]
+    want = attribution_by_hand(hybrid, clean, corrupted, metric, "blocks.1.hook_attn_out")
     torch.testing.assert_close(att.per_prompt[0], want, atol=1e-4, rtol=1e-4)
     last = clean.shape[1] - 1
     assert att.cell(1, last) > 0.2 and act.cell(1, last) > 0.5  # the attention layer carries the copy
@@ -300,27 +321,18 @@ def test_probe_reads_the_next_copied_token(hybrid):
 # ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hook", ["blocks.0.hook_mixer_out", "blocks.1.hook_attn_out"])
 def test_sae_trains_and_splices(hybrid, hook):
-    from interp.sae import SAEConfig, splice_metrics, spliced, train_sae
+    from interp.sae import splice_metrics, spliced
     from interp.sae.metrics import explained_variance
 
     batch = sample_copy_batch(32, np.random.default_rng(4), n_range=8)
     _, cache = hybrid.run_with_cache(batch.tokens, names_filter=[hook])
     acts = cache[hook][batch.attention_mask.bool()]  # [n, d_model]
-    cfg = SAEConfig(d_in=acts.shape[1], d_sae=128, architecture="topk", k=8, batch_size=128,
-                    total_training_tokens=128 * 80, lr=3e-3, checkpoint_every=0, log_every=1000,
-                    dead_window_tokens=128 * 50, seed=0, hook_name=hook)
-    g = torch.Generator().manual_seed(0)
-
-    def stream():
-        for _ in range(80):
-            yield acts[torch.randint(0, len(acts), (128,), generator=g)]
-
-    res = train_sae(cfg, stream, progress=False, device="cpu")
-    ev = float(explained_variance(acts, res.sae.decode(res.sae.encode(acts))))
+    sae = train_topk_sae(acts, hook)
+    ev = float(explained_variance(acts, sae.decode(sae.encode(acts))))
     assert ev > 0.7, ev
-    m = splice_metrics(hybrid, batch.tokens[:8], sae=res.sae)
+    m = splice_metrics(hybrid, batch.tokens[:8], sae=sae)
     assert m.explained_variance > 0.7 and m.kl_sae < m.kl_zero  # the reconstruction beats zero-ablation
-    with spliced(hybrid, sae=res.sae):
+    with spliced(hybrid, sae=sae):
         _, c2 = hybrid.run_with_cache(batch.tokens[:2], names_filter=[f"{hook}.sae.hook_sae_acts_post"])
     assert (c2[f"{hook}.sae.hook_sae_acts_post"] > 0).sum(-1).max() <= 8
 

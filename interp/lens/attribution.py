@@ -33,7 +33,9 @@ class LogitAttribution:
         bias: float [b], what no component carries: the unembedding bias and the final LayerNorm's bias along the
             direction (0 on the SSMs, whose RMSNorm has no bias and whose unembedding has none).
         target: float [b], logit[answer] - logit[wrong] (or logit[answer] without ``wrong``) at ``position``;
-            ``values.sum(0) + bias == target`` up to float rounding.
+            ``values.sum(0) + bias == target`` up to float rounding. On a model whose logits are soft-capped
+            (``cfg.logits_soft_cap``: RecurrentGemma, xLSTM) the logits before the cap (``unembed.hook_pre_cap``),
+            the part that is linear in the residual stream.
     """
 
     values: torch.Tensor
@@ -75,10 +77,13 @@ def direct_logit_attribution(model: HookedModel, tokens: Any, *, answer: Any, wr
         stack, labels = cache.decompose_resid(pos_slice=position, return_labels=True)
     values = cache.logit_attrs(stack, answer, incorrect_tokens=wrong, pos_slice=position)  # [n, b]
     rows = torch.arange(b, device=logits.device)
+    if "unembed.hook_pre_cap" in cache.cache_dict:  # a logits soft cap (RecurrentGemma, xLSTM): the linear logits
+        logits = cache["unembed.hook_pre_cap"]
     target = logits[rows, position, answer] - (0 if wrong is None else logits[rows, position, wrong])
     direction = model.W_U[:, answer] - (0 if wrong is None else model.W_U[:, wrong])  # [d_model, b]
     bias = model.b_U[answer] - (0 if wrong is None else model.b_U[wrong])
-    ln_bias = getattr(model.ln_final, "b", None)  # a transformer's final LayerNorm; the SSMs' RMSNorm has none
+    # a final LayerNorm's bias (TransformerLens's ``b``, RWKV's ``bias``); the RMSNorms have none
+    ln_bias = getattr(model.ln_final, "b", getattr(model.ln_final, "bias", None))
     if ln_bias is not None:
         bias = bias + ln_bias @ direction
     return LogitAttribution(values.float().cpu(), list(labels), bias.float().cpu(), target.float().cpu(),

@@ -8,7 +8,8 @@
 
 A component is what :mod:`interp.hooks.cache` splits a block's mixer into (``stack_head_results``): on an SSM a
 range of the out-projection's input channels ``blocks.{l}.ssm.hook_gated`` [b, L, d_inner] (Mamba-2 one head of
-``head_dim`` channels, Mamba-1 a group of ``group_size`` channels, :meth:`SSMConfig.out_groups`); on a transformer
+``head_dim`` channels, Mamba-1 a group of ``group_size`` channels, :meth:`SSMConfig.out_groups`; the other recurrent
+mixers, Gated DeltaNet, KDA, mLSTM, one head's channels, RG-LRU and RWKV a group of channels); on a transformer
 one head of ``blocks.{l}.attn.hook_z`` [b, L, n_heads, d_head]. A cell (layer l, component k) runs the base prompts
 with that slice replaced by the source prompts' slice at ``positions`` (all of them together, as TransformerLens's
 ``get_act_patch_attn_head_out_all_pos``); denoising (default) runs the corrupted prompts with clean slices, noising
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.hooks.config import MAMBA1_GROUP_SIZE, is_ssm
 from interp.hooks.positions import Positions, PositionsLike
 
 from .activation import _cells_per_forward, _pair, _run_cells, _source, check_grid
@@ -149,12 +151,33 @@ def _parts(model: Any, group_size: int | None, template: str | None = None) -> t
     ``template`` (default :func:`component_hook`)."""
     cfg = model.cfg
     template = component_hook(model) if template is None else template
+    if template == SSM_COMPONENT_HOOK and not is_ssm(model):
+        return _recurrent_parts(model, group_size)
     if template == SSM_COMPONENT_HOOK:
         tag = "H" if cfg.family == "mamba2" and group_size is None else "G"
         return tag, [(slice(s, e),) for s, e in cfg.out_groups(group_size)]
     if group_size is not None:
         raise ValueError("group_size splits an SSM's channels; a transformer's components are its heads")
     return "H", [(h,) for h in range(cfg.n_heads)]
+
+
+def _recurrent_parts(model: Any, group_size: int | None) -> tuple[str, list[tuple[Any, ...]]]:
+    """The components of a recurrent mixer other than Mamba's (Gated DeltaNet, KDA, mLSTM, RG-LRU, RWKV: no
+    ``cfg.out_groups``), channel ranges of ``ssm.hook_gated`` read from one token's hooks of the first such layer
+    (every such layer of a model has the same mixer): one per head where the mixer has heads (``ssm.hook_y``
+    [b, L, H, d_v], ``hook_gated`` their H·d_v channels head by head), else (RG-LRU, RWKV: ``hook_y`` [b, L, d]) or
+    with ``group_size``, groups of ``group_size`` (default MAMBA1_GROUP_SIZE) consecutive channels."""
+    layer = next(i for i in range(model.cfg.n_layers) if SSM_COMPONENT_HOOK.format(layer=i) in model.hook_dict)
+    names = [f"blocks.{layer}.ssm.hook_y", SSM_COMPONENT_HOOK.format(layer=layer)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(torch.zeros(1, 1, dtype=torch.long, device=next(model.parameters()).device),
+                                        names_filter=names)
+    y, width = cache[names[0]], cache[names[1]].shape[-1]
+    heads = group_size is None and y.dim() == 4 and y.shape[2] * y.shape[3] == width
+    size = int(y.shape[3]) if heads else (group_size or MAMBA1_GROUP_SIZE)
+    if size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    return "H" if heads else "G", [(slice(s, min(s + size, width)),) for s in range(0, width, size)]
 
 
 def component_labels(model: Any, *, layers: Sequence[int] | None = None,

@@ -145,7 +145,9 @@ def patching_view(model: Any, pairs: PatchingPairs, *, hook: str, metric: str, d
     if dla:
         if pairs.answer is None:
             raise ValueError("Direct logit attribution needs an answer token (and a wrong one for a difference).")
-        per_head = not isinstance(getattr(model.cfg, "layer_types", None), list)  # a hybrid: per sublayer
+        # per sublayer on a hybrid (cfg.layer_types) and on RWKV (a channel-wise mixer without heads)
+        per_head = not isinstance(getattr(model.cfg, "layer_types", None), list) and \
+            getattr(model.cfg, "family", None) != "rwkv"
         d = direct_logit_attribution(model, pairs.clean, answer=pairs.answer, wrong=pairs.wrong, per_head=per_head)
         out.update(dla=d, dla_figure=logit_attribution_figure(d))
     return PatchingView(**out)
