@@ -154,19 +154,22 @@ def train_ours(setup: TrainSetup, batches: list[Tensor]) -> Callable[[Tensor], T
 
 
 def train_saelens(setup: TrainSetup, batches: list[Tensor], sparse: bool = False,
-                  init_b_dec: bool = True) -> Callable[[Tensor], Tensor]:
-    """Train with SAE-Lens's ``SAETrainer`` on a ``TopKTrainingSAE``; returns x [n, d_in] -> x̂ [n, d_in].
+                  init_b_dec: bool = True, saelens_defaults: bool = False, return_sae: bool = False) -> Any:
+    """Train with SAE-Lens's ``SAETrainer`` on a ``TopKTrainingSAE``; returns x [n, d_in] -> x̂ [n, d_in] (the SAE
+    itself with ``return_sae``).
 
-    ``init_b_dec``: start ``b_dec`` at the first batch's mean (SAE-Lens itself starts from zeros)."""
+    ``init_b_dec``: start ``b_dec`` at the first batch's mean (SAE-Lens itself starts from zeros).
+    ``saelens_defaults``: SAE-Lens's own AuxK coefficient and dead-feature window instead of ``setup``'s."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training import sae_trainer as trainer_mod
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)
+    aux = {} if saelens_defaults else {"aux_loss_coefficient": setup.aux_coefficient}
     sae_cfg = TopKTrainingSAEConfig(
         d_in=setup.d_in, d_sae=setup.d_sae, k=setup.k, dtype="float32", device="cpu",
-        apply_b_dec_to_input=True, aux_loss_coefficient=setup.aux_coefficient, use_sparse_activations=sparse,
+        apply_b_dec_to_input=True, use_sparse_activations=sparse, **aux,
     )
     sae = TopKTrainingSAE(sae_cfg)
     if init_b_dec:
@@ -175,7 +178,7 @@ def train_saelens(setup: TrainSetup, batches: list[Tensor], sparse: bool = False
     trainer_cfg = SAETrainerConfig(
         total_training_samples=setup.steps * setup.batch_size, train_batch_size_samples=setup.batch_size,
         lr=setup.lr, lr_end=setup.lr, lr_scheduler_name="constant", adam_beta1=0.9, adam_beta2=0.999,
-        device="cpu", autocast=False, dead_feature_window=setup.dead_window_steps,
+        device="cpu", autocast=False, **({} if saelens_defaults else {"dead_feature_window": setup.dead_window_steps}),
         feature_sampling_window=max(setup.steps, 1), n_checkpoints=0, checkpoint_path=None,
         save_final_checkpoint=False, logger=LoggingConfig(log_to_wandb=False),
     )
@@ -185,6 +188,8 @@ def train_saelens(setup: TrainSetup, batches: list[Tensor], sparse: bool = False
         sae = trainer.fit()
     finally:
         trainer_mod.tqdm = bar
+    if return_sae:
+        return sae.eval()
 
     @torch.no_grad()
     def reconstruct(x: Tensor) -> Tensor:
@@ -228,6 +233,71 @@ def bench_training(setup: TrainSetup, repeats: int, saelens_sparse: bool, eval_t
     tokens = setup.steps * setup.batch_size
     return {name: {"seconds": statistics.median(v), "tokens_per_s": tokens / statistics.median(v),
                    "explained_variance": ev[name]} for name, v in times.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quality at a converging token budget, on a real model's activations
+
+
+def tokfsm_activations(n_tokens: int, hook: str = "blocks.2.hook_resid_post") -> Tensor:
+    """[n_tokens, 64] float32 residual-stream rows of the embedded ``tokfsm-mamba`` on fresh TokFSM sequences (BOS
+    dropped, the stream's own buffer shuffle), as a user would stream them."""
+    import interp
+    from interp.activations import stream_activations
+    from interp.data import tokfsm_batches
+
+    model = interp.load("tokfsm-mamba")
+    rows = [x.float() for x in stream_activations(model, tokfsm_batches(64, seed=0), hook=hook, batch_size=8192,
+                                                  max_tokens=n_tokens, seed=0, progress=False)]
+    return torch.cat(rows)[:n_tokens]
+
+
+def sae_report(name: str, seconds: float, tokens: int, acts: Tensor, x: Tensor, x_hat: Tensor) -> dict[str, Any]:
+    """Held-out explained variance, L0, dead latents (never active on the held-out rows) and training tokens/s."""
+    fired = (acts != 0).any(0)
+    r = {"explained_variance": explained_variance(x, x_hat), "l0": float((acts != 0).float().sum(1).mean()),
+         "dead_fraction": float(1 - fired.float().mean()), "seconds": seconds, "tokens_per_s": tokens / seconds}
+    print(f"  {name:34} EV {r['explained_variance']:.4f}  L0 {r['l0']:5.2f}  dead {100 * r['dead_fraction']:5.2f}%  "
+          f"{seconds:7.1f}s  {r['tokens_per_s']:9.0f} tok/s", flush=True)
+    return r
+
+
+def bench_quality(train_tokens: int, eval_tokens: int, d_sae: int, k: int, batch_size: int,
+                  saelens_lrs: list[float]) -> dict[str, Any]:
+    """Ours with the library's defaults (``SAEConfig`` with only the shape, k and budget set) against SAE-Lens's
+    ``TopKTrainingSAE`` with its defaults (``b_dec`` started at the first batch's mean, as in the speed test) at
+    each learning rate of ``saelens_lrs`` (its default 3e-4 first): the same batches, one pass, then EV, L0 and
+    dead latents on held-out rows."""
+    from interp.sae import SAEConfig, train_sae
+
+    X = tokfsm_activations(train_tokens + eval_tokens)
+    train, held = X[:train_tokens], X[train_tokens:]
+    batches = list(train[: (train_tokens // batch_size) * batch_size].split(batch_size))
+    tokens = len(batches) * batch_size
+    d_in = X.shape[1]
+    print(f"  {X.shape[0]} rows of tokfsm-mamba blocks.2.hook_resid_post (d_in {d_in}): {tokens} training tokens "
+          f"({len(batches)} steps of {batch_size}), {held.shape[0]} held out; TopK d_sae {d_sae}, k {k}", flush=True)
+    results: dict[str, Any] = {}
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=k, batch_size=batch_size,
+                    total_training_tokens=tokens, checkpoint_every=0)
+    t = time.perf_counter()
+    sae = train_sae(cfg, batches, device="cpu", progress=False).sae
+    seconds = time.perf_counter() - t
+    with torch.no_grad():
+        acts = sae.encode(held)
+        results["ours (defaults)"] = sae_report("ours (defaults)", seconds, tokens, acts, held, sae.decode(acts))
+    for lr in saelens_lrs:
+        setup = TrainSetup(d_in=d_in, d_sae=d_sae, k=k, batch_size=batch_size, steps=len(batches), lr=lr)
+        t = time.perf_counter()
+        sae_l = train_saelens(setup, batches, saelens_defaults=True, return_sae=True)
+        seconds = time.perf_counter() - t
+        with torch.no_grad():
+            acts = sae_l.encode(held)
+            acts = acts.to_dense() if acts.is_sparse else acts
+            out = sae_l.decode(acts)
+            name = f"SAE-Lens (defaults, lr {lr:g})"
+            results[name] = sae_report(name, seconds, tokens, acts, held, out.to_dense() if out.is_sparse else out)
+    return results
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,6 +401,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--cache-layers", type=int, default=4)
     p.add_argument("--model-batch", type=int, default=32)
     p.add_argument("--shard-tokens", type=int, default=8192)
+    p.add_argument("--quality-tokens", type=int, default=2_000_000, help="quality: training tokens (one pass)")
+    p.add_argument("--quality-eval", type=int, default=65536, help="quality: held-out rows")
+    p.add_argument("--quality-saelens-lrs", type=float, nargs="+", default=[3e-4, 1e-3],
+                   help="quality: SAE-Lens learning rates (its default 3e-4; 1e-3 is its best measured here)")
+    p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-cache", action="store_true")
     p.add_argument("--quick", action="store_true", help="small shapes: check that everything runs")
@@ -338,6 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if a.quick:
         a.d_in, a.expansion, a.k, a.batch_size, a.steps, a.repeats = 128, 8, 8, 512, 6, 2
         a.eval_tokens, a.cache_seqs, a.model_batch, a.shard_tokens = 2048, 32, 8, 2048
+        a.quality_tokens, a.quality_eval, a.quality_saelens_lrs = 16384, 4096, [3e-4]
     torch.set_num_threads(a.threads)
     warnings.filterwarnings("ignore")
     import sae_lens
@@ -352,6 +428,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "repeats", flush=True)
         tr = bench_training(setup, a.repeats, a.saelens_sparse, a.eval_tokens, not a.saelens_zero_bdec)
         results["train"] = tr
+    if not a.skip_quality:
+        print(f"SAE quality: TopK d_sae 1024, k 8 on tokfsm-mamba activations, {a.quality_tokens} training tokens "
+              "(one pass), each library's defaults", flush=True)
+        results["quality"] = bench_quality(a.quality_tokens, a.quality_eval, 1024, 8, 4096, a.quality_saelens_lrs)
     if not a.skip_cache:
         print(f"Activation caching: {a.cache_seqs} x 128 tokens, d_model {a.d_in}, {a.cache_layers} layers, "
               f"hook blocks.1.hook_resid_post, float32, model batch {a.model_batch}, shards of {a.shard_tokens} "

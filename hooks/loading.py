@@ -927,7 +927,7 @@ def estimate_parameters(raw: Mapping[str, Any]) -> int:
 
 #: hybrid config layer-list entries -> what the layer holds (s: SSM mixer, a: attention, f: MLP / experts)
 _HYBRID_LAYER_PARTS = {"mamba": "s", "linear_attention": "s", "m": "s", "attention": "a", "full_attention": "a",
-                       "*": "a", "hybrid": "sa", "mlp": "f", "-": "f", "moe": "f", "e": "f", "recurrent": "s"}
+                       "*": "a", "hybrid": "sa", "mlp": "f", "-": "f", "moe": "e", "e": "e", "recurrent": "s"}
 
 
 def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> int:
@@ -939,8 +939,9 @@ def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> 
     if listed is None and isinstance(raw.get("block_types"), list) and raw["block_types"]:  # RecurrentGemma: the
         listed = (list(raw["block_types"]) * n)[:n]                                           # pattern repeats
     layers = [_HYBRID_LAYER_PARTS.get(str(t).lower(), "sa") for t in listed] if listed else ["sa"] * n
-    if raw.get("model_type") != "nemotron_h":  # every other family has an MLP sublayer in every layer
-        layers = [parts + "f" for parts in layers]
+    if raw.get("model_type") != "nemotron_h":  # every other family has an MLP sublayer in every layer, counted as the
+        layers = [parts + "e" for parts in layers]  # larger of a dense MLP and the experts (which layers hold experts
+    #                                                  is per-family knowledge; Nemotron-H lists its "moe" layers)
     di = int(_first(raw, "mamba_d_ssm", default=0) or _first(raw, "mamba_expand", "expand", default=2) * d)
     N = int(_first(raw, "mamba_d_state", "ssm_state_size", default=128))
     G = int(_first(raw, "mamba_n_groups", "mamba_ngroups", "n_groups", default=1))
@@ -955,8 +956,9 @@ def _estimate_hybrid(raw: Mapping[str, Any], d: int, n: int, v: int, m: int) -> 
     experts = int(_first(raw, "num_experts", "num_local_experts", "n_routed_experts", default=0))
     shared = int(_first(raw, "shared_intermediate_size", "shared_expert_intermediate_size", default=0))  # Qwen3-Next
     me = int(_first(raw, "moe_intermediate_size", default=0) or m)  # each expert's width (Kimi-Linear: < m)
-    ffn = 3 * d * (max(m, me * experts) + shared) + d * experts  # gated MLP or every expert, shared MLP, router
-    per = {"s": ssm, "a": attn, "f": ffn}
+    dense = 3 * d * (m + shared)  # a gated MLP (and a shared expert's)
+    moe = 3 * d * (max(m, me * experts) + shared) + d * experts  # the gated MLP or every expert, shared MLP, router
+    per = {"s": ssm, "a": attn, "f": dense, "e": moe}
     return 2 * v * d + sum(sum(per[c] for c in parts) + 4 * d for parts in layers)
 
 
