@@ -21,7 +21,8 @@ import torch
 from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
                            assert_in_memory_model_matches_hf, assert_left_padded_generation_matches,
                            assert_logits_match_hf, assert_lrp_conserves, assert_padded_batch_matches_hf,
-                           assert_pattern_equals_hf, assert_start_stop_at_layer, random_tokens, saved_pair)
+                           assert_pattern_equals_hf, assert_start_stop_at_layer, assert_state_patch_equals_rescan,
+                           random_tokens, saved_pair)
 from interp.attention import interaction_map, rollout
 from interp.attention.kda import kda_attention, kda_attention_direct, kda_parameters, reconstruct_delta_y
 from interp.hooks import HookedHybrid, HybridConfig
@@ -256,36 +257,8 @@ def _sequential(mixer, q, k, v, g, beta, patch: dict[int, torch.Tensor] | None =
 
 
 def test_state_hook_and_patch_equal_a_sequential_rescan(pair):
-    """hook_state at the requested positions is the recurrent state there; replacing it at one position changes
-    hook_y as a step-by-step re-scan from the patched state does (≤ 1e-5), and the edit reaches the logits."""
     _, ours = pair
-    tokens = _tokens(21)
-    layer = _kda_layers(ours)[0]
-    name, p = f"blocks.{layer}.ssm.hook_state", 9
-    names = [f"blocks.{layer}.ssm.hook_{h}" for h in ("q", "k", "v", "decay", "beta", "y", "state")]
-    with torch.no_grad():
-        clean, cache = ours.run_with_cache(tokens, names_filter=names, state_positions=[3, p])
-    c = lambda h: cache[f"blocks.{layer}.ssm.hook_{h}"]  # noqa: E731
-    mixer = ours.blocks[layer].ssm
-    assert c("state").shape[1] == 2
-    torch.testing.assert_close(c("y"), _sequential(mixer, c("q"), c("k"), c("v"), c("decay"), c("beta")),
-                               atol=1e-5, rtol=1e-5)
-    new = torch.randn(c("state")[:, 1].shape, generator=torch.Generator().manual_seed(1))
-
-    def patch(t, hook):
-        t = t.clone()
-        t[:, -1] = new
-        return t
-
-    got = {}
-    with torch.no_grad():
-        patched = ours.run_with_hooks(tokens, fwd_hooks=[(name, patch), (f"blocks.{layer}.ssm.hook_y",
-                                                                           lambda t, hook: got.setdefault("y", t))],
-                                      state_positions=[p])
-    ref = _sequential(mixer, c("q"), c("k"), c("v"), c("decay"), c("beta"), patch={p: new})
-    assert ((got["y"] - ref).abs().max() / ref.abs().max()).item() <= 1e-5
-    torch.testing.assert_close(got["y"][:, :p], c("y")[:, :p])
-    assert (patched[:, p:] - clean[:, p:]).abs().max().item() > 1e-3
+    assert_state_patch_equals_rescan(ours, _tokens(21), _kda_layers(ours)[0], _sequential)
 
 
 # --- implicit attention -------------------------------------------------------------------------
