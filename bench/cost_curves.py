@@ -8,8 +8,9 @@
   model), mamba-130m / mamba2-130m widths at ``--layers`` layers (default 4: HF at 24 layers and L 8,192 takes
   minutes per call), batch 1, L 256 → 8,192, no hooks (``bench/forward.py``'s ``bench``, one timed call each).
 * map: the channel-mean |α| hidden-attention map of one mamba-130m-shaped layer, ours (``hidden_attention_reduced``)
-  against the direct construction, L 256 → 8,192 for ours, the direct one up to ``--direct-max`` (its [D, L, L]
-  tensor needs D·L²·4 bytes: 6 GiB at L 1,024); ``bench/attention.py``'s children (fresh process each).
+  against the direct construction, L 256 → 8,192 for ours, the direct one up to ``--direct-max`` (it materialises
+  the [D, L, L, N] decays, D·N·L²·4 bytes: 6.4 GiB at L 256, 26 GiB at 512); ``bench/attention.py``'s children
+  (fresh process each).
 * caching: ``interp.activations.cache_activations`` against SAE-Lens's ``CacheActivationsRunner`` on the same
   TransformerLens model and tokens (``bench/sae.py``'s ``bench_caching``), 16k → 1M tokens, d_model ``--cache-d``.
 * SAE training: ``interp.sae.train_sae`` against SAE-Lens's ``SAETrainer`` (TopK, ``bench/sae.py``'s
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", type=int, default=4, help="forward: layers of the mamba-130m-shaped models")
     p.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096, 8192])
-    p.add_argument("--direct-max", type=int, default=1024, help="map: longest L of the direct construction")
+    p.add_argument("--direct-max", type=int, default=256,
+                   help="map: longest L of the direct construction (its [D, L, L, N] decays: 6.4 GiB at 256)")
     p.add_argument("--tokens", type=int, nargs="+", default=[16384, 65536, 262144, 1048576])
     p.add_argument("--cache-d", type=int, default=256, help="caching: d_model of the 2-layer model")
     p.add_argument("--sae-d", type=int, default=256, help="training: d_in (16 x latents, k 32)")
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             rows = training_curve(a.tokens, a.sae_d, a.sae_batch)
         results[name] = rows
+        (out / "cost_curves.json").write_text(json.dumps(results, indent=1))  # kept if a later curve fails
         path = figure(name, rows, out, notes[name])
         print(f"{name}: {time.perf_counter() - t:.0f}s, figure {path}\n{table(name, rows)}", flush=True)
     results["load_average_end"] = os.getloadavg()[0]

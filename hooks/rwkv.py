@@ -63,6 +63,7 @@ real position; a hole in the middle of a row is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -567,7 +568,7 @@ class HookedRWKV(HookedSSM):
 
     def save_pretrained(self, folder: str) -> None:
         """Write a Hugging Face ``RwkvForCausalLM`` checkpoint (safetensors) that this class and ``transformers``
-        load."""
+        load, with the tokenizer and the checksums every load verifies."""
         from transformers import RwkvForCausalLM
 
         from . import loading
@@ -575,6 +576,7 @@ class HookedRWKV(HookedSSM):
         hf = RwkvForCausalLM(self.cfg.to_hf())
         hf.load_state_dict(loading.hf_to_ours(self.state_dict(), OURS_TO_HF), strict=True)
         hf.save_pretrained(folder)
+        loading.write_model_checksums(Path(folder), getattr(self, "tokenizer", None))
 
     @property
     def W_E(self) -> Tensor:

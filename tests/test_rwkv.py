@@ -171,6 +171,7 @@ def test_save_pretrained_round_trip(pair, tmp_path):
 
     hf, ours = pair
     ours.save_pretrained(str(tmp_path))
+    assert (tmp_path / "checksums.json").is_file()  # loads verify the folder (no "unchecked" warning)
     hf_again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(hf_again, RwkvForCausalLM)
     again = interp.load(str(tmp_path))
