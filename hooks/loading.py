@@ -23,7 +23,7 @@ from interp.io import (
 )
 from interp.io import read_safetensors as read_safetensors_file
 
-from .config import SSM_MODEL_TYPES, SSMConfig
+from .config import RWKV_MODEL_TYPES, SSM_MODEL_TYPES, SSMConfig
 from .hybrid_config import HYBRID_MODEL_TYPES
 from .tokenizer import TOKENIZER_FILE, DigitTokenizer
 
@@ -901,8 +901,8 @@ def _first(raw: Mapping[str, Any], *names: str, default: Any = None) -> Any:
 def estimate_parameters(raw: Mapping[str, Any]) -> int:
     """Parameters of the model a ``config.json`` dict describes, from its size fields alone (an upper estimate):
     Mamba-1 / Mamba-2 / FalconMamba (embedding + per layer in_proj, conv, x/dt projections, A, D, out_proj, norm), a
-    hybrid (every layer counted with a Mamba mixer, attention and a gated MLP or all its experts) or a transformer
-    (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
+    hybrid (every layer counted with a Mamba mixer, attention and a gated MLP or all its experts), RWKV-4 (time and
+    channel mixing) or a transformer (embedding, unembedding, per layer 4·d² attention + 2·d·d_mlp MLP)."""
     inner = raw.get("hooked_transformer_config")
     if isinstance(inner, Mapping):
         raw = {**raw, **inner}
@@ -922,6 +922,9 @@ def estimate_parameters(raw: Mapping[str, Any]) -> int:
     m = int(_first(raw, "intermediate_size", "n_inner", "d_mlp", default=0) or 4 * d)
     if raw.get("model_type") in HYBRID_MODEL_TYPES:
         return _estimate_hybrid(raw, d, n, v, m)
+    if raw.get("model_type") in RWKV_MODEL_TYPES:  # time mixing: k, v, r, output (d x a); channel mixing: k, v, r
+        a = int(_first(raw, "attention_hidden_size", default=0) or d)
+        return 2 * v * d + n * (4 * d * a + 2 * d * m + d * d + 4 * a + 8 * d)
     return 2 * v * d + n * (4 * d * d + 2 * d * m + 4 * d)
 
 

@@ -1,5 +1,5 @@
 """The model-size guard (hooks/loading.py ``estimate_parameters``, read before anything is allocated) is an upper
-estimate for every hybrid family: at least the parameters Hugging Face's model of the same config.json has, experts
+estimate for every hybrid and gated-linear-RNN family: at least the parameters Hugging Face's model of the same config.json has, experts
 and shared blocks included, and not wildly above them (so the guard neither lets a huge MoE through nor refuses a
 small model)."""
 
@@ -26,4 +26,28 @@ def test_size_estimate_bounds_the_real_count(family):
     hf = BUILDERS[family](KINDS[family])
     true = sum(p.numel() for p in hf.parameters())
     estimate = estimate_parameters(hf.config.to_dict())
+    assert true <= estimate <= 4 * true, f"{family}: estimate {estimate}, real {true}"
+
+
+#: Hugging Face's default configs of the gated-linear-RNN families (billions of parameters: built on the meta device,
+#: nothing allocated), and RWKV-4 at its 169M shape
+DEFAULT_CONFIGS = {"rwkv": ("RwkvConfig", "RwkvForCausalLM", dict(vocab_size=50277, hidden_size=768,
+                                                                  num_hidden_layers=12)),
+                   "recurrent_gemma": ("RecurrentGemmaConfig", "RecurrentGemmaForCausalLM", {}),
+                   "xlstm": ("xLSTMConfig", "xLSTMForCausalLM", dict(hidden_size=512, num_hidden_layers=4)),
+                   "qwen3_next": ("Qwen3NextConfig", "Qwen3NextForCausalLM", dict(num_hidden_layers=4)),
+                   "kimi_linear": ("KimiLinearConfig", "KimiLinearForCausalLM", dict(num_hidden_layers=4))}
+
+
+@pytest.mark.parametrize("family", list(DEFAULT_CONFIGS))
+def test_size_estimate_bounds_the_real_count_at_real_shapes(family):
+    import torch
+    import transformers
+
+    config_name, model_name, fields = DEFAULT_CONFIGS[family]
+    cfg = getattr(transformers, config_name)(**fields)
+    with torch.device("meta"):
+        hf = getattr(transformers, model_name)(cfg)
+    true = sum(p.numel() for p in hf.parameters())
+    estimate = estimate_parameters(cfg.to_dict())
     assert true <= estimate <= 4 * true, f"{family}: estimate {estimate}, real {true}"
