@@ -294,26 +294,9 @@ class HybridConfig:
         if getattr(hf_config, "quantization_config", None):
             raise ValueError(f"quantized {mt} checkpoint (quantization_config) is not supported: load the "
                              "full-precision checkpoint")
-        if mt == "nemotron_h":
-            return cls._from_nemotron_h(hf_config)
-        if mt == "jamba":
-            return cls._from_jamba(hf_config)
-        if mt == "granitemoehybrid":
-            return cls._from_granitemoehybrid(hf_config)
-        if mt == "zamba2":
-            return cls._from_zamba2(hf_config)
-        if mt == "falcon_h1":
-            return cls._from_falcon_h1(hf_config)
-        if mt == "olmo_hybrid":
-            return cls._from_olmo_hybrid(hf_config)
-        if mt == "kimi_linear":
-            return cls._from_kimi_linear(hf_config)
-        if mt == "qwen3_next":
-            return cls._from_qwen3_next(hf_config)
-        if mt == "recurrent_gemma":
-            return cls._from_recurrent_gemma(hf_config)
-        if mt == "xlstm":
-            return cls._from_xlstm(hf_config)
+        reader = getattr(cls, f"_from_{mt}", None)  # one reader per family; Bamba's layout is read below
+        if reader is not None:
+            return reader(hf_config)
         rope = dict(getattr(hf_config, "rope_parameters", None) or {})
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"{mt}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')")

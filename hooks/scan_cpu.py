@@ -115,6 +115,20 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().float().contiguous().numpy()
 
 
+def _launch(kernel, inputs: tuple[Tensor, ...], h0: Tensor | None, h_shape: tuple[int, ...],
+            y_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Run ``kernel(*inputs, h, y, start, step)`` on the thread pool: h starts as h0 (zeros when None) and ends as the
+    last state, y [y_shape] is the output. Returns (y, h) as tensors."""
+    h = np.zeros(h_shape, np.float32) if h0 is None else _np(h0).copy()
+    if h.shape != h_shape:
+        raise ValueError(f"h0 must have shape {h_shape}, got {tuple(h0.shape)}")
+    y = np.empty(y_shape, np.float32)
+    if y.size:
+        with Pool() as pool:
+            pool.run(kernel, *[_np(t) for t in inputs], h, y)
+    return torch.from_numpy(y), torch.from_numpy(h)
+
+
 def selective_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mamba-1 selective scan without D: u, dt [b, L, d], A [d, N], B, C [b, L, N], h0 [b, d, N] or None (zeros)
@@ -130,15 +144,7 @@ def selective_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          f"A {tuple(A.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
     if any(x.device.type != "cpu" for x in (u, dt, A, B, C)):
         raise ValueError("the numba kernel takes CPU tensors")
-    h = np.zeros((b, d, N), np.float32) if h0 is None else _np(h0).copy()
-    if h.shape != (b, d, N):
-        raise ValueError(f"h0 must be [b, d, N] = {(b, d, N)}, got {tuple(h0.shape)}")
-    y = np.empty((b, L, d), np.float32)
-    if L and d and b:
-        args = (_np(u), _np(dt), _np(A), _np(B), _np(C), h, y)
-        with Pool() as pool:
-            pool.run(_scan_channels, *args)
-    return torch.from_numpy(y), torch.from_numpy(h)
+    return _launch(_scan_channels, (u, dt, A, B, C), h0, (b, d, N), (b, L, d))
 
 
 def ssd_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -159,11 +165,4 @@ def ssd_scan_numba(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                          f"A {tuple(A.shape)}, B {tuple(B.shape)}, C {tuple(C.shape)}")
     if any(x.device.type != "cpu" for x in (u, dt, A, B, C)):
         raise ValueError("the numba kernel takes CPU tensors")
-    h = np.zeros((b, H, P, N), np.float32) if h0 is None else _np(h0).copy()
-    if h.shape != (b, H, P, N):
-        raise ValueError(f"h0 must be [b, H, P, N] = {(b, H, P, N)}, got {tuple(h0.shape)}")
-    y = np.empty((b, L, H, P), np.float32)
-    if L and b and H:
-        with Pool() as pool:
-            pool.run(_scan_heads, _np(u), _np(dt), _np(A), _np(B), _np(C), h, y)
-    return torch.from_numpy(y), torch.from_numpy(h)
+    return _launch(_scan_heads, (u, dt, A, B, C), h0, (b, H, P, N), (b, L, H, P))
