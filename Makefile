@@ -53,7 +53,8 @@ lock:
 LATEST ?= .venv-latest
 CAPS   ?= on
 SMOKE  ?= tests/test_setup.py tests/test_ssm_parity.py tests/test_transformer.py tests/test_readme.py \
-          tests/test_app.py "tests/test_notebooks.py::test_notebook_runs[02_token_interactions]"
+          tests/test_transformer_fused.py tests/test_app.py \
+          "tests/test_notebooks.py::test_notebook_runs[02_token_interactions]"
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)

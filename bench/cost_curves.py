@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     notes = {"forward": f"mamba-130m widths, {a.layers} layers, batch 1", "map": "one mamba-130m layer, D 1536, N 16",
              "caching": f"TransformerLens model d_model {a.cache_d}, 2 layers, ctx 128",
              "training": f"TopK d_in {a.sae_d}, {16 * a.sae_d} latents, k 32, batch {a.sae_batch}"}
-    results: dict = {"notes": notes, "threads": a.threads}
+    previous = out / "cost_curves.json"  # --only reruns some curves: keep the others' numbers
+    results: dict = json.loads(previous.read_text()) if previous.exists() and set(a.only) != set(CURVES) else {}
+    results.update({"notes": {**results.get("notes", {}), **{n: notes[n] for n in a.only}}, "threads": a.threads})
     for name in a.only:
         t = time.perf_counter()
         print(f"{name} ...", flush=True)

@@ -31,14 +31,17 @@ training, dead latents appear at the usual rates) without needing a model large 
 throughput itself does not depend on the values.
 
 Caching (``interp.activations.cache_activations`` against SAE-Lens's ``CacheActivationsRunner``): both run the
-same randomly initialised TransformerLens model (GPT-2-small widths: d_model 768, 12 heads, d_mlp 3072, 4 layers,
-vocab 4096; built from a config, nothing downloaded) over the same pre-tokenised sequences (128 tokens each, no
-BOS dropped, no shuffling), cache ``blocks.1.hook_resid_post`` in float32 to a temporary folder, with the same
-shard size and model batch size. SAE-Lens's runner only loads models by name (``load_model`` ->
+same randomly initialised transformer (GPT-2-small widths: d_model 768, 12 heads, d_mlp 3072, 4 layers, vocab
+4096; built from a config, nothing downloaded) over the same pre-tokenised sequences (128 tokens each, no BOS
+dropped, no shuffling), cache ``blocks.1.hook_resid_post`` in float32 to a temporary folder, with the same shard
+size and model batch size. Ours runs it as ``interp.hooks.HookedTransformerModel`` (its fused inference forward,
+``interp.hooks.transformer_fused``); SAE-Lens runs a plain TransformerLens ``HookedTransformer`` holding the same
+weights, which is what its loader returns. SAE-Lens's runner only loads models by name (``load_model`` ->
 ``HookedTransformer.from_pretrained``), which needs the network; the script replaces that one function in
 ``sae_lens.cache_activations_runner`` by one returning the local model (``override_dataset`` takes the tokens
 as an in-memory ``datasets.Dataset``). Everything else is SAE-Lens's own code path (``ActivationsStore``, Arrow
-shards, consolidation). Timed end to end, interleaved; tokens/s is tokens cached per second.
+shards, consolidation). Timed end to end, interleaved; tokens/s is tokens cached per second. Before timing, the
+script caches the first two batches with both and prints the largest difference between their rows.
 
 Results go to ``docs/benchmarks.md`` (copy the printed table).
 """
@@ -354,24 +357,43 @@ def cache_saelens(model: Any, tokens: Tensor, hook: str, out: Path, model_batch:
     return len(ds) * ctx
 
 
+def cached_difference(root: Path, hook: str) -> float:
+    """Largest absolute difference between the rows the two warm-up runs cached (same tokens, same order)."""
+    import datasets
+
+    from interp.activations import ActivationStore
+
+    ours = ActivationStore(root / "warm_ours").all(hook)
+    theirs = datasets.load_from_disk(str(root / "warm_sae_lens")).with_format("torch")[:][hook]
+    return float((ours - theirs.reshape(ours.shape)).abs().max())
+
+
 def bench_caching(n_seq: int, ctx: int, d_model: int, n_layers: int, repeats: int, model_batch: int,
                   shard_tokens: int) -> dict[str, Any]:
+    from transformer_lens import HookedTransformer
+
     model = build_model(d_model, n_layers, d_vocab=4096, n_ctx=ctx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        anchor = HookedTransformer(model.cfg).eval()  # what SAE-Lens's loader gives: TransformerLens's own class
+    anchor.load_state_dict(model.state_dict())
     tokens = torch.randint(0, 4096, (n_seq, ctx), generator=torch.Generator().manual_seed(0))
     hook = "blocks.1.hook_resid_post"
+    models = {"ours": model, "sae_lens": anchor}
     runners = {"ours": cache_ours, "sae_lens": cache_saelens}
     root = Path(tempfile.mkdtemp(prefix="bench_sae_cache_"))
     times: dict[str, list[float]] = {n: [] for n in runners}
     rows: dict[str, int] = {}
     try:
         for name, fn in runners.items():  # warm-up on a few sequences
-            fn(model, tokens[: 2 * model_batch], hook, root / f"warm_{name}", model_batch, shard_tokens)
+            fn(models[name], tokens[: 2 * model_batch], hook, root / f"warm_{name}", model_batch, shard_tokens)
+        print(f"  rows agree: max |ours - SAE-Lens| = {cached_difference(root, hook):.2e}", flush=True)
         names = list(runners)
         for r in range(repeats):
             for name in (names if r % 2 == 0 else names[::-1]):
                 out = root / f"{name}_{r}"
                 t = time.perf_counter()
-                rows[name] = runners[name](model, tokens, hook, out, model_batch, shard_tokens)
+                rows[name] = runners[name](models[name], tokens, hook, out, model_batch, shard_tokens)
                 times[name].append(time.perf_counter() - t)
                 print(f"  repeat {r + 1}/{repeats} {name:16} {times[name][-1]:8.2f}s  "
                       f"{rows[name] / times[name][-1]:10.0f} tok/s  ({rows[name]} rows)", flush=True)

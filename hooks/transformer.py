@@ -34,6 +34,7 @@ from torch import Tensor
 
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.components import TransformerBlock
 from transformer_lens.config.hooked_transformer_config import HookedTransformerConfig
 from transformer_lens.hook_points import HookPoint as _TLHookPoint
 from transformer_lens.utilities.defaults_utils import USE_DEFAULT_VALUE
@@ -44,6 +45,7 @@ from .hook_points import HookPoint
 from .loading import WEIGHT_FILE, CheckpointError
 from .shapes import hook_shapes_by_meta_forward, meta_shapes
 from .tokens import check_token_ids
+from .transformer_fused import FusedTransformerBlock
 
 
 class HookedTransformerModel(InterpModelMixin, HookedTransformer):
@@ -73,11 +75,29 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
     def setup(self) -> None:
         """TransformerLens's ``setup`` (names every hook point) after turning each TransformerLens
         ``HookPoint`` into the toolkit's, which rejects an edit that changes the activation's shape
-        (:class:`~interp.hooks.HookShapeError`) and costs nothing when no hook is attached."""
+        (:class:`~interp.hooks.HookShapeError`) and costs nothing when no hook is attached, and each
+        ``TransformerBlock`` into a :class:`~interp.hooks.transformer_fused.FusedTransformerBlock`
+        (same weights and hooks; a fused forward when nothing inside it is watched, see
+        :meth:`set_fused_inference`)."""
         for module in self.modules():
             if type(module) is _TLHookPoint:
                 module.__class__ = HookPoint
+            elif type(module) is TransformerBlock:
+                module.__class__ = FusedTransformerBlock
         super().setup()
+
+    def set_fused_inference(self, on: bool) -> None:
+        """Switch the fused inference forward on (the default) or off for every block.
+
+        With it on, a block runs fused operations (one LayerNorm call, one QKV product, PyTorch's
+        scaled-dot-product attention, the activation in place and large intermediates in a reused
+        workspace when no gradient is recorded) whenever no hook other than ``hook_resid_pre`` /
+        ``hook_attn_out`` / ``hook_resid_mid`` / ``hook_mlp_out`` / ``hook_resid_post`` is attached in it;
+        those hooks fire as usual and see the same values up to float32 rounding, with gradients on or off.
+        Otherwise (and with it off) the block is TransformerLens's own step-by-step forward.
+        :mod:`interp.hooks.transformer_fused` lists the configs it covers (GPT-2-style pre-norm blocks)."""
+        for block in self.blocks:
+            block.fused = bool(on)
 
     # --- tokenizer -----------------------------------------------------------------------------
     def set_tokenizer(self, tokenizer: Any, default_padding_side: str | None = None) -> None:
