@@ -95,7 +95,7 @@ class HookedTransformerModel(InterpModelMixin, HookedTransformer):
         ``hook_attn_out`` / ``hook_resid_mid`` / ``hook_mlp_out`` / ``hook_resid_post`` is attached in it;
         those hooks fire as usual and see the same values up to float32 rounding, with gradients on or off.
         Otherwise (and with it off) the block is TransformerLens's own step-by-step forward.
-        :mod:`interp.hooks.transformer_fused` lists the configs it covers (GPT-2-style pre-norm blocks)."""
+        :mod:`interp.hooks.transformer_fused` lists the configs it covers (GPT-2 and GPT-NeoX / Pythia blocks)."""
         for block in self.blocks:
             block.fused = bool(on)
 

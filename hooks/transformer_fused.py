@@ -44,8 +44,7 @@ FUSED_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_ou
 
 #: config fields the fused path does not compute, with the value under which they are inactive
 _INACTIVE = {
-    "positional_embedding_type": "standard", "attention_dir": "causal", "n_key_value_heads": None,
-    "parallel_attn_mlp": False, "use_attn_result": False, "use_split_qkv_input": False, "use_attn_in": False,
+    "attention_dir": "causal", "n_key_value_heads": None, "use_attn_result": False, "use_split_qkv_input": False, "use_attn_in": False,
     "use_hook_mlp_in": False, "use_local_attn": False, "use_qk_norm": False, "clip_qkv": None,
     "use_logn_attn": False, "use_attention_sinks": False, "use_normalization_before_and_after": False,
     "load_in_4bit": False, "gated_mlp": False, "num_experts": None,
@@ -57,6 +56,8 @@ _ACTIVATIONS = ("gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu", "relu", "s
 def unsupported_reason(block: TransformerBlock) -> str | None:
     """Why the fused path cannot compute this block (a config field or a module type), or None."""
     cfg = block.cfg
+    if cfg.positional_embedding_type not in ("standard", "rotary"):
+        return f"cfg.positional_embedding_type={cfg.positional_embedding_type!r}"
     for field, inactive in _INACTIVE.items():
         if getattr(cfg, field, inactive) != inactive:
             return f"cfg.{field}={getattr(cfg, field)!r}"
@@ -174,6 +175,8 @@ def attention(attn: Attention, x: Tensor) -> Tensor:
     bias = torch.stack((attn.b_Q, attn.b_K, attn.b_V)).reshape(3 * H * dh)
     qkv = _linear(bias, x.reshape(B * L, d), w.reshape(d, 3 * H * dh), "qkv")  # [B*L, 3*H*dh]
     q, k, v = qkv.view(B, L, 3, H, dh).permute(2, 0, 3, 1, 4)  # each [B, H, L, dh]
+    if attn.cfg.positional_embedding_type == "rotary":  # TransformerLens's own rotation, on [B, L, H, dh]
+        q, k = (attn.apply_rotary(t.transpose(1, 2)).transpose(1, 2) for t in (q, k))
     z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / attn.attn_scale)  # [B, H, L, dh]
     z = z.transpose(1, 2).reshape(B * L, H * dh)
     return _linear(attn.b_O, z, attn.W_O.reshape(H * dh, d)).view(B, L, d)
@@ -187,11 +190,15 @@ def mlp(block: TransformerBlock, x: Tensor) -> Tensor:
 
 
 def fused_block_forward(block: TransformerBlock, resid_pre: Tensor) -> Tensor:
-    """One pre-norm block, resid_pre [B, L, d] -> resid_post [B, L, d], firing :data:`FUSED_HOOKS`."""
+    """One pre-norm block, resid_pre [B, L, d] -> resid_post [B, L, d], firing :data:`FUSED_HOOKS` (a parallel
+    block, GPT-NeoX / GPT-J: resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre)), no resid_mid)."""
     resid_pre = block.hook_resid_pre(resid_pre)
     attn_out = block.hook_attn_out(attention(block.attn, _norm(block.ln1, resid_pre)))
     if block.cfg.attn_only:
         return block.hook_resid_post(resid_pre + attn_out)
+    if block.cfg.parallel_attn_mlp:
+        mlp_out = block.hook_mlp_out(mlp(block, _norm(block.ln2, resid_pre)))
+        return block.hook_resid_post(resid_pre + attn_out + mlp_out)
     resid_mid = block.hook_resid_mid(resid_pre + attn_out)
     mlp_out = block.hook_mlp_out(mlp(block, _norm(block.ln2, resid_mid)))
     return block.hook_resid_post(resid_mid + mlp_out)

@@ -144,23 +144,34 @@ def test_prefix_sweep_rows_in_any_order(ssm, pairs):
     assert torch.equal(odd.values[0], odd.values[2])
 
 
-def test_transformer_sweep_equals_transformer_lens_patching(transformer, pairs):
-    """interp.patching equals transformer_lens.patching on the same grid and metric, exactly."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_transformer_sweep_equals_transformer_lens_patching(transformer, pairs, fused):
+    """interp.patching equals transformer_lens.patching on the same grid and metric: exactly with every block
+    computed step by step; to rounding with the fused blocks (interp.hooks.transformer_fused), since the clean
+    cache TL's function patches in comes from a forward watching every hook (step by step) and ours from one
+    watching only the patched hook (fused)."""
     from transformer_lens import patching as tl_patching
 
     clean, corrupted, answer, wrong = pairs
     metric = LogitDiff(answer, wrong)
-    clean_logits, clean_cache = transformer.run_with_cache(clean)
-    tl_metric = metric.normalised(clean_logits, transformer(corrupted))
-    for tl_fn, hook in ((tl_patching.get_act_patch_resid_pre, "resid_pre"),
-                        (tl_patching.get_act_patch_resid_mid, "resid_mid"),
-                        (tl_patching.get_act_patch_attn_out, "attn_out"),
-                        (tl_patching.get_act_patch_mlp_out, "mlp_out")):
-        with torch.no_grad():
-            ref = tl_fn(transformer, corrupted, clean_cache, tl_metric).cpu()
-        ours = patch_sweep(transformer, clean, corrupted=corrupted, metric=metric, hook=hook)
-        assert ours.values.shape == ref.shape
-        assert torch.equal(ours.values, ref), (hook, (ours.values - ref).abs().max().item())
+    transformer.set_fused_inference(fused)
+    try:
+        clean_logits, clean_cache = transformer.run_with_cache(clean)
+        tl_metric = metric.normalised(clean_logits, transformer(corrupted))
+        for tl_fn, hook in ((tl_patching.get_act_patch_resid_pre, "resid_pre"),
+                            (tl_patching.get_act_patch_resid_mid, "resid_mid"),
+                            (tl_patching.get_act_patch_attn_out, "attn_out"),
+                            (tl_patching.get_act_patch_mlp_out, "mlp_out")):
+            with torch.no_grad():
+                ref = tl_fn(transformer, corrupted, clean_cache, tl_metric).cpu()
+            ours = patch_sweep(transformer, clean, corrupted=corrupted, metric=metric, hook=hook)
+            assert ours.values.shape == ref.shape
+            if fused:
+                assert (ours.values - ref).abs().max() <= 1e-6, hook
+            else:
+                assert torch.equal(ours.values, ref), (hook, (ours.values - ref).abs().max().item())
+    finally:
+        transformer.set_fused_inference(True)
 
 
 def test_ssm_sweep_equals_transformer_lens_patching(ssm, pairs):

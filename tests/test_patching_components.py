@@ -27,19 +27,29 @@ def transformer():
     return interp.load("tokfsm-transformer")
 
 
-def test_transformer_equals_transformer_lens_head_patching(transformer, pairs):
-    """component_sweep = transformer_lens.patching.get_act_patch_attn_head_out_all_pos, exactly."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_transformer_equals_transformer_lens_head_patching(transformer, pairs, fused):
+    """component_sweep = transformer_lens.patching.get_act_patch_attn_head_out_all_pos: exactly with every block
+    computed step by step; to rounding with the fused blocks (interp.hooks.transformer_fused), since TL's function
+    watches one layer per forward (the others run fused) and ours all layers in one forward."""
     from transformer_lens import patching as tl_patching
 
     clean, corrupted, answer, wrong = pairs
     metric = LogitDiff(answer, wrong)
-    clean_logits, clean_cache = transformer.run_with_cache(clean)
-    with torch.no_grad():
-        ref = tl_patching.get_act_patch_attn_head_out_all_pos(
-            transformer, corrupted, clean_cache, metric.normalised(clean_logits, transformer(corrupted))).cpu()
-    ours = component_sweep(transformer, clean, corrupted=corrupted, metric=metric)
+    transformer.set_fused_inference(fused)
+    try:
+        clean_logits, clean_cache = transformer.run_with_cache(clean)
+        with torch.no_grad():
+            ref = tl_patching.get_act_patch_attn_head_out_all_pos(
+                transformer, corrupted, clean_cache, metric.normalised(clean_logits, transformer(corrupted))).cpu()
+        ours = component_sweep(transformer, clean, corrupted=corrupted, metric=metric)
+    finally:
+        transformer.set_fused_inference(True)
     assert ours.values.shape == ref.shape == (4, 4)
-    assert torch.equal(ours.values, ref), (ours.values - ref).abs().max().item()
+    if fused:
+        assert (ours.values - ref).abs().max() <= 1e-6
+    else:
+        assert torch.equal(ours.values, ref), (ours.values - ref).abs().max().item()
     assert ours.hook == "blocks.{layer}.attn.hook_z" and ours.labels[2][1] == "L2H1"
     assert ours.n_forwards == 3  # two baselines, one forward for all 16 cells
     assert ours.values.abs().max() > 0.1  # some head matters (the test can fail)

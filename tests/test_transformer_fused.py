@@ -67,6 +67,10 @@ CONFIGS = {
     "gelu_fast, 1/layer scale": dict(act_fn="gelu_fast", scale_attn_by_inverse_layer_idx=True),
     "gelu_pytorch_tanh, no attn scale": dict(act_fn="gelu_pytorch_tanh", use_attn_scale=False),
     "attention only": dict(attn_only=True),
+    "rotary, parallel (gpt-neox)": dict(positional_embedding_type="rotary", rotary_dim=4, parallel_attn_mlp=True,
+                                        act_fn="gelu"),
+    "rotary, adjacent pairs (gpt-j)": dict(positional_embedding_type="rotary", rotary_dim=8,
+                                           rotary_adjacent_pairs=True, parallel_attn_mlp=True),
     "float64": dict(dtype=torch.float64),
 }
 
@@ -87,10 +91,11 @@ def test_fused_logits_equal_step_by_step(name, mode, fused_calls):
     assert (got - ref).abs().max() <= tol * scale, name
 
 
-def test_fused_gpt2_matches_hugging_face(fused_calls):
+@pytest.mark.parametrize("kind", ["gpt2", "gpt_neox"])
+def test_fused_blocks_match_hugging_face(kind, fused_calls):
     from test_transformer import make_hf, tokens_for
 
-    hf = make_hf("gpt2")
+    hf = make_hf(kind)
     model = interp.load(hf)
     x = tokens_for(L=20)
     with torch.no_grad():
@@ -213,11 +218,11 @@ def test_a_forward_inside_a_hook_does_not_disturb_the_outer_one(fused_calls):
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    (dict(positional_embedding_type="rotary", rotary_dim=4), "positional_embedding_type"),
+    (dict(positional_embedding_type="alibi"), "positional_embedding_type"),
     (dict(n_key_value_heads=2), "n_key_value_heads"),
     (dict(act_fn="solu_ln"), "act_fn"),
     (dict(attn_scores_soft_cap=5.0), "attn_scores_soft_cap"),
-    (dict(parallel_attn_mlp=True), "parallel_attn_mlp"),
+    (dict(use_local_attn=True, window_size=4, attn_types=["local", "global"]), "use_local_attn"),
 ])
 def test_unsupported_configs_run_step_by_step(overrides, reason, fused_calls):
     model, x = make_model(**overrides), tokens()
