@@ -225,4 +225,4 @@ class FusedTransformerBlock(TransformerBlock):
             return False
         if resid_pre.dtype != self.attn.W_Q.dtype or unsupported_reason(self) is not None or block_is_watched(self):
             return False
-        return attention_mask is None or bool(attention_mask.all())
+        return attention_mask is None or (not attention_mask.is_meta and bool(attention_mask.all()))
