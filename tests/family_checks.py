@@ -367,13 +367,29 @@ def assert_fused_attention_matches(model: Any, tokens: torch.Tensor, *, pad: int
         assert (fused[real] - eager[real]).abs().max().item() <= tol * scale, f"mask {attention_mask is not None}"
 
 
+def run_with_state_patch(model: Any, tokens: torch.Tensor, layer: int, p: int,
+                         new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A forward with ``blocks.{layer}.ssm.hook_state`` at position ``p`` replaced by ``new``: (logits, that layer's
+    ``hook_y``)."""
+    def patch(t, hook):
+        t = t.clone()
+        t[:, -1] = new
+        return t
+
+    got = {}
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, state_positions=[p], fwd_hooks=[
+            (f"blocks.{layer}.ssm.hook_state", patch),
+            (f"blocks.{layer}.ssm.hook_y", lambda t, hook: got.setdefault("y", t))])
+    return logits, got["y"]
+
+
 def assert_state_patch_equals_rescan(model: Any, tokens: torch.Tensor, layer: int, rescan: Callable[..., torch.Tensor],
                                      *, inputs: Sequence[str] = ("q", "k", "v", "decay", "beta"), p: int = 9) -> None:
     """``hook_state`` of ``layer`` at the requested positions is the recurrent state there; replacing it at position
     ``p`` changes ``hook_y`` as a step-by-step re-scan from the patched state does (≤ 1e-5 relative), leaves the
     earlier positions alone, and reaches the logits. ``rescan(mixer, *[the cached ssm.hook_<inputs>], patch={t: h}
     | None)`` is the family's sequential reference for ``hook_y``."""
-    name = f"blocks.{layer}.ssm.hook_state"
     names = [f"blocks.{layer}.ssm.hook_{h}" for h in (*inputs, "y", "state")]
     with torch.no_grad():
         clean, cache = model.run_with_cache(tokens, names_filter=names, state_positions=[3, p])
@@ -382,18 +398,8 @@ def assert_state_patch_equals_rescan(model: Any, tokens: torch.Tensor, layer: in
     assert c("state").shape[1] == 2
     torch.testing.assert_close(c("y"), rescan(mixer, *args), atol=1e-5, rtol=1e-5)
     new = torch.randn(c("state")[:, 1].shape, generator=torch.Generator().manual_seed(1))
-
-    def patch(t, hook):
-        t = t.clone()
-        t[:, -1] = new
-        return t
-
-    got = {}
-    with torch.no_grad():
-        patched = model.run_with_hooks(tokens, fwd_hooks=[(name, patch), (f"blocks.{layer}.ssm.hook_y",
-                                                                            lambda t, hook: got.setdefault("y", t))],
-                                       state_positions=[p])
+    patched, y = run_with_state_patch(model, tokens, layer, p, new)
     ref = rescan(mixer, *args, patch={p: new})
-    assert ((got["y"] - ref).abs().max() / ref.abs().max()).item() <= 1e-5
-    torch.testing.assert_close(got["y"][:, :p], c("y")[:, :p])
+    assert ((y - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+    torch.testing.assert_close(y[:, :p], c("y")[:, :p])
     assert (patched[:, p:] - clean[:, p:]).abs().max().item() > 1e-3

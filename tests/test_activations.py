@@ -36,13 +36,7 @@ FILTER = dict(bos_id=BOS, pad_id=PAD, progress=False)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards run fastest (and steadiest on a busy machine) on one thread."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny forwards run fastest on one thread
 
 
 @pytest.fixture(scope="module")

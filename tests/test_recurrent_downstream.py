@@ -49,13 +49,7 @@ def tiny(family: str):
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny forwards run fastest (and steadiest on a busy machine) on one thread."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny forwards run fastest on one thread
 
 
 @pytest.fixture(params=list(FAMILIES))

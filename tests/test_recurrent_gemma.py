@@ -28,7 +28,7 @@ from family_checks import (assert_continuation_equals_one_forward, assert_fused_
                            assert_greedy_equals_argmax, assert_in_memory_model_matches_hf,
                            assert_left_padded_generation_matches, assert_logits_match_hf, assert_lrp_conserves,
                            assert_pattern_equals_hf, assert_start_stop_at_layer, left_padding_mask, random_tokens,
-                           saved_pair)
+                           saved_pair, run_with_state_patch)
 from interp.attention import interaction_map, rollout
 from interp.attention.rglru import (reconstruct_rglru_y, rglru_attention, rglru_conv_attention, rglru_conv_bias,
                                     rglru_parameters)
@@ -257,7 +257,7 @@ def test_state_hook_and_patch_equal_a_sequential_rescan(pair):
     _, ours = pair
     tokens = _tokens(21)
     layer = _rglru_layers(ours)[0]
-    name, p = f"blocks.{layer}.ssm.hook_state", 9
+    p = 9
     names = [f"blocks.{layer}.ssm.hook_{h}" for h in ("u", "decay", "y", "state")]
     with torch.no_grad():
         clean, cache = ours.run_with_cache(tokens, names_filter=names, state_positions=[3, p])
@@ -267,19 +267,10 @@ def test_state_hook_and_patch_equal_a_sequential_rescan(pair):
     torch.testing.assert_close(c("y"), _sequential(c("u"), c("decay")), atol=1e-6, rtol=1e-5)
     new = torch.randn(c("state")[:, 1].shape, generator=torch.Generator().manual_seed(1))
 
-    def patch(t, hook):
-        t = t.clone()
-        t[:, -1] = new
-        return t
-
-    got = {}
-    with torch.no_grad():
-        patched = ours.run_with_hooks(tokens, fwd_hooks=[(name, patch), (f"blocks.{layer}.ssm.hook_y",
-                                                                           lambda t, hook: got.setdefault("y", t))],
-                                      state_positions=[p])
+    patched, y = run_with_state_patch(ours, tokens, layer, p, new)
     ref = _sequential(c("u"), c("decay"), patch={p: new})
-    assert ((got["y"] - ref).abs().max() / ref.abs().max()).item() <= 1e-5
-    torch.testing.assert_close(got["y"][:, :p], c("y")[:, :p])
+    assert ((y - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+    torch.testing.assert_close(y[:, :p], c("y")[:, :p])
     assert (patched[:, p:] - clean[:, p:]).abs().max().item() > 1e-3
 
 

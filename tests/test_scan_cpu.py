@@ -138,14 +138,7 @@ def mamba1_pair():
 
 @needs_numba
 def test_mamba1_forward_with_the_kernel_equals_pytorch_path_and_hf(mamba1_pair, monkeypatch):
-    hf, model = mamba1_pair
-    tokens = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        fused, ref = model(tokens), hf(tokens).logits
-        monkeypatch.setattr(scan, "FUSED_CPU_SCAN", False)
-        plain = model(tokens)
-    assert (fused - plain).abs().max() <= 1e-5
-    assert (fused - ref).abs().max() <= 1e-4
+    _assert_kernel_forward_matches(*mamba1_pair, monkeypatch)
 
 
 @needs_numba
@@ -155,7 +148,11 @@ def test_mamba2_forward_with_the_kernel_equals_pytorch_path_and_hf(kind, monkeyp
     from conftest import make_hf_ssm
 
     hf = make_hf_ssm(kind)
-    model = interp.load(hf)
+    _assert_kernel_forward_matches(hf, interp.load(hf), monkeypatch)
+
+
+def _assert_kernel_forward_matches(hf, model, monkeypatch) -> None:
+    """Logits with the fused kernel = the PyTorch path's (≤ 1e-5) and Hugging Face's (≤ 1e-4)."""
     tokens = torch.randint(0, 61, (2, 50), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fused, ref = model(tokens), hf(tokens).logits

@@ -21,7 +21,7 @@ import torch
 from family_checks import (assert_continuation_equals_one_forward, assert_greedy_equals_argmax,
                            assert_in_memory_model_matches_hf, assert_left_padded_generation_matches,
                            assert_lrp_conserves, assert_padded_batch_matches_hf,
-                           assert_start_stop_at_layer, random_tokens, saved_pair)
+                           assert_start_stop_at_layer, random_tokens, saved_pair, run_with_state_patch)
 from interp.attention import interaction_map, rollout
 from interp.attention.mlstm import mlstm_attention, mlstm_parameters, reconstruct_mlstm_y
 from interp.hooks import HookedHybrid, HybridConfig
@@ -245,7 +245,6 @@ def test_state_hook_and_patch_equal_a_sequential_rescan(pair):
     _, ours = pair
     tokens = _tokens(21)
     layer, p = ours.cfg.n_layers - 1, 9
-    name = f"blocks.{layer}.ssm.hook_state"
     names = [f"blocks.{layer}.ssm.hook_{h}" for h in ("in", "q", "k", "v", "input_gate", "y", "state")]
     with torch.no_grad():
         clean, cache = ours.run_with_cache(tokens, names_filter=names, state_positions=[3, p])
@@ -258,18 +257,9 @@ def test_state_hook_and_patch_equal_a_sequential_rescan(pair):
     torch.testing.assert_close(c("state"), states[:, [3, p]], atol=1e-5, rtol=1e-4)
     new = torch.randn(c("state")[:, 1].shape, generator=torch.Generator().manual_seed(1))
 
-    def patch(t, hook):
-        t = t.clone()
-        t[:, -1] = new
-        return t
-
-    got = {}
-    with torch.no_grad():
-        patched = ours.run_with_hooks(tokens, fwd_hooks=[(name, patch), (f"blocks.{layer}.ssm.hook_y",
-                                                                           lambda t, hook: got.setdefault("y", t))],
-                                      state_positions=[p])
+    patched, y = run_with_state_patch(ours, tokens, layer, p, new)
     ref_patched, _ = _hf_rescan(c, mixer, patch={p: new})
-    effect, ref_effect = got["y"] - c("y"), ref_patched - ref  # the edit's effect (each form's rounding cancels)
+    effect, ref_effect = y - c("y"), ref_patched - ref  # the edit's effect (each form's rounding cancels)
     assert ((effect - ref_effect).abs().max() / ref_effect.abs().max()).item() <= 1e-5
     assert (effect[:, :p].abs().max() / c("y").abs().max()).item() <= 1e-5  # earlier positions: rounding only
     assert (patched[:, p:] - clean[:, p:]).abs().max().item() > 1e-3
